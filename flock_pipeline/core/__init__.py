@@ -1,0 +1,1 @@
+"""Pure domain code. Nothing in this package imports dagster."""

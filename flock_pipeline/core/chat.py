@@ -1,0 +1,67 @@
+"""ChatML rendering and tokenisation with assistant-only labels (DESIGN §2).
+
+Layout, byte for byte::
+
+    <|im_start|>system\\n{system}<|im_end|>\\n
+    <|im_start|>user\\n{user}<|im_end|>\\n<|im_start|>assistant\\n
+    {assistant}<|im_end|>\\n
+    ...
+
+Each segment is tokenised on its own so that the label mask is exact: only the tokens of assistant segments carry
+labels, every other position is IGNORE_INDEX. Segments always start right after a special token or at the start
+of the text, so tokenising them separately gives the same ids as tokenising the whole rendered string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flock_pipeline.core.schema import ChatRow
+
+IGNORE_INDEX = -100  # the label value that cross-entropy skips (torch's default ignore_index)
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+
+
+def render_segments(row: ChatRow) -> list[tuple[str, bool]]:
+    """The rendered conversation as (text, is_assistant) segments, in order."""
+    segments = [(f"{IM_START}system\n{row.system}{IM_END}\n", False)]
+    for turn in row.turns:
+        if turn.role == "user":
+            segments.append((f"{IM_START}user\n{turn.content}{IM_END}\n{IM_START}assistant\n", False))
+        else:
+            segments.append((f"{turn.content}{IM_END}\n", True))
+    return segments
+
+
+def render(row: ChatRow) -> str:
+    """The full ChatML text of a row."""
+    return "".join(text for text, _ in render_segments(row))
+
+
+@dataclass(frozen=True)
+class TokenizedRow:
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]  # IGNORE_INDEX except at assistant tokens
+
+    @property
+    def n_labels(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+def tokenize_row(row: ChatRow, tokenizer, max_seq_len: int) -> TokenizedRow:
+    """Tokenise a row with assistant-only labels, truncated to `max_seq_len` tokens."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for text, is_assistant in render_segments(row):
+        seg = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids.extend(seg)
+        labels.extend(seg if is_assistant else [IGNORE_INDEX] * len(seg))
+        if len(ids) >= max_seq_len:
+            break
+    return TokenizedRow(tuple(ids[:max_seq_len]), tuple(labels[:max_seq_len]))
+
+
+def count_tokens(row: ChatRow, tokenizer) -> int:
+    """Token count of the rendered row with the given tokenizer (no truncation)."""
+    return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t, _ in render_segments(row))

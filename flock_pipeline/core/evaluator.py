@@ -1,0 +1,297 @@
+"""LoRA fine-tune on a miner's rows, then the eval loss on the held-out set (DESIGN §2).
+
+The metric: eval_loss = mean over eval rows of each row's mean next-token cross-entropy over its assistant tokens
+(natural log, nats per token). Rows with no labelled token after truncation are left out of the mean.
+
+Semantics kept from the reference recipe (Hugging Face Trainer, batch 1 x gradient accumulation 8): every optimizer
+step sees `batch_size` sequences and its loss is the sum of their token losses divided by their labelled-token count
+(the Trainer's gradient-accumulation normalisation); AdamW; linear warm-up from 0 then linear decay to 0; gradient
+clipping at `max_grad_norm`; a seeded shuffle per epoch. What differs is only how the work is laid out: the
+sequences of a step run as a few padded micro-batches under a token budget instead of one at a time, and the output
+head runs only at labelled positions, in chunks, so whole-vocabulary logits never exist for a batch.
+
+One base model is loaded per process and reused; each call wraps it in a fresh LoRA adapter and removes it
+afterwards, so nothing from one miner can leak into the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from flock_pipeline.core.chat import IGNORE_INDEX, TokenizedRow, tokenize_row
+from flock_pipeline.core.recipe import TrainRecipe
+from flock_pipeline.core.schema import ChatRow
+
+
+@dataclass
+class BaseModel:
+    """A loaded causal LM and its tokenizer, shared across evaluations in one process."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    revision: str
+    device: torch.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_base_model(path: str, *, device: str = "auto", precision: str = "auto", revision: str = "local",
+                    name: str | None = None) -> BaseModel:
+    """Load a causal LM from a local directory (safetensors only, never remote code)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    dtype = resolve_dtype(precision, dev)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False, use_safetensors=True,
+                                                 attn_implementation="sdpa").to(dev)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return BaseModel(model=model, tokenizer=tokenizer, name=name or path, revision=revision, device=dev)
+
+
+@dataclass
+class EvalOutcome:
+    eval_loss: float  # nats per assistant token, mean over eval rows of each row's mean
+    per_row_losses: list[float]  # one per eval row, in the order given (NaN where a row had no labelled token)
+    train_losses: list[float] = field(default_factory=list)  # one per optimizer step
+    train_rows: int = 0
+    train_tokens: int = 0
+    eval_tokens: int = 0
+    optimizer_steps: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+
+def set_determinism(enabled: bool) -> None:
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = not enabled
+        torch.backends.cudnn.deterministic = enabled
+
+
+def linear_schedule(step: int, warmup: int, total: int) -> float:
+    """The Trainer's linear schedule factor for optimizer step `step` (0-based): 0 -> 1 over warm-up, then -> 0."""
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _pad(rows: Sequence[TokenizedRow], pad_id: int, device: torch.device):
+    length = max(len(r.input_ids) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r.input_ids)
+        ids[i, :n] = torch.tensor(r.input_ids)
+        labels[i, :n] = torch.tensor(r.labels)
+        mask[i, :n] = 1
+    return ids.to(device), labels.to(device), mask.to(device)
+
+
+def _micro_batches(rows: Sequence[TokenizedRow], token_budget: int) -> list[list[int]]:
+    """Indices grouped so that (rows in group) x (longest row) <= token_budget; longest first, similar lengths."""
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i].input_ids))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = len(rows[current[0]].input_ids) if current else len(rows[i].input_ids)
+        if current and (len(current) + 1) * longest > token_budget:
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _causal_lm_parts(model: torch.nn.Module):
+    """(decoder, output head) of a Hugging Face causal LM, through a peft wrapper if there is one."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.get_decoder(), inner.get_output_embeddings()
+
+
+def token_losses(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                 chunk: int, *, recompute: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of token losses per row [B], labelled-token count per row [B]) for a padded batch.
+
+    The output head runs on the labelled positions only, `chunk` positions at a time; with `recompute` the chunk's
+    logits are recomputed in the backward pass instead of being kept (training), so peak memory holds one chunk.
+    """
+    decoder, head = _causal_lm_parts(model)
+    hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, T, H]
+    shifted = labels[:, 1:]
+    selected = shifted != IGNORE_INDEX  # [B, T-1]
+    h = hidden[:, :-1][selected]  # [N, H]
+    targets = shifted[selected]  # [N]
+    row_of = torch.nonzero(selected, as_tuple=True)[0]  # [N]
+    sums = torch.zeros(ids.shape[0], dtype=torch.float32, device=ids.device)
+    for start in range(0, h.shape[0], chunk):
+        hs, ts = h[start:start + chunk], targets[start:start + chunk]
+        if recompute and torch.is_grad_enabled():
+            per = checkpoint(_per_position, head, hs, ts, use_reentrant=False)
+        else:
+            per = _per_position(head, hs, ts)
+        sums = sums.index_add(0, row_of[start:start + chunk], per)
+    return sums, selected.sum(dim=1)
+
+
+def _per_position(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="none")
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, rows: Sequence[TokenizedRow], *, pad_id: int, device: torch.device,
+                  batch_tokens: int, chunk: int) -> list[float]:
+    """Per-row mean assistant-token loss (nats), in input order; NaN for rows without a labelled token."""
+    was_training = model.training
+    model.eval()
+    out = [math.nan] * len(rows)
+    for group in _micro_batches(rows, batch_tokens):
+        ids, labels, mask = _pad([rows[i] for i in group], pad_id, device)
+        sums, counts = token_losses(model, ids, labels, mask, chunk, recompute=False)
+        for j, i in enumerate(group):
+            if counts[j] > 0:
+                out[i] = float(sums[j] / counts[j])
+    model.train(was_training)
+    return out
+
+
+def mean_loss(per_row: Sequence[float]) -> float:
+    finite = [x for x in per_row if not math.isnan(x)]
+    if not finite:
+        raise ValueError("no eval row has a labelled token")
+    return sum(finite) / len(finite)
+
+
+def tokenize_rows(rows: Sequence[ChatRow], tokenizer, max_seq_len: int) -> list[TokenizedRow]:
+    return [tokenize_row(r, tokenizer, max_seq_len) for r in rows]
+
+
+@contextlib.contextmanager
+def fresh_lora(base: BaseModel, recipe: TrainRecipe):
+    """The base model wrapped in a new, seeded LoRA adapter; the adapter is removed on exit."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
+                        target_modules=recipe.target_modules, task_type="CAUSAL_LM")
+    torch.manual_seed(recipe.seed)
+    peft_model = get_peft_model(base.model, config)
+    try:
+        yield peft_model
+    finally:
+        restored = peft_model.unload()  # drops the LoRA layers; the frozen base weights were never changed
+        restored.eval()
+        base.model = restored
+
+
+def train_lora(model: torch.nn.Module, rows: Sequence[TokenizedRow], recipe: TrainRecipe, *, pad_id: int,
+               device: torch.device) -> list[float]:
+    """Fine-tune the LoRA parameters of `model` in place; returns the loss of each optimizer step."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    steps_per_epoch = math.ceil(len(rows) / recipe.batch_size)
+    total = steps_per_epoch * recipe.epochs
+    shuffle = random.Random(recipe.seed)
+    losses: list[float] = []
+    model.train()
+    step = 0
+    for _ in range(recipe.epochs):
+        order = list(range(len(rows)))
+        shuffle.shuffle(order)
+        for start in range(0, len(order), recipe.batch_size):
+            batch = [rows[i] for i in order[start:start + recipe.batch_size]]
+            n_labels = sum(r.n_labels for r in batch)
+            for group in optimizer.param_groups:
+                group["lr"] = recipe.learning_rate * linear_schedule(step, recipe.warmup_steps, total)
+            step_loss = 0.0
+            if n_labels > 0:
+                for micro in _micro_batches(batch, recipe.train_micro_tokens):
+                    ids, labels, mask = _pad([batch[i] for i in micro], pad_id, device)
+                    sums, _ = token_losses(model, ids, labels, mask, recipe.logits_chunk, recompute=True)
+                    loss = sums.sum() / n_labels
+                    loss.backward()
+                    step_loss += float(loss.detach())
+                if recipe.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(step_loss)
+            step += 1
+    model.eval()
+    return losses
+
+
+def train_and_evaluate(base: BaseModel, train_rows: Sequence[ChatRow], eval_rows: Sequence[ChatRow],
+                       recipe: TrainRecipe) -> EvalOutcome:
+    """LoRA-train a fresh adapter on `train_rows` (capped at recipe.max_train_rows), then score `eval_rows`."""
+    if not train_rows:
+        raise ValueError("no training rows")
+    if not eval_rows:
+        raise ValueError("no eval rows")
+    set_determinism(recipe.deterministic)
+    pad_id = _pad_id(base.tokenizer)
+    train_tok = tokenize_rows(train_rows[: recipe.max_train_rows], base.tokenizer, recipe.max_seq_len)
+    eval_tok = tokenize_rows(eval_rows, base.tokenizer, recipe.max_seq_len)
+    with fresh_lora(base, recipe) as model:
+        t0 = time.perf_counter()
+        losses = train_lora(model, train_tok, recipe, pad_id=pad_id, device=base.device)
+        _sync(base.device)
+        t1 = time.perf_counter()
+        per_row = evaluate_loss(model, eval_tok, pad_id=pad_id, device=base.device,
+                                batch_tokens=recipe.eval_batch_tokens, chunk=recipe.logits_chunk)
+        _sync(base.device)
+        t2 = time.perf_counter()
+    return EvalOutcome(eval_loss=mean_loss(per_row), per_row_losses=per_row, train_losses=losses,
+                       train_rows=len(train_tok), train_tokens=sum(len(r.input_ids) for r in train_tok),
+                       eval_tokens=sum(len(r.input_ids) for r in eval_tok), optimizer_steps=len(losses),
+                       train_seconds=t1 - t0, eval_seconds=t2 - t1)
+
+
+def base_eval_loss(base: BaseModel, eval_rows: Sequence[ChatRow], recipe: TrainRecipe) -> EvalOutcome:
+    """The eval loss of the base model without fine-tuning (the floor every miner is compared to)."""
+    set_determinism(recipe.deterministic)
+    eval_tok = tokenize_rows(eval_rows, base.tokenizer, recipe.max_seq_len)
+    t0 = time.perf_counter()
+    per_row = evaluate_loss(base.model, eval_tok, pad_id=_pad_id(base.tokenizer), device=base.device,
+                            batch_tokens=recipe.eval_batch_tokens, chunk=recipe.logits_chunk)
+    return EvalOutcome(eval_loss=mean_loss(per_row), per_row_losses=per_row,
+                       eval_tokens=sum(len(r.input_ids) for r in eval_tok), eval_seconds=time.perf_counter() - t0)
+
+
+def _pad_id(tokenizer) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(tokenizer, "eos_token_id", None)
+    return int(pad or 0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,66 @@
+"""The training recipe: every knob of the LoRA fine-tune + eval that decides a miner's loss (DESIGN §2)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """Defaults are the live subnet's reference recipe; every field is part of the cache key (`recipe_hash`)."""
+
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scaling numerator (scale = alpha / r)
+    lora_dropout: float = 0.1  # dropout on the LoRA input during training
+    target_modules: str = "all-linear"  # peft's shorthand: every linear layer except the output head
+    learning_rate: float = 2e-4  # peak learning rate (AdamW)
+    warmup_steps: int = 5  # optimizer steps of linear warm-up from 0, then linear decay to 0
+    epochs: int = 2  # passes over the training rows
+    batch_size: int = 8  # sequences per optimizer step (reference: batch 1 x gradient accumulation 8)
+    max_seq_len: int = 2048  # tokens; longer rows are truncated
+    max_train_rows: int = 100  # rows; the reference validator's size cap
+    max_grad_norm: float = 1.0  # gradient clipping, as the Hugging Face Trainer does by default
+    weight_decay: float = 0.0  # AdamW weight decay (Trainer default)
+    seed: int = 42  # seeds LoRA init, dropout and the per-epoch shuffle
+    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "bf16" | "fp32"
+    deterministic: bool = True  # deterministic kernels (the live validator's flags); False is faster on GPU
+    train_micro_tokens: int = 16_384  # padded tokens per forward pass while training (memory, not semantics)
+    eval_batch_tokens: int = 32_768  # padded tokens per forward pass while evaluating (memory, not semantics)
+    logits_chunk: int = 4_096  # labelled positions per output-head chunk: full-vocab logits never exist at once
+
+    def __post_init__(self) -> None:
+        positive = ("lora_r", "lora_alpha", "epochs", "batch_size", "max_seq_len", "max_train_rows",
+                    "train_micro_tokens", "eval_batch_tokens", "logits_chunk")
+        for name in positive:
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.warmup_steps < 0 or self.max_grad_norm < 0 or self.weight_decay < 0:
+            raise ValueError("warmup_steps, max_grad_norm and weight_decay must be >= 0")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+
+    # Fields that change memory use or speed but never the result; left out of the cache key.
+    _PERFORMANCE_ONLY = ("train_micro_tokens", "eval_batch_tokens", "logits_chunk")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def recipe_hash(self) -> str:
+        """sha256 (first 16 hex) of the fields that decide the loss."""
+        fields = {k: v for k, v in asdict(self).items() if k not in self._PERFORMANCE_ONLY}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+    def with_overrides(self, **overrides) -> "TrainRecipe":
+        return replace(self, **overrides)
+
+
+# The embedded tiny model has random weights and only a few thousand parameters per layer; at the reference
+# learning rate two epochs of 100 rows barely move it. This profile keeps the reference's structure (LoRA r16 on all
+# linear layers, batch 8, 2 epochs, warm-up, cap) and raises the learning rate so that data quality shows in the loss.
+TINY_RECIPE = TrainRecipe(learning_rate=1e-2, max_seq_len=512)

@@ -1,0 +1,218 @@
+"""Dataset schema and validation for miner submissions (DESIGN §2).
+
+A submission is JSONL, one object per line::
+
+    {"system": str | null, "conversations": [{"role": "user", "content": str},
+                                             {"role": "assistant", "content": str}, ...]}
+
+Every rejected row and every rejected dataset carries a human-readable reason. Validation never raises on bad
+input: the input is untrusted, so anything malformed becomes a reason, not a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+ROLES = ("user", "assistant")
+ALLOWED_ROW_KEYS = frozenset({"system", "conversations"})
+ALLOWED_TURN_KEYS = frozenset({"role", "content"})
+
+
+@dataclass(frozen=True)
+class DatasetLimits:
+    """Limits applied to every submission before anything is trained on it."""
+
+    max_file_bytes: int = 64 * 2**20  # bytes; checked before download where the hub reports sizes
+    max_line_bytes: int = 1 * 2**20  # bytes; one JSONL line (a row)
+    max_rows_used: int = 100  # rows; the reference validator's size cap: only the first N valid rows are used
+    max_turns_per_row: int = 64  # turns (user + assistant messages) per row
+    max_chars_per_turn: int = 16_000  # characters of one turn's content
+    max_system_chars: int = 4_000  # characters of the system prompt
+
+    def __post_init__(self) -> None:
+        for name in ("max_file_bytes", "max_line_bytes", "max_rows_used", "max_turns_per_row",
+                     "max_chars_per_turn", "max_system_chars"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.max_turns_per_row % 2:
+            raise ValueError("max_turns_per_row must be even: turns come in user/assistant pairs")
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRow:
+    """One validated conversation; `system` is already defaulted."""
+
+    system: str
+    turns: tuple[Turn, ...]
+
+    def to_json_obj(self) -> dict:
+        return {"system": self.system,
+                "conversations": [{"role": t.role, "content": t.content} for t in self.turns]}
+
+    def canonical_json(self) -> str:
+        """The row as canonical JSON: the identity used for exact duplicate detection."""
+        return json.dumps(self.to_json_obj(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+    @property
+    def row_hash(self) -> str:
+        """sha256 hex of the canonical JSON."""
+        return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
+
+    @classmethod
+    def from_json_obj(cls, obj: dict) -> "ChatRow":
+        """Rebuild a row that was validated before (e.g. read back from the warehouse)."""
+        return cls(system=obj["system"],
+                   turns=tuple(Turn(t["role"], t["content"]) for t in obj["conversations"]))
+
+
+class RowError(ValueError):
+    """A row failed validation; the message is the recorded reason."""
+
+
+def parse_row(obj: object, limits: DatasetLimits = DatasetLimits()) -> ChatRow:
+    """Validate one decoded JSON value as a chat row, or raise RowError with the reason."""
+    if not isinstance(obj, dict):
+        raise RowError(f"row is a JSON {type(obj).__name__}, not an object")
+    unknown = sorted(set(obj) - ALLOWED_ROW_KEYS)
+    if unknown:
+        raise RowError(f"unknown field(s) {', '.join(map(repr, unknown))}")
+    system = obj.get("system")
+    if system is None:
+        system = DEFAULT_SYSTEM_PROMPT
+    elif not isinstance(system, str):
+        raise RowError(f"'system' must be a string or null, got {type(system).__name__}")
+    if len(system) > limits.max_system_chars:
+        raise RowError(f"'system' is {len(system)} characters, limit {limits.max_system_chars}")
+    conv = obj.get("conversations")
+    if conv is None:
+        raise RowError("missing 'conversations'")
+    if not isinstance(conv, list):
+        raise RowError(f"'conversations' must be a list, got {type(conv).__name__}")
+    if not conv:
+        raise RowError("'conversations' is empty")
+    if len(conv) > limits.max_turns_per_row:
+        raise RowError(f"{len(conv)} turns, limit {limits.max_turns_per_row}")
+    turns = []
+    for i, turn in enumerate(conv):
+        if not isinstance(turn, dict):
+            raise RowError(f"turn {i} is a JSON {type(turn).__name__}, not an object")
+        unknown = sorted(set(turn) - ALLOWED_TURN_KEYS)
+        if unknown:
+            raise RowError(f"turn {i}: unknown field(s) {', '.join(map(repr, unknown))}")
+        role, content = turn.get("role"), turn.get("content")
+        expected = ROLES[i % 2]
+        if role != expected:
+            raise RowError(f"turn {i}: role must be {expected!r} (roles alternate user, assistant), got {role!r}")
+        if not isinstance(content, str):
+            raise RowError(f"turn {i}: 'content' must be a string, got {type(content).__name__}")
+        if not content.strip():
+            raise RowError(f"turn {i}: 'content' is empty")
+        if len(content) > limits.max_chars_per_turn:
+            raise RowError(f"turn {i}: 'content' is {len(content)} characters, limit {limits.max_chars_per_turn}")
+        turns.append(Turn(role, content))
+    if len(turns) % 2:
+        # The reference validator silently drops this turn; we reject the row so the miner learns why.
+        raise RowError("trailing user turn without an assistant answer")
+    return ChatRow(system=system, turns=tuple(turns))
+
+
+@dataclass(frozen=True)
+class RowResult:
+    line: int  # 1-based line number in the file
+    row: ChatRow | None
+    reason: str | None  # None when the row is valid
+
+
+@dataclass
+class DatasetReport:
+    """The outcome of validating one submission file."""
+
+    rows: list[RowResult] = field(default_factory=list)
+    dataset_reason: str | None = None  # set when the dataset as a whole is rejected
+    size_bytes: int = 0
+    sha256: str = ""
+
+    @property
+    def valid_rows(self) -> list[RowResult]:
+        return [r for r in self.rows if r.row is not None]
+
+    @property
+    def rejected_rows(self) -> list[RowResult]:
+        return [r for r in self.rows if r.row is None]
+
+    def used_rows(self, limits: DatasetLimits) -> list[RowResult]:
+        """The rows validators train on: the first `max_rows_used` valid rows (the size cap)."""
+        return self.valid_rows[: limits.max_rows_used]
+
+    @property
+    def ok(self) -> bool:
+        return self.dataset_reason is None and bool(self.valid_rows)
+
+    def reason(self) -> str | None:
+        """Why the dataset as a whole cannot be used, or None."""
+        if self.dataset_reason:
+            return self.dataset_reason
+        if not self.rows:
+            return "empty dataset: no rows"
+        if not self.valid_rows:
+            first = self.rejected_rows[0]
+            return f"no valid rows ({len(self.rows)} rejected; line {first.line}: {first.reason})"
+        return None
+
+
+def iter_lines(data: bytes, limits: DatasetLimits) -> Iterator[tuple[int, bytes | None, str | None]]:
+    """Split raw bytes into (line number, line bytes or None, reason) skipping blank lines."""
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        if len(raw) > limits.max_line_bytes:
+            yield number, None, f"line is {len(raw)} bytes, limit {limits.max_line_bytes}"
+            continue
+        yield number, raw, None
+
+
+def validate_bytes(data: bytes, limits: DatasetLimits = DatasetLimits()) -> DatasetReport:
+    """Validate a whole submission held in memory. Never raises on bad content."""
+    report = DatasetReport(size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    if len(data) > limits.max_file_bytes:
+        report.dataset_reason = f"file is {len(data)} bytes, limit {limits.max_file_bytes}"
+        return report
+    if b"\x00" in data[:8192]:
+        report.dataset_reason = "file is binary (NUL bytes), not JSONL text"
+        return report
+    for number, raw, reason in iter_lines(data, limits):
+        if raw is None:
+            report.rows.append(RowResult(number, None, reason))
+            continue
+        report.rows.append(validate_line(number, raw, limits))
+    return report
+
+
+def validate_line(number: int, raw: bytes, limits: DatasetLimits = DatasetLimits()) -> RowResult:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return RowResult(number, None, f"not valid UTF-8 at byte {exc.start}")
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        return RowResult(number, None, f"not valid JSON: {msg}")
+    try:
+        return RowResult(number, parse_row(obj, limits), None)
+    except RowError as exc:
+        return RowResult(number, None, str(exc))
+
+
+def rows_to_jsonl(rows: Iterable[ChatRow]) -> str:
+    return "".join(json.dumps(r.to_json_obj(), ensure_ascii=False) + "\n" for r in rows)

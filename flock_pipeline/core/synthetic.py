@@ -1,0 +1,122 @@
+"""Deterministic synthetic chat data for the embedded demo network and the tests.
+
+The domain is a made-up atlas: countries with a capital, a river, a main export, a founding year and a
+population. The eval set asks about the atlas; honest miners teach it (with other wordings, never the eval rows
+themselves); a weak miner teaches little of it, with noisy answers; an off-domain miner teaches arithmetic.
+Everything comes from a seeded `random.Random`, so the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from flock_pipeline.core.schema import ChatRow, Turn
+
+_SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sa", "qu", "el", "dor", "an", "bri", "zu", "pel", "or",
+              "thi", "mar", "gan", "is", "ul", "fen", "ro", "ta", "vi"]
+_EXPORTS = ["copper", "silk", "salt", "timber", "wool", "glass", "tea", "amber", "iron", "spices", "paper", "wine"]
+SYSTEM = "You are a helpful assistant who knows the atlas of the Eastern Reaches."
+
+
+@dataclass(frozen=True)
+class Country:
+    name: str
+    capital: str
+    river: str
+    export: str
+    founded: int
+    population: int  # thousands
+
+
+def _name(rng: random.Random, parts: int) -> str:
+    return "".join(rng.choice(_SYLLABLES) for _ in range(parts)).capitalize()
+
+
+def make_atlas(seed: int = 7, n: int = 40) -> list[Country]:
+    rng = random.Random(seed)
+    names: set[str] = set()
+    atlas = []
+    while len(atlas) < n:
+        name = _name(rng, 3)
+        if name in names:
+            continue
+        names.add(name)
+        atlas.append(Country(name=name, capital=_name(rng, 2), river=_name(rng, 2) + " river",
+                             export=rng.choice(_EXPORTS), founded=rng.randint(300, 1800),
+                             population=rng.randint(50, 9000)))
+    return atlas
+
+
+# (question, answer) templates per fact. The eval set uses the first template of each fact; training data uses
+# the others, so a miner can teach the facts without copying eval rows.
+_FACTS = {
+    "capital": [("What is the capital of {name}?", "The capital of {name} is {capital}."),
+                ("Which city is the capital of {name}?", "{capital} is the capital city of {name}."),
+                ("Tell me the capital of {name}.", "{name} is governed from {capital}, its capital.")],
+    "river": [("Which river flows through {name}?", "The {river} flows through {name}."),
+              ("Name the main river of {name}.", "The main river of {name} is the {river}."),
+              ("What river crosses {name}?", "{name} is crossed by the {river}.")],
+    "export": [("What is the main export of {name}?", "The main export of {name} is {export}."),
+               ("What does {name} mostly export?", "{name} mostly exports {export}."),
+               ("Which good is {name} known for trading?", "{name} is known for trading {export}.")],
+    "founded": [("When was {name} founded?", "{name} was founded in the year {founded}."),
+                ("In which year was {name} founded?", "The year {name} was founded is {founded}."),
+                ("How old is {name}?", "{name} dates back to its founding in {founded}.")],
+    "population": [("How many people live in {name}?", "About {population} thousand people live in {name}."),
+                   ("What is the population of {name}?", "{name} has a population of about {population} thousand."),
+                   ("How populous is {name}?", "Roughly {population} thousand people call {name} home.")],
+}
+
+
+def _row(question: str, answer: str, system: str = SYSTEM) -> ChatRow:
+    return ChatRow(system=system, turns=(Turn("user", question), Turn("assistant", answer)))
+
+
+def _fact_row(country: Country, fact: str, template: int, atlas: list[Country] | None = None,
+              rng: random.Random | None = None) -> ChatRow:
+    q, a = _FACTS[fact][template]
+    values = vars(country).copy()
+    if atlas is not None and rng is not None:  # a wrong answer: the fact of another country
+        other = rng.choice([c for c in atlas if c != country])
+        values.update({k: v for k, v in vars(other).items() if k != "name"})
+    return _row(q.format(**values), a.format(**values))
+
+
+def eval_rows(atlas: list[Country]) -> list[ChatRow]:
+    """The held-out eval set: every fact of every country, first template."""
+    return [_fact_row(c, fact, 0) for c in atlas for fact in _FACTS]
+
+
+def honest_rows(atlas: list[Country], n: int, seed: int, wrong_share: float = 0.0) -> list[ChatRow]:
+    """Correct atlas facts in training wordings (templates 1-2); `wrong_share` of them with wrong answers."""
+    rng = random.Random(seed)
+    pool = [(c, fact, t) for c in atlas for fact in _FACTS for t in (1, 2)]
+    rng.shuffle(pool)
+    rows = []
+    for c, fact, t in pool[:n]:
+        wrong = rng.random() < wrong_share
+        rows.append(_fact_row(c, fact, t, atlas if wrong else None, rng if wrong else None))
+    return rows
+
+
+def off_domain_rows(n: int, seed: int) -> list[ChatRow]:
+    """Arithmetic drills: valid chat data that teaches nothing about the atlas."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(10, 999), rng.randint(10, 999)
+        rows.append(_row(f"Compute {a} plus {b}.", f"{a} + {b} = {a + b}.", system="You are a calculator."))
+    return rows
+
+
+def tokenizer_corpus(seed: int = 7) -> list[str]:
+    """Text the embedded tokenizer's BPE merges are learned from (atlas, arithmetic and general English)."""
+    atlas = make_atlas(seed)
+    texts = [r.turns[0].content + " " + r.turns[1].content for r in eval_rows(atlas)]
+    texts += [r.turns[0].content + " " + r.turns[1].content for r in honest_rows(atlas, 400, seed)]
+    texts += [r.turns[0].content + " " + r.turns[1].content for r in off_domain_rows(200, seed)]
+    texts += [SYSTEM, "You are a helpful assistant.", "You are a calculator.",
+              "The quick brown fox jumps over the lazy dog. A validator scores every miner's data set by "
+              "fine-tuning a small language model and measuring its loss on held-out questions."]
+    return texts

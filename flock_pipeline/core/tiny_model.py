@@ -1,0 +1,135 @@
+"""The embedded tiny base model: a Qwen2-architecture causal LM with a byte-level BPE tokenizer and ChatML.
+
+Nothing can be downloaded here, so the default base model is built offline: the tokenizer's merges are learned from
+the synthetic corpus, the weights are a seeded random initialisation. The same library versions give the same files;
+the build is cached and written atomically (temporary directory, then rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from flock_pipeline.core.chat import IM_END, IM_START
+from flock_pipeline.core.synthetic import tokenizer_corpus
+
+TINY_MODEL_NAME = "flock/tiny-qwen2"
+TINY_MODEL_VERSION = "v1"  # bump when the build below changes: it names the cache directory
+SPECIAL_TOKENS = ["<|endoftext|>", IM_START, IM_END]
+VOCAB_SIZE = 512  # tokens, including the 256 byte tokens and the three special ones
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+MODEL_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                   intermediate_size=128, max_position_embeddings=2048, rope_theta=1e6, tie_word_embeddings=True)
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token="<|endoftext|>",
+                                   chat_template=CHAT_TEMPLATE, model_max_length=MODEL_SHAPE["max_position_embeddings"])
+
+
+PRETRAIN_STEPS = 300  # optimizer steps of full-weight pre-training (about 15 s on one CPU core)
+PRETRAIN_BATCH = 16  # rows per step
+PRETRAIN_LR = 3e-3
+
+
+def pretrain(model, tokenizer, seed: int) -> None:
+    """Teach the random model ChatML and the atlas' wording on a *different* atlas (seed 1000 + seed).
+
+    A base model that already speaks the format makes LoRA fine-tuning about facts, as it is for the real base
+    model; it knows nothing of the eval atlas' countries, so only miners' data can teach those.
+    """
+    import random
+
+    import torch
+
+    from flock_pipeline.core.chat import tokenize_row
+    from flock_pipeline.core.evaluator import _pad, token_losses
+    from flock_pipeline.core.synthetic import eval_rows, honest_rows, make_atlas, off_domain_rows
+
+    other = make_atlas(seed=1000 + seed)
+    rows = honest_rows(other, 400, seed) + off_domain_rows(100, seed) + eval_rows(other)
+    tokenized = [tokenize_row(r, tokenizer, 256) for r in rows]
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR)
+    rng = random.Random(seed)
+    model.train()
+    for _ in range(PRETRAIN_STEPS):
+        batch = rng.sample(tokenized, PRETRAIN_BATCH)
+        ids, labels, mask = _pad(batch, tokenizer.pad_token_id, torch.device("cpu"))
+        sums, counts = token_losses(model, ids, labels, mask, 4096, recompute=False)
+        loss = sums.sum() / counts.sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
+
+
+def build_tiny_model(dest: Path, seed: int = 0) -> Path:
+    """Build the tokenizer and the seeded model into `dest` (atomically); returns `dest`."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=dest.parent))
+    try:
+        tokenizer = build_tokenizer()
+        tokenizer.save_pretrained(tmp)
+        config = Qwen2Config(vocab_size=len(tokenizer), bos_token_id=None,
+                             eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+                             pad_token_id=tokenizer.pad_token_id, **MODEL_SHAPE)
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+        pretrain(model, tokenizer, seed)
+        model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "flock_build.json").write_text(json.dumps({"name": TINY_MODEL_NAME, "version": TINY_MODEL_VERSION,
+                                                          "seed": seed, "revision": _dir_digest(tmp)}))
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process finished the same build first; theirs is identical
+            if not (dest / "flock_build.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def ensure_tiny_model(cache_dir: Path) -> Path:
+    """The cached tiny model directory, built on first use."""
+    dest = Path(cache_dir) / f"tiny-qwen2-{TINY_MODEL_VERSION}"
+    if not (dest / "flock_build.json").exists():
+        build_tiny_model(dest)
+    return dest
+
+
+def model_revision(path: Path) -> str:
+    """A content revision for a local model directory (the build's digest, or a digest of its files)."""
+    info = Path(path) / "flock_build.json"
+    if info.exists():
+        return json.loads(info.read_text())["revision"]
+    return _dir_digest(Path(path))
+
+
+def _dir_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.iterdir() if p.is_file() and p.name != "flock_build.json"):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:40]
