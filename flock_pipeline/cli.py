@@ -1,0 +1,199 @@
+"""`flock`: the command line (demo network, epochs, local chain utilities).
+
+Exit codes: 0 ok, 1 a run or check failed, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+def _instance():
+    """The Dagster instance of DAGSTER_HOME when set (so the UI shows the runs), else an ephemeral one."""
+    import dagster as dg
+
+    if os.environ.get("DAGSTER_HOME"):
+        return dg.DagsterInstance.get()
+    return dg.DagsterInstance.ephemeral()
+
+
+def _quiet_torch() -> None:
+    """The embedded network needs no hub; library progress bars and deprecation chatter stay off the console."""
+    import warnings
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
+def cmd_demo(args) -> int:
+    from flock_pipeline.defs.epoch import run_epoch
+    from flock_pipeline.demo import epoch_report, format_report, seed_demo_network
+    from flock_pipeline.resources import build_resources
+
+    _quiet_torch()
+    home = Path(args.home or os.environ.get("FLOCK_HOME") or ".flock").resolve()
+    os.environ["FLOCK_HOME"] = str(home)
+    started = time.perf_counter()
+    epoch = seed_demo_network(home, seed=args.seed)
+    resources = build_resources(home)
+    log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+    run_epoch(epoch, resources, _instance(), progress=log)
+    labels = json.loads((home / "demo.json").read_text())["labels"]
+    report = epoch_report(epoch, resources["warehouse"], labels)
+    elapsed = time.perf_counter() - started
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.json:
+        print(json.dumps({"epoch": epoch, "miners": report, "wall_s": round(elapsed, 2),
+                          "peak_rss_mib": round(peak_mib, 1)}, indent=1))
+    else:
+        print(format_report(report))
+        print(f"\nepoch {epoch}: {elapsed:.1f} s wall, peak RSS {peak_mib:.0f} MiB; home {home}")
+    return 0
+
+
+def cmd_epoch_run(args) -> int:
+    from flock_pipeline.defs.epoch import run_epoch
+    from flock_pipeline.demo import epoch_report, format_report
+    from flock_pipeline.resources import build_resources
+
+    _quiet_torch()
+    resources = build_resources()
+    chain = resources["chain"]
+    epoch = args.epoch if args.epoch is not None else chain.epoch_of(chain.current_block())
+    run_epoch(epoch, resources, _instance(), progress=lambda m: print(m, file=sys.stderr))
+    report = epoch_report(epoch, resources["warehouse"])
+    print(json.dumps({"epoch": epoch, "miners": report}, indent=1) if args.json else format_report(report))
+    return 0
+
+
+def cmd_epoch_open(args) -> int:
+    """Register the current (or given) epoch as a Dagster partition and print its key."""
+    from flock_pipeline.defs.assets import epochs_partitions
+    from flock_pipeline.resources import build_resources
+
+    _quiet_torch()
+    chain = build_resources()["chain"]
+    epoch = args.epoch if args.epoch is not None else chain.epoch_of(chain.current_block())
+    instance = _instance()
+    if not instance.has_dynamic_partition(epochs_partitions.name, str(epoch)):
+        instance.add_dynamic_partitions(epochs_partitions.name, [str(epoch)])
+    print(epoch)
+    return 0
+
+
+def cmd_epoch_miners(args) -> int:
+    """Hotkeys to materialize for a stage of an epoch: `datasets` (accepted commitments) or `eval` (eligible)."""
+    from flock_pipeline.resources import build_resources
+
+    warehouse = build_resources()["warehouse"]
+    if args.stage == "datasets":
+        frame = warehouse.epoch_commitments(args.epoch)
+        hotkeys = frame[frame["status"] == "ok"]["hotkey"]
+    else:
+        frame = warehouse.epoch_shards(args.epoch)
+        hotkeys = frame[frame["status"] == "eligible"]["hotkey"]
+    print("\n".join(hotkeys))
+    return 0
+
+
+def cmd_epoch_report(args) -> int:
+    from flock_pipeline.demo import epoch_report, format_report
+    from flock_pipeline.resources import build_resources, flock_home
+
+    labels_file = flock_home() / "demo.json"
+    labels = json.loads(labels_file.read_text())["labels"] if labels_file.exists() else None
+    report = epoch_report(args.epoch, build_resources()["warehouse"], labels)
+    print(json.dumps({"epoch": args.epoch, "miners": report}, indent=1) if args.json else format_report(report))
+    return 0
+
+
+def cmd_chain_status(args) -> int:
+    from flock_pipeline.resources import build_resources
+
+    chain = build_resources()["chain"]
+    block = chain.current_block()
+    print(json.dumps({"block": block, "epoch": chain.epoch_of(block), "tempo": chain.tempo,
+                      "neurons": len(chain.metagraph()), "commitments": len(chain.commitments())}))
+    return 0
+
+
+def cmd_chain_advance(args) -> int:
+    from flock_pipeline.resources import build_resources
+
+    chain = build_resources()["chain"]
+    if args.to_next_epoch:
+        target = chain.epoch_start(chain.epoch_of(chain.current_block()) + 1)
+        blocks = target - chain.current_block()
+    else:
+        blocks = args.blocks
+    print(chain.advance(blocks))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flock", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="seed the local demo network and run one epoch through the assets")
+    demo.add_argument("--json", action="store_true", help="print the report as JSON")
+    demo.add_argument("--home", help="where the demo network lives (default: $FLOCK_HOME or ./.flock); wiped first")
+    demo.add_argument("--seed", type=int, default=7, help="seed of the synthetic data")
+    demo.set_defaults(func=cmd_demo)
+
+    epoch = sub.add_parser("epoch", help="run or inspect an epoch").add_subparsers(dest="epoch_cmd", required=True)
+    run = epoch.add_parser("run", help="materialize a whole epoch in this process (default: the current one)")
+    run.add_argument("epoch", type=int, nargs="?")
+    run.add_argument("--json", action="store_true")
+    run.set_defaults(func=cmd_epoch_run)
+    opened = epoch.add_parser("open", help="add the epoch's Dagster partition and print its key")
+    opened.add_argument("epoch", type=int, nargs="?")
+    opened.set_defaults(func=cmd_epoch_open)
+    miners = epoch.add_parser("miners", help="hotkeys to materialize at a stage of the epoch")
+    miners.add_argument("epoch", type=int)
+    miners.add_argument("--stage", choices=["datasets", "eval"], default="datasets")
+    miners.set_defaults(func=cmd_epoch_miners)
+    report = epoch.add_parser("report", help="the epoch's table (or --json)")
+    report.add_argument("epoch", type=int)
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(func=cmd_epoch_report)
+
+    chain = sub.add_parser("chain", help="the local chain").add_subparsers(dest="chain_cmd", required=True)
+    chain.add_parser("status", help="block, epoch, neurons, commitments").set_defaults(func=cmd_chain_status)
+    adv = chain.add_parser("advance", help="move the local block clock on")
+    adv.add_argument("blocks", type=int, nargs="?", default=1)
+    adv.add_argument("--to-next-epoch", action="store_true")
+    adv.set_defaults(func=cmd_chain_advance)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flock_pipeline.resources import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"flock: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the top of the CLI: one line for the user, not a traceback
+        from flock_pipeline.defs.epoch import EpochFailed
+
+        if isinstance(exc, EpochFailed):
+            print(f"flock: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The seven software-defined assets of an epoch (DESIGN §3). Each reads its resources, calls one validator step
+and reports metadata; the results themselves live in the warehouse, so nothing computed is lost on failure.
+
+Partitions: epoch-level assets use the dynamic `epochs` partitions (key = epoch number); per-miner assets use the
+dynamic `miners` partitions (key = hotkey). Deduplication is epoch-level, not per miner: which miner keeps a row
+depends on every other miner of the epoch, so one step computes all shards at once (see README, "Asset graph").
+"""
+
+import math
+
+import dagster as dg
+import pandas as pd
+
+from flock_pipeline.core.commitment import Commitment, CommitmentError
+from flock_pipeline.resources.chain import ChainResource
+from flock_pipeline.resources.evaluator import EvaluatorResource
+from flock_pipeline.resources.hub import HubResource
+from flock_pipeline.resources.settings import ValidatorSettingsResource
+from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.validator.commitments import snapshot_commitments
+from flock_pipeline.validator.datasets import fetch_miner_dataset
+from flock_pipeline.validator.evaluation import evaluate_miner
+from flock_pipeline.validator.scoring import build_epoch_corpus, compute_epoch_scores, submit_epoch_weights
+from flock_pipeline.validator.shards import build_shards
+
+epochs_partitions = dg.DynamicPartitionsDefinition(name="epochs")
+miners_partitions = dg.DynamicPartitionsDefinition(name="miners")
+
+GPU_POOL = "gpu"  # size it to the number of GPUs: `dagster instance concurrency set gpu N`
+TRANSIENT_RETRIES = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL)
+
+
+def _table(frame: pd.DataFrame, columns: list[str]) -> dg.MetadataValue:
+    def fmt(v):
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.4f}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row[c]) for c in columns) + " |" for _, row in frame.iterrows()]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+@dg.asset(partitions_def=epochs_partitions, group_name="chain", kinds={"python", "duckdb"})
+def chain_commitments(context: dg.AssetExecutionContext, chain: ChainResource, hub: HubResource,
+                      settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Every miner's latest dataset commitment at the epoch's opening block: uid, hotkey, repo, revision, commit
+    block and registration block. Undecodable commitments, other competitions, unregistered hotkeys and
+    commitments older than the hotkey's registration are kept with status "rejected" and the reason.
+    Registers a `miners` partition for every new hotkey."""
+    epoch = int(context.partition_key)
+    frame = snapshot_commitments(epoch, chain, hub, settings, warehouse)
+    new = [h for h in frame["hotkey"] if not context.instance.has_dynamic_partition(miners_partitions.name, h)]
+    if new:
+        context.instance.add_dynamic_partitions(miners_partitions.name, new)
+    return dg.MaterializeResult(metadata={
+        "block": chain.epoch_start(epoch), "commitments": len(frame),
+        "accepted": int((frame["status"] == "ok").sum()), "new_miners": len(new),
+        "commitments_table": _table(frame, ["uid", "hotkey", "repo", "revision", "commit_block", "status", "reason"]),
+    })
+
+
+def _chain_revisions(chain: ChainResource, hotkey: str, competition_id: str) -> list[tuple[str, str]]:
+    """(repo, revision) of the hotkey's current on-chain commitment, when it decodes."""
+    for raw in chain.commitments():
+        if raw.hotkey == hotkey:
+            try:
+                c = Commitment.from_compressed_str(raw.data)
+            except CommitmentError:
+                return []
+            return [(c.repo_id, c.revision)] if c.competition_id == competition_id else []
+    return []
+
+
+@dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"python", "duckdb"},
+          deps=[dg.AssetDep(chain_commitments, partition_mapping=dg.LastPartitionMapping())],
+          retry_policy=TRANSIENT_RETRIES)
+def miner_datasets(context: dg.AssetExecutionContext, chain: ChainResource, hub: HubResource,
+                   evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
+                   warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """The miner's `data.jsonl` at its committed revision (the latest epoch's, and the chain's current one when it
+    differs), downloaded once per revision after a size check, validated row by row. Records every rejected row's
+    line and reason, the rows used (the first 100 valid rows: the size cap) and their token counts."""
+    hotkey = context.partition_key
+    final_try = context.retry_number >= TRANSIENT_RETRIES.max_retries
+    outcome = fetch_miner_dataset(hotkey, hub, evaluator, settings, warehouse, give_up_on_transient=final_try)
+    others = [fetch_miner_dataset(hotkey, hub, evaluator, settings, warehouse, repo=repo, revision=rev,
+                                  give_up_on_transient=final_try)
+              for repo, rev in _chain_revisions(chain, hotkey, settings.competition_id)
+              if (repo, rev) != (outcome.repo, outcome.revision)]
+    rejected = pd.DataFrame(list(outcome.rejected)[:20], columns=["line", "reason"])
+    return dg.MaterializeResult(metadata={
+        "status": outcome.status, "reason": outcome.reason or "", "repo": outcome.repo or "",
+        "revision": outcome.revision or "", "rows_total": outcome.rows_total, "rows_valid": outcome.rows_valid,
+        "rows_used": outcome.rows_used, "size_bytes": outcome.size_bytes, "sha256": outcome.sha256,
+        "from_cache": outcome.cached, "also_fetched": ", ".join(f"{o.revision}: {o.status}" for o in others),
+        "rejected_rows": _table(rejected, ["line", "reason"]),
+    })
+
+
+@dg.asset(partitions_def=epochs_partitions, group_name="miners", kinds={"python", "duckdb"},
+          deps=[dg.AssetDep(miner_datasets, partition_mapping=dg.AllPartitionMapping())])
+def deduplicated_shards(context: dg.AssetExecutionContext, hub: HubResource, settings: ValidatorSettingsResource,
+                        warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Each miner's used rows minus exact copies of rows that an earlier commitment (block, then uid) already
+    contributed, minus rows of the eval set. Miners whose rows are mostly copies or leaks are ineligible, with the
+    reason. Computed for all miners of the epoch at once, since who keeps a row depends on every miner."""
+    frame = build_shards(int(context.partition_key), hub, settings, warehouse)
+    return dg.MaterializeResult(metadata={
+        "miners": len(frame), "eligible": int((frame["status"] == "eligible").sum()),
+        "rows_kept": int(frame["rows_kept"].sum()), "duplicates_earlier": int(frame["duplicates_earlier"].sum()),
+        "eval_leaks": int(frame["eval_leaks"].sum()),
+        "shards_table": _table(frame, ["uid", "hotkey", "status", "rows_in", "rows_kept", "duplicates_earlier",
+                                       "eval_leaks", "reason"]),
+    })
+
+
+@dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"pytorch", "duckdb"}, pool=GPU_POOL,
+          deps=[dg.AssetDep(deduplicated_shards, partition_mapping=dg.LastPartitionMapping())],
+          retry_policy=TRANSIENT_RETRIES)
+def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, hub: HubResource,
+                      warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """LoRA fine-tune of the base model on the miner's shard (latest epoch), then the eval loss: mean over eval
+    rows of each row's mean assistant-token cross-entropy (nats/token); per-row losses are kept. Cached by
+    (shard hash, base model + revision, recipe hash, eval revision). A crash is recorded as a failure with its
+    error and retried; it never becomes a loss."""
+    record = evaluate_miner(context.partition_key, evaluator, hub, warehouse)
+    return dg.MaterializeResult(metadata={
+        "status": record.status, "reason": record.reason or "",
+        "eval_loss": record.eval_loss if record.eval_loss is not None else float("nan"),
+        "cache_key": record.cache_key or "", "from_cache": record.cached, "attempts": record.attempts,
+        "seconds": record.seconds, "train_tokens": record.train_tokens,
+    })
+
+
+@dg.asset(partitions_def=epochs_partitions, group_name="scoring", kinds={"python", "duckdb"},
+          deps=[dg.AssetDep(miner_eval_losses, partition_mapping=dg.AllPartitionMapping())])
+def win_rates(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
+              warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Pairwise comparison of the eligible miners' eval losses (the earlier commitment gets a (1 - epsilon)
+    advantage), win rate = wins / (n - 1), weights = softmax(win rate / temperature) blended with the previous
+    epoch's weights. Every other miner is listed with weight 0 and the reason."""
+    frame = compute_epoch_scores(int(context.partition_key), evaluator, settings, warehouse)
+    return dg.MaterializeResult(metadata={
+        "scored": int((frame["status"] == "scored").sum()), "miners": len(frame),
+        "scores_table": _table(frame.sort_values("weight", ascending=False),
+                               ["uid", "hotkey", "status", "eval_loss", "win_rate", "weight", "reason"]),
+    })
+
+
+@dg.asset(partitions_def=epochs_partitions, group_name="scoring", kinds={"python"}, deps=[win_rates])
+def submitted_weights(context: dg.AssetExecutionContext, chain: ChainResource, settings: ValidatorSettingsResource,
+                      warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """The epoch's weight vector as u16 and what the chain answered (block, or the refusal and when to retry).
+    Sent once per epoch: a re-materialization reports the recorded answer."""
+    result = submit_epoch_weights(int(context.partition_key), chain, settings, warehouse)
+    if not result["success"]:
+        context.log.warning(f"weights not set: {result['message']}")
+    return dg.MaterializeResult(metadata={
+        "success": bool(result["success"]), "block": int(result["block"]), "message": result["message"],
+        "uids": str(result["uids"]), "weights_u16": str(result["weights"]),
+        "sent_now": bool(result["resubmitted"]),
+    })
+
+
+@dg.asset(partitions_def=epochs_partitions, group_name="corpus", kinds={"parquet"},
+          deps=[win_rates, deduplicated_shards])
+def final_corpus(context: dg.AssetExecutionContext, settings: ValidatorSettingsResource,
+                 warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """The scored miners' deduplicated rows merged into one SFT corpus, best miner first, with provenance columns
+    (hotkey, uid, repo, revision, commit block, row hash, miner score, eval loss); JSONL and Parquet."""
+    row = build_epoch_corpus(int(context.partition_key), settings, warehouse)
+    return dg.MaterializeResult(metadata={
+        "rows": row["rows"], "miners": row["miners"], "sha256": row["sha256"],
+        "jsonl": dg.MetadataValue.path(row["jsonl_path"]), "parquet": dg.MetadataValue.path(row["parquet_path"]),
+    })
+
+
+ASSETS = [chain_commitments, miner_datasets, deduplicated_shards, miner_eval_losses, win_rates, submitted_weights,
+          final_corpus]

@@ -1,0 +1,57 @@
+"""Asset checks: the invariants between evaluation and the irreversible weight submission."""
+
+import math
+
+import dagster as dg
+
+from flock_pipeline.core.scoring import validate_weights
+from flock_pipeline.defs.assets import miner_eval_losses, win_rates
+from flock_pipeline.resources.evaluator import EvaluatorResource
+from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.validator.evaluation import cache_key, latest_shard
+from flock_pipeline.validator.scoring import weights_of
+
+
+def _partition(context: dg.AssetCheckExecutionContext) -> str:
+    """The partition of the run the check runs in (checks share the run of their asset's partition)."""
+    key = context.run.tags.get("dagster/partition")
+    if key is None:
+        raise dg.Failure("this check runs with its asset's partition: launch it with the asset")
+    return key
+
+
+@dg.asset_check(asset=miner_eval_losses,
+                description="A recorded eval loss is finite; a failed evaluation carries an error, not a loss.")
+def eval_loss_is_finite(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorResource,
+                        warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    shard = latest_shard(warehouse, _partition(context))
+    if shard is None or shard["status"] != "eligible":
+        return dg.AssetCheckResult(passed=True, metadata={"evaluated": False})
+    result = warehouse.eval_result(cache_key(shard["shard_hash"], evaluator.provenance(), shard["eval_revision"]))
+    if result is None:
+        return dg.AssetCheckResult(passed=False, metadata={"problem": "no result recorded"})
+    if result["status"] == "ok":
+        losses = list(result["per_row_losses"])
+        finite = math.isfinite(result["eval_loss"]) and any(math.isfinite(x) for x in losses)
+        return dg.AssetCheckResult(passed=finite, metadata={"eval_loss": float(result["eval_loss"])})
+    passed = result["eval_loss"] is None or math.isnan(result["eval_loss"])
+    return dg.AssetCheckResult(passed=passed, metadata={"status": result["status"], "error": result["error"] or ""})
+
+
+@dg.asset_check(asset=win_rates, blocking=True,
+                description="Weights are finite, non-negative, sum to 1 and go only to scored (eligible) miners. "
+                            "Blocking: submitted_weights does not run when this fails.")
+def weights_are_valid(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    frame = warehouse.win_rates(int(_partition(context)))
+    weights = weights_of(frame)
+    eligible = {int(r.uid) for r in frame.itertuples() if r.status == "scored"}
+    try:
+        validate_weights(weights, eligible)
+        if eligible and not weights:
+            raise ValueError("scored miners exist but every weight is 0")
+    except ValueError as exc:
+        return dg.AssetCheckResult(passed=False, metadata={"problem": str(exc)})
+    return dg.AssetCheckResult(passed=True, metadata={"scored": len(eligible), "sum": sum(weights.values())})
+
+
+CHECKS = [eval_loss_is_finite, weights_are_valid]

@@ -1,0 +1,120 @@
+"""Sensors: the chain drives everything.
+
+- `new_block_sensor` opens an epoch when the chain reaches its first block: adds the `epochs` partition and runs
+  `chain_commitments` for it (run key = epoch).
+- `commitment_sensor` adds a `miners` partition for each new hotkey and downloads a miner's dataset as soon as its
+  commitment changes (run key = hotkey:revision).
+- `epoch_progress_sensor` moves the newest epoch on, one stage at a time, from what the warehouse has recorded:
+  missing datasets -> shards -> one evaluation run per eligible miner (GPU pool) -> scores, weights and corpus.
+  Run keys make every request idempotent.
+"""
+
+import json
+
+import dagster as dg
+
+from flock_pipeline.core.commitment import Commitment, CommitmentError
+from flock_pipeline.defs.assets import (chain_commitments, deduplicated_shards, epochs_partitions, final_corpus,
+                                        miner_datasets, miner_eval_losses, miners_partitions, submitted_weights,
+                                        win_rates)
+from flock_pipeline.resources.chain import ChainResource
+from flock_pipeline.resources.settings import ValidatorSettingsResource
+from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.validator.evaluation import MAX_ATTEMPTS
+
+SENSOR_INTERVAL_S = 30
+
+
+@dg.sensor(minimum_interval_seconds=SENSOR_INTERVAL_S, asset_selection=[chain_commitments],
+           default_status=dg.DefaultSensorStatus.STOPPED)
+def new_block_sensor(context: dg.SensorEvaluationContext, chain: ChainResource) -> dg.SensorResult | dg.SkipReason:
+    """Opens epoch N when the chain reaches block N * tempo."""
+    block = chain.current_block()
+    epoch = chain.epoch_of(block)
+    last = int(context.cursor) if context.cursor else -1
+    if epoch <= last:
+        return dg.SkipReason(f"block {block}: epoch {epoch} already opened")
+    key = str(epoch)
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"epoch:{key}", partition_key=key,
+                                    asset_selection=[chain_commitments.key])],
+        dynamic_partitions_requests=[epochs_partitions.build_add_request([key])],
+        cursor=key,
+    )
+
+
+@dg.sensor(minimum_interval_seconds=SENSOR_INTERVAL_S, asset_selection=[miner_datasets],
+           default_status=dg.DefaultSensorStatus.STOPPED)
+def commitment_sensor(context: dg.SensorEvaluationContext, chain: ChainResource,
+                      settings: ValidatorSettingsResource) -> dg.SensorResult | dg.SkipReason:
+    """A new hotkey gets a `miners` partition; a changed commitment gets a dataset download (hotkey:revision)."""
+    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    requests, new_hotkeys = [], []
+    for raw in chain.commitments():
+        if seen.get(raw.hotkey) == raw.data:
+            continue
+        seen[raw.hotkey] = raw.data
+        try:
+            c = Commitment.from_compressed_str(raw.data)
+        except CommitmentError as exc:
+            context.log.info(f"ignoring commitment of {raw.hotkey} at block {raw.block}: {exc}")
+            continue
+        if c.competition_id != settings.competition_id:
+            continue
+        if not context.instance.has_dynamic_partition(miners_partitions.name, raw.hotkey):
+            new_hotkeys.append(raw.hotkey)
+        requests.append(dg.RunRequest(run_key=f"{raw.hotkey}:{c.revision}", partition_key=raw.hotkey,
+                                      asset_selection=[miner_datasets.key]))
+    if not requests:
+        return dg.SkipReason("no new commitments")
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True),
+                           dynamic_partitions_requests=[miners_partitions.build_add_request(new_hotkeys)]
+                           if new_hotkeys else [])
+
+
+def next_epoch_requests(epoch: int, warehouse: WarehouseResource) -> tuple[list[dg.RunRequest], str]:
+    """The run requests that move `epoch` to its next stage, and a one-line description of where it stands."""
+    key = str(epoch)
+    commitments = warehouse.epoch_commitments(epoch)
+    accepted = commitments[commitments["status"] == "ok"]
+    missing = [c for c in accepted.itertuples() if warehouse.dataset(c.repo, c.revision) is None]
+    if missing:
+        return [dg.RunRequest(run_key=f"dataset:{c.hotkey}:{c.revision}", partition_key=c.hotkey,
+                              asset_selection=[miner_datasets.key]) for c in missing], "downloading datasets"
+    shards = warehouse.epoch_shards(epoch)
+    if shards.empty and not commitments.empty:
+        return [dg.RunRequest(run_key=f"shards:{key}", partition_key=key,
+                              asset_selection=[deduplicated_shards.key])], "deduplicating"
+    pending = []
+    for s in shards[shards["status"] == "eligible"].itertuples():
+        done = warehouse.query("SELECT count(*) AS n FROM eval_results WHERE shard_hash = ? AND "
+                               "(status = 'ok' OR attempts >= ?)", [s.shard_hash, MAX_ATTEMPTS])
+        if int(done["n"].iloc[0]) == 0:
+            pending.append(dg.RunRequest(run_key=f"eval:{s.hotkey}:{s.shard_hash}", partition_key=s.hotkey,
+                                         asset_selection=[miner_eval_losses.key]))
+    if pending:
+        return pending, f"evaluating {len(pending)} miner(s)"
+    if warehouse.win_rates(epoch).empty:
+        return [dg.RunRequest(run_key=f"score:{key}", partition_key=key,
+                              asset_selection=[win_rates.key, submitted_weights.key, final_corpus.key])], "scoring"
+    return [], "done"
+
+
+@dg.sensor(minimum_interval_seconds=SENSOR_INTERVAL_S,
+           asset_selection=[miner_datasets, deduplicated_shards, miner_eval_losses, win_rates, submitted_weights,
+                            final_corpus],
+           default_status=dg.DefaultSensorStatus.STOPPED)
+def epoch_progress_sensor(context: dg.SensorEvaluationContext,
+                          warehouse: WarehouseResource) -> dg.SensorResult | dg.SkipReason:
+    """Requests the next stage of the newest epoch whose commitments are recorded."""
+    latest = warehouse.query("SELECT max(epoch) AS e FROM epochs")["e"].iloc[0]
+    if latest is None or latest != latest:  # no epoch yet (NULL comes back as None or NaN)
+        return dg.SkipReason("no epoch recorded yet")
+    requests, stage = next_epoch_requests(int(latest), warehouse)
+    if not requests:
+        return dg.SkipReason(f"epoch {int(latest)}: {stage}")
+    context.log.info(f"epoch {int(latest)}: {stage}")
+    return dg.SensorResult(run_requests=requests)
+
+
+SENSORS = [new_block_sensor, commitment_sensor, epoch_progress_sensor]

@@ -1,0 +1,89 @@
+"""The evaluator: which base model, on which device, with which recipe; the model is loaded once per process."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import dagster as dg
+
+from flock_pipeline.core import evaluator as core_eval
+from flock_pipeline.core.recipe import TINY_RECIPE, TrainRecipe
+from flock_pipeline.core.schema import ChatRow
+from flock_pipeline.core.tiny_model import TINY_MODEL_NAME, ensure_tiny_model, model_revision
+
+_MODELS: dict[tuple, core_eval.BaseModel] = {}  # one loaded base model per (path, device, precision) per process
+_LOCK = threading.Lock()
+
+
+class EvaluatorResource(dg.ConfigurableResource):
+    """LoRA trainer + eval-loss evaluator.
+
+    base_model: "tiny" (the embedded model, built offline on first use) or a local model directory.
+    recipe: JSON object of TrainRecipe overrides, e.g. '{"learning_rate": 1e-4}'.
+    """
+
+    base_model: str = "tiny"
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    recipe: str = "{}"
+    cache_dir: str = ".flock/models"
+    threads: int = 0  # torch CPU threads; 0 leaves torch's default
+
+    def train_recipe(self) -> TrainRecipe:
+        base = TINY_RECIPE if self.base_model == "tiny" else TrainRecipe()
+        overrides = json.loads(self.recipe or "{}")
+        if not isinstance(overrides, dict):
+            raise ValueError("recipe must be a JSON object of TrainRecipe fields")
+        return base.with_overrides(**overrides)
+
+    def model_path(self) -> Path:
+        if self.base_model == "tiny":
+            return ensure_tiny_model(Path(self.cache_dir))
+        path = Path(self.base_model)
+        if not path.is_dir():
+            raise ValueError(f"base model {self.base_model!r} is not a local model directory")
+        return path
+
+    def model_name(self) -> str:
+        return TINY_MODEL_NAME if self.base_model == "tiny" else self.base_model
+
+    def load(self) -> core_eval.BaseModel:
+        import torch
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        if self.train_recipe().deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # needed by deterministic cuBLAS
+        path = self.model_path()
+        key = (str(path), self.device, self.train_recipe().precision)
+        with _LOCK:
+            if key not in _MODELS:
+                _MODELS[key] = core_eval.load_base_model(str(path), device=self.device,
+                                                         precision=self.train_recipe().precision,
+                                                         revision=model_revision(path), name=self.model_name())
+            return _MODELS[key]
+
+    def evaluate(self, train_rows: list[ChatRow], eval_rows: list[ChatRow]) -> core_eval.EvalOutcome:
+        base = self.load()
+        with _LOCK:  # one training at a time per process: the base model is shared
+            return core_eval.train_and_evaluate(base, train_rows, eval_rows, self.train_recipe())
+
+    def base_loss(self, eval_rows: list[ChatRow]) -> core_eval.EvalOutcome:
+        base = self.load()
+        with _LOCK:
+            return core_eval.base_eval_loss(base, eval_rows, self.train_recipe())
+
+    def provenance(self) -> dict:
+        """What a score depends on besides the data: model, its revision, recipe and library versions."""
+        import peft
+        import torch
+        import transformers
+
+        path = self.model_path()
+        recipe = self.train_recipe()
+        return {"base_model": self.model_name(), "base_revision": model_revision(path),
+                "recipe_hash": recipe.recipe_hash(), "recipe": recipe.to_dict(),
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                             "peft": peft.__version__}}

@@ -1,0 +1,108 @@
+"""Miner step: download a committed dataset once, validate it row by row, record rows and reasons."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import pandas as pd
+
+from flock_pipeline.core.chat import count_tokens
+from flock_pipeline.core.schema import ChatRow, validate_bytes
+from flock_pipeline.resources.evaluator import EvaluatorResource
+from flock_pipeline.resources.hub import HubError, HubNotFound, HubResource
+from flock_pipeline.resources.settings import ValidatorSettingsResource
+from flock_pipeline.resources.warehouse import WarehouseResource
+
+MAX_RECORDED_REJECTIONS = 1000  # rejected-row reasons kept per dataset (the counts are always complete)
+
+
+@dataclass(frozen=True)
+class DatasetOutcome:
+    hotkey: str
+    repo: str | None
+    revision: str | None
+    status: str  # ok | invalid | unavailable | no_commitment
+    reason: str | None
+    rows_total: int = 0
+    rows_valid: int = 0
+    rows_used: int = 0
+    size_bytes: int = 0
+    sha256: str = ""
+    cached: bool = False
+    rejected: tuple = ()
+
+
+def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResource,
+                        settings: ValidatorSettingsResource, warehouse: WarehouseResource, *,
+                        repo: str | None = None, revision: str | None = None,
+                        give_up_on_transient: bool = False) -> DatasetOutcome:
+    """Download + validate one dataset revision (default: the one of `hotkey`'s latest recorded commitment).
+
+    Never raises for bad data. A missing repo or file is recorded as "unavailable" and the epoch goes on;
+    transient hub errors are raised for a retry, unless `give_up_on_transient` (the last try) records them too.
+    """
+    if repo is None or revision is None:
+        commitment = warehouse.latest_commitment(hotkey)
+        if commitment is None or commitment["status"] != "ok":
+            reason = commitment["reason"] if commitment is not None else "no commitment recorded for this hotkey"
+            return DatasetOutcome(hotkey, None, None, "no_commitment", reason)
+        repo, revision = commitment["repo"], commitment["revision"]
+    known = warehouse.dataset(repo, revision)
+    if known is not None:
+        return _outcome(hotkey, known, cached=True)
+    limits = settings.limits()
+    try:
+        info = hub.file_info(repo, revision)
+        if info.size > limits.max_file_bytes:
+            return _record(warehouse, hotkey, repo, revision, "invalid",
+                           f"data.jsonl is {info.size} bytes, limit {limits.max_file_bytes}", size=info.size)
+        data = hub.download(repo, revision, max_bytes=limits.max_file_bytes)
+    except HubNotFound as exc:
+        return _record(warehouse, hotkey, repo, revision, "unavailable", str(exc))
+    except HubError as exc:
+        if exc.transient and not give_up_on_transient:
+            raise
+        return _record(warehouse, hotkey, repo, revision, "unavailable", str(exc))
+    report = validate_bytes(data, limits)
+    used = report.used_rows(limits)
+    tokenizer = _tokenizer(str(evaluator.model_path()))
+    rows = pd.DataFrame([{"repo": repo, "revision": revision, "idx": i, "line": r.line, "row_hash": r.row.row_hash,
+                          "row_json": r.row.canonical_json(), "n_tokens": count_tokens(r.row, tokenizer)}
+                         for i, r in enumerate(used)],
+                        columns=["repo", "revision", "idx", "line", "row_hash", "row_json", "n_tokens"])
+    warehouse.replace_rows("dataset_rows", rows, "repo = ? AND revision = ?", [repo, revision])
+    reason = report.reason()
+    rejected = [{"line": r.line, "reason": r.reason} for r in report.rejected_rows[:MAX_RECORDED_REJECTIONS]]
+    return _record(warehouse, hotkey, repo, revision, "ok" if reason is None else "invalid", reason,
+                   size=report.size_bytes, sha256=report.sha256, rows_total=len(report.rows),
+                   rows_valid=len(report.valid_rows), rows_used=len(used), rejected=rejected)
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+
+
+def _record(warehouse: WarehouseResource, hotkey: str, repo: str, revision: str, status: str, reason: str | None,
+            size: int = 0, sha256: str = "", rows_total: int = 0, rows_valid: int = 0, rows_used: int = 0,
+            rejected: list | None = None) -> DatasetOutcome:
+    row = {"repo": repo, "revision": revision, "status": status, "reason": reason, "size_bytes": size,
+           "sha256": sha256, "rows_total": rows_total, "rows_valid": rows_valid, "rows_used": rows_used,
+           "rejected": json.dumps(rejected or []), "created_at": pd.Timestamp.now("UTC").tz_localize(None)}
+    warehouse.replace_rows("datasets", pd.DataFrame([row]), "repo = ? AND revision = ?", [repo, revision])
+    return _outcome(hotkey, row, cached=False)
+
+
+def _outcome(hotkey: str, row: dict, cached: bool) -> DatasetOutcome:
+    return DatasetOutcome(hotkey=hotkey, repo=row["repo"], revision=row["revision"], status=row["status"],
+                          reason=row["reason"], rows_total=int(row["rows_total"]), rows_valid=int(row["rows_valid"]),
+                          rows_used=int(row["rows_used"]), size_bytes=int(row["size_bytes"]),
+                          sha256=row["sha256"] or "", cached=cached, rejected=tuple(json.loads(row["rejected"])))
+
+
+def rows_from_json(frame: pd.DataFrame) -> list[ChatRow]:
+    return [ChatRow.from_json_obj(json.loads(s)) for s in frame["row_json"]]

@@ -1,0 +1,104 @@
+"""Miner step: LoRA-train on the miner's shard and measure the eval loss, cached by content.
+
+The cache key is (shard hash, base model + revision, recipe hash, eval set revision): the same data under the same
+recipe is never trained twice, across epochs and across miners who end up with the same shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import traceback
+from dataclasses import dataclass
+
+import pandas as pd
+
+from flock_pipeline.resources.evaluator import EvaluatorResource
+from flock_pipeline.resources.hub import HubResource
+from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.validator.datasets import rows_from_json
+from flock_pipeline.validator.shards import load_eval_rows
+
+MAX_ATTEMPTS = 3  # evaluation attempts of one cache key before its failure is final
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    hotkey: str
+    status: str  # ok | failed | skipped
+    reason: str | None
+    cache_key: str | None = None
+    eval_loss: float | None = None
+    cached: bool = False
+    attempts: int = 0
+    seconds: float = 0.0
+    train_tokens: int = 0
+
+
+class TransientEvalError(RuntimeError):
+    """An evaluation failed and may succeed on a retry (recorded; the asset's retry policy runs it again)."""
+
+
+def cache_key(shard: str, provenance: dict, eval_revision: str) -> str:
+    parts = [shard, provenance["base_model"], provenance["base_revision"], provenance["recipe_hash"], eval_revision]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def latest_shard(warehouse: WarehouseResource, hotkey: str) -> dict | None:
+    df = warehouse.query("SELECT s.*, e.eval_repo, e.eval_revision FROM shards s JOIN epochs e USING (epoch) "
+                         "WHERE s.hotkey = ? ORDER BY s.epoch DESC LIMIT 1", [hotkey])
+    return None if df.empty else df.iloc[0].to_dict()
+
+
+def evaluate_miner(hotkey: str, evaluator: EvaluatorResource, hub: HubResource,
+                   warehouse: WarehouseResource) -> EvalRecord:
+    """Evaluate `hotkey`'s shard of the latest epoch that has one (skipped when ineligible)."""
+    shard = latest_shard(warehouse, hotkey)
+    if shard is None:
+        return EvalRecord(hotkey, "skipped", "no shard: deduplicated_shards has not run for this miner")
+    if shard["status"] != "eligible":
+        return EvalRecord(hotkey, "skipped", shard["reason"])
+    provenance = evaluator.provenance()
+    key = cache_key(shard["shard_hash"], provenance, shard["eval_revision"])
+    previous = warehouse.eval_result(key)
+    attempts = int(previous["attempts"]) if previous is not None else 0
+    if previous is not None and (previous["status"] == "ok" or attempts >= MAX_ATTEMPTS):
+        return _record_of(hotkey, previous, cached=True)
+    train_rows = rows_from_json(warehouse.shard_rows(shard["shard_hash"]))
+    eval_rows = load_eval_rows(hub, shard["eval_repo"], shard["eval_revision"])
+    attempts += 1
+    try:
+        outcome = evaluator.evaluate(train_rows, eval_rows)
+        if not math.isfinite(outcome.eval_loss):
+            raise FloatingPointError(f"eval loss is {outcome.eval_loss}")
+    except Exception as exc:  # any crash is recorded as this miner's failure, never as a made-up loss
+        error = f"{type(exc).__name__}: {exc}"
+        row = _row(key, shard["shard_hash"], "failed", error, None, [], [], 0, 0, 0.0, provenance, attempts)
+        warehouse.replace_rows("eval_results", row, "cache_key = ?", [key])
+        if attempts < MAX_ATTEMPTS and not isinstance(exc, ValueError):
+            raise TransientEvalError(f"attempt {attempts}/{MAX_ATTEMPTS} failed: {error}\n"
+                                     f"{traceback.format_exc(limit=3)}") from exc
+        return EvalRecord(hotkey, "failed", error, key, attempts=attempts)
+    row = _row(key, shard["shard_hash"], "ok", None, outcome.eval_loss, outcome.per_row_losses,
+               outcome.train_losses, outcome.train_tokens, outcome.eval_tokens,
+               outcome.train_seconds + outcome.eval_seconds, provenance, attempts)
+    warehouse.replace_rows("eval_results", row, "cache_key = ?", [key])
+    return _record_of(hotkey, row.iloc[0].to_dict(), cached=False)
+
+
+def _row(key, shard, status, error, loss, per_row, train_losses, train_tokens, eval_tokens, seconds, provenance,
+         attempts) -> pd.DataFrame:
+    return pd.DataFrame([{"cache_key": key, "shard_hash": shard, "status": status, "error": error,
+                          "eval_loss": loss, "per_row_losses": [float(x) for x in per_row],
+                          "train_losses": [float(x) for x in train_losses], "train_tokens": train_tokens,
+                          "eval_tokens": eval_tokens, "seconds": seconds, "provenance": json.dumps(provenance),
+                          "attempts": attempts, "created_at": pd.Timestamp.now("UTC").tz_localize(None)}])
+
+
+def _record_of(hotkey: str, row: dict, cached: bool) -> EvalRecord:
+    ok = row["status"] == "ok"
+    return EvalRecord(hotkey=hotkey, status=row["status"], reason=None if ok else row["error"],
+                      cache_key=row["cache_key"], eval_loss=float(row["eval_loss"]) if ok else None, cached=cached,
+                      attempts=int(row["attempts"]), seconds=float(row["seconds"] or 0.0),
+                      train_tokens=int(row["train_tokens"] or 0))
