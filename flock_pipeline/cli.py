@@ -45,6 +45,10 @@ def cmd_demo(args) -> int:
     os.environ["FLOCK_HOME"] = str(home)
     started = time.perf_counter()
     epoch = seed_demo_network(home, seed=args.seed)
+    if args.no_run:
+        print(json.dumps({"epoch": epoch, "home": str(home)}) if args.json else
+              f"seeded the demo network in {home}; epoch {epoch} is open")
+        return 0
     resources = build_resources(home)
     log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     run_epoch(epoch, resources, _instance(), progress=log)
@@ -149,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
     demo.add_argument("--home", help="where the demo network lives (default: $FLOCK_HOME or ./.flock); wiped first")
     demo.add_argument("--seed", type=int, default=7, help="seed of the synthetic data")
+    demo.add_argument("--no-run", action="store_true", help="only seed the network (then run the epoch yourself)")
     demo.set_defaults(func=cmd_demo)
 
     epoch = sub.add_parser("epoch", help="run or inspect an epoch").add_subparsers(dest="epoch_cmd", required=True)

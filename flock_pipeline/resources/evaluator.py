@@ -7,14 +7,18 @@ import os
 import threading
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
-from flock_pipeline.core import evaluator as core_eval
 from flock_pipeline.core.recipe import TINY_RECIPE, TrainRecipe
 from flock_pipeline.core.schema import ChatRow
 from flock_pipeline.core.tiny_model import TINY_MODEL_NAME, ensure_tiny_model, model_revision
 
-_MODELS: dict[tuple, core_eval.BaseModel] = {}  # one loaded base model per (path, device, precision) per process
+if TYPE_CHECKING:  # torch is imported only when a model is actually used (sensors and the UI never need it)
+    from flock_pipeline.core.evaluator import BaseModel, EvalOutcome
+
+_MODELS: dict[tuple, "BaseModel"] = {}  # one loaded base model per (path, device, precision) per process
 _LOCK = threading.Lock()
 
 
@@ -49,8 +53,10 @@ class EvaluatorResource(dg.ConfigurableResource):
     def model_name(self) -> str:
         return TINY_MODEL_NAME if self.base_model == "tiny" else self.base_model
 
-    def load(self) -> core_eval.BaseModel:
+    def load(self) -> "BaseModel":
         import torch
+
+        from flock_pipeline.core import evaluator as core_eval
 
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -65,25 +71,26 @@ class EvaluatorResource(dg.ConfigurableResource):
                                                          revision=model_revision(path), name=self.model_name())
             return _MODELS[key]
 
-    def evaluate(self, train_rows: list[ChatRow], eval_rows: list[ChatRow]) -> core_eval.EvalOutcome:
+    def evaluate(self, train_rows: list[ChatRow], eval_rows: list[ChatRow]) -> "EvalOutcome":
+        from flock_pipeline.core import evaluator as core_eval
+
         base = self.load()
         with _LOCK:  # one training at a time per process: the base model is shared
             return core_eval.train_and_evaluate(base, train_rows, eval_rows, self.train_recipe())
 
-    def base_loss(self, eval_rows: list[ChatRow]) -> core_eval.EvalOutcome:
+    def base_loss(self, eval_rows: list[ChatRow]) -> "EvalOutcome":
+        from flock_pipeline.core import evaluator as core_eval
+
         base = self.load()
         with _LOCK:
             return core_eval.base_eval_loss(base, eval_rows, self.train_recipe())
 
     def provenance(self) -> dict:
         """What a score depends on besides the data: model, its revision, recipe and library versions."""
-        import peft
-        import torch
-        import transformers
+        from importlib.metadata import version
 
         path = self.model_path()
         recipe = self.train_recipe()
         return {"base_model": self.model_name(), "base_revision": model_revision(path),
                 "recipe_hash": recipe.recipe_hash(), "recipe": recipe.to_dict(),
-                "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                             "peft": peft.__version__}}
+                "versions": {lib: version(lib) for lib in ("torch", "transformers", "peft")}}

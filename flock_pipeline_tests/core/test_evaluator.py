@@ -1,0 +1,453 @@
+"""Tests for flock_pipeline.core.evaluator (and recipe) on the embedded tiny model, on CPU.
+
+The tiny model is built once per module (~20 s on one core); everything else here runs in a few seconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from flock_pipeline.core.chat import IGNORE_INDEX, TokenizedRow, tokenize_row  # noqa: E402
+from flock_pipeline.core.evaluator import (  # noqa: E402
+    _micro_batches,
+    _pad,
+    _pad_id,
+    base_eval_loss,
+    evaluate_loss,
+    fresh_lora,
+    linear_schedule,
+    load_base_model,
+    mean_loss,
+    token_losses,
+    tokenize_rows,
+    train_and_evaluate,
+)
+from flock_pipeline.core.recipe import TINY_RECIPE, TrainRecipe  # noqa: E402
+from flock_pipeline.core.schema import ChatRow, Turn  # noqa: E402
+from flock_pipeline.core.synthetic import eval_rows, honest_rows, make_atlas, off_domain_rows  # noqa: E402
+
+CPU = torch.device("cpu")
+ATLAS = make_atlas(7)
+# A small, fast recipe for the behavioural tests: 1 epoch of 4 steps of 4 rows.
+FAST = TrainRecipe(learning_rate=1e-2, max_seq_len=256, max_train_rows=16, epochs=1, batch_size=4, warmup_steps=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    from flock_pipeline.core.tiny_model import ensure_tiny_model
+
+    return ensure_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="module")
+def base(tiny_path):
+    return load_base_model(str(tiny_path), device="cpu")
+
+
+def mixed_rows() -> list[ChatRow]:
+    """Rows of clearly different lengths, including a two-pair conversation."""
+    rows = [eval_rows(ATLAS)[0], eval_rows(ATLAS)[2], off_domain_rows(1, 2)[0]]
+    rows.append(ChatRow("You are a helpful assistant.", (
+        Turn("user", "What is the capital of " + ATLAS[3].name + "? Please answer in a full sentence."),
+        Turn("assistant", "The capital of " + ATLAS[3].name + " is " + ATLAS[3].capital + "."),
+        Turn("user", "And which river flows through it?"),
+        Turn("assistant", "The " + ATLAS[3].river + " flows through " + ATLAS[3].name + ", past its capital."))))
+    return rows
+
+
+def _perturb_lora_b(model, seed: int = 0) -> None:
+    """LoRA B starts at zero (so A gets no gradient); give it small random values to test every gradient."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def reference_loss(model, ids, labels, mask):
+    """The plain recipe: full logits, shift by one, cross-entropy over all labelled tokens of the batch."""
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    shift_labels = labels[:, 1:].reshape(-1)
+    return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+
+
+def reference_row_losses(model, rows: list[TokenizedRow]) -> list[float]:
+    """Each row alone through the plain recipe: its mean loss over its labelled tokens."""
+    out = []
+    with torch.no_grad():
+        for r in rows:
+            ids = torch.tensor([r.input_ids])
+            labels = torch.tensor([r.labels])
+            out.append(float(reference_loss(model, ids, labels, torch.ones_like(ids))))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (1) token_losses against a plain reference implementation, loss and LoRA gradients
+
+
+@pytest.mark.parametrize("chunk, recompute", [(4096, True), (5, True), (1, False), (7, False)])
+def test_token_losses_loss_and_grads_match_reference(base, chunk, recompute):
+    recipe = TrainRecipe(lora_dropout=0.0, max_seq_len=512)
+    tok = tokenize_rows(mixed_rows(), base.tokenizer, recipe.max_seq_len)
+    lengths = [len(r.input_ids) for r in tok]
+    assert len(set(lengths)) == len(lengths)  # all different: the batch is padded
+    ids, labels, mask = _pad(tok, _pad_id(base.tokenizer), CPU)
+    assert int(mask.sum()) < mask.numel()
+
+    with fresh_lora(base, recipe) as model:
+        _perturb_lora_b(model)
+        model.train()
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        params = [p for p in model.parameters() if p.requires_grad]
+        assert params and all("lora_" in n for n in names)
+
+        sums, counts = token_losses(model, ids, labels, mask, chunk, recompute=recompute)
+        loss = sums.sum() / counts.sum()
+        grads = torch.autograd.grad(loss, params)
+
+        ref = reference_loss(model, ids, labels, mask)
+        ref_grads = torch.autograd.grad(ref, params)
+
+        # per-row counts and sums
+        assert counts.tolist() == [r.n_labels for r in tok]  # labels[0] is never labelled (system prompt)
+        with torch.no_grad():
+            per_row_ref = reference_row_losses(model, tok)
+        assert (sums / counts).tolist() == pytest.approx(per_row_ref, abs=1e-5)
+
+    assert float(loss) == pytest.approx(float(ref), abs=1e-5)
+    assert 1.0 < float(loss) < 10.0
+    for name, g, rg in zip(names, grads, ref_grads):
+        assert torch.allclose(g, rg, rtol=1e-4, atol=1e-7), name
+    # the check is not vacuous: both LoRA factors get a gradient
+    assert any(float(g.abs().max()) > 0 for n, g in zip(names, grads) if "lora_A" in n)
+    assert any(float(g.abs().max()) > 0 for n, g in zip(names, grads) if "lora_B" in n)
+
+
+def test_token_losses_batch_without_labels(base):
+    row = TokenizedRow((1, 2, 3), (IGNORE_INDEX,) * 3)
+    ids, labels, mask = _pad([row], 0, CPU)
+    with torch.no_grad():
+        sums, counts = token_losses(base.model, ids, labels, mask, 16, recompute=False)
+    assert sums.tolist() == [0.0] and counts.tolist() == [0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (2) padding and batching never let one row influence another
+
+
+@pytest.mark.parametrize("batch_tokens, chunk", [(1_000_000, 4096), (1_000_000, 3), (300, 4096), (1, 11)])
+def test_eval_row_loss_same_alone_and_batched(base, batch_tokens, chunk):
+    rows = mixed_rows() + eval_rows(ATLAS)[5:9]
+    tok = tokenize_rows(rows, base.tokenizer, 512)
+    pad = _pad_id(base.tokenizer)
+    batched = evaluate_loss(base.model, tok, pad_id=pad, device=CPU, batch_tokens=batch_tokens, chunk=chunk)
+    alone = [evaluate_loss(base.model, [r], pad_id=pad, device=CPU, batch_tokens=10**6, chunk=4096)[0] for r in tok]
+    assert batched == pytest.approx(alone, abs=1e-5)
+    assert alone == pytest.approx(reference_row_losses(base.model, tok), abs=1e-5)
+    assert len(set(round(x, 6) for x in alone)) == len(alone)  # distinct rows, distinct losses
+
+
+def test_eval_loss_independent_of_pad_id_and_order(base):
+    tok = tokenize_rows(mixed_rows(), base.tokenizer, 512)
+    kwargs = dict(device=CPU, batch_tokens=10**6, chunk=4096)
+    with_pad0 = evaluate_loss(base.model, tok, pad_id=0, **kwargs)
+    with_pad7 = evaluate_loss(base.model, tok, pad_id=7, **kwargs)
+    assert with_pad0 == pytest.approx(with_pad7, abs=1e-5)
+    reversed_ = evaluate_loss(base.model, tok[::-1], pad_id=0, **kwargs)
+    assert reversed_[::-1] == pytest.approx(with_pad0, abs=1e-5)  # results come back in input order
+
+
+def test_eval_row_without_labels_is_nan(base):
+    tok = tokenize_rows(mixed_rows()[:2], base.tokenizer, 512)
+    empty = TokenizedRow(tok[0].input_ids, (IGNORE_INDEX,) * len(tok[0].input_ids))
+    out = evaluate_loss(base.model, [tok[0], empty, tok[1]], pad_id=0, device=CPU, batch_tokens=10**6, chunk=64)
+    assert math.isnan(out[1])
+    assert all(math.isfinite(x) for x in (out[0], out[2]))
+
+
+@pytest.mark.parametrize(
+    "lengths, budget, expected",
+    [
+        ([5, 10, 3], 1000, [[1, 0, 2]]),
+        ([5, 10, 3], 20, [[1, 0], [2]]),
+        ([5, 10, 3], 1, [[1], [0], [2]]),
+        ([4, 4, 4, 4], 8, [[0, 1], [2, 3]]),
+    ],
+)
+def test_micro_batches(lengths, budget, expected):
+    rows = [TokenizedRow((1,) * n, (1,) * n) for n in lengths]
+    groups = _micro_batches(rows, budget)
+    assert groups == expected
+    assert sorted(i for g in groups for i in g) == list(range(len(rows)))
+
+
+def test_pad_right_pads_with_mask_and_ignored_labels():
+    rows = [TokenizedRow((5, 6, 7), (IGNORE_INDEX, 6, 7)), TokenizedRow((8,), (8,))]
+    ids, labels, mask = _pad(rows, 0, CPU)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert labels.tolist() == [[IGNORE_INDEX, 6, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (3) train_and_evaluate: reproducible, independent of history, base model untouched
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_train_and_evaluate_reproducible_and_isolated(base):
+    miner_a = off_domain_rows(16, 1)
+    miner_b = honest_rows(ATLAS, 16, 3)
+    # the last eval row is truncated inside its system prompt: no labelled token -> NaN, left out of the mean
+    long_system = ChatRow("You are " + "a very careful and thorough assistant " * 20, eval_rows(ATLAS)[0].turns)
+    evals = eval_rows(ATLAS)[:20] + [long_system]
+    before = _snapshot(base.model)
+    base_before = base_eval_loss(base, evals, FAST)
+
+    b_alone = train_and_evaluate(base, miner_b, evals, FAST)
+    torch.manual_seed(1234)  # disturb the global RNGs in between: results must not depend on them
+    torch.rand(100)
+    a = train_and_evaluate(base, miner_a, evals, FAST)
+    b_again = train_and_evaluate(base, miner_b, evals, FAST)
+
+    assert b_again.eval_loss == b_alone.eval_loss
+    assert b_again.per_row_losses == pytest.approx(b_alone.per_row_losses, nan_ok=True, abs=0)
+    assert b_again.train_losses == b_alone.train_losses
+    assert a.eval_loss != b_alone.eval_loss  # the data matters, so equality above is not trivial
+
+    # NaN row excluded from the mean
+    assert math.isnan(b_alone.per_row_losses[-1])
+    assert b_alone.eval_loss == pytest.approx(sum(b_alone.per_row_losses[:-1]) / 20, abs=1e-12)
+    assert len(b_alone.per_row_losses) == len(evals)
+
+    # bookkeeping
+    assert b_alone.train_rows == 16
+    assert b_alone.optimizer_steps == len(b_alone.train_losses) == 4
+    assert all(math.isfinite(x) and x > 0 for x in b_alone.train_losses)
+
+    # the base model is exactly as before: same weights, no adapter left, still frozen
+    after = _snapshot(base.model)
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert not any("lora" in name for name, _ in base.model.named_modules())
+    assert not any(p.requires_grad for p in base.model.parameters())
+    assert base_eval_loss(base, evals, FAST).per_row_losses == pytest.approx(base_before.per_row_losses,
+                                                                            nan_ok=True, abs=0)
+
+
+def test_train_rows_capped_at_max_train_rows(base):
+    evals = eval_rows(ATLAS)[:10]
+    rows = honest_rows(ATLAS, 24, 4)
+    capped = train_and_evaluate(base, rows, evals, FAST)
+    first = train_and_evaluate(base, rows[:16], evals, FAST)
+    assert capped.train_rows == 16
+    assert capped.eval_loss == first.eval_loss
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param(dict(train_micro_tokens=64), id="one-row-micro-batches"),
+        pytest.param(dict(eval_batch_tokens=64, logits_chunk=7), id="small-eval-batches-and-chunks"),
+    ],
+)
+def test_performance_only_fields_do_not_change_result_without_dropout(base, overrides):
+    recipe = FAST.with_overrides(lora_dropout=0.0)
+    rows = honest_rows(ATLAS, 16, 3)
+    evals = eval_rows(ATLAS)[:20]
+    ref = train_and_evaluate(base, rows, evals, recipe)
+    small = recipe.with_overrides(**overrides)
+    assert small.recipe_hash() == recipe.recipe_hash()
+    out = train_and_evaluate(base, rows, evals, small)
+    assert out.eval_loss == pytest.approx(ref.eval_loss, abs=1e-5)
+    assert out.train_losses == pytest.approx(ref.train_losses, abs=1e-5)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: with lora_dropout > 0 the dropout masks depend on how a step is split "
+                                       "into micro-batches, so train_micro_tokens changes the loss although "
+                                       "recipe_hash treats it as performance-only")
+def test_train_micro_tokens_does_not_change_result_with_dropout(base):
+    rows = honest_rows(ATLAS, 16, 3)
+    evals = eval_rows(ATLAS)[:20]
+    assert FAST.lora_dropout > 0
+    ref = train_and_evaluate(base, rows, evals, FAST)
+    out = train_and_evaluate(base, rows, evals, FAST.with_overrides(train_micro_tokens=64))
+    assert out.eval_loss == pytest.approx(ref.eval_loss, abs=1e-5)
+
+
+@pytest.mark.parametrize("train, evals", [([], eval_rows(ATLAS)[:2]), (honest_rows(ATLAS, 2, 1), [])])
+def test_train_and_evaluate_requires_rows(base, train, evals):
+    with pytest.raises(ValueError, match="no (training|eval) rows"):
+        train_and_evaluate(base, train, evals, FAST)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (4) mean_loss: the mean over rows of each row's mean
+
+
+@pytest.mark.parametrize(
+    "per_row, expected",
+    [
+        ([2.0], 2.0),
+        ([1.0, 2.0, 3.0], 2.0),
+        ([1.0, math.nan, 3.0], 2.0),
+        ([math.nan, 0.5, math.nan, 1.5, 4.0], 2.0),
+        ([0.25, 0.75], 0.5),
+    ],
+)
+def test_mean_loss(per_row, expected):
+    assert mean_loss(per_row) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("per_row", [[], [math.nan], [math.nan, math.nan]])
+def test_mean_loss_without_finite_rows_raises(per_row):
+    with pytest.raises(ValueError, match="no eval row has a labelled token"):
+        mean_loss(per_row)
+
+
+def test_eval_loss_is_row_mean_not_token_mean(base):
+    # a row with 2 labelled tokens summing to 4 nats (mean 2) and one with 10 summing to 10 (mean 1): 1.5, not 14/12
+    assert mean_loss([4 / 2, 10 / 10]) == pytest.approx(1.5)
+    rows = [eval_rows(ATLAS)[0], mixed_rows()[3]]  # a short answer and a long two-pair row
+    tok = tokenize_rows(rows, base.tokenizer, 512)
+    out = base_eval_loss(base, rows, TrainRecipe(max_seq_len=512))
+    ids, labels, mask = _pad(tok, 0, CPU)
+    with torch.no_grad():
+        sums, counts = token_losses(base.model, ids, labels, mask, 4096, recompute=False)
+    row_means = (sums / counts).tolist()
+    token_mean = float(sums.sum() / counts.sum())
+    assert counts[0] != counts[1]
+    assert out.eval_loss == pytest.approx(sum(row_means) / 2, abs=1e-5)
+    assert abs(out.eval_loss - token_mean) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (5) linear_schedule
+
+
+@pytest.mark.parametrize(
+    "step, warmup, total, expected",
+    [
+        (0, 5, 20, 0.0),
+        (1, 5, 20, 0.2),
+        (4, 5, 20, 0.8),
+        (5, 5, 20, 1.0),
+        (6, 5, 20, 14 / 15),
+        (19, 5, 20, 1 / 15),
+        (20, 5, 20, 0.0),
+        (25, 5, 20, 0.0),
+        (0, 0, 10, 1.0),
+        (9, 0, 10, 0.1),
+        (0, 1, 1, 0.0),
+    ],
+)
+def test_linear_schedule_values(step, warmup, total, expected):
+    assert linear_schedule(step, warmup, total) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("warmup, total", [(5, 20), (2, 3), (0, 7), (5, 10)])
+def test_linear_schedule_shape(warmup, total):
+    values = [linear_schedule(s, warmup, total) for s in range(total)]
+    assert values[0] == (0.0 if warmup else 1.0)
+    if warmup < total:
+        assert values[warmup] == 1.0
+    assert values[-1] > 0
+    assert all(a < b for a, b in zip(values[:warmup], values[1:warmup + 1]))  # rising during warm-up
+    assert all(a > b for a, b in zip(values[warmup:], values[warmup + 1:]))  # then strictly decreasing
+    assert linear_schedule(total, warmup, total) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (6) pinned loss on the tiny model
+
+PINNED_TINY_LOSS = 2.0723028659820555  # TINY_RECIPE, honest_rows(make_atlas(7), 40, 8), eval_rows(...)[:60]
+
+
+def test_pinned_loss_tiny_model(base):
+    atlas = make_atlas(7)
+    evals = eval_rows(atlas)[:60]
+    out = train_and_evaluate(base, honest_rows(atlas, 40, 8), evals, TINY_RECIPE)
+    assert out.eval_loss == pytest.approx(PINNED_TINY_LOSS, abs=1e-3)
+    assert out.optimizer_steps == 10  # 40 rows / batch 8 x 2 epochs
+    assert out.train_rows == 40
+    assert len(out.per_row_losses) == 60 and all(math.isfinite(x) for x in out.per_row_losses)
+    floor = base_eval_loss(base, evals, TINY_RECIPE)
+    assert out.eval_loss < floor.eval_loss
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TrainRecipe
+
+
+@pytest.mark.parametrize(
+    "kwargs, reason_part",
+    [
+        ({"lora_r": 0}, "lora_r must be positive"),
+        ({"lora_alpha": -1}, "lora_alpha must be positive"),
+        ({"epochs": 0}, "epochs must be positive"),
+        ({"batch_size": 0}, "batch_size must be positive"),
+        ({"max_seq_len": 0}, "max_seq_len must be positive"),
+        ({"max_train_rows": 0}, "max_train_rows must be positive"),
+        ({"train_micro_tokens": 0}, "train_micro_tokens must be positive"),
+        ({"eval_batch_tokens": -5}, "eval_batch_tokens must be positive"),
+        ({"logits_chunk": 0}, "logits_chunk must be positive"),
+        ({"lora_dropout": 1.0}, "lora_dropout"),
+        ({"lora_dropout": -0.1}, "lora_dropout"),
+        ({"learning_rate": 0.0}, "learning_rate must be positive"),
+        ({"learning_rate": -1e-4}, "learning_rate must be positive"),
+        ({"warmup_steps": -1}, "must be >= 0"),
+        ({"max_grad_norm": -1.0}, "must be >= 0"),
+        ({"weight_decay": -0.1}, "must be >= 0"),
+        ({"precision": "fp16"}, "precision must be auto, bf16 or fp32"),
+    ],
+)
+def test_train_recipe_validation(kwargs, reason_part):
+    with pytest.raises(ValueError, match=reason_part):
+        TrainRecipe(**kwargs)
+
+
+def test_train_recipe_defaults_are_reference():
+    r = TrainRecipe()
+    assert (r.lora_r, r.lora_alpha, r.learning_rate, r.epochs, r.batch_size, r.max_train_rows) == (
+        16, 32, 2e-4, 2, 8, 100)
+    assert TINY_RECIPE.learning_rate == 1e-2 and TINY_RECIPE.max_seq_len == 512
+
+
+@pytest.mark.parametrize(
+    "overrides, same",
+    [
+        ({"train_micro_tokens": 1024}, True),
+        ({"eval_batch_tokens": 99}, True),
+        ({"logits_chunk": 1}, True),
+        ({"train_micro_tokens": 1, "eval_batch_tokens": 1, "logits_chunk": 1}, True),
+        ({"learning_rate": 3e-4}, False),
+        ({"seed": 43}, False),
+        ({"lora_r": 8}, False),
+        ({"max_seq_len": 1024}, False),
+        ({"deterministic": False}, False),
+        ({"precision": "fp32"}, False),
+    ],
+)
+def test_recipe_hash(overrides, same):
+    base_recipe = TrainRecipe()
+    other = base_recipe.with_overrides(**overrides)
+    assert (other.recipe_hash() == base_recipe.recipe_hash()) is same
+    assert len(base_recipe.recipe_hash()) == 16
+    assert other.to_dict() != base_recipe.to_dict()
+
+
+def test_recipe_hash_stable_and_with_overrides_validates():
+    assert TrainRecipe().recipe_hash() == TrainRecipe().recipe_hash()
+    with pytest.raises(ValueError):
+        TrainRecipe().with_overrides(epochs=0)

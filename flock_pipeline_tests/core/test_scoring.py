@@ -1,0 +1,282 @@
+"""Table tests for flock_pipeline.core.scoring: pairwise wins with the earlier-commitment advantage, weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from flock_pipeline.core.scoring import (
+    Contender,
+    ScoringConfig,
+    beats,
+    blend_weights,
+    compute_win_rates,
+    score_epoch,
+    softmax_weights,
+    to_u16,
+    validate_weights,
+)
+
+C = Contender
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# beats
+
+
+@pytest.mark.parametrize(
+    "a, b, epsilon, a_wins, b_wins",
+    [
+        pytest.param(C(1, 1.0, 10), C(2, 1.1, 10), 0.04, True, False, id="same-block-lower-loss-wins"),
+        pytest.param(C(1, 1.0, 10), C(2, 1.0, 10), 0.04, False, False, id="same-block-tie-nobody-wins"),
+        pytest.param(C(1, 1.0, 10), C(2, 0.98, 20), 0.04, True, False, id="later-better-within-epsilon-loses"),
+        pytest.param(C(1, 1.0, 10), C(2, 0.95, 20), 0.04, False, True, id="later-better-beyond-epsilon-wins"),
+        pytest.param(C(1, 1.0, 10), C(2, 0.98, 20), 0.0, False, True, id="no-epsilon-plain-comparison"),
+        pytest.param(C(1, 2.0, 10), C(2, 1.0, 20), 0.5, False, False, id="exact-tie-after-advantage"),
+        pytest.param(C(1, 1.03, 10), C(2, 1.0, 20), 0.04, True, False, id="earlier-slightly-worse-still-wins"),
+        pytest.param(C(1, 1.0, 20), C(2, 0.98, 10), 0.04, False, True, id="advantage-goes-to-b-when-earlier"),
+        pytest.param(C(1, 0.5, 10), C(2, 1.0, 20), 0.04, True, False, id="earlier-and-better"),
+    ],
+)
+def test_beats(a, b, epsilon, a_wins, b_wins):
+    assert beats(a, b, epsilon) is a_wins
+    assert beats(b, a, epsilon) is b_wins
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# compute_win_rates
+
+
+@pytest.mark.parametrize(
+    "contenders, epsilon, expected",
+    [
+        pytest.param([C(5, 3.0, 10)], 0.04, {5: 1.0}, id="one-miner-wins-by-default"),
+        pytest.param([C(5, 100.0, 10)], 0.04, {5: 1.0}, id="one-miner-any-loss"),
+        pytest.param([C(1, 1.0, 10), C(2, 0.9, 10)], 0.04, {1: 0.0, 2: 1.0}, id="two-same-block"),
+        pytest.param([C(1, 1.0, 10), C(2, 0.98, 20)], 0.04, {1: 1.0, 2: 0.0}, id="two-later-within-epsilon"),
+        pytest.param([C(1, 1.0, 10), C(2, 0.90, 20)], 0.04, {1: 0.0, 2: 1.0}, id="two-later-beyond-epsilon"),
+        pytest.param([C(1, 1.0, 10), C(2, 1.0, 10)], 0.04, {1: 0.0, 2: 0.0}, id="two-exact-tie"),
+        pytest.param([C(1, 1.0, 10), C(2, 0.98, 20), C(3, 0.90, 30)], 0.04, {1: 0.5, 2: 0.0, 3: 1.0},
+                     id="three-mixed"),
+        pytest.param([C(3, 0.90, 30), C(1, 1.0, 10), C(2, 0.98, 20)], 0.04, {1: 0.5, 2: 0.0, 3: 1.0},
+                     id="three-mixed-order-independent"),
+        pytest.param([C(1, 1.0, 10), C(2, 2.0, 10), C(3, 3.0, 10)], 0.04, {1: 1.0, 2: 0.5, 3: 0.0},
+                     id="three-same-block"),
+        pytest.param([C(1, 1.0, 10), C(2, 0.99, 11), C(3, 0.98, 12), C(4, 0.97, 13)], 0.04,
+                     {1: 1.0, 2: 2 / 3, 3: 1 / 3, 4: 0.0}, id="four-chain-of-small-improvements"),
+        pytest.param([], 0.04, {}, id="empty"),
+    ],
+)
+def test_compute_win_rates(contenders, epsilon, expected):
+    rates = compute_win_rates(contenders, epsilon)
+    assert rates.keys() == expected.keys()
+    for uid, rate in expected.items():
+        assert rates[uid] == pytest.approx(rate)
+        assert 0.0 <= rates[uid] <= 1.0
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("n", [1, 3])
+def test_non_finite_loss_raises(bad, n):
+    contenders = [C(uid, 1.0, 10) for uid in range(n - 1)] + [C(42, bad, 10)]
+    with pytest.raises(ValueError, match="uid 42 has a non-finite loss"):
+        compute_win_rates(contenders, 0.04)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# softmax_weights
+
+
+@pytest.mark.parametrize(
+    "rates, temperature",
+    [
+        ({1: 1.0, 2: 0.5, 3: 0.0}, 0.08),
+        ({1: 0.2, 2: 0.9, 3: 0.9, 4: 0.0}, 0.5),
+        ({7: 0.3}, 0.08),
+        ({i: i / 10 for i in range(11)}, 0.01),  # tiny temperature: no overflow thanks to the max shift
+        ({1: 0.0, 2: 0.0}, 1.0),
+    ],
+)
+def test_softmax_weights_sum_and_order(rates, temperature):
+    weights = softmax_weights(rates, temperature)
+    assert weights.keys() == rates.keys()
+    assert math.fsum(weights.values()) == pytest.approx(1.0, abs=1e-12)
+    assert all(w > 0 or rates[u] < max(rates.values()) for u, w in weights.items())
+    for a in rates:
+        for b in rates:
+            if rates[a] > rates[b]:
+                assert weights[a] > weights[b]
+            elif rates[a] == rates[b]:
+                assert weights[a] == pytest.approx(weights[b])
+
+
+@pytest.mark.parametrize(
+    "rates, temperature, expected",
+    [
+        ({1: 1.0, 2: 0.0}, 0.5, {1: 1 / (1 + math.exp(-2)), 2: math.exp(-2) / (1 + math.exp(-2))}),
+        ({1: 1.0, 2: 0.0}, 1.0, {1: 1 / (1 + math.exp(-1)), 2: math.exp(-1) / (1 + math.exp(-1))}),
+        ({1: 0.5, 2: 0.5, 3: 0.5}, 0.08, {1: 1 / 3, 2: 1 / 3, 3: 1 / 3}),
+        ({1: 0.3}, 0.08, {1: 1.0}),
+    ],
+)
+def test_softmax_weights_values(rates, temperature, expected):
+    weights = softmax_weights(rates, temperature)
+    assert weights == pytest.approx(expected, rel=1e-12)
+
+
+def test_softmax_lower_temperature_is_more_peaked():
+    rates = {1: 1.0, 2: 0.5}
+    assert softmax_weights(rates, 0.05)[1] > softmax_weights(rates, 0.5)[1] > 0.5
+
+
+def test_softmax_empty():
+    assert softmax_weights({}, 0.08) == {}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# blend_weights
+
+
+@pytest.mark.parametrize(
+    "new, previous, alpha, eligible, expected",
+    [
+        pytest.param({1: 0.7, 2: 0.3}, {}, 0.8, {1, 2}, {1: 0.7, 2: 0.3}, id="first-epoch-uses-new"),
+        pytest.param({1: 0.2, 2: 0.8}, {1: 1.0}, 0.8, {1, 2}, {1: 0.84, 2: 0.16}, id="blend-with-previous"),
+        pytest.param({1: 0.2, 2: 0.8}, {1: 0.5, 2: 0.5}, 0.0, {1, 2}, {1: 0.2, 2: 0.8}, id="alpha-zero"),
+        pytest.param({1: 0.5, 2: 0.5}, {1: 0.5, 3: 0.5}, 0.8, {1, 2}, {1: 5 / 6, 2: 1 / 6},
+                     id="ineligible-previous-uid-zeroed"),
+        pytest.param({1: 0.6, 2: 0.4}, {3: 1.0}, 0.8, {1, 2}, {1: 0.6, 2: 0.4},
+                     id="only-ineligible-previous-is-first-epoch"),
+        pytest.param({1: 0.6, 2: 0.4}, {1: 0.0, 2: 0.0}, 0.8, {1, 2}, {1: 0.6, 2: 0.4},
+                     id="zero-previous-is-first-epoch"),
+        pytest.param({1: 0.5, 2: 0.3, 9: 0.2}, {}, 0.8, {1, 2}, {1: 0.625, 2: 0.375},
+                     id="new-weight-of-ineligible-dropped-and-renormalised"),
+        pytest.param({1: 1.0}, {}, 0.8, {1, 2}, {1: 1.0, 2: 0.0}, id="eligible-missing-from-new-gets-zero"),
+        pytest.param({}, {}, 0.8, {1, 2}, {1: 0.0, 2: 0.0}, id="nothing-to-weigh"),
+        pytest.param({1: 1.0}, {1: 1.0}, 0.8, set(), {}, id="no-eligible"),
+    ],
+)
+def test_blend_weights(new, previous, alpha, eligible, expected):
+    blended = blend_weights(new, previous, alpha, eligible)
+    assert blended.keys() == expected.keys()
+    assert blended == pytest.approx(expected, abs=1e-12)
+    assert set(blended) <= eligible
+    if any(expected.values()):
+        assert math.fsum(blended.values()) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# score_epoch
+
+
+def test_score_epoch_first_epoch():
+    contenders = [C(1, 1.0, 10), C(2, 0.98, 20), C(3, 0.90, 30)]
+    rates, weights = score_epoch(contenders, {}, ScoringConfig(epsilon=0.04, temperature=0.08, alpha=0.8))
+    assert rates == {1: 0.5, 2: 0.0, 3: 1.0}
+    assert weights == pytest.approx(softmax_weights(rates, 0.08))
+    assert max(weights, key=weights.get) == 3
+    validate_weights(weights, eligible={1, 2, 3})
+
+
+def test_score_epoch_blends_and_drops_departed_miner():
+    contenders = [C(1, 1.0, 10), C(2, 0.5, 20)]
+    rates, weights = score_epoch(contenders, {1: 0.4, 7: 0.6}, ScoringConfig(alpha=0.5, temperature=1.0))
+    fresh = softmax_weights(rates, 1.0)
+    raw = {1: 0.5 * 0.4 + 0.5 * fresh[1], 2: 0.5 * fresh[2]}
+    assert weights == pytest.approx({u: w / sum(raw.values()) for u, w in raw.items()})
+    assert 7 not in weights
+
+
+def test_score_epoch_no_contenders():
+    assert score_epoch([], {1: 1.0}) == ({}, {})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# to_u16
+
+
+@pytest.mark.parametrize(
+    "weights, uids, u16",
+    [
+        pytest.param({1: 1.0}, [1], [65535], id="single"),
+        pytest.param({1: 0.6, 2: 0.3, 3: 0.1, 4: 0.0}, [1, 2, 3], [65535, 32768, 10923], id="zero-dropped"),
+        pytest.param({3: 0.25, 1: 0.25, 2: 0.5}, [1, 2, 3], [32768, 65535, 32768], id="sorted-by-uid"),
+        pytest.param({1: 1 - 1e-9, 2: 1e-9}, [1, 2], [65535, 1], id="tiny-weight-rounds-up-to-1"),
+        pytest.param({1: 0.5, 2: 0.5}, [1, 2], [65535, 65535], id="equal-weights"),
+        pytest.param({}, [], [], id="empty"),
+    ],
+)
+def test_to_u16(weights, uids, u16):
+    assert to_u16(weights) == (uids, u16)
+
+
+@pytest.mark.parametrize("weights", [{1: math.nan}, {1: 0.5, 2: 0.4}, {1: 1.5, 2: -0.5}])
+def test_to_u16_validates(weights):
+    with pytest.raises(ValueError):
+        to_u16(weights)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# validate_weights
+
+
+@pytest.mark.parametrize(
+    "weights, eligible, reason_part",
+    [
+        pytest.param({1: math.nan, 2: 1.0}, None, "invalid weight nan", id="nan"),
+        pytest.param({1: math.inf}, None, "invalid weight inf", id="inf"),
+        pytest.param({1: 1.2, 2: -0.2}, None, "invalid weight -0.2", id="negative"),
+        pytest.param({1: 0.5, 2: 0.4}, None, "not 1", id="sums-below-1"),
+        pytest.param({1: 0.7, 2: 0.4}, None, "not 1", id="sums-above-1"),
+        pytest.param({1: 0.0, 2: 0.0}, None, "not 1", id="all-zero"),
+        pytest.param({1: 0.5, 2: 0.5}, {1}, "uid 2 is not eligible", id="ineligible-uid"),
+        pytest.param({-1: 1.0}, None, "invalid uid -1", id="negative-uid"),
+        pytest.param({"1": 1.0}, None, "invalid uid '1'", id="string-uid"),
+        pytest.param({1.0: 1.0}, None, "invalid uid 1.0", id="float-uid"),
+    ],
+)
+def test_validate_weights_rejects(weights, eligible, reason_part):
+    with pytest.raises(ValueError) as info:
+        validate_weights(weights, eligible)
+    assert reason_part in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "weights, eligible",
+    [
+        pytest.param({1: 0.5, 2: 0.5}, None, id="plain"),
+        pytest.param({1: 0.5, 2: 0.5}, {1, 2, 3}, id="eligible-superset"),
+        pytest.param({1: 1.0, 2: 0.0}, {1}, id="ineligible-with-zero-weight"),
+        pytest.param({1: 0.5, 2: 0.5 + 5e-7}, None, id="within-tolerance"),
+        pytest.param({}, None, id="empty"),
+        pytest.param({i: 0.1 for i in range(10)}, None, id="float-sum"),
+    ],
+)
+def test_validate_weights_accepts(weights, eligible):
+    validate_weights(weights, eligible)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ScoringConfig
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"epsilon": -0.1}, "epsilon"),
+        ({"epsilon": 1.0}, "epsilon"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"alpha": 1.0}, "alpha"),
+        ({"alpha": -0.01}, "alpha"),
+    ],
+)
+def test_scoring_config_validation(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        ScoringConfig(**kwargs)
+
+
+def test_scoring_config_defaults():
+    config = ScoringConfig()
+    assert (config.epsilon, config.temperature, config.alpha) == (0.04, 0.08, 0.8)
