@@ -1,0 +1,39 @@
+# The README's commands. Each target sets up what it needs on a fresh machine (venv, torch, the package).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU build from the local wheel cache; on a GPU validator use e.g. TORCH_SPEC="torch==2.13.0" with a CUDA index.
+TORCH_SPEC ?= torch==2.13.0
+
+export DAGSTER_HOME := $(CURDIR)
+export OMP_NUM_THREADS ?= 1
+export HF_HUB_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: install demo test epoch dev clean
+
+install: $(VENV)/.installed
+
+# torch goes first and pinned: an unpinned `torch` pulled in by transformers/peft would fetch a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(BIN)/flock demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+# The same epoch through `dagster asset materialize`, on a freshly seeded demo network.
+epoch: install
+	$(BIN)/flock demo --no-run
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/materialize_epoch.sh
+
+dev: install
+	$(BIN)/python scripts/dagster_dev.py
+
+clean:
+	rm -rf .flock storage history schedules logs .logs_queue .telemetry
