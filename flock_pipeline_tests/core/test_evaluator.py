@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from flock_pipeline.core.chat import IGNORE_INDEX, TokenizedRow, tokenize_row  # noqa: E402
+from flock_pipeline.core.chat import IGNORE_INDEX, TokenizedRow  # noqa: E402
 from flock_pipeline.core.evaluator import (  # noqa: E402
     _micro_batches,
     _pad,
@@ -123,8 +123,8 @@ def test_token_losses_loss_and_grads_match_reference(base, chunk, recompute):
             per_row_ref = reference_row_losses(model, tok)
         assert (sums / counts).tolist() == pytest.approx(per_row_ref, abs=1e-5)
 
-    assert float(loss) == pytest.approx(float(ref), abs=1e-5)
-    assert 1.0 < float(loss) < 10.0
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
+    assert 1.0 < loss.item() < 10.0
     for name, g, rg in zip(names, grads, ref_grads):
         assert torch.allclose(g, rg, rtol=1e-4, atol=1e-7), name
     # the check is not vacuous: both LoRA factors get a gradient
@@ -202,6 +202,11 @@ def test_pad_right_pads_with_mask_and_ignored_labels():
 # (3) train_and_evaluate: reproducible, independent of history, base model untouched
 
 
+def _exact(losses: list[float]) -> list[float | None]:
+    """For exact comparison of loss lists that may hold NaN (NaN != NaN)."""
+    return [None if math.isnan(x) else x for x in losses]
+
+
 def _snapshot(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -222,7 +227,7 @@ def test_train_and_evaluate_reproducible_and_isolated(base):
     b_again = train_and_evaluate(base, miner_b, evals, FAST)
 
     assert b_again.eval_loss == b_alone.eval_loss
-    assert b_again.per_row_losses == pytest.approx(b_alone.per_row_losses, nan_ok=True, abs=0)
+    assert _exact(b_again.per_row_losses) == _exact(b_alone.per_row_losses)
     assert b_again.train_losses == b_alone.train_losses
     assert a.eval_loss != b_alone.eval_loss  # the data matters, so equality above is not trivial
 
@@ -242,8 +247,7 @@ def test_train_and_evaluate_reproducible_and_isolated(base):
     assert all(torch.equal(after[k], before[k]) for k in before)
     assert not any("lora" in name for name, _ in base.model.named_modules())
     assert not any(p.requires_grad for p in base.model.parameters())
-    assert base_eval_loss(base, evals, FAST).per_row_losses == pytest.approx(base_before.per_row_losses,
-                                                                            nan_ok=True, abs=0)
+    assert _exact(base_eval_loss(base, evals, FAST).per_row_losses) == _exact(base_before.per_row_losses)
 
 
 def test_train_rows_capped_at_max_train_rows(base):

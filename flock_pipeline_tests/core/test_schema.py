@@ -135,17 +135,19 @@ def test_parse_row_rejects(obj, reason_part):
 @pytest.mark.parametrize(
     "obj, ok, reason_part",
     [
-        pytest.param({"system": "S", "conversations": conv(("q", "a"), ("q", "a"))}, True, None, id="turns-at-limit"),
-        pytest.param({"system": "S", "conversations": conv(("q", "a"), ("q", "a"), ("q", "a"))}, False, "6 turns, limit 4",
-                     id="too-many-turns"),
+        pytest.param({"system": "S", "conversations": conv(("q", "a"), ("q", "a"))}, True, None,
+                     id="turns-at-limit"),
+        pytest.param({"system": "S", "conversations": conv(("q", "a"), ("q", "a"), ("q", "a"))}, False,
+                     "6 turns, limit 4", id="too-many-turns"),
         pytest.param({"system": "S", "conversations": conv(("x" * 20, "a"))}, True, None, id="content-at-limit"),
-        pytest.param({"system": "S", "conversations": conv(("q", "y" * 21))}, False, "turn 1: 'content' is 21 characters, limit 20",
-                     id="content-too-long"),
+        pytest.param({"system": "S", "conversations": conv(("q", "y" * 21))}, False,
+                     "turn 1: 'content' is 21 characters, limit 20", id="content-too-long"),
         pytest.param({"system": "s" * 10, "conversations": conv(("q", "a"))}, True, None, id="system-at-limit"),
         pytest.param({"system": "s" * 11, "conversations": conv(("q", "a"))}, False,
                      "'system' is 11 characters, limit 10", id="system-too-long"),
         # the limits count characters, not bytes
-        pytest.param({"system": "S", "conversations": conv(("é" * 20, "a"))}, True, None, id="content-limit-counts-chars"),
+        pytest.param({"system": "S", "conversations": conv(("é" * 20, "a"))}, True, None,
+                     id="content-limit-counts-chars"),
     ],
 )
 def test_parse_row_limits(obj, ok, reason_part):
@@ -365,8 +367,10 @@ def test_row_hash(a, b, same):
 
 
 def test_row_hash_is_sha256_of_canonical_json_independent_of_key_order():
-    text_a = '{"system": "S", "conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}'
-    text_b = '{"conversations": [{"content": "q", "role": "user"}, {"content": "a", "role": "assistant"}], "system": "S"}'
+    text_a = ('{"system": "S", "conversations": '
+              '[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}')
+    text_b = ('{"conversations": '
+              '[{"content": "q", "role": "user"}, {"content": "a", "role": "assistant"}], "system": "S"}')
     a = validate_line(1, text_a.encode()).row
     b = validate_line(1, text_b.encode()).row
     assert a.row_hash == b.row_hash

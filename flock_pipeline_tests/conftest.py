@@ -1,0 +1,40 @@
+"""Shared fixtures. Tests run offline, single-threaded (2-core machines: thread contention slows training 10x+)."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.pop("DAGSTER_HOME", None)  # tests use their own instances, never the developer's
+os.environ.pop("FLOCK_HOME", None)
+
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _single_thread():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The embedded tiny model, built once per session."""
+    from flock_pipeline.core.tiny_model import ensure_tiny_model
+
+    return ensure_tiny_model(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def flock_home(tmp_path, tiny_model_dir) -> Path:
+    """An empty FLOCK_HOME whose model cache already holds the tiny model."""
+    home = tmp_path / "flock"
+    (home / "models").mkdir(parents=True)
+    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    return home

@@ -1,0 +1,31 @@
+import json
+
+import dagster as dg
+import pytest
+
+from flock_pipeline.defs.epoch import run_epoch
+from flock_pipeline.demo import epoch_report, seed_demo_network
+from flock_pipeline.resources import build_resources
+
+
+@pytest.fixture
+def demo(flock_home):
+    """A freshly seeded demo network (nothing run yet): (home, resources, instance, epoch)."""
+    epoch = seed_demo_network(flock_home)
+    return flock_home, build_resources(flock_home), dg.DagsterInstance.ephemeral(), epoch
+
+
+@pytest.fixture(scope="module")
+def demo_epoch(tmp_path_factory, tiny_model_dir):
+    """The demo network after one whole epoch: (home, resources, instance, epoch, report by label)."""
+    import shutil
+
+    home = tmp_path_factory.mktemp("demo-epoch")
+    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    epoch = seed_demo_network(home)
+    resources = build_resources(home)
+    instance = dg.DagsterInstance.ephemeral()
+    run_epoch(epoch, resources, instance)
+    labels = json.loads((home / "demo.json").read_text())["labels"]
+    report = {m["label"]: m for m in epoch_report(epoch, resources["warehouse"], labels)}
+    return home, resources, instance, epoch, report
