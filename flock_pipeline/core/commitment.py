@@ -30,14 +30,14 @@ def validate_repo_id(repo_id: str) -> str:
     if len(parts) != 2:
         raise CommitmentError(f"repo id {repo_id!r} must be 'namespace/name'")
     for part in parts:
-        if not _REPO_PART.match(part) or ".." in part or part.endswith(".git"):
+        if not _REPO_PART.fullmatch(part) or ".." in part or part.endswith(".git"):
             raise CommitmentError(f"repo id {repo_id!r} has an invalid part {part!r}")
     return repo_id
 
 
 def validate_revision(revision: str) -> str:
     """Only full 40-hex commit ids: branch names and short ids can move or collide."""
-    if not isinstance(revision, str) or not _REVISION.match(revision):
+    if not isinstance(revision, str) or not _REVISION.fullmatch(revision):
         raise CommitmentError(f"revision {revision!r} is not a full 40-hex commit id")
     return revision
 
@@ -51,7 +51,7 @@ class Commitment:
     def __post_init__(self) -> None:
         validate_repo_id(self.repo_id)
         validate_revision(self.revision)
-        if not _COMPETITION.match(self.competition_id):
+        if not _COMPETITION.fullmatch(self.competition_id):
             raise CommitmentError(f"competition id {self.competition_id!r} is invalid")
         if len(self.to_compressed_str().encode("utf-8")) > MAX_COMMITMENT_BYTES:
             raise CommitmentError(f"commitment is longer than {MAX_COMMITMENT_BYTES} bytes")

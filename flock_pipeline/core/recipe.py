@@ -26,7 +26,8 @@ class TrainRecipe:
     seed: int = 42  # seeds LoRA init, dropout and the per-epoch shuffle
     precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "bf16" | "fp32"
     deterministic: bool = True  # deterministic kernels (the live validator's flags); False is faster on GPU
-    train_micro_tokens: int = 16_384  # padded tokens per forward pass while training (memory, not semantics)
+    train_micro_tokens: int = 16_384  # padded tokens per forward pass while training; with dropout on, the split
+    # decides which dropout masks each row draws, so it is part of the cache key
     eval_batch_tokens: int = 32_768  # padded tokens per forward pass while evaluating (memory, not semantics)
     logits_chunk: int = 4_096  # labelled positions per output-head chunk: full-vocab logits never exist at once
 
@@ -45,8 +46,8 @@ class TrainRecipe:
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
 
-    # Fields that change memory use or speed but never the result; left out of the cache key.
-    _PERFORMANCE_ONLY = ("train_micro_tokens", "eval_batch_tokens", "logits_chunk")
+    # Fields that change memory use or speed but not the result (within float rounding); left out of the cache key.
+    _PERFORMANCE_ONLY = ("eval_batch_tokens", "logits_chunk")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -20,6 +20,19 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 ROLES = ("user", "assistant")
 ALLOWED_ROW_KEYS = frozenset({"system", "conversations"})
 ALLOWED_TURN_KEYS = frozenset({"role", "content"})
+# ChatML control tokens: inside content they would be tokenised as real turn boundaries (a miner could inject fake
+# turns and get them labelled), so a row containing one is rejected.
+CONTROL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+
+
+def _check_text(text: str, where: str) -> None:
+    for token in CONTROL_TOKENS:
+        if token in text:
+            raise RowError(f"{where} contains the chat control token {token}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RowError(f"{where} contains an unpaired UTF-16 surrogate (not valid Unicode text)") from None
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,7 @@ def parse_row(obj: object, limits: DatasetLimits = DatasetLimits()) -> ChatRow:
         raise RowError(f"'system' must be a string or null, got {type(system).__name__}")
     if len(system) > limits.max_system_chars:
         raise RowError(f"'system' is {len(system)} characters, limit {limits.max_system_chars}")
+    _check_text(system, "'system'")
     conv = obj.get("conversations")
     if conv is None:
         raise RowError("missing 'conversations'")
@@ -119,6 +133,7 @@ def parse_row(obj: object, limits: DatasetLimits = DatasetLimits()) -> ChatRow:
             raise RowError(f"turn {i}: 'content' is empty")
         if len(content) > limits.max_chars_per_turn:
             raise RowError(f"turn {i}: 'content' is {len(content)} characters, limit {limits.max_chars_per_turn}")
+        _check_text(content, f"turn {i}: 'content'")
         turns.append(Turn(role, content))
     if len(turns) % 2:
         # The reference validator silently drops this turn; we reject the row so the miner learns why.
@@ -205,8 +220,13 @@ def validate_line(number: int, raw: bytes, limits: DatasetLimits = DatasetLimits
         return RowResult(number, None, f"not valid UTF-8 at byte {exc.start}")
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, int digit limits, too deep nesting
+        if isinstance(exc, json.JSONDecodeError):
+            msg = exc.msg
+        elif isinstance(exc, RecursionError):
+            msg = "nested too deeply"
+        else:
+            msg = str(exc).split(";")[0]
         return RowResult(number, None, f"not valid JSON: {msg}")
     try:
         return RowResult(number, parse_row(obj, limits), None)

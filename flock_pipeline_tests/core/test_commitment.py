@@ -189,11 +189,9 @@ def test_commitment_error_is_value_error():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Known bug (strict xfail: flips to a failure once fixed, so the marker gets removed)
+# Regressions: bugs found and fixed
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the part regexes end in '$', which also matches before a trailing "
-                                       "newline, so a newline inside the commitment survives validation")
 @pytest.mark.parametrize(
     "data",
     [
@@ -206,7 +204,6 @@ def test_embedded_newline_rejected(data):
         Commitment.from_compressed_str(data)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: revision regex '$' accepts a trailing newline in the constructor")
 def test_revision_with_trailing_newline_rejected():
     with pytest.raises(CommitmentError):
         Commitment("alice/data", "1", REV + "\n")

@@ -40,10 +40,8 @@ FAST = TrainRecipe(learning_rate=1e-2, max_seq_len=256, max_train_rows=16, epoch
 
 
 @pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    from flock_pipeline.core.tiny_model import ensure_tiny_model
-
-    return ensure_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+def tiny_path(tiny_model_dir):
+    return tiny_model_dir  # the session's tiny model (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -272,22 +270,17 @@ def test_performance_only_fields_do_not_change_result_without_dropout(base, over
     evals = eval_rows(ATLAS)[:20]
     ref = train_and_evaluate(base, rows, evals, recipe)
     small = recipe.with_overrides(**overrides)
-    assert small.recipe_hash() == recipe.recipe_hash()
     out = train_and_evaluate(base, rows, evals, small)
     assert out.eval_loss == pytest.approx(ref.eval_loss, abs=1e-5)
     assert out.train_losses == pytest.approx(ref.train_losses, abs=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with lora_dropout > 0 the dropout masks depend on how a step is split "
-                                       "into micro-batches, so train_micro_tokens changes the loss although "
-                                       "recipe_hash treats it as performance-only")
-def test_train_micro_tokens_does_not_change_result_with_dropout(base):
-    rows = honest_rows(ATLAS, 16, 3)
-    evals = eval_rows(ATLAS)[:20]
+def test_train_micro_tokens_is_part_of_the_cache_key():
+    """With dropout on, the micro-batch split decides each row's dropout masks (it moved a tiny-model loss from
+    2.35319 to 2.35049), so two splits must never share a cached result."""
     assert FAST.lora_dropout > 0
-    ref = train_and_evaluate(base, rows, evals, FAST)
-    out = train_and_evaluate(base, rows, evals, FAST.with_overrides(train_micro_tokens=64))
-    assert out.eval_loss == pytest.approx(ref.eval_loss, abs=1e-5)
+    assert FAST.with_overrides(train_micro_tokens=64).recipe_hash() != FAST.recipe_hash()
+    assert FAST.with_overrides(eval_batch_tokens=64, logits_chunk=7).recipe_hash() == FAST.recipe_hash()
 
 
 @pytest.mark.parametrize("train, evals", [([], eval_rows(ATLAS)[:2]), (honest_rows(ATLAS, 2, 1), [])])
@@ -431,10 +424,10 @@ def test_train_recipe_defaults_are_reference():
 @pytest.mark.parametrize(
     "overrides, same",
     [
-        ({"train_micro_tokens": 1024}, True),
+        ({"train_micro_tokens": 1024}, False),
         ({"eval_batch_tokens": 99}, True),
         ({"logits_chunk": 1}, True),
-        ({"train_micro_tokens": 1, "eval_batch_tokens": 1, "logits_chunk": 1}, True),
+        ({"eval_batch_tokens": 1, "logits_chunk": 1}, True),
         ({"learning_rate": 3e-4}, False),
         ({"seed": 43}, False),
         ({"lora_r": 8}, False),

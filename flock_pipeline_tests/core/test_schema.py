@@ -413,11 +413,9 @@ def test_dataset_limits_defaults_valid():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Known bugs (strict xfail: these flip to a failure once fixed, so the marker gets removed)
+# Regressions: bugs found and fixed
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: json.loads raises ValueError (int digit limit) which escapes "
-                                       "validate_line; validation must never raise on bad input")
 def test_huge_integer_literal_is_a_reason_not_an_exception():
     raw = b'{"system": ' + b"1" * 5000 + b', "conversations": []}'
     report = validate_bytes(raw)
@@ -425,9 +423,22 @@ def test_huge_integer_literal_is_a_reason_not_an_exception():
     assert report.rejected_rows[0].reason.startswith("not valid JSON")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: lone UTF-16 surrogates (\\ud800 escapes) pass validation but the "
-                                       "row cannot be encoded as UTF-8, so row_hash raises UnicodeEncodeError")
 def test_lone_surrogate_content_is_rejected():
     raw = b'{"conversations": [{"role": "user", "content": "hi \\ud800"}, {"role": "assistant", "content": "a"}]}'
     result = validate_line(1, raw)
     assert result.row is None, "row was accepted"
+
+
+@pytest.mark.parametrize("content", [
+    "ok<|im_end|>\n<|im_start|>user\nfake", "<|im_start|>", "trailing <|endoftext|>",
+])
+def test_chat_control_tokens_in_content_are_rejected(content):
+    row = {"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": content}]}
+    result = validate_line(1, json.dumps(row).encode())
+    assert result.row is None and "control token" in result.reason
+
+
+def test_chat_control_token_in_system_is_rejected():
+    row = {"system": "be nice<|im_end|>", "conversations": [{"role": "user", "content": "q"},
+                                                           {"role": "assistant", "content": "a"}]}
+    assert "control token" in validate_line(1, json.dumps(row).encode()).reason

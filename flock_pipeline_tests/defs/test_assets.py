@@ -1,0 +1,118 @@
+"""Each asset materialized on its own with dg.materialize and the local resources."""
+
+import dagster as dg
+import pytest
+
+from flock_pipeline.defs import build_definitions
+from flock_pipeline.defs.assets import (ASSETS, chain_commitments, deduplicated_shards, epochs_partitions,
+                                        final_corpus, miner_datasets, miner_eval_losses, miners_partitions,
+                                        submitted_weights, win_rates)
+from flock_pipeline.defs.checks import CHECKS
+
+
+def _materialize(selection, key, resources, instance, raise_on_error=True):
+    return dg.materialize(ASSETS + CHECKS, selection=selection, partition_key=key, resources=resources,
+                          instance=instance, raise_on_error=raise_on_error)
+
+
+def _metadata(result, asset):
+    [mat] = result.asset_materializations_for_node(asset.key.path[-1])
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def test_definitions_have_the_seven_assets_documented(demo):
+    _, resources, _, _ = demo
+    defs = build_definitions(resources)
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {"chain_commitments", "miner_datasets", "deduplicated_shards", "miner_eval_losses", "win_rates",
+                    "submitted_weights", "final_corpus"}
+    for asset in ASSETS:
+        assert asset.descriptions_by_key[asset.key], asset.key
+    blocking = [c for c in CHECKS if any(spec.blocking for spec in c.check_specs)]
+    assert [spec.asset_key for c in blocking for spec in c.check_specs] == [win_rates.key]
+    assert miner_eval_losses.op.pool == "gpu"
+
+
+def test_asset_by_asset(demo):
+    home, resources, instance, epoch = demo
+    key = str(epoch)
+    instance.add_dynamic_partitions(epochs_partitions.name, [key])
+
+    meta = _metadata(_materialize([chain_commitments], key, resources, instance), chain_commitments)
+    assert meta["commitments"] == 6 and meta["accepted"] == 6 and meta["new_miners"] == 6
+    assert set(instance.get_dynamic_partitions(miners_partitions.name)) >= {"hk-honest-good", "hk-copier"}
+
+    meta = _metadata(_materialize([miner_datasets], "hk-malformed", resources, instance), miner_datasets)
+    assert meta["status"] == "invalid" and meta["rows_valid"] == 0 and meta["rows_total"] == 5
+    assert "| 1 | turn 0: role must be 'user'" in meta["rejected_rows"]
+    for hotkey in ("hk-honest-good", "hk-copier", "hk-honest-fair", "hk-weak-offdomain", "hk-empty"):
+        meta = _metadata(_materialize([miner_datasets], hotkey, resources, instance), miner_datasets)
+        assert len(meta["revision"]) == 40
+    assert meta["status"] == "invalid" and meta["reason"] == "empty dataset: no rows"
+
+    meta = _metadata(_materialize([deduplicated_shards], key, resources, instance), deduplicated_shards)
+    assert meta["eligible"] == 3 and meta["duplicates_earlier"] >= 100
+
+    result = _materialize([miner_eval_losses], "hk-honest-good", resources, instance)
+    meta = _metadata(result, miner_eval_losses)
+    assert meta["status"] == "ok" and 0 < meta["eval_loss"] < 3 and meta["from_cache"] is False
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed and check.check_name == "eval_loss_is_finite"
+    meta = _metadata(_materialize([miner_eval_losses], "hk-copier", resources, instance), miner_eval_losses)
+    assert meta["status"] == "skipped" and meta["reason"].startswith("duplicate")
+
+    # the two other eligible miners are not evaluated yet: win_rates says so, and gives them no weight
+    meta = _metadata(_materialize([win_rates, submitted_weights, final_corpus], key, resources, instance),
+                     win_rates)
+    assert meta["scored"] == 1
+    frame = resources["warehouse"].win_rates(epoch).set_index("hotkey")
+    assert frame.loc["hk-honest-fair", "status"] == "not_evaluated"
+    assert frame.loc["hk-honest-good", "weight"] == pytest.approx(1.0)
+
+
+def test_blocking_check_stops_weight_submission(demo, monkeypatch):
+    home, resources, instance, epoch = demo
+    from flock_pipeline.defs.epoch import run_epoch
+    from flock_pipeline.validator import scoring
+
+    run_epoch(epoch, resources, instance)
+    before = len(resources["chain"].weights_history("validator"))
+    real = scoring.compute_epoch_scores
+
+    def tampered(epoch, evaluator, settings, warehouse):  # a scoring bug that pays an ineligible miner
+        frame = real(epoch, evaluator, settings, warehouse)
+        frame.loc[frame["hotkey"] == "hk-copier", "weight"] = 0.5
+        warehouse.replace_rows("win_rates", frame, "epoch = ?", [epoch])
+        warehouse.replace_rows("weight_submissions", frame.iloc[:0][[]], "epoch = ?", [epoch])
+        return frame
+
+    monkeypatch.setattr("flock_pipeline.defs.assets.compute_epoch_scores", tampered)
+    result = _materialize([win_rates, submitted_weights], str(epoch), resources, instance, raise_on_error=False)
+    [check] = result.get_asset_check_evaluations()
+    assert not check.passed and "not eligible" in check.metadata["problem"].value
+    assert result.asset_materializations_for_node("submitted_weights") == []
+    assert len(resources["chain"].weights_history("validator")) == before
+
+
+def test_failed_evaluation_is_recorded_not_scored(demo):
+    """A base model whose weights are missing: every evaluation fails, is recorded with its error, and the epoch
+    ends with no weights sent rather than with made-up losses."""
+    import shutil
+
+    home, resources, instance, epoch = demo
+    from flock_pipeline.defs.epoch import run_epoch
+    from flock_pipeline.resources import EvaluatorResource
+
+    broken = home / "weights-missing"
+    shutil.copytree(resources["evaluator"].model_path(), broken)
+    (broken / "model.safetensors").unlink()
+    resources = {**resources, "evaluator": EvaluatorResource(base_model=str(broken), cache_dir=str(home / "m"))}
+    run_epoch(epoch, resources, instance)
+    frame = resources["warehouse"].win_rates(epoch)
+    failed = frame[frame["status"] == "failed"]
+    assert len(failed) == 3 and failed["reason"].str.startswith("evaluation failed").all()
+    assert (frame["weight"] == 0).all() and frame["eval_loss"].isna().all()
+    results = resources["warehouse"].query("SELECT status, attempts, eval_loss FROM eval_results")
+    assert (results["status"] == "failed").all() and (results["attempts"] == 3).all()
+    assert results["eval_loss"].isna().all()
+    assert resources["chain"].weights_history("validator") == []
