@@ -107,13 +107,13 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource) -> tuple[list[
 def epoch_progress_sensor(context: dg.SensorEvaluationContext,
                           warehouse: WarehouseResource) -> dg.SensorResult | dg.SkipReason:
     """Requests the next stage of the newest epoch whose commitments are recorded."""
-    latest = warehouse.query("SELECT max(epoch) AS e FROM epochs")["e"].iloc[0]
-    if latest is None or latest != latest:  # no epoch yet (NULL comes back as None or NaN)
+    latest = int(warehouse.query("SELECT coalesce(max(epoch), -1) AS e FROM epochs")["e"].iloc[0])
+    if latest < 0:
         return dg.SkipReason("no epoch recorded yet")
-    requests, stage = next_epoch_requests(int(latest), warehouse)
+    requests, stage = next_epoch_requests(latest, warehouse)
     if not requests:
-        return dg.SkipReason(f"epoch {int(latest)}: {stage}")
-    context.log.info(f"epoch {int(latest)}: {stage}")
+        return dg.SkipReason(f"epoch {latest}: {stage}")
+    context.log.info(f"epoch {latest}: {stage}")
     return dg.SensorResult(run_requests=requests)
 
 

@@ -1,0 +1,115 @@
+"""The README's commands, run as a user runs them: `flock demo`, the `dagster asset materialize` epoch, `dagster dev`."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _env(home: Path, dagster_home: Path | None = None) -> dict:
+    env = {**os.environ, "FLOCK_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    if dagster_home is not None:
+        dagster_home.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+        env["DAGSTER_HOME"] = str(dagster_home)
+    return env
+
+
+def _flock(*args, env, check=True):
+    return subprocess.run([str(BIN / "flock"), *args], env=env, cwd=REPO, capture_output=True, text=True,
+                          check=check, timeout=600)
+
+
+def _by_label(report: list[dict]) -> dict:
+    return {m["label"]: m for m in report}
+
+
+@pytest.mark.slow
+def test_flock_demo_json(flock_home):
+    out = _flock("demo", "--json", env=_env(flock_home))
+    doc = json.loads(out.stdout)
+    fields = {"uid", "hotkey", "label", "status", "reason", "rows_kept", "eval_loss", "win_rate", "weight"}
+    assert all(fields <= set(m) for m in doc["miners"])
+    miners = _by_label(doc["miners"])
+    assert set(miners) == {"honest-good", "honest-fair", "weak-offdomain", "copier", "malformed", "empty"}
+    assert miners["honest-good"]["weight"] > miners["honest-fair"]["weight"] > miners["weak-offdomain"]["weight"]
+    for label in ("copier", "malformed", "empty"):
+        assert miners[label]["weight"] == 0 and miners[label]["reason"]
+    table = _flock("epoch", "report", str(doc["epoch"]), env=_env(flock_home)).stdout
+    assert "honest-good" in table and "duplicate" in table
+
+
+@pytest.mark.slow
+def test_epoch_through_dagster_asset_materialize(flock_home, tmp_path):
+    """scripts/materialize_epoch.sh: the README's `dagster asset materialize` commands for one epoch."""
+    env = _env(flock_home, tmp_path / "dagster_home")
+    _flock("demo", "--no-run", env=env)
+    run = subprocess.run([str(REPO / "scripts" / "materialize_epoch.sh")], env=env, cwd=REPO, capture_output=True,
+                         text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    epoch = json.loads(_flock("chain", "status", env=env).stdout)["epoch"]
+    miners = _by_label(json.loads(_flock("epoch", "report", str(epoch), "--json", env=env).stdout)["miners"])
+    assert miners["honest-good"]["weight"] > miners["honest-fair"]["weight"] > miners["weak-offdomain"]["weight"]
+    assert miners["copier"]["weight"] == 0 and miners["empty"]["weight"] == 0 and miners["malformed"]["weight"] == 0
+    assert "Asset check 'weights_are_valid' on 'win_rates' passed" in run.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_dagster_dev_serves_the_seven_assets(flock_home, tmp_path):
+    port = _free_port()
+    env = _env(flock_home, tmp_path / "dagster_home")
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "dagster_dev.py"), "-p", str(port), "-h",
+                             "127.0.0.1"], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    query = json.dumps({"query": "{ assetNodes { assetKey { path } } }"}).encode()
+    keys = None
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and keys is None:
+            time.sleep(2)
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=query,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    nodes = json.loads(resp.read())["data"]["assetNodes"]
+                keys = {"/".join(n["assetKey"]["path"]) for n in nodes} if nodes else None
+            except (OSError, KeyError, TypeError, ValueError):
+                continue
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert keys == {"chain_commitments", "miner_datasets", "deduplicated_shards", "miner_eval_losses", "win_rates",
+                    "submitted_weights", "final_corpus"}
+
+
+def test_chain_commands_and_config_errors(flock_home):
+    env = _env(flock_home)
+    _flock("demo", "--no-run", env=env)
+    status = json.loads(_flock("chain", "status", env=env).stdout)
+    assert status["neurons"] == 7 and status["commitments"] == 6 and status["block"] % status["tempo"] == 0
+    block = int(_flock("chain", "advance", "--to-next-epoch", env=env).stdout)
+    assert block == status["block"] + status["tempo"]
+    bad = _flock("chain", "status", env={**env, "FLOCK_NETWORK": "finney"}, check=False)
+    assert bad.returncode == 2 and "configuration error" in bad.stderr and "Traceback" not in bad.stderr
+    usage = _flock("epoch", env=env, check=False)
+    assert usage.returncode == 2
