@@ -96,17 +96,11 @@ def cmd_epoch_open(args) -> int:
 
 
 def cmd_epoch_miners(args) -> int:
-    """Hotkeys to materialize for a stage of an epoch: `datasets` (accepted commitments) or `eval` (eligible)."""
+    """Hotkeys with an accepted commitment in the epoch: the `miners` partitions to materialize for it."""
     from flock_pipeline.resources import build_resources
 
-    warehouse = build_resources()["warehouse"]
-    if args.stage == "datasets":
-        frame = warehouse.epoch_commitments(args.epoch)
-        hotkeys = frame[frame["status"] == "ok"]["hotkey"]
-    else:
-        frame = warehouse.epoch_shards(args.epoch)
-        hotkeys = frame[frame["status"] == "eligible"]["hotkey"]
-    print("\n".join(hotkeys))
+    frame = build_resources()["warehouse"].epoch_commitments(args.epoch)
+    print("\n".join(frame[frame["status"] == "ok"]["hotkey"]))
     return 0
 
 
@@ -164,9 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     opened = epoch.add_parser("open", help="add the epoch's Dagster partition and print its key")
     opened.add_argument("epoch", type=int, nargs="?")
     opened.set_defaults(func=cmd_epoch_open)
-    miners = epoch.add_parser("miners", help="hotkeys to materialize at a stage of the epoch")
+    miners = epoch.add_parser("miners", help="hotkeys (miners partitions) to materialize for the epoch")
     miners.add_argument("epoch", type=int)
-    miners.add_argument("--stage", choices=["datasets", "eval"], default="datasets")
     miners.set_defaults(func=cmd_epoch_miners)
     report = epoch.add_parser("report", help="the epoch's table (or --json)")
     report.add_argument("epoch", type=int)

@@ -8,12 +8,13 @@ M=(-m flock_pipeline.definitions --config-json '{"execution": {"config": {"in_pr
 EPOCH=$(flock epoch open ${1:+"$1"})
 echo "== epoch $EPOCH" >&2
 dagster asset materialize "${M[@]}" --select chain_commitments --partition "$EPOCH"
-for HK in $(flock epoch miners "$EPOCH" --stage datasets); do
+MINERS=$(flock epoch miners "$EPOCH")
+for HK in $MINERS; do
   dagster asset materialize "${M[@]}" --select miner_datasets --partition "$HK"
 done
-dagster asset materialize "${M[@]}" --select deduplicated_shards --partition "$EPOCH"
-for HK in $(flock epoch miners "$EPOCH" --stage eval); do
-  dagster asset materialize "${M[@]}" --select miner_eval_losses --partition "$HK"
+# every dataset first: a shard depends on all miners' rows (the earliest commitment keeps a row)
+for HK in $MINERS; do
+  dagster asset materialize "${M[@]}" --select deduplicated_shards,miner_eval_losses --partition "$HK"
 done
 dagster asset materialize "${M[@]}" --select win_rates,submitted_weights,final_corpus --partition "$EPOCH"
 flock epoch report "$EPOCH"

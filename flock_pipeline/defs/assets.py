@@ -2,8 +2,7 @@
 and reports metadata; the results themselves live in the warehouse, so nothing computed is lost on failure.
 
 Partitions: epoch-level assets use the dynamic `epochs` partitions (key = epoch number); per-miner assets use the
-dynamic `miners` partitions (key = hotkey). Deduplication is epoch-level, not per miner: which miner keeps a row
-depends on every other miner of the epoch, so one step computes all shards at once (see README, "Asset graph").
+dynamic `miners` partitions (key = hotkey) and work on the latest epoch the miner committed in.
 """
 
 import math
@@ -21,7 +20,7 @@ from flock_pipeline.validator.commitments import snapshot_commitments
 from flock_pipeline.validator.datasets import fetch_miner_dataset
 from flock_pipeline.validator.evaluation import evaluate_miner
 from flock_pipeline.validator.scoring import build_epoch_corpus, compute_epoch_scores, submit_epoch_weights
-from flock_pipeline.validator.shards import build_shards
+from flock_pipeline.validator.shards import build_miner_shard
 
 epochs_partitions = dg.DynamicPartitionsDefinition(name="epochs")
 miners_partitions = dg.DynamicPartitionsDefinition(name="miners")
@@ -98,26 +97,26 @@ def miner_datasets(context: dg.AssetExecutionContext, chain: ChainResource, hub:
     })
 
 
-@dg.asset(partitions_def=epochs_partitions, group_name="miners", kinds={"python", "duckdb"},
+@dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"python", "duckdb"},
           deps=[dg.AssetDep(miner_datasets, partition_mapping=dg.AllPartitionMapping())])
 def deduplicated_shards(context: dg.AssetExecutionContext, hub: HubResource, settings: ValidatorSettingsResource,
                         warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """Each miner's used rows minus exact copies of rows that an earlier commitment (block, then uid) already
-    contributed, minus rows of the eval set. Miners whose rows are mostly copies or leaks are ineligible, with the
-    reason. Computed for all miners of the epoch at once, since who keeps a row depends on every miner."""
-    frame = build_shards(int(context.partition_key), hub, settings, warehouse)
+    """The miner's used rows (latest epoch) minus exact copies of rows that an earlier commitment (block, then uid)
+    already contributed, minus rows of the eval set. A miner whose rows are mostly copies or leaks is ineligible,
+    with the reason. Depends on every miner's dataset: who keeps a row depends on all commitments of the epoch."""
+    row = build_miner_shard(context.partition_key, hub, settings, warehouse)
+    if row is None:
+        return dg.MaterializeResult(metadata={"status": "no_commitment", "reason": "no recorded commitment"})
     return dg.MaterializeResult(metadata={
-        "miners": len(frame), "eligible": int((frame["status"] == "eligible").sum()),
-        "rows_kept": int(frame["rows_kept"].sum()), "duplicates_earlier": int(frame["duplicates_earlier"].sum()),
-        "eval_leaks": int(frame["eval_leaks"].sum()),
-        "shards_table": _table(frame, ["uid", "hotkey", "status", "rows_in", "rows_kept", "duplicates_earlier",
-                                       "eval_leaks", "reason"]),
+        "epoch": row["epoch"], "status": row["status"], "reason": row["reason"] or "", "rows_in": row["rows_in"],
+        "rows_kept": row["rows_kept"], "duplicates_within": row["duplicates_within"],
+        "duplicates_earlier": row["duplicates_earlier"], "eval_leaks": row["eval_leaks"],
+        "shard_hash": row["shard_hash"] or "",
     })
 
 
 @dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"pytorch", "duckdb"}, pool=GPU_POOL,
-          deps=[dg.AssetDep(deduplicated_shards, partition_mapping=dg.LastPartitionMapping())],
-          retry_policy=TRANSIENT_RETRIES)
+          deps=[deduplicated_shards], retry_policy=TRANSIENT_RETRIES)
 def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, hub: HubResource,
                       warehouse: WarehouseResource) -> dg.MaterializeResult:
     """LoRA fine-tune of the base model on the miner's shard (latest epoch), then the eval loss: mean over eval
@@ -134,7 +133,8 @@ def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorRes
 
 
 @dg.asset(partitions_def=epochs_partitions, group_name="scoring", kinds={"python", "duckdb"},
-          deps=[dg.AssetDep(miner_eval_losses, partition_mapping=dg.AllPartitionMapping())])
+          deps=[dg.AssetDep(miner_eval_losses, partition_mapping=dg.AllPartitionMapping()),
+                dg.AssetDep(deduplicated_shards, partition_mapping=dg.AllPartitionMapping())])
 def win_rates(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
               warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Pairwise comparison of the eligible miners' eval losses (the earlier commitment gets a (1 - epsilon)
@@ -164,7 +164,7 @@ def submitted_weights(context: dg.AssetExecutionContext, chain: ChainResource, s
 
 
 @dg.asset(partitions_def=epochs_partitions, group_name="corpus", kinds={"parquet"},
-          deps=[win_rates, deduplicated_shards])
+          deps=[win_rates, dg.AssetDep(deduplicated_shards, partition_mapping=dg.AllPartitionMapping())])
 def final_corpus(context: dg.AssetExecutionContext, settings: ValidatorSettingsResource,
                  warehouse: WarehouseResource) -> dg.MaterializeResult:
     """The scored miners' deduplicated rows merged into one SFT corpus, best miner first, with provenance columns

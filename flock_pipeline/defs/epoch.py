@@ -36,7 +36,8 @@ def _run(selection: list, partition_key: str, resources: dict, instance: dg.Dags
 
 def run_epoch(epoch: int, resources: dict, instance: dg.DagsterInstance,
               progress: Callable[[str], None] = lambda msg: None) -> None:
-    """Materialize every asset of `epoch` in order: commitments, datasets, shards, evaluations, scores."""
+    """Materialize every asset of `epoch` in order: commitments, all datasets, then per miner its shard and its
+    evaluation (one run per miner), then scores, weights and corpus."""
     key = str(epoch)
     if not instance.has_dynamic_partition(epochs_partitions.name, key):
         instance.add_dynamic_partitions(epochs_partitions.name, [key])
@@ -47,11 +48,8 @@ def run_epoch(epoch: int, resources: dict, instance: dg.DagsterInstance,
     for c in commitments[commitments["status"] == "ok"].itertuples():
         progress(f"epoch {epoch}: dataset of uid {c.uid}")
         _run([miner_datasets], c.hotkey, resources, instance)
-    progress(f"epoch {epoch}: deduplicating")
-    _run([deduplicated_shards], key, resources, instance)
-    shards = warehouse.epoch_shards(epoch)
-    for s in shards[shards["status"] == "eligible"].itertuples():
-        progress(f"epoch {epoch}: training + evaluating uid {s.uid}")
-        _run([miner_eval_losses], s.hotkey, resources, instance)
+    for c in commitments[commitments["status"] == "ok"].itertuples():
+        progress(f"epoch {epoch}: shard + evaluation of uid {c.uid}")
+        _run([deduplicated_shards, miner_eval_losses], c.hotkey, resources, instance)
     progress(f"epoch {epoch}: win rates, weights, corpus")
     _run([win_rates, submitted_weights, final_corpus], key, resources, instance)

@@ -5,7 +5,7 @@
 - `commitment_sensor` adds a `miners` partition for each new hotkey and downloads a miner's dataset as soon as its
   commitment changes (run key = hotkey:revision).
 - `epoch_progress_sensor` moves the newest epoch on, one stage at a time, from what the warehouse has recorded:
-  missing datasets -> shards -> one evaluation run per eligible miner (GPU pool) -> scores, weights and corpus.
+  missing datasets -> one run per miner for its shard + evaluation (GPU pool) -> scores, weights and corpus.
   Run keys make every request idempotent.
 """
 
@@ -72,6 +72,13 @@ def commitment_sensor(context: dg.SensorEvaluationContext, chain: ChainResource,
                            if new_hotkeys else [])
 
 
+def _evaluated(warehouse: WarehouseResource, shard_hash: str) -> bool:
+    """A result exists for the shard: a success, or a failure that used up its attempts."""
+    done = warehouse.query("SELECT count(*) AS n FROM eval_results WHERE shard_hash = ? AND "
+                           "(status = 'ok' OR attempts >= ?)", [shard_hash, MAX_ATTEMPTS])
+    return int(done["n"].iloc[0]) > 0
+
+
 def next_epoch_requests(epoch: int, warehouse: WarehouseResource) -> tuple[list[dg.RunRequest], str]:
     """The run requests that move `epoch` to its next stage, and a one-line description of where it stands."""
     key = str(epoch)
@@ -81,19 +88,16 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource) -> tuple[list[
     if missing:
         return [dg.RunRequest(run_key=f"dataset:{c.hotkey}:{c.revision}", partition_key=c.hotkey,
                               asset_selection=[miner_datasets.key]) for c in missing], "downloading datasets"
-    shards = warehouse.epoch_shards(epoch)
-    if shards.empty and not commitments.empty:
-        return [dg.RunRequest(run_key=f"shards:{key}", partition_key=key,
-                              asset_selection=[deduplicated_shards.key])], "deduplicating"
+    shards = {r["hotkey"]: r for r in warehouse.epoch_shards(epoch).to_dict("records")}
     pending = []
-    for s in shards[shards["status"] == "eligible"].itertuples():
-        done = warehouse.query("SELECT count(*) AS n FROM eval_results WHERE shard_hash = ? AND "
-                               "(status = 'ok' OR attempts >= ?)", [s.shard_hash, MAX_ATTEMPTS])
-        if int(done["n"].iloc[0]) == 0:
-            pending.append(dg.RunRequest(run_key=f"eval:{s.hotkey}:{s.shard_hash}", partition_key=s.hotkey,
-                                         asset_selection=[miner_eval_losses.key]))
+    for c in accepted.itertuples():
+        shard = shards.get(c.hotkey)
+        if shard is not None and (shard["status"] != "eligible" or _evaluated(warehouse, shard["shard_hash"])):
+            continue
+        pending.append(dg.RunRequest(run_key=f"miner:{key}:{c.hotkey}:{c.revision}", partition_key=c.hotkey,
+                                     asset_selection=[deduplicated_shards.key, miner_eval_losses.key]))
     if pending:
-        return pending, f"evaluating {len(pending)} miner(s)"
+        return pending, f"deduplicating + evaluating {len(pending)} miner(s)"
     if warehouse.win_rates(epoch).empty:
         return [dg.RunRequest(run_key=f"score:{key}", partition_key=key,
                               asset_selection=[win_rates.key, submitted_weights.key, final_corpus.key])], "scoring"

@@ -24,27 +24,35 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
                          warehouse: WarehouseResource) -> pd.DataFrame:
     """Win rates and weights of every committing miner of `epoch` (0 with a reason for all but the scored).
 
-    status: scored | ineligible (dedup/validation) | failed (evaluation crashed) | not_evaluated.
+    status: scored | rejected (commitment) | ineligible (validation / dedup) | failed (evaluation crashed) |
+    not_deduplicated | not_evaluated (a step has not run for this miner yet).
     """
     info = warehouse.epoch_info(epoch)
-    shards = warehouse.epoch_shards(epoch)
-    if info is None or shards.empty and not warehouse.epoch_commitments(epoch).empty:
-        raise RuntimeError(f"epoch {epoch} has no shards: materialize deduplicated_shards first")
+    if info is None:
+        raise RuntimeError(f"epoch {epoch} has no recorded commitments: materialize chain_commitments first")
+    shards = {r["hotkey"]: r for r in warehouse.epoch_shards(epoch).to_dict("records")}
     provenance = evaluator.provenance()
     rows, contenders = [], []
-    for s in shards.itertuples():
-        row = {"epoch": epoch, "hotkey": s.hotkey, "uid": int(s.uid), "status": "ineligible", "reason": s.reason,
+    for c in warehouse.epoch_commitments(epoch).itertuples():
+        row = {"epoch": epoch, "hotkey": c.hotkey, "uid": int(c.uid), "status": "rejected", "reason": c.reason,
                "eval_loss": math.nan, "win_rate": 0.0, "weight": 0.0}
-        if s.status == "eligible":
-            result = warehouse.eval_result(cache_key(s.shard_hash, provenance, info["eval_revision"]))
+        rows.append(row)
+        shard = shards.get(c.hotkey)
+        if c.status != "ok":
+            continue
+        if shard is None:
+            row.update(status="not_deduplicated", reason="deduplicated_shards has not run for this miner")
+        elif shard["status"] != "eligible":
+            row.update(status="ineligible", reason=shard["reason"])
+        else:
+            result = warehouse.eval_result(cache_key(shard["shard_hash"], provenance, info["eval_revision"]))
             if result is None:
                 row.update(status="not_evaluated", reason="no evaluation result for this shard and recipe")
             elif result["status"] != "ok":
                 row.update(status="failed", reason=f"evaluation failed: {result['error']}")
             else:
                 row.update(status="scored", reason=None, eval_loss=float(result["eval_loss"]))
-                contenders.append(Contender(int(s.uid), float(result["eval_loss"]), int(s.commit_block)))
-        rows.append(row)
+                contenders.append(Contender(int(c.uid), float(result["eval_loss"]), int(c.commit_block)))
     rates, weights = score_epoch(contenders, warehouse.previous_weights(epoch), settings.scoring_config())
     for row in rows:
         if row["status"] == "scored":

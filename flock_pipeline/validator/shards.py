@@ -1,7 +1,7 @@
-"""Epoch step: deduplicate every miner of the epoch against every other and against the eval set.
+"""Miner step: a miner's shard = its used rows minus rows an earlier commitment contributed and eval-set rows.
 
-Dedup is a function of all miners at once (the earliest commitment keeps a row), so it runs once per epoch and
-writes every miner's shard; the per-miner evaluation then reads its own shard.
+Dedup is a function of all miners of the epoch at once (the earliest commitment keeps a row): each miner's step
+plans the whole epoch from the recorded row hashes and writes its own shard.
 """
 
 from __future__ import annotations
@@ -47,16 +47,24 @@ def shard_hash(row_hashes: list[str]) -> str:
     return hashlib.sha256("\n".join(row_hashes).encode()).hexdigest()
 
 
-def build_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsResource,
-                 warehouse: WarehouseResource) -> pd.DataFrame:
-    """Plan and record every miner's shard for `epoch`; returns one row per committing hotkey."""
+def latest_epoch_of(warehouse: WarehouseResource, hotkey: str) -> int | None:
+    df = warehouse.query("SELECT max(epoch) AS e FROM commitments WHERE hotkey = ?", [hotkey])
+    value = df["e"].iloc[0]
+    return None if pd.isna(value) else int(value)
+
+
+def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsResource,
+                      warehouse: WarehouseResource) -> tuple[dict[str, dict], dict[str, pd.DataFrame]]:
+    """Dedup every miner of `epoch` against every other (exact, earliest commitment keeps a row) and the eval set.
+
+    Returns (shard row by hotkey, kept rows by hotkey for eligible miners). Pure reads: nothing is written.
+    """
     info = warehouse.epoch_info(epoch)
     if info is None:
         raise RuntimeError(f"epoch {epoch} has no recorded commitments: materialize chain_commitments first")
     eval_hashes = {r.row_hash for r in load_eval_rows(hub, info["eval_repo"], info["eval_revision"])}
-    commitments = warehouse.epoch_commitments(epoch)
     base_rows, candidates, rows_by_hotkey = {}, [], {}
-    for c in commitments.itertuples():
+    for c in warehouse.epoch_commitments(epoch).itertuples():
         row = {"epoch": epoch, "hotkey": c.hotkey, "uid": int(c.uid), "repo": c.repo, "revision": c.revision,
                "commit_block": int(c.commit_block), "status": "ineligible", "reason": None, "rows_in": 0,
                "rows_kept": 0, "duplicates_within": 0, "duplicates_earlier": 0, "eval_leaks": 0, "shard_hash": None}
@@ -74,9 +82,8 @@ def build_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsResour
         rows = warehouse.dataset_rows(c.repo, c.revision)
         rows_by_hotkey[c.hotkey] = rows
         candidates.append(MinerRows(c.hotkey, int(c.uid), int(c.commit_block), tuple(rows["row_hash"])))
-    plans = deduplicate(candidates, eval_hashes, settings.dedup_config())
-    shard_rows = []
-    for hotkey, plan in plans.items():
+    kept_rows = {}
+    for hotkey, plan in deduplicate(candidates, eval_hashes, settings.dedup_config()).items():
         row = base_rows[hotkey]
         row.update(rows_in=plan.rows_in, rows_kept=plan.rows_kept, duplicates_within=plan.duplicates_within,
                    duplicates_earlier=plan.duplicates_earlier, eval_leaks=plan.eval_leaks, reason=plan.reason,
@@ -84,10 +91,27 @@ def build_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsResour
         if plan.eligible:
             kept = rows_by_hotkey[hotkey].iloc[plan.kept_indices]
             row["shard_hash"] = shard_hash(list(kept["row_hash"]))
-            shard_rows.append(pd.DataFrame({"shard_hash": row["shard_hash"], "pos": range(len(kept)),
-                                            "row_hash": list(kept["row_hash"]), "row_json": list(kept["row_json"])}))
-    for frame in shard_rows:
-        warehouse.replace_rows("shard_rows", frame, "shard_hash = ?", [frame["shard_hash"].iloc[0]])
-    result = pd.DataFrame(list(base_rows.values()), columns=SHARD_COLUMNS)
-    warehouse.replace_rows("shards", result, "epoch = ?", [epoch])
-    return result
+            kept_rows[hotkey] = kept
+    return base_rows, kept_rows
+
+
+def build_miner_shard(hotkey: str, hub: HubResource, settings: ValidatorSettingsResource,
+                      warehouse: WarehouseResource) -> dict | None:
+    """Record `hotkey`'s shard for the latest epoch it committed in; returns its shard row (None: no epoch).
+
+    Who keeps a row depends on every miner of the epoch, so the whole epoch is planned (hash sets: cheap) and
+    only this miner's shard is written; every miner's run computes the same plan.
+    """
+    epoch = latest_epoch_of(warehouse, hotkey)
+    if epoch is None:
+        return None
+    plans, kept_rows = plan_epoch_shards(epoch, hub, settings, warehouse)
+    row = plans[hotkey]
+    kept = kept_rows.get(hotkey)
+    if kept is not None:
+        frame = pd.DataFrame({"shard_hash": row["shard_hash"], "pos": range(len(kept)),
+                              "row_hash": list(kept["row_hash"]), "row_json": list(kept["row_json"])})
+        warehouse.replace_rows("shard_rows", frame, "shard_hash = ?", [row["shard_hash"]])
+    warehouse.replace_rows("shards", pd.DataFrame([row], columns=SHARD_COLUMNS), "epoch = ? AND hotkey = ?",
+                           [epoch, hotkey])
+    return row

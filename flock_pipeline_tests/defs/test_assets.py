@@ -50,8 +50,13 @@ def test_asset_by_asset(demo):
         assert len(meta["revision"]) == 40
     assert meta["status"] == "invalid" and meta["reason"] == "empty dataset: no rows"
 
-    meta = _metadata(_materialize([deduplicated_shards], key, resources, instance), deduplicated_shards)
-    assert meta["eligible"] == 3 and meta["duplicates_earlier"] >= 100
+    meta = _metadata(_materialize([deduplicated_shards], "hk-copier", resources, instance), deduplicated_shards)
+    assert meta["status"] == "ineligible" and meta["duplicates_earlier"] == 100 and meta["rows_kept"] == 0
+    assert meta["reason"].startswith("duplicate: 100/100 rows") and "uid 1: 100" in meta["reason"]
+    meta = _metadata(_materialize([deduplicated_shards], "hk-honest-good", resources, instance), deduplicated_shards)
+    assert meta["status"] == "eligible" and meta["rows_kept"] == 100 and len(meta["shard_hash"]) == 64
+    meta = _metadata(_materialize([deduplicated_shards], "hk-honest-fair", resources, instance), deduplicated_shards)
+    assert meta["status"] == "eligible" and meta["rows_kept"] + meta["duplicates_earlier"] == meta["rows_in"]
 
     result = _materialize([miner_eval_losses], "hk-honest-good", resources, instance)
     meta = _metadata(result, miner_eval_losses)
@@ -61,12 +66,14 @@ def test_asset_by_asset(demo):
     meta = _metadata(_materialize([miner_eval_losses], "hk-copier", resources, instance), miner_eval_losses)
     assert meta["status"] == "skipped" and meta["reason"].startswith("duplicate")
 
-    # the two other eligible miners are not evaluated yet: win_rates says so, and gives them no weight
+    # honest-fair is not evaluated and weak-offdomain not even deduplicated yet: win_rates says so, weight 0
     meta = _metadata(_materialize([win_rates, submitted_weights, final_corpus], key, resources, instance),
                      win_rates)
     assert meta["scored"] == 1
     frame = resources["warehouse"].win_rates(epoch).set_index("hotkey")
     assert frame.loc["hk-honest-fair", "status"] == "not_evaluated"
+    assert frame.loc["hk-weak-offdomain", "status"] == "not_deduplicated"
+    assert frame.loc["hk-copier", "status"] == "ineligible" and frame.loc["hk-copier", "weight"] == 0
     assert frame.loc["hk-honest-good", "weight"] == pytest.approx(1.0)
 
 

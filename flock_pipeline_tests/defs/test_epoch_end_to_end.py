@@ -60,8 +60,9 @@ def test_rerun_is_reproducible_and_resumes_from_cache(demo_epoch):
     mats = instance.get_latest_materialization_event(dg.AssetKey("miner_eval_losses"))
     assert mats is not None
     evals = instance.fetch_materializations(dg.AssetKey("miner_eval_losses"), limit=100).records
-    cached = [r.asset_materialization.metadata["from_cache"].value for r in evals]
-    assert cached.count(True) == 3 and cached.count(False) == 3
+    trained = [r.asset_materialization.metadata["from_cache"].value for r in evals
+               if r.asset_materialization.metadata["status"].value == "ok"]
+    assert trained.count(True) == 3 and trained.count(False) == 3  # first run trained 3, the re-run none
     # weights were already submitted for this epoch: not sent a second time
     assert len(resources["chain"].weights_history("validator")) == 1
 

@@ -68,13 +68,12 @@ def test_epoch_progress_sensor_walks_the_epoch(demo):
     assert len(downloads) == 6 and {sel[0] for *_, sel in downloads} == {"miner_datasets"}
     for _, hotkey, _ in downloads:
         _run([miner_datasets], hotkey, resources, instance)
-    assert _keys(tick()) == [(f"shards:{key}", key, ["deduplicated_shards"])]
-    _run([deduplicated_shards], key, resources, instance)
-    evals = _keys(tick())
-    assert len(evals) == 3 and {sel[0] for *_, sel in evals} == {"miner_eval_losses"}
-    assert all(run_key.startswith(f"eval:{hotkey}:") for run_key, hotkey, _ in evals)
-    for _, hotkey, _ in evals:
-        _run([miner_eval_losses], hotkey, resources, instance)
+    per_miner = _keys(tick())
+    assert len(per_miner) == 6
+    assert all(sel == ["deduplicated_shards", "miner_eval_losses"] and run_key.startswith(f"miner:{key}:{hotkey}:")
+               for run_key, hotkey, sel in per_miner)
+    for _, hotkey, _ in per_miner:
+        _run([deduplicated_shards, miner_eval_losses], hotkey, resources, instance)
     [(run_key, partition, selection)] = _keys(tick())
     assert run_key == f"score:{key}" and set(selection) == {"win_rates", "submitted_weights", "final_corpus"}
     assert set(instance.get_dynamic_partitions(miners_partitions.name)) == {h for _, h, _ in downloads}
