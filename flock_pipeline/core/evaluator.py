@@ -166,19 +166,47 @@ def _per_position(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Te
     return F.cross_entropy(head(hidden).float(), targets, reduction="none")
 
 
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _free_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+MIN_TOKEN_BUDGET = 256  # tokens; below this an out-of-memory error is final (the model itself does not fit)
+
+
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, rows: Sequence[TokenizedRow], *, pad_id: int, device: torch.device,
                   batch_tokens: int, chunk: int) -> list[float]:
-    """Per-row mean assistant-token loss (nats), in input order; NaN for rows without a labelled token."""
+    """Per-row mean assistant-token loss (nats), in input order; NaN for rows without a labelled token.
+
+    On out-of-memory the batch token budget is halved and the remaining rows are retried (rows are independent in
+    eval, so the numbers do not depend on the budget).
+    """
     was_training = model.training
     model.eval()
     out = [math.nan] * len(rows)
-    for group in _micro_batches(rows, batch_tokens):
-        ids, labels, mask = _pad([rows[i] for i in group], pad_id, device)
-        sums, counts = token_losses(model, ids, labels, mask, chunk, recompute=False)
-        for j, i in enumerate(group):
-            if counts[j] > 0:
-                out[i] = float(sums[j] / counts[j])
+    done = [False] * len(rows)
+    budget = batch_tokens
+    while not all(done):
+        todo = [i for i in range(len(rows)) if not done[i]]
+        try:
+            for group in _micro_batches([rows[i] for i in todo], budget):
+                members = [todo[g] for g in group]
+                ids, labels, mask = _pad([rows[i] for i in members], pad_id, device)
+                sums, counts = token_losses(model, ids, labels, mask, chunk, recompute=False)
+                for j, i in enumerate(members):
+                    if counts[j] > 0:
+                        out[i] = float(sums[j] / counts[j])
+                    done[i] = True
+        except RuntimeError as exc:
+            if not _is_oom(exc) or budget // 2 < MIN_TOKEN_BUDGET:
+                raise
+            _free_cache(device)
+            budget //= 2
     model.train(was_training)
     return out
 
@@ -211,6 +239,30 @@ def fresh_lora(base: BaseModel, recipe: TrainRecipe):
         base.model = restored
 
 
+def epoch_orders(n_rows: int, epochs: int, seed: int) -> list[list[int]]:
+    """The row order of each epoch: a seeded shuffle per epoch (same seed -> same orders)."""
+    shuffle = random.Random(seed)
+    orders = []
+    for _ in range(epochs):
+        order = list(range(n_rows))
+        shuffle.shuffle(order)
+        orders.append(order)
+    return orders
+
+
+def _accumulate_step(model: torch.nn.Module, batch: Sequence[TokenizedRow], n_labels: int, budget: int, chunk: int,
+                     pad_id: int, device: torch.device) -> float:
+    """Forward + backward of one optimizer step's sequences in micro-batches; gradients of sum(loss) / n_labels."""
+    total = 0.0
+    for micro in _micro_batches(batch, budget):
+        ids, labels, mask = _pad([batch[i] for i in micro], pad_id, device)
+        sums, _ = token_losses(model, ids, labels, mask, chunk, recompute=True)
+        loss = sums.sum() / n_labels
+        loss.backward()
+        total += float(loss.detach())
+    return total
+
+
 def train_lora(model: torch.nn.Module, rows: Sequence[TokenizedRow], recipe: TrainRecipe, *, pad_id: int,
                device: torch.device) -> list[float]:
     """Fine-tune the LoRA parameters of `model` in place; returns the loss of each optimizer step."""
@@ -218,13 +270,11 @@ def train_lora(model: torch.nn.Module, rows: Sequence[TokenizedRow], recipe: Tra
     optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(len(rows) / recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
-    shuffle = random.Random(recipe.seed)
     losses: list[float] = []
     model.train()
     step = 0
-    for _ in range(recipe.epochs):
-        order = list(range(len(rows)))
-        shuffle.shuffle(order)
+    budget = recipe.train_micro_tokens  # halved on out-of-memory (kept for the rest of the run)
+    for order in epoch_orders(len(rows), recipe.epochs, recipe.seed):
         for start in range(0, len(order), recipe.batch_size):
             batch = [rows[i] for i in order[start:start + recipe.batch_size]]
             n_labels = sum(r.n_labels for r in batch)
@@ -232,12 +282,17 @@ def train_lora(model: torch.nn.Module, rows: Sequence[TokenizedRow], recipe: Tra
                 group["lr"] = recipe.learning_rate * linear_schedule(step, recipe.warmup_steps, total)
             step_loss = 0.0
             if n_labels > 0:
-                for micro in _micro_batches(batch, recipe.train_micro_tokens):
-                    ids, labels, mask = _pad([batch[i] for i in micro], pad_id, device)
-                    sums, _ = token_losses(model, ids, labels, mask, recipe.logits_chunk, recompute=True)
-                    loss = sums.sum() / n_labels
-                    loss.backward()
-                    step_loss += float(loss.detach())
+                while True:
+                    try:
+                        step_loss = _accumulate_step(model, batch, n_labels, budget, recipe.logits_chunk, pad_id,
+                                                     device)
+                        break
+                    except RuntimeError as exc:  # out of memory: redo the step in smaller micro-batches
+                        if not _is_oom(exc) or budget // 2 < MIN_TOKEN_BUDGET:
+                            raise
+                        optimizer.zero_grad(set_to_none=True)
+                        _free_cache(device)
+                        budget //= 2
                 if recipe.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
                 optimizer.step()
@@ -255,10 +310,19 @@ def train_and_evaluate(base: BaseModel, train_rows: Sequence[ChatRow], eval_rows
         raise ValueError("no training rows")
     if not eval_rows:
         raise ValueError("no eval rows")
-    set_determinism(recipe.deterministic)
-    pad_id = _pad_id(base.tokenizer)
     train_tok = tokenize_rows(train_rows[: recipe.max_train_rows], base.tokenizer, recipe.max_seq_len)
     eval_tok = tokenize_rows(eval_rows, base.tokenizer, recipe.max_seq_len)
+    return train_and_evaluate_tokens(base, train_tok, eval_tok, recipe)
+
+
+def train_and_evaluate_tokens(base: BaseModel, train_tok: Sequence[TokenizedRow], eval_tok: Sequence[TokenizedRow],
+                              recipe: TrainRecipe) -> EvalOutcome:
+    """The evaluator on already tokenised rows (what train_and_evaluate and the benchmarks call)."""
+    if not train_tok or not eval_tok:
+        raise ValueError("no training rows" if not train_tok else "no eval rows")
+    set_determinism(recipe.deterministic)
+    pad_id = _pad_id(base.tokenizer)
+    train_tok = list(train_tok[: recipe.max_train_rows])
     with fresh_lora(base, recipe) as model:
         t0 = time.perf_counter()
         losses = train_lora(model, train_tok, recipe, pad_id=pad_id, device=base.device)

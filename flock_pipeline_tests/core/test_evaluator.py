@@ -448,3 +448,52 @@ def test_recipe_hash_stable_and_with_overrides_validates():
     assert TrainRecipe().recipe_hash() == TrainRecipe().recipe_hash()
     with pytest.raises(ValueError):
         TrainRecipe().with_overrides(epochs=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Out-of-memory: the token budget is halved and the work retried, never the miner failed
+
+
+def _oom_above(monkeypatch, max_tokens):
+    import flock_pipeline.core.evaluator as ev
+
+    real = ev.token_losses
+    calls = []
+
+    def limited(model, ids, labels, mask, chunk, *, recompute):
+        calls.append(ids.numel())
+        if ids.numel() > max_tokens:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, ids, labels, mask, chunk, recompute=recompute)
+
+    monkeypatch.setattr(ev, "token_losses", limited)
+    return calls
+
+
+def test_eval_shrinks_its_batches_on_oom(base, monkeypatch):
+    from flock_pipeline.core.evaluator import tokenize_rows
+
+    rows = tokenize_rows(eval_rows(ATLAS)[:24], base.tokenizer, 256)
+    expected = evaluate_loss(base.model, rows, pad_id=0, device=CPU, batch_tokens=1 << 15, chunk=4096)
+    calls = _oom_above(monkeypatch, 600)
+    got = evaluate_loss(base.model, rows, pad_id=0, device=CPU, batch_tokens=1 << 15, chunk=4096)
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert max(calls) > 600 and calls[-1] <= 600
+
+
+def test_training_shrinks_its_micro_batches_on_oom(base, monkeypatch):
+    recipe = FAST.with_overrides(lora_dropout=0.0)
+    rows, evals = honest_rows(ATLAS, 8, 5), eval_rows(ATLAS)[:8]
+    expected = train_and_evaluate(base, rows, evals, recipe)
+    _oom_above(monkeypatch, 300)
+    got = train_and_evaluate(base, rows, evals, recipe)
+    assert got.eval_loss == pytest.approx(expected.eval_loss, abs=1e-4)  # same sums, other micro-batch split
+
+
+def test_oom_below_the_minimum_budget_is_raised(base, monkeypatch):
+    from flock_pipeline.core.evaluator import tokenize_rows
+
+    rows = tokenize_rows(eval_rows(ATLAS)[:4], base.tokenizer, 256)
+    _oom_above(monkeypatch, 0)
+    with pytest.raises(torch.OutOfMemoryError):
+        evaluate_loss(base.model, rows, pad_id=0, device=CPU, batch_tokens=4096, chunk=4096)
