@@ -25,8 +25,16 @@ from flock_pipeline.validator.shards import build_miner_shard
 epochs_partitions = dg.DynamicPartitionsDefinition(name="epochs")
 miners_partitions = dg.DynamicPartitionsDefinition(name="miners")
 
+EPOCH_TAG = "flock/epoch"  # on per-miner runs: the epoch they work for (sensors and the epoch runner set it)
 GPU_POOL = "gpu"  # size it to the number of GPUs: `dagster instance concurrency set gpu N`
-TRANSIENT_RETRIES = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL)
+TRANSIENT_RETRIES = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)  # 2 s, then 4 s
+
+
+def epoch_of_run(context) -> int | None:
+    """The epoch a per-miner run works for: its `flock/epoch` tag; None (= the miner's latest epoch) without one,
+    e.g. a partition materialized by hand in the UI."""
+    value = context.run.tags.get(EPOCH_TAG)
+    return int(value) if value is not None else None
 
 
 def _table(frame: pd.DataFrame, columns: list[str]) -> dg.MetadataValue:
@@ -82,7 +90,8 @@ def miner_datasets(context: dg.AssetExecutionContext, chain: ChainResource, hub:
     line and reason, the rows used (the first 100 valid rows: the size cap) and their token counts."""
     hotkey = context.partition_key
     final_try = context.retry_number >= TRANSIENT_RETRIES.max_retries
-    outcome = fetch_miner_dataset(hotkey, hub, evaluator, settings, warehouse, give_up_on_transient=final_try)
+    outcome = fetch_miner_dataset(hotkey, hub, evaluator, settings, warehouse, epoch=epoch_of_run(context),
+                                  give_up_on_transient=final_try)
     others = [fetch_miner_dataset(hotkey, hub, evaluator, settings, warehouse, repo=repo, revision=rev,
                                   give_up_on_transient=final_try)
               for repo, rev in _chain_revisions(chain, hotkey, settings.competition_id)
@@ -104,7 +113,7 @@ def deduplicated_shards(context: dg.AssetExecutionContext, hub: HubResource, set
     """The miner's used rows (latest epoch) minus exact copies of rows that an earlier commitment (block, then uid)
     already contributed, minus rows of the eval set. A miner whose rows are mostly copies or leaks is ineligible,
     with the reason. Depends on every miner's dataset: who keeps a row depends on all commitments of the epoch."""
-    row = build_miner_shard(context.partition_key, hub, settings, warehouse)
+    row = build_miner_shard(context.partition_key, hub, settings, warehouse, epoch=epoch_of_run(context))
     if row is None:
         return dg.MaterializeResult(metadata={"status": "no_commitment", "reason": "no recorded commitment"})
     return dg.MaterializeResult(metadata={
@@ -123,7 +132,7 @@ def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorRes
     rows of each row's mean assistant-token cross-entropy (nats/token); per-row losses are kept. Cached by
     (shard hash, base model + revision, recipe hash, eval revision). A crash is recorded as a failure with its
     error and retried; it never becomes a loss."""
-    record = evaluate_miner(context.partition_key, evaluator, hub, warehouse)
+    record = evaluate_miner(context.partition_key, evaluator, hub, warehouse, epoch=epoch_of_run(context))
     return dg.MaterializeResult(metadata={
         "status": record.status, "reason": record.reason or "",
         "eval_loss": record.eval_loss if record.eval_loss is not None else float("nan"),

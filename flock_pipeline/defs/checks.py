@@ -5,10 +5,10 @@ import math
 import dagster as dg
 
 from flock_pipeline.core.scoring import validate_weights
-from flock_pipeline.defs.assets import miner_eval_losses, win_rates
+from flock_pipeline.defs.assets import epoch_of_run, miner_eval_losses, win_rates
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.warehouse import WarehouseResource
-from flock_pipeline.validator.evaluation import cache_key, latest_shard
+from flock_pipeline.validator.evaluation import cache_key, miner_shard
 from flock_pipeline.validator.scoring import weights_of
 
 
@@ -24,7 +24,7 @@ def _partition(context: dg.AssetCheckExecutionContext) -> str:
                 description="A recorded eval loss is finite; a failed evaluation carries an error, not a loss.")
 def eval_loss_is_finite(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorResource,
                         warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    shard = latest_shard(warehouse, _partition(context))
+    shard = miner_shard(warehouse, _partition(context), epoch_of_run(context))
     if shard is None or shard["status"] != "eligible":
         return dg.AssetCheckResult(passed=True, metadata={"evaluated": False})
     result = warehouse.eval_result(cache_key(shard["shard_hash"], evaluator.provenance(), shard["eval_revision"]))

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from flock_pipeline.defs.assets import (ASSETS, chain_commitments, deduplicated_shards, epochs_partitions,
-                                        final_corpus, miner_datasets, miner_eval_losses, submitted_weights,
+from flock_pipeline.defs.assets import (ASSETS, EPOCH_TAG, chain_commitments, deduplicated_shards,
+                                        epochs_partitions, final_corpus, miner_datasets, miner_eval_losses, submitted_weights,
                                         win_rates)
 from flock_pipeline.defs.checks import CHECKS
 
@@ -24,9 +24,11 @@ class EpochFailed(RuntimeError):
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # per-event DEBUG lines off the console
 
 
-def _run(selection: list, partition_key: str, resources: dict, instance: dg.DagsterInstance) -> None:
+def _run(selection: list, partition_key: str, resources: dict, instance: dg.DagsterInstance,
+         epoch: int | None = None) -> None:
+    tags = {EPOCH_TAG: str(epoch)} if epoch is not None else None
     result = dg.materialize(ASSETS + CHECKS, selection=selection, partition_key=partition_key, resources=resources,
-                            instance=instance, raise_on_error=False, run_config=QUIET)
+                            instance=instance, raise_on_error=False, run_config=QUIET, tags=tags)
     if not result.success:
         errors = [str(e.event_specific_data.error.message).strip() for e in result.all_events
                   if e.is_step_failure and e.event_specific_data.error is not None]
@@ -47,9 +49,9 @@ def run_epoch(epoch: int, resources: dict, instance: dg.DagsterInstance,
     commitments = warehouse.epoch_commitments(epoch)
     for c in commitments[commitments["status"] == "ok"].itertuples():
         progress(f"epoch {epoch}: dataset of uid {c.uid}")
-        _run([miner_datasets], c.hotkey, resources, instance)
+        _run([miner_datasets], c.hotkey, resources, instance, epoch)
     for c in commitments[commitments["status"] == "ok"].itertuples():
         progress(f"epoch {epoch}: shard + evaluation of uid {c.uid}")
-        _run([deduplicated_shards, miner_eval_losses], c.hotkey, resources, instance)
+        _run([deduplicated_shards, miner_eval_losses], c.hotkey, resources, instance, epoch)
     progress(f"epoch {epoch}: win rates, weights, corpus")
     _run([win_rates, submitted_weights, final_corpus], key, resources, instance)

@@ -14,13 +14,14 @@ import json
 import dagster as dg
 
 from flock_pipeline.core.commitment import Commitment, CommitmentError
-from flock_pipeline.defs.assets import (chain_commitments, deduplicated_shards, epochs_partitions, final_corpus,
+from flock_pipeline.defs.assets import (EPOCH_TAG, chain_commitments, deduplicated_shards, epochs_partitions, final_corpus,
                                         miner_datasets, miner_eval_losses, miners_partitions, submitted_weights,
                                         win_rates)
 from flock_pipeline.resources.chain import ChainResource
+from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
-from flock_pipeline.validator.evaluation import MAX_ATTEMPTS
+from flock_pipeline.validator.evaluation import cache_key
 
 SENSOR_INTERVAL_S = 30
 
@@ -72,30 +73,64 @@ def commitment_sensor(context: dg.SensorEvaluationContext, chain: ChainResource,
                            if new_hotkeys else [])
 
 
-def _evaluated(warehouse: WarehouseResource, shard_hash: str) -> bool:
-    """A result exists for the shard: a success, or a failure that used up its attempts."""
-    done = warehouse.query("SELECT count(*) AS n FROM eval_results WHERE shard_hash = ? AND "
-                           "(status = 'ok' OR attempts >= ?)", [shard_hash, MAX_ATTEMPTS])
-    return int(done["n"].iloc[0]) > 0
+MAX_RUN_ATTEMPTS = 3  # runs of one stage of one miner that may fail (crash without a record) before it is given up
 
 
-def next_epoch_requests(epoch: int, warehouse: WarehouseResource) -> tuple[list[dg.RunRequest], str]:
-    """The run requests that move `epoch` to its next stage, and a one-line description of where it stands."""
+def _evaluated(warehouse: WarehouseResource, shard: dict, provenance: dict | None, eval_revision: str) -> bool:
+    """A final result exists for the shard under the current model/recipe: a success or a recorded failure."""
+    if provenance is None:  # the model was never built here, so nothing was evaluated with it
+        return False
+    result = warehouse.eval_result(cache_key(shard["shard_hash"], provenance, eval_revision))
+    return result is not None and bool(result["final"])
+
+
+def _run_key(instance: dg.DagsterInstance, base: str) -> str | None:
+    """`base`, or `base#retryN` when the runs with the earlier keys failed; None once MAX_RUN_ATTEMPTS failed.
+
+    A run that crashed before recording anything (killed process, lost lock) would otherwise block its run key,
+    and so the epoch, for good.
+    """
+    for attempt in range(MAX_RUN_ATTEMPTS):
+        key = base if attempt == 0 else f"{base}#retry{attempt}"
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": key}), limit=1)
+        if not runs or runs[0].status != dg.DagsterRunStatus.FAILURE:
+            return key
+    return None
+
+
+def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.DagsterInstance,
+                        provenance: dict | None) -> tuple[list[dg.RunRequest], str]:
+    """The run requests that move `epoch` to its next stage, and a one-line description of where it stands.
+
+    Miners whose runs failed MAX_RUN_ATTEMPTS times are left behind (they score 0 with a reason) so that one
+    miner never stops the epoch.
+    """
     key = str(epoch)
+    tags = {EPOCH_TAG: key}
     commitments = warehouse.epoch_commitments(epoch)
     accepted = commitments[commitments["status"] == "ok"]
-    missing = [c for c in accepted.itertuples() if warehouse.dataset(c.repo, c.revision) is None]
-    if missing:
-        return [dg.RunRequest(run_key=f"dataset:{c.hotkey}:{c.revision}", partition_key=c.hotkey,
-                              asset_selection=[miner_datasets.key]) for c in missing], "downloading datasets"
+    downloads = []
+    for c in accepted.itertuples():
+        if warehouse.dataset(c.repo, c.revision) is not None:  # recorded: ok, invalid or unavailable
+            continue
+        run_key = _run_key(instance, f"dataset:{key}:{c.hotkey}:{c.revision}")
+        if run_key is not None:
+            downloads.append(dg.RunRequest(run_key=run_key, partition_key=c.hotkey, tags=tags,
+                                           asset_selection=[miner_datasets.key]))
+    if downloads:
+        return downloads, f"downloading {len(downloads)} dataset(s)"
+    info = warehouse.epoch_info(epoch)
     shards = {r["hotkey"]: r for r in warehouse.epoch_shards(epoch).to_dict("records")}
     pending = []
     for c in accepted.itertuples():
         shard = shards.get(c.hotkey)
-        if shard is not None and (shard["status"] != "eligible" or _evaluated(warehouse, shard["shard_hash"])):
+        if shard is not None and (shard["status"] != "eligible"
+                                  or _evaluated(warehouse, shard, provenance, info["eval_revision"])):
             continue
-        pending.append(dg.RunRequest(run_key=f"miner:{key}:{c.hotkey}:{c.revision}", partition_key=c.hotkey,
-                                     asset_selection=[deduplicated_shards.key, miner_eval_losses.key]))
+        run_key = _run_key(instance, f"miner:{key}:{c.hotkey}:{c.revision}")
+        if run_key is not None:
+            pending.append(dg.RunRequest(run_key=run_key, partition_key=c.hotkey, tags=tags,
+                                         asset_selection=[deduplicated_shards.key, miner_eval_losses.key]))
     if pending:
         return pending, f"deduplicating + evaluating {len(pending)} miner(s)"
     if warehouse.win_rates(epoch).empty:
@@ -108,13 +143,13 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource) -> tuple[list[
            asset_selection=[miner_datasets, deduplicated_shards, miner_eval_losses, win_rates, submitted_weights,
                             final_corpus],
            default_status=dg.DefaultSensorStatus.STOPPED)
-def epoch_progress_sensor(context: dg.SensorEvaluationContext,
-                          warehouse: WarehouseResource) -> dg.SensorResult | dg.SkipReason:
+def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource,
+                          evaluator: EvaluatorResource) -> dg.SensorResult | dg.SkipReason:
     """Requests the next stage of the newest epoch whose commitments are recorded."""
     latest = int(warehouse.query("SELECT coalesce(max(epoch), -1) AS e FROM epochs")["e"].iloc[0])
     if latest < 0:
         return dg.SkipReason("no epoch recorded yet")
-    requests, stage = next_epoch_requests(latest, warehouse)
+    requests, stage = next_epoch_requests(latest, warehouse, context.instance, evaluator.provenance(build=False))
     if not requests:
         return dg.SkipReason(f"epoch {latest}: {stage}")
     context.log.info(f"epoch {latest}: {stage}")

@@ -13,7 +13,7 @@ import dagster as dg
 
 from flock_pipeline.core.recipe import TINY_RECIPE, TrainRecipe
 from flock_pipeline.core.schema import ChatRow
-from flock_pipeline.core.tiny_model import TINY_MODEL_NAME, ensure_tiny_model, model_revision
+from flock_pipeline.core.tiny_model import TINY_MODEL_NAME, TINY_MODEL_VERSION, ensure_tiny_model, model_revision
 
 if TYPE_CHECKING:  # torch is imported only when a model is actually used (sensors and the UI never need it)
     from flock_pipeline.core.evaluator import BaseModel, EvalOutcome
@@ -85,12 +85,26 @@ class EvaluatorResource(dg.ConfigurableResource):
         with _LOCK:
             return core_eval.base_eval_loss(base, eval_rows, self.train_recipe())
 
-    def provenance(self) -> dict:
-        """What a score depends on besides the data: model, its revision, recipe and library versions."""
+    def provenance(self, build: bool = True) -> dict | None:
+        """What a score depends on besides the data: model + revision, recipe, device kind and dtype, versions.
+
+        The recipe hash here covers the resolved device kind and dtype too ("auto" is bf16 on GPU, fp32 on CPU),
+        so a CPU result is never reused for a GPU validator or the other way round. With build=False (sensors)
+        the embedded model is not built: None when it does not exist yet.
+        """
+        import hashlib
         from importlib.metadata import version
 
+        from flock_pipeline.core.evaluator import resolve_device, resolve_dtype
+
+        if not build and self.base_model == "tiny" and not (
+                Path(self.cache_dir) / f"tiny-qwen2-{TINY_MODEL_VERSION}" / "flock_build.json").exists():
+            return None
         path = self.model_path()
         recipe = self.train_recipe()
+        device = resolve_device(self.device)
+        dtype = str(resolve_dtype(recipe.precision, device)).removeprefix("torch.")
+        numerics = hashlib.sha256(f"{recipe.recipe_hash()}|{device.type}|{dtype}".encode()).hexdigest()[:16]
         return {"base_model": self.model_name(), "base_revision": model_revision(path),
-                "recipe_hash": recipe.recipe_hash(), "recipe": recipe.to_dict(),
+                "recipe_hash": numerics, "recipe": recipe.to_dict(), "device": device.type, "dtype": dtype,
                 "versions": {lib: version(lib) for lib in ("torch", "transformers", "peft")}}

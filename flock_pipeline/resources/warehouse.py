@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS shards (
 CREATE TABLE IF NOT EXISTS shard_rows (
     shard_hash VARCHAR, pos INTEGER, row_hash VARCHAR, row_json VARCHAR, PRIMARY KEY (shard_hash, pos));
 CREATE TABLE IF NOT EXISTS eval_results (
-    cache_key VARCHAR PRIMARY KEY, shard_hash VARCHAR, status VARCHAR, error VARCHAR, eval_loss DOUBLE,
+    cache_key VARCHAR PRIMARY KEY, shard_hash VARCHAR, status VARCHAR, final BOOLEAN, error VARCHAR, eval_loss DOUBLE,
     per_row_losses DOUBLE[], train_losses DOUBLE[], train_tokens BIGINT, eval_tokens BIGINT, seconds DOUBLE,
     provenance VARCHAR, attempts INTEGER, created_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS win_rates (
@@ -110,8 +110,12 @@ class WarehouseResource(dg.ConfigurableResource):
     def epoch_commitments(self, epoch: int) -> pd.DataFrame:
         return self.query("SELECT * FROM commitments WHERE epoch = ? ORDER BY commit_block, uid", [epoch])
 
-    def latest_commitment(self, hotkey: str) -> dict | None:
-        df = self.query("SELECT * FROM commitments WHERE hotkey = ? ORDER BY epoch DESC LIMIT 1", [hotkey])
+    def miner_commitment(self, hotkey: str, epoch: int | None = None) -> dict | None:
+        """The hotkey's recorded commitment in `epoch` (default: the latest epoch it appears in)."""
+        if epoch is None:
+            df = self.query("SELECT * FROM commitments WHERE hotkey = ? ORDER BY epoch DESC LIMIT 1", [hotkey])
+        else:
+            df = self.query("SELECT * FROM commitments WHERE hotkey = ? AND epoch = ?", [hotkey, epoch])
         return None if df.empty else df.iloc[0].to_dict()
 
     def dataset(self, repo: str, revision: str) -> dict | None:

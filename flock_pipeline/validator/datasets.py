@@ -36,21 +36,22 @@ class DatasetOutcome:
 
 def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResource,
                         settings: ValidatorSettingsResource, warehouse: WarehouseResource, *,
-                        repo: str | None = None, revision: str | None = None,
+                        repo: str | None = None, revision: str | None = None, epoch: int | None = None,
                         give_up_on_transient: bool = False) -> DatasetOutcome:
-    """Download + validate one dataset revision (default: the one of `hotkey`'s latest recorded commitment).
+    """Download + validate one dataset revision (default: the one of `hotkey`'s commitment recorded for `epoch`,
+    or for the latest epoch it appears in).
 
     Never raises for bad data. A missing repo or file is recorded as "unavailable" and the epoch goes on;
     transient hub errors are raised for a retry, unless `give_up_on_transient` (the last try) records them too.
     """
     if repo is None or revision is None:
-        commitment = warehouse.latest_commitment(hotkey)
+        commitment = warehouse.miner_commitment(hotkey, epoch)
         if commitment is None or commitment["status"] != "ok":
             reason = commitment["reason"] if commitment is not None else "no commitment recorded for this hotkey"
             return DatasetOutcome(hotkey, None, None, "no_commitment", reason)
         repo, revision = commitment["repo"], commitment["revision"]
     known = warehouse.dataset(repo, revision)
-    if known is not None:
+    if known is not None and known["status"] in ("ok", "invalid"):  # decided by the content: never changes
         return _outcome(hotkey, known, cached=True)
     limits = settings.limits()
     try:

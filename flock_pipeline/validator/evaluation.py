@@ -45,16 +45,18 @@ def cache_key(shard: str, provenance: dict, eval_revision: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
-def latest_shard(warehouse: WarehouseResource, hotkey: str) -> dict | None:
-    df = warehouse.query("SELECT s.*, e.eval_repo, e.eval_revision FROM shards s JOIN epochs e USING (epoch) "
-                         "WHERE s.hotkey = ? ORDER BY s.epoch DESC LIMIT 1", [hotkey])
+def miner_shard(warehouse: WarehouseResource, hotkey: str, epoch: int | None = None) -> dict | None:
+    """The hotkey's shard in `epoch` (default: the latest epoch that has one), with the epoch's eval set."""
+    sql = ("SELECT s.*, e.eval_repo, e.eval_revision FROM shards s JOIN epochs e USING (epoch) WHERE s.hotkey = ?"
+           + (" AND s.epoch = ?" if epoch is not None else "") + " ORDER BY s.epoch DESC LIMIT 1")
+    df = warehouse.query(sql, [hotkey] if epoch is None else [hotkey, epoch])
     return None if df.empty else df.iloc[0].to_dict()
 
 
-def evaluate_miner(hotkey: str, evaluator: EvaluatorResource, hub: HubResource,
-                   warehouse: WarehouseResource) -> EvalRecord:
-    """Evaluate `hotkey`'s shard of the latest epoch that has one (skipped when ineligible)."""
-    shard = latest_shard(warehouse, hotkey)
+def evaluate_miner(hotkey: str, evaluator: EvaluatorResource, hub: HubResource, warehouse: WarehouseResource,
+                   epoch: int | None = None) -> EvalRecord:
+    """Evaluate `hotkey`'s shard of `epoch` (default: the latest epoch with one); skipped when ineligible."""
+    shard = miner_shard(warehouse, hotkey, epoch)
     if shard is None:
         return EvalRecord(hotkey, "skipped", "no shard: deduplicated_shards has not run for this miner")
     if shard["status"] != "eligible":
@@ -63,7 +65,7 @@ def evaluate_miner(hotkey: str, evaluator: EvaluatorResource, hub: HubResource,
     key = cache_key(shard["shard_hash"], provenance, shard["eval_revision"])
     previous = warehouse.eval_result(key)
     attempts = int(previous["attempts"]) if previous is not None else 0
-    if previous is not None and (previous["status"] == "ok" or attempts >= MAX_ATTEMPTS):
+    if previous is not None and previous["final"]:
         return _record_of(hotkey, previous, cached=True)
     train_rows = rows_from_json(warehouse.shard_rows(shard["shard_hash"]))
     eval_rows = load_eval_rows(hub, shard["eval_repo"], shard["eval_revision"])
@@ -74,9 +76,11 @@ def evaluate_miner(hotkey: str, evaluator: EvaluatorResource, hub: HubResource,
             raise FloatingPointError(f"eval loss is {outcome.eval_loss}")
     except Exception as exc:  # any crash is recorded as this miner's failure, never as a made-up loss
         error = f"{type(exc).__name__}: {exc}"
-        row = _row(key, shard["shard_hash"], "failed", error, None, [], [], 0, 0, 0.0, provenance, attempts)
+        retry = attempts < MAX_ATTEMPTS and not isinstance(exc, ValueError)  # ValueError: the data, not luck
+        row = _row(key, shard["shard_hash"], "failed", error, None, [], [], 0, 0, 0.0, provenance, attempts,
+                   final=not retry)
         warehouse.replace_rows("eval_results", row, "cache_key = ?", [key])
-        if attempts < MAX_ATTEMPTS and not isinstance(exc, ValueError):
+        if retry:
             raise TransientEvalError(f"attempt {attempts}/{MAX_ATTEMPTS} failed: {error}\n"
                                      f"{traceback.format_exc(limit=3)}") from exc
         return EvalRecord(hotkey, "failed", error, key, attempts=attempts)
@@ -88,8 +92,8 @@ def evaluate_miner(hotkey: str, evaluator: EvaluatorResource, hub: HubResource,
 
 
 def _row(key, shard, status, error, loss, per_row, train_losses, train_tokens, eval_tokens, seconds, provenance,
-         attempts) -> pd.DataFrame:
-    return pd.DataFrame([{"cache_key": key, "shard_hash": shard, "status": status, "error": error,
+         attempts, final: bool = True) -> pd.DataFrame:
+    return pd.DataFrame([{"cache_key": key, "shard_hash": shard, "status": status, "final": final, "error": error,
                           "eval_loss": loss, "per_row_losses": [float(x) for x in per_row],
                           "train_losses": [float(x) for x in train_losses], "train_tokens": train_tokens,
                           "eval_tokens": eval_tokens, "seconds": seconds, "provenance": json.dumps(provenance),

@@ -96,14 +96,16 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
 
 
 def build_miner_shard(hotkey: str, hub: HubResource, settings: ValidatorSettingsResource,
-                      warehouse: WarehouseResource) -> dict | None:
-    """Record `hotkey`'s shard for the latest epoch it committed in; returns its shard row (None: no epoch).
+                      warehouse: WarehouseResource, epoch: int | None = None) -> dict | None:
+    """Record `hotkey`'s shard for `epoch` (default: the latest epoch it committed in); returns its shard row
+    (None: the hotkey has no commitment in that epoch).
 
     Who keeps a row depends on every miner of the epoch, so the whole epoch is planned (hash sets: cheap) and
     only this miner's shard is written; every miner's run computes the same plan.
     """
-    epoch = latest_epoch_of(warehouse, hotkey)
     if epoch is None:
+        epoch = latest_epoch_of(warehouse, hotkey)
+    if epoch is None or warehouse.miner_commitment(hotkey, epoch) is None:
         return None
     plans, kept_rows = plan_epoch_shards(epoch, hub, settings, warehouse)
     row = plans[hotkey]

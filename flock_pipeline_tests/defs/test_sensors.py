@@ -56,7 +56,7 @@ def test_commitment_sensor_requests_a_download_per_new_revision(demo):
 def test_epoch_progress_sensor_walks_the_epoch(demo):
     _, resources, instance, epoch = demo
     key = str(epoch)
-    res = {"warehouse": resources["warehouse"]}
+    res = {"warehouse": resources["warehouse"], "evaluator": resources["evaluator"]}
 
     def tick():
         return epoch_progress_sensor(dg.build_sensor_context(instance=instance, resources=res))
@@ -64,16 +64,55 @@ def test_epoch_progress_sensor_walks_the_epoch(demo):
     assert isinstance(tick(), dg.SkipReason)  # nothing recorded yet
     instance.add_dynamic_partitions(epochs_partitions.name, [key])
     _run([chain_commitments], key, resources, instance)
-    downloads = _keys(tick())
+    result = tick()
+    downloads = _keys(result)
     assert len(downloads) == 6 and {sel[0] for *_, sel in downloads} == {"miner_datasets"}
+    assert all(r.tags["flock/epoch"] == key for r in result.run_requests)
     for _, hotkey, _ in downloads:
-        _run([miner_datasets], hotkey, resources, instance)
+        _run([miner_datasets], hotkey, resources, instance, epoch)
     per_miner = _keys(tick())
     assert len(per_miner) == 6
     assert all(sel == ["deduplicated_shards", "miner_eval_losses"] and run_key.startswith(f"miner:{key}:{hotkey}:")
                for run_key, hotkey, sel in per_miner)
     for _, hotkey, _ in per_miner:
-        _run([deduplicated_shards, miner_eval_losses], hotkey, resources, instance)
+        _run([deduplicated_shards, miner_eval_losses], hotkey, resources, instance, epoch)
     [(run_key, partition, selection)] = _keys(tick())
     assert run_key == f"score:{key}" and set(selection) == {"win_rates", "submitted_weights", "final_corpus"}
     assert set(instance.get_dynamic_partitions(miners_partitions.name)) == {h for _, h, _ in downloads}
+
+
+def _repo_revision(resources, hotkey):
+    c = resources["warehouse"].miner_commitment(hotkey)
+    return c["repo"], c["revision"]
+
+
+def test_a_run_that_crashes_is_retried_under_a_new_key_then_given_up(demo, tmp_path):
+    """A run that dies without recording anything must not block its miner's run key, nor the epoch, for good."""
+    from flock_pipeline.defs.assets import ASSETS
+    from flock_pipeline.defs.checks import CHECKS
+    from flock_pipeline.resources import EvaluatorResource
+
+    _, resources, instance, epoch = demo
+    key = str(epoch)
+    res = {"warehouse": resources["warehouse"], "evaluator": resources["evaluator"]}
+    instance.add_dynamic_partitions(epochs_partitions.name, [key])
+    _run([chain_commitments], key, resources, instance)
+    broken = {**resources, "evaluator": EvaluatorResource(base_model=str(tmp_path), cache_dir=str(tmp_path))}
+
+    def tick():
+        return epoch_progress_sensor(dg.build_sensor_context(instance=instance, resources=res))
+
+    for attempt in range(3):
+        request = next(r for r in tick().run_requests if r.partition_key == "hk-empty")
+        suffix = "" if attempt == 0 else f"#retry{attempt}"
+        assert request.run_key.endswith(suffix) and request.run_key.startswith(f"dataset:{key}:hk-empty:")
+        tags = {"dagster/run_key": request.run_key, **request.tags}
+        if attempt == 0:  # a real crash (the step fails through its retries and records nothing)
+            failed = dg.materialize(ASSETS + CHECKS, selection=[miner_datasets], partition_key="hk-empty",
+                                    resources=broken, instance=instance, raise_on_error=False, tags=tags)
+            assert not failed.success
+            assert resources["warehouse"].dataset(*_repo_revision(resources, "hk-empty")) is None
+        else:  # later crashes: recorded straight as failed runs (the real path takes ~15 s of retry back-off)
+            instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=f"crash-{attempt}",
+                                           status=dg.DagsterRunStatus.FAILURE, tags=tags))
+    assert "hk-empty" not in [r.partition_key for r in tick().run_requests]  # given up after three crashes
