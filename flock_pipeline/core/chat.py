@@ -8,8 +8,10 @@ Layout, byte for byte::
     ...
 
 Each segment is tokenised on its own so that the label mask is exact: only the tokens of assistant segments carry
-labels, every other position is IGNORE_INDEX. Segments always start right after a special token or at the start
-of the text, so tokenising them separately gives the same ids as tokenising the whole rendered string.
+labels, every other position is IGNORE_INDEX. For the embedded tokenizer this gives the same ids as tokenising the
+whole rendered string (a test pins it); with a tokenizer whose pre-tokenizer would merge across a segment boundary
+(e.g. a newline that ends "assistant\n" followed by content starting with a newline), the segment-wise ids are the
+definition: they keep the prompt/answer boundary exact.
 """
 
 from __future__ import annotations

@@ -70,7 +70,11 @@ class Commitment:
                 raise CommitmentError("commitment is not UTF-8") from None
         if not isinstance(data, str):
             raise CommitmentError("commitment must be text")
-        if len(data.encode("utf-8")) > MAX_COMMITMENT_BYTES:
+        try:
+            size = len(data.encode("utf-8"))
+        except UnicodeEncodeError:  # lone surrogates: not text any chain would hold
+            raise CommitmentError("commitment is not valid Unicode text") from None
+        if size > MAX_COMMITMENT_BYTES:
             raise CommitmentError(f"commitment is longer than {MAX_COMMITMENT_BYTES} bytes")
         parts = data.strip().split(":")
         if len(parts) != 3:

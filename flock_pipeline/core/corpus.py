@@ -45,7 +45,11 @@ def build_corpus_records(shards: list[CorpusShard]) -> list[dict]:
 
 
 def write_corpus(records: list[dict], out_dir: Path, name: str = "sft") -> dict[str, str]:
-    """Write `{name}.jsonl` and `{name}.parquet` into out_dir; returns {"jsonl", "parquet", "sha256"}."""
+    """Write `{name}.jsonl`, `{name}.parquet` and `{name}_dataset/` (a Hugging Face `datasets` dataset, for
+    `datasets.load_from_disk`) into out_dir; returns {"jsonl", "parquet", "dataset", "sha256"}."""
+    import shutil
+
+    import datasets
     import pandas as pd
 
     out_dir = Path(out_dir)
@@ -59,7 +63,13 @@ def write_corpus(records: list[dict], out_dir: Path, name: str = "sft") -> dict[
     os.close(fd)
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, parquet)
-    return {"jsonl": str(jsonl), "parquet": str(parquet), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    dataset_dir = out_dir / f"{name}_dataset"
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}_dataset-", dir=out_dir))
+    datasets.Dataset.from_pandas(frame, preserve_index=False).save_to_disk(str(staging))
+    shutil.rmtree(dataset_dir, ignore_errors=True)
+    os.replace(staging, dataset_dir)
+    return {"jsonl": str(jsonl), "parquet": str(parquet), "dataset": str(dataset_dir),
+            "sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

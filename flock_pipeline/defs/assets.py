@@ -177,7 +177,8 @@ def submitted_weights(context: dg.AssetExecutionContext, chain: ChainResource, s
 def final_corpus(context: dg.AssetExecutionContext, settings: ValidatorSettingsResource,
                  warehouse: WarehouseResource) -> dg.MaterializeResult:
     """The scored miners' deduplicated rows merged into one SFT corpus, best miner first, with provenance columns
-    (hotkey, uid, repo, revision, commit block, row hash, miner score, eval loss); JSONL and Parquet."""
+    (hotkey, uid, repo, revision, commit block, row hash, miner score, eval loss); JSONL, Parquet and a Hugging
+    Face `datasets` dataset."""
     row = build_epoch_corpus(int(context.partition_key), settings, warehouse)
     return dg.MaterializeResult(metadata={
         "rows": row["rows"], "miners": row["miners"], "sha256": row["sha256"],

@@ -5,13 +5,15 @@
 - `commitment_sensor` adds a `miners` partition for each new hotkey and downloads a miner's dataset as soon as its
   commitment changes (run key = hotkey:revision).
 - `epoch_progress_sensor` moves the newest epoch on, one stage at a time, from what the warehouse has recorded:
-  missing datasets -> one run per miner for its shard + evaluation (GPU pool) -> scores, weights and corpus.
+  missing datasets -> one run per miner for its shard + evaluation (GPU pool) -> scores, weights and corpus ->
+  a re-send of rate-limited weights once the chain allows it.
   Run keys make every request idempotent.
 """
 
 import json
 
 import dagster as dg
+import pandas as pd
 
 from flock_pipeline.core.commitment import Commitment, CommitmentError
 from flock_pipeline.defs.assets import (EPOCH_TAG, chain_commitments, deduplicated_shards, epochs_partitions, final_corpus,
@@ -99,7 +101,7 @@ def _run_key(instance: dg.DagsterInstance, base: str) -> str | None:
 
 
 def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.DagsterInstance,
-                        provenance: dict | None) -> tuple[list[dg.RunRequest], str]:
+                        provenance: dict | None, chain_block: int | None = None) -> tuple[list[dg.RunRequest], str]:
     """The run requests that move `epoch` to its next stage, and a one-line description of where it stands.
 
     Miners whose runs failed MAX_RUN_ATTEMPTS times are left behind (they score 0 with a reason) so that one
@@ -136,6 +138,14 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
     if warehouse.win_rates(epoch).empty:
         return [dg.RunRequest(run_key=f"score:{key}", partition_key=key,
                               asset_selection=[win_rates.key, submitted_weights.key, final_corpus.key])], "scoring"
+    sent = warehouse.weight_submission(epoch)
+    if sent is not None and not sent["success"] and sent["retry_after_block"] is not None \
+            and not pd.isna(sent["retry_after_block"]):
+        retry_at = int(sent["retry_after_block"])
+        if chain_block is not None and chain_block >= retry_at:
+            return [dg.RunRequest(run_key=f"weights:{key}:{retry_at}", partition_key=key,
+                                  asset_selection=[submitted_weights.key])], "re-sending rate-limited weights"
+        return [], f"weights rate-limited until block {retry_at}"
     return [], "done"
 
 
@@ -144,12 +154,13 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
                             final_corpus],
            default_status=dg.DefaultSensorStatus.STOPPED)
 def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource,
-                          evaluator: EvaluatorResource) -> dg.SensorResult | dg.SkipReason:
+                          evaluator: EvaluatorResource, chain: ChainResource) -> dg.SensorResult | dg.SkipReason:
     """Requests the next stage of the newest epoch whose commitments are recorded."""
     latest = int(warehouse.query("SELECT coalesce(max(epoch), -1) AS e FROM epochs")["e"].iloc[0])
     if latest < 0:
         return dg.SkipReason("no epoch recorded yet")
-    requests, stage = next_epoch_requests(latest, warehouse, context.instance, evaluator.provenance(build=False))
+    requests, stage = next_epoch_requests(latest, warehouse, context.instance, evaluator.provenance(build=False),
+                                          chain.current_block())
     if not requests:
         return dg.SkipReason(f"epoch {latest}: {stage}")
     context.log.info(f"epoch {latest}: {stage}")

@@ -90,7 +90,7 @@ def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSe
 
 
 def build_epoch_corpus(epoch: int, settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dict:
-    """Merge the scored miners' shards, best first, with provenance; writes JSONL + Parquet."""
+    """Merge the scored miners' shards, best first, with provenance; writes JSONL, Parquet and a `datasets` dir."""
     scores = warehouse.win_rates(epoch)
     shards = warehouse.epoch_shards(epoch).set_index("hotkey")
     parts = []

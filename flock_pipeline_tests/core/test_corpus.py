@@ -103,8 +103,15 @@ def test_write_corpus_round_trip(tmp_path):
     assert list(frame.columns) == ["system", "conversations", *PROVENANCE_COLUMNS]
     assert _normalise_parquet(frame) == records
 
+    import datasets
+
+    loaded = datasets.load_from_disk(out["dataset"])
+    assert loaded.num_rows == 3 and loaded.column_names == ["system", "conversations", *PROVENANCE_COLUMNS]
+    assert loaded[0]["row_hash"] == records[0]["row_hash"] and loaded[0]["uid"] == records[0]["uid"]
+
     # no temporary files are left behind
-    assert sorted(p.name for p in (tmp_path / "nested" / "out").iterdir()) == ["epoch7.jsonl", "epoch7.parquet"]
+    assert sorted(p.name for p in (tmp_path / "nested" / "out").iterdir()) == [
+        "epoch7.jsonl", "epoch7.parquet", "epoch7_dataset"]
 
 
 def test_write_corpus_is_deterministic_and_overwrites(tmp_path):

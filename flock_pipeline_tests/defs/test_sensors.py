@@ -56,12 +56,14 @@ def test_commitment_sensor_requests_a_download_per_new_revision(demo):
 def test_epoch_progress_sensor_walks_the_epoch(demo):
     _, resources, instance, epoch = demo
     key = str(epoch)
-    res = {"warehouse": resources["warehouse"], "evaluator": resources["evaluator"]}
+    res = {"warehouse": resources["warehouse"], "evaluator": resources["evaluator"], "chain": resources["chain"]}
 
     def tick():
         return epoch_progress_sensor(dg.build_sensor_context(instance=instance, resources=res))
 
     assert isinstance(tick(), dg.SkipReason)  # nothing recorded yet
+    chain = resources["chain"]
+    assert chain.set_weights("validator", [0], [65535]).success  # a recent submission: the next is rate-limited
     instance.add_dynamic_partitions(epochs_partitions.name, [key])
     _run([chain_commitments], key, resources, instance)
     result = tick()
@@ -78,6 +80,19 @@ def test_epoch_progress_sensor_walks_the_epoch(demo):
         _run([deduplicated_shards, miner_eval_losses], hotkey, resources, instance, epoch)
     [(run_key, partition, selection)] = _keys(tick())
     assert run_key == f"score:{key}" and set(selection) == {"win_rates", "submitted_weights", "final_corpus"}
+    from flock_pipeline.defs.assets import final_corpus, submitted_weights, win_rates
+
+    _run([win_rates, submitted_weights, final_corpus], key, resources, instance)
+    sent = resources["warehouse"].weight_submission(epoch)
+    assert not sent["success"] and "rate limited" in sent["message"]
+    waiting = tick()
+    assert isinstance(waiting, dg.SkipReason) and "rate-limited until block" in waiting.skip_message
+    chain.advance(chain.weights_rate_limit)
+    [(run_key, _, selection)] = _keys(tick())
+    assert run_key == f"weights:{key}:{int(sent['retry_after_block'])}" and selection == ["submitted_weights"]
+    _run([submitted_weights], key, resources, instance)
+    assert resources["warehouse"].weight_submission(epoch)["success"]
+    assert isinstance(tick(), dg.SkipReason)
     assert set(instance.get_dynamic_partitions(miners_partitions.name)) == {h for _, h, _ in downloads}
 
 
@@ -94,7 +109,7 @@ def test_a_run_that_crashes_is_retried_under_a_new_key_then_given_up(demo, tmp_p
 
     _, resources, instance, epoch = demo
     key = str(epoch)
-    res = {"warehouse": resources["warehouse"], "evaluator": resources["evaluator"]}
+    res = {"warehouse": resources["warehouse"], "evaluator": resources["evaluator"], "chain": resources["chain"]}
     instance.add_dynamic_partitions(epochs_partitions.name, [key])
     _run([chain_commitments], key, resources, instance)
     broken = {**resources, "evaluator": EvaluatorResource(base_model=str(tmp_path), cache_dir=str(tmp_path))}
