@@ -26,12 +26,23 @@ class DedupConfig:
 
 @dataclass(frozen=True)
 class MinerRows:
-    """One miner's used rows, in file order, as row hashes."""
+    """One miner's used rows, in file order, as row hashes.
+
+    `row_blocks` (optional, same length) is the block at which this miner first committed each row, when it was
+    already in an earlier revision: re-committing an updated dataset must not hand its old rows to someone who
+    copied them in between. Without it every row counts from `commit_block`.
+    """
 
     hotkey: str
     uid: int
     commit_block: int
     row_hashes: tuple[str, ...]
+    row_blocks: tuple[int, ...] | None = None
+
+    def block_of(self, index: int) -> int:
+        if self.row_blocks is None:
+            return self.commit_block
+        return min(self.row_blocks[index], self.commit_block)
 
 
 @dataclass
@@ -64,8 +75,16 @@ def commitment_order(miners: list[MinerRows]) -> list[MinerRows]:
 
 def deduplicate(miners: list[MinerRows], eval_hashes: frozenset[str] | set[str] = frozenset(),
                 config: DedupConfig = DedupConfig()) -> dict[str, ShardPlan]:
-    """Plan every miner's shard. Returns hotkey -> ShardPlan."""
-    owner: dict[str, int] = {}  # row hash -> uid of the earliest miner that committed it
+    """Plan every miner's shard. Returns hotkey -> ShardPlan.
+
+    A row belongs to the miner that committed it first: the smallest (block, uid) over every miner holding it.
+    """
+    owner: dict[str, tuple[int, int]] = {}  # row hash -> (block, uid) of its first committer
+    for miner in miners:
+        for index, row_hash in enumerate(miner.row_hashes):
+            claim = (miner.block_of(index), miner.uid)
+            if row_hash not in owner or claim < owner[row_hash]:
+                owner[row_hash] = claim
     plans: dict[str, ShardPlan] = {}
     for miner in commitment_order(miners):
         plan = ShardPlan(hotkey=miner.hotkey, uid=miner.uid, rows_in=len(miner.row_hashes))
@@ -79,14 +98,12 @@ def deduplicate(miners: list[MinerRows], eval_hashes: frozenset[str] | set[str] 
                 plan.duplicates_within += 1
                 continue
             seen_here.add(row_hash)
-            earlier = owner.get(row_hash)
-            if earlier is not None and earlier != miner.uid:
+            first_uid = owner[row_hash][1]
+            if first_uid != miner.uid:
                 plan.duplicates_earlier += 1
-                copied[earlier] += 1
+                copied[first_uid] += 1
                 continue
             plan.kept_indices.append(index)
-        for row_hash in seen_here:
-            owner.setdefault(row_hash, miner.uid)
         plan.duplicated_from = dict(copied)
         plan.reason = _ineligibility(plan, config)
         plans[miner.hotkey] = plan

@@ -53,6 +53,17 @@ def latest_epoch_of(warehouse: WarehouseResource, hotkey: str) -> int | None:
     return None if pd.isna(value) else int(value)
 
 
+def _first_blocks(warehouse: WarehouseResource, hotkey: str, epoch: int, registration_block) -> dict[str, int]:
+    """row hash -> the first block at which `hotkey` committed it, over the epochs recorded up to `epoch` and
+    since its current registration (a re-registered hotkey starts over)."""
+    since = 0 if registration_block is None or pd.isna(registration_block) else int(registration_block)
+    frame = warehouse.query(
+        "SELECT r.row_hash, min(c.commit_block) AS first_block FROM commitments c JOIN dataset_rows r "
+        "ON r.repo = c.repo AND r.revision = c.revision WHERE c.hotkey = ? AND c.status = 'ok' AND c.epoch <= ? "
+        "AND c.commit_block >= ? GROUP BY r.row_hash", [hotkey, epoch, since])
+    return dict(zip(frame["row_hash"], frame["first_block"].astype(int)))
+
+
 def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsResource,
                       warehouse: WarehouseResource) -> tuple[dict[str, dict], dict[str, pd.DataFrame]]:
     """Dedup every miner of `epoch` against every other (exact, earliest commitment keeps a row) and the eval set.
@@ -81,7 +92,9 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
             continue
         rows = warehouse.dataset_rows(c.repo, c.revision)
         rows_by_hotkey[c.hotkey] = rows
-        candidates.append(MinerRows(c.hotkey, int(c.uid), int(c.commit_block), tuple(rows["row_hash"])))
+        first = _first_blocks(warehouse, c.hotkey, epoch, c.registration_block)
+        blocks = tuple(first.get(h, int(c.commit_block)) for h in rows["row_hash"])
+        candidates.append(MinerRows(c.hotkey, int(c.uid), int(c.commit_block), tuple(rows["row_hash"]), blocks))
     kept_rows = {}
     for hotkey, plan in deduplicate(candidates, eval_hashes, settings.dedup_config()).items():
         row = base_rows[hotkey]

@@ -249,3 +249,16 @@ def test_dedup_config_rejects_out_of_range(field, value):
 def test_dedup_config_accepts_range(value):
     config = DedupConfig(max_duplicate_fraction=value, max_leak_fraction=value)
     assert config.max_duplicate_fraction == value == config.max_leak_fraction
+
+
+def test_recommitting_an_updated_dataset_keeps_the_rows_first_committed_earlier():
+    """An honest miner updates its dataset (new commitment, later block) after a copier took the old rows: the rows
+    stay with the honest miner, because it committed them first."""
+    honest = MinerRows("honest", 1, commit_block=50, row_hashes=("a", "b", "c", "new"), row_blocks=(10, 10, 10, 50))
+    copier = MinerRows("copier", 2, commit_block=20, row_hashes=("a", "b", "c"))
+    plans = deduplicate([honest, copier])
+    assert plans["honest"].eligible and plans["honest"].rows_kept == 4
+    assert not plans["copier"].eligible and plans["copier"].duplicated_from == {1: 3}
+    # without the history, the copier's earlier commitment would win
+    plans = deduplicate([MinerRows("honest", 1, 50, ("a", "b", "c", "new")), copier])
+    assert plans["copier"].eligible and plans["honest"].duplicates_earlier == 3

@@ -74,3 +74,29 @@ def test_same_losses_on_a_fresh_network(demo, demo_epoch):
     labels = json.loads((home / "demo.json").read_text())["labels"]
     second = {m["label"]: m for m in epoch_report(epoch, resources["warehouse"], labels)}
     assert {k: v["eval_loss"] for k, v in second.items()} == {k: v["eval_loss"] for k, v in first.items()}
+
+
+def test_an_updated_dataset_keeps_rows_the_copier_took_from_its_first_version(demo):
+    """Epoch 2: the good miner re-commits its data plus new rows, in a block after the copier's commitment. The
+    copied rows still belong to the good miner (first committed by it in epoch 1); the copier stays at zero."""
+    from flock_pipeline.core import synthetic
+    from flock_pipeline.core.commitment import Commitment
+    from flock_pipeline.core.schema import rows_to_jsonl
+    from flock_pipeline.demo import demo_miners
+    from flock_pipeline.resources import LocalHubResource
+
+    home, resources, instance, epoch = demo
+    run_epoch(epoch, resources, instance)
+    good = next(m for m in demo_miners() if m.label == "honest-good")
+    extra = rows_to_jsonl(synthetic.off_domain_rows(5, 99)).encode()
+    hub = LocalHubResource(root=resources["hub"].root, as_owner=True)
+    revision = hub.upload(good.repo, good.data + extra, private=False)
+    chain = resources["chain"]
+    chain.set_commitment(good.hotkey, Commitment(good.repo, "1", revision).to_compressed_str())
+    chain.advance(chain.epoch_start(epoch + 1) - chain.current_block())
+    run_epoch(epoch + 1, resources, instance)
+    report = {m["hotkey"]: m for m in epoch_report(epoch + 1, resources["warehouse"])}
+    assert report["hk-honest-good"]["status"] == "scored" and report["hk-honest-good"]["rows_kept"] == 100
+    assert report["hk-copier"]["weight"] == 0 and report["hk-copier"]["reason"].startswith("duplicate")
+    # 100 capped rows: the update's new rows are past the size cap, so the shard (and its loss) is unchanged
+    assert report["hk-honest-good"]["eval_loss"] == epoch_report(epoch, resources["warehouse"])[0]["eval_loss"]
