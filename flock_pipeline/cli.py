@@ -125,6 +125,18 @@ def cmd_chain_status(args) -> int:
     return 0
 
 
+def cmd_chain_register(args) -> int:
+    from flock_pipeline.resources import LocalChainResource, build_resources
+
+    chain = build_resources()["chain"]
+    if not isinstance(chain, LocalChainResource):
+        print("flock: registration on a real network is done with btcli", file=sys.stderr)
+        return 2
+    neuron = chain.register(args.hotkey, validator_permit=args.validator)
+    print(json.dumps({"uid": neuron.uid, "hotkey": neuron.hotkey, "registration_block": neuron.registration_block}))
+    return 0
+
+
 def cmd_chain_advance(args) -> int:
     from flock_pipeline.resources import build_resources
 
@@ -136,6 +148,133 @@ def cmd_chain_advance(args) -> int:
         blocks = args.blocks
     print(chain.advance(blocks))
     return 0
+
+
+def _eval_rows_or_none(resources):
+    """The configured eval set from the hub, or None when the hub does not have it (no network seeded yet)."""
+    from flock_pipeline.resources.hub import HubError
+    from flock_pipeline.validator.shards import load_eval_rows
+
+    settings, hub = resources["settings"], resources["hub"]
+    try:
+        revision = settings.eval_revision or hub.head(settings.eval_repo)
+        return load_eval_rows(hub, settings.eval_repo, revision)
+    except (HubError, ValueError):
+        return None
+
+
+def _validate(path, resources, with_tokens=True):
+    from flock_pipeline.miner import validate_file
+    from flock_pipeline.validator.datasets import _tokenizer
+
+    tokenizer = _tokenizer(str(resources["evaluator"].model_path())) if with_tokens else None
+    return validate_file(path, resources["settings"].limits(), tokenizer, _eval_rows_or_none(resources))
+
+
+def cmd_miner_validate(args) -> int:
+    from flock_pipeline.miner import MinerInputError, ValidationReport, dumps, format_validation
+    from flock_pipeline.resources import build_resources
+
+    _quiet_torch()
+    try:
+        report, _ = _validate(args.file, build_resources())
+    except MinerInputError as exc:
+        report = ValidationReport(path=args.file, valid=False, reason=str(exc), rows_total=0, rows_valid=0,
+                                  rows_used=0)
+    print(dumps(report.to_json()) if args.json else format_validation(report))
+    return 0 if report.valid else 1
+
+
+def cmd_miner_score(args) -> int:
+    from flock_pipeline.miner import MinerInputError, dumps, win_rates_among
+    from flock_pipeline.resources import ConfigError, build_resources
+
+    _quiet_torch()
+    resources = build_resources()
+    eval_rows = _eval_rows_or_none(resources)
+    if eval_rows is None:
+        raise ConfigError(f"eval set {resources['settings'].eval_repo} is not on the hub "
+                          "(seed the local network with `flock demo --no-run`, or set FLOCK_EVAL_REPO)")
+    evaluator = resources["evaluator"]
+    results, losses = [], {}
+    for path in [args.file, *args.against]:
+        try:
+            report, train_rows = _validate(path, resources, with_tokens=False)
+        except MinerInputError as exc:
+            print(f"flock: {exc}", file=sys.stderr)
+            return 1
+        if not train_rows:
+            results.append({"file": path, "eval_loss": None, "reason": report.reason})
+            continue
+        print(f"training on {path} ({len(train_rows)} rows) ...", file=sys.stderr)
+        outcome = evaluator.evaluate(train_rows, eval_rows)
+        losses[path] = outcome.eval_loss
+        results.append({"file": path, "eval_loss": outcome.eval_loss, "rows_trained": outcome.train_rows,
+                        "seconds": round(outcome.train_seconds + outcome.eval_seconds, 2)})
+    base = evaluator.base_loss(eval_rows).eval_loss
+    rates = win_rates_among(losses, resources["settings"].epsilon) if losses else {}
+    for r in results:
+        r["win_rate"] = rates.get(r["file"])
+    doc = {"base_model": evaluator.model_name(), "base_eval_loss": base, "eval_rows": len(eval_rows),
+           "results": results}
+    if args.json:
+        print(dumps(doc))
+    else:
+        print(f"base model {doc['base_model']} without fine-tuning: eval loss {base:.4f} ({len(eval_rows)} rows)")
+        for r in results:
+            loss = "invalid: " + (r.get("reason") or "") if r["eval_loss"] is None else f"{r['eval_loss']:.4f}"
+            rate = "" if r["win_rate"] is None else f"  win rate {r['win_rate']:.2f}"
+            print(f"{r['file']}: eval loss {loss}{rate}")
+    return 0 if results[0]["eval_loss"] is not None else 1
+
+
+def cmd_miner_submit(args) -> int:
+    from flock_pipeline.miner import MinerInputError, dumps, format_validation, miner_hotkey, read_input, submit
+    from flock_pipeline.resources import LocalHubResource, build_resources
+    from flock_pipeline.resources.chain import ChainError
+
+    _quiet_torch()
+    resources = build_resources()
+    hotkey = args.hotkey or miner_hotkey()
+    try:
+        report, _ = _validate(args.file, resources)
+        data = read_input(args.file)
+    except MinerInputError as exc:
+        print(f"flock: {exc}", file=sys.stderr)
+        return 1
+    if not report.valid and not args.force:
+        print(format_validation(report), file=sys.stderr)
+        print("flock: refusing to submit invalid data (--force submits it anyway)", file=sys.stderr)
+        return 1
+    hub = resources["hub"]
+    if isinstance(hub, LocalHubResource):
+        hub = LocalHubResource(root=hub.root, as_owner=True)  # the miner's own view of its private repo
+    try:
+        result = submit(data, args.repo, hotkey, resources["settings"].competition_id, hub, resources["chain"])
+    except ChainError as exc:
+        print(f"flock: the chain refused the commitment: {exc}", file=sys.stderr)
+        return 1
+    doc = {**result.__dict__, "hotkey": hotkey}
+    if args.json:
+        print(dumps(doc))
+    else:
+        what = "committed" if result.committed_now else "already committed (nothing sent)"
+        print(f"{args.repo}@{result.revision}: {what} at block {result.block}; the repo is public")
+    return 0
+
+
+def cmd_miner_status(args) -> int:
+    from flock_pipeline.miner import dumps, miner_hotkey, status
+    from flock_pipeline.resources import build_resources
+
+    resources = build_resources()
+    doc = status(args.hotkey or miner_hotkey(), resources["chain"], resources["warehouse"])
+    if args.json:
+        print(dumps(doc))
+    else:
+        for k, v in doc.items():
+            print(f"{k:>14}: {v}")
+    return 0 if doc["registered"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,8 +305,35 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=cmd_epoch_report)
 
+    miner = sub.add_parser("miner", help="miner tools: validate, score, submit, status").add_subparsers(
+        dest="miner_cmd", required=True)
+    validate = miner.add_parser("validate", help="check a data.jsonl with the validators' rules")
+    validate.add_argument("file")
+    validate.add_argument("--json", action="store_true")
+    validate.set_defaults(func=cmd_miner_validate)
+    score = miner.add_parser("score", help="the validators' evaluator on this machine: eval loss and win rates")
+    score.add_argument("file")
+    score.add_argument("--against", nargs="*", default=[], help="other data files to compare with")
+    score.add_argument("--json", action="store_true")
+    score.set_defaults(func=cmd_miner_score)
+    submitp = miner.add_parser("submit", help="upload privately, commit on-chain, then make the repo public")
+    submitp.add_argument("file")
+    submitp.add_argument("--repo", required=True, help="namespace/name of the dataset repo")
+    submitp.add_argument("--hotkey", help="the miner hotkey (default: $FLOCK_MINER_HOTKEY)")
+    submitp.add_argument("--force", action="store_true", help="submit even if validation fails")
+    submitp.add_argument("--json", action="store_true")
+    submitp.set_defaults(func=cmd_miner_submit)
+    statusp = miner.add_parser("status", help="what validators recorded for a hotkey")
+    statusp.add_argument("--hotkey", help="default: $FLOCK_MINER_HOTKEY")
+    statusp.add_argument("--json", action="store_true")
+    statusp.set_defaults(func=cmd_miner_status)
+
     chain = sub.add_parser("chain", help="the local chain").add_subparsers(dest="chain_cmd", required=True)
     chain.add_parser("status", help="block, epoch, neurons, commitments").set_defaults(func=cmd_chain_status)
+    reg = chain.add_parser("register", help="register a hotkey on the local subnet")
+    reg.add_argument("hotkey")
+    reg.add_argument("--validator", action="store_true", help="give it a validator permit")
+    reg.set_defaults(func=cmd_chain_register)
     adv = chain.add_parser("advance", help="move the local block clock on")
     adv.add_argument("blocks", type=int, nargs="?", default=1)
     adv.add_argument("--to-next-epoch", action="store_true")
@@ -176,12 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flock_pipeline.miner import MinerInputError
     from flock_pipeline.resources import ConfigError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, MinerInputError) as exc:
         print(f"flock: configuration error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # the top of the CLI: one line for the user, not a traceback

@@ -1,0 +1,177 @@
+"""The miner's tools: validate a data.jsonl with the validators' rules, score it with their evaluator, submit it
+(private upload -> on-chain commitment -> public), and see what validators recorded for a hotkey.
+
+Everything here uses the same code as the validator pipeline (schema, dedup against the eval set, evaluator), so a
+miner's numbers agree with the validators'.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from flock_pipeline.core.commitment import Commitment, CommitmentError, validate_repo_id
+from flock_pipeline.core.schema import ChatRow, DatasetLimits, validate_bytes
+from flock_pipeline.core.scoring import Contender, compute_win_rates
+
+MAX_READ_BYTES = 2**31  # refuse to even read larger inputs (the file-size limit then reports them as too big)
+
+
+class MinerInputError(ValueError):
+    """The input cannot be read at all (missing, a directory, unreadable); the message says why."""
+
+
+@dataclass
+class ValidationReport:
+    path: str
+    valid: bool
+    reason: str | None
+    rows_total: int
+    rows_valid: int
+    rows_used: int
+    rejected: list[dict] = field(default_factory=list)  # {"line", "reason"}
+    duplicates: list[dict] = field(default_factory=list)  # {"line", "duplicate_of"} within the file
+    eval_overlap: list[int] = field(default_factory=list)  # lines (among used rows) that are eval-set rows
+    tokens_used: int = 0  # tokens of the used rows with the base tokenizer
+    max_row_tokens: int = 0
+    size_bytes: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def read_input(path: str | Path) -> bytes:
+    p = Path(path)
+    if not p.exists():
+        raise MinerInputError(f"{p}: no such file")
+    if p.is_dir():
+        raise MinerInputError(f"{p}: is a directory, not a data.jsonl file")
+    size = p.stat().st_size
+    if size > MAX_READ_BYTES:
+        raise MinerInputError(f"{p}: {size} bytes, far over any dataset limit")
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise MinerInputError(f"{p}: cannot read ({exc.strerror})") from None
+
+
+def validate_file(path: str | Path, limits: DatasetLimits, tokenizer=None,
+                  eval_rows: list[ChatRow] | None = None) -> tuple[ValidationReport, list[ChatRow]]:
+    """The validators' checks on one file; returns the report and the rows validators would train on."""
+    data = read_input(path)
+    report = validate_bytes(data, limits)
+    used = report.used_rows(limits)
+    first_line: dict[str, int] = {}
+    duplicates = []
+    for r in report.valid_rows:
+        h = r.row.row_hash
+        if h in first_line:
+            duplicates.append({"line": r.line, "duplicate_of": first_line[h]})
+        else:
+            first_line[h] = r.line
+    eval_hashes = {row.row_hash for row in eval_rows or []}
+    overlap = [r.line for r in used if r.row.row_hash in eval_hashes]
+    tokens = []
+    if tokenizer is not None and used:
+        from flock_pipeline.core.chat import render
+
+        tokens = [len(ids) for ids in tokenizer([render(r.row) for r in used], add_special_tokens=False)["input_ids"]]
+    dup_lines = {d["line"] for d in duplicates}
+    train_rows = [r.row for r in used if r.line not in dup_lines and r.line not in set(overlap)]
+    reason = report.reason()
+    if reason is None and not train_rows:
+        reason = "every used row is a duplicate or an eval-set row: nothing left to train on"
+    out = ValidationReport(path=str(path), valid=reason is None and not report.rejected_rows, reason=reason,
+                           rows_total=len(report.rows), rows_valid=len(report.valid_rows), rows_used=len(used),
+                           rejected=[{"line": r.line, "reason": r.reason} for r in report.rejected_rows],
+                           duplicates=duplicates, eval_overlap=overlap, tokens_used=sum(tokens),
+                           max_row_tokens=max(tokens, default=0), size_bytes=report.size_bytes)
+    return out, train_rows
+
+
+def format_validation(report: ValidationReport, max_lines: int = 20) -> str:
+    lines = [f"{report.path}: {'VALID' if report.valid else 'INVALID'}"
+             + (f" ({report.reason})" if report.reason else ""),
+             f"  rows: {report.rows_total} total, {report.rows_valid} valid, {report.rows_used} used "
+             f"(validators train on the first valid rows up to the size cap)",
+             f"  tokens in used rows: {report.tokens_used} (longest row {report.max_row_tokens})",
+             f"  duplicates within the file: {len(report.duplicates)}; eval-set rows among used rows: "
+             f"{len(report.eval_overlap)} (validators drop both)"]
+    for r in report.rejected[:max_lines]:
+        lines.append(f"  line {r['line']}: {r['reason']}")
+    if len(report.rejected) > max_lines:
+        lines.append(f"  ... and {len(report.rejected) - max_lines} more rejected rows (--json lists all)")
+    return "\n".join(lines)
+
+
+def win_rates_among(losses: dict[str, float], epsilon: float) -> dict[str, float]:
+    """Win rates among named losses as if all were committed in the same block (no earlier-block advantage)."""
+    names = list(losses)
+    rates = compute_win_rates([Contender(i, losses[n], 0) for i, n in enumerate(names)], epsilon)
+    return {n: rates[i] for i, n in enumerate(names)}
+
+
+@dataclass
+class SubmitResult:
+    repo: str
+    revision: str
+    commitment: str
+    block: int | None
+    committed_now: bool
+    public: bool
+
+
+def submit(data: bytes, repo: str, hotkey: str, competition_id: str, hub, chain) -> SubmitResult:
+    """Upload privately, commit on-chain, then make public. Safe to re-run after a failure at any point: the same
+    content is not committed twice (an existing commitment to identical content is reused)."""
+    validate_repo_id(repo)
+    current = next((c for c in chain.commitments() if c.hotkey == hotkey), None)
+    if current is not None:
+        try:
+            committed = Commitment.from_compressed_str(current.data)
+        except CommitmentError:
+            committed = None
+        if committed is not None and committed.repo_id == repo:
+            try:
+                same = hub.download(repo, committed.revision) == data
+            except Exception:  # the committed revision is gone or unreadable: submit anew
+                same = False
+            if same:
+                hub.set_private(repo, False)
+                return SubmitResult(repo, committed.revision, current.data, current.block, False, True)
+    revision = hub.upload(repo, data, private=True)
+    text = Commitment(repo, competition_id, revision).to_compressed_str()
+    block = chain.set_commitment(hotkey, text)  # the data stays private until this exists
+    hub.set_private(repo, False)
+    return SubmitResult(repo, revision, text, block, True, True)
+
+
+def miner_hotkey() -> str:
+    hotkey = os.environ.get("FLOCK_MINER_HOTKEY", "")
+    if not hotkey:
+        raise MinerInputError("set FLOCK_MINER_HOTKEY (or --hotkey) to the miner's hotkey")
+    return hotkey
+
+
+def status(hotkey: str, chain, warehouse) -> dict:
+    """What validators see for a hotkey: its commitment and block, and the latest recorded loss/win rate/weight."""
+    neuron = next((n for n in chain.metagraph() if n.hotkey == hotkey), None)
+    current = next((c for c in chain.commitments() if c.hotkey == hotkey), None)
+    out = {"hotkey": hotkey, "registered": neuron is not None, "uid": neuron.uid if neuron else None,
+           "commitment": current.data if current else None, "commit_block": current.block if current else None,
+           "latest_epoch": None, "status": None, "reason": None, "eval_loss": None, "win_rate": None,
+           "weight": None}
+    frame = warehouse.query("SELECT * FROM win_rates WHERE hotkey = ? ORDER BY epoch DESC LIMIT 1", [hotkey])
+    if not frame.empty:
+        r = frame.iloc[0]
+        loss = float(r["eval_loss"])
+        out.update(latest_epoch=int(r["epoch"]), status=r["status"], reason=r["reason"],
+                   eval_loss=None if loss != loss else loss, win_rate=float(r["win_rate"]),
+                   weight=float(r["weight"]))
+    return out
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=1, default=str)

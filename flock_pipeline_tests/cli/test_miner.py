@@ -1,0 +1,155 @@
+"""`flock miner ...`: validate, score, submit, status -- every subcommand, including the failure paths."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flock_pipeline.cli import main
+from flock_pipeline.core import synthetic
+from flock_pipeline.core.schema import rows_to_jsonl
+from flock_pipeline.demo import demo_miners, seed_demo_network
+
+
+@pytest.fixture
+def network(flock_home, monkeypatch):
+    """A seeded local network, with FLOCK_HOME pointing at it and a registered miner hotkey."""
+    seed_demo_network(flock_home)
+    monkeypatch.setenv("FLOCK_HOME", str(flock_home))
+    monkeypatch.setenv("FLOCK_MINER_HOTKEY", "hk-new-miner")
+    assert main(["chain", "register", "hk-new-miner"]) == 0
+    return flock_home
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+BAD_INPUTS = {
+    "not-utf8": b'{"conversations": [{"role": "user", "content": "\xff\xfe"}]}\n',
+    "not-json": b"hello world\n",
+    "wrong-types": b'{"system": 5, "conversations": "no"}\n',
+    "huge-line": b'{"conversations": [{"role": "user", "content": "' + b"x" * (10 * 2**20) + b'"}]}\n',
+    "binary": bytes(range(256)) * 4,
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_validate_reports_bad_input_without_traceback(network, tmp_path, capsys, name):
+    code, out, err = _run(capsys, "miner", "validate", _write(tmp_path / f"{name}.jsonl", BAD_INPUTS[name]),
+                          "--json")
+    doc = json.loads(out)
+    assert code == 1 and doc["valid"] is False and "Traceback" not in err
+    assert doc["reason"] or doc["rejected"]
+    assert {"valid", "rows_total", "rows_used", "rejected", "duplicates", "eval_overlap"} <= set(doc)
+
+
+def test_validate_a_directory_and_a_missing_file(network, tmp_path, capsys):
+    for target in (str(tmp_path), str(tmp_path / "missing.jsonl")):
+        code, out, _ = _run(capsys, "miner", "validate", target, "--json")
+        assert code == 1 and json.loads(out)["valid"] is False
+
+
+def test_validate_lines_duplicates_eval_overlap_and_size_cap(network, tmp_path, capsys):
+    atlas = synthetic.make_atlas(7)
+    rows = synthetic.honest_rows(atlas, 110, 3)
+    leak = synthetic.eval_rows(atlas)[0]
+    text = rows_to_jsonl([leak, rows[0], rows[0]] + rows[1:110]) + '{"conversations": []}\n'
+    code, out, _ = _run(capsys, "miner", "validate", _write(tmp_path / "d.jsonl", text.encode()), "--json")
+    doc = json.loads(out)
+    assert code == 1  # one rejected row
+    assert doc["rows_total"] == 113 and doc["rows_valid"] == 112 and doc["rows_used"] == 100
+    assert doc["rejected"] == [{"line": 113, "reason": "'conversations' is empty"}]
+    assert doc["duplicates"] == [{"line": 3, "duplicate_of": 2}]
+    assert doc["eval_overlap"] == [1]
+    assert doc["tokens_used"] > 100 * 20
+
+
+def test_score_matches_the_validator_pipeline(network, tmp_path, capsys):
+    """The same data and defaults give the same loss as the pipeline's evaluation of that miner."""
+    from flock_pipeline.demo import epoch_report
+    from flock_pipeline.resources import build_resources
+
+    good = next(m for m in demo_miners() if m.label == "honest-good")
+    off = next(m for m in demo_miners() if m.label == "weak-offdomain")
+    code, out, _ = _run(capsys, "miner", "score", _write(tmp_path / "good.jsonl", good.data), "--against",
+                        _write(tmp_path / "off.jsonl", off.data), "--json")
+    doc = json.loads(out)
+    assert code == 0
+    ours, theirs = doc["results"]
+    assert ours["win_rate"] == 1.0 and theirs["win_rate"] == 0.0
+    assert ours["eval_loss"] < doc["base_eval_loss"] < theirs["eval_loss"]
+    code, _, _ = _run(capsys, "epoch", "run")
+    assert code == 0
+    report = {m["hotkey"]: m for m in epoch_report(1, build_resources()["warehouse"])}
+    assert report[good.hotkey]["eval_loss"] == pytest.approx(ours["eval_loss"], abs=1e-6)
+    assert report[off.hotkey]["eval_loss"] == pytest.approx(theirs["eval_loss"], abs=1e-6)
+
+
+def test_submit_refuses_invalid_data_then_commits_once_and_goes_public(network, tmp_path, capsys, monkeypatch):
+    from flock_pipeline.resources import LocalHubResource, build_resources
+
+    bad = _write(tmp_path / "bad.jsonl", b'{"conversations": [{"role": "assistant", "content": "x"}]}\n')
+    code, _, err = _run(capsys, "miner", "submit", bad, "--repo", "new/data")
+    assert code == 1 and "refusing" in err
+    data = rows_to_jsonl(synthetic.honest_rows(synthetic.make_atlas(7), 20, 42)).encode()
+    good = _write(tmp_path / "good.jsonl", data)
+
+    # the upload works but the chain write fails midway: the data stays private, nothing is committed
+    from flock_pipeline.resources.chain import ChainError, LocalChainResource
+
+    def chain_down(self, hotkey, text):
+        raise ChainError("connection lost")
+
+    monkeypatch.setattr(LocalChainResource, "set_commitment", chain_down)
+    code, _, err = _run(capsys, "miner", "submit", good, "--repo", "new/data")
+    assert code == 1 and "connection lost" in err
+    resources = build_resources()
+    reader = resources["hub"]
+    owner = LocalHubResource(root=reader.root, as_owner=True)
+    revision = owner.head("new/data")
+    with pytest.raises(Exception):
+        reader.download("new/data", revision)  # still private
+    monkeypatch.undo()
+    monkeypatch.setenv("FLOCK_HOME", str(network))
+    monkeypatch.setenv("FLOCK_MINER_HOTKEY", "hk-new-miner")
+
+    code, out, _ = _run(capsys, "miner", "submit", good, "--repo", "new/data", "--json")
+    first = json.loads(out)
+    assert code == 0 and first["committed_now"] and first["public"]
+    assert reader.download("new/data", first["revision"]) == data
+    code, out, _ = _run(capsys, "miner", "submit", good, "--repo", "new/data", "--json")
+    again = json.loads(out)
+    assert code == 0 and not again["committed_now"] and again["revision"] == first["revision"]
+    mine = [c for c in resources["chain"].commitments() if c.hotkey == "hk-new-miner"]
+    assert len(mine) == 1 and mine[0].block == first["block"]
+
+
+def test_submit_from_an_unregistered_hotkey(network, tmp_path, capsys):
+    data = rows_to_jsonl(synthetic.honest_rows(synthetic.make_atlas(7), 5, 1)).encode()
+    code, _, err = _run(capsys, "miner", "submit", _write(tmp_path / "d.jsonl", data), "--repo", "x/y",
+                        "--hotkey", "hk-nobody")
+    assert code == 1 and "not registered" in err
+
+
+def test_status_before_and_after_an_epoch(network, tmp_path, capsys, monkeypatch):
+    code, out, _ = _run(capsys, "miner", "status", "--hotkey", "hk-honest-good", "--json")
+    before = json.loads(out)
+    assert code == 0 and before["commitment"].startswith("alice/atlas-facts:1:") and before["eval_loss"] is None
+    assert _run(capsys, "epoch", "run")[0] == 0
+    code, out, _ = _run(capsys, "miner", "status", "--hotkey", "hk-honest-good", "--json")
+    after = json.loads(out)
+    assert after["status"] == "scored" and after["weight"] > 0.9 and after["latest_epoch"] == 1
+    code, out, _ = _run(capsys, "miner", "status", "--hotkey", "hk-ghost", "--json")
+    assert code == 1 and json.loads(out)["registered"] is False
+    monkeypatch.delenv("FLOCK_MINER_HOTKEY")
+    code, _, err = _run(capsys, "miner", "status")
+    assert code == 2 and "FLOCK_MINER_HOTKEY" in err
