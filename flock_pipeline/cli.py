@@ -206,8 +206,15 @@ def cmd_miner_score(args) -> int:
         if not train_rows:
             results.append({"file": path, "eval_loss": None, "reason": report.reason})
             continue
-        print(f"training on {path} ({len(train_rows)} rows) ...", file=sys.stderr)
-        outcome = evaluator.evaluate(train_rows, eval_rows)
+        from tqdm import tqdm
+
+        with tqdm(desc=f"training on {path} ({len(train_rows)} rows)", unit="step", file=sys.stderr,
+                  disable=not sys.stderr.isatty()) as bar:
+            def on_step(done, total):
+                bar.total = total
+                bar.update(done - bar.n)
+
+            outcome = evaluator.evaluate(train_rows, eval_rows, on_step=on_step)
         losses[path] = outcome.eval_loss
         results.append({"file": path, "eval_loss": outcome.eval_loss, "rows_trained": outcome.train_rows,
                         "seconds": round(outcome.train_seconds + outcome.eval_seconds, 2)})
@@ -232,6 +239,7 @@ def cmd_miner_submit(args) -> int:
     from flock_pipeline.miner import MinerInputError, dumps, format_validation, miner_hotkey, read_input, submit
     from flock_pipeline.resources import LocalHubResource, build_resources
     from flock_pipeline.resources.chain import ChainError
+    from flock_pipeline.resources.hub import HubError
 
     _quiet_torch()
     resources = build_resources()
@@ -252,7 +260,11 @@ def cmd_miner_submit(args) -> int:
     try:
         result = submit(data, args.repo, hotkey, resources["settings"].competition_id, hub, resources["chain"])
     except ChainError as exc:
-        print(f"flock: the chain refused the commitment: {exc}", file=sys.stderr)
+        print(f"flock: the chain refused the commitment: {exc} (the data stays private; re-run to retry)",
+              file=sys.stderr)
+        return 1
+    except HubError as exc:
+        print(f"flock: the hub failed: {exc} (nothing was committed; re-run to retry)", file=sys.stderr)
         return 1
     doc = {**result.__dict__, "hotkey": hotkey}
     if args.json:

@@ -20,7 +20,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -264,8 +264,10 @@ def _accumulate_step(model: torch.nn.Module, batch: Sequence[TokenizedRow], n_la
 
 
 def train_lora(model: torch.nn.Module, rows: Sequence[TokenizedRow], recipe: TrainRecipe, *, pad_id: int,
-               device: torch.device) -> list[float]:
-    """Fine-tune the LoRA parameters of `model` in place; returns the loss of each optimizer step."""
+               device: torch.device, on_step: Callable[[int, int], None] | None = None) -> list[float]:
+    """Fine-tune the LoRA parameters of `model` in place; returns the loss of each optimizer step.
+
+    `on_step(done, total)` is called after each optimizer step (progress bars)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(len(rows) / recipe.batch_size)
@@ -299,12 +301,14 @@ def train_lora(model: torch.nn.Module, rows: Sequence[TokenizedRow], recipe: Tra
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_loss)
             step += 1
+            if on_step is not None:
+                on_step(step, total)
     model.eval()
     return losses
 
 
 def train_and_evaluate(base: BaseModel, train_rows: Sequence[ChatRow], eval_rows: Sequence[ChatRow],
-                       recipe: TrainRecipe) -> EvalOutcome:
+                       recipe: TrainRecipe, on_step: Callable[[int, int], None] | None = None) -> EvalOutcome:
     """LoRA-train a fresh adapter on `train_rows` (capped at recipe.max_train_rows), then score `eval_rows`."""
     if not train_rows:
         raise ValueError("no training rows")
@@ -312,11 +316,11 @@ def train_and_evaluate(base: BaseModel, train_rows: Sequence[ChatRow], eval_rows
         raise ValueError("no eval rows")
     train_tok = tokenize_rows(train_rows[: recipe.max_train_rows], base.tokenizer, recipe.max_seq_len)
     eval_tok = tokenize_rows(eval_rows, base.tokenizer, recipe.max_seq_len)
-    return train_and_evaluate_tokens(base, train_tok, eval_tok, recipe)
+    return train_and_evaluate_tokens(base, train_tok, eval_tok, recipe, on_step)
 
 
 def train_and_evaluate_tokens(base: BaseModel, train_tok: Sequence[TokenizedRow], eval_tok: Sequence[TokenizedRow],
-                              recipe: TrainRecipe) -> EvalOutcome:
+                              recipe: TrainRecipe, on_step: Callable[[int, int], None] | None = None) -> EvalOutcome:
     """The evaluator on already tokenised rows (what train_and_evaluate and the benchmarks call)."""
     if not train_tok or not eval_tok:
         raise ValueError("no training rows" if not train_tok else "no eval rows")
@@ -325,7 +329,7 @@ def train_and_evaluate_tokens(base: BaseModel, train_tok: Sequence[TokenizedRow]
     train_tok = list(train_tok[: recipe.max_train_rows])
     with fresh_lora(base, recipe) as model:
         t0 = time.perf_counter()
-        losses = train_lora(model, train_tok, recipe, pad_id=pad_id, device=base.device)
+        losses = train_lora(model, train_tok, recipe, pad_id=pad_id, device=base.device, on_step=on_step)
         _sync(base.device)
         t1 = time.perf_counter()
         per_row = evaluate_loss(model, eval_tok, pad_id=pad_id, device=base.device,

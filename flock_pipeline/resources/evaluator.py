@@ -71,12 +71,12 @@ class EvaluatorResource(dg.ConfigurableResource):
                                                          revision=model_revision(path), name=self.model_name())
             return _MODELS[key]
 
-    def evaluate(self, train_rows: list[ChatRow], eval_rows: list[ChatRow]) -> "EvalOutcome":
+    def evaluate(self, train_rows: list[ChatRow], eval_rows: list[ChatRow], on_step=None) -> "EvalOutcome":
         from flock_pipeline.core import evaluator as core_eval
 
         base = self.load()
         with _LOCK:  # one training at a time per process: the base model is shared
-            return core_eval.train_and_evaluate(base, train_rows, eval_rows, self.train_recipe())
+            return core_eval.train_and_evaluate(base, train_rows, eval_rows, self.train_recipe(), on_step)
 
     def base_loss(self, eval_rows: list[ChatRow]) -> "EvalOutcome":
         from flock_pipeline.core import evaluator as core_eval

@@ -153,3 +153,25 @@ def test_status_before_and_after_an_epoch(network, tmp_path, capsys, monkeypatch
     monkeypatch.delenv("FLOCK_MINER_HOTKEY")
     code, _, err = _run(capsys, "miner", "status")
     assert code == 2 and "FLOCK_MINER_HOTKEY" in err
+
+
+def test_an_upload_that_fails_midway_then_a_rerun(network, tmp_path, capsys, monkeypatch):
+    """The hub dies during the upload: nothing is committed; the re-run uploads and commits once."""
+    from flock_pipeline.resources import LocalHubResource, build_resources
+    from flock_pipeline.resources.hub import HubError
+
+    data = rows_to_jsonl(synthetic.honest_rows(synthetic.make_atlas(7), 10, 77)).encode()
+    path = _write(tmp_path / "d.jsonl", data)
+    real_upload = LocalHubResource.upload
+
+    def broken_upload(self, repo_id, data, filename="data.jsonl", private=True):
+        raise HubError("connection reset during upload", transient=True)
+
+    monkeypatch.setattr(LocalHubResource, "upload", broken_upload)
+    code, _, err = _run(capsys, "miner", "submit", path, "--repo", "new/retry")
+    assert code == 1 and "nothing was committed" in err and "Traceback" not in err
+    assert not [c for c in build_resources()["chain"].commitments() if c.hotkey == "hk-new-miner"]
+    monkeypatch.setattr(LocalHubResource, "upload", real_upload)
+    code, out, _ = _run(capsys, "miner", "submit", path, "--repo", "new/retry", "--json")
+    assert code == 0 and json.loads(out)["committed_now"]
+    assert len([c for c in build_resources()["chain"].commitments() if c.hotkey == "hk-new-miner"]) == 1
