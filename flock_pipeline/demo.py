@@ -84,9 +84,8 @@ def seed_demo_network(home: Path, seed: int = 7) -> int:
         chain.register(m.hotkey)
     for m in miners:
         revision = hub.upload(m.repo, m.data, private=True)
-        block = chain.set_commitment(m.hotkey, Commitment(m.repo, DEFAULT_COMPETITION_ID, revision).to_compressed_str())
+        chain.set_commitment(m.hotkey, Commitment(m.repo, DEFAULT_COMPETITION_ID, revision).to_compressed_str())
         hub.set_private(m.repo, False)  # public only once the commitment exists
-        del block
     epoch = chain.epoch_of(chain.current_block()) + 1
     chain.advance(chain.epoch_start(epoch) - chain.current_block())
     (home / "demo.json").write_text(json.dumps({"labels": {m.hotkey: m.label for m in miners},
