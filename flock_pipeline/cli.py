@@ -165,9 +165,9 @@ def _eval_rows_or_none(resources):
 
 def _validate(path, resources, with_tokens=True):
     from flock_pipeline.miner import validate_file
-    from flock_pipeline.validator.datasets import _tokenizer
+    from flock_pipeline.validator.datasets import load_tokenizer
 
-    tokenizer = _tokenizer(str(resources["evaluator"].model_path())) if with_tokens else None
+    tokenizer = load_tokenizer(str(resources["evaluator"].model_path())) if with_tokens else None
     return validate_file(path, resources["settings"].limits(), tokenizer, _eval_rows_or_none(resources))
 
 

@@ -78,8 +78,8 @@ def validate_file(path: str | Path, limits: DatasetLimits, tokenizer=None,
         from flock_pipeline.core.chat import render
 
         tokens = [len(ids) for ids in tokenizer([render(r.row) for r in used], add_special_tokens=False)["input_ids"]]
-    dup_lines = {d["line"] for d in duplicates}
-    train_rows = [r.row for r in used if r.line not in dup_lines and r.line not in set(overlap)]
+    dropped = {d["line"] for d in duplicates} | set(overlap)
+    train_rows = [r.row for r in used if r.line not in dropped]
     reason = report.reason()
     if reason is None and not train_rows:
         reason = "every used row is a duplicate or an eval-set row: nothing left to train on"

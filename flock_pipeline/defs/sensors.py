@@ -78,12 +78,16 @@ def commitment_sensor(context: dg.SensorEvaluationContext, chain: ChainResource,
 MAX_RUN_ATTEMPTS = 3  # runs of one stage of one miner that may fail (crash without a record) before it is given up
 
 
-def _evaluated(warehouse: WarehouseResource, shard: dict, provenance: dict | None, eval_revision: str) -> bool:
-    """A final result exists for the shard under the current model/recipe: a success or a recorded failure."""
-    if provenance is None:  # the model was never built here, so nothing was evaluated with it
-        return False
-    result = warehouse.eval_result(cache_key(shard["shard_hash"], provenance, eval_revision))
-    return result is not None and bool(result["final"])
+def _final_results(warehouse: WarehouseResource, shards: list[dict], provenance: dict | None,
+                   eval_revision: str) -> set[str]:
+    """Shard hashes that have a final result under the current model/recipe (a success or a recorded failure),
+    in one query for the whole epoch."""
+    if provenance is None or not shards:  # the model was never built here, so nothing was evaluated with it
+        return set()
+    keys = {cache_key(s["shard_hash"], provenance, eval_revision): s["shard_hash"] for s in shards}
+    marks = ", ".join("?" * len(keys))
+    done = warehouse.query(f"SELECT cache_key FROM eval_results WHERE final AND cache_key IN ({marks})", list(keys))
+    return {keys[k] for k in done["cache_key"]}
 
 
 def _run_key(instance: dg.DagsterInstance, base: str) -> str | None:
@@ -111,9 +115,12 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
     tags = {EPOCH_TAG: key}
     commitments = warehouse.epoch_commitments(epoch)
     accepted = commitments[commitments["status"] == "ok"]
+    recorded = set(warehouse.query(  # recorded datasets (ok, invalid or unavailable), one query per tick
+        "SELECT c.hotkey FROM commitments c JOIN datasets d USING (repo, revision) WHERE c.epoch = ?",
+        [epoch])["hotkey"])
     downloads = []
     for c in accepted.itertuples():
-        if warehouse.dataset(c.repo, c.revision) is not None:  # recorded: ok, invalid or unavailable
+        if c.hotkey in recorded:
             continue
         run_key = _run_key(instance, f"dataset:{key}:{c.hotkey}:{c.revision}")
         if run_key is not None:
@@ -123,11 +130,12 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
         return downloads, f"downloading {len(downloads)} dataset(s)"
     info = warehouse.epoch_info(epoch)
     shards = {r["hotkey"]: r for r in warehouse.epoch_shards(epoch).to_dict("records")}
+    evaluated = _final_results(warehouse, [s for s in shards.values() if s["status"] == "eligible"], provenance,
+                               info["eval_revision"])
     pending = []
     for c in accepted.itertuples():
         shard = shards.get(c.hotkey)
-        if shard is not None and (shard["status"] != "eligible"
-                                  or _evaluated(warehouse, shard, provenance, info["eval_revision"])):
+        if shard is not None and (shard["status"] != "eligible" or shard["shard_hash"] in evaluated):
             continue
         run_key = _run_key(instance, f"miner:{key}:{c.hotkey}:{c.revision}")
         if run_key is not None:

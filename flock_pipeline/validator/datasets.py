@@ -68,7 +68,7 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
         return _record(warehouse, hotkey, repo, revision, "unavailable", str(exc))
     report = validate_bytes(data, limits)
     used = report.used_rows(limits)
-    tokenizer = _tokenizer(str(evaluator.model_path()))
+    tokenizer = load_tokenizer(str(evaluator.model_path()))
     rows = pd.DataFrame([{"repo": repo, "revision": revision, "idx": i, "line": r.line, "row_hash": r.row.row_hash,
                           "row_json": r.row.canonical_json(), "n_tokens": count_tokens(r.row, tokenizer)}
                          for i, r in enumerate(used)],
@@ -82,7 +82,7 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
 
 
 @lru_cache(maxsize=4)
-def _tokenizer(path: str):
+def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False)

@@ -53,15 +53,28 @@ def latest_epoch_of(warehouse: WarehouseResource, hotkey: str) -> int | None:
     return None if pd.isna(value) else int(value)
 
 
-def _first_blocks(warehouse: WarehouseResource, hotkey: str, epoch: int, registration_block) -> dict[str, int]:
-    """row hash -> the first block at which `hotkey` committed it, over the epochs recorded up to `epoch` and
-    since its current registration (a re-registered hotkey starts over)."""
-    since = 0 if registration_block is None or pd.isna(registration_block) else int(registration_block)
-    frame = warehouse.query(
-        "SELECT r.row_hash, min(c.commit_block) AS first_block FROM commitments c JOIN dataset_rows r "
-        "ON r.repo = c.repo AND r.revision = c.revision WHERE c.hotkey = ? AND c.status = 'ok' AND c.epoch <= ? "
-        "AND c.commit_block >= ? GROUP BY r.row_hash", [hotkey, epoch, since])
-    return dict(zip(frame["row_hash"], frame["first_block"].astype(int)))
+def _epoch_rows(warehouse: WarehouseResource, epoch: int) -> tuple[dict, dict, dict]:
+    """Everything dedup needs for `epoch`, in three queries (not three per miner: every miner's run plans the
+    whole epoch): dataset status by hotkey, used rows by hotkey, and row hash -> the first block at which the
+    hotkey committed it, over the epochs recorded up to `epoch` and since its current registration (a re-registered
+    hotkey starts over)."""
+    datasets = warehouse.query(
+        "SELECT c.hotkey, d.status, d.reason FROM commitments c JOIN datasets d USING (repo, revision) "
+        "WHERE c.epoch = ? AND c.status = 'ok'", [epoch])
+    rows = warehouse.query(
+        "SELECT c.hotkey, r.* FROM commitments c JOIN dataset_rows r USING (repo, revision) "
+        "WHERE c.epoch = ? AND c.status = 'ok' ORDER BY c.hotkey, r.idx", [epoch])
+    first = warehouse.query(
+        "SELECT cur.hotkey, r.row_hash, min(c.commit_block) AS first_block FROM commitments cur "
+        "JOIN commitments c ON c.hotkey = cur.hotkey JOIN dataset_rows r ON r.repo = c.repo AND r.revision = c.revision "
+        "WHERE cur.epoch = ? AND cur.status = 'ok' AND c.status = 'ok' AND c.epoch <= ? "
+        "AND c.commit_block >= coalesce(cur.registration_block, 0) GROUP BY cur.hotkey, r.row_hash", [epoch, epoch])
+    status = {r.hotkey: (r.status, r.reason) for r in datasets.itertuples()}
+    by_hotkey = {hotkey: frame.reset_index(drop=True) for hotkey, frame in rows.groupby("hotkey", sort=False)}
+    first_blocks: dict[str, dict[str, int]] = {}
+    for r in first.itertuples():
+        first_blocks.setdefault(r.hotkey, {})[r.row_hash] = int(r.first_block)
+    return status, by_hotkey, first_blocks
 
 
 def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsResource,
@@ -74,6 +87,8 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
     if info is None:
         raise RuntimeError(f"epoch {epoch} has no recorded commitments: materialize chain_commitments first")
     eval_hashes = {r.row_hash for r in load_eval_rows(hub, info["eval_repo"], info["eval_revision"])}
+    dataset_status, epoch_rows, first_blocks = _epoch_rows(warehouse, epoch)
+    empty = pd.DataFrame(columns=["row_hash", "row_json"])
     base_rows, candidates, rows_by_hotkey = {}, [], {}
     for c in warehouse.epoch_commitments(epoch).itertuples():
         row = {"epoch": epoch, "hotkey": c.hotkey, "uid": int(c.uid), "repo": c.repo, "revision": c.revision,
@@ -83,16 +98,16 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
         if c.status != "ok":
             row["reason"] = c.reason
             continue
-        dataset = warehouse.dataset(c.repo, c.revision)
-        if dataset is None:
+        if c.hotkey not in dataset_status:
             row["reason"] = "dataset was not downloaded (miner_datasets has not run for this revision)"
             continue
-        if dataset["status"] != "ok":
-            row["reason"] = f"dataset {dataset['status']}: {dataset['reason']}"
+        status, reason = dataset_status[c.hotkey]
+        if status != "ok":
+            row["reason"] = f"dataset {status}: {reason}"
             continue
-        rows = warehouse.dataset_rows(c.repo, c.revision)
+        rows = epoch_rows.get(c.hotkey, empty)
         rows_by_hotkey[c.hotkey] = rows
-        first = _first_blocks(warehouse, c.hotkey, epoch, c.registration_block)
+        first = first_blocks.get(c.hotkey, {})
         blocks = tuple(first.get(h, int(c.commit_block)) for h in rows["row_hash"])
         candidates.append(MinerRows(c.hotkey, int(c.uid), int(c.commit_block), tuple(rows["row_hash"]), blocks))
     kept_rows = {}
