@@ -155,11 +155,36 @@ class _EpochOrderSampler:
         return iter(order)
 
 
-def run_reference(model_dir, recipe, train, evals, device: str) -> dict:
+def _match_dropout(model, recipe, train) -> None:
+    """Give the reference the same LoRA dropout masks as ours: our row-keyed CPU dropout, told by a forward hook
+    which row (and which epoch of it) each batch-1 forward holds."""
+    import torch
+
+    from flock_pipeline.core.evaluator import use_host_dropout
+
+    plan = use_host_dropout(model, recipe.lora_dropout, recipe.seed)
+    index = {tuple(r.input_ids): i for i, r in enumerate(train)}
+    if len(index) != len(train):
+        raise SystemExit("matched dropout needs distinct training rows")
+    seen: dict[int, int] = {}
+
+    def hook(_module, args, kwargs):
+        ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        if torch.is_grad_enabled():
+            row = index[tuple(ids[0].tolist())]
+            epoch = seen.get(row, 0)
+            seen[row] = epoch + 1
+            plan.set_rows([(plan.generator(epoch, row), ids.shape[1])])
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def run_reference(model_dir, recipe, train, evals, device: str, matched: bool = False) -> dict:
     """The live validator's recipe: fresh load, Trainer bs1 x GA8, merge, evaluate at bs1.
 
-    The only change: the Trainer visits the rows in the same per-epoch order as ours (its own shuffle would use
-    another random stream), so that the two eval losses differ by the method, not by the data order.
+    One change: the Trainer visits the rows in the same per-epoch order as ours (its own shuffle would use
+    another random stream), so that the two eval losses differ by the method, not by the data order. With
+    `matched`, the LoRA dropout masks are ours too (CPU only), so that the losses differ only by float rounding.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -184,6 +209,8 @@ def run_reference(model_dir, recipe, train, evals, device: str) -> dict:
                       target_modules=recipe.target_modules, task_type="CAUSAL_LM")
     torch.manual_seed(recipe.seed)
     model = get_peft_model(base, lora)
+    if matched:
+        _match_dropout(model, recipe, train)
     out_dir = tempfile.mkdtemp()
     args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=1,
                              gradient_accumulation_steps=recipe.batch_size, num_train_epochs=recipe.epochs,
@@ -220,6 +247,9 @@ def _child(side: str, size: str, train_n: int, eval_n: int, work_dir: str, overr
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model_dir, recipe, train, evals = workload(size, train_n, eval_n, Path(work_dir), overrides)
+    if side == "reference-matched":
+        queue.put(run_reference(model_dir, recipe, train, evals, device, matched=True))
+        return
     fn = run_ours if side == "ours" else run_reference
     runs = [fn(model_dir, recipe, train, evals, device) for _ in range(repeat)]
     runs.sort(key=lambda r: r["train_s"] + r["eval_s"])
@@ -264,6 +294,10 @@ def main(argv=None) -> int:
     ref = _run_side("reference", args.size, args.train, eval_n, args.work_dir, overrides, args.repeat)
     import torch
 
+    matched = None
+    if not torch.cuda.is_available():  # ours draws its dropout masks this way only on CPU
+        matched = _run_side("reference-matched", args.size, args.train, eval_n, args.work_dir, overrides, 1)
+
     ours_s, ref_s = ours["train_s"] + ours["eval_s"], ref["train_s"] + ref["eval_s"]
     report = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -279,6 +313,9 @@ def main(argv=None) -> int:
         "ours_eval_loss": ours["eval_loss"], "reference_eval_loss": ref["eval_loss"],
         "loss_rel_diff": abs(ours["eval_loss"] - ref["eval_loss"]) / ref["eval_loss"],
     }
+    if matched is not None:
+        report["reference_matched_eval_loss"] = matched["eval_loss"]
+        report["matched_loss_rel_diff"] = abs(ours["eval_loss"] - matched["eval_loss"]) / matched["eval_loss"]
     if args.json:
         print(json.dumps(report, indent=1))
     else:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -222,6 +223,69 @@ def tokenize_rows(rows: Sequence[ChatRow], tokenizer, max_seq_len: int) -> list[
     return [tokenize_row(r, tokenizer, max_seq_len) for r in rows]
 
 
+class RowDropoutPlan:
+    """Which rows the next forward pass holds: per row, its mask generator and its real (unpadded) length."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.rows: list[tuple[np.random.Generator, int]] | None = None
+
+    def generator(self, epoch: int, row: int) -> np.random.Generator:
+        """The mask stream of training row `row` in epoch `epoch`: the same however the rows are batched."""
+        return np.random.Generator(np.random.PCG64([self.seed, epoch, row]))
+
+    def set_rows(self, rows: Sequence[tuple[np.random.Generator, int]] | None) -> None:
+        self.rows = list(rows) if rows is not None else None
+
+
+class HostDropout(torch.nn.Module):
+    """LoRA dropout for CPU training, with masks drawn per row from that row's own numpy PCG64 stream.
+
+    Two things torch's CPU dropout does not give: speed (drawing random numbers is most of a tiny model's training
+    step; 16-bit draws from numpy are about 4x faster) and masks that do not depend on how rows are batched. Each
+    row's stream is keyed by (seed, epoch, row index) and the layers draw from it in forward order, so a row gets
+    the same masks alone at batch 1, in a padded micro-batch, or after an out-of-memory split.
+
+    A unit is dropped when its 16-bit draw is below round(p * 65536) (probability p to within 2**-17); kept units
+    are scaled by 1 / (1 - p), as torch's dropout does. Padded positions are zeroed (they carry no label).
+    """
+
+    def __init__(self, p: float, plan: RowDropoutPlan):
+        super().__init__()
+        self.p = p
+        self.threshold = round(p * 65536)
+        self.scale = np.float32(1.0 / (1.0 - p))
+        self.plan = plan
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.threshold == 0:
+            return x
+        rows = self.plan.rows
+        if rows is None or len(rows) != x.shape[0]:
+            raise RuntimeError("HostDropout needs the rows of the batch (RowDropoutPlan.set_rows) while training")
+        mask = np.zeros(x.shape, dtype=np.float32)
+        for b, (generator, length) in enumerate(rows):
+            draws = generator.integers(0, 65536, size=(length, x.shape[-1]), dtype=np.uint16)
+            np.multiply(draws >= self.threshold, self.scale, out=mask[b, :length])
+        return x * torch.from_numpy(mask).to(x.dtype)
+
+
+def use_host_dropout(peft_model: torch.nn.Module, p: float, seed: int) -> RowDropoutPlan:
+    """Replace the LoRA dropout of every adapter layer with `HostDropout`; returns the plan they share."""
+    from peft.tuners.lora import LoraLayer
+
+    plan = RowDropoutPlan(seed)
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer):
+            for name in list(module.lora_dropout.keys()):
+                module.lora_dropout[name] = HostDropout(p, plan)
+    return plan
+
+
+def dropout_plan(model: torch.nn.Module) -> RowDropoutPlan | None:
+    return next((m.plan for m in model.modules() if isinstance(m, HostDropout)), None)
+
+
 @contextlib.contextmanager
 def fresh_lora(base: BaseModel, recipe: TrainRecipe):
     """The base model wrapped in a new, seeded LoRA adapter; the adapter is removed on exit."""
@@ -231,12 +295,43 @@ def fresh_lora(base: BaseModel, recipe: TrainRecipe):
                         target_modules=recipe.target_modules, task_type="CAUSAL_LM")
     torch.manual_seed(recipe.seed)
     peft_model = get_peft_model(base.model, config)
+    if base.device.type == "cpu" and recipe.lora_dropout > 0:
+        use_host_dropout(peft_model, recipe.lora_dropout, recipe.seed)
     try:
         yield peft_model
     finally:
         restored = peft_model.unload()  # drops the LoRA layers; the frozen base weights were never changed
         restored.eval()
         base.model = restored
+
+
+@contextlib.contextmanager
+def merged_weights(peft_model: torch.nn.Module):
+    """Evaluate with the adapter folded into the weights (one matmul per layer, as the reference's merge does).
+
+    Each LoRA layer's base weight is swapped for a new tensor W + BA·scale for the duration; the original base
+    tensors are never written to, so swapping them back restores the shared base model exactly.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    swapped: list[tuple[torch.nn.Module, torch.nn.Parameter]] = []
+    try:
+        with torch.no_grad():
+            for module in peft_model.modules():
+                if not isinstance(module, LoraLayer) or not module.active_adapters:
+                    continue
+                linear = module.get_base_layer()
+                original = linear.weight
+                merged = original.float()
+                for adapter in module.active_adapters:
+                    merged = merged + module.get_delta_weight(adapter).float()
+                linear.weight = torch.nn.Parameter(merged.to(original.dtype), requires_grad=False)
+                swapped.append((linear, original))
+        with peft_model.disable_adapter():
+            yield peft_model
+    finally:
+        for linear, original in swapped:
+            linear.weight = original
 
 
 def epoch_orders(n_rows: int, epochs: int, seed: int) -> list[list[int]]:
@@ -251,10 +346,16 @@ def epoch_orders(n_rows: int, epochs: int, seed: int) -> list[list[int]]:
 
 
 def _accumulate_step(model: torch.nn.Module, batch: Sequence[TokenizedRow], n_labels: int, budget: int, chunk: int,
-                     pad_id: int, device: torch.device) -> float:
-    """Forward + backward of one optimizer step's sequences in micro-batches; gradients of sum(loss) / n_labels."""
+                     pad_id: int, device: torch.device, plan: RowDropoutPlan | None = None,
+                     keys: Sequence[tuple[int, int]] = ()) -> float:
+    """Forward + backward of one optimizer step's sequences in micro-batches; gradients of sum(loss) / n_labels.
+
+    `keys` are the (epoch, row index) of each sequence: with a `plan`, they key each row's dropout masks."""
     total = 0.0
+    generators = [plan.generator(*key) for key in keys] if plan is not None else []
     for micro in _micro_batches(batch, budget):
+        if plan is not None:
+            plan.set_rows([(generators[i], len(batch[i].input_ids)) for i in micro])
         ids, labels, mask = _pad([batch[i] for i in micro], pad_id, device)
         sums, _ = token_losses(model, ids, labels, mask, chunk, recompute=True)
         loss = sums.sum() / n_labels
@@ -276,9 +377,11 @@ def train_lora(model: torch.nn.Module, rows: Sequence[TokenizedRow], recipe: Tra
     model.train()
     step = 0
     budget = recipe.train_micro_tokens  # halved on out-of-memory (kept for the rest of the run)
-    for order in epoch_orders(len(rows), recipe.epochs, recipe.seed):
+    plan = dropout_plan(model)
+    for epoch, order in enumerate(epoch_orders(len(rows), recipe.epochs, recipe.seed)):
         for start in range(0, len(order), recipe.batch_size):
-            batch = [rows[i] for i in order[start:start + recipe.batch_size]]
+            indices = order[start:start + recipe.batch_size]
+            batch = [rows[i] for i in indices]
             n_labels = sum(r.n_labels for r in batch)
             for group in optimizer.param_groups:
                 group["lr"] = recipe.learning_rate * linear_schedule(step, recipe.warmup_steps, total)
@@ -287,7 +390,7 @@ def train_lora(model: torch.nn.Module, rows: Sequence[TokenizedRow], recipe: Tra
                 while True:
                     try:
                         step_loss = _accumulate_step(model, batch, n_labels, budget, recipe.logits_chunk, pad_id,
-                                                     device)
+                                                     device, plan, [(epoch, i) for i in indices])
                         break
                     except RuntimeError as exc:  # out of memory: redo the step in smaller micro-batches
                         if not _is_oom(exc) or budget // 2 < MIN_TOKEN_BUDGET:
@@ -303,6 +406,8 @@ def train_lora(model: torch.nn.Module, rows: Sequence[TokenizedRow], recipe: Tra
             step += 1
             if on_step is not None:
                 on_step(step, total)
+    if plan is not None:
+        plan.set_rows(None)
     model.eval()
     return losses
 
@@ -332,8 +437,9 @@ def train_and_evaluate_tokens(base: BaseModel, train_tok: Sequence[TokenizedRow]
         losses = train_lora(model, train_tok, recipe, pad_id=pad_id, device=base.device, on_step=on_step)
         _sync(base.device)
         t1 = time.perf_counter()
-        per_row = evaluate_loss(model, eval_tok, pad_id=pad_id, device=base.device,
-                                batch_tokens=recipe.eval_batch_tokens, chunk=recipe.logits_chunk)
+        with merged_weights(model):
+            per_row = evaluate_loss(model, eval_tok, pad_id=pad_id, device=base.device,
+                                    batch_tokens=recipe.eval_batch_tokens, chunk=recipe.logits_chunk)
         _sync(base.device)
         t2 = time.perf_counter()
     return EvalOutcome(eval_loss=mean_loss(per_row), per_row_losses=per_row, train_losses=losses,
