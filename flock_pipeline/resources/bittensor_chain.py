@@ -1,0 +1,614 @@
+"""The real subnet behind `ChainResource`, through the bittensor 11 SDK (`bittensor.Subtensor`).
+
+Reads: `Client.block()`, `Client.block_time()`, `Client.query(SubtensorModule.Tempo)`, `subnets.metagraph()` (one
+`SubnetInfoRuntimeApi.get_metagraph` call) and `Client.query_map(Commitments.CommitmentOf, [netuid])`, decoded here
+entry by entry (the SDK's `subnets.commitments()` aborts the whole read on one malformed entry).
+Writes are signed by the hotkey: `submit_call(Commitments.set_commitment, signer="hotkey")` and
+`execute(SetWeights)`, which picks plaintext `set_mechanism_weights` or the timelocked commit-reveal path from the
+subnet's `CommitRevealWeightsEnabled`.
+
+Connection handling: one private event-loop thread per endpoint list holds a connected async client (shared by every
+resource instance with that configuration in the process). Every call has a timeout; connection errors and timeouts
+are retried `max_retries` times with exponential backoff, reconnecting through `network` then `fallback_endpoints`
+in order. Chain refusals are never retried. A write whose answer was lost is not blindly resent: the retry first
+checks whether it already landed (the hotkey's commitment / its `LastUpdate`).
+
+The wallet (name, hotkey, path, hotkey password) is read from environment variables named by the config at call time;
+their values never appear in config, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import itertools
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import bittensor as bt
+from bittensor.keyfiles import resolve_key_password
+from bittensor.settings import resolve_endpoint
+from pydantic import PrivateAttr
+
+from flock_pipeline.core.commitment import MAX_COMMITMENT_BYTES
+from flock_pipeline.resources.chain import ChainError, ChainResource, Neuron, RawCommitment, WeightsReceipt
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SubstrateFactory = Callable[[str], Any]  # endpoint URL -> a `bittensor.Substrate` implementation
+Operation = Callable[[Any, int], Awaitable[T]]  # (connected async client, attempt number) -> result
+
+# Connection-level failures: retried with backoff (after reconnecting). Everything else is an answer.
+_TRANSIENT = (bt.RpcConnectionError, bt.ConnectionNotReady, ConnectionError, TimeoutError, OSError)
+_SUBTENSOR = bt.storage.SubtensorModule
+_COMMITMENTS = bt.storage.Commitments
+
+
+@dataclass(frozen=True)
+class _Injected:
+    factory: SubstrateFactory
+    signers: tuple[Any, ...]
+
+
+_REGISTRY_LOCK = threading.Lock()
+_INJECTED: dict[str, _Injected] = {}
+_SESSIONS: dict[tuple[tuple[str, ...], str], _Session] = {}
+_HANDLES = itertools.count(1)
+
+
+class _Session:
+    """A private event loop on a daemon thread, holding one connected async client (opened lazily, reopened after a
+    connection failure, trying the endpoints in order)."""
+
+    def __init__(self, endpoints: list[str], factory: SubstrateFactory | None) -> None:
+        self._endpoints = endpoints
+        self._factory = factory
+        self._client: Any = None
+        self._lock: asyncio.Lock | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="flock-bittensor", daemon=True)
+        self._thread.start()
+        self.closed = False
+
+    def run(self, op: Callable[[Any], Awaitable[T]], timeout: float, connect_timeout: float) -> T:
+        if self.closed:
+            raise ConnectionError("the chain session is closed")
+        future = asyncio.run_coroutine_threadsafe(self._run(op, timeout, connect_timeout), self._loop)
+        try:
+            return future.result(timeout + connect_timeout * len(self._endpoints) + 5)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError("the chain did not answer in time") from None
+
+    async def _run(self, op: Callable[[Any], Awaitable[T]], timeout: float, connect_timeout: float) -> T:
+        client = await self._connected(connect_timeout)
+        try:
+            return await asyncio.wait_for(op(client), timeout)
+        except _TRANSIENT:
+            await self._disconnect(client)
+            raise
+
+    async def _connected(self, timeout: float) -> Any:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._client is not None:
+                return self._client
+            failure: BaseException | None = None
+            for endpoint in self._endpoints:
+                if self._factory is not None:
+                    subtensor = bt.Subtensor(endpoint, substrate=self._factory(endpoint))
+                else:  # we rotate endpoints ourselves, so the SDK's client stays pinned to one
+                    subtensor = bt.Subtensor(endpoint, fallback_endpoints=[])
+                try:
+                    self._client = await asyncio.wait_for(_open(subtensor), timeout)
+                    return self._client
+                except _TRANSIENT as exc:
+                    failure = exc
+                    fallback = "; trying the next endpoint" if endpoint != self._endpoints[-1] else ""
+                    log.warning("could not connect to %s (%s)%s", _safe_endpoint(endpoint), type(exc).__name__,
+                                fallback)
+            raise failure if failure is not None else ConnectionError("no chain endpoint configured")
+
+    async def _disconnect(self, client: Any) -> None:
+        if client is not None and client is self._client:
+            self._client = None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), 5)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._disconnect(self._client), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+
+async def _open(subtensor: bt.Subtensor) -> Any:
+    return await subtensor  # awaiting a Subtensor connects it and yields the async client
+
+
+def _safe_endpoint(url: str) -> str:
+    """scheme://host[:port] only: a path or query string may carry an API key."""
+    match = re.match(r"^(wss?://[^/?#\s]+)", url)
+    return match.group(1) if match else "<endpoint>"
+
+
+def decode_commitment_fields(fields: list) -> str | None:
+    """The text of a commitment's decoded `Data` fields: its `Raw{n}` bytes (0x-hex, bytes or a list of ints, as a
+    node's decoder may hand them over), concatenated and decoded as strict UTF-8; None when there is no Raw field.
+
+    Raises ValueError with the reason when the Raw fields are malformed or not UTF-8.
+    """
+    raw = bytearray()
+    found = False
+    for entry in fields:
+        if isinstance(entry, str):
+            continue  # unit variants (None, ResetBondsFlag) carry no data
+        if not isinstance(entry, dict):
+            raise ValueError(f"unexpected field of type {type(entry).__name__}")
+        for variant, value in entry.items():
+            if not str(variant).startswith("Raw"):
+                continue  # hashes and timelocked payloads are not plaintext
+            if isinstance(value, str):
+                try:
+                    chunk = bytes.fromhex(value[2:]) if value.startswith("0x") else value.encode("utf-8")
+                except (ValueError, UnicodeEncodeError):
+                    raise ValueError(f"{variant} payload is not valid hex") from None
+            elif isinstance(value, (bytes, bytearray, list, tuple)):
+                try:
+                    chunk = bytes(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{variant} payload is not a byte list") from None
+            else:
+                raise ValueError(f"{variant} payload of type {type(value).__name__}")
+            size = str(variant)[3:]
+            if size.isdigit() and int(size) != len(chunk):
+                raise ValueError(f"{variant} payload has {len(chunk)} bytes")
+            raw += chunk
+            found = True
+    if not found:
+        return None
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("raw bytes are not UTF-8") from None
+
+
+def _record_text(record: Any) -> tuple[int, str]:
+    """(block, text) of one decoded `CommitmentOf` record; raises ValueError with the reason when unreadable."""
+    if not isinstance(record, dict):
+        raise ValueError(f"record of type {type(record).__name__}")
+    try:
+        block = int(record["block"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("record without a block number") from None
+    info = record.get("info")
+    fields = info.get("fields") if isinstance(info, dict) else None
+    if not isinstance(fields, (list, tuple)):
+        raise ValueError("record without fields")
+    text = decode_commitment_fields(list(fields))
+    if text is None:
+        raise ValueError("no plaintext (Raw) field; sealed or hashed commitments are not read")
+    return block, text
+
+
+def _inclusion_block(result: bt.ExtrinsicResult) -> int | None:
+    if result.extrinsic_id:
+        number = result.extrinsic_id.partition("-")[0]
+        if number.isdigit():
+            return int(number)
+    return None
+
+
+def _refusal(result: bt.ExtrinsicResult) -> str:
+    name = result.error.name if result.error is not None else None
+    message = (result.message or "").strip()
+    return f"{name}: {message}" if name and message and message != name else (name or message or "refused")
+
+
+class BittensorChainResource(ChainResource):
+    """A Bittensor subnet (default: netuid 96 on finney) through the bittensor SDK.
+
+    `network` is "finney", "test" or a ws(s):// URL; `fallback_endpoints` are tried in order when it cannot connect.
+    The signing hotkey comes from the wallet named by the environment variables `wallet_name_env` /
+    `wallet_hotkey_env` under `wallet_path_env` (default ~/.bittensor/wallets); an encrypted hotkey is unlocked with
+    `wallet_password_env` (or the SDK's per-keyfile BT_PW_* variable). `hotkey` arguments are ss58 addresses (the
+    wallet's hotkey name is accepted as an alias) and must be the wallet's own hotkey.
+
+    `tempo` 0 (default) reads the subnet's tempo from the chain once; set it to pin the epoch length. Epochs are
+    `block // tempo`, the pipeline's own numbering (not the chain's per-subnet epoch offset).
+
+    Tests inject a `bittensor.Substrate` (and keypairs) with `with_substrate` / `with_substrate_factory`.
+    """
+
+    network: str = "finney"
+    fallback_endpoints: list[str] = []
+    netuid: int = 96
+    tempo: int = 0
+    wallet_name_env: str = "BT_WALLET_NAME"
+    wallet_hotkey_env: str = "BT_WALLET_HOTKEY"
+    wallet_path_env: str = "BT_WALLET_PATH"
+    wallet_password_env: str = "BT_WALLET_PASSWORD"
+    timeout_s: float = 30.0  # per read and per connection attempt
+    submit_timeout_s: float = 120.0  # per write, inclusion included
+    max_retries: int = 3
+    backoff_s: float = 1.0
+    version_key: int = 0  # used when set_weights is given version_key=0
+    injected_handle: str = ""  # in-process handle set by with_substrate*; empty for the real network
+
+    _tempo_cache: int | None = PrivateAttr(default=None)
+
+    # -- construction for tests -----------------------------------------------------------------------------
+
+    @classmethod
+    def with_substrate(cls, substrate: Any, *, signers: Iterable[Any] = (), **config: Any) -> BittensorChainResource:
+        """A resource whose chain is `substrate` (any `bittensor.Substrate`, e.g. a test fake) behind the real
+        `bittensor.Subtensor`. `signers` are keypairs (`bittensor.Signer`) used instead of the environment's wallet,
+        picked by ss58 address. The injection survives Dagster re-instantiating the resource in this process."""
+        return cls.with_substrate_factory(lambda _endpoint: substrate, signers=signers, **config)
+
+    @classmethod
+    def with_substrate_factory(cls, factory: SubstrateFactory, *, signers: Iterable[Any] = (),
+                               **config: Any) -> BittensorChainResource:
+        """Like `with_substrate`, with one substrate per endpoint URL (`factory(url)`), to exercise fallbacks."""
+        handle = f"injected-{next(_HANDLES)}"
+        with _REGISTRY_LOCK:
+            _INJECTED[handle] = _Injected(factory, tuple(signers))
+        return cls(injected_handle=handle, **config)
+
+    def close(self) -> None:
+        """Close this configuration's connection (and forget an injected substrate); the next call reconnects."""
+        key = self._session_key()
+        with _REGISTRY_LOCK:
+            session = _SESSIONS.pop(key, None)
+            if self.injected_handle:
+                _INJECTED.pop(self.injected_handle, None)
+        if session is not None:
+            session.close()
+
+    # -- reads ------------------------------------------------------------------------------------------------
+
+    def current_block(self) -> int:
+        return int(self._call("current block", lambda client, _attempt: client.block()))
+
+    def seconds_per_block(self) -> float:
+        """The chain's block time (12 s on finney), from its `Aura.SlotDuration`."""
+        return float(self._call("block time", lambda client, _attempt: client.block_time()))
+
+    def chain_tempo(self) -> int:
+        """The subnet's tempo as the chain has it now (`SubtensorModule.Tempo`)."""
+        value = self._call("tempo", lambda client, _attempt: client.query(_SUBTENSOR.Tempo, [self.netuid]))
+        if not value:
+            raise ChainError(f"netuid {self.netuid} has no tempo on {self._network_label()} (does it exist?)")
+        return int(value)
+
+    def effective_tempo(self) -> int:
+        if self.tempo > 0:
+            return self.tempo
+        if self._tempo_cache is None:
+            self._tempo_cache = self.chain_tempo()
+        return self._tempo_cache
+
+    def epoch_of(self, block: int) -> int:
+        return block // self.effective_tempo()
+
+    def epoch_start(self, epoch: int) -> int:
+        return epoch * self.effective_tempo()
+
+    def metagraph(self) -> list[Neuron]:
+        """Every uid of the subnet. `stake` is the neuron's total stake weight on the subnet (alpha units, the
+        quantity validator permits are ranked by)."""
+
+        async def op(client: Any, _attempt: int) -> Any:
+            return await client.subnets.metagraph(self.netuid, commitments=False)
+
+        graph = self._call("metagraph", op)
+        if graph is None:
+            raise ChainError(f"netuid {self.netuid} does not exist on {self._network_label()}")
+        return [Neuron(uid=n.uid, hotkey=n.hotkey, coldkey=n.coldkey, stake=float(n.total_stake.amount),
+                       validator_permit=bool(n.validator_permit), registration_block=int(n.block_at_registration))
+                for n in graph.neurons]
+
+    def commitments(self, at_block: int | None = None) -> list[RawCommitment]:
+        """Every hotkey's latest commitment written at or before `at_block` (default: now).
+
+        The chain keeps one commitment per hotkey. With `at_block` the state of that block is read, which sees a
+        commitment overwritten since; when the node no longer holds that state (a pruned node without an archive
+        fallback) the head's commitments with block <= `at_block` are returned instead, so a hotkey that re-committed
+        after `at_block` is missing (the warehouse keeps the history). Undecodable entries are skipped with a logged
+        reason.
+        """
+        if at_block is not None and at_block < 0:
+            return []
+
+        async def op(client: Any, _attempt: int) -> list[tuple[Any, Any]]:
+            head = await client.block()
+            pinned = head if at_block is None else min(at_block, head)
+            try:
+                return await client.query_map(_COMMITMENTS.CommitmentOf, [self.netuid], block=pinned)
+            except bt.ChainError as exc:
+                if pinned == head:
+                    raise
+                log.warning("the state of block %d is not available (%s); using the latest commitments at block %d "
+                            "(any re-committed since block %d are missing)", pinned, exc.name or "ChainError", head,
+                            pinned)
+                return await client.query_map(_COMMITMENTS.CommitmentOf, [self.netuid], block=head)
+
+        out = []
+        for hotkey, record in self._call("commitments", op):
+            try:
+                block, text = _record_text(record)
+            except ValueError as reason:
+                log.warning("skipping the commitment of %s: %s", hotkey, reason)
+                continue
+            if at_block is None or block <= at_block:
+                out.append(RawCommitment(hotkey=str(hotkey), block=block, data=text))
+        return sorted(out, key=lambda c: (c.block, c.hotkey))
+
+    # -- writes -----------------------------------------------------------------------------------------------
+
+    def set_commitment(self, hotkey: str, data: str) -> int:
+        try:
+            payload = data.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ChainError("commitment is not valid Unicode text") from None
+        if len(payload) > MAX_COMMITMENT_BYTES:
+            raise ChainError(f"commitment is longer than {MAX_COMMITMENT_BYTES} bytes")
+        signer = self._signer(hotkey)
+        address = signer.ss58_address
+        # CommitmentInfo with one Data field: the variant Raw{n} carries exactly n bytes (n <= 128)
+        info = {"fields": [{f"Raw{len(payload)}": payload}]}
+        call = bt.calls.Commitments.set_commitment(netuid=self.netuid, info=info)
+        state: dict[str, int] = {}
+
+        async def op(client: Any, _attempt: int) -> int:
+            if "head" in state:  # an earlier attempt lost its answer: did it land?
+                record = await client.query(_COMMITMENTS.CommitmentOf, [self.netuid, address])
+                if _is_commitment(record, payload, after=state["head"]):
+                    return int(record["block"])
+            else:
+                head = await client.block()
+                if await client.query(_SUBTENSOR.Uids, [self.netuid, address]) is None:
+                    raise ChainError(f"hotkey {address} is not registered on netuid {self.netuid}")
+                state["head"] = head
+            result = await client.submit_call(call, signer, signer="hotkey", wait_for_finalization=False)
+            if not result.success:
+                raise ChainError(f"the chain refused the commitment of {address}: {_refusal(result)}")
+            block = _inclusion_block(result)
+            return block if block is not None else int(await client.block())
+
+        block = self._call("set_commitment", op, timeout=self.submit_timeout_s)
+        log.info("commitment of %s included in block %d", address, block)
+        return block
+
+    def set_weights(self, hotkey: str, uids: list[int], weights: list[int], version_key: int = 0) -> WeightsReceipt:
+        """Set u16 weights from the wallet's validator hotkey. Refused before submission (a receipt with
+        success=False): an unregistered hotkey, no validator permit, malformed weights, an unknown uid, or the
+        subnet's rate limit (`retry_after_block` = LastUpdate + WeightsSetRateLimit). The SDK's `SetWeights` submits
+        them plaintext, or as a timelocked commit when the subnet has commit-reveal enabled; it scales the weights so
+        the largest is 65535 (a no-op for the pipeline's u16 vectors). `version_key` 0 means the configured one.
+        Connection failures after all retries raise ChainError."""
+        uids = [int(u) for u in uids]
+        weights = [int(w) for w in weights]
+        key = int(version_key or self.version_key)
+        if (not uids or len(uids) != len(weights) or len(set(uids)) != len(uids)
+                or any(not 0 <= w <= 65535 for w in weights) or any(not 0 <= u <= 65535 for u in uids)):
+            return WeightsReceipt(False, self.current_block(),
+                                  "weights must be u16, match uids in length and name each uid once")
+        if not any(weights):
+            return WeightsReceipt(False, self.current_block(), "all weights are zero: nothing to set")
+        signer = self._signer(hotkey)
+        address = signer.ss58_address
+        intent = bt.SetWeights(netuid=self.netuid, uids=uids, weights=[float(w) for w in weights], version_key=key)
+        state: dict[str, Any] = {}
+
+        async def op(client: Any, _attempt: int) -> WeightsReceipt:
+            if "last" in state:  # an earlier attempt lost its answer: did it land?
+                last_update = await client.query(_SUBTENSOR.LastUpdate, [self.netuid])
+                landed = _uid_value(last_update, state["uid"])
+                if landed > state["last"]:
+                    return WeightsReceipt(True, landed, state["success_message"])
+            else:
+                refusal = await self._check_weights(client, address, uids, state)
+                if refusal is not None:
+                    return refusal
+            try:
+                result = await client.execute(intent, signer, wait_for_finalization=False)
+            except _TRANSIENT:
+                raise
+            except bt.ChainError as exc:  # the SDK's own preflight refused (the chain moved since our checks)
+                return WeightsReceipt(False, int(await client.block()), f"{exc.name or exc.code.value}: {exc.message}")
+            except bt.BittensorError as exc:
+                return WeightsReceipt(False, int(await client.block()), f"weights not submitted: {exc}")
+            if not result.success:
+                block = _inclusion_block(result)
+                return WeightsReceipt(False, block if block is not None else int(await client.block()),
+                                      _refusal(result))
+            block = _inclusion_block(result)
+            message = state["success_message"]
+            if "reveal_round" in result.data:
+                message = f"{message}; reveals at drand round {result.data['reveal_round']}"
+            return WeightsReceipt(True, block if block is not None else int(await client.block()), message)
+
+        receipt = self._call("set_weights", op, timeout=self.submit_timeout_s)
+        log.info("weights of %s on netuid %d: success=%s block=%d (%s)", address, self.netuid, receipt.success,
+                 receipt.block, receipt.message)
+        return receipt
+
+    async def _check_weights(self, client: Any, address: str, uids: list[int], state: dict) -> WeightsReceipt | None:
+        """Registration, validator permit, uids and rate limit, read at one block; fills `state` when allowed."""
+        view = await client.at()
+        head = int(view.block)
+        uid, permits, limit, last_update, count, commit_reveal = await asyncio.gather(
+            view.query(_SUBTENSOR.Uids, [self.netuid, address]),
+            view.query(_SUBTENSOR.ValidatorPermit, [self.netuid]),
+            view.query(_SUBTENSOR.WeightsSetRateLimit, [self.netuid]),
+            view.query(_SUBTENSOR.LastUpdate, [self.netuid]),  # mechanism 0: its storage index is the netuid
+            view.query(_SUBTENSOR.SubnetworkN, [self.netuid]),
+            view.query(_SUBTENSOR.CommitRevealWeightsEnabled, [self.netuid]),
+        )
+        if uid is None:
+            return WeightsReceipt(False, head, f"hotkey {address} is not registered on netuid {self.netuid}")
+        uid = int(uid)
+        if not (isinstance(permits, (list, tuple)) and uid < len(permits) and permits[uid]):
+            return WeightsReceipt(False, head, f"hotkey {address} has no validator permit on netuid {self.netuid}")
+        if any(u >= int(count or 0) for u in uids):
+            return WeightsReceipt(False, head, "weights name a uid that does not exist")
+        last, limit = _uid_value(last_update, uid), int(limit or 0)
+        if limit and last > 0 and head - last < limit:
+            allowed = last + limit
+            return WeightsReceipt(False, head, f"rate limited until block {allowed} (weights last set at block {last}, "
+                                               f"limit {limit} blocks)", retry_after_block=allowed)
+        state.update(uid=uid, last=last,
+                     success_message="committed (commit-reveal)" if commit_reveal else "included")
+        return None
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+
+    def _network_label(self) -> str:
+        return self.network if not self.network.startswith("ws") else _safe_endpoint(self.network)
+
+    def _endpoints(self) -> list[str]:
+        try:
+            primary = resolve_endpoint(self.network)[1]
+        except ValueError:
+            raise ChainError(f"unknown network {self.network!r}: use 'finney', 'test' or a ws(s):// URL") from None
+        return list(dict.fromkeys([primary, *self.fallback_endpoints]))
+
+    def _session_key(self) -> tuple[tuple[str, ...], str]:
+        return tuple(self._endpoints()), self.injected_handle
+
+    def _injected(self) -> _Injected | None:
+        if not self.injected_handle:
+            return None
+        with _REGISTRY_LOCK:
+            injected = _INJECTED.get(self.injected_handle)
+        if injected is None:
+            raise ChainError(f"no substrate is injected under {self.injected_handle!r} in this process")
+        return injected
+
+    def _session(self) -> _Session:
+        key = self._session_key()
+        injected = self._injected()
+        with _REGISTRY_LOCK:
+            session = _SESSIONS.get(key)
+            if session is None or session.closed:
+                session = _SESSIONS[key] = _Session(list(key[0]), injected.factory if injected else None)
+            return session
+
+    def _call(self, what: str, op: Operation[T], timeout: float | None = None) -> T:
+        """Run `op` on the connected client: a timeout per attempt, bounded retries with exponential backoff on
+        connection errors and timeouts; SDK chain errors become ChainError."""
+        attempts = max(0, self.max_retries) + 1
+        for attempt in range(attempts):
+            try:
+                session = self._session()
+                return session.run(lambda client, n=attempt: op(client, n), timeout or self.timeout_s, self.timeout_s)
+            except ChainError:
+                raise
+            except _TRANSIENT as exc:
+                reason = self._describe(exc)
+                if attempt + 1 >= attempts:
+                    raise ChainError(f"{what}: no answer from {self._network_label()} after {attempts} attempts "
+                                     f"({reason})") from None
+                delay = self.backoff_s * 2**attempt
+                log.warning("%s: %s; retry %d of %d in %.1fs", what, reason, attempt + 1, attempts - 1, delay)
+                time.sleep(delay)
+            except bt.ChainError as exc:
+                raise ChainError(f"{what}: {exc.name or exc.code.value}: {self._scrub(exc.message)}") from None
+            except bt.BittensorError as exc:
+                raise ChainError(f"{what}: {self._scrub(str(exc))}") from None
+        raise AssertionError("unreachable")
+
+    def _secrets(self) -> list[str]:
+        names = (self.wallet_name_env, self.wallet_hotkey_env, self.wallet_path_env, self.wallet_password_env)
+        return [v for v in (os.environ.get(n, "") for n in names) if len(v) >= 3]
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets():
+            text = text.replace(secret, "***")
+        return re.sub(r"(wss?://[^/?#\s'\"]+)[^\s'\"]*", r"\1", text)
+
+    def _describe(self, exc: BaseException) -> str:
+        detail = self._scrub(str(exc))[:200]
+        return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+    def _signer(self, hotkey: str) -> Any:
+        """The keypair that signs for `hotkey`: an injected one, else the environment's wallet hotkey."""
+        injected = self._injected()
+        if injected is not None and injected.signers:
+            signer = next((s for s in injected.signers if s.ss58_address == hotkey), None)
+            if signer is None:
+                raise ChainError(f"no signing key for hotkey {hotkey}")
+            return signer
+        name = os.environ.get(self.wallet_name_env, "")
+        hotkey_name = os.environ.get(self.wallet_hotkey_env, "")
+        if not name or not hotkey_name:
+            raise ChainError(f"no wallet configured: set {self.wallet_name_env} and {self.wallet_hotkey_env} "
+                             f"(and {self.wallet_path_env} when the wallet is not under ~/.bittensor/wallets)")
+        path = os.environ.get(self.wallet_path_env, "")
+        where = f"${self.wallet_name_env}/${self.wallet_hotkey_env} under ${self.wallet_path_env}"
+        try:
+            wallet = bt.Wallet(name, hotkey_name, path) if path else bt.Wallet(name, hotkey_name)
+            keyfile = wallet.hotkey_file
+            password = os.environ.get(self.wallet_password_env) or None
+            if password is None and keyfile.is_encrypted():
+                password = resolve_key_password(None, env_var_name=keyfile.env_var_name(), allow_prompt=False)
+                if password is None:
+                    raise ChainError(f"the wallet hotkey ({where}) is encrypted: set {self.wallet_password_env}")
+            keypair = _unlock_hotkey(wallet, password)
+        except ChainError:
+            raise
+        except Exception as exc:  # messages of keyfile errors carry the path: only the kind of failure is kept
+            reason = {FileNotFoundError: "no such hotkey file", PermissionError: "the hotkey file is not readable"}
+            raise ChainError(f"could not load the wallet hotkey ({where}): "
+                             f"{reason.get(type(exc), type(exc).__name__)}") from None
+        if hotkey not in (keypair.ss58_address, hotkey_name):
+            raise ChainError(f"hotkey {hotkey} is not the configured wallet's hotkey ({keypair.ss58_address})")
+        return keypair
+
+
+_KEYPAIRS: dict[tuple[str, int, int, str], Any] = {}
+
+
+def _unlock_hotkey(wallet: bt.Wallet, password: str | None) -> Any:
+    """The wallet's hotkey keypair. Unlocking an encrypted keyfile takes seconds, so an unlocked keypair is kept for
+    the process, keyed by the file's identity and a digest of the password (a changed file or password unlocks
+    again, and a wrong password still fails)."""
+    path = os.path.realpath(wallet.hotkey_file.path)
+    stat = os.stat(path)
+    key = (path, stat.st_mtime_ns, stat.st_size, hashlib.sha256(password.encode()).hexdigest() if password else "")
+    with _REGISTRY_LOCK:
+        keypair = _KEYPAIRS.get(key)
+    if keypair is None:
+        keypair = wallet.get_hotkey(password=password)
+        with _REGISTRY_LOCK:
+            _KEYPAIRS[key] = keypair
+    return keypair
+
+
+def _uid_value(values: Any, uid: int) -> int:
+    return int(values[uid] or 0) if isinstance(values, (list, tuple)) and uid < len(values) else 0
+
+
+def _is_commitment(record: Any, payload: bytes, after: int) -> bool:
+    """Whether a `CommitmentOf` record holds exactly `payload`, written after block `after`."""
+    try:
+        block, text = _record_text(record)
+    except ValueError:
+        return False
+    return block > after and text.encode("utf-8") == payload
