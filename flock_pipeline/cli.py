@@ -27,7 +27,8 @@ def _quiet_torch() -> None:
     """The embedded network needs no hub; library progress bars and deprecation chatter stay off the console."""
     import warnings
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if os.environ.get("FLOCK_NETWORK", "local") == "local":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub resource of the real networks decides for itself
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -44,7 +45,7 @@ def cmd_demo(args) -> int:
     home = Path(args.home or os.environ.get("FLOCK_HOME") or ".flock").resolve()
     os.environ["FLOCK_HOME"] = str(home)
     started = time.perf_counter()
-    epoch = seed_demo_network(home, seed=args.seed)
+    epoch = seed_demo_network(home, seed=args.seed, network=args.network)
     if args.no_run:
         print(json.dumps({"epoch": epoch, "home": str(home)}) if args.json else
               f"seeded the demo network in {home}; epoch {epoch} is open")
@@ -52,12 +53,12 @@ def cmd_demo(args) -> int:
     resources = build_resources(home)
     log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     run_epoch(epoch, resources, _instance(), progress=log)
-    labels = json.loads((home / "demo.json").read_text())["labels"]
-    report = epoch_report(epoch, resources["warehouse"], labels)
+    demo = json.loads((home / "demo.json").read_text())
+    report = epoch_report(epoch, resources["warehouse"], demo["labels"], demo.get("quality"))
     elapsed = time.perf_counter() - started
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.json:
-        print(json.dumps({"epoch": epoch, "miners": report, "wall_s": round(elapsed, 2),
+        print(json.dumps({"network": args.network, "epoch": epoch, "miners": report, "wall_s": round(elapsed, 2),
                           "peak_rss_mib": round(peak_mib, 1)}, indent=1))
     else:
         print(format_report(report))
@@ -109,8 +110,8 @@ def cmd_epoch_report(args) -> int:
     from flock_pipeline.resources import build_resources, flock_home
 
     labels_file = flock_home() / "demo.json"
-    labels = json.loads(labels_file.read_text())["labels"] if labels_file.exists() else None
-    report = epoch_report(args.epoch, build_resources()["warehouse"], labels)
+    demo = json.loads(labels_file.read_text()) if labels_file.exists() else {}
+    report = epoch_report(args.epoch, build_resources()["warehouse"], demo.get("labels"), demo.get("quality"))
     print(json.dumps({"epoch": args.epoch, "miners": report}, indent=1) if args.json else format_report(report))
     return 0
 
@@ -120,7 +121,8 @@ def cmd_chain_status(args) -> int:
 
     chain = build_resources()["chain"]
     block = chain.current_block()
-    print(json.dumps({"block": block, "epoch": chain.epoch_of(block), "tempo": chain.tempo,
+    tempo = chain.effective_tempo() if hasattr(chain, "effective_tempo") else chain.tempo
+    print(json.dumps({"block": block, "epoch": chain.epoch_of(block), "tempo": tempo,
                       "neurons": len(chain.metagraph()), "commitments": len(chain.commitments())}))
     return 0
 
@@ -141,6 +143,9 @@ def cmd_chain_advance(args) -> int:
     from flock_pipeline.resources import build_resources
 
     chain = build_resources()["chain"]
+    if not hasattr(chain, "advance"):
+        print("flock: only the local chain's block clock can be moved on", file=sys.stderr)
+        return 2
     if args.to_next_epoch:
         target = chain.epoch_start(chain.epoch_of(chain.current_block()) + 1)
         blocks = target - chain.current_block()
@@ -298,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
     demo.add_argument("--home", help="where the demo network lives (default: $FLOCK_HOME or ./.flock); wiped first")
     demo.add_argument("--seed", type=int, default=7, help="seed of the synthetic data")
+    demo.add_argument("--network", choices=["default", "adversarial"], default="default",
+                      help="default: six miners; adversarial: honest miners at five quality levels and every kind "
+                      "of attacker")
     demo.add_argument("--no-run", action="store_true", help="only seed the network (then run the epoch yourself)")
     demo.set_defaults(func=cmd_demo)
 

@@ -1,9 +1,12 @@
-"""Exact deduplication across all miners of an epoch, and against the evaluation set.
+"""Deduplication across all miners of an epoch, and against the evaluation set: exact and near-duplicate.
 
-Every miner is compared with every other one (not a sample, unlike the reference validator). Rows are identified
-by the sha256 of their canonical JSON. Miners are processed in commitment order (block, then uid): the earliest
-commitment keeps a row, later copies are dropped. A miner whose used rows are mostly rows that an earlier miner
-already committed is ineligible; a miner whose rows are mostly eval-set rows is ineligible too (leakage).
+Every miner is compared with every other one (not a sample, unlike the reference validator). Exact copies are
+found by the sha256 of a row's canonical JSON; near copies (reworded, re-cased, re-punctuated, turns reordered) by
+MinHash + LSH over the rows' normalised words (`core.neardup`), when the miners' row texts are given. Miners are
+processed in commitment order (block, then uid): the earliest commitment keeps a row, later copies are dropped. A
+miner more than `max_duplicate_fraction` of whose used rows an earlier miner already committed is ineligible; so is
+a miner more than `max_leak_fraction` of whose rows are (near) copies of eval-set rows (leakage). Leaked rows are
+dropped and counted either way.
 """
 
 from __future__ import annotations
@@ -11,11 +14,16 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from flock_pipeline.core.neardup import NearDupConfig, Shingler, earliest_near_duplicates, signatures
+
 
 @dataclass(frozen=True)
 class DedupConfig:
-    max_duplicate_fraction: float = 0.5  # above this share of rows copied from earlier miners: ineligible
+    max_duplicate_fraction: float = 0.2  # above this share of rows copied from earlier miners: ineligible
     max_leak_fraction: float = 0.5  # above this share of rows found in the eval set: ineligible
+    near: NearDupConfig | None = NearDupConfig()  # None: exact matching only
 
     def __post_init__(self) -> None:
         for name in ("max_duplicate_fraction", "max_leak_fraction"):
@@ -38,6 +46,7 @@ class MinerRows:
     commit_block: int
     row_hashes: tuple[str, ...]
     row_blocks: tuple[int, ...] | None = None
+    row_texts: tuple[str, ...] | None = None  # the rows' texts (turn contents), for near-duplicate matching
 
     def block_of(self, index: int) -> int:
         if self.row_blocks is None:
@@ -56,6 +65,7 @@ class ShardPlan:
     duplicates_earlier: int = 0  # rows an earlier commitment already contributed
     duplicated_from: dict[int, int] = field(default_factory=dict)  # earlier uid -> rows copied from it
     eval_leaks: int = 0  # rows that are in the eval set
+    near_duplicates: int = 0  # of duplicates_earlier + eval_leaks: the ones matched as near (not exact) copies
     rows_in: int = 0
     reason: str | None = None  # why the miner is ineligible, None when eligible
 
@@ -74,10 +84,11 @@ def commitment_order(miners: list[MinerRows]) -> list[MinerRows]:
 
 
 def deduplicate(miners: list[MinerRows], eval_hashes: frozenset[str] | set[str] = frozenset(),
-                config: DedupConfig = DedupConfig()) -> dict[str, ShardPlan]:
+                config: DedupConfig = DedupConfig(), eval_texts: tuple[str, ...] = ()) -> dict[str, ShardPlan]:
     """Plan every miner's shard. Returns hotkey -> ShardPlan.
 
     A row belongs to the miner that committed it first: the smallest (block, uid) over every miner holding it.
+    Near-duplicate matching runs when `config.near` is set and every miner carries its row texts.
     """
     owner: dict[str, tuple[int, int]] = {}  # row hash -> (block, uid) of its first committer
     for miner in miners:
@@ -85,11 +96,13 @@ def deduplicate(miners: list[MinerRows], eval_hashes: frozenset[str] | set[str] 
             claim = (miner.block_of(index), miner.uid)
             if row_hash not in owner or claim < owner[row_hash]:
                 owner[row_hash] = claim
+    near = _near_sources(miners, eval_texts, config.near)
     plans: dict[str, ShardPlan] = {}
     for miner in commitment_order(miners):
         plan = ShardPlan(hotkey=miner.hotkey, uid=miner.uid, rows_in=len(miner.row_hashes))
         seen_here: set[str] = set()
         copied: Counter[int] = Counter()
+        near_here = near.get(miner.hotkey, {})
         for index, row_hash in enumerate(miner.row_hashes):
             if row_hash in eval_hashes:
                 plan.eval_leaks += 1
@@ -103,11 +116,56 @@ def deduplicate(miners: list[MinerRows], eval_hashes: frozenset[str] | set[str] 
                 plan.duplicates_earlier += 1
                 copied[first_uid] += 1
                 continue
+            source = near_here.get(index)
+            if source is not None:
+                plan.near_duplicates += 1
+                if source == EVAL_SOURCE:
+                    plan.eval_leaks += 1
+                else:
+                    plan.duplicates_earlier += 1
+                    copied[source] += 1
+                continue
             plan.kept_indices.append(index)
         plan.duplicated_from = dict(copied)
         plan.reason = _ineligibility(plan, config)
         plans[miner.hotkey] = plan
     return plans
+
+
+EVAL_SOURCE = -1  # the "uid" of the eval set as a near-duplicate source
+
+
+def _near_sources(miners: list[MinerRows], eval_texts: tuple[str, ...],
+                  config: NearDupConfig | None) -> dict[str, dict[int, int]]:
+    """hotkey -> {row index: uid of the earlier miner it nearly copies, or EVAL_SOURCE}."""
+    if config is None or not miners or any(m.row_texts is None for m in miners):
+        return {}
+    shingle = Shingler()
+    texts, claims, groups, owners = [], [], [], []
+    for text in eval_texts:
+        texts.append(text)
+        claims.append((-1, -1))
+        groups.append(-1)
+        owners.append(None)
+    for g, miner in enumerate(miners):
+        for index, text in enumerate(miner.row_texts):
+            texts.append(text)
+            claims.append((miner.block_of(index), miner.uid))
+            groups.append(g)
+            owners.append((miner.hotkey, index))
+    order = sorted(range(len(claims)), key=claims.__getitem__)
+    rank = np.empty(len(claims), dtype=np.int64)
+    rank[order] = np.arange(len(claims))
+    sig = signatures([shingle(t) for t in texts], config)
+    source = earliest_near_duplicates(sig, rank, np.asarray(groups, dtype=np.int64), config)
+    out: dict[str, dict[int, int]] = {}
+    for i in np.nonzero(source >= 0)[0]:
+        if owners[i] is None:
+            continue
+        hotkey, index = owners[i]
+        j = int(source[i])
+        out.setdefault(hotkey, {})[index] = EVAL_SOURCE if groups[j] == -1 else miners[groups[j]].uid
+    return out
 
 
 def _ineligibility(plan: ShardPlan, config: DedupConfig) -> str | None:

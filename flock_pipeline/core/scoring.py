@@ -1,16 +1,33 @@
-"""Scoring: eval losses -> win rates -> weights (DESIGN §2, the reference subnet's rule).
+"""Scoring: eval losses -> win rates -> weights (DESIGN §2), as pure functions.
 
-For each pair of eligible miners, the one whose commitment is in an earlier block has its loss multiplied by
-(1 - epsilon) before the comparison, so a later miner must be clearly better to beat an earlier one (copying and
-re-committing does not pay). win_rate = wins / (n - 1); weights = softmax(win_rate / temperature); the result is
-blended with the previous epoch's weights, w = alpha * w_old + (1 - alpha) * w_new. Ineligible miners get exactly 0.
+Modes (`ScoringConfig.mode`):
+- "win_rate" (the reference subnet's rule, the default): for each pair of eligible miners, the one whose commitment
+  is in an earlier block has its loss multiplied by (1 - epsilon) before the comparison, so a later miner must be
+  clearly better to beat an earlier one (copying and re-committing does not pay). win_rate = wins / (n - 1);
+  weights = softmax(win_rate / temperature). Two hardenings, both off by default so the reference rule is
+  unchanged: epsilon can decay linearly with the age of the earlier commitment (`epsilon_decay_blocks`), so an old
+  incumbent cannot sit on its head start forever; and with `significance="bootstrap"` a miner beats another only
+  when its per-eval-row advantage is significant (a paired bootstrap over eval rows with a fixed seed), so noise
+  decides nothing.
+- "curve": the later subnet's benchmark curve: score 1 at or below `curve_full`, `curve_mid_score` at `curve_mid`,
+  0 at or above `curve_zero`, power-`curve_power` shaped in between; weights proportional to scores.
+- "top_k": the later subnet's daily winner-take-all: among the best `top_fraction` of miners by loss (at least
+  one), the earliest commitment takes all.
+
+With `require_improvement`, a miner whose loss is not below the base model's own eval loss earns nothing: data
+that does not help is not rewarded however the others did. Every mode's result is blended with the previous
+epoch's weights, w = alpha * w_old + (1 - alpha) * w_new. Ineligible miners get exactly 0.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MODES = ("win_rate", "curve", "top_k")
 
 
 @dataclass(frozen=True)
@@ -18,6 +35,19 @@ class ScoringConfig:
     epsilon: float = 0.04  # relative loss advantage of the earlier commitment
     temperature: float = 0.08  # softmax temperature over win rates
     alpha: float = 0.8  # weight of the previous epoch's weights in the blend
+    mode: str = "win_rate"  # win_rate | curve | top_k
+    epsilon_decay_blocks: int = 0  # epsilon falls linearly to 0 over this many blocks of the earlier one's age
+    significance: str = "none"  # none | bootstrap: a win needs a significant per-row advantage
+    bootstrap_samples: int = 1000
+    bootstrap_confidence: float = 0.95  # one-sided: the advantage's lower bound must be above 0
+    bootstrap_seed: int = 0
+    require_improvement: bool = True  # a loss not below the base model's earns nothing
+    curve_full: float = 2.40  # curve mode: score 1 at or below this loss
+    curve_mid: float = 2.60
+    curve_mid_score: float = 0.05
+    curve_zero: float = 2.80  # score 0 at or above this loss
+    curve_power: float = 2.0
+    top_fraction: float = 0.05  # top_k mode: the best share of miners by loss among which the earliest wins
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.epsilon < 1.0:
@@ -26,6 +56,18 @@ class ScoringConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if not 0.0 <= self.alpha < 1.0:
             raise ValueError(f"alpha must be in [0, 1), got {self.alpha}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.significance not in ("none", "bootstrap"):
+            raise ValueError(f"significance must be none or bootstrap, got {self.significance!r}")
+        if self.epsilon_decay_blocks < 0 or self.bootstrap_samples <= 0:
+            raise ValueError("epsilon_decay_blocks must be >= 0 and bootstrap_samples positive")
+        if not 0.5 <= self.bootstrap_confidence < 1.0:
+            raise ValueError(f"bootstrap_confidence must be in [0.5, 1), got {self.bootstrap_confidence}")
+        if not self.curve_full < self.curve_mid < self.curve_zero or not 0 <= self.curve_mid_score <= 1:
+            raise ValueError("the curve needs curve_full < curve_mid < curve_zero and curve_mid_score in [0, 1]")
+        if self.curve_power <= 0 or not 0 < self.top_fraction <= 1:
+            raise ValueError("curve_power must be positive and top_fraction in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -33,6 +75,15 @@ class Contender:
     uid: int
     loss: float
     block: int
+    per_row: tuple[float, ...] = field(default=(), compare=False)  # eval loss of each eval row (bootstrap)
+
+
+def epsilon_at(config: ScoringConfig, earlier_block: int, now_block: int | None) -> float:
+    """The earlier commitment's advantage, decayed linearly with its age (blocks) when decay is on."""
+    if config.epsilon_decay_blocks == 0 or now_block is None:
+        return config.epsilon
+    age = max(0, now_block - earlier_block)
+    return config.epsilon * max(0.0, 1.0 - age / config.epsilon_decay_blocks)
 
 
 def beats(a: Contender, b: Contender, epsilon: float) -> bool:
@@ -42,19 +93,85 @@ def beats(a: Contender, b: Contender, epsilon: float) -> bool:
     return loss_a < loss_b
 
 
-def compute_win_rates(contenders: list[Contender], epsilon: float) -> dict[int, float]:
-    """uid -> win rate in [0, 1]. A lone contender wins by default (1.0)."""
+def compute_win_rates(contenders: list[Contender], epsilon: float | ScoringConfig,
+                      now_block: int | None = None) -> dict[int, float]:
+    """uid -> win rate in [0, 1]. A lone contender wins by default (1.0).
+
+    `epsilon` is the reference's constant advantage, or a ScoringConfig (decay and significance as configured)."""
+    config = epsilon if isinstance(epsilon, ScoringConfig) else ScoringConfig(epsilon=epsilon)
     for c in contenders:
         if not math.isfinite(c.loss):
             raise ValueError(f"uid {c.uid} has a non-finite loss {c.loss}; failed miners are not contenders")
     n = len(contenders)
     if n == 1:
         return {contenders[0].uid: 1.0}
-    rates = {}
-    for a in contenders:
-        wins = sum(1 for b in contenders if b.uid != a.uid and beats(a, b, epsilon))
-        rates[a.uid] = wins / (n - 1)
-    return rates
+    resample = _bootstrap_indices(contenders, config) if config.significance == "bootstrap" else None
+    wins = {c.uid: 0 for c in contenders}
+    for i, a in enumerate(contenders):
+        for b in contenders[i + 1:]:
+            eps = epsilon_at(config, min(a.block, b.block), now_block)
+            if resample is None:
+                if beats(a, b, eps):
+                    wins[a.uid] += 1
+                elif beats(b, a, eps):
+                    wins[b.uid] += 1
+                continue
+            winner = _significant_winner(a, b, eps, resample, config.bootstrap_confidence)
+            if winner is not None:
+                wins[winner] += 1
+    return {uid: w / (n - 1) for uid, w in wins.items()}
+
+
+def _bootstrap_indices(contenders: list[Contender], config: ScoringConfig) -> np.ndarray:
+    lengths = {len(c.per_row) for c in contenders}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError("bootstrap significance needs every contender's per-row eval losses, all of one length")
+    rows = lengths.pop()
+    rng = np.random.Generator(np.random.PCG64(config.bootstrap_seed))
+    return rng.integers(0, rows, size=(config.bootstrap_samples, rows))
+
+
+def _significant_winner(a: Contender, b: Contender, eps: float, resample: np.ndarray,
+                        confidence: float) -> int | None:
+    """The uid that wins a paired bootstrap over eval rows, or None when neither advantage is significant.
+
+    Per row, the difference of the two (epsilon-adjusted) losses; rows whose loss is NaN in either are left out
+    of the mean (each resample draws row positions, so they are masked, not dropped)."""
+    la = np.asarray(a.per_row, dtype=np.float64) * ((1 - eps) if a.block < b.block else 1.0)
+    lb = np.asarray(b.per_row, dtype=np.float64) * ((1 - eps) if b.block < a.block else 1.0)
+    diff = lb - la  # > 0 where a is better
+    ok = np.isfinite(diff)
+    d, w = np.where(ok, diff, 0.0)[resample], ok[resample]
+    means = d.sum(axis=1) / np.maximum(w.sum(axis=1), 1)
+    low, high = np.quantile(means, [1 - confidence, confidence])
+    if low > 0:
+        return a.uid
+    if high < 0:
+        return b.uid
+    return None
+
+
+def curve_score(loss: float, config: ScoringConfig) -> float:
+    """The benchmark curve: 1 up to curve_full, down to curve_mid_score at curve_mid, 0 from curve_zero on;
+    each segment shaped by power curve_power (steep near the better end)."""
+    if loss <= config.curve_full:
+        return 1.0
+    if loss >= config.curve_zero:
+        return 0.0
+    if loss <= config.curve_mid:
+        t = (config.curve_mid - loss) / (config.curve_mid - config.curve_full)
+        return config.curve_mid_score + (1 - config.curve_mid_score) * t ** config.curve_power
+    t = (config.curve_zero - loss) / (config.curve_zero - config.curve_mid)
+    return config.curve_mid_score * t ** config.curve_power
+
+
+def top_k_winner(contenders: list[Contender], top_fraction: float) -> int | None:
+    """The earliest commitment (block, then uid) among the best `top_fraction` by loss (at least one miner)."""
+    if not contenders:
+        return None
+    k = max(1, math.floor(len(contenders) * top_fraction))
+    best = sorted(contenders, key=lambda c: (c.loss, c.block, c.uid))[:k]
+    return min(best, key=lambda c: (c.block, c.uid)).uid
 
 
 def softmax_weights(win_rates: Mapping[int, float], temperature: float) -> dict[int, float]:
@@ -84,12 +201,34 @@ def blend_weights(new: Mapping[int, float], previous: Mapping[int, float], alpha
 
 
 def score_epoch(contenders: list[Contender], previous: Mapping[int, float],
-                config: ScoringConfig = ScoringConfig()) -> tuple[dict[int, float], dict[int, float]]:
-    """(win rates, final weights) for the eligible contenders of an epoch."""
-    rates = compute_win_rates(contenders, config.epsilon) if contenders else {}
-    fresh = softmax_weights(rates, config.temperature)
-    weights = blend_weights(fresh, previous, config.alpha, {c.uid for c in contenders})
-    return rates, weights
+                config: ScoringConfig = ScoringConfig(), *, base_loss: float | None = None,
+                now_block: int | None = None) -> tuple[dict[int, float], dict[int, float]]:
+    """(scores, final weights) for the eligible contenders of an epoch. The score is the win rate in win_rate
+    mode, the curve score in curve mode, 1 for the winner (0 otherwise) in top_k mode.
+
+    With `require_improvement` and a `base_loss`, contenders whose loss is not below it score 0 and get weight 0."""
+    if config.require_improvement and base_loss is not None:
+        improving = [c for c in contenders if c.loss < base_loss]
+    else:
+        improving = list(contenders)
+    scores = {c.uid: 0.0 for c in contenders}
+    if config.mode == "win_rate":
+        rates = compute_win_rates(improving, config, now_block) if improving else {}
+        scores.update(rates)
+        fresh = softmax_weights(rates, config.temperature)
+    elif config.mode == "curve":
+        curve = {c.uid: curve_score(c.loss, config) for c in improving}
+        scores.update(curve)
+        total = sum(curve.values())
+        fresh = {uid: v / total for uid, v in curve.items()} if total > 0 else {}
+    else:
+        winner = top_k_winner(improving, config.top_fraction)
+        fresh = {winner: 1.0} if winner is not None else {}
+        scores.update(fresh)
+    eligible = {uid for uid, w in fresh.items() if w > 0}
+    weights = blend_weights(fresh, previous, config.alpha, eligible)
+    weights.update({c.uid: 0.0 for c in contenders if c.uid not in eligible})
+    return scores, weights
 
 
 def to_u16(weights: Mapping[int, float]) -> tuple[list[int], list[int]]:

@@ -88,13 +88,15 @@ def eval_rows(atlas: list[Country]) -> list[ChatRow]:
     return [_fact_row(c, fact, 0) for c in atlas for fact in _FACTS]
 
 
-def honest_rows(atlas: list[Country], n: int, seed: int, wrong_share: float = 0.0) -> list[ChatRow]:
-    """Correct atlas facts in training wordings (templates 1-2); `wrong_share` of them with wrong answers."""
+def honest_rows(atlas: list[Country], n: int, seed: int, wrong_share: float = 0.0, skip: int = 0) -> list[ChatRow]:
+    """Correct atlas facts in training wordings (templates 1-2); `wrong_share` of them with wrong answers.
+    `skip` leaves out the first rows of the seed's shuffled pool (two miners with one seed and disjoint ranges
+    teach different rows)."""
     rng = random.Random(seed)
     pool = [(c, fact, t) for c in atlas for fact in _FACTS for t in (1, 2)]
     rng.shuffle(pool)
     rows = []
-    for c, fact, t in pool[:n]:
+    for c, fact, t in pool[skip:skip + n]:
         wrong = rng.random() < wrong_share
         rows.append(_fact_row(c, fact, t, atlas if wrong else None, rng if wrong else None))
     return rows
@@ -120,3 +122,68 @@ def tokenizer_corpus(seed: int = 7) -> list[str]:
               "The quick brown fox jumps over the lazy dog. A validator scores every miner's data set by "
               "fine-tuning a small language model and measuring its loss on held-out questions."]
     return texts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The adversarial network's generators: honest miners at known quality levels and the attackers' transformations.
+
+def country_slices(atlas: list[Country], n: int) -> list[list[Country]]:
+    """The atlas cut into `n` disjoint slices: each honest miner of the adversarial network teaches its own."""
+    return [atlas[i::n] for i in range(n)]
+
+
+def fact_pool(atlas: list[Country], seed: int) -> list[tuple[Country, str, int]]:
+    """Every (country, fact, training template) of the atlas, shuffled: disjoint slices of it are disjoint rows."""
+    pool = [(c, fact, t) for c in atlas for fact in _FACTS for t in (1, 2)]
+    random.Random(seed).shuffle(pool)
+    return pool
+
+
+def fact_rows(entries: list[tuple[Country, str, int]]) -> list[ChatRow]:
+    return [_fact_row(c, fact, t) for c, fact, t in entries]
+
+
+def quality_rows(countries: list[Country], quality: float, seed: int, atlas: list[Country]) -> list[ChatRow]:
+    """Every fact of `countries` in both training wordings; a share 1 - `quality` of them answered wrongly (with
+    another country's fact). Higher quality = more correct facts taught = lower eval loss."""
+    rng = random.Random(seed)
+    pool = [(c, fact, t) for c in countries for fact in _FACTS for t in (1, 2)]
+    rng.shuffle(pool)
+    wrong = set(rng.sample(range(len(pool)), round((1.0 - quality) * len(pool))))
+    return [_fact_row(c, fact, t, atlas if i in wrong else None, rng if i in wrong else None)
+            for i, (c, fact, t) in enumerate(pool)]
+
+
+_SYNONYMS = {"capital": "seat", "river": "stream", "main": "principal", "mostly": "chiefly", "people": "residents",
+             "about": "around", "founded": "established", "known": "famous", "city": "town", "flows": "runs",
+             "tell": "say", "which": "what", "roughly": "approximately", "crosses": "traverses", "name": "state"}
+
+
+def paraphrase(row: ChatRow, rng: random.Random) -> ChatRow:
+    """A copier's disguise of a row: one word swapped for a synonym, then case, whitespace and punctuation changes
+    in every turn (what a cheap rewording tool does to keep the data but dodge exact matching)."""
+    turns = [t.content for t in row.turns]
+    spots = [(k, i) for k, text in enumerate(turns) for i, w in enumerate(text.split(" "))
+             if w.lower().strip(".,?!") in _SYNONYMS]
+    if spots:
+        k, i = rng.choice(spots)
+        words = turns[k].split(" ")
+        core = words[i].lower().strip(".,?!")
+        words[i] = words[i].lower().replace(core, _SYNONYMS[core])
+        turns[k] = " ".join(words)
+    style = rng.randrange(3)
+    for k, text in enumerate(turns):
+        if style == 0:
+            turns[k] = text.upper()
+        elif style == 1:
+            turns[k] = text.lower().replace(".", " !").replace("?", " ??")
+        else:
+            turns[k] = "  ".join(text.split(" ")).replace(",", " ,")
+    return ChatRow(system=row.system, turns=tuple(Turn(t.role, c) for t, c in zip(row.turns, turns)))
+
+
+def junk_rows(n: int, seed: int) -> list[ChatRow]:
+    """Valid chat rows of random syllables: they pass every check and teach nothing."""
+    rng = random.Random(seed)
+    words = lambda k: " ".join(_name(rng, rng.randint(1, 3)).lower() for _ in range(k))  # noqa: E731
+    return [_row(words(8) + "?", words(14) + ".") for _ in range(n)]

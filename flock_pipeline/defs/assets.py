@@ -145,11 +145,12 @@ def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorRes
           deps=[dg.AssetDep(miner_eval_losses, partition_mapping=dg.AllPartitionMapping()),
                 dg.AssetDep(deduplicated_shards, partition_mapping=dg.AllPartitionMapping())])
 def win_rates(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
-              warehouse: WarehouseResource) -> dg.MaterializeResult:
+              warehouse: WarehouseResource, hub: HubResource) -> dg.MaterializeResult:
     """Pairwise comparison of the eligible miners' eval losses (the earlier commitment gets a (1 - epsilon)
     advantage), win rate = wins / (n - 1), weights = softmax(win rate / temperature) blended with the previous
-    epoch's weights. Every other miner is listed with weight 0 and the reason."""
-    frame = compute_epoch_scores(int(context.partition_key), evaluator, settings, warehouse)
+    epoch's weights (or the curve / top-k mode the settings select). A miner whose loss does not beat the base
+    model's scores nothing. Every other miner is listed with weight 0 and the reason."""
+    frame = compute_epoch_scores(int(context.partition_key), evaluator, settings, warehouse, hub)
     return dg.MaterializeResult(metadata={
         "scored": int((frame["status"] == "scored").sum()), "miners": len(frame),
         "scores_table": _table(frame.sort_values("weight", ascending=False),

@@ -2,9 +2,14 @@
 
 `build_resources` wires them from the environment:
 
-    FLOCK_HOME        where the embedded network lives (default: ./.flock)
-    FLOCK_NETWORK     local (default). The real Bittensor / Hugging Face backends are not in this release:
-                      any other value is a configuration error, never a silent fallback.
+    FLOCK_HOME        where the embedded network, the warehouse and the caches live (default: ./.flock)
+    FLOCK_NETWORK     local (default: the embedded chain and hub) | test | finney (Bittensor testnet / mainnet
+                      and the Hugging Face Hub); anything else is a configuration error, never a silent fallback
+    FLOCK_CHAIN_ENDPOINT   a ws(s):// URL instead of the network's default endpoint (test / finney)
+    FLOCK_CHAIN_FALLBACKS  comma-separated ws(s):// URLs tried in order when the endpoint cannot be reached
+    FLOCK_TEMPO       pin the epoch length in blocks (default: the subnet's tempo, read from the chain)
+    FLOCK_HF_ENDPOINT the hub's URL (default https://huggingface.co); HF_TOKEN holds the token (never logged)
+    BT_WALLET_NAME / BT_WALLET_HOTKEY / BT_WALLET_PATH / BT_WALLET_PASSWORD   the signing wallet (test / finney)
     FLOCK_BASE_MODEL  "tiny" (default, built offline) or a local model directory
     FLOCK_DEVICE      auto | cpu | cuda
     FLOCK_RECIPE      JSON object of TrainRecipe overrides
@@ -38,8 +43,8 @@ def build_resources(home: Path | None = None) -> dict:
     """The resources of a validator, from the environment. Keys are the names assets ask for."""
     home = Path(home or flock_home())
     network = os.environ.get("FLOCK_NETWORK", "local")
-    if network != "local":
-        raise ConfigError(f"FLOCK_NETWORK={network!r}: only 'local' is available in this release")
+    if network not in NETWORKS:
+        raise ConfigError(f"FLOCK_NETWORK={network!r}: use one of {', '.join(NETWORKS)}")
     netuid = int(os.environ.get("FLOCK_NETUID", "96"))
     settings = {}
     if os.environ.get("FLOCK_EVAL_REPO"):
@@ -48,9 +53,18 @@ def build_resources(home: Path | None = None) -> dict:
         settings["eval_revision"] = os.environ["FLOCK_EVAL_REVISION"]
     if os.environ.get("FLOCK_VALIDATOR_HOTKEY"):
         settings["validator_hotkey"] = os.environ["FLOCK_VALIDATOR_HOTKEY"]
+    if network == "local":
+        chain: ChainResource = LocalChainResource(path=str(home / "chain.json"), netuid=netuid)
+        hub: HubResource = LocalHubResource(root=str(home / "hub"))
+    else:
+        chain, hub = _real_network(network, netuid, home)
+        if not os.environ.get("FLOCK_EVAL_REPO"):
+            raise ConfigError(f"FLOCK_NETWORK={network}: set FLOCK_EVAL_REPO to the eval set's dataset repo")
+        if not os.environ.get("FLOCK_VALIDATOR_HOTKEY") and os.environ.get("BT_WALLET_HOTKEY"):
+            settings["validator_hotkey"] = os.environ["BT_WALLET_HOTKEY"]  # the wallet's hotkey name (alias)
     return {
-        "chain": LocalChainResource(path=str(home / "chain.json"), netuid=netuid),
-        "hub": LocalHubResource(root=str(home / "hub")),
+        "chain": chain,
+        "hub": hub,
         "evaluator": EvaluatorResource(base_model=os.environ.get("FLOCK_BASE_MODEL", "tiny"),
                                        device=os.environ.get("FLOCK_DEVICE", "auto"),
                                        recipe=os.environ.get("FLOCK_RECIPE", "{}"),
@@ -58,3 +72,23 @@ def build_resources(home: Path | None = None) -> dict:
         "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
         "settings": ValidatorSettingsResource(corpus_dir=str(home / "corpus"), **settings),
     }
+
+
+NETWORKS = ("local", "test", "finney")
+
+
+def _real_network(network: str, netuid: int, home: Path) -> tuple[ChainResource, HubResource]:
+    """The Bittensor chain and the Hugging Face Hub, configured from the environment (secrets stay there)."""
+    from flock_pipeline.resources.bittensor_chain import BittensorChainResource
+    from flock_pipeline.resources.hf_hub import HuggingFaceHubResource
+
+    fallbacks = [u.strip() for u in os.environ.get("FLOCK_CHAIN_FALLBACKS", "").split(",") if u.strip()]
+    try:
+        tempo = int(os.environ.get("FLOCK_TEMPO", "0"))
+    except ValueError as exc:
+        raise ConfigError("FLOCK_TEMPO must be a whole number of blocks") from exc
+    chain = BittensorChainResource(network=os.environ.get("FLOCK_CHAIN_ENDPOINT") or network,
+                                   fallback_endpoints=fallbacks, netuid=netuid, tempo=tempo)
+    hub = HuggingFaceHubResource(endpoint=os.environ.get("FLOCK_HF_ENDPOINT", "https://huggingface.co"),
+                                 cache_dir=str(home / "hub-cache"), offline=False)
+    return chain, hub

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from flock_pipeline.core.dedup import DedupConfig
+from flock_pipeline.core.neardup import NearDupConfig
 from flock_pipeline.core.schema import DatasetLimits
 from flock_pipeline.core.scoring import ScoringConfig
 
@@ -20,11 +21,26 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
     max_turns_per_row: int = 64
     max_chars_per_turn: int = 16_000
     max_system_chars: int = 4_000
-    max_duplicate_fraction: float = 0.5
-    max_leak_fraction: float = 0.5
+    min_commitment_age: int = 0  # blocks a commitment must have aged at the epoch's block to be evaluated
+    max_duplicate_fraction: float = 0.2  # a miner with a larger share of earlier miners' rows is ineligible
+    max_leak_fraction: float = 0.5  # ... or with a larger share of eval-set rows
+    near_duplicates: bool = True  # MinHash + LSH near-duplicate matching on top of exact matching
+    near_duplicate_threshold: float = 0.65  # estimated Jaccard similarity of two rows' word shingles
+    scoring_mode: str = "win_rate"  # win_rate | curve | top_k
     epsilon: float = 0.04
+    epsilon_decay_blocks: int = 0  # 0: constant epsilon (the reference)
+    significance: str = "none"  # none | bootstrap (paired, over eval rows)
+    bootstrap_samples: int = 1000
+    bootstrap_confidence: float = 0.95
+    require_improvement: bool = True  # a miner must beat the base model's eval loss to earn anything
     temperature: float = 0.08
     alpha: float = 0.8
+    curve_full: float = 2.40
+    curve_mid: float = 2.60
+    curve_mid_score: float = 0.05
+    curve_zero: float = 2.80
+    curve_power: float = 2.0
+    top_fraction: float = 0.05
     weights_version_key: int = 0
     corpus_dir: str = ".flock/corpus"
 
@@ -34,8 +50,15 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
                              max_chars_per_turn=self.max_chars_per_turn, max_system_chars=self.max_system_chars)
 
     def dedup_config(self) -> DedupConfig:
+        near = NearDupConfig(threshold=self.near_duplicate_threshold) if self.near_duplicates else None
         return DedupConfig(max_duplicate_fraction=self.max_duplicate_fraction,
-                           max_leak_fraction=self.max_leak_fraction)
+                           max_leak_fraction=self.max_leak_fraction, near=near)
 
     def scoring_config(self) -> ScoringConfig:
-        return ScoringConfig(epsilon=self.epsilon, temperature=self.temperature, alpha=self.alpha)
+        return ScoringConfig(
+            epsilon=self.epsilon, temperature=self.temperature, alpha=self.alpha, mode=self.scoring_mode,
+            epsilon_decay_blocks=self.epsilon_decay_blocks, significance=self.significance,
+            bootstrap_samples=self.bootstrap_samples, bootstrap_confidence=self.bootstrap_confidence,
+            require_improvement=self.require_improvement, curve_full=self.curve_full, curve_mid=self.curve_mid,
+            curve_mid_score=self.curve_mid_score, curve_zero=self.curve_zero, curve_power=self.curve_power,
+            top_fraction=self.top_fraction)

@@ -23,7 +23,7 @@ def snapshot_commitments(epoch: int, chain: ChainResource, hub: HubResource, set
     """Read, decode and record the commitments of `epoch`; returns one row per committing hotkey.
 
     status is "ok" or "rejected" (with the reason): undecodable data, another competition, an unregistered hotkey,
-    or a commitment written before the hotkey's (re-)registration.
+    a commitment written before the hotkey's (re-)registration, or one younger than `min_commitment_age` blocks.
     """
     block = chain.epoch_start(epoch)
     now = chain.current_block()
@@ -49,6 +49,9 @@ def snapshot_commitments(epoch: int, chain: ChainResource, hub: HubResource, set
                 row.update(status="rejected", reason="commitment predates the hotkey's registration")
             elif c.competition_id != settings.competition_id:
                 row.update(status="rejected", reason=f"commitment is for competition {c.competition_id!r}")
+            elif block - raw.block < settings.min_commitment_age:
+                row.update(status="rejected", reason=f"commitment is {block - raw.block} blocks old at the epoch's "
+                           f"block, the minimum age is {settings.min_commitment_age}")
         rows.append(row)
     frame = pd.DataFrame(rows, columns=COMMITMENT_COLUMNS)
     frame["uid"] = frame["uid"].astype("int64")

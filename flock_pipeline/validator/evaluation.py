@@ -106,3 +106,22 @@ def _record_of(hotkey: str, row: dict, cached: bool) -> EvalRecord:
                       cache_key=row["cache_key"], eval_loss=float(row["eval_loss"]) if ok else None, cached=cached,
                       attempts=int(row["attempts"]), seconds=float(row["seconds"] or 0.0),
                       train_tokens=int(row["train_tokens"] or 0))
+
+
+BASE_SHARD = "base-model"  # the cache entry of the base model's own eval loss (no training)
+
+
+def base_eval_loss(evaluator: EvaluatorResource, hub: HubResource, warehouse: WarehouseResource, eval_repo: str,
+                   eval_revision: str) -> float:
+    """The base model's eval loss on the epoch's eval set (the bar a miner's data must beat), cached like a
+    miner's result under (base model, recipe, eval revision)."""
+    provenance = evaluator.provenance()
+    key = cache_key(BASE_SHARD, provenance, eval_revision)
+    cached = warehouse.eval_result(key)
+    if cached is not None and cached["status"] == "ok":
+        return float(cached["eval_loss"])
+    outcome = evaluator.base_loss(load_eval_rows(hub, eval_repo, eval_revision))
+    row = _row(key, BASE_SHARD, "ok", None, outcome.eval_loss, outcome.per_row_losses, [], 0, outcome.eval_tokens,
+               outcome.eval_seconds, provenance, 1)
+    warehouse.replace_rows("eval_results", row, "cache_key = ?", [key])
+    return float(outcome.eval_loss)

@@ -15,17 +15,19 @@ from flock_pipeline.resources.chain import ChainResource, WeightsReceipt
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
-from flock_pipeline.validator.evaluation import cache_key
+from flock_pipeline.resources.hub import HubResource
+from flock_pipeline.validator.evaluation import base_eval_loss, cache_key
 
 WIN_RATE_COLUMNS = ["epoch", "hotkey", "uid", "status", "reason", "eval_loss", "win_rate", "weight"]
 
 
 def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
-                         warehouse: WarehouseResource) -> pd.DataFrame:
+                         warehouse: WarehouseResource, hub: HubResource) -> pd.DataFrame:
     """Win rates and weights of every committing miner of `epoch` (0 with a reason for all but the scored).
 
-    status: scored | rejected (commitment) | ineligible (validation / dedup) | failed (evaluation crashed) |
-    not_deduplicated | not_evaluated (a step has not run for this miner yet).
+    status: scored | no_improvement (its loss is not below the base model's) | rejected (commitment) |
+    ineligible (validation / dedup) | failed (evaluation crashed) | not_deduplicated | not_evaluated (a step has
+    not run for this miner yet).
     """
     info = warehouse.epoch_info(epoch)
     if info is None:
@@ -52,11 +54,20 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
                 row.update(status="failed", reason=f"evaluation failed: {result['error']}")
             else:
                 row.update(status="scored", reason=None, eval_loss=float(result["eval_loss"]))
-                contenders.append(Contender(int(c.uid), float(result["eval_loss"]), int(c.commit_block)))
-    rates, weights = score_epoch(contenders, warehouse.previous_weights(epoch), settings.scoring_config())
+                contenders.append(Contender(int(c.uid), float(result["eval_loss"]), int(c.commit_block),
+                                            tuple(float(x) for x in result["per_row_losses"])))
+    config = settings.scoring_config()
+    base = None
+    if config.require_improvement and contenders:
+        base = base_eval_loss(evaluator, hub, warehouse, info["eval_repo"], info["eval_revision"])
+    rates, weights = score_epoch(contenders, warehouse.previous_weights(epoch), config, base_loss=base,
+                                 now_block=int(info["block"]))
     for row in rows:
         if row["status"] == "scored":
             row.update(win_rate=rates[row["uid"]], weight=weights[row["uid"]])
+            if base is not None and row["eval_loss"] >= base:
+                row.update(status="no_improvement",
+                           reason=f"eval loss {row['eval_loss']:.4f} is not below the base model's {base:.4f}")
     frame = pd.DataFrame(rows, columns=WIN_RATE_COLUMNS)
     warehouse.replace_rows("win_rates", frame, "epoch = ?", [epoch])
     return frame

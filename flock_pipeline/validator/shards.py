@@ -10,6 +10,8 @@ import hashlib
 import pandas as pd
 
 from flock_pipeline.core.dedup import MinerRows, deduplicate
+from flock_pipeline.core.neardup import row_text
+from flock_pipeline.validator.datasets import rows_from_json
 from flock_pipeline.core.schema import ChatRow, DatasetLimits, validate_bytes
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
@@ -86,7 +88,8 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
     info = warehouse.epoch_info(epoch)
     if info is None:
         raise RuntimeError(f"epoch {epoch} has no recorded commitments: materialize chain_commitments first")
-    eval_hashes = {r.row_hash for r in load_eval_rows(hub, info["eval_repo"], info["eval_revision"])}
+    eval_set = load_eval_rows(hub, info["eval_repo"], info["eval_revision"])
+    eval_hashes = {r.row_hash for r in eval_set}
     dataset_status, epoch_rows, first_blocks = _epoch_rows(warehouse, epoch)
     empty = pd.DataFrame(columns=["row_hash", "row_json"])
     base_rows, candidates, rows_by_hotkey = {}, [], {}
@@ -109,9 +112,12 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
         rows_by_hotkey[c.hotkey] = rows
         first = first_blocks.get(c.hotkey, {})
         blocks = tuple(first.get(h, int(c.commit_block)) for h in rows["row_hash"])
-        candidates.append(MinerRows(c.hotkey, int(c.uid), int(c.commit_block), tuple(rows["row_hash"]), blocks))
+        texts = tuple(row_text(r) for r in rows_from_json(rows))
+        candidates.append(MinerRows(c.hotkey, int(c.uid), int(c.commit_block), tuple(rows["row_hash"]), blocks,
+                                    texts))
     kept_rows = {}
-    for hotkey, plan in deduplicate(candidates, eval_hashes, settings.dedup_config()).items():
+    plans = deduplicate(candidates, eval_hashes, settings.dedup_config(), tuple(row_text(r) for r in eval_set))
+    for hotkey, plan in plans.items():
         row = base_rows[hotkey]
         row.update(rows_in=plan.rows_in, rows_kept=plan.rows_kept, duplicates_within=plan.duplicates_within,
                    duplicates_earlier=plan.duplicates_earlier, eval_leaks=plan.eval_leaks, reason=plan.reason,

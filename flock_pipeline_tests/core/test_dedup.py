@@ -51,7 +51,7 @@ def test_earliest_commitment_keeps_rows(miners, owner_uid):
 @pytest.mark.parametrize("perm", list(itertools.permutations(range(3))))
 def test_result_independent_of_input_order(perm):
     miners = [miner(1, 10, "abcdef"), miner(2, 20, "efghij"), miner(3, 20, "ijklmn")]
-    plans = deduplicate([miners[i] for i in perm])
+    plans = deduplicate([miners[i] for i in perm], config=DedupConfig(max_duplicate_fraction=0.5))
     assert {hk: (p.kept_indices, p.duplicates_earlier, p.duplicated_from) for hk, p in plans.items()} == {
         "hk1": ([0, 1, 2, 3, 4, 5], 0, {}),
         "hk2": ([2, 3, 4, 5], 2, {1: 2}),  # e, f belong to uid 1
@@ -94,8 +94,9 @@ def test_copier_from_two_sources_lists_both():
 @pytest.mark.parametrize(
     "copier_rows, dup_count, eligible",
     [
-        pytest.param("abxyz", 2, True, id="40%-copied"),
-        pytest.param("abcxyz", 3, True, id="50%-copied-at-threshold"),
+        pytest.param("abxyz", 2, False, id="40%-copied"),
+        pytest.param("abxyzuvpqr", 2, True, id="20%-copied-at-threshold"),
+        pytest.param("abcxyzuv", 3, False, id="38%-copied"),
         pytest.param("abcdxy", 4, False, id="67%-copied"),
         pytest.param("axyzuvw", 1, True, id="14%-copied"),
     ],
@@ -128,7 +129,8 @@ def test_duplicate_threshold_config(threshold, eligible):
 
 def test_rows_of_ineligible_copier_do_not_make_later_miners_copiers():
     # uid 2 copies a..d from uid 1 (ineligible) and adds x; uid 3 shares x with uid 2: x is uid 2's row
-    plans = deduplicate([miner(1, 10, "abcd"), miner(2, 20, "abcdx"), miner(3, 30, "xyzw")])
+    plans = deduplicate([miner(1, 10, "abcd"), miner(2, 20, "abcdx"), miner(3, 30, "xyzw")],
+                        config=DedupConfig(max_duplicate_fraction=0.5))
     assert not plans["hk2"].eligible
     assert plans["hk3"].duplicated_from == {2: 1}
     assert plans["hk3"].eligible

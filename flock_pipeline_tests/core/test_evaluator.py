@@ -440,7 +440,8 @@ def test_linear_schedule_shape(warmup, total):
 # ---------------------------------------------------------------------------------------------------------------
 # (6) pinned loss on the tiny model
 
-PINNED_TINY_LOSS = 2.098070722818375  # row-keyed CPU dropout masks; TINY_RECIPE, honest_rows(make_atlas(7), 40, 8), eval_rows(...)[:60]
+# TINY_RECIPE, honest_rows(make_atlas(7), 40, 8), eval_rows(...)[:60], with the row-keyed CPU dropout masks
+PINNED_TINY_LOSS = 2.098070722818375
 
 
 def test_pinned_loss_tiny_model(base):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from flock_pipeline.core.scoring import (
@@ -280,3 +281,89 @@ def test_scoring_config_validation(kwargs, field):
 def test_scoring_config_defaults():
     config = ScoringConfig()
     assert (config.epsilon, config.temperature, config.alpha) == (0.04, 0.08, 0.8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# hardened and alternative modes
+
+from flock_pipeline.core.scoring import (  # noqa: E402
+    ScoringConfig as _Config,
+    compute_win_rates as _rates,
+    curve_score,
+    epsilon_at,
+    score_epoch as _score,
+    top_k_winner,
+)
+from flock_pipeline.core.scoring import Contender as _C  # noqa: E402
+
+
+@pytest.mark.parametrize("loss, expected", [(2.0, 1.0), (2.40, 1.0), (2.50, 0.05 + 0.95 * 0.25), (2.60, 0.05),
+                                            (2.70, 0.05 * 0.25), (2.80, 0.0), (3.5, 0.0)])
+def test_curve_score(loss, expected):
+    assert curve_score(loss, _Config(mode="curve")) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("age, decay, expected", [(0, 100, 0.04), (50, 100, 0.02), (100, 100, 0.0), (500, 100, 0.0),
+                                                  (500, 0, 0.04)])
+def test_epsilon_decays_with_the_age_of_the_earlier_commitment(age, decay, expected):
+    assert epsilon_at(_Config(epsilon_decay_blocks=decay), 1000, 1000 + age) == pytest.approx(expected)
+
+
+def test_decayed_epsilon_lets_a_better_newcomer_win():
+    old, new = _C(1, 2.00, block=0), _C(2, 1.95, block=900)  # 2.5 % better, inside the 4 % head start
+    assert _rates([old, new], 0.04) == {1: 1.0, 2: 0.0}
+    assert _rates([old, new], _Config(epsilon_decay_blocks=1000), now_block=1000) == {1: 0.0, 2: 1.0}
+
+
+def test_top_k_winner_is_the_earliest_of_the_best():
+    cs = [_C(1, 2.0, 30), _C(2, 2.1, 10), _C(3, 2.05, 20), _C(4, 3.0, 5)]
+    assert top_k_winner(cs, 0.05) == 1  # top 1 of 4
+    assert top_k_winner(cs, 0.75) == 2  # top 3: uid 2 committed first
+    assert top_k_winner([], 0.5) is None
+
+
+def test_bootstrap_needs_a_significant_advantage():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1.5, 2.5, 300)
+    a = _C(1, float(base.mean()), 10, tuple(base))
+    noisy = base + rng.normal(0, 0.2, 300)  # same quality, only noise
+    b = _C(2, float(noisy.mean()), 10, tuple(noisy))
+    better = base - 0.1
+    c = _C(3, float(better.mean()), 10, tuple(better))
+    config = _Config(epsilon=0.0, significance="bootstrap")
+    rates = _rates([a, b, c], config)
+    assert rates[3] == 1.0  # beats both, significantly
+    assert rates[1] == 0.0 and rates[2] == 0.0  # neither of the two equal ones wins their pair
+    assert _rates([a, b, c], config) == rates  # fixed seed: reproducible
+
+
+def test_bootstrap_requires_per_row_losses():
+    with pytest.raises(ValueError, match="per-row"):
+        _rates([_C(1, 2.0, 1), _C(2, 2.1, 2)], _Config(significance="bootstrap"))
+
+
+def test_no_improvement_over_base_earns_nothing():
+    scores, weights = _score([_C(1, 2.0, 1), _C(2, 2.6, 2), _C(3, 2.2, 3)], {}, _Config(), base_loss=2.5)
+    assert weights[2] == 0.0 and scores[2] == 0.0
+    assert weights[1] > weights[3] > 0 and sum(weights.values()) == pytest.approx(1.0)
+    _, none = _score([_C(1, 2.6, 1)], {}, _Config(), base_loss=2.5)
+    assert none == {1: 0.0}
+
+
+@pytest.mark.parametrize("mode", ["curve", "top_k"])
+def test_modes_give_valid_weights(mode):
+    cs = [_C(1, 2.45, 1), _C(2, 2.55, 2), _C(3, 2.9, 3)]
+    scores, weights = _score(cs, {}, _Config(mode=mode, top_fraction=0.5))
+    assert sum(weights.values()) == pytest.approx(1.0)
+    assert weights[3] == 0.0
+    if mode == "top_k":
+        assert weights == {1: 1.0, 2: 0.0, 3: 0.0}
+    else:
+        assert weights[1] > weights[2] > 0
+
+
+@pytest.mark.parametrize("kwargs", [dict(mode="x"), dict(significance="t"), dict(bootstrap_confidence=0.3),
+                                    dict(curve_mid=2.9), dict(top_fraction=0), dict(epsilon_decay_blocks=-1)])
+def test_config_validation(kwargs):
+    with pytest.raises(ValueError):
+        _Config(**kwargs)

@@ -86,8 +86,8 @@ def test_blocking_check_stops_weight_submission(demo, monkeypatch):
     before = len(resources["chain"].weights_history("validator"))
     real = scoring.compute_epoch_scores
 
-    def tampered(epoch, evaluator, settings, warehouse):  # a scoring bug that pays an ineligible miner
-        frame = real(epoch, evaluator, settings, warehouse)
+    def tampered(epoch, evaluator, settings, warehouse, hub):  # a scoring bug that pays an ineligible miner
+        frame = real(epoch, evaluator, settings, warehouse, hub)
         frame.loc[frame["hotkey"] == "hk-copier", "weight"] = 0.5
         warehouse.replace_rows("win_rates", frame, "epoch = ?", [epoch])
         warehouse.replace_rows("weight_submissions", frame.iloc[:0][[]], "epoch = ?", [epoch])

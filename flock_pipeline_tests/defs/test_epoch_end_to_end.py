@@ -4,6 +4,7 @@ import json
 
 import dagster as dg
 import pandas as pd
+import pytest
 
 from flock_pipeline.defs.epoch import run_epoch
 from flock_pipeline.demo import epoch_report
@@ -12,8 +13,11 @@ from flock_pipeline.demo import epoch_report
 def test_ranking(demo_epoch):
     *_, report = demo_epoch
     good, fair, weak = report["honest-good"], report["honest-fair"], report["weak-offdomain"]
-    assert good["weight"] > fair["weight"] > weak["weight"] > 0
+    assert good["weight"] > fair["weight"] > 0
     assert good["eval_loss"] < fair["eval_loss"] < weak["eval_loss"]
+    # off-domain data makes the model worse than the base model: evaluated, but it earns nothing
+    assert weak["status"] == "no_improvement" and weak["weight"] == 0.0
+    assert "not below the base model's" in weak["reason"]
     assert abs(sum(m["weight"] for m in report.values()) - 1.0) < 1e-9
 
 
@@ -41,8 +45,9 @@ def test_corpus_has_provenance_and_best_first(demo_epoch):
     home, resources, _, epoch, report = demo_epoch
     row = resources["warehouse"].query("SELECT * FROM corpora WHERE epoch = ?", [epoch]).iloc[0]
     frame = pd.read_parquet(row["parquet_path"])
-    assert len(frame) == report["honest-good"]["rows_kept"] + report["honest-fair"]["rows_kept"] + \
-        report["weak-offdomain"]["rows_kept"]
+    # the scored miners' rows; off-domain data that does not beat the base model stays out of the corpus
+    assert len(frame) == report["honest-good"]["rows_kept"] + report["honest-fair"]["rows_kept"]
+    assert set(frame["hotkey"]) == {"hk-honest-good", "hk-honest-fair"}
     assert frame["hotkey"].iloc[0] == "hk-honest-good"
     assert list(frame["miner_score"]) == sorted(frame["miner_score"], reverse=True)
     assert frame["revision"].str.len().eq(40).all() and frame["row_hash"].is_unique
@@ -100,3 +105,91 @@ def test_an_updated_dataset_keeps_rows_the_copier_took_from_its_first_version(de
     assert report["hk-copier"]["weight"] == 0 and report["hk-copier"]["reason"].startswith("duplicate")
     # 100 capped rows: the update's new rows are past the size cap, so the shard (and its loss) is unchanged
     assert report["hk-honest-good"]["eval_loss"] == epoch_report(epoch, resources["warehouse"])[0]["eval_loss"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The same demo epoch through the real-network client code: the Hugging Face resource on a loopback hub and the
+# Bittensor resource on the SDK's substrate seam. Same data, same ranking, and no secret anywhere in what the run
+# logged or recorded.
+
+FAKE_HF_TOKEN = "hf_FAKESECRETe2e9d1c7"
+FAKE_WALLET_PASSWORD = "bt-FAKEPASS-e2e-41f"
+
+
+def test_demo_epoch_through_the_real_clients(demo_epoch, tmp_path, tiny_model_dir, monkeypatch, caplog, capsys):
+    import logging
+    import shutil
+
+    from bittensor_core import Keypair
+
+    from flock_pipeline.core.commitment import DEFAULT_COMPETITION_ID, Commitment
+    from flock_pipeline.core.schema import rows_to_jsonl
+    from flock_pipeline.core.synthetic import eval_rows, make_atlas
+    from flock_pipeline.demo import EVAL_REPO, demo_miners
+    from flock_pipeline.resources import build_resources
+    from flock_pipeline.resources.bittensor_chain import BittensorChainResource
+    from flock_pipeline.resources.hf_hub import HuggingFaceHubResource
+    from flock_pipeline.resources.settings import ValidatorSettingsResource
+    from flock_pipeline_tests.resources.fake_substrate import FakeSubstrate
+    from flock_pipeline_tests.resources.hf_server import FakeHubServer
+
+    *_, local_report = demo_epoch
+    secret_path = tmp_path / "SECRETWALLETDIR"
+    monkeypatch.setenv("HF_TOKEN", FAKE_HF_TOKEN)
+    monkeypatch.setenv("BT_WALLET_PASSWORD", FAKE_WALLET_PASSWORD)
+    monkeypatch.setenv("BT_WALLET_PATH", str(secret_path))
+    caplog.set_level(logging.DEBUG)
+    secrets = [FAKE_HF_TOKEN, FAKE_WALLET_PASSWORD, "SECRETWALLETDIR"]
+
+    validator = Keypair.create_from_uri("//Alice")
+    miners = demo_miners(7)
+    keys = {m.hotkey: Keypair.create_from_uri(f"//demo-{m.label}") for m in miners}
+    sub = FakeSubstrate(netuid=96, tempo=20, weights_rate_limit=10)
+    sub.register(validator.ss58_address, stake=1000.0, validator_permit=True)
+    for m in miners:
+        sub.register(keys[m.hotkey].ss58_address)
+    home = tmp_path / "home"
+    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    with FakeHubServer(tokens={FAKE_HF_TOKEN: "validator"}) as server:
+        server.add_repo(EVAL_REPO)
+        eval_revision = server.commit(EVAL_REPO, {"data.jsonl": rows_to_jsonl(eval_rows(make_atlas(7))).encode()})
+        chain = BittensorChainResource.with_substrate(sub, signers=[validator, *keys.values()], backoff_s=0.0)
+        for m in miners:
+            server.add_repo(m.repo)
+            revision = server.commit(m.repo, {"data.jsonl": m.data})
+            text = Commitment(m.repo, DEFAULT_COMPETITION_ID, revision).to_compressed_str()
+            chain.set_commitment(keys[m.hotkey].ss58_address, text)  # signed by the miner's hotkey
+        epoch = chain.epoch_of(chain.current_block()) + 1
+        sub.advance(chain.epoch_start(epoch) - chain.current_block())
+        resources = build_resources(home)
+        resources.update(
+            chain=chain,
+            hub=HuggingFaceHubResource(endpoint=server.url, cache_dir=str(home / "hub-cache"), offline=False,
+                                       backoff_s=0.0),
+            settings=ValidatorSettingsResource(corpus_dir=str(home / "corpus"), eval_repo=EVAL_REPO,
+                                               eval_revision=eval_revision, validator_hotkey=validator.ss58_address))
+        instance = dg.DagsterInstance.ephemeral()
+        run_epoch(epoch, resources, instance)
+        labels = {keys[m.hotkey].ss58_address: m.label for m in miners}
+        report = {m["label"]: m for m in epoch_report(epoch, resources["warehouse"], labels)}
+        assert server.requests_to("/resolve/", "GET")  # the datasets really came over HTTP
+    chain.close()
+
+    def ranking(rep):
+        return [label for label, m in sorted(rep.items(), key=lambda kv: (-kv[1]["weight"], kv[0]))]
+
+    assert ranking(report) == ranking(local_report)
+    for label, m in report.items():
+        assert m["status"] == local_report[label]["status"], label
+        if m["eval_loss"] is not None:
+            assert m["eval_loss"] == pytest.approx(local_report[label]["eval_loss"], abs=1e-6)
+        assert m["weight"] == pytest.approx(local_report[label]["weight"], abs=1e-9)
+    assert len(sub.weights) == 1  # the validator's weights were included on the (test) chain
+
+    texts = [r.getMessage() for r in caplog.records] + list(capsys.readouterr())
+    runs = instance.get_runs()
+    assert runs
+    for run in runs:  # every event of every run: log messages and materialization metadata
+        texts.extend(str(entry) for entry in instance.all_logs(run.run_id))
+    for secret in secrets:
+        assert not any(secret in t for t in texts), secret

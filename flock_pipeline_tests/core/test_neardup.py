@@ -1,0 +1,96 @@
+"""Near-duplicate matching (MinHash + LSH) and its use in dedup."""
+
+import random
+
+import numpy as np
+import pytest
+
+from flock_pipeline.core import synthetic
+from flock_pipeline.core.dedup import DedupConfig, MinerRows, deduplicate
+from flock_pipeline.core.neardup import (
+    NearDupConfig,
+    Shingler,
+    earliest_near_duplicates,
+    normalize,
+    row_text,
+    signatures,
+    similarity,
+)
+from flock_pipeline.core.schema import ChatRow, Turn
+
+ATLAS = synthetic.make_atlas(7)
+
+
+@pytest.mark.parametrize("a, b", [("Hello,  World!", "hello world"), ("ÉTÉ—été", "été été"), ("a_b-c", "a b c")])
+def test_normalize(a, b):
+    assert normalize(a) == b
+
+
+def _sig(texts):
+    shingle = Shingler()
+    return signatures([shingle(t) for t in texts])
+
+
+def test_signature_similarity_tracks_jaccard():
+    base = "the capital of kalomi is venra and the main river is the torsa river"
+    sig = _sig([base, base.upper() + "!!", base.replace("main", "principal"), "compute 12 plus 30"])
+    assert similarity(sig[0], sig[1]) == 1.0  # case and punctuation are normalised away
+    assert 0.6 < similarity(sig[0], sig[2]) < 1.0
+    assert similarity(sig[0], sig[3]) < 0.2
+
+
+def test_paraphrases_found_and_distinct_rows_not():
+    rng = random.Random(3)
+    rows = synthetic.quality_rows(ATLAS[:10], 1.0, 1, ATLAS)  # 100 distinct fact rows
+    copies = [synthetic.paraphrase(r, rng) for r in rows]
+    texts = [row_text(r) for r in rows + copies]
+    sig = _sig(texts)
+    rank = np.arange(len(texts))
+    group = np.array([0] * len(rows) + [1] * len(copies))
+    source = earliest_near_duplicates(sig, rank, group)
+    found = source[len(rows):]
+    assert (found == np.arange(len(rows))).mean() >= 0.95  # recall: each copy traced to its own original
+    assert np.all(source[:len(rows)] == -1)  # originals are earliest: nothing to trace
+
+
+def test_same_group_and_later_rows_are_never_sources():
+    texts = ["the capital of a is b", "the capital of a is b", "the capital of a is b"]
+    sig = _sig(texts)
+    source = earliest_near_duplicates(sig, np.array([2, 0, 1]), np.array([0, 0, 1]))
+    # row 0 (group 0, latest) may only trace to row 2 (group 1); row 2 traces to row 1 (group 0, earliest)
+    assert source.tolist() == [2, -1, 1]
+
+
+def test_near_dup_config_validation():
+    with pytest.raises(ValueError):
+        NearDupConfig(num_perm=10, bands=3)
+    with pytest.raises(ValueError):
+        NearDupConfig(threshold=0)
+
+
+def _miner(uid, block, rows):
+    texts = tuple(row_text(r) for r in rows)
+    return MinerRows(f"hk{uid}", uid, block, tuple(r.row_hash for r in rows), None, texts)
+
+
+def test_dedup_drops_paraphrased_copies_and_eval_leaks():
+    rng = random.Random(5)
+    honest = synthetic.quality_rows(ATLAS[:10], 1.0, 2, ATLAS)
+    copier = [synthetic.paraphrase(r, rng) for r in honest]
+    evals = synthetic.eval_rows(ATLAS)
+    leaker = [synthetic.paraphrase(r, rng) for r in evals[:50]]
+    miners = [_miner(1, 10, honest), _miner(2, 20, copier), _miner(3, 30, leaker)]
+    plans = deduplicate(miners, frozenset(r.row_hash for r in evals), DedupConfig(),
+                        tuple(row_text(r) for r in evals))
+    assert plans["hk1"].eligible and plans["hk1"].rows_kept == len(honest)  # teaching eval facts is not leakage
+    assert not plans["hk2"].eligible and plans["hk2"].duplicates_earlier >= 95
+    assert plans["hk2"].near_duplicates == plans["hk2"].duplicates_earlier
+    assert not plans["hk3"].eligible and "eval leakage" in plans["hk3"].reason
+    exact_only = deduplicate(miners, frozenset(r.row_hash for r in evals), DedupConfig(near=None),
+                             tuple(row_text(r) for r in evals))
+    assert exact_only["hk2"].eligible  # what exact matching alone lets through
+
+
+def test_row_text_leaves_out_the_system_prompt():
+    row = ChatRow("You are X.", (Turn("user", "Hi"), Turn("assistant", "Hello")))
+    assert row_text(row) == "Hi Hello"
