@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flock_pipeline.core.neardup import NearDupConfig, Shingler, earliest_near_duplicates, signatures
+from flock_pipeline.core.neardup import NearDupConfig, Shingles, earliest_near_duplicates, signatures
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,6 @@ def _near_sources(miners: list[MinerRows], eval_texts: tuple[str, ...],
     """hotkey -> {row index: uid of the earlier miner it nearly copies, or EVAL_SOURCE}."""
     if config is None or not miners or any(m.row_texts is None for m in miners):
         return {}
-    shingle = Shingler()
     texts, claims, groups, owners = [], [], [], []
     for text in eval_texts:
         texts.append(text)
@@ -156,8 +155,9 @@ def _near_sources(miners: list[MinerRows], eval_texts: tuple[str, ...],
     order = sorted(range(len(claims)), key=claims.__getitem__)
     rank = np.empty(len(claims), dtype=np.int64)
     rank[order] = np.arange(len(claims))
-    sig = signatures([shingle(t) for t in texts], config)
-    source = earliest_near_duplicates(sig, rank, np.asarray(groups, dtype=np.int64), config)
+    shingles = Shingles.of(texts)
+    sig = signatures(shingles, config)
+    source = earliest_near_duplicates(sig, rank, np.asarray(groups, dtype=np.int64), config, shingles)
     out: dict[str, dict[int, int]] = {}
     for i in np.nonzero(source >= 0)[0]:
         if owners[i] is None:

@@ -1,16 +1,22 @@
-"""Near-duplicate detection across every row of every miner (and the eval set), with MinHash + LSH in numpy.
+"""Near-duplicate detection across every row of every miner (and the eval set): MinHash + LSH in numpy, then an
+exact check.
 
 A row's text is the contents of its turns (the system prompt is left out: changing it is free), normalised: Unicode
 NFKC, lower case, everything but letters and digits turned into spaces. Its shingles are the set of its words and
-of its word pairs, so reordering turns or rows, case, whitespace and punctuation change nothing and rewording a
-few words changes a few shingles. Each word gets a stable 64-bit hash (blake2b, computed once per distinct word);
-pairs are mixed from their words' hashes in numpy.
+of its neighbouring word pairs, so reordering turns or rows, case, whitespace and punctuation change nothing and
+rewording a word changes a few shingles. Each distinct word gets a stable 64-bit hash (blake2b); pairs are mixed from
+their words' hashes in numpy, for all rows at once.
+
+Rows written from one template about different things (two countries' capitals) share most of their words but
+not their rare ones (the names and values), so a pair must also agree on its rare words: those in few rows of the
+epoch (`rare_rows`, `rare_fraction`). A copy keeps them; rewording changes common words.
 
 MinHash: `num_perm` multiply-shift hashes of every shingle, the minimum per row. LSH: the signature is cut into
-`bands` bands of `num_perm / bands` values; rows that agree on a whole band are candidates, and a candidate pair
-counts when the share of equal signature values (an estimate of the shingle sets' Jaccard similarity) reaches
-`threshold`. Within a band bucket each row is checked against the earliest-ranked row of another group in it, so a
-bucket of a thousand copies costs a thousand checks, not half a million.
+`bands` bands; rows that agree on a whole band are candidates. Within a band bucket each row is paired with the
+earliest-ranked row of another group in it (so a bucket of a thousand copies costs a thousand checks, not half a
+million). A candidate pair whose estimated similarity is clearly above `threshold` counts, one clearly below does
+not, and one in between is decided by the exact Jaccard similarity of the two shingle sets, so estimation noise does
+not turn two different rows in one template into "copies".
 """
 
 from __future__ import annotations
@@ -18,22 +24,29 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from flock_pipeline.core.schema import ChatRow
 
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+_PAIR_MIX = np.uint64(0x9E3779B97F4A7C15)
+_EMPTY = np.iinfo(np.uint32).max
 _MASK64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
 class NearDupConfig:
-    threshold: float = 0.65  # estimated Jaccard similarity of shingle sets at or above which two rows are copies
-    num_perm: int = 128  # MinHash values per row (the estimate's standard error is about 0.04 at 0.7)
-    bands: int = 32  # LSH bands (num_perm / bands values each): a pair at 0.65 is a candidate with p > 0.99
+    threshold: float = 0.65  # Jaccard similarity of two rows' shingle sets at or above which they are copies
+    num_perm: int = 64  # MinHash values per row
+    bands: int = 16  # LSH bands (num_perm / bands values each): a pair at 0.65 is a candidate with p > 0.95
+    exact_margin: float = 0.15  # estimates within this of the threshold are decided by the exact similarity
+    rare_agreement: float = 0.5  # a copy must also share this much (Jaccard) of the two rows' rare words
+    rare_rows: int = 50  # a word in at most max(rare_rows, rare_fraction * rows) rows is rare (names, values)
+    rare_fraction: float = 0.002
     seed: int = 1  # the hash family (fixed: the same rows always give the same signatures)
 
     def __post_init__(self) -> None:
@@ -41,6 +54,8 @@ class NearDupConfig:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.num_perm <= 0 or self.bands <= 0 or self.num_perm % self.bands:
             raise ValueError("num_perm must be a positive multiple of bands")
+        if not 0.0 <= self.exact_margin < 1.0:
+            raise ValueError(f"exact_margin must be in [0, 1), got {self.exact_margin}")
 
 
 def normalize(text: str) -> str:
@@ -51,37 +66,62 @@ def row_text(row: ChatRow) -> str:
     return " ".join(turn.content for turn in row.turns)
 
 
-class Shingler:
-    """Row text -> array of 64-bit shingle hashes (words and word pairs), with a per-word hash cache."""
-
-    def __init__(self) -> None:
-        self._words: dict[str, int] = {}
-
-    def _word(self, word: str) -> int:
-        h = self._words.get(word)
-        if h is None:
-            h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
-            self._words[word] = h
+class _WordHashes(dict):
+    def __missing__(self, word: str) -> int:
+        h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+        self[word] = h
         return h
 
-    def word_hashes(self, text: str) -> np.ndarray:
-        words = normalize(text).split()
-        return np.fromiter((self._word(w) for w in words), dtype=np.uint64, count=len(words))
 
-    def __call__(self, text: str) -> np.ndarray:
-        return shingles_of(self.word_hashes(text))
+@dataclass
+class Shingles:
+    """All rows' word hashes, flat, with row offsets (row i's words are words[offsets[i]:offsets[i + 1]])."""
 
+    words: np.ndarray  # uint64
+    offsets: np.ndarray  # int64, len = rows + 1
+    _counts: dict[int, int] | None = field(default=None, repr=False)  # word -> occurrences (rare_words)
 
-_PAIR_MIX = np.uint64(0x9E3779B97F4A7C15)
+    @classmethod
+    def of(cls, texts: Sequence[str]) -> Shingles:
+        table = _WordHashes()
+        flat = array("Q")
+        lengths = np.empty(len(texts), dtype=np.int64)
+        for i, text in enumerate(texts):
+            words = normalize(text).split()
+            lengths[i] = len(words)
+            flat.extend(map(table.__getitem__, words))
+        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return cls(np.frombuffer(flat, dtype=np.uint64) if len(flat) else np.zeros(0, np.uint64), offsets)
 
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
 
-def shingles_of(words: np.ndarray) -> np.ndarray:
-    """The distinct shingles of a word-hash sequence: the words and the ordered pairs of neighbours."""
-    if len(words) == 0:
-        return words
-    with np.errstate(over="ignore"):
-        pairs = (words[:-1] * _PAIR_MIX) ^ np.roll(words, -1)[:-1]
-    return np.unique(np.concatenate([words, pairs]))
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(pair hash at each word position but the last, whether that position starts a pair inside its row)."""
+        w = self.words
+        if len(w) < 2:
+            return np.zeros(0, np.uint64), np.zeros(0, bool)
+        with np.errstate(over="ignore"):
+            pairs = (w[:-1] * _PAIR_MIX) ^ w[1:]
+        valid = np.ones(len(w) - 1, dtype=bool)
+        ends = self.offsets[1:-1] - 1  # the last word of each row but the last row pairs with nothing
+        valid[ends[(ends >= 0) & (ends < len(valid))]] = False
+        return pairs, valid
+
+    def rare_words(self, i: int, config: NearDupConfig) -> set[int]:
+        """The row's words that are rare in the whole collection (counted by occurrence)."""
+        if self._counts is None:
+            uniq, counts = np.unique(self.words, return_counts=True)
+            self._counts = dict(zip(uniq.tolist(), counts.tolist()))
+        limit = max(config.rare_rows, config.rare_fraction * len(self))
+        counts = self._counts
+        return {x for x in self.words[self.offsets[i]:self.offsets[i + 1]].tolist() if counts[x] <= limit}
+
+    def row_set(self, i: int) -> set[int]:
+        w = self.words[self.offsets[i]:self.offsets[i + 1]].tolist()
+        mix = int(_PAIR_MIX)
+        return set(w).union(((x * mix) & _MASK64) ^ y for x, y in zip(w, w[1:]))
 
 
 def _hash_family(config: NearDupConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -91,29 +131,34 @@ def _hash_family(config: NearDupConfig) -> tuple[np.ndarray, np.ndarray]:
     return mult, xor
 
 
-def signatures(shingle_sets: Sequence[np.ndarray], config: NearDupConfig = NearDupConfig(),
-               chunk_shingles: int = 1 << 20) -> np.ndarray:
-    """MinHash signatures [rows, num_perm] (uint32) of shingle-hash arrays. A row without shingles gets all-max
-    values, which match nothing but another empty row."""
-    n = len(shingle_sets)
-    sig = np.full((n, config.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
+def _segment_min(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Minimum of values[start:start + length] per segment; _EMPTY for empty segments."""
+    out = np.full(len(starts), _EMPTY, dtype=np.uint32)
+    nonempty = lengths > 0
+    if nonempty.any():
+        out[nonempty] = np.minimum.reduceat(values, starts[nonempty])
+    return out
+
+
+def signatures(shingles: Shingles, config: NearDupConfig = NearDupConfig()) -> np.ndarray:
+    """MinHash signatures [rows, num_perm] (uint32). A row without words gets all-max values, which match nothing
+    but another empty row."""
+    n = len(shingles)
+    sig = np.empty((n, config.num_perm), dtype=np.uint32)
     mult, xor = _hash_family(config)
-    start = 0
-    while start < n:  # rows in chunks of about `chunk_shingles` shingles, to bound memory
-        stop, total = start, 0
-        while stop < n and (total == 0 or total + len(shingle_sets[stop]) <= chunk_shingles):
-            total += len(shingle_sets[stop])
-            stop += 1
-        lengths = np.array([len(s) for s in shingle_sets[start:stop]])
-        nonempty = np.nonzero(lengths)[0]
-        if len(nonempty):
-            flat = np.concatenate([shingle_sets[start + i] for i in nonempty])
-            offsets = np.concatenate([[0], np.cumsum(lengths[nonempty])[:-1]])
-            with np.errstate(over="ignore"):
-                for p in range(config.num_perm):
-                    h = ((flat ^ xor[p]) * mult[p]) >> np.uint64(32)
-                    sig[start + nonempty, p] = np.minimum.reduceat(h, offsets).astype(np.uint32)
-        start = stop
+    starts = shingles.offsets[:-1]
+    lengths = np.diff(shingles.offsets)
+    pairs, valid = shingles.pairs()
+    pair_lengths = np.maximum(lengths - 1, 0)
+    with np.errstate(over="ignore"):
+        for p in range(config.num_perm):
+            hw = (((shingles.words ^ xor[p]) * mult[p]) >> np.uint64(32)).astype(np.uint32)
+            hp = (((pairs ^ xor[p]) * mult[p]) >> np.uint64(32)).astype(np.uint32)
+            hp[~valid] = _EMPTY
+            if len(hp) == 0:
+                sig[:, p] = _segment_min(hw, starts, lengths)
+                continue
+            sig[:, p] = np.minimum(_segment_min(hw, starts, lengths), _segment_min(hp, starts, pair_lengths))
     return sig
 
 
@@ -122,49 +167,85 @@ def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a == b).mean(axis=-1)
 
 
-def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarray,
-                             config: NearDupConfig = NearDupConfig()) -> np.ndarray:
-    """For each row, the index of an earlier-ranked row of another group that it nearly duplicates, or -1.
+def jaccard(a: set, b: set) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
 
-    `rank`: smaller is earlier (who keeps a row); `group`: rows of one group (one miner, or the eval set) are never
-    each other's source. Among the candidates found, the earliest-ranked one that passes the threshold is chosen.
-    """
+
+def _band_candidates(sig: np.ndarray, rank: np.ndarray, group: np.ndarray, config: NearDupConfig):
+    """(row, candidate) pairs from every band: each row with its bucket's earliest row of another group."""
     n = sig.shape[0]
-    source = np.full(n, -1, dtype=np.int64)
-    if n < 2:
-        return source
     width = config.num_perm // config.bands
-    best_rank = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-    rank = rank.astype(np.int64)
+    rows_out, cand_out = [], []
     for band in range(config.bands):
-        block = sig[:, band * width:(band + 1) * width]
-        key = np.ascontiguousarray(block).view(np.dtype((np.void, block.dtype.itemsize * width))).ravel()
+        block = np.ascontiguousarray(sig[:, band * width:(band + 1) * width])
+        key = block.view(np.dtype((np.void, block.dtype.itemsize * width))).ravel()
         order = np.lexsort((rank, key))  # by key, then earliest first
         sorted_key = key[order]
         starts = np.ones(n, dtype=bool)
         starts[1:] = sorted_key[1:] != sorted_key[:-1]
         run_id = np.cumsum(starts) - 1
         run_start = np.nonzero(starts)[0]
-        first = order[run_start[run_id]]  # each row's bucket head (earliest in its bucket)
-        # the bucket head may be of the row's own group: then try the earliest member of another group, found as
-        # the first member whose group differs from the head's group
-        head_group = group[first]
-        other = group[order] != head_group
-        idx = np.where(other, np.arange(n), n)
-        # earliest position of an other-group member at or after each run start (min over the run, vectorised)
-        run_min = np.minimum.reduceat(idx, run_start)
-        second_pos = run_min[run_id]
-        second = np.where(second_pos < n, order[np.minimum(second_pos, n - 1)], -1)
-        rows = order
-        candidate = np.where(group[rows] != head_group, first, second)
-        valid = (candidate >= 0) & (candidate != rows)
-        rows, candidate = rows[valid], candidate[valid]
-        valid = (group[candidate] != group[rows]) & (rank[candidate] < rank[rows]) & (rank[candidate] < best_rank[rows])
-        rows, candidate = rows[valid], candidate[valid]
-        if len(rows) == 0:
-            continue
-        passing = similarity(sig[rows], sig[candidate]) >= config.threshold
-        rows, candidate = rows[passing], candidate[passing]
-        source[rows] = candidate
-        best_rank[rows] = rank[candidate]
+        head = order[run_start[run_id]]  # each row's bucket head (earliest in its bucket)
+        # when the head is of the row's own group, the earliest member of another group is the candidate
+        other = np.where(group[order] != group[head], np.arange(n), n)
+        first_other = np.minimum.reduceat(other, run_start)[run_id]
+        second = np.where(first_other < n, order[np.minimum(first_other, n - 1)], -1)
+        candidate = np.where(group[order] != group[head], head, second)
+        keep = (candidate >= 0) & (candidate != order)
+        rows_out.append(order[keep])
+        cand_out.append(candidate[keep])
+    rows = np.concatenate(rows_out) if rows_out else np.zeros(0, np.int64)
+    cands = np.concatenate(cand_out) if cand_out else np.zeros(0, np.int64)
+    keep = (group[cands] != group[rows]) & (rank[cands] < rank[rows])
+    key = np.unique(rows[keep].astype(np.int64) * n + cands[keep])
+    return key // n, key % n
+
+
+def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarray,
+                             config: NearDupConfig = NearDupConfig(),
+                             shingles: Shingles | None = None) -> np.ndarray:
+    """For each row, the index of an earlier-ranked row of another group that it nearly duplicates, or -1.
+
+    `rank`: smaller is earlier (who keeps a row); `group`: rows of one group (one miner, or the eval set) are never
+    each other's source. Among the candidates that pass, the earliest-ranked is chosen. With `shingles`, estimates
+    within `exact_margin` of the threshold are decided by the exact similarity; without, by the estimate.
+    """
+    n = sig.shape[0]
+    source = np.full(n, -1, dtype=np.int64)
+    if n < 2:
+        return source
+    rank = rank.astype(np.int64)
+    rows, cands = _band_candidates(sig, rank, group, config)
+    if len(rows) == 0:
+        return source
+    est = similarity(sig[rows], sig[cands])
+    exact = shingles is not None
+    low = config.threshold - (config.exact_margin if exact else 0.0)
+    high = config.threshold + (config.exact_margin if exact else 0.0)
+    keep = est >= low
+    rows, cands, est = rows[keep], cands[keep], est[keep]
+    order = np.lexsort((rank[cands], rows))  # per row, earliest candidate first
+    rows, cands, est = rows[order].tolist(), cands[order].tolist(), est[order].tolist()
+    sets: dict[int, set[int]] = {}
+    rare: dict[int, set[int]] = {}
+
+    def cached(cache: dict, fn, i: int) -> set[int]:
+        if i not in cache:
+            cache[i] = fn(i)
+        return cache[i]
+
+    for row, cand, e in zip(rows, cands, est):
+        if source[row] >= 0:
+            continue  # already traced to an earlier source
+        if exact:  # the rare-word check first: it is cheap and rejects most same-template pairs
+            a = cached(rare, lambda i: shingles.rare_words(i, config), row)
+            b = cached(rare, lambda i: shingles.rare_words(i, config), cand)
+            if a and b and jaccard(a, b) < config.rare_agreement:
+                continue
+            if e < high and jaccard(cached(sets, shingles.row_set, row),
+                                    cached(sets, shingles.row_set, cand)) < config.threshold:
+                continue
+        source[row] = cand
     return source

@@ -64,4 +64,6 @@ class TrainRecipe:
 # The embedded tiny model has random weights and only a few thousand parameters per layer; at the reference
 # learning rate two epochs of 100 rows barely move it. This profile keeps the reference's structure (LoRA r16 on all
 # linear layers, batch 8, 2 epochs, warm-up, cap) and raises the learning rate so that data quality shows in the loss.
-TINY_RECIPE = TrainRecipe(learning_rate=1e-2, max_seq_len=512)
+# 5e-3 rather than 1e-2: at 1e-2 seed-to-seed noise (about 5 %) hid quality differences of 100 vs 80 rows; at 5e-3
+# five quality levels came out in order under three seeds.
+TINY_RECIPE = TrainRecipe(learning_rate=5e-3, max_seq_len=512)
