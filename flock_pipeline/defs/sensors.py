@@ -23,7 +23,7 @@ from flock_pipeline.resources.chain import ChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
-from flock_pipeline.validator.evaluation import cache_key
+from flock_pipeline.validator.evaluation import cache_key, record_abandoned_evaluation
 
 SENSOR_INTERVAL_S = 30
 
@@ -104,12 +104,29 @@ def _run_key(instance: dg.DagsterInstance, base: str) -> str | None:
     return None
 
 
+def _last_failure(instance: dg.DagsterInstance, base: str) -> str:
+    """What the last run of `base`'s keys died of (its failure message), for the record."""
+    key = base if MAX_RUN_ATTEMPTS == 1 else f"{base}#retry{MAX_RUN_ATTEMPTS - 1}"
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": key}), limit=1)
+    message = "no failure message recorded"
+    if runs:
+        for entry in instance.all_logs(runs[0].run_id):
+            event = entry.dagster_event
+            if event is not None and event.event_type in (dg.DagsterEventType.STEP_FAILURE,
+                                                          dg.DagsterEventType.RUN_FAILURE):
+                message = entry.message or event.message or message
+    return f"{MAX_RUN_ATTEMPTS} evaluation runs failed without a result; the last: {message}"[:2000]
+
+
 def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.DagsterInstance,
-                        provenance: dict | None, chain_block: int | None = None) -> tuple[list[dg.RunRequest], str]:
+                        provenance: dict | None, chain_block: int | None = None,
+                        eval_timeout_s: int = 0) -> tuple[list[dg.RunRequest], str]:
     """The run requests that move `epoch` to its next stage, and a one-line description of where it stands.
 
-    Miners whose runs failed MAX_RUN_ATTEMPTS times are left behind (they score 0 with a reason) so that one
-    miner never stops the epoch.
+    Miners whose runs failed MAX_RUN_ATTEMPTS times are left behind so that one miner never stops the epoch; an
+    evaluation given up that way is recorded as failed with the last run's error (it scores 0 with that reason).
+    With `eval_timeout_s`, evaluation runs carry Dagster's `dagster/max_runtime` tag: run monitoring fails a run
+    that takes longer, which then counts as one of its attempts.
     """
     key = str(epoch)
     tags = {EPOCH_TAG: key}
@@ -137,10 +154,15 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
         shard = shards.get(c.hotkey)
         if shard is not None and (shard["status"] != "eligible" or shard["shard_hash"] in evaluated):
             continue
-        run_key = _run_key(instance, f"miner:{key}:{c.hotkey}:{c.revision}")
+        base = f"miner:{key}:{c.hotkey}:{c.revision}"
+        run_key = _run_key(instance, base)
         if run_key is not None:
-            pending.append(dg.RunRequest(run_key=run_key, partition_key=c.hotkey, tags=tags,
+            run_tags = {**tags, "dagster/max_runtime": str(eval_timeout_s)} if eval_timeout_s > 0 else tags
+            pending.append(dg.RunRequest(run_key=run_key, partition_key=c.hotkey, tags=run_tags,
                                          asset_selection=[deduplicated_shards.key, miner_eval_losses.key]))
+        elif shard is not None and provenance is not None:
+            record_abandoned_evaluation(warehouse, shard["shard_hash"], provenance, info["eval_revision"],
+                                        _last_failure(instance, base), MAX_RUN_ATTEMPTS)
     if pending:
         return pending, f"deduplicating + evaluating {len(pending)} miner(s)"
     if warehouse.win_rates(epoch).empty:
@@ -168,7 +190,7 @@ def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: Wareho
     if latest < 0:
         return dg.SkipReason("no epoch recorded yet")
     requests, stage = next_epoch_requests(latest, warehouse, context.instance, evaluator.provenance(build=False),
-                                          chain.current_block())
+                                          chain.current_block(), evaluator.timeout_s)
     if not requests:
         return dg.SkipReason(f"epoch {latest}: {stage}")
     context.log.info(f"epoch {latest}: {stage}")

@@ -13,6 +13,7 @@
     FLOCK_BASE_MODEL  "tiny" (default, built offline) or a local model directory
     FLOCK_DEVICE      auto | cpu | cuda
     FLOCK_RECIPE      JSON object of TrainRecipe overrides
+    FLOCK_EVAL_TIMEOUT_S  time limit of one evaluation run, enforced by Dagster's run monitoring (0: none)
     FLOCK_EVAL_REPO / FLOCK_EVAL_REVISION, FLOCK_VALIDATOR_HOTKEY, FLOCK_NETUID
 """
 
@@ -68,6 +69,7 @@ def build_resources(home: Path | None = None) -> dict:
         "evaluator": EvaluatorResource(base_model=os.environ.get("FLOCK_BASE_MODEL", "tiny"),
                                        device=os.environ.get("FLOCK_DEVICE", "auto"),
                                        recipe=os.environ.get("FLOCK_RECIPE", "{}"),
+                                       timeout_s=int(os.environ.get("FLOCK_EVAL_TIMEOUT_S", "0")),
                                        cache_dir=str(home / "models")),
         "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
         "settings": ValidatorSettingsResource(corpus_dir=str(home / "corpus"), **settings),

@@ -34,6 +34,7 @@ class EvaluatorResource(dg.ConfigurableResource):
     recipe: str = "{}"
     cache_dir: str = ".flock/models"
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    timeout_s: int = 0  # an evaluation run's time limit (the sensor's `dagster/max_runtime` tag); 0: none
 
     def train_recipe(self) -> TrainRecipe:
         base = TINY_RECIPE if self.base_model == "tiny" else TrainRecipe()

@@ -125,3 +125,15 @@ def base_eval_loss(evaluator: EvaluatorResource, hub: HubResource, warehouse: Wa
                outcome.eval_seconds, provenance, 1)
     warehouse.replace_rows("eval_results", row, "cache_key = ?", [key])
     return float(outcome.eval_loss)
+
+
+def record_abandoned_evaluation(warehouse: WarehouseResource, shard_hash: str, provenance: dict, eval_revision: str,
+                                error: str, attempts: int) -> None:
+    """Record a final failure for a shard whose evaluation runs kept dying without recording anything (killed,
+    out of memory, over their time limit): the miner then scores 0 with this error instead of staying pending."""
+    key = cache_key(shard_hash, provenance, eval_revision)
+    existing = warehouse.eval_result(key)
+    if existing is not None and existing["final"]:
+        return
+    row = _row(key, shard_hash, "failed", error, None, [], [], 0, 0, 0.0, provenance, attempts, final=True)
+    warehouse.replace_rows("eval_results", row, "cache_key = ?", [key])

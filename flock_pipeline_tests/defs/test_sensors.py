@@ -131,3 +131,44 @@ def test_a_run_that_crashes_is_retried_under_a_new_key_then_given_up(demo, tmp_p
             instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=f"crash-{attempt}",
                                            status=dg.DagsterRunStatus.FAILURE, tags=tags))
     assert "hk-empty" not in [r.partition_key for r in tick().run_requests]  # given up after three crashes
+
+
+def test_an_evaluation_whose_runs_keep_dying_is_recorded_as_failed(demo):
+    """Evaluation runs that die without a result (killed, out of memory, over their time limit) are retried under
+    new keys; after the last one the miner is recorded as failed with the error, and the epoch goes on."""
+    from flock_pipeline.defs.sensors import MAX_RUN_ATTEMPTS, next_epoch_requests
+    from flock_pipeline.validator.evaluation import cache_key
+    from flock_pipeline.validator.scoring import compute_epoch_scores
+
+    _, resources, instance, epoch = demo
+    key = str(epoch)
+    warehouse, evaluator = resources["warehouse"], resources["evaluator"]
+    instance.add_dynamic_partitions(epochs_partitions.name, [key])
+    _run([chain_commitments], key, resources, instance)
+    hotkeys = list(warehouse.epoch_commitments(epoch)["hotkey"])
+    for hotkey in hotkeys:
+        _run([miner_datasets], hotkey, resources, instance, epoch)
+    _run([deduplicated_shards], "hk-honest-fair", resources, instance, epoch)
+    provenance = evaluator.provenance()
+    requests, _ = next_epoch_requests(epoch, warehouse, instance, provenance, eval_timeout_s=600)
+    fair = next(r for r in requests if r.partition_key == "hk-honest-fair")
+    assert fair.tags["dagster/max_runtime"] == "600"  # run monitoring fails it past 10 minutes
+    for attempt in range(MAX_RUN_ATTEMPTS):
+        run_key = fair.run_key if attempt == 0 else f"{fair.run_key}#retry{attempt}"
+        instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=f"died-{attempt}",
+                                       status=dg.DagsterRunStatus.FAILURE, tags={"dagster/run_key": run_key}))
+    requests, _ = next_epoch_requests(epoch, warehouse, instance, provenance)
+    assert "hk-honest-fair" not in [r.partition_key for r in requests]  # given up: the others go on
+    assert len(requests) == len(hotkeys) - 1
+    shard = warehouse.epoch_shards(epoch).set_index("hotkey").loc["hk-honest-fair"]
+    result = warehouse.eval_result(cache_key(shard["shard_hash"], provenance,
+                                             warehouse.epoch_info(epoch)["eval_revision"]))
+    assert result["status"] == "failed" and result["final"] and result["eval_loss"] != result["eval_loss"]
+    assert "3 evaluation runs failed without a result" in result["error"]
+    for hotkey in hotkeys:
+        if hotkey != "hk-honest-fair":
+            _run([deduplicated_shards, miner_eval_losses], hotkey, resources, instance, epoch)
+    scores = compute_epoch_scores(epoch, evaluator, resources["settings"], warehouse, resources["hub"])
+    row = scores.set_index("hotkey").loc["hk-honest-fair"]
+    assert row["status"] == "failed" and row["weight"] == 0.0 and "evaluation runs failed" in row["reason"]
+    assert scores.set_index("hotkey").loc["hk-honest-good", "weight"] > 0
