@@ -123,3 +123,41 @@ def test_failed_evaluation_is_recorded_not_scored(demo):
     assert (results["status"] == "failed").all() and (results["attempts"] == 3).all()
     assert results["eval_loss"].isna().all()
     assert resources["chain"].weights_history("validator") == []
+
+
+def test_commitment_rules(tmp_path):
+    """Stale (before re-registration), unregistered, other competition, too young, malformed: rejected with a
+    reason; a changed commitment counts from its own block."""
+    from flock_pipeline.resources import LocalChainResource, LocalHubResource, ValidatorSettingsResource
+    from flock_pipeline.resources.warehouse import WarehouseResource
+    from flock_pipeline.validator.commitments import snapshot_commitments
+
+    chain = LocalChainResource(path=str(tmp_path / "chain.json"), tempo=20)
+    hub = LocalHubResource(root=str(tmp_path / "hub"))
+    hub.upload("flock/eval-atlas", b'{"conversations": [{"role": "user", "content": "q"}, '
+                                   b'{"role": "assistant", "content": "a"}]}\n', private=False)
+    warehouse = WarehouseResource(path=str(tmp_path / "w.duckdb"))
+    rev_a, rev_b = "a" * 40, "b" * 40
+    for hk in ("ok", "stale", "young", "other", "changed", "bad"):
+        chain.register(hk)
+    chain.set_commitment("ok", f"ns/ok:1:{rev_a}")
+    chain.set_commitment("stale", f"ns/stale:1:{rev_a}")
+    chain.set_commitment("other", f"ns/other:2:{rev_a}")
+    chain.set_commitment("changed", f"ns/changed:1:{rev_a}")
+    chain.set_commitment("bad", "ns/bad:1:main")
+    chain.register("stale")  # re-registered after committing
+    changed_block = chain.set_commitment("changed", f"ns/changed:1:{rev_b}")
+    chain.advance(40 - chain.current_block() - 2)
+    young_block = chain.set_commitment("young", f"ns/young:1:{rev_a}")  # 1 block before epoch 2 opens
+    chain.advance(1)
+    settings = ValidatorSettingsResource(corpus_dir=str(tmp_path / "corpus"), min_commitment_age=5)
+    frame = snapshot_commitments(2, chain, hub, settings, warehouse).set_index("hotkey")
+    assert frame.loc["ok", "status"] == "ok"
+    assert "predates the hotkey's registration" in frame.loc["stale", "reason"]
+    assert "competition '2'" in frame.loc["other", "reason"]
+    assert "invalid commitment" in frame.loc["bad", "reason"]
+    assert frame.loc["young", "commit_block"] == young_block and "minimum age is 5" in frame.loc["young", "reason"]
+    assert frame.loc["changed", "status"] == "ok" and frame.loc["changed", "revision"] == rev_b
+    assert frame.loc["changed", "commit_block"] == changed_block  # a new submission: its own, later block
+    relaxed = ValidatorSettingsResource(corpus_dir=str(tmp_path / "corpus"))
+    assert snapshot_commitments(2, chain, hub, relaxed, warehouse).set_index("hotkey").loc["young", "status"] == "ok"
