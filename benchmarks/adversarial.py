@@ -16,39 +16,9 @@ import os
 import subprocess
 import sys
 import tempfile
-from itertools import combinations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _ranks(values: list[float]) -> list[float]:
-    order = sorted(range(len(values)), key=values.__getitem__)
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    rx, ry = _ranks(x), _ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    return cov / (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
-
-
-def kendall_tau(a: list[str], b: list[str]) -> float:
-    """Kendall's tau between two orderings of the same items."""
-    pos_a, pos_b = {x: i for i, x in enumerate(a)}, {x: i for i, x in enumerate(b)}
-    pairs = list(combinations(a, 2))
-    concordant = sum(1 for x, y in pairs if (pos_a[x] - pos_a[y]) * (pos_b[x] - pos_b[y]) > 0)
-    return (2 * concordant - len(pairs)) / len(pairs)
 
 
 def run(seed: int, models: Path | None) -> dict:
@@ -68,6 +38,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=".flock/models", help="a model cache to reuse (the tiny model)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    from flock_pipeline.core.ranking import kendall_tau, spearman
+
     models = (ROOT / args.models).resolve()
     report, rankings = {"seeds": args.seeds}, []
     for seed in args.seeds:
@@ -91,4 +63,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
     sys.exit(main())

@@ -7,6 +7,7 @@ import dagster as dg
 from flock_pipeline.core.scoring import validate_weights
 from flock_pipeline.defs.assets import epoch_of_run, miner_eval_losses, win_rates
 from flock_pipeline.resources.evaluator import EvaluatorResource
+from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.validator.evaluation import cache_key, miner_shard
 from flock_pipeline.validator.scoring import weights_of
@@ -41,13 +42,15 @@ def eval_loss_is_finite(context: dg.AssetCheckExecutionContext, evaluator: Evalu
 @dg.asset_check(asset=win_rates, blocking=True,
                 description="Weights are finite, non-negative, sum to 1 and go only to scored (eligible) miners. "
                             "Blocking: submitted_weights does not run when this fails.")
-def weights_are_valid(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+def weights_are_valid(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource,
+                      settings: ValidatorSettingsResource) -> dg.AssetCheckResult:
     frame = warehouse.win_rates(int(_partition(context)))
     weights = weights_of(frame)
     eligible = {int(r.uid) for r in frame.itertuples() if r.status == "scored"}
     try:
         validate_weights(weights, eligible)
-        if eligible and not weights:
+        # win rates always give a scored miner some weight (softmax); the curve and top-k modes may give none
+        if eligible and not weights and settings.scoring_mode == "win_rate":
             raise ValueError("scored miners exist but every weight is 0")
     except ValueError as exc:
         return dg.AssetCheckResult(passed=False, metadata={"problem": str(exc)})

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from flock_pipeline.cli import main
+from flock_pipeline.core.ranking import spearman
 
 # label -> (status, a piece of the reason)
 ATTACKERS = {
@@ -22,29 +23,6 @@ ATTACKERS = {
     "malformed": ("ineligible", "no valid rows"),
     "stale": ("rejected", "predates the hotkey's registration"),
 }
-
-
-def ranks(values: list[float]) -> list[float]:
-    """Ranks (1 = smallest), ties get their mean rank."""
-    order = sorted(range(len(values)), key=values.__getitem__)
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    rx, ry = ranks(x), ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
-    return cov / var
 
 
 @pytest.fixture(scope="module")
