@@ -13,12 +13,14 @@
     FLOCK_BASE_MODEL  "tiny" (default, built offline) or a local model directory
     FLOCK_DEVICE      auto | cpu | cuda
     FLOCK_RECIPE      JSON object of TrainRecipe overrides
+    FLOCK_SETTINGS    JSON object of ValidatorSettingsResource overrides (dedup, scoring mode, limits, ...)
     FLOCK_EVAL_TIMEOUT_S  time limit of one evaluation run, enforced by Dagster's run monitoring (0: none)
     FLOCK_EVAL_REPO / FLOCK_EVAL_REVISION, FLOCK_VALIDATOR_HOTKEY, FLOCK_NETUID
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -47,7 +49,7 @@ def build_resources(home: Path | None = None) -> dict:
     if network not in NETWORKS:
         raise ConfigError(f"FLOCK_NETWORK={network!r}: use one of {', '.join(NETWORKS)}")
     netuid = int(os.environ.get("FLOCK_NETUID", "96"))
-    settings = {}
+    settings = _settings_overrides(os.environ.get("FLOCK_SETTINGS", "{}"))
     if os.environ.get("FLOCK_EVAL_REPO"):
         settings["eval_repo"] = os.environ["FLOCK_EVAL_REPO"]
     if os.environ.get("FLOCK_EVAL_REVISION"):
@@ -94,3 +96,17 @@ def _real_network(network: str, netuid: int, home: Path) -> tuple[ChainResource,
     hub = HuggingFaceHubResource(endpoint=os.environ.get("FLOCK_HF_ENDPOINT", "https://huggingface.co"),
                                  cache_dir=str(home / "hub-cache"), offline=False)
     return chain, hub
+
+
+def _settings_overrides(text: str) -> dict:
+    """FLOCK_SETTINGS: a JSON object of ValidatorSettingsResource fields; unknown fields are an error."""
+    try:
+        overrides = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"FLOCK_SETTINGS is not valid JSON: {exc}") from exc
+    if not isinstance(overrides, dict):
+        raise ConfigError("FLOCK_SETTINGS must be a JSON object of validator settings")
+    unknown = sorted(set(overrides) - set(ValidatorSettingsResource.model_fields))
+    if unknown:
+        raise ConfigError(f"FLOCK_SETTINGS: unknown setting(s) {', '.join(unknown)}")
+    return overrides

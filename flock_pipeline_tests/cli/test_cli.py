@@ -109,7 +109,12 @@ def test_chain_commands_and_config_errors(flock_home):
     assert status["neurons"] == 7 and status["commitments"] == 6 and status["block"] % status["tempo"] == 0
     block = int(_flock("chain", "advance", "--to-next-epoch", env=env).stdout)
     assert block == status["block"] + status["tempo"]
-    bad = _flock("chain", "status", env={**env, "FLOCK_NETWORK": "finney"}, check=False)
-    assert bad.returncode == 2 and "configuration error" in bad.stderr and "Traceback" not in bad.stderr
+    for bad_env, message in [({"FLOCK_NETWORK": "mainnet"}, "use one of local, test, finney"),
+                             ({"FLOCK_NETWORK": "finney"}, "FLOCK_EVAL_REPO"),
+                             ({"FLOCK_SETTINGS": '{"scoring_mod": "curve"}'}, "unknown setting(s) scoring_mod"),
+                             ({"FLOCK_SETTINGS": "[1]"}, "must be a JSON object")]:
+        bad = _flock("chain", "status", env={**env, **bad_env}, check=False)
+        assert bad.returncode == 2 and "configuration error" in bad.stderr and "Traceback" not in bad.stderr
+        assert message in bad.stderr
     usage = _flock("epoch", env=env, check=False)
     assert usage.returncode == 2

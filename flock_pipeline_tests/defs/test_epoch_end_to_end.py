@@ -148,17 +148,21 @@ def test_demo_epoch_through_the_real_clients(demo_epoch, tmp_path, tiny_model_di
     sub.register(validator.ss58_address, stake=1000.0, validator_permit=True)
     for m in miners:
         sub.register(keys[m.hotkey].ss58_address)
+    vanished = Keypair.create_from_uri("//demo-vanished")  # commits a repo the hub answers 404 for
+    sub.register(vanished.ss58_address)
     home = tmp_path / "home"
     shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
     with FakeHubServer(tokens={FAKE_HF_TOKEN: "validator"}) as server:
         server.add_repo(EVAL_REPO)
         eval_revision = server.commit(EVAL_REPO, {"data.jsonl": rows_to_jsonl(eval_rows(make_atlas(7))).encode()})
-        chain = BittensorChainResource.with_substrate(sub, signers=[validator, *keys.values()], backoff_s=0.0)
+        chain = BittensorChainResource.with_substrate(sub, signers=[validator, vanished, *keys.values()],
+                                                      backoff_s=0.0)
         for m in miners:
             server.add_repo(m.repo)
             revision = server.commit(m.repo, {"data.jsonl": m.data})
             text = Commitment(m.repo, DEFAULT_COMPETITION_ID, revision).to_compressed_str()
             chain.set_commitment(keys[m.hotkey].ss58_address, text)  # signed by the miner's hotkey
+        chain.set_commitment(vanished.ss58_address, f"ghost/vanished:{DEFAULT_COMPETITION_ID}:{'c' * 40}")
         epoch = chain.epoch_of(chain.current_block()) + 1
         sub.advance(chain.epoch_start(epoch) - chain.current_block())
         resources = build_resources(home)
@@ -170,7 +174,7 @@ def test_demo_epoch_through_the_real_clients(demo_epoch, tmp_path, tiny_model_di
                                                eval_revision=eval_revision, validator_hotkey=validator.ss58_address))
         instance = dg.DagsterInstance.ephemeral()
         run_epoch(epoch, resources, instance)
-        labels = {keys[m.hotkey].ss58_address: m.label for m in miners}
+        labels = {keys[m.hotkey].ss58_address: m.label for m in miners} | {vanished.ss58_address: "vanished"}
         report = {m["label"]: m for m in epoch_report(epoch, resources["warehouse"], labels)}
         assert server.requests_to("/resolve/", "GET")  # the datasets really came over HTTP
     chain.close()
@@ -178,6 +182,8 @@ def test_demo_epoch_through_the_real_clients(demo_epoch, tmp_path, tiny_model_di
     def ranking(rep):
         return [label for label, m in sorted(rep.items(), key=lambda kv: (-kv[1]["weight"], kv[0]))]
 
+    gone = report.pop("vanished")  # a permanent 404: that miner is unavailable, the epoch went on for the rest
+    assert gone["weight"] == 0.0 and gone["status"] == "ineligible" and "dataset unavailable" in gone["reason"]
     assert ranking(report) == ranking(local_report)
     for label, m in report.items():
         assert m["status"] == local_report[label]["status"], label
