@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS shards (
     epoch INTEGER, hotkey VARCHAR, uid INTEGER, repo VARCHAR, revision VARCHAR, commit_block BIGINT,
     status VARCHAR, reason VARCHAR, rows_in INTEGER, rows_kept INTEGER, duplicates_within INTEGER,
     duplicates_earlier INTEGER, eval_leaks INTEGER, shard_hash VARCHAR, PRIMARY KEY (epoch, hotkey));
+CREATE TABLE IF NOT EXISTS dedup_plans (
+    epoch INTEGER, fingerprint VARCHAR, hotkey VARCHAR, plan VARCHAR, PRIMARY KEY (epoch, hotkey));
 CREATE TABLE IF NOT EXISTS shard_rows (
     shard_hash VARCHAR, pos INTEGER, row_hash VARCHAR, row_json VARCHAR, PRIMARY KEY (shard_hash, pos));
 CREATE TABLE IF NOT EXISTS eval_results (

@@ -7,15 +7,18 @@ plans the whole epoch from the recorded row hashes and writes its own shard.
 from __future__ import annotations
 
 import hashlib
+import json
+from dataclasses import replace
+
 import pandas as pd
 
 from flock_pipeline.core.dedup import MinerRows, deduplicate
 from flock_pipeline.core.neardup import row_text
-from flock_pipeline.validator.datasets import rows_from_json
 from flock_pipeline.core.schema import ChatRow, DatasetLimits, validate_bytes
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.validator.datasets import rows_from_json
 
 SHARD_COLUMNS = ["epoch", "hotkey", "uid", "repo", "revision", "commit_block", "status", "reason", "rows_in",
                  "rows_kept", "duplicates_within", "duplicates_earlier", "eval_leaks", "shard_hash"]
@@ -81,9 +84,11 @@ def _epoch_rows(warehouse: WarehouseResource, epoch: int) -> tuple[dict, dict, d
 
 def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsResource,
                       warehouse: WarehouseResource) -> tuple[dict[str, dict], dict[str, pd.DataFrame]]:
-    """Dedup every miner of `epoch` against every other (exact, earliest commitment keeps a row) and the eval set.
+    """Dedup every miner of `epoch` against every other (exact and near copies, earliest commitment keeps a row) and
+    the eval set.
 
-    Returns (shard row by hotkey, kept rows by hotkey for eligible miners). Pure reads: nothing is written.
+    Returns (shard row by hotkey, kept rows by hotkey for eligible miners). The only write is the plan itself
+    (`dedup_plans`, keyed by a fingerprint of its inputs), so the other miners' runs of the epoch reuse it.
     """
     info = warehouse.epoch_info(epoch)
     if info is None:
@@ -112,21 +117,49 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
         rows_by_hotkey[c.hotkey] = rows
         first = first_blocks.get(c.hotkey, {})
         blocks = tuple(first.get(h, int(c.commit_block)) for h in rows["row_hash"])
-        texts = tuple(row_text(r) for r in rows_from_json(rows))
-        candidates.append(MinerRows(c.hotkey, int(c.uid), int(c.commit_block), tuple(rows["row_hash"]), blocks,
-                                    texts))
+        candidates.append(MinerRows(c.hotkey, int(c.uid), int(c.commit_block), tuple(rows["row_hash"]), blocks))
+    config = settings.dedup_config()
+    fingerprint = _plan_fingerprint(candidates, info["eval_revision"], config)
+    plans = _cached_plans(warehouse, epoch, fingerprint, {m.hotkey for m in candidates})
+    if plans is None:  # the first miner run of the epoch (or its inputs changed): plan, then keep it for the rest
+        with_texts = [replace(m, row_texts=tuple(row_text(r) for r in rows_from_json(rows_by_hotkey[m.hotkey])))
+                      for m in candidates]
+        decided = deduplicate(with_texts, eval_hashes, config, tuple(row_text(r) for r in eval_set))
+        plans = {hotkey: {"rows_in": p.rows_in, "rows_kept": p.rows_kept, "duplicates_within": p.duplicates_within,
+                          "duplicates_earlier": p.duplicates_earlier, "eval_leaks": p.eval_leaks,
+                          "reason": p.reason, "kept_indices": p.kept_indices} for hotkey, p in decided.items()}
+        warehouse.replace_rows("dedup_plans", pd.DataFrame(
+            [{"epoch": epoch, "fingerprint": fingerprint, "hotkey": hk, "plan": json.dumps(plan)}
+             for hk, plan in plans.items()], columns=["epoch", "fingerprint", "hotkey", "plan"]),
+            "epoch = ?", [epoch])
     kept_rows = {}
-    plans = deduplicate(candidates, eval_hashes, settings.dedup_config(), tuple(row_text(r) for r in eval_set))
     for hotkey, plan in plans.items():
         row = base_rows[hotkey]
-        row.update(rows_in=plan.rows_in, rows_kept=plan.rows_kept, duplicates_within=plan.duplicates_within,
-                   duplicates_earlier=plan.duplicates_earlier, eval_leaks=plan.eval_leaks, reason=plan.reason,
-                   status="eligible" if plan.eligible else "ineligible")
-        if plan.eligible:
-            kept = rows_by_hotkey[hotkey].iloc[plan.kept_indices]
+        eligible = plan["reason"] is None
+        row.update({k: v for k, v in plan.items() if k != "kept_indices"},
+                   status="eligible" if eligible else "ineligible")
+        if eligible:
+            kept = rows_by_hotkey[hotkey].iloc[plan["kept_indices"]]
             row["shard_hash"] = shard_hash(list(kept["row_hash"]))
             kept_rows[hotkey] = kept
     return base_rows, kept_rows
+
+
+def _plan_fingerprint(candidates: list[MinerRows], eval_revision: str, config) -> str:
+    """What the epoch's dedup plan depends on: every candidate's rows and their blocks, the eval set, the config."""
+    doc = [eval_revision, repr(config)] + [[m.hotkey, m.uid, m.commit_block, m.row_hashes, m.row_blocks]
+                                           for m in sorted(candidates, key=lambda m: m.hotkey)]
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
+
+
+def _cached_plans(warehouse: WarehouseResource, epoch: int, fingerprint: str, hotkeys: set[str]) -> dict | None:
+    """The epoch's recorded dedup plan when it was made from the same inputs (every miner's run plans the whole
+    epoch; near-duplicate matching over all rows runs once, not once per miner)."""
+    frame = warehouse.query("SELECT hotkey, plan FROM dedup_plans WHERE epoch = ? AND fingerprint = ?",
+                            [epoch, fingerprint])
+    if set(frame["hotkey"]) != hotkeys:
+        return None
+    return {r.hotkey: json.loads(r.plan) for r in frame.itertuples()}
 
 
 def build_miner_shard(hotkey: str, hub: HubResource, settings: ValidatorSettingsResource,

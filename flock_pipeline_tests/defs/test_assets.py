@@ -161,3 +161,27 @@ def test_commitment_rules(tmp_path):
     assert frame.loc["changed", "commit_block"] == changed_block  # a new submission: its own, later block
     relaxed = ValidatorSettingsResource(corpus_dir=str(tmp_path / "corpus"))
     assert snapshot_commitments(2, chain, hub, relaxed, warehouse).set_index("hotkey").loc["young", "status"] == "ok"
+
+
+def test_the_epoch_dedup_plan_is_made_once_and_remade_when_its_inputs_change(demo, monkeypatch):
+    """Every miner's run plans the whole epoch; near-duplicate matching over all rows runs for the first only."""
+    import flock_pipeline.validator.shards as shards
+
+    _, resources, instance, epoch = demo
+    instance.add_dynamic_partitions(epochs_partitions.name, [str(epoch)])
+    _materialize([chain_commitments], str(epoch), resources, instance)
+    hotkeys = list(resources["warehouse"].epoch_commitments(epoch)["hotkey"])
+    for hotkey in hotkeys[:-1]:
+        _materialize([miner_datasets], hotkey, resources, instance)
+    calls = []
+    real = shards.deduplicate
+    monkeypatch.setattr(shards, "deduplicate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    args = (epoch, resources["hub"], resources["settings"], resources["warehouse"])
+    first = shards.plan_epoch_shards(*args)
+    again = shards.plan_epoch_shards(*args)
+    assert len(calls) == 1 and again[0] == first[0]
+    kept = [{h: list(f["row_hash"]) for h, f in plan[1].items()} for plan in (first, again)]
+    assert kept[0] == kept[1]
+    _materialize([miner_datasets], hotkeys[-1], resources, instance)  # one more dataset: a new plan
+    shards.plan_epoch_shards(*args)
+    assert len(calls) == 2
