@@ -146,19 +146,17 @@ def signatures(shingles: Shingles, config: NearDupConfig = NearDupConfig()) -> n
     n = len(shingles)
     sig = np.empty((n, config.num_perm), dtype=np.uint32)
     mult, xor = _hash_family(config)
-    starts = shingles.offsets[:-1]
-    lengths = np.diff(shingles.offsets)
+    row_of_word = np.repeat(np.arange(n), np.diff(shingles.offsets))
     pairs, valid = shingles.pairs()
-    pair_lengths = np.maximum(lengths - 1, 0)
+    rows = np.concatenate([row_of_word, row_of_word[:-1][valid]])
+    order = np.argsort(rows, kind="stable")  # every row's words and pairs side by side
+    values = np.concatenate([shingles.words, pairs[valid]])[order]
+    counts = np.bincount(rows, minlength=n)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     with np.errstate(over="ignore"):
         for p in range(config.num_perm):
-            hw = (((shingles.words ^ xor[p]) * mult[p]) >> np.uint64(32)).astype(np.uint32)
-            hp = (((pairs ^ xor[p]) * mult[p]) >> np.uint64(32)).astype(np.uint32)
-            hp[~valid] = _EMPTY
-            if len(hp) == 0:
-                sig[:, p] = _segment_min(hw, starts, lengths)
-                continue
-            sig[:, p] = np.minimum(_segment_min(hw, starts, lengths), _segment_min(hp, starts, pair_lengths))
+            hashed = (((values ^ xor[p]) * mult[p]) >> np.uint64(32)).astype(np.uint32)
+            sig[:, p] = _segment_min(hashed, starts, counts)
     return sig
 
 
@@ -173,14 +171,23 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b)
 
 
+def _band_key(block: np.ndarray) -> np.ndarray:
+    """One 64-bit key per row for a band of uint32 values (a rare collision only adds a candidate, which the
+    similarity check then judges)."""
+    key = np.zeros(block.shape[0], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(block.shape[1]):
+            key = (key ^ block[:, j].astype(np.uint64)) * _PAIR_MIX
+    return key
+
+
 def _band_candidates(sig: np.ndarray, rank: np.ndarray, group: np.ndarray, config: NearDupConfig):
     """(row, candidate) pairs from every band: each row with its bucket's earliest row of another group."""
     n = sig.shape[0]
     width = config.num_perm // config.bands
     rows_out, cand_out = [], []
     for band in range(config.bands):
-        block = np.ascontiguousarray(sig[:, band * width:(band + 1) * width])
-        key = block.view(np.dtype((np.void, block.dtype.itemsize * width))).ravel()
+        key = _band_key(sig[:, band * width:(band + 1) * width])
         order = np.lexsort((rank, key))  # by key, then earliest first
         sorted_key = key[order]
         starts = np.ones(n, dtype=bool)
