@@ -90,6 +90,10 @@ def _final_results(warehouse: WarehouseResource, shards: list[dict], provenance:
     return {keys[k] for k in done["cache_key"]}
 
 
+def _attempt_key(base: str, attempt: int) -> str:
+    return base if attempt == 0 else f"{base}#retry{attempt}"
+
+
 def _run_key(instance: dg.DagsterInstance, base: str) -> str | None:
     """`base`, or `base#retryN` when the runs with the earlier keys failed; None once MAX_RUN_ATTEMPTS failed.
 
@@ -97,7 +101,7 @@ def _run_key(instance: dg.DagsterInstance, base: str) -> str | None:
     and so the epoch, for good.
     """
     for attempt in range(MAX_RUN_ATTEMPTS):
-        key = base if attempt == 0 else f"{base}#retry{attempt}"
+        key = _attempt_key(base, attempt)
         runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": key}), limit=1)
         if not runs or runs[0].status != dg.DagsterRunStatus.FAILURE:
             return key
@@ -106,7 +110,7 @@ def _run_key(instance: dg.DagsterInstance, base: str) -> str | None:
 
 def _last_failure(instance: dg.DagsterInstance, base: str) -> str:
     """What the last run of `base`'s keys died of (its failure message), for the record."""
-    key = base if MAX_RUN_ATTEMPTS == 1 else f"{base}#retry{MAX_RUN_ATTEMPTS - 1}"
+    key = _attempt_key(base, MAX_RUN_ATTEMPTS - 1)
     runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": key}), limit=1)
     message = "no failure message recorded"
     if runs:

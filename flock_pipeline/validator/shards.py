@@ -60,14 +60,14 @@ def latest_epoch_of(warehouse: WarehouseResource, hotkey: str) -> int | None:
 
 def _epoch_rows(warehouse: WarehouseResource, epoch: int) -> tuple[dict, dict, dict]:
     """Everything dedup needs for `epoch`, in three queries (not three per miner: every miner's run plans the
-    whole epoch): dataset status by hotkey, used rows by hotkey, and row hash -> the first block at which the
-    hotkey committed it, over the epochs recorded up to `epoch` and since its current registration (a re-registered
-    hotkey starts over)."""
+    whole epoch): dataset status by hotkey, used row hashes by hotkey (not their JSON: see `_row_json`), and row
+    hash -> the first block at which the hotkey committed it, over the epochs recorded up to `epoch` and since its
+    current registration (a re-registered hotkey starts over)."""
     datasets = warehouse.query(
         "SELECT c.hotkey, d.status, d.reason FROM commitments c JOIN datasets d USING (repo, revision) "
         "WHERE c.epoch = ? AND c.status = 'ok'", [epoch])
     rows = warehouse.query(
-        "SELECT c.hotkey, r.* FROM commitments c JOIN dataset_rows r USING (repo, revision) "
+        "SELECT c.hotkey, r.idx, r.row_hash FROM commitments c JOIN dataset_rows r USING (repo, revision) "
         "WHERE c.epoch = ? AND c.status = 'ok' ORDER BY c.hotkey, r.idx", [epoch])
     first = warehouse.query(
         "SELECT cur.hotkey, r.row_hash, min(c.commit_block) AS first_block FROM commitments cur "
@@ -82,13 +82,28 @@ def _epoch_rows(warehouse: WarehouseResource, epoch: int) -> tuple[dict, dict, d
     return status, by_hotkey, first_blocks
 
 
+def _row_json(warehouse: WarehouseResource, epoch: int, hotkeys: list[str]) -> dict[str, list[str]]:
+    """The used rows' canonical JSON of some miners of `epoch`, in row order."""
+    if not hotkeys:
+        return {}
+    marks = ", ".join("?" * len(hotkeys))
+    frame = warehouse.query(
+        "SELECT c.hotkey, r.row_json FROM commitments c JOIN dataset_rows r USING (repo, revision) "
+        f"WHERE c.epoch = ? AND c.status = 'ok' AND c.hotkey IN ({marks}) ORDER BY c.hotkey, r.idx",
+        [epoch, *hotkeys])
+    return {hotkey: list(f["row_json"]) for hotkey, f in frame.groupby("hotkey", sort=False)}
+
+
 def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsResource,
-                      warehouse: WarehouseResource) -> tuple[dict[str, dict], dict[str, pd.DataFrame]]:
+                      warehouse: WarehouseResource, hotkeys: list[str] | None = None
+                      ) -> tuple[dict[str, dict], dict[str, pd.DataFrame]]:
     """Dedup every miner of `epoch` against every other (exact and near copies, earliest commitment keeps a row) and
     the eval set.
 
-    Returns (shard row by hotkey, kept rows by hotkey for eligible miners). The only write is the plan itself
-    (`dedup_plans`, keyed by a fingerprint of its inputs), so the other miners' runs of the epoch reuse it.
+    Returns (shard row by hotkey, kept rows (row_hash, row_json) by hotkey for the eligible miners among
+    `hotkeys`, default all). The only write is the plan itself (`dedup_plans`, keyed by a fingerprint of its
+    inputs), so the other miners' runs of the epoch reuse it; rows' JSON is read only for a new plan (all miners)
+    and for the kept rows asked for.
     """
     info = warehouse.epoch_info(epoch)
     if info is None:
@@ -96,7 +111,7 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
     eval_set = load_eval_rows(hub, info["eval_repo"], info["eval_revision"])
     eval_hashes = {r.row_hash for r in eval_set}
     dataset_status, epoch_rows, first_blocks = _epoch_rows(warehouse, epoch)
-    empty = pd.DataFrame(columns=["row_hash", "row_json"])
+    empty = pd.DataFrame(columns=["idx", "row_hash"])
     base_rows, candidates, rows_by_hotkey = {}, [], {}
     for c in warehouse.epoch_commitments(epoch).itertuples():
         row = {"epoch": epoch, "hotkey": c.hotkey, "uid": int(c.uid), "repo": c.repo, "revision": c.revision,
@@ -121,9 +136,11 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
     config = settings.dedup_config()
     fingerprint = _plan_fingerprint(candidates, info["eval_revision"], config)
     plans = _cached_plans(warehouse, epoch, fingerprint, {m.hotkey for m in candidates})
+    row_json: dict[str, list[str]] = {}
     if plans is None:  # the first miner run of the epoch (or its inputs changed): plan, then keep it for the rest
-        with_texts = [replace(m, row_texts=tuple(row_text(r) for r in rows_from_json(rows_by_hotkey[m.hotkey])))
-                      for m in candidates]
+        row_json = _row_json(warehouse, epoch, [m.hotkey for m in candidates])
+        with_texts = [replace(m, row_texts=tuple(row_text(r) for r in rows_from_json(
+            pd.DataFrame({"row_json": row_json.get(m.hotkey, [])})))) for m in candidates]
         decided = deduplicate(with_texts, eval_hashes, config, tuple(row_text(r) for r in eval_set))
         plans = {hotkey: {"rows_in": p.rows_in, "rows_kept": p.rows_kept, "duplicates_within": p.duplicates_within,
                           "duplicates_earlier": p.duplicates_earlier, "eval_leaks": p.eval_leaks,
@@ -132,6 +149,9 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
             [{"epoch": epoch, "fingerprint": fingerprint, "hotkey": hk, "plan": json.dumps(plan)}
              for hk, plan in plans.items()], columns=["epoch", "fingerprint", "hotkey", "plan"]),
             "epoch = ?", [epoch])
+    wanted = set(plans) if hotkeys is None else set(hotkeys) & set(plans)
+    missing = sorted(h for h in wanted if h not in row_json and plans[h]["reason"] is None)
+    row_json.update(_row_json(warehouse, epoch, missing))
     kept_rows = {}
     for hotkey, plan in plans.items():
         row = base_rows[hotkey]
@@ -141,7 +161,10 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
         if eligible:
             kept = rows_by_hotkey[hotkey].iloc[plan["kept_indices"]]
             row["shard_hash"] = shard_hash(list(kept["row_hash"]))
-            kept_rows[hotkey] = kept
+            if hotkey in wanted:
+                jsons = row_json[hotkey]
+                kept_rows[hotkey] = pd.DataFrame({"row_hash": list(kept["row_hash"]),
+                                                  "row_json": [jsons[i] for i in plan["kept_indices"]]})
     return base_rows, kept_rows
 
 
@@ -167,14 +190,14 @@ def build_miner_shard(hotkey: str, hub: HubResource, settings: ValidatorSettings
     """Record `hotkey`'s shard for `epoch` (default: the latest epoch it committed in); returns its shard row
     (None: the hotkey has no commitment in that epoch).
 
-    Who keeps a row depends on every miner of the epoch, so the whole epoch is planned (hash sets: cheap) and
-    only this miner's shard is written; every miner's run computes the same plan.
+    Who keeps a row depends on every miner of the epoch, so the whole epoch is planned (once per set of inputs,
+    then reused) and only this miner's shard is written.
     """
     if epoch is None:
         epoch = latest_epoch_of(warehouse, hotkey)
     if epoch is None or warehouse.miner_commitment(hotkey, epoch) is None:
         return None
-    plans, kept_rows = plan_epoch_shards(epoch, hub, settings, warehouse)
+    plans, kept_rows = plan_epoch_shards(epoch, hub, settings, warehouse, [hotkey])
     row = plans[hotkey]
     kept = kept_rows.get(hotkey)
     if kept is not None:
