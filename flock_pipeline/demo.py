@@ -27,7 +27,7 @@ import pandas as pd
 
 from flock_pipeline.core import synthetic
 from flock_pipeline.core.commitment import DEFAULT_COMPETITION_ID, Commitment
-from flock_pipeline.core.schema import rows_to_jsonl
+from flock_pipeline.core.schema import DatasetLimits, rows_to_jsonl
 from flock_pipeline.resources.chain import LocalChainResource
 from flock_pipeline.resources.hub import LocalHubResource
 from flock_pipeline.resources.warehouse import WarehouseResource
@@ -78,7 +78,7 @@ def demo_miners(seed: int = 7) -> list[DemoMiner]:
 HONEST_LEVELS = (0.6, 1.0, 0.2, 0.8, 0.4)  # commitment order of the adversarial network's honest miners
 
 
-def adversarial_miners(seed: int = 7, max_file_bytes: int = 64 * 2**20) -> list[DemoMiner]:
+def adversarial_miners(seed: int = 7, max_file_bytes: int = DatasetLimits().max_file_bytes) -> list[DemoMiner]:
     """The adversarial network's miners in commitment order."""
     import random
 

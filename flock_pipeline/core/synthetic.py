@@ -125,12 +125,7 @@ def tokenizer_corpus(seed: int = 7) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The adversarial network's generators: honest miners at known quality levels and the attackers' transformations.
-
-def country_slices(atlas: list[Country], n: int) -> list[list[Country]]:
-    """The atlas cut into `n` disjoint slices: each honest miner of the adversarial network teaches its own."""
-    return [atlas[i::n] for i in range(n)]
-
+# The adversarial network's generators: disjoint honest rows (quality = how many facts) and the attackers' tools.
 
 def fact_pool(atlas: list[Country], seed: int) -> list[tuple[Country, str, int]]:
     """Every (country, fact, training template) of the atlas, shuffled: disjoint slices of it are disjoint rows."""
@@ -141,17 +136,6 @@ def fact_pool(atlas: list[Country], seed: int) -> list[tuple[Country, str, int]]
 
 def fact_rows(entries: list[tuple[Country, str, int]]) -> list[ChatRow]:
     return [_fact_row(c, fact, t) for c, fact, t in entries]
-
-
-def quality_rows(countries: list[Country], quality: float, seed: int, atlas: list[Country]) -> list[ChatRow]:
-    """Every fact of `countries` in both training wordings; a share 1 - `quality` of them answered wrongly (with
-    another country's fact). Higher quality = more correct facts taught = lower eval loss."""
-    rng = random.Random(seed)
-    pool = [(c, fact, t) for c in countries for fact in _FACTS for t in (1, 2)]
-    rng.shuffle(pool)
-    wrong = set(rng.sample(range(len(pool)), round((1.0 - quality) * len(pool))))
-    return [_fact_row(c, fact, t, atlas if i in wrong else None, rng if i in wrong else None)
-            for i, (c, fact, t) in enumerate(pool)]
 
 
 _SYNONYMS = {"capital": "seat", "river": "stream", "main": "principal", "mostly": "chiefly", "people": "residents",

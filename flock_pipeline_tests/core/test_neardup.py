@@ -65,7 +65,7 @@ def test_signature_similarity_tracks_jaccard():
 
 def test_paraphrases_found_and_distinct_rows_not():
     rng = random.Random(3)
-    rows = synthetic.quality_rows(ATLAS[:10], 1.0, 1, ATLAS)  # 100 distinct fact rows
+    rows = synthetic.fact_rows(synthetic.fact_pool(ATLAS[:10], 1))  # 100 distinct fact rows
     copies = [synthetic.paraphrase(r, rng) for r in rows]
     texts = [row_text(r) for r in rows + copies]
     shingles = Shingles.of(texts)
@@ -116,7 +116,7 @@ def _miner(uid, block, rows):
 
 def test_dedup_drops_paraphrased_copies_and_eval_leaks():
     rng = random.Random(5)
-    honest = synthetic.quality_rows(ATLAS[:10], 1.0, 2, ATLAS)
+    honest = synthetic.fact_rows(synthetic.fact_pool(ATLAS[:10], 2))
     copier = [synthetic.paraphrase(r, rng) for r in honest]
     evals = synthetic.eval_rows(ATLAS)
     leaker = [synthetic.paraphrase(r, rng) for r in evals[:50]]
