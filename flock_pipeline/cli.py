@@ -38,7 +38,7 @@ def _quiet_torch() -> None:
 
 def cmd_demo(args) -> int:
     from flock_pipeline.defs.epoch import run_epoch
-    from flock_pipeline.demo import epoch_report, format_report, seed_demo_network
+    from flock_pipeline.demo import epoch_report, format_report, run_cycle, seed_demo_network
     from flock_pipeline.resources import build_resources
 
     _quiet_torch()
@@ -52,16 +52,27 @@ def cmd_demo(args) -> int:
         return 0
     resources = build_resources(home)
     log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
-    run_epoch(epoch, resources, _instance(), progress=log)
+    cycle = run_cycle(home, resources, _instance(), run_epoch, progress=log)
     demo = json.loads((home / "demo.json").read_text())
     report = epoch_report(epoch, resources["warehouse"], demo["labels"], demo.get("quality"))
     elapsed = time.perf_counter() - started
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    daily = len(cycle) > 1
     if args.json:
-        print(json.dumps({"network": args.network, "epoch": epoch, "miners": report, "wall_s": round(elapsed, 2),
-                          "peak_rss_mib": round(peak_mib, 1)}, indent=1))
+        doc = {"network": args.network, "epoch": epoch, "miners": report, "wall_s": round(elapsed, 2),
+               "peak_rss_mib": round(peak_mib, 1)}
+        if daily:
+            doc["cycle"] = cycle
+        print(json.dumps(doc, indent=1))
     else:
-        print(format_report(report))
+        if daily:
+            for entry in cycle:
+                rounds = ", ".join(f"{name} round {r['round']} ({r['phase']})" for name, r in entry["rounds"].items())
+                weights = "; ".join(f"uid {uid} {w:g}: {entry['why'][uid]}" for uid, w in entry["weights"].items())
+                print(f"epoch {entry['epoch']} (block {entry['block']}, {entry['time']}): {rounds}\n    weights: "
+                      f"{weights or 'none'}")
+            print()
+        print(format_report(report, competitions=len({m["competition"] for m in report}) > 1 or daily))
         print(f"\nepoch {epoch}: {elapsed:.1f} s wall, peak RSS {peak_mib:.0f} MiB; home {home}")
     return 0
 
@@ -303,9 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
     demo.add_argument("--home", help="where the demo network lives (default: $FLOCK_HOME or ./.flock); wiped first")
     demo.add_argument("--seed", type=int, default=7, help="seed of the synthetic data")
-    demo.add_argument("--network", choices=["default", "adversarial"], default="default",
+    demo.add_argument("--network", choices=["default", "adversarial", "selection", "mixed"], default="default",
                       help="default: six miners; adversarial: honest miners at five quality levels and every kind "
-                      "of attacker")
+                      "of attacker; selection: the live SN96 selection game over a daily cycle; mixed: curation "
+                      "and selection side by side (shares 0.5 / 0.5)")
     demo.add_argument("--no-run", action="store_true", help="only seed the network (then run the epoch yourself)")
     demo.set_defaults(func=cmd_demo)
 

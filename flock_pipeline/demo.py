@@ -14,6 +14,24 @@ order unrelated to their quality, and one of every attacker: exact copier, parap
 eval-set leaker, junk text, empty, oversize, malformed, a stale commitment from before its hotkey's re-registration
 and a later commitment of an honest miner's own repo and revision. Every attacker must end at weight 0 with a
 reason; the honest miners must be ranked by quality.
+
+`selection` network (`selection_miners`): the live SN96 game on the local chain's clock (one block a minute, block 0
+at 11:00 UTC on day 0). A pool repo of 600 rows (200 atlas facts in three wordings) is the eval set; 40 uids are
+registered (k = 2: the earliest of the two lowest losses wins). Miners select 100 pool rows during day 0's
+submission window (12:00-12:30 UTC), in this order:
+    random-selector   100 random pool rows                           -> the winner when among the 2 best (earliest)
+    strong-selector   100 distinct facts, every country              -> the lowest loss
+    weak-selector     34 facts in all three wordings                 -> not among the 2 best
+    outside-the-pool  99 pool rows and one reworded row              -> ineligible, not from the pool
+    shares-40         40 of strong-selector's rows + 60 others       -> ineligible, duplicate of strong-selector
+    exact-copy        strong-selector's file                         -> ineligible, duplicate
+    late              100 pool rows, committed after the window      -> rejected, late
+The demo runs the daily cycle: day 0 12:00 (fresh start: nobody scored, all weight to the owner's uid), 12:40
+(validation: the submissions are evaluated, the burn stays), day 1 11:40 (rewarding: weight 1 to the winner; the
+report), day 1 12:40 (the pool did not change: the winner keeps the reward, nothing is evaluated).
+
+`mixed` network: the default network's miners in the curation game (commitment id "1", share 0.5) beside the
+selection network's in the selection game (commitment id "2", share 0.5): one weight vector from both.
 """
 
 from __future__ import annotations
@@ -27,18 +45,32 @@ import pandas as pd
 
 from flock_pipeline.core import synthetic
 from flock_pipeline.core.commitment import DEFAULT_COMPETITION_ID, Commitment
-from flock_pipeline.core.schema import DatasetLimits, rows_to_jsonl
+from flock_pipeline.core.schema import ChatRow, DatasetLimits, Turn, rows_to_jsonl
 from flock_pipeline.resources.chain import LocalChainResource
 from flock_pipeline.resources.hub import LocalHubResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 
 EVAL_REPO = "flock/eval-atlas"
 VALIDATOR_HOTKEY = "validator"
-REPORT_FIELDS = ["uid", "hotkey", "label", "quality", "status", "reason", "rows_kept", "eval_loss", "win_rate",
-                 "weight"]
+REPORT_FIELDS = ["uid", "hotkey", "label", "quality", "competition", "status", "reason", "rows_kept", "eval_loss",
+                 "win_rate", "weight"]
+POOL_REPO = "flock/selection-pool"
+OWNER_HOTKEY = "owner"  # the subnet owner (the burn uid of the selection game)
+SELECTION_GENESIS = 1770030000.0  # block 0 of the daily networks: 2026-02-02 11:00 UTC
+SELECTION_BLOCK_SECONDS = 60.0  # one block a minute: the 30-minute submission window is 30 blocks
+SELECTION_UIDS = 40  # registered uids of the daily networks: k = max(floor(0.05 x 40), 1) = 2
+# The daily cycle the demo runs (epochs of 20 blocks): day 0 12:00 (submission window open: fresh start, burn), 12:40
+# (validation), day 1 11:40 (rewarding: the report's epoch), day 1 12:40 (pool unchanged: the winner keeps it).
+SELECTION_CYCLE = (3, 6, 74, 77)
+SELECTION_REPORT_EPOCH = 74
+SELECTION_COMPETITIONS = [{"kind": "selection", "name": "selection", "eval_repo": POOL_REPO,
+                           "recipe": {"strip_whitespace": True}}]
+MIXED_COMPETITIONS = [{"kind": "curation", "name": "curation", "share": 0.5, "commitment_id": "1"},
+                      {"kind": "selection", "name": "selection", "share": 0.5, "commitment_id": "2",
+                       "eval_repo": POOL_REPO, "recipe": {"strip_whitespace": True}}]
 
 
-NETWORKS = ("default", "adversarial")
+NETWORKS = ("default", "adversarial", "selection", "mixed")
 
 
 @dataclass(frozen=True)
@@ -50,6 +82,8 @@ class DemoMiner:
     quality: float | None = None  # the generator's quality level for honest miners (higher is better)
     commit_repo_of: str | None = None  # commit another miner's repo and revision instead of uploading
     reregister: bool = False  # the hotkey re-registers after committing (its commitment becomes stale)
+    competition_id: str = DEFAULT_COMPETITION_ID  # the competition field of its commitment
+    late: bool = False  # daily networks: commits after the submission window closed
 
 
 def demo_miners(seed: int = 7) -> list[DemoMiner]:
@@ -118,63 +152,191 @@ def adversarial_miners(seed: int = 7, max_file_bytes: int = DatasetLimits().max_
     return miners
 
 
+def selection_pool(seed: int = 7) -> list[ChatRow]:
+    """The selection network's pool: every atlas fact in three wordings (600 rows; 200 facts)."""
+    return [row for _, _, row in synthetic.fact_grid(synthetic.make_atlas(seed))]
+
+
+def selection_miners(seed: int = 7, competition_id: str = DEFAULT_COMPETITION_ID) -> list[DemoMiner]:
+    """The selection network's miners in commitment order (the late one commits after the window).
+
+    Quality is how many distinct facts a selection covers (rows of one fact teach its other wordings) and whether it
+    teaches every wording: the strong selector takes 100 distinct facts in rotating wordings, the weak one 34 facts
+    in all three wordings, the random one whatever 100 rows it drew. Each selector prefers rows the earlier ones left, so only the intended copies share more than 33 rows."""
+    import random
+
+    grid = synthetic.fact_grid(synthetic.make_atlas(seed))
+    pool = [row for _, _, row in grid]
+    rng = random.Random(seed + 200)
+    picked_random = rng.sample(range(len(pool)), 100)
+    taken = set(picked_random)
+    by_fact: dict[tuple[int, str], list[int]] = {}
+    for i, (country, fact, _) in enumerate(grid):
+        by_fact.setdefault((country, fact), []).append(i)
+    facts = sorted(by_fact)
+    # 100 distinct facts (every country), their wordings rotated so that all three are taught
+    strong_idx = [sorted(by_fact[f], key=lambda i: (i in taken, (by_fact[f].index(i) - n) % 3))[0]
+                  for n, f in enumerate(facts[::2])]
+    taken |= set(strong_idx)
+    weak_facts = sorted(facts, key=lambda f: sum(i in taken for i in by_fact[f]))[:34]
+    weak_idx = [i for f in weak_facts for i in by_fact[f]][:100]
+    taken |= set(weak_idx)
+    free = [i for i in range(len(pool)) if i not in taken]
+    base = pool[free[0]]
+    outside_row = ChatRow(system=base.system, turns=(base.turns[0], Turn(
+        "assistant", base.turns[1].content.replace(".", ", as the atlas says."))))
+    shares = [pool[i] for i in rng.sample(strong_idx, 40) + free[1:61]]
+    rng.shuffle(shares)
+
+    def miner(label, rows, **kw):
+        return DemoMiner(label, f"hk-{label}", f"{label.split('-')[0]}/selection", rows_to_jsonl(rows).encode(),
+                         competition_id=competition_id, **kw)
+
+    strong = [pool[i] for i in strong_idx]
+    return [
+        miner("random-selector", [pool[i] for i in picked_random]),
+        miner("strong-selector", strong),
+        miner("weak-selector", [pool[i] for i in weak_idx]),
+        miner("outside-the-pool", [pool[i] for i in free[61:160]] + [outside_row]),
+        miner("shares-40", shares),
+        DemoMiner("exact-copy", "hk-exact-copy", "copy/selection", rows_to_jsonl(strong).encode(),
+                  competition_id=competition_id),
+        miner("late", [pool[i] for i in random.Random(seed + 201).sample(range(len(pool)), 100)], late=True),
+    ]
+
+
 def seed_demo_network(home: Path, seed: int = 7, network: str = "default") -> int:
     """Wipe `home` and seed a local chain + hub: validator, miners, their commitments and the eval set.
 
-    Returns the epoch that opens right after the commitments (the one to run).
+    Returns the epoch to run: the one that opens right after the commitments (the daily networks: the rewarding
+    epoch; demo.json lists the cycle of epochs to run before it and after it).
     """
     home = Path(home)
     for name in ("chain.json", "chain.json.lock", "hub", "warehouse.duckdb", "warehouse.duckdb.wal", "corpus",
-                 "demo.json"):
+                 "demo.json", "competitions.json"):
         target = home / name
         if target.is_dir():
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
     home.mkdir(parents=True, exist_ok=True)
+    if network not in NETWORKS:
+        raise ValueError(f"unknown demo network {network!r}: use one of {', '.join(NETWORKS)}")
     chain = LocalChainResource(path=str(home / "chain.json"))
     hub = LocalHubResource(root=str(home / "hub"), as_owner=True)
     eval_revision = hub.upload(EVAL_REPO, rows_to_jsonl(synthetic.eval_rows(synthetic.make_atlas(seed))).encode(),
                                private=False)
+    daily = network in ("selection", "mixed")
+    if daily:
+        chain.configure(genesis=SELECTION_GENESIS, block_seconds=SELECTION_BLOCK_SECONDS, owner=OWNER_HOTKEY)
+        chain.register(OWNER_HOTKEY)
+        hub.upload(POOL_REPO, rows_to_jsonl(selection_pool(seed)).encode(), private=False)
     chain.register(VALIDATOR_HOTKEY, stake=1000.0, validator_permit=True)
-    if network not in NETWORKS:
-        raise ValueError(f"unknown demo network {network!r}: use one of {', '.join(NETWORKS)}")
-    miners = demo_miners(seed) if network == "default" else adversarial_miners(seed)
+    if network == "default":
+        miners = demo_miners(seed)
+    elif network == "adversarial":
+        miners = adversarial_miners(seed)
+    elif network == "selection":
+        miners = selection_miners(seed)
+    else:
+        miners = demo_miners(seed) + selection_miners(seed, competition_id="2")
     for m in miners:
         chain.register(m.hotkey)
+    if daily:
+        for i in range(SELECTION_UIDS - len(chain.metagraph())):
+            chain.register(f"hk-idle-{i}")  # registered, never committing: they count in k
+        opens = chain.clock().last_block_before(_day0(12, 0)) + 1
+        chain.advance(opens - chain.current_block())
     for m in miners:
-        if m.commit_repo_of:
-            revision = hub.head(m.commit_repo_of)
-        else:
-            revision = hub.upload(m.repo, m.data, private=True)
-        chain.set_commitment(m.hotkey, Commitment(m.repo, DEFAULT_COMPETITION_ID, revision).to_compressed_str())
-        if not m.commit_repo_of:
-            hub.set_private(m.repo, False)  # public only once the commitment exists
+        if m.late:
+            continue
+        _commit(chain, hub, m)
+    if daily:
+        closes = chain.clock().last_block_before(_day0(12, 30))
+        chain.advance(closes + 3 - chain.current_block())
+        for m in miners:
+            if m.late:
+                _commit(chain, hub, m)
     for m in miners:
         if m.reregister:
             chain.register(m.hotkey)  # deregistered and registered again: its old commitment no longer counts
-    epoch = chain.epoch_of(chain.current_block()) + 1
-    chain.advance(chain.epoch_start(epoch) - chain.current_block())
+    if daily:
+        epoch, cycle = SELECTION_REPORT_EPOCH, list(SELECTION_CYCLE)
+        competitions = SELECTION_COMPETITIONS if network == "selection" else MIXED_COMPETITIONS
+        (home / "competitions.json").write_text(json.dumps(competitions, indent=1) + "\n")
+    else:
+        epoch = chain.epoch_of(chain.current_block()) + 1
+        chain.advance(chain.epoch_start(epoch) - chain.current_block())
+        cycle = [epoch]
     (home / "demo.json").write_text(json.dumps({"network": network, "labels": {m.hotkey: m.label for m in miners},
                                                 "quality": {m.hotkey: m.quality for m in miners},
-                                                "eval_revision": eval_revision, "epoch": epoch}))
+                                                "eval_revision": eval_revision, "epoch": epoch, "cycle": cycle}))
     return epoch
+
+
+def _day0(hour: int, minute: int):
+    from datetime import datetime, timedelta, timezone
+
+    day = datetime.fromtimestamp(SELECTION_GENESIS, tz=timezone.utc).replace(hour=0, minute=0)
+    return day + timedelta(hours=hour, minutes=minute)
+
+
+def _commit(chain: LocalChainResource, hub: LocalHubResource, m: DemoMiner) -> None:
+    if m.commit_repo_of:
+        revision = hub.head(m.commit_repo_of)
+    else:
+        revision = hub.upload(m.repo, m.data, private=True)
+    chain.set_commitment(m.hotkey, Commitment(m.repo, m.competition_id, revision).to_compressed_str())
+    if not m.commit_repo_of:
+        hub.set_private(m.repo, False)  # public only once the commitment exists
+
+
+def run_cycle(home: Path, resources: dict, instance, run_epoch, progress=lambda msg: None) -> list[dict]:
+    """Run the epochs of demo.json's cycle in order, moving the local chain's clock to each one first; returns a
+    summary per epoch (round, phase, the weight vector and why)."""
+    demo = json.loads((Path(home) / "demo.json").read_text())
+    chain, warehouse = resources["chain"], resources["warehouse"]
+    summary = []
+    for epoch in demo.get("cycle", [demo["epoch"]]):
+        start = chain.epoch_start(epoch)
+        if chain.current_block() < start:
+            chain.advance(start - chain.current_block())
+        run_epoch(epoch, resources, instance, progress=progress)
+        summary.append(cycle_entry(epoch, warehouse, chain))
+    return summary
+
+
+def cycle_entry(epoch: int, warehouse: WarehouseResource, chain: LocalChainResource) -> dict:
+    """One epoch of a daily cycle: when it is, each competition's round and phase, and the weights with reasons."""
+    block = chain.epoch_start(epoch)
+    games = warehouse.epoch_competitions(epoch)
+    weights = warehouse.win_rates(epoch)
+    weighted = weights[weights["weight"] > 0]
+    return {"epoch": epoch, "block": block, "time": f"{chain.clock().time_of(block):%Y-%m-%d %H:%M} UTC",
+            "rounds": {r.competition: {"round": r.round_id, "phase": r.phase} for r in games.itertuples()},
+            "weights": {str(int(r.uid)): round(float(r.weight), 6) for r in weighted.itertuples()},
+            "why": {str(int(r.uid)): f"{r.hotkey}: {r.status}" + (f" ({r.reason})" if isinstance(r.reason, str)
+                                                                   else "") for r in weighted.itertuples()}}
 
 
 def epoch_report(epoch: int, warehouse: WarehouseResource, labels: dict[str, str] | None = None,
                  quality: dict[str, float | None] | None = None) -> list[dict]:
-    """One entry per committing miner: uid, hotkey, label, quality, status, reason, rows_kept, eval_loss, win_rate,
-    weight (quality: the demo generator's level for honest miners, None for the others and outside a demo)."""
+    """One entry per committing miner (and per uid rewarded without a submission: a kept winner, the burn uid):
+    uid, hotkey, label, quality, competition, status, reason, rows_kept, eval_loss, win_rate, weight (quality: the
+    demo generator's level for honest miners, None for the others and outside a demo)."""
     labels, quality = labels or {}, quality or {}
     frame = warehouse.query(
-        "SELECT c.uid, c.hotkey, w.status AS w_status, c.status AS c_status, "
-        "coalesce(w.reason, c.reason) AS reason, s.rows_kept, w.eval_loss, w.win_rate, w.weight "
-        "FROM commitments c LEFT JOIN win_rates w USING (epoch, hotkey) LEFT JOIN shards s USING (epoch, hotkey) "
-        "WHERE c.epoch = ? ORDER BY c.uid", [epoch])
+        "SELECT coalesce(c.uid, w.uid) AS uid, coalesce(c.hotkey, w.hotkey) AS hotkey, w.status AS w_status, "
+        "c.status AS c_status, coalesce(w.reason, c.reason) AS reason, s.rows_kept, w.eval_loss, w.win_rate, "
+        "w.weight, coalesce(w.competition, c.competition, s.competition) AS competition "
+        "FROM commitments c FULL OUTER JOIN win_rates w ON w.epoch = c.epoch AND w.hotkey = c.hotkey "
+        "LEFT JOIN shards s ON s.epoch = c.epoch AND s.hotkey = c.hotkey "
+        "WHERE coalesce(c.epoch, w.epoch) = ? ORDER BY 1", [epoch])
     report = []
     for r in frame.itertuples():
         report.append({"uid": int(r.uid), "hotkey": r.hotkey, "label": labels.get(r.hotkey),
                        "quality": quality.get(r.hotkey),
+                       "competition": r.competition if isinstance(r.competition, str) else None,
                        "status": r.w_status if isinstance(r.w_status, str) else r.c_status,
                        "reason": r.reason if isinstance(r.reason, str) else None,
                        "rows_kept": 0 if pd.isna(r.rows_kept) else int(r.rows_kept),
@@ -184,11 +346,18 @@ def epoch_report(epoch: int, warehouse: WarehouseResource, labels: dict[str, str
     return report
 
 
-def format_report(report: list[dict]) -> str:
+def format_report(report: list[dict], competitions: bool = False) -> str:
     header = ["uid", "hotkey", "label", "status", "rows", "eval_loss", "win_rate", "weight", "reason"]
-    rows = [[str(m["uid"]), m["hotkey"], m["label"] or "", m["status"], str(m["rows_kept"]),
-             "" if m["eval_loss"] is None else f"{m['eval_loss']:.4f}", f"{m['win_rate']:.3f}",
-             f"{m['weight']:.6f}", m["reason"] or ""] for m in report]
+    if competitions:
+        header.insert(3, "competition")
+    rows = []
+    for m in report:
+        row = [str(m["uid"]), m["hotkey"], m["label"] or "", m["status"], str(m["rows_kept"]),
+               "" if m["eval_loss"] is None else f"{m['eval_loss']:.4f}", f"{m['win_rate']:.3f}",
+               f"{m['weight']:.6f}", m["reason"] or ""]
+        if competitions:
+            row.insert(3, m.get("competition") or "")
+        rows.append(row)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]

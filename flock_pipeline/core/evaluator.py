@@ -42,6 +42,7 @@ class BaseModel:
     name: str
     revision: str
     device: torch.device
+    path: str = ""  # the model directory (a quantized copy is loaded from it when a recipe asks for one)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -73,7 +74,7 @@ def load_base_model(path: str, *, device: str = "auto", precision: str = "auto",
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return BaseModel(model=model, tokenizer=tokenizer, name=name or path, revision=revision, device=dev)
+    return BaseModel(model=model, tokenizer=tokenizer, name=name or path, revision=revision, device=dev, path=path)
 
 
 @dataclass
@@ -370,7 +371,12 @@ def train_lora(model: torch.nn.Module, rows: Sequence[TokenizedRow], recipe: Tra
 
     `on_step(done, total)` is called after each optimizer step (progress bars)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "paged_adamw_8bit":
+        from flock_pipeline.core.qlora import paged_adamw_8bit
+
+        optimizer = paged_adamw_8bit(params, recipe.learning_rate, recipe.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(len(rows) / recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
     losses: list[float] = []
@@ -419,6 +425,8 @@ def train_and_evaluate(base: BaseModel, train_rows: Sequence[ChatRow], eval_rows
         raise ValueError("no training rows")
     if not eval_rows:
         raise ValueError("no eval rows")
+    if recipe.strip_whitespace:
+        train_rows, eval_rows = [r.stripped() for r in train_rows], [r.stripped() for r in eval_rows]
     train_tok = tokenize_rows(train_rows[: recipe.max_train_rows], base.tokenizer, recipe.max_seq_len)
     eval_tok = tokenize_rows(eval_rows, base.tokenizer, recipe.max_seq_len)
     return train_and_evaluate_tokens(base, train_tok, eval_tok, recipe, on_step)
@@ -432,9 +440,23 @@ def train_and_evaluate_tokens(base: BaseModel, train_tok: Sequence[TokenizedRow]
     set_determinism(recipe.deterministic)
     pad_id = _pad_id(base.tokenizer)
     train_tok = list(train_tok[: recipe.max_train_rows])
+    trained_state = None
+    t0 = time.perf_counter()
+    if recipe.quantization == "nf4":  # train on the 4-bit copy, evaluate on this (unquantised) base
+        from peft import get_peft_model_state_dict
+
+        from flock_pipeline.core.qlora import quantized_base
+
+        with fresh_lora(quantized_base(base), recipe) as qmodel:
+            losses = train_lora(qmodel, train_tok, recipe, pad_id=pad_id, device=base.device, on_step=on_step)
+            trained_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(qmodel).items()}
     with fresh_lora(base, recipe) as model:
-        t0 = time.perf_counter()
-        losses = train_lora(model, train_tok, recipe, pad_id=pad_id, device=base.device, on_step=on_step)
+        if trained_state is None:
+            losses = train_lora(model, train_tok, recipe, pad_id=pad_id, device=base.device, on_step=on_step)
+        else:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, trained_state)
         _sync(base.device)
         t1 = time.perf_counter()
         with merged_weights(model):
@@ -451,6 +473,8 @@ def train_and_evaluate_tokens(base: BaseModel, train_tok: Sequence[TokenizedRow]
 def base_eval_loss(base: BaseModel, eval_rows: Sequence[ChatRow], recipe: TrainRecipe) -> EvalOutcome:
     """The eval loss of the base model without fine-tuning (the floor every miner is compared to)."""
     set_determinism(recipe.deterministic)
+    if recipe.strip_whitespace:
+        eval_rows = [r.stripped() for r in eval_rows]
     eval_tok = tokenize_rows(eval_rows, base.tokenizer, recipe.max_seq_len)
     t0 = time.perf_counter()
     per_row = evaluate_loss(base.model, eval_tok, pad_id=_pad_id(base.tokenizer), device=base.device,

@@ -30,6 +30,10 @@ class TrainRecipe:
     # decides which dropout masks each row draws, so it is part of the cache key
     eval_batch_tokens: int = 32_768  # padded tokens per forward pass while evaluating (memory, not semantics)
     logits_chunk: int = 4_096  # labelled positions per output-head chunk: full-vocab logits never exist at once
+    quantization: str = "none"  # "none" | "nf4": train LoRA on a 4-bit (bitsandbytes nf4, bf16 compute) copy of
+    # the base, as the live selection game does; the eval always runs on the unquantised base + merged adapter (CUDA)
+    optimizer: str = "adamw"  # "adamw" (torch) | "paged_adamw_8bit" (bitsandbytes, the live game's; CUDA only)
+    strip_whitespace: bool = False  # strip message contents and the system prompt (the live game's loader does)
 
     def __post_init__(self) -> None:
         positive = ("lora_r", "lora_alpha", "epochs", "batch_size", "max_seq_len", "max_train_rows",
@@ -45,19 +49,36 @@ class TrainRecipe:
             raise ValueError("warmup_steps, max_grad_norm and weight_decay must be >= 0")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.quantization not in ("none", "nf4"):
+            raise ValueError(f"quantization must be none or nf4, got {self.quantization!r}")
+        if self.optimizer not in ("adamw", "paged_adamw_8bit"):
+            raise ValueError(f"optimizer must be adamw or paged_adamw_8bit, got {self.optimizer!r}")
+
+    @property
+    def needs_cuda(self) -> bool:
+        """bitsandbytes' 4-bit base and paged 8-bit optimizer run on CUDA only."""
+        return self.quantization != "none" or self.optimizer != "adamw"
 
     # Fields that change memory use or speed but not the result (within float rounding); left out of the cache key.
     _PERFORMANCE_ONLY = ("eval_batch_tokens", "logits_chunk")
+    # Fields added after results were first cached: at their defaults they stay out of the hash, so earlier results
+    # (which were computed exactly that way) keep their keys.
+    _HASHED_UNLESS_DEFAULT = {"quantization": "none", "optimizer": "adamw", "strip_whitespace": False}
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def recipe_hash(self) -> str:
         """sha256 (first 16 hex) of the fields that decide the loss."""
-        fields = {k: v for k, v in asdict(self).items() if k not in self._PERFORMANCE_ONLY}
+        fields = {k: v for k, v in asdict(self).items() if k not in self._PERFORMANCE_ONLY
+                  and not (k in self._HASHED_UNLESS_DEFAULT and v == self._HASHED_UNLESS_DEFAULT[k])}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     def with_overrides(self, **overrides) -> "TrainRecipe":
+        """A copy with some fields changed; an unknown field or a bad value raises ValueError naming it."""
+        unknown = sorted(set(overrides) - set(asdict(self)))
+        if unknown:
+            raise ValueError(f"unknown recipe field(s) {', '.join(unknown)}")
         return replace(self, **overrides)
 
 

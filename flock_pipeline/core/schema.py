@@ -81,6 +81,10 @@ class ChatRow:
         """sha256 hex of the canonical JSON."""
         return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
 
+    def stripped(self) -> "ChatRow":
+        """Contents and system prompt without surrounding whitespace (how the live selection game renders rows)."""
+        return ChatRow(system=self.system.strip(), turns=tuple(Turn(t.role, t.content.strip()) for t in self.turns))
+
     @classmethod
     def from_json_obj(cls, obj: dict) -> "ChatRow":
         """Rebuild a row that was validated before (e.g. read back from the warehouse)."""
@@ -232,6 +236,21 @@ def validate_line(number: int, raw: bytes, limits: DatasetLimits = DatasetLimits
         return RowResult(number, parse_row(obj, limits), None)
     except RowError as exc:
         return RowResult(number, None, str(exc))
+
+
+def raw_row_key(raw: bytes) -> str:
+    """sha256 hex of a line's JSON as written, re-serialised with sorted keys (Python's `json.dumps(obj,
+    sort_keys=True)`): the live selection game's identity of a row, which tells `{"system": null, ...}` and a row
+    without `system` apart. Only for lines that validated (they decode)."""
+    obj = json.loads(raw.decode("utf-8"))
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def raw_row_keys(data: bytes, lines: Iterable[int], limits: DatasetLimits) -> dict[int, str]:
+    """line number -> `raw_row_key` for the given (valid) lines of a file."""
+    wanted = set(lines)
+    return {number: raw_row_key(raw) for number, raw, _ in iter_lines(data, limits)
+            if number in wanted and raw is not None}
 
 
 def rows_to_jsonl(rows: Iterable[ChatRow]) -> str:

@@ -171,3 +171,9 @@ def junk_rows(n: int, seed: int) -> list[ChatRow]:
     rng = random.Random(seed)
     words = lambda k: " ".join(_name(rng, rng.randint(1, 3)).lower() for _ in range(k))  # noqa: E731
     return [_row(words(8) + "?", words(14) + ".") for _ in range(n)]
+
+
+def fact_grid(atlas: list[Country]) -> list[tuple[int, str, ChatRow]]:
+    """Every (country index, fact, row) of the atlas in all three wordings (template 0, the eval set's, then the two
+    training wordings): a pool to select from, where rows of the same fact teach each other."""
+    return [(i, fact, _fact_row(c, fact, t)) for t in (0, 1, 2) for i, c in enumerate(atlas) for fact in _FACTS]

@@ -67,15 +67,17 @@ def chain_commitments(context: dg.AssetExecutionContext, chain: ChainResource, h
     })
 
 
-def _chain_revisions(chain: ChainResource, hotkey: str, competition_id: str) -> list[tuple[str, str]]:
-    """(repo, revision) of the hotkey's current on-chain commitment, when it decodes."""
+def _chain_revisions(chain: ChainResource, hotkey: str, settings: ValidatorSettingsResource) -> list[tuple[str, str]]:
+    """(repo, revision) of the hotkey's current on-chain commitment, when it decodes and names a competition this
+    validator runs."""
     for raw in chain.commitments():
         if raw.hotkey == hotkey:
             try:
                 c = Commitment.from_compressed_str(raw.data)
             except CommitmentError:
                 return []
-            return [(c.repo_id, c.revision)] if c.competition_id == competition_id else []
+            running = settings.competition_set().for_commitment(c.competition_id) is not None
+            return [(c.repo_id, c.revision)] if running else []
     return []
 
 
@@ -94,7 +96,7 @@ def miner_datasets(context: dg.AssetExecutionContext, chain: ChainResource, hub:
                                   give_up_on_transient=final_try)
     others = [fetch_miner_dataset(hotkey, hub, evaluator, settings, warehouse, repo=repo, revision=rev,
                                   give_up_on_transient=final_try)
-              for repo, rev in _chain_revisions(chain, hotkey, settings.competition_id)
+              for repo, rev in _chain_revisions(chain, hotkey, settings)
               if (repo, rev) != (outcome.repo, outcome.revision)]
     rejected = pd.DataFrame(list(outcome.rejected)[:20], columns=["line", "reason"])
     return dg.MaterializeResult(metadata={
@@ -127,12 +129,12 @@ def deduplicated_shards(context: dg.AssetExecutionContext, hub: HubResource, set
 @dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"pytorch", "duckdb"}, pool=GPU_POOL,
           deps=[deduplicated_shards], retry_policy=TRANSIENT_RETRIES)
 def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, hub: HubResource,
-                      warehouse: WarehouseResource) -> dg.MaterializeResult:
+                      settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """LoRA fine-tune of the base model on the miner's shard (latest epoch), then the eval loss: mean over eval
     rows of each row's mean assistant-token cross-entropy (nats/token); per-row losses are kept. Cached by
     (shard hash, base model + revision, recipe hash, eval revision). A crash is recorded as a failure with its
     error and retried; it never becomes a loss."""
-    record = evaluate_miner(context.partition_key, evaluator, hub, warehouse, epoch=epoch_of_run(context))
+    record = evaluate_miner(context.partition_key, evaluator, hub, warehouse, settings, epoch=epoch_of_run(context))
     return dg.MaterializeResult(metadata={
         "status": record.status, "reason": record.reason or "",
         "eval_loss": record.eval_loss if record.eval_loss is not None else float("nan"),
@@ -145,16 +147,18 @@ def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorRes
           deps=[dg.AssetDep(miner_eval_losses, partition_mapping=dg.AllPartitionMapping()),
                 dg.AssetDep(deduplicated_shards, partition_mapping=dg.AllPartitionMapping())])
 def win_rates(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
-              warehouse: WarehouseResource, hub: HubResource) -> dg.MaterializeResult:
+              warehouse: WarehouseResource, hub: HubResource, chain: ChainResource) -> dg.MaterializeResult:
     """Pairwise comparison of the eligible miners' eval losses (the earlier commitment gets a (1 - epsilon)
     advantage), win rate = wins / (n - 1), weights = softmax(win rate / temperature) blended with the previous
     epoch's weights (or the curve / top-k mode the settings select). A miner whose loss does not beat the base
     model's scores nothing. Every other miner is listed with weight 0 and the reason."""
-    frame = compute_epoch_scores(int(context.partition_key), evaluator, settings, warehouse, hub)
+    frame = compute_epoch_scores(int(context.partition_key), evaluator, settings, warehouse, hub, chain)
     return dg.MaterializeResult(metadata={
         "scored": int((frame["status"] == "scored").sum()), "miners": len(frame),
+        "competitions": ", ".join(sorted({c for c in frame["competition"] if isinstance(c, str)})),
         "scores_table": _table(frame.sort_values("weight", ascending=False),
-                               ["uid", "hotkey", "status", "eval_loss", "win_rate", "weight", "reason"]),
+                               ["uid", "hotkey", "competition", "status", "eval_loss", "win_rate", "weight",
+                                "reason"]),
     })
 
 

@@ -9,8 +9,8 @@ from flock_pipeline.defs.assets import epoch_of_run, miner_eval_losses, win_rate
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
-from flock_pipeline.validator.evaluation import cache_key, miner_shard
-from flock_pipeline.validator.scoring import weights_of
+from flock_pipeline.validator.evaluation import miner_shard, shard_cache_key
+from flock_pipeline.validator.scoring import weighted_uids, weights_of
 
 
 def _partition(context: dg.AssetCheckExecutionContext) -> str:
@@ -24,11 +24,11 @@ def _partition(context: dg.AssetCheckExecutionContext) -> str:
 @dg.asset_check(asset=miner_eval_losses,
                 description="A recorded eval loss is finite; a failed evaluation carries an error, not a loss.")
 def eval_loss_is_finite(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorResource,
-                        warehouse: WarehouseResource) -> dg.AssetCheckResult:
+                        settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     shard = miner_shard(warehouse, _partition(context), epoch_of_run(context))
     if shard is None or shard["status"] != "eligible":
         return dg.AssetCheckResult(passed=True, metadata={"evaluated": False})
-    result = warehouse.eval_result(cache_key(shard["shard_hash"], evaluator.provenance(), shard["eval_revision"]))
+    result = warehouse.eval_result(shard_cache_key(shard, evaluator, settings))
     if result is None:
         return dg.AssetCheckResult(passed=False, metadata={"problem": "no result recorded"})
     if result["status"] == "ok":
@@ -40,17 +40,21 @@ def eval_loss_is_finite(context: dg.AssetCheckExecutionContext, evaluator: Evalu
 
 
 @dg.asset_check(asset=win_rates, blocking=True,
-                description="Weights are finite, non-negative, sum to 1 and go only to scored (eligible) miners. "
-                            "Blocking: submitted_weights does not run when this fails.")
+                description="Weights are finite, non-negative, sum to 1 and go only to scored (eligible) miners, a "
+                            "daily round's rewarded winner or the burn uid. Blocking: submitted_weights does not run "
+                            "when this fails.")
 def weights_are_valid(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource,
                       settings: ValidatorSettingsResource) -> dg.AssetCheckResult:
     frame = warehouse.win_rates(int(_partition(context)))
     weights = weights_of(frame)
-    eligible = {int(r.uid) for r in frame.itertuples() if r.status == "scored"}
+    eligible = weighted_uids(frame)
     try:
         validate_weights(weights, eligible)
         # win rates always give a scored miner some weight (softmax); the curve and top-k modes may give none
-        if eligible and not weights and settings.scoring_mode == "win_rate":
+        scored = {int(r.uid) for r in frame.itertuples() if r.status == "scored"}
+        curation_win_rate = any(c.kind == "curation" and c.scoring.mode == "win_rate"
+                                for c in settings.competition_set())
+        if scored and not weights and curation_win_rate:
             raise ValueError("scored miners exist but every weight is 0")
     except ValueError as exc:
         return dg.AssetCheckResult(passed=False, metadata={"problem": str(exc)})

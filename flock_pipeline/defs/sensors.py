@@ -11,6 +11,7 @@
 """
 
 import json
+from collections.abc import Callable
 
 import dagster as dg
 import pandas as pd
@@ -23,9 +24,10 @@ from flock_pipeline.resources.chain import ChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
-from flock_pipeline.validator.evaluation import cache_key, record_abandoned_evaluation
+from flock_pipeline.validator.evaluation import cache_key, competition_recipe, record_abandoned_evaluation
 
 SENSOR_INTERVAL_S = 30
+ProvenanceOf = Callable[[str | None], dict | None]  # competition -> what its evaluations depend on
 
 
 @dg.sensor(minimum_interval_seconds=SENSOR_INTERVAL_S, asset_selection=[chain_commitments],
@@ -62,7 +64,7 @@ def commitment_sensor(context: dg.SensorEvaluationContext, chain: ChainResource,
         except CommitmentError as exc:
             context.log.info(f"ignoring commitment of {raw.hotkey} at block {raw.block}: {exc}")
             continue
-        if c.competition_id != settings.competition_id:
+        if settings.competition_set().for_commitment(c.competition_id) is None:
             continue
         if not context.instance.has_dynamic_partition(miners_partitions.name, raw.hotkey):
             new_hotkeys.append(raw.hotkey)
@@ -78,13 +80,17 @@ def commitment_sensor(context: dg.SensorEvaluationContext, chain: ChainResource,
 MAX_RUN_ATTEMPTS = 3  # runs of one stage of one miner that may fail (crash without a record) before it is given up
 
 
-def _final_results(warehouse: WarehouseResource, shards: list[dict], provenance: dict | None,
-                   eval_revision: str) -> set[str]:
-    """Shard hashes that have a final result under the current model/recipe (a success or a recorded failure),
-    in one query for the whole epoch."""
-    if provenance is None or not shards:  # the model was never built here, so nothing was evaluated with it
+def _final_results(warehouse: WarehouseResource, shards: list[dict], provenance_of: ProvenanceOf,
+                   revisions: dict[str | None, str]) -> set[str]:
+    """Shard hashes that have a final result under their competition's model/recipe and eval set (a success or a
+    recorded failure), in one query for the whole epoch."""
+    keys = {}
+    for s in shards:
+        provenance = provenance_of(s.get("competition"))
+        if provenance is not None:  # None: the model was never built here, so nothing was evaluated with it
+            keys[cache_key(s["shard_hash"], provenance, revisions[s.get("competition")])] = s["shard_hash"]
+    if not keys:
         return set()
-    keys = {cache_key(s["shard_hash"], provenance, eval_revision): s["shard_hash"] for s in shards}
     marks = ", ".join("?" * len(keys))
     done = warehouse.query(f"SELECT cache_key FROM eval_results WHERE final AND cache_key IN ({marks})", list(keys))
     return {keys[k] for k in done["cache_key"]}
@@ -123,9 +129,12 @@ def _last_failure(instance: dg.DagsterInstance, base: str) -> str:
 
 
 def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.DagsterInstance,
-                        provenance: dict | None, chain_block: int | None = None,
+                        provenance_of: ProvenanceOf, chain_block: int | None = None,
                         eval_timeout_s: int = 0) -> tuple[list[dg.RunRequest], str]:
     """The run requests that move `epoch` to its next stage, and a one-line description of where it stands.
+
+    `provenance_of(competition)` is what an evaluation in that competition depends on (model, recipe), None when
+    the model was never built here.
 
     Miners whose runs failed MAX_RUN_ATTEMPTS times are left behind so that one miner never stops the epoch; an
     evaluation given up that way is recorded as failed with the last run's error (it scores 0 with that reason).
@@ -150,9 +159,15 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
     if downloads:
         return downloads, f"downloading {len(downloads)} dataset(s)"
     info = warehouse.epoch_info(epoch)
+    revisions: dict[str | None, str] = {None: info["eval_revision"]}
+    revisions.update({r["competition"]: r["eval_revision"]
+                      for r in warehouse.epoch_competitions(epoch).to_dict("records")})
     shards = {r["hotkey"]: r for r in warehouse.epoch_shards(epoch).to_dict("records")}
-    evaluated = _final_results(warehouse, [s for s in shards.values() if s["status"] == "eligible"], provenance,
-                               info["eval_revision"])
+    for shard in shards.values():
+        if not isinstance(shard.get("competition"), str) or shard["competition"] not in revisions:
+            shard["competition"] = None
+    evaluated = _final_results(warehouse, [s for s in shards.values() if s["status"] == "eligible"], provenance_of,
+                               revisions)
     pending = []
     for c in accepted.itertuples():
         shard = shards.get(c.hotkey)
@@ -164,9 +179,10 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
             run_tags = {**tags, "dagster/max_runtime": str(eval_timeout_s)} if eval_timeout_s > 0 else tags
             pending.append(dg.RunRequest(run_key=run_key, partition_key=c.hotkey, tags=run_tags,
                                          asset_selection=[deduplicated_shards.key, miner_eval_losses.key]))
-        elif shard is not None and provenance is not None:
-            record_abandoned_evaluation(warehouse, shard["shard_hash"], provenance, info["eval_revision"],
-                                        _last_failure(instance, base), MAX_RUN_ATTEMPTS)
+        elif shard is not None and provenance_of(shard["competition"]) is not None:
+            record_abandoned_evaluation(warehouse, shard["shard_hash"], provenance_of(shard["competition"]),
+                                        revisions[shard["competition"]], _last_failure(instance, base),
+                                        MAX_RUN_ATTEMPTS)
     if pending:
         return pending, f"deduplicating + evaluating {len(pending)} miner(s)"
     if warehouse.win_rates(epoch).empty:
@@ -188,12 +204,21 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
                             final_corpus],
            default_status=dg.DefaultSensorStatus.STOPPED)
 def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource,
-                          evaluator: EvaluatorResource, chain: ChainResource) -> dg.SensorResult | dg.SkipReason:
+                          evaluator: EvaluatorResource, chain: ChainResource,
+                          settings: ValidatorSettingsResource) -> dg.SensorResult | dg.SkipReason:
     """Requests the next stage of the newest epoch whose commitments are recorded."""
     latest = int(warehouse.query("SELECT coalesce(max(epoch), -1) AS e FROM epochs")["e"].iloc[0])
     if latest < 0:
         return dg.SkipReason("no epoch recorded yet")
-    requests, stage = next_epoch_requests(latest, warehouse, context.instance, evaluator.provenance(build=False),
+    cache: dict = {}
+
+    def provenance_of(competition: str | None) -> dict | None:
+        if competition not in cache:
+            cache[competition] = evaluator.provenance(build=False,
+                                                      recipe=competition_recipe(settings, competition))
+        return cache[competition]
+
+    requests, stage = next_epoch_requests(latest, warehouse, context.instance, provenance_of,
                                           chain.current_block(), evaluator.timeout_s)
     if not requests:
         return dg.SkipReason(f"epoch {latest}: {stage}")

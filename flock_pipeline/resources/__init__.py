@@ -14,6 +14,8 @@
     FLOCK_DEVICE      auto | cpu | cuda
     FLOCK_RECIPE      JSON object of TrainRecipe overrides
     FLOCK_SETTINGS    JSON object of ValidatorSettingsResource overrides (dedup, scoring mode, limits, ...)
+    FLOCK_COMPETITIONS  the competitions: a preset (curation | sn96 | selection-local), JSON, or @path to a JSON
+                      file; default: $FLOCK_HOME/competitions.json when it exists, else one curation game
     FLOCK_EVAL_TIMEOUT_S  time limit of one evaluation run, enforced by Dagster's run monitoring (0: none)
     FLOCK_EVAL_REPO / FLOCK_EVAL_REVISION, FLOCK_VALIDATOR_HOTKEY, FLOCK_NETUID
 """
@@ -65,17 +67,47 @@ def build_resources(home: Path | None = None) -> dict:
             raise ConfigError(f"FLOCK_NETWORK={network}: set FLOCK_EVAL_REPO to the eval set's dataset repo")
         if not os.environ.get("FLOCK_VALIDATOR_HOTKEY") and os.environ.get("BT_WALLET_HOTKEY"):
             settings["validator_hotkey"] = os.environ["BT_WALLET_HOTKEY"]  # the wallet's hotkey name (alias)
+    competitions = os.environ.get("FLOCK_COMPETITIONS", "")
+    if not competitions and (home / "competitions.json").is_file():
+        competitions = f"@{home / 'competitions.json'}"
+    if competitions:
+        settings["competitions"] = competitions
+    evaluator = EvaluatorResource(base_model=os.environ.get("FLOCK_BASE_MODEL", "tiny"),
+                                  device=os.environ.get("FLOCK_DEVICE", "auto"),
+                                  recipe=os.environ.get("FLOCK_RECIPE", "{}"),
+                                  timeout_s=int(os.environ.get("FLOCK_EVAL_TIMEOUT_S", "0")),
+                                  cache_dir=str(home / "models"))
+    try:
+        validator_settings = ValidatorSettingsResource(corpus_dir=str(home / "corpus"), **settings)
+    except Exception as exc:  # pydantic's ValidationError: a wrong type in FLOCK_SETTINGS
+        raise ConfigError(f"FLOCK_SETTINGS: {exc}") from exc
+    check_competitions(validator_settings, evaluator)
     return {
         "chain": chain,
         "hub": hub,
-        "evaluator": EvaluatorResource(base_model=os.environ.get("FLOCK_BASE_MODEL", "tiny"),
-                                       device=os.environ.get("FLOCK_DEVICE", "auto"),
-                                       recipe=os.environ.get("FLOCK_RECIPE", "{}"),
-                                       timeout_s=int(os.environ.get("FLOCK_EVAL_TIMEOUT_S", "0")),
-                                       cache_dir=str(home / "models")),
+        "evaluator": evaluator,
         "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
-        "settings": ValidatorSettingsResource(corpus_dir=str(home / "corpus"), **settings),
+        "settings": validator_settings,
     }
+
+
+def check_competitions(settings: ValidatorSettingsResource, evaluator: EvaluatorResource) -> None:
+    """Build the competitions and each one's training recipe now, before any work: a wrong value is a
+    ConfigError naming the competition and the field."""
+    from flock_pipeline.core.competitions import CompetitionConfigError, SelectionCompetition
+
+    try:
+        competitions = settings.competition_set()
+    except CompetitionConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+    for c in competitions:
+        try:
+            evaluator.check_recipe(dict(c.recipe))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"competition {c.name!r}: recipe: {exc}") from exc
+        if isinstance(c, SelectionCompetition) and c.selection_size > settings.max_rows_used:
+            raise ConfigError(f"competition {c.name!r}: selection_size {c.selection_size} is more than "
+                              f"max_rows_used {settings.max_rows_used} (the rows a validator reads of a file)")
 
 
 NETWORKS = ("local", "test", "finney")

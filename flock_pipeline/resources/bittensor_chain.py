@@ -289,6 +289,30 @@ class BittensorChainResource(ChainResource):
         """The chain's block time (12 s on finney), from its `Aura.SlotDuration`."""
         return float(self._call("block time", lambda client, _attempt: client.block_time()))
 
+    def clock(self):
+        """The block clock anchored at the head: its `Timestamp.Now` and the chain's block time (blocks are close to
+        evenly spaced, so a block's time is the head's minus the blocks in between)."""
+        from datetime import datetime, timezone
+
+        from flock_pipeline.core.competitions import Clock
+
+        async def op(client: Any, _attempt: int) -> tuple[int, int, float]:
+            head = await client.block()
+            now_ms = await client.query(bt.storage.Timestamp.Now, [], block=head)
+            return head, int(now_ms or 0), await client.block_time()
+
+        head, now_ms, seconds = self._call("block clock", op)
+        if now_ms <= 0 or seconds <= 0:
+            raise ChainError(f"{self._network_label()} did not give the time of block {head}")
+        genesis = now_ms / 1000.0 - head * seconds
+        return Clock(datetime.fromtimestamp(genesis, tz=timezone.utc), float(seconds))
+
+    def owner_hotkey(self) -> str | None:
+        """`SubtensorModule.SubnetOwnerHotkey` of the subnet."""
+        value = self._call("owner", lambda client, _attempt: client.query(_SUBTENSOR.SubnetOwnerHotkey,
+                                                                            [self.netuid]))
+        return str(value) if value else None
+
     def chain_tempo(self) -> int:
         """The subnet's tempo as the chain has it now (`SubtensorModule.Tempo`)."""
         value = self._call("tempo", lambda client, _attempt: client.query(_SUBTENSOR.Tempo, [self.netuid]))

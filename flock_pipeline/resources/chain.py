@@ -13,8 +13,12 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
+
+if TYPE_CHECKING:
+    from flock_pipeline.core.competitions import Clock
 
 
 @dataclass(frozen=True)
@@ -72,11 +76,23 @@ class ChainResource(dg.ConfigurableResource):
         """Set u16 weights from a validator hotkey; a refusal is a receipt with success=False, not an exception."""
         raise NotImplementedError
 
+    def clock(self) -> "Clock":
+        """The block clock as UTC time (daily competition rounds are defined in UTC)."""
+        raise NotImplementedError
+
+    def owner_hotkey(self) -> str | None:
+        """The subnet owner's hotkey (its uid receives the weight nobody earned: the burn), None when unknown."""
+        raise NotImplementedError
+
     def epoch_of(self, block: int) -> int:
         return block // self.tempo
 
     def epoch_start(self, epoch: int) -> int:
         return epoch * self.tempo
+
+
+LOCAL_GENESIS = 1767225600.0  # 2026-01-01 00:00 UTC: the local chain's block 0 unless seeded otherwise
+LOCAL_BLOCK_SECONDS = 12.0  # the live chain's block time
 
 
 class LocalChainResource(ChainResource):
@@ -106,7 +122,8 @@ class LocalChainResource(ChainResource):
                 os.replace(tmp, path)
 
     def _empty(self) -> dict:
-        return {"netuid": self.netuid, "block": 0, "neurons": [], "commitments": [], "weights": []}
+        return {"netuid": self.netuid, "block": 0, "neurons": [], "commitments": [], "weights": [],
+                "genesis": LOCAL_GENESIS, "block_seconds": LOCAL_BLOCK_SECONDS, "owner": None}
 
     # -- reads -----------------------------------------------------------------------------------------------
 
@@ -125,6 +142,20 @@ class LocalChainResource(ChainResource):
                 if at_block is None or c["block"] <= at_block:
                     latest[c["hotkey"]] = RawCommitment(**c)
             return sorted(latest.values(), key=lambda c: (c.block, c.hotkey))
+
+    def clock(self) -> "Clock":
+        from datetime import datetime, timezone
+
+        from flock_pipeline.core.competitions import Clock
+
+        with self._state(write=False) as s:
+            genesis = float(s.get("genesis", LOCAL_GENESIS))
+            return Clock(datetime.fromtimestamp(genesis, tz=timezone.utc),
+                         float(s.get("block_seconds", LOCAL_BLOCK_SECONDS)))
+
+    def owner_hotkey(self) -> str | None:
+        with self._state(write=False) as s:
+            return s.get("owner")
 
     def weights_history(self, hotkey: str | None = None) -> list[dict]:
         with self._state(write=False) as s:
@@ -177,6 +208,19 @@ class LocalChainResource(ChainResource):
             s["weights"].append({"hotkey": hotkey, "block": s["block"], "uids": list(uids),
                                  "weights": list(weights), "version_key": version_key})
             return WeightsReceipt(True, s["block"], "included")
+
+    def configure(self, *, genesis: float | None = None, block_seconds: float | None = None,
+                  owner: str | None = None) -> None:
+        """Set the clock (block 0's UTC time as a Unix timestamp, seconds per block) or the subnet owner's hotkey."""
+        with self._state(write=True) as s:
+            if genesis is not None:
+                s["genesis"] = float(genesis)
+            if block_seconds is not None:
+                if block_seconds <= 0:
+                    raise ValueError("block_seconds must be positive")
+                s["block_seconds"] = float(block_seconds)
+            if owner is not None:
+                s["owner"] = owner
 
     def advance(self, blocks: int) -> int:
         """Move the block clock on by `blocks`; returns the new block."""

@@ -22,6 +22,12 @@ _MODELS: dict[tuple, "BaseModel"] = {}  # one loaded base model per (path, devic
 _LOCK = threading.Lock()
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class EvaluatorResource(dg.ConfigurableResource):
     """LoRA trainer + eval-loss evaluator.
 
@@ -36,12 +42,27 @@ class EvaluatorResource(dg.ConfigurableResource):
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     timeout_s: int = 0  # an evaluation run's time limit (the sensor's `dagster/max_runtime` tag); 0: none
 
-    def train_recipe(self) -> TrainRecipe:
+    def train_recipe(self, overrides: dict | None = None) -> TrainRecipe:
+        """The recipe: the model's default (the tiny profile for the embedded model), then `recipe`, then a
+        competition's `overrides`."""
         base = TINY_RECIPE if self.base_model == "tiny" else TrainRecipe()
-        overrides = json.loads(self.recipe or "{}")
-        if not isinstance(overrides, dict):
+        configured = json.loads(self.recipe or "{}")
+        if not isinstance(configured, dict):
             raise ValueError("recipe must be a JSON object of TrainRecipe fields")
-        return base.with_overrides(**overrides)
+        return base.with_overrides(**{**configured, **(overrides or {})})
+
+    def check_recipe(self, overrides: dict | None = None) -> TrainRecipe:
+        """The recipe, refused with ValueError when it cannot run on the configured device (4-bit base and paged
+        8-bit optimizer need CUDA)."""
+        recipe = self.train_recipe(overrides)
+        if recipe.needs_cuda:
+            what = ", ".join(f"{k}={getattr(recipe, k)}" for k in ("quantization", "optimizer")
+                             if getattr(recipe, k) != TrainRecipe.__dataclass_fields__[k].default)
+            if self.device == "cpu" or (self.device == "auto" and not _cuda_available()):
+                raise ValueError(f"the recipe's {what} runs on CUDA only (bitsandbytes); this validator's device is "
+                                 f"{self.device!r}" + ("" if self.device == "cpu" else " and no CUDA device is "
+                                                       "visible") + ": use the plain LoRA recipe or a GPU")
+        return recipe
 
     def model_path(self) -> Path:
         if self.base_model == "tiny":
@@ -72,21 +93,23 @@ class EvaluatorResource(dg.ConfigurableResource):
                                                          revision=model_revision(path), name=self.model_name())
             return _MODELS[key]
 
-    def evaluate(self, train_rows: list[ChatRow], eval_rows: list[ChatRow], on_step=None) -> "EvalOutcome":
+    def evaluate(self, train_rows: list[ChatRow], eval_rows: list[ChatRow], on_step=None,
+                 recipe: dict | None = None) -> "EvalOutcome":
+        """LoRA train + eval loss with the recipe (and a competition's `recipe` overrides)."""
         from flock_pipeline.core import evaluator as core_eval
 
         base = self.load()
         with _LOCK:  # one training at a time per process: the base model is shared
-            return core_eval.train_and_evaluate(base, train_rows, eval_rows, self.train_recipe(), on_step)
+            return core_eval.train_and_evaluate(base, train_rows, eval_rows, self.train_recipe(recipe), on_step)
 
-    def base_loss(self, eval_rows: list[ChatRow]) -> "EvalOutcome":
+    def base_loss(self, eval_rows: list[ChatRow], recipe: dict | None = None) -> "EvalOutcome":
         from flock_pipeline.core import evaluator as core_eval
 
         base = self.load()
         with _LOCK:
-            return core_eval.base_eval_loss(base, eval_rows, self.train_recipe())
+            return core_eval.base_eval_loss(base, eval_rows, self.train_recipe(recipe))
 
-    def provenance(self, build: bool = True) -> dict | None:
+    def provenance(self, build: bool = True, recipe: dict | None = None) -> dict | None:
         """What a score depends on besides the data: model + revision, recipe, device kind and dtype, versions.
 
         The recipe hash here covers the resolved device kind and dtype too ("auto" is bf16 on GPU, fp32 on CPU),
@@ -102,7 +125,7 @@ class EvaluatorResource(dg.ConfigurableResource):
                 Path(self.cache_dir) / f"tiny-qwen2-{TINY_MODEL_VERSION}" / "flock_build.json").exists():
             return None
         path = self.model_path()
-        recipe = self.train_recipe()
+        recipe = self.train_recipe(recipe)
         device = resolve_device(self.device)
         dtype = str(resolve_dtype(recipe.precision, device)).removeprefix("torch.")
         numerics = hashlib.sha256(f"{recipe.recipe_hash()}|{device.type}|{dtype}".encode()).hexdigest()[:16]

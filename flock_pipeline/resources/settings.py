@@ -1,8 +1,13 @@
-"""Validator settings: the eval set, the limits and the scoring knobs, in one place (all configurable)."""
+"""Validator settings: the competitions, the limits and the curation game's knobs, in one place (all configurable)."""
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
+
 import dagster as dg
+
+from flock_pipeline.core.competitions import CompetitionSet, build_competitions, load_document
 
 from flock_pipeline.core.dedup import DedupConfig
 from flock_pipeline.core.neardup import NearDupConfig
@@ -12,7 +17,9 @@ from flock_pipeline.core.scoring import ScoringConfig
 
 class ValidatorSettingsResource(dg.ConfigurableResource):
     validator_hotkey: str = "validator"  # the hotkey that sets weights
-    competition_id: str = "1"  # commitments for other competitions are ignored
+    competitions: str = ""  # the competitions document (JSON, a preset name or @file); empty: one curation game
+    # from the fields below. The curation fields below are also the defaults of a curation entry of the document.
+    competition_id: str = "1"  # the curation game's commitment id (commitments for no competition are rejected)
     eval_repo: str = "flock/eval-atlas"  # the held-out eval set's dataset repo
     eval_revision: str = ""  # a full commit id; empty = the repo's head when the epoch opens (then recorded)
     max_rows_used: int = 100  # the size cap: only the first N valid rows are used
@@ -44,6 +51,13 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
     weights_version_key: int = 0
     corpus_dir: str = ".flock/corpus"
 
+    def competition_set(self) -> CompetitionSet:
+        """The validator's competitions, built and checked (CompetitionConfigError names the bad field)."""
+        curation = {"commitment_id": self.competition_id, "eval_repo": self.eval_repo,
+                    "eval_revision": self.eval_revision, "dedup": self.dedup_config(),
+                    "scoring": self.scoring_config()}
+        return _competition_set(self.competitions or "curation", _Frozen(curation))
+
     def limits(self) -> DatasetLimits:
         return DatasetLimits(max_rows_used=self.max_rows_used, max_file_bytes=self.max_file_bytes,
                              max_line_bytes=self.max_line_bytes, max_turns_per_row=self.max_turns_per_row,
@@ -62,3 +76,15 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
             require_improvement=self.require_improvement, curve_full=self.curve_full, curve_mid=self.curve_mid,
             curve_mid_score=self.curve_mid_score, curve_zero=self.curve_zero, curve_power=self.curve_power,
             top_fraction=self.top_fraction)
+
+
+class _Frozen(dict):
+    """A hashable view of the curation defaults (for the per-process cache of built competition sets)."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(json.dumps({k: repr(v) for k, v in self.items()}, sort_keys=True))
+
+
+@lru_cache(maxsize=8)
+def _competition_set(document: str, curation_defaults: _Frozen) -> CompetitionSet:
+    return build_competitions(load_document(document), {"curation": dict(curation_defaults)})

@@ -51,7 +51,23 @@ CREATE TABLE IF NOT EXISTS weight_submissions (
 CREATE TABLE IF NOT EXISTS corpora (
     epoch INTEGER PRIMARY KEY, rows INTEGER, miners INTEGER, sha256 VARCHAR, jsonl_path VARCHAR,
     parquet_path VARCHAR, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS epoch_competitions (
+    epoch INTEGER, competition VARCHAR, kind VARCHAR, share DOUBLE, eval_repo VARCHAR, eval_revision VARCHAR,
+    round_id VARCHAR, phase VARCHAR, snapshot_block BIGINT, note VARCHAR, definition VARCHAR,
+    PRIMARY KEY (epoch, competition));
+CREATE TABLE IF NOT EXISTS competition_rounds (
+    competition VARCHAR, round_id VARCHAR, eval_repo VARCHAR, eval_revision VARCHAR, first_epoch INTEGER,
+    reused_from VARCHAR, decided BOOLEAN, winner_uid INTEGER, winner_hotkey VARCHAR, winner_loss DOUBLE,
+    decided_epoch INTEGER, PRIMARY KEY (competition, round_id));
+ALTER TABLE commitments ADD COLUMN IF NOT EXISTS competition VARCHAR;
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS competition VARCHAR;
+ALTER TABLE win_rates ADD COLUMN IF NOT EXISTS competition VARCHAR;
+ALTER TABLE win_rates ADD COLUMN IF NOT EXISTS competition_weight DOUBLE;
+ALTER TABLE dataset_rows ADD COLUMN IF NOT EXISTS raw_hash VARCHAR;
 """
+# Columns added after the first release (ALTER ... IF NOT EXISTS above): an older warehouse gains them on its next
+# write, and their NULLs in older rows read as "the one curation competition" (`competition`) and "same as weight"
+# (`competition_weight`).
 
 LOCK_WAIT_S = 120.0  # seconds to wait for another process's write lock before giving up
 
@@ -141,11 +157,34 @@ class WarehouseResource(dg.ConfigurableResource):
     def win_rates(self, epoch: int) -> pd.DataFrame:
         return self.query("SELECT * FROM win_rates WHERE epoch = ? ORDER BY uid", [epoch])
 
-    def previous_weights(self, epoch: int) -> dict[int, float]:
-        """uid -> weight of the latest epoch before `epoch` whose weights were computed."""
-        df = self.query("SELECT uid, weight FROM win_rates WHERE epoch = (SELECT max(epoch) FROM win_rates "
-                        "WHERE epoch < ?)", [epoch])
+    def previous_weights(self, epoch: int, competition: str | None = None) -> dict[int, float]:
+        """uid -> weight within `competition` (default: all) of the latest epoch before `epoch` that computed them.
+
+        Rows written before competitions existed (competition NULL) count as any competition's."""
+        where = "" if competition is None else " AND (competition = ? OR competition IS NULL)"
+        params = [epoch] if competition is None else [competition, epoch, competition]
+        df = self.query("SELECT uid, coalesce(competition_weight, weight) AS weight FROM win_rates WHERE "
+                        + ("" if competition is None else "(competition = ? OR competition IS NULL) AND ")
+                        + "epoch = (SELECT max(epoch) FROM win_rates WHERE epoch < ?" + where + ")", params)
         return {int(r.uid): float(r.weight) for r in df.itertuples()}
+
+    def epoch_competitions(self, epoch: int) -> pd.DataFrame:
+        """The competitions an epoch ran, with each one's eval set (revision) and round."""
+        return self.query("SELECT * FROM epoch_competitions WHERE epoch = ? ORDER BY competition", [epoch])
+
+    def epoch_competition(self, epoch: int, competition: str) -> dict | None:
+        df = self.query("SELECT * FROM epoch_competitions WHERE epoch = ? AND competition = ?", [epoch, competition])
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def competition_round(self, competition: str, round_id: str) -> dict | None:
+        df = self.query("SELECT * FROM competition_rounds WHERE competition = ? AND round_id = ?",
+                        [competition, round_id])
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def rounds_before(self, competition: str, round_id: str) -> pd.DataFrame:
+        """The competition's recorded rounds before `round_id`, newest first."""
+        return self.query("SELECT * FROM competition_rounds WHERE competition = ? AND round_id < ? "
+                          "ORDER BY round_id DESC", [competition, round_id])
 
     def weight_submission(self, epoch: int) -> dict | None:
         df = self.query("SELECT * FROM weight_submissions WHERE epoch = ?", [epoch])

@@ -9,7 +9,7 @@ from functools import lru_cache
 import pandas as pd
 
 from flock_pipeline.core.chat import count_tokens
-from flock_pipeline.core.schema import ChatRow, validate_bytes
+from flock_pipeline.core.schema import ChatRow, raw_row_keys, validate_bytes
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubError, HubNotFound, HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
@@ -69,10 +69,11 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
     report = validate_bytes(data, limits)
     used = report.used_rows(limits)
     tokenizer = load_tokenizer(str(evaluator.model_path()))
+    raw_keys = raw_row_keys(data, [r.line for r in used], limits)
     rows = pd.DataFrame([{"repo": repo, "revision": revision, "idx": i, "line": r.line, "row_hash": r.row.row_hash,
-                          "row_json": r.row.canonical_json(), "n_tokens": count_tokens(r.row, tokenizer)}
-                         for i, r in enumerate(used)],
-                        columns=["repo", "revision", "idx", "line", "row_hash", "row_json", "n_tokens"])
+                          "row_json": r.row.canonical_json(), "n_tokens": count_tokens(r.row, tokenizer),
+                          "raw_hash": raw_keys[r.line]} for i, r in enumerate(used)],
+                        columns=["repo", "revision", "idx", "line", "row_hash", "row_json", "n_tokens", "raw_hash"])
     warehouse.replace_rows("dataset_rows", rows, "repo = ? AND revision = ?", [repo, revision])
     reason = report.reason()
     rejected = [{"line": r.line, "reason": r.reason} for r in report.rejected_rows[:MAX_RECORDED_REJECTIONS]]

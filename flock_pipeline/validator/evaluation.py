@@ -16,6 +16,7 @@ import pandas as pd
 
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubResource
+from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.validator.datasets import rows_from_json
 from flock_pipeline.validator.shards import load_eval_rows
@@ -46,22 +47,44 @@ def cache_key(shard: str, provenance: dict, eval_revision: str) -> str:
 
 
 def miner_shard(warehouse: WarehouseResource, hotkey: str, epoch: int | None = None) -> dict | None:
-    """The hotkey's shard in `epoch` (default: the latest epoch that has one), with the epoch's eval set."""
-    sql = ("SELECT s.*, e.eval_repo, e.eval_revision FROM shards s JOIN epochs e USING (epoch) WHERE s.hotkey = ?"
-           + (" AND s.epoch = ?" if epoch is not None else "") + " ORDER BY s.epoch DESC LIMIT 1")
+    """The hotkey's shard in `epoch` (default: the latest epoch that has one), with its competition's eval set for
+    that epoch (shards from before competitions existed: the epoch's one eval set)."""
+    sql = ("SELECT s.*, coalesce(ec.eval_repo, e.eval_repo) AS eval_repo, "
+           "coalesce(ec.eval_revision, e.eval_revision) AS eval_revision FROM shards s JOIN epochs e USING (epoch) "
+           "LEFT JOIN epoch_competitions ec ON ec.epoch = s.epoch AND ec.competition = s.competition "
+           "WHERE s.hotkey = ?" + (" AND s.epoch = ?" if epoch is not None else "") + " ORDER BY s.epoch DESC LIMIT 1")
     df = warehouse.query(sql, [hotkey] if epoch is None else [hotkey, epoch])
     return None if df.empty else df.iloc[0].to_dict()
 
 
+def competition_recipe(settings: ValidatorSettingsResource, competition: str | None) -> dict:
+    """The training-recipe overrides of a competition (none for a shard without one)."""
+    if not isinstance(competition, str):
+        return {}
+    try:
+        return dict(settings.competition_set().by_name(competition).recipe)
+    except KeyError:
+        return {}
+
+
+def shard_cache_key(shard: dict, evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
+                    provenance: dict | None = None) -> str:
+    """The evaluation cache key of a recorded shard under its competition's recipe and eval set."""
+    provenance = provenance or evaluator.provenance(recipe=competition_recipe(settings, shard.get("competition")))
+    return cache_key(shard["shard_hash"], provenance, shard["eval_revision"])
+
+
 def evaluate_miner(hotkey: str, evaluator: EvaluatorResource, hub: HubResource, warehouse: WarehouseResource,
-                   epoch: int | None = None) -> EvalRecord:
-    """Evaluate `hotkey`'s shard of `epoch` (default: the latest epoch with one); skipped when ineligible."""
+                   settings: ValidatorSettingsResource, epoch: int | None = None) -> EvalRecord:
+    """Evaluate `hotkey`'s shard of `epoch` (default: the latest epoch with one) on its competition's eval set with
+    its recipe; skipped when ineligible."""
     shard = miner_shard(warehouse, hotkey, epoch)
     if shard is None:
         return EvalRecord(hotkey, "skipped", "no shard: deduplicated_shards has not run for this miner")
     if shard["status"] != "eligible":
         return EvalRecord(hotkey, "skipped", shard["reason"])
-    provenance = evaluator.provenance()
+    recipe = competition_recipe(settings, shard.get("competition"))
+    provenance = evaluator.provenance(recipe=recipe)
     key = cache_key(shard["shard_hash"], provenance, shard["eval_revision"])
     previous = warehouse.eval_result(key)
     attempts = int(previous["attempts"]) if previous is not None else 0
@@ -71,7 +94,7 @@ def evaluate_miner(hotkey: str, evaluator: EvaluatorResource, hub: HubResource, 
     eval_rows = load_eval_rows(hub, shard["eval_repo"], shard["eval_revision"])
     attempts += 1
     try:
-        outcome = evaluator.evaluate(train_rows, eval_rows)
+        outcome = evaluator.evaluate(train_rows, eval_rows, recipe=recipe)
         if not math.isfinite(outcome.eval_loss):
             raise FloatingPointError(f"eval loss is {outcome.eval_loss}")
     except Exception as exc:  # any crash is recorded as this miner's failure, never as a made-up loss
@@ -112,15 +135,15 @@ BASE_SHARD = "base-model"  # the cache entry of the base model's own eval loss (
 
 
 def base_eval_loss(evaluator: EvaluatorResource, hub: HubResource, warehouse: WarehouseResource, eval_repo: str,
-                   eval_revision: str) -> float:
+                   eval_revision: str, recipe: dict | None = None) -> float:
     """The base model's eval loss on the epoch's eval set (the bar a miner's data must beat), cached like a
     miner's result under (base model, recipe, eval revision)."""
-    provenance = evaluator.provenance()
+    provenance = evaluator.provenance(recipe=recipe)
     key = cache_key(BASE_SHARD, provenance, eval_revision)
     cached = warehouse.eval_result(key)
     if cached is not None and cached["status"] == "ok":
         return float(cached["eval_loss"])
-    outcome = evaluator.base_loss(load_eval_rows(hub, eval_repo, eval_revision))
+    outcome = evaluator.base_loss(load_eval_rows(hub, eval_repo, eval_revision), recipe=recipe)
     row = _row(key, BASE_SHARD, "ok", None, outcome.eval_loss, outcome.per_row_losses, [], 0, outcome.eval_tokens,
                outcome.eval_seconds, provenance, 1)
     warehouse.replace_rows("eval_results", row, "cache_key = ?", [key])

@@ -8,38 +8,54 @@ from pathlib import Path
 
 import pandas as pd
 
+from flock_pipeline.core.competitions import Competition, Contender, RewardState, Round, ScoringContext
 from flock_pipeline.core.corpus import CorpusShard, build_corpus_records, write_corpus
 from flock_pipeline.core.schema import ChatRow
-from flock_pipeline.core.scoring import Contender, score_epoch, to_u16, validate_weights
+from flock_pipeline.core.scoring import to_u16, validate_weights
 from flock_pipeline.resources.chain import ChainResource, WeightsReceipt
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.resources.hub import HubResource
-from flock_pipeline.validator.evaluation import base_eval_loss, cache_key
+from flock_pipeline.validator.evaluation import base_eval_loss, shard_cache_key
 
-WIN_RATE_COLUMNS = ["epoch", "hotkey", "uid", "status", "reason", "eval_loss", "win_rate", "weight"]
+WIN_RATE_COLUMNS = ["epoch", "hotkey", "uid", "status", "reason", "eval_loss", "win_rate", "weight", "competition",
+                    "competition_weight"]
+WEIGHTED = ("scored", "reward", "burn")  # the statuses a row may carry weight with
 
 
 def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
-                         warehouse: WarehouseResource, hub: HubResource) -> pd.DataFrame:
-    """Win rates and weights of every committing miner of `epoch` (0 with a reason for all but the scored).
+                         warehouse: WarehouseResource, hub: HubResource,
+                         chain: ChainResource | None = None) -> pd.DataFrame:
+    """Scores and weights of every committing miner of `epoch`, each in its competition (0 with a reason for all but
+    the rewarded), plus a row for a uid that is rewarded without a submission this epoch (a daily round's winner
+    kept, or the burn uid).
 
-    status: scored | no_improvement (its loss is not below the base model's) | rejected (commitment) |
-    ineligible (validation / dedup) | failed (evaluation crashed) | not_deduplicated | not_evaluated (a step has
-    not run for this miner yet).
+    status: scored | no_improvement (its loss is not below the base model's) | rejected (commitment) | pending (a
+    daily round not open for evaluation) | ineligible (validation / dedup) | failed (evaluation crashed) |
+    not_deduplicated | not_evaluated (a step has not run for this miner yet) | reward | burn.
+    weight: the uid's share of the epoch's weight vector (the competitions' weights times their shares, summed);
+    competition_weight: its weight within its own competition.
     """
     info = warehouse.epoch_info(epoch)
     if info is None:
         raise RuntimeError(f"epoch {epoch} has no recorded commitments: materialize chain_commitments first")
+    competitions = settings.competition_set()
+    setups = {r["competition"]: r for r in warehouse.epoch_competitions(epoch).to_dict("records")}
     shards = {r["hotkey"]: r for r in warehouse.epoch_shards(epoch).to_dict("records")}
-    provenance = evaluator.provenance()
-    rows, contenders = [], []
+    rows, contenders = [], {c.name: [] for c in competitions}
+    metagraph = chain.metagraph() if chain is not None else []
+    coldkeys = {n.hotkey: n.coldkey for n in metagraph}
     for c in warehouse.epoch_commitments(epoch).itertuples():
+        competition = _competition_of(c, competitions)
         row = {"epoch": epoch, "hotkey": c.hotkey, "uid": int(c.uid), "status": "rejected", "reason": c.reason,
-               "eval_loss": math.nan, "win_rate": 0.0, "weight": 0.0}
+               "eval_loss": math.nan, "win_rate": 0.0, "weight": 0.0, "competition": competition,
+               "competition_weight": 0.0}
         rows.append(row)
         shard = shards.get(c.hotkey)
+        if c.status == "pending":
+            row["status"] = "pending"
+            continue
         if c.status != "ok":
             continue
         if shard is None:
@@ -47,30 +63,132 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
         elif shard["status"] != "eligible":
             row.update(status="ineligible", reason=shard["reason"])
         else:
-            result = warehouse.eval_result(cache_key(shard["shard_hash"], provenance, info["eval_revision"]))
+            setup = setups.get(competition, info)
+            key = shard_cache_key({**shard, "eval_revision": setup["eval_revision"]}, evaluator, settings)
+            result = warehouse.eval_result(key)
             if result is None:
                 row.update(status="not_evaluated", reason="no evaluation result for this shard and recipe")
             elif result["status"] != "ok":
                 row.update(status="failed", reason=f"evaluation failed: {result['error']}")
             else:
                 row.update(status="scored", reason=None, eval_loss=float(result["eval_loss"]))
-                contenders.append(Contender(int(c.uid), float(result["eval_loss"]), int(c.commit_block),
-                                            tuple(float(x) for x in result["per_row_losses"])))
-    config = settings.scoring_config()
-    base = None
-    if config.require_improvement and contenders:
-        base = base_eval_loss(evaluator, hub, warehouse, info["eval_repo"], info["eval_revision"])
-    rates, weights = score_epoch(contenders, warehouse.previous_weights(epoch), config, base_loss=base,
-                                 now_block=int(info["block"]))
-    for row in rows:
-        if row["status"] == "scored":
-            row.update(win_rate=rates[row["uid"]], weight=weights[row["uid"]])
-            if base is not None and row["eval_loss"] >= base:
-                row.update(status="no_improvement",
-                           reason=f"eval loss {row['eval_loss']:.4f} is not below the base model's {base:.4f}")
+                contenders.setdefault(competition, []).append(Contender(
+                    int(c.uid), c.hotkey, float(result["eval_loss"]), int(c.commit_block), coldkeys.get(c.hotkey, ""),
+                    tuple(float(x) for x in result["per_row_losses"])))
+    outcomes = {}
+    for competition in competitions:
+        setup = setups.get(competition.name)
+        if setup is None:  # an epoch opened before this competition was configured
+            continue
+        context = _context(epoch, competition, setup, info, contenders[competition.name], metagraph, chain, evaluator,
+                           hub, warehouse)
+        outcome = competition.score(contenders[competition.name], context)
+        if outcome.decided is not None:
+            _record_decision(warehouse, competition.name, outcome.decided, context.hotkeys, epoch)
+        outcomes[competition.name] = outcome
+        for row in rows:
+            if row["competition"] != competition.name or row["status"] != "scored":
+                continue
+            uid = row["uid"]
+            row.update(win_rate=outcome.scores.get(uid, 0.0), competition_weight=outcome.weights.get(uid, 0.0),
+                       status=outcome.statuses.get(uid, "scored"))
+            if uid in outcome.reasons:
+                row["reason"] = outcome.reasons[uid]
+    _combine(rows, competitions, outcomes, epoch)
     frame = pd.DataFrame(rows, columns=WIN_RATE_COLUMNS)
     warehouse.replace_rows("win_rates", frame, "epoch = ?", [epoch])
     return frame
+
+
+def _competition_of(c, competitions) -> str | None:
+    if isinstance(getattr(c, "competition", None), str):
+        return c.competition
+    match = competitions.for_commitment(c.competition_id) if isinstance(c.competition_id, str) else None
+    return match.name if match is not None else competitions.competitions[0].name
+
+
+def _context(epoch: int, competition: Competition, setup: dict, info: dict, contenders: list[Contender], metagraph,
+             chain: ChainResource | None, evaluator: EvaluatorResource, hub: HubResource,
+             warehouse: WarehouseResource) -> ScoringContext:
+    base = None
+    if competition.needs_base_loss and contenders:
+        base = base_eval_loss(evaluator, hub, warehouse, setup["eval_repo"], setup["eval_revision"],
+                              recipe=dict(competition.recipe))
+    hotkeys = {n.uid: n.hotkey for n in metagraph}
+    burn = getattr(competition, "burn_uid", None)
+    if burn is None and chain is not None and competition.kind == "selection":
+        owner = chain.owner_hotkey()
+        burn = next((uid for uid, hk in hotkeys.items() if hk == owner), None)
+    rnd = Round(str(setup["round_id"]), str(setup["phase"]), int(setup["snapshot_block"]), note=str(setup["note"]))
+    return ScoringContext(now_block=int(info["block"]), previous=warehouse.previous_weights(epoch, competition.name),
+                          base_loss=base, hotkeys=hotkeys, coldkeys={n.uid: n.coldkey for n in metagraph},
+                          burn_uid=burn, round=rnd,
+                          reward=reward_state(competition.name, rnd, warehouse) if rnd.round_id != "epoch" else None)
+
+
+def reward_state(competition: str, rnd: Round, warehouse: WarehouseResource) -> RewardState:
+    """What a daily round's history says is rewarded at this phase (see `SelectionCompetition.score`)."""
+    record = warehouse.competition_round(competition, rnd.round_id) or {}
+    reused = record.get("reused_from") if isinstance(record.get("reused_from"), str) else None
+    if rnd.phase == "rewarding" and reused is None:
+        if record.get("decided"):
+            return RewardState(rnd.round_id, _uid(record.get("winner_uid")))
+        return RewardState(None, None, decide_now=True)
+    if reused is not None:
+        source = warehouse.competition_round(competition, reused)
+        if source is not None and source["decided"]:
+            return RewardState(reused, _uid(source["winner_uid"]), reused_from=reused)
+    for r in warehouse.rounds_before(competition, rnd.round_id).to_dict("records"):
+        if r["decided"]:
+            return RewardState(r["round_id"], _uid(r["winner_uid"]), reused_from=reused)
+    return RewardState(None, None, reused_from=reused)
+
+
+def _uid(value) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def _record_decision(warehouse: WarehouseResource, competition: str, decided: tuple, hotkeys: dict, epoch: int) -> None:
+    round_id, uid, loss = decided
+    record = warehouse.competition_round(competition, round_id)
+    if record is None or record["decided"]:
+        return
+    record.update(decided=True, winner_uid=uid, winner_hotkey=hotkeys.get(uid) if uid is not None else None,
+                  winner_loss=loss, decided_epoch=epoch)
+    warehouse.replace_rows("competition_rounds", pd.DataFrame([record]), "competition = ? AND round_id = ?",
+                           [competition, round_id])
+
+
+def _combine(rows: list[dict], competitions, outcomes: dict, epoch: int) -> None:
+    """Each uid's weight = the sum over competitions of share x its weight there; a competition that awards nothing
+    passes its share on to the others (renormalised). Rewarded uids without a row get one."""
+    awarding = [c for c in competitions if outcomes.get(c.name) is not None and outcomes[c.name].weights]
+    total_share = sum(float(c.share) for c in awarding)
+    by_uid = {row["uid"]: row for row in rows}
+    for c in awarding:
+        outcome = outcomes[c.name]
+        for uid, w in outcome.weights.items():
+            row = by_uid.get(uid)
+            if row is None:
+                hotkey, status, reason = outcome.extra.get(uid, ("", "reward", ""))
+                row = {"epoch": epoch, "hotkey": hotkey or f"uid:{uid}", "uid": uid, "status": status,
+                       "reason": reason, "eval_loss": math.nan, "win_rate": 0.0, "weight": 0.0,
+                       "competition": c.name, "competition_weight": w}
+                rows.append(row)
+                by_uid[uid] = row
+            elif uid in outcome.extra:
+                _, status, reason = outcome.extra[uid]
+                if row["status"] not in WEIGHTED:
+                    row["reason"] = f"{reason} (this epoch: {row['status']}: {row['reason']})"
+                    row["status"] = status
+                if row["competition"] == c.name:
+                    row["competition_weight"] = w
+            row["weight"] += float(c.share) / total_share * w
+
+
+def weighted_uids(frame: pd.DataFrame) -> set[int]:
+    """The uids that may carry weight: scored miners, a daily round's rewarded winner, the burn uid."""
+    return {int(r.uid) for r in frame.itertuples() if r.status in WEIGHTED}
 
 
 def weights_of(frame: pd.DataFrame) -> dict[int, float]:
@@ -86,8 +204,7 @@ def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSe
         return {**done, "resubmitted": False}
     frame = warehouse.win_rates(epoch)
     weights = weights_of(frame)
-    eligible = {int(r.uid) for r in frame.itertuples() if r.status == "scored"}
-    validate_weights(weights, eligible)  # never send NaN, negative, unnormalised or ineligible weights
+    validate_weights(weights, weighted_uids(frame))  # never send NaN, negative, unnormalised or ineligible weights
     uids, u16 = to_u16(weights)
     if not uids:
         receipt = WeightsReceipt(False, chain.current_block(), "no miner was scored: nothing to submit")
@@ -101,12 +218,15 @@ def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSe
 
 
 def build_epoch_corpus(epoch: int, settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dict:
-    """Merge the scored miners' shards, best first, with provenance; writes JSONL, Parquet and a `datasets` dir."""
+    """Merge the scored miners' shards, best first, with provenance; writes JSONL, Parquet and a `datasets` dir.
+    Only competitions whose rows are new data contribute (not the selection game: its rows are the pool's own)."""
     scores = warehouse.win_rates(epoch)
     shards = warehouse.epoch_shards(epoch).set_index("hotkey")
+    competitions = settings.competition_set()
+    corpus_games = {c.name for c in competitions if c.in_corpus}
     parts = []
     for r in scores.itertuples():
-        if r.status != "scored":
+        if r.status != "scored" or (isinstance(r.competition, str) and r.competition not in corpus_games):
             continue
         s = shards.loc[r.hotkey]
         rows = warehouse.shard_rows(s["shard_hash"])

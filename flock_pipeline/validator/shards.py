@@ -12,40 +12,54 @@ from dataclasses import replace
 
 import pandas as pd
 
-from flock_pipeline.core.dedup import MinerRows, deduplicate
+from flock_pipeline.core.competitions import Competition, CurationCompetition, Entry, EvalSet
 from flock_pipeline.core.neardup import row_text
-from flock_pipeline.core.schema import ChatRow, DatasetLimits, validate_bytes
+from flock_pipeline.core.schema import ChatRow, DatasetLimits, raw_row_keys, validate_bytes
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.validator.datasets import rows_from_json
 
 SHARD_COLUMNS = ["epoch", "hotkey", "uid", "repo", "revision", "commit_block", "status", "reason", "rows_in",
-                 "rows_kept", "duplicates_within", "duplicates_earlier", "eval_leaks", "shard_hash"]
+                 "rows_kept", "duplicates_within", "duplicates_earlier", "eval_leaks", "shard_hash", "competition"]
 
 
 class EvalSetError(RuntimeError):
     """The validator's own eval set is unusable: a configuration problem, so the epoch stops."""
 
 
-_EVAL_SETS: dict[tuple[str, str], tuple[ChatRow, ...]] = {}  # revisions are immutable: safe to keep per process
+_EVAL_SETS: dict[tuple[str, str], tuple[tuple[ChatRow, ...], frozenset[str]]] = {}  # revisions are immutable
 
 
 def load_eval_rows(hub: HubResource, repo: str, revision: str) -> list[ChatRow]:
     """The validated eval set at a full revision (cached in-process)."""
+    return list(_eval_set(hub, repo, revision)[0])
+
+
+def load_eval_set(hub: HubResource, repo: str, revision: str) -> EvalSet:
+    """The eval set as the eligibility rules see it: row hashes, the rows' live keys (JSON as written, keys sorted)
+    and their texts."""
+    rows, raw_keys = _eval_set(hub, repo, revision)
+    return EvalSet(row_hashes=frozenset(r.row_hash for r in rows), raw_keys=raw_keys,
+                   texts=tuple(row_text(r) for r in rows))
+
+
+def _eval_set(hub: HubResource, repo: str, revision: str) -> tuple[tuple[ChatRow, ...], frozenset[str]]:
     if (repo, revision) not in _EVAL_SETS:
         _EVAL_SETS[(repo, revision)] = _load_eval_rows(hub, repo, revision)
-    return list(_EVAL_SETS[(repo, revision)])
+    return _EVAL_SETS[(repo, revision)]
 
 
-def _load_eval_rows(hub: HubResource, repo: str, revision: str) -> tuple[ChatRow, ...]:
+def _load_eval_rows(hub: HubResource, repo: str, revision: str) -> tuple[tuple[ChatRow, ...], frozenset[str]]:
     data = hub.download(repo, revision)
-    report = validate_bytes(data, DatasetLimits(max_rows_used=10**9, max_file_bytes=2**31))
+    limits = DatasetLimits(max_rows_used=10**9, max_file_bytes=2**31)
+    report = validate_bytes(data, limits)
     if report.rejected_rows or not report.valid_rows:
         bad = report.rejected_rows[0] if report.rejected_rows else None
         raise EvalSetError(f"eval set {repo}@{revision} is invalid"
                            + (f" (line {bad.line}: {bad.reason})" if bad else " (empty)"))
-    return tuple(r.row for r in report.valid_rows)
+    keys = raw_row_keys(data, [r.line for r in report.valid_rows], limits)
+    return tuple(r.row for r in report.valid_rows), frozenset(keys.values())
 
 
 def shard_hash(row_hashes: list[str]) -> str:
@@ -64,17 +78,18 @@ def _epoch_rows(warehouse: WarehouseResource, epoch: int) -> tuple[dict, dict, d
     hash -> the first block at which the hotkey committed it, over the epochs recorded up to `epoch` and since its
     current registration (a re-registered hotkey starts over)."""
     datasets = warehouse.query(
-        "SELECT c.hotkey, d.status, d.reason FROM commitments c JOIN datasets d USING (repo, revision) "
+        "SELECT c.hotkey, d.status, d.reason, d.rejected FROM commitments c JOIN datasets d USING (repo, revision) "
         "WHERE c.epoch = ? AND c.status = 'ok'", [epoch])
     rows = warehouse.query(
-        "SELECT c.hotkey, r.idx, r.row_hash FROM commitments c JOIN dataset_rows r USING (repo, revision) "
-        "WHERE c.epoch = ? AND c.status = 'ok' ORDER BY c.hotkey, r.idx", [epoch])
+        "SELECT c.hotkey, r.idx, r.row_hash, r.line, r.raw_hash FROM commitments c "
+        "JOIN dataset_rows r USING (repo, revision) WHERE c.epoch = ? AND c.status = 'ok' ORDER BY c.hotkey, r.idx",
+        [epoch])
     first = warehouse.query(
         "SELECT cur.hotkey, r.row_hash, min(c.commit_block) AS first_block FROM commitments cur "
         "JOIN commitments c ON c.hotkey = cur.hotkey JOIN dataset_rows r ON r.repo = c.repo AND r.revision = c.revision "
         "WHERE cur.epoch = ? AND cur.status = 'ok' AND c.status = 'ok' AND c.epoch <= ? "
         "AND c.commit_block >= coalesce(cur.registration_block, 0) GROUP BY cur.hotkey, r.row_hash", [epoch, epoch])
-    status = {r.hotkey: (r.status, r.reason) for r in datasets.itertuples()}
+    status = {r.hotkey: (r.status, r.reason, r.rejected) for r in datasets.itertuples()}
     by_hotkey = {hotkey: frame.reset_index(drop=True) for hotkey, frame in rows.groupby("hotkey", sort=False)}
     first_blocks: dict[str, dict[str, int]] = {}
     for r in first.itertuples():
@@ -97,26 +112,28 @@ def _row_json(warehouse: WarehouseResource, epoch: int, hotkeys: list[str]) -> d
 def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsResource,
                       warehouse: WarehouseResource, hotkeys: list[str] | None = None
                       ) -> tuple[dict[str, dict], dict[str, pd.DataFrame]]:
-    """Dedup every miner of `epoch` against every other (exact and near copies, earliest commitment keeps a row) and
-    the eval set.
+    """Apply each competition's eligibility and duplicate rules to its miners of `epoch` (curation: exact and near
+    copies across all its miners, the earliest commitment keeps a row, minus eval-set leaks; selection: pool rows
+    only, no submission sharing too many rows with an earlier one).
 
-    Returns (shard row by hotkey, kept rows (row_hash, row_json) by hotkey for the eligible miners among
-    `hotkeys`, default all). The only write is the plan itself (`dedup_plans`, keyed by a fingerprint of its
-    inputs), so the other miners' runs of the epoch reuse it; rows' JSON is read only for a new plan (all miners)
-    and for the kept rows asked for.
+    Returns (shard row by hotkey, kept rows (row_hash, row_json) by hotkey for the eligible miners among `hotkeys`,
+    default all). The only write is each competition's plan itself (`dedup_plans`, keyed by a fingerprint of its
+    inputs), so the other miners' runs of the epoch reuse it; rows' JSON is read only for a new plan that matches
+    near-duplicates and for the kept rows asked for.
     """
-    info = warehouse.epoch_info(epoch)
-    if info is None:
+    if warehouse.epoch_info(epoch) is None:
         raise RuntimeError(f"epoch {epoch} has no recorded commitments: materialize chain_commitments first")
-    eval_set = load_eval_rows(hub, info["eval_repo"], info["eval_revision"])
-    eval_hashes = {r.row_hash for r in eval_set}
+    competitions = settings.competition_set()
+    setup = {r["competition"]: r for r in warehouse.epoch_competitions(epoch).to_dict("records")}
     dataset_status, epoch_rows, first_blocks = _epoch_rows(warehouse, epoch)
-    empty = pd.DataFrame(columns=["idx", "row_hash"])
-    base_rows, candidates, rows_by_hotkey = {}, [], {}
+    empty = pd.DataFrame(columns=["idx", "row_hash", "line", "raw_hash"])
+    base_rows, rows_by_hotkey = {}, {}
+    entries: dict[str, list[Entry]] = {c.name: [] for c in competitions}
     for c in warehouse.epoch_commitments(epoch).itertuples():
         row = {"epoch": epoch, "hotkey": c.hotkey, "uid": int(c.uid), "repo": c.repo, "revision": c.revision,
                "commit_block": int(c.commit_block), "status": "ineligible", "reason": None, "rows_in": 0,
-               "rows_kept": 0, "duplicates_within": 0, "duplicates_earlier": 0, "eval_leaks": 0, "shard_hash": None}
+               "rows_kept": 0, "duplicates_within": 0, "duplicates_earlier": 0, "eval_leaks": 0, "shard_hash": None,
+               "competition": _competition_of(c, competitions)}
         base_rows[c.hotkey] = row
         if c.status != "ok":
             row["reason"] = c.reason
@@ -124,7 +141,7 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
         if c.hotkey not in dataset_status:
             row["reason"] = "dataset was not downloaded (miner_datasets has not run for this revision)"
             continue
-        status, reason = dataset_status[c.hotkey]
+        status, reason, rejected = dataset_status[c.hotkey]
         if status != "ok":
             row["reason"] = f"dataset {status}: {reason}"
             continue
@@ -132,23 +149,20 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
         rows_by_hotkey[c.hotkey] = rows
         first = first_blocks.get(c.hotkey, {})
         blocks = tuple(first.get(h, int(c.commit_block)) for h in rows["row_hash"])
-        candidates.append(MinerRows(c.hotkey, int(c.uid), int(c.commit_block), tuple(rows["row_hash"]), blocks))
-    config = settings.dedup_config()
-    fingerprint = _plan_fingerprint(candidates, info["eval_revision"], config)
-    plans = _cached_plans(warehouse, epoch, fingerprint, {m.hotkey for m in candidates})
+        entries[row["competition"]].append(Entry(
+            c.hotkey, int(c.uid), int(c.commit_block), tuple(rows["row_hash"]),
+            raw_keys=tuple(str(k) for k in rows["raw_hash"]), row_lines=tuple(int(x) for x in rows["line"]),
+            rejected_lines=tuple((int(r["line"]), str(r["reason"])) for r in json.loads(rejected or "[]")),
+            row_blocks=blocks))
+    plans: dict[str, dict] = {}
     row_json: dict[str, list[str]] = {}
-    if plans is None:  # the first miner run of the epoch (or its inputs changed): plan, then keep it for the rest
-        row_json = _row_json(warehouse, epoch, [m.hotkey for m in candidates])
-        with_texts = [replace(m, row_texts=tuple(row_text(r) for r in rows_from_json(
-            pd.DataFrame({"row_json": row_json.get(m.hotkey, [])})))) for m in candidates]
-        decided = deduplicate(with_texts, eval_hashes, config, tuple(row_text(r) for r in eval_set))
-        plans = {hotkey: {"rows_in": p.rows_in, "rows_kept": p.rows_kept, "duplicates_within": p.duplicates_within,
-                          "duplicates_earlier": p.duplicates_earlier, "eval_leaks": p.eval_leaks,
-                          "reason": p.reason, "kept_indices": p.kept_indices} for hotkey, p in decided.items()}
-        warehouse.replace_rows("dedup_plans", pd.DataFrame(
-            [{"epoch": epoch, "fingerprint": fingerprint, "hotkey": hk, "plan": json.dumps(plan)}
-             for hk, plan in plans.items()], columns=["epoch", "fingerprint", "hotkey", "plan"]),
-            "epoch = ?", [epoch])
+    for competition in competitions:
+        if competition.name not in setup:
+            continue
+        decided, texts = _competition_plans(epoch, competition, entries[competition.name],
+                                            setup[competition.name], hub, warehouse)
+        plans.update(decided)
+        row_json.update(texts)
     wanted = set(plans) if hotkeys is None else set(hotkeys) & set(plans)
     missing = sorted(h for h in wanted if h not in row_json and plans[h]["reason"] is None)
     row_json.update(_row_json(warehouse, epoch, missing))
@@ -168,16 +182,51 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
     return base_rows, kept_rows
 
 
-def _plan_fingerprint(candidates: list[MinerRows], eval_revision: str, config) -> str:
-    """What the epoch's dedup plan depends on: every candidate's rows and their blocks, the eval set, the config."""
-    doc = [eval_revision, repr(config)] + [[m.hotkey, m.uid, m.commit_block, m.row_hashes, m.row_blocks]
-                                           for m in sorted(candidates, key=lambda m: m.hotkey)]
+def _competition_of(c, competitions) -> str | None:
+    """The competition a recorded commitment belongs to (rows from before competitions existed: the first one)."""
+    if isinstance(c.competition, str):
+        return c.competition
+    match = competitions.for_commitment(c.competition_id) if isinstance(c.competition_id, str) else None
+    return match.name if match is not None else None
+
+
+def _competition_plans(epoch: int, competition: Competition, entries: list[Entry], setup: dict, hub: HubResource,
+                       warehouse: WarehouseResource) -> tuple[dict[str, dict], dict[str, list[str]]]:
+    """One competition's plan of `epoch` (recorded, or made now and recorded), and the rows' JSON it read."""
+    fingerprint = _plan_fingerprint(competition, entries, setup["eval_revision"])
+    plans = _cached_plans(warehouse, epoch, fingerprint, {e.hotkey for e in entries})
+    row_json: dict[str, list[str]] = {}
+    if plans is not None:
+        return plans, row_json
+    eval_set = load_eval_set(hub, setup["eval_repo"], setup["eval_revision"])
+    if isinstance(competition, CurationCompetition) and competition.dedup.near is not None:
+        row_json = _row_json(warehouse, epoch, [e.hotkey for e in entries])
+        entries = [replace(e, row_texts=tuple(row_text(r) for r in rows_from_json(
+            pd.DataFrame({"row_json": row_json.get(e.hotkey, [])})))) for e in entries]
+    decided = competition.plan(entries, eval_set)
+    plans = {hotkey: {"rows_in": p.rows_in, "rows_kept": p.rows_kept, "duplicates_within": p.duplicates_within,
+                      "duplicates_earlier": p.duplicates_earlier, "eval_leaks": p.eval_leaks,
+                      "reason": p.reason, "kept_indices": p.kept_indices} for hotkey, p in decided.items()}
+    hotkeys = sorted(plans)
+    marks = ", ".join("?" * len(hotkeys))
+    warehouse.replace_rows("dedup_plans", pd.DataFrame(
+        [{"epoch": epoch, "fingerprint": fingerprint, "hotkey": hk, "plan": json.dumps(plans[hk])} for hk in hotkeys],
+        columns=["epoch", "fingerprint", "hotkey", "plan"]),
+        f"epoch = ? AND hotkey IN ({marks})" if hotkeys else "FALSE", [epoch, *hotkeys] if hotkeys else [])
+    return plans, row_json
+
+
+def _plan_fingerprint(competition: Competition, entries: list[Entry], eval_revision: str) -> str:
+    """What a competition's plan depends on: its definition, every entry's rows and their blocks, the eval set."""
+    doc = [eval_revision, json.dumps(competition.describe(), sort_keys=True, default=str)] + [
+        [e.hotkey, e.uid, e.commit_block, e.row_hashes, e.row_blocks, e.raw_keys, e.row_lines, e.rejected_lines]
+        for e in sorted(entries, key=lambda e: e.hotkey)]
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
 
 
 def _cached_plans(warehouse: WarehouseResource, epoch: int, fingerprint: str, hotkeys: set[str]) -> dict | None:
-    """The epoch's recorded dedup plan when it was made from the same inputs (every miner's run plans the whole
-    epoch; near-duplicate matching over all rows runs once, not once per miner)."""
+    """The epoch's recorded plan of one competition when it was made from the same inputs (every miner's run plans
+    the whole epoch; near-duplicate matching over all rows runs once, not once per miner)."""
     frame = warehouse.query("SELECT hotkey, plan FROM dedup_plans WHERE epoch = ? AND fingerprint = ?",
                             [epoch, fingerprint])
     if set(frame["hotkey"]) != hotkeys:

@@ -150,14 +150,14 @@ def test_an_evaluation_whose_runs_keep_dying_is_recorded_as_failed(demo):
         _run([miner_datasets], hotkey, resources, instance, epoch)
     _run([deduplicated_shards], "hk-honest-fair", resources, instance, epoch)
     provenance = evaluator.provenance()
-    requests, _ = next_epoch_requests(epoch, warehouse, instance, provenance, eval_timeout_s=600)
+    requests, _ = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance, eval_timeout_s=600)
     fair = next(r for r in requests if r.partition_key == "hk-honest-fair")
     assert fair.tags["dagster/max_runtime"] == "600"  # run monitoring fails it past 10 minutes
     for attempt in range(MAX_RUN_ATTEMPTS):
         run_key = fair.run_key if attempt == 0 else f"{fair.run_key}#retry{attempt}"
         instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=f"died-{attempt}",
                                        status=dg.DagsterRunStatus.FAILURE, tags={"dagster/run_key": run_key}))
-    requests, _ = next_epoch_requests(epoch, warehouse, instance, provenance)
+    requests, _ = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance)
     assert "hk-honest-fair" not in [r.partition_key for r in requests]  # given up: the others go on
     assert len(requests) == len(hotkeys) - 1
     shard = warehouse.epoch_shards(epoch).set_index("hotkey").loc["hk-honest-fair"]

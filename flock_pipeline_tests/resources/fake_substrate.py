@@ -117,6 +117,8 @@ class FakeSubstrate:
         self.min_allowed_weights = 0
         self.weights_version = 0  # the subnet's required minimum version key
         self.block_time_s = block_time
+        self.genesis_ms = 1_767_225_600_000  # Timestamp.Now of block 0 (2026-01-01 00:00 UTC)
+        self.owner_hotkey: str | None = None  # SubtensorModule.SubnetOwnerHotkey
         self.token_symbols: dict[int, str] = {}
         self.weights: list[dict] = []  # plaintext weights that were set, oldest first
         self.weight_commits: list[dict] = []  # timelocked (commit-reveal) weight commits, oldest first
@@ -306,6 +308,10 @@ class FakeSubstrate:
             return self._query(module, storage_function, list(params or []), self._at(block_hash))
 
     def _query(self, module: str, name: str, params: list, block: int) -> Any:
+        if module == "Timestamp" and name == "Now":
+            return self.genesis_ms + int(block * self.block_time_s * 1000)
+        if module == "SubtensorModule" and name == "SubnetOwnerHotkey":
+            return self.owner_hotkey if params and params[0] == self.netuid else None
         if module == "Commitments" and name == "CommitmentOf":
             netuid, hotkey = params
             return self._commitment_at(hotkey, block) if netuid == self.netuid else None

@@ -1,0 +1,206 @@
+"""What a competition (a game of the subnet) is, in one place, and what every game shares.
+
+A competition says: which commitments enter it (`commitment_id`, the middle field of a miner's on-chain
+commitment), the eval set it is scored on, the training recipe (overrides of the evaluator's recipe), how its rows are
+rendered, its eligibility and duplicate rules (`plan`), its scoring rule, its cadence (every chain epoch, or UTC
+daily rounds), and its `share` of the validator's weight vector. Several competitions run side by side in one epoch:
+each miner is scored in the competition its commitment names, and the epoch's weight vector is the share-weighted
+sum of the competitions' vectors.
+
+Pure code: no dagster, no I/O. One module per game (`curation`, `selection`); `config` builds them from one
+validated document.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+from flock_pipeline.core.dedup import ShardPlan
+
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_COMMITMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+class CompetitionConfigError(ValueError):
+    """A competition definition is invalid; the message names the competition and the field."""
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The chain's block clock as UTC wall time (daily rounds are defined in UTC; the chain counts blocks).
+
+    `genesis` is the time of block 0 and `block_seconds` the block time: on the live chain, 12 s; on the local chain,
+    whatever it was seeded with. Real chains drift a little from a linear clock, so the validator anchors it at a
+    recent block (see `ChainResource.clock`)."""
+
+    genesis: datetime
+    block_seconds: float
+
+    def time_of(self, block: int) -> datetime:
+        from datetime import timedelta
+
+        return self.genesis + timedelta(seconds=block * self.block_seconds)
+
+    def last_block_before(self, when: datetime) -> int:
+        """The last block whose time is strictly before `when`."""
+        seconds = (when - self.genesis).total_seconds()
+        block = int(seconds // self.block_seconds)
+        if self.time_of(block) >= when:
+            block -= 1
+        return block
+
+
+@dataclass(frozen=True)
+class Round:
+    """Which round of a competition an epoch works on, and where it stands.
+
+    round_id: "epoch" for per-epoch games; YYYYMMDD for daily rounds.
+    phase: "scoring" (per-epoch games) | "submission" | "validation" | "rewarding".
+    snapshot_block: commitments written after this block do not count for the round.
+    """
+
+    round_id: str
+    phase: str
+    snapshot_block: int
+    opens_block: int | None = None  # first block of the submission window (daily rounds)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One miner's submission as the eligibility rules see it (rows in file order, after validation)."""
+
+    hotkey: str
+    uid: int
+    commit_block: int
+    row_hashes: tuple[str, ...]  # sha256 of each used row's canonical JSON (our identity of a row)
+    raw_keys: tuple[str, ...] = ()  # sha256 of each used row's JSON as written, keys sorted (the live identity)
+    row_lines: tuple[int, ...] = ()  # 1-based line of each used row
+    rejected_lines: tuple[tuple[int, str], ...] = ()  # (line, reason) of the rows that failed validation
+    row_blocks: tuple[int, ...] | None = None  # first block this hotkey committed each row (earlier revisions)
+    row_texts: tuple[str, ...] | None = None  # turn contents, for near-duplicate matching
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """The validator-held rows a competition is scored on: their row hashes, live keys and texts."""
+
+    row_hashes: frozenset[str]
+    raw_keys: frozenset[str] = frozenset()
+    texts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Contender:
+    """An evaluated, eligible miner of one competition."""
+
+    uid: int
+    hotkey: str
+    loss: float
+    block: int
+    coldkey: str = ""
+    per_row: tuple[float, ...] = field(default=(), compare=False)
+
+
+@dataclass(frozen=True)
+class ScoringContext:
+    """What a scoring rule may look at besides the contenders."""
+
+    now_block: int
+    previous: Mapping[int, float]  # this competition's weights of the last epoch that computed them (uid -> weight)
+    base_loss: float | None = None  # the base model's eval loss (computed only when `needs_base_loss`)
+    hotkeys: Mapping[int, str] = field(default_factory=dict)  # the metagraph now: uid -> hotkey
+    coldkeys: Mapping[int, str] = field(default_factory=dict)
+    burn_uid: int | None = None  # the uid that receives a share nobody earned (the subnet owner's)
+    round: Round | None = None
+    reward: "RewardState | None" = None  # daily rounds: what the round history says about the reward
+
+
+@dataclass(frozen=True)
+class RewardState:
+    """Daily rounds: the reward as the round history has it (decided once per round, kept afterwards)."""
+
+    source_round: str | None  # the round whose winner is rewarded now (None: no round decided yet)
+    winner_uid: int | None  # None with a source round: that round had no winner (burn)
+    decide_now: bool = False  # the current round reached its rewarding phase and is not decided yet
+    reused_from: str | None = None  # the current round reuses this round (its pool revision did not change)
+
+
+@dataclass
+class CompetitionScores:
+    """A competition's outcome for one epoch.
+
+    scores: uid -> the rule's score (win rate, curve score, 1 for a winner) for the contenders.
+    weights: uid -> weight within the competition (sum 1, or empty when nobody earned anything).
+    reasons: uid -> why a contender got what it got (e.g. "not below the base model's loss").
+    statuses: uid -> a status other than "scored" for a contender (e.g. "no_improvement").
+    extra: uid -> (hotkey, status, reason) for uids that receive weight without being contenders this epoch (the
+    burn uid, the previous round's winner).
+    """
+
+    scores: dict[int, float] = field(default_factory=dict)
+    weights: dict[int, float] = field(default_factory=dict)
+    reasons: dict[int, str] = field(default_factory=dict)
+    statuses: dict[int, str] = field(default_factory=dict)
+    extra: dict[int, tuple[str, str, str]] = field(default_factory=dict)
+    decided: tuple[str, int | None, float | None] | None = None  # (round id, winner uid, winner loss) decided now
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Competition(ABC):
+    """A game of the subnet. Subclasses are frozen dataclasses with their own rules' settings."""
+
+    name: str
+    share: float = 1.0  # of the validator's weight vector
+    commitment_id: str = "1"  # commitments whose competition field is this enter this competition
+    eval_repo: str = "flock/eval-atlas"  # dataset repo of the eval set (the pool, for selection)
+    eval_revision: str = ""  # a full commit id; empty: the repo's head when a round opens (then recorded)
+    recipe: Mapping[str, Any] = field(default_factory=dict)  # TrainRecipe overrides for this competition
+
+    kind: ClassVar[str] = ""
+    needs_base_loss: ClassVar[bool] = False  # scoring compares with the base model's eval loss
+    in_corpus: ClassVar[bool] = True  # its eligible rows go into the final corpus
+
+    def __post_init__(self) -> None:
+        where = f"competition {self.name!r}"
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise CompetitionConfigError(f"{where}: name must be 1-32 of a-z, 0-9, '_' or '-', starting with a letter")
+        if not isinstance(self.share, (int, float)) or not 0.0 < float(self.share) <= 1.0:
+            raise CompetitionConfigError(f"{where}: share must be in (0, 1], got {self.share!r}")
+        if not isinstance(self.commitment_id, str) or not _COMMITMENT_ID.fullmatch(self.commitment_id):
+            raise CompetitionConfigError(f"{where}: commitment_id {self.commitment_id!r} is not a valid "
+                                         "commitment competition field")
+        if not isinstance(self.recipe, Mapping):
+            raise CompetitionConfigError(f"{where}: recipe must be an object of training recipe fields")
+
+    # -- cadence -------------------------------------------------------------------------------------------
+
+    def round_at(self, block: int, clock: Clock | None) -> Round:
+        """The round an epoch opening at `block` works on. Default: every epoch is a round of its own."""
+        return Round("epoch", "scoring", block)
+
+    # -- eligibility and duplicates ------------------------------------------------------------------------
+
+    @abstractmethod
+    def plan(self, entries: list[Entry], eval_set: EvalSet) -> dict[str, ShardPlan]:
+        """hotkey -> what the miner trains on (kept rows) or why it is ineligible."""
+
+    # -- scoring -------------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def score(self, contenders: list[Contender], context: ScoringContext) -> CompetitionScores:
+        """The competition's scores and weights for one epoch."""
+
+    def describe(self) -> dict:
+        """The definition as plain data (recorded with every epoch)."""
+        from dataclasses import asdict
+
+        doc = asdict(self)
+        doc["kind"] = self.kind
+        return doc

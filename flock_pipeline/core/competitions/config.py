@@ -1,0 +1,155 @@
+"""The validator's competitions from one document (JSON text, a preset name or `@file`), checked before any work.
+
+Document: a JSON list of competition objects (or `{"competitions": [...]}`), each with `kind` ("curation" or
+"selection"), a `name`, a `share` and the kind's own fields; unknown fields are errors. Shares must sum to 1, names
+and commitment ids must be unique. Presets:
+
+- "curation": the default, one curation game on every chain epoch (commitment id "1").
+- "sn96": the live subnet 96 configuration: one selection game over `flock-io/flock-off-s1-competition` with the
+  live QLoRA recipe (CUDA only).
+- "selection-local": the selection game on the embedded network's pool (the demo), plain LoRA.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from flock_pipeline.core.competitions.base import Competition, CompetitionConfigError
+from flock_pipeline.core.competitions.curation import CurationCompetition
+from flock_pipeline.core.competitions.selection import SelectionCompetition
+from flock_pipeline.core.dedup import DedupConfig
+from flock_pipeline.core.neardup import NearDupConfig
+from flock_pipeline.core.scoring import ScoringConfig
+
+KINDS: dict[str, type[Competition]] = {"curation": CurationCompetition, "selection": SelectionCompetition}
+
+# The live game's training recipe on top of the reference one: 4-bit nf4 base with paged 8-bit AdamW while training
+# (the evaluation always runs on the unquantised base plus the merged adapter), whitespace stripped as the live
+# dataset loader does.
+LIVE_SELECTION_RECIPE = {"quantization": "nf4", "optimizer": "paged_adamw_8bit", "strip_whitespace": True}
+
+PRESETS: dict[str, list[dict]] = {
+    "curation": [{"kind": "curation", "name": "curation"}],
+    "sn96": [{"kind": "selection", "name": "selection", "recipe": LIVE_SELECTION_RECIPE}],
+    "selection-local": [{"kind": "selection", "name": "selection", "eval_repo": "flock/selection-pool",
+                         "recipe": {"strip_whitespace": True}}],
+}
+
+
+@dataclass(frozen=True)
+class CompetitionSet:
+    """The competitions a validator runs, checked as a whole."""
+
+    competitions: tuple[Competition, ...]
+
+    def __post_init__(self) -> None:
+        if not self.competitions:
+            raise CompetitionConfigError("competitions: at least one competition is needed")
+        names = [c.name for c in self.competitions]
+        if len(set(names)) != len(names):
+            raise CompetitionConfigError(f"competitions: names must be unique, got {names}")
+        ids = [c.commitment_id for c in self.competitions]
+        if len(set(ids)) != len(ids):
+            raise CompetitionConfigError(f"competitions: two competitions take commitment id(s) "
+                                         f"{sorted({i for i in ids if ids.count(i) > 1})}; a commitment must name "
+                                         "one competition")
+        total = sum(float(c.share) for c in self.competitions)
+        if abs(total - 1.0) > 1e-9:
+            raise CompetitionConfigError(f"competitions: shares must sum to 1, got {total:g} "
+                                         f"({', '.join(f'{c.name}={c.share}' for c in self.competitions)})")
+
+    def __iter__(self):
+        return iter(self.competitions)
+
+    def __len__(self) -> int:
+        return len(self.competitions)
+
+    def by_name(self, name: str) -> Competition:
+        for c in self.competitions:
+            if c.name == name:
+                return c
+        raise KeyError(f"no competition named {name!r}")
+
+    def for_commitment(self, commitment_id: str) -> Competition | None:
+        return next((c for c in self.competitions if c.commitment_id == commitment_id), None)
+
+    def describe(self) -> list[dict]:
+        return [c.describe() for c in self.competitions]
+
+
+def load_document(text: str) -> Any:
+    """The competitions document from its text: a preset name, `@path` to a JSON file, or JSON."""
+    text = (text or "").strip()
+    if text in PRESETS:
+        return PRESETS[text]
+    if text.startswith("@"):
+        path = Path(text[1:]).expanduser()
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise CompetitionConfigError(f"competitions: cannot read {path}: {exc.strerror}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CompetitionConfigError(f"competitions: not a preset ({', '.join(PRESETS)}) and not valid JSON: "
+                                     f"{exc}") from exc
+
+
+def build_competitions(document: Any, defaults: Mapping[str, Mapping[str, Any]] | None = None) -> CompetitionSet:
+    """Competitions from a parsed document. `defaults[kind]` are field values used where an entry is silent (the
+    validator settings' dedup and scoring knobs for curation)."""
+    if isinstance(document, Mapping) and set(document) == {"competitions"}:
+        document = document["competitions"]
+    if not isinstance(document, list):
+        raise CompetitionConfigError("competitions: expected a list of competition objects")
+    built = []
+    for i, entry in enumerate(document):
+        if not isinstance(entry, Mapping):
+            raise CompetitionConfigError(f"competitions[{i}]: expected an object, got {type(entry).__name__}")
+        kind = entry.get("kind")
+        if kind not in KINDS:
+            raise CompetitionConfigError(f"competitions[{i}].kind: unknown kind {kind!r}; use one of "
+                                         f"{', '.join(KINDS)}")
+        values = {**(defaults or {}).get(kind, {}), **{k: v for k, v in entry.items() if k != "kind"}}
+        built.append(_build(KINDS[kind], values, f"competitions[{i}] ({kind})"))
+    return CompetitionSet(tuple(built))
+
+
+def _build(cls: type[Competition], values: dict, where: str) -> Competition:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise CompetitionConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    if "name" not in values:
+        values = {**values, "name": cls.kind}
+    if cls is CurationCompetition:
+        values = dict(values)
+        values["dedup"] = _sub(DedupConfig, values.get("dedup", {}), f"{where}.dedup")
+        values["scoring"] = _sub(ScoringConfig, values.get("scoring", {}), f"{where}.scoring")
+    try:
+        return cls(**values)
+    except CompetitionConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise CompetitionConfigError(f"{where}: {exc}") from exc
+
+
+def _sub(cls, value: Any, where: str):
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise CompetitionConfigError(f"{where}: expected an object")
+    value = dict(value)
+    unknown = sorted(set(value) - {f.name for f in fields(cls)})
+    if unknown:
+        raise CompetitionConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    if cls is DedupConfig and isinstance(value.get("near"), Mapping):
+        value["near"] = _sub(NearDupConfig, value["near"], f"{where}.near")
+    try:
+        return cls(**value)
+    except (TypeError, ValueError) as exc:
+        raise CompetitionConfigError(f"{where}: {exc}") from exc
