@@ -179,12 +179,14 @@ def _match_dropout(model, recipe, train) -> None:
     model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
-def run_reference(model_dir, recipe, train, evals, device: str, matched: bool = False) -> dict:
+def run_reference(model_dir, recipe, train, evals, device: str, matched: bool = False, live: bool = False) -> dict:
     """The live validator's recipe: fresh load, Trainer bs1 x GA8, merge, evaluate at bs1.
 
     One change: the Trainer visits the rows in the same per-epoch order as ours (its own shuffle would use
     another random stream), so that the two eval losses differ by the method, not by the data order. With
     `matched`, the LoRA dropout masks are ours too (CPU only), so that the losses differ only by float rounding.
+    With `live` (CUDA only), the live selection game's QLoRA exactly: the base loaded 4-bit (nf4, bf16 compute) for
+    training with paged 8-bit AdamW, then a fresh bf16 base with the saved adapter merged for the evaluation.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -202,8 +204,17 @@ def run_reference(model_dir, recipe, train, evals, device: str, matched: bool = 
     cuda = device == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
     t0 = time.perf_counter()
-    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")
-    base = base.to(device)
+    if live:
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+        base = AutoModelForCausalLM.from_pretrained(str(model_dir), quantization_config=quant, device_map={"": 0},
+                                                    attn_implementation="sdpa")
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    else:
+        base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")
+        base = base.to(device)
     load_s = time.perf_counter() - t0
     lora = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
                       target_modules=recipe.target_modules, task_type="CAUSAL_LM")
@@ -216,7 +227,8 @@ def run_reference(model_dir, recipe, train, evals, device: str, matched: bool = 
                              gradient_accumulation_steps=recipe.batch_size, num_train_epochs=recipe.epochs,
                              learning_rate=recipe.learning_rate, warmup_steps=recipe.warmup_steps,
                              lr_scheduler_type="linear", max_grad_norm=recipe.max_grad_norm, bf16=cuda,
-                             save_strategy="no", report_to=[], logging_strategy="no", optim="adamw_torch",
+                             save_strategy="no", report_to=[], logging_strategy="no",
+                             optim="paged_adamw_8bit" if live else "adamw_torch",
                              per_device_eval_batch_size=1, remove_unused_columns=False, dataloader_num_workers=0,
                              seed=recipe.seed, use_cpu=not cuda, disable_tqdm=True)
     trainer = SameOrderTrainer(model=model, args=args, train_dataset=_Rows(train), data_collator=_collate)
@@ -226,7 +238,16 @@ def run_reference(model_dir, recipe, train, evals, device: str, matched: bool = 
         torch.cuda.synchronize()
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    merged = model.merge_and_unload()
+    if live:
+        from peft import PeftModel
+
+        adapter = Path(out_dir) / "adapter"
+        model.save_pretrained(adapter)
+        eval_base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16,
+                                                         attn_implementation="sdpa").to(device)
+        merged = PeftModel.from_pretrained(eval_base, adapter).merge_and_unload()
+    else:
+        merged = model.merge_and_unload()
     result = Trainer(model=merged, args=args, eval_dataset=_Rows(list(evals)), data_collator=_collate).evaluate()
     if cuda:
         torch.cuda.synchronize()
@@ -236,6 +257,9 @@ def run_reference(model_dir, recipe, train, evals, device: str, matched: bool = 
     if cuda:
         out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
+
+
+LIVE_RECIPE = {"quantization": "nf4", "optimizer": "paged_adamw_8bit"}  # the live selection game's training
 
 
 def _child(side: str, size: str, train_n: int, eval_n: int, work_dir: str, overrides: dict, repeat: int,
@@ -250,7 +274,12 @@ def _child(side: str, size: str, train_n: int, eval_n: int, work_dir: str, overr
     if side == "reference-matched":
         queue.put(run_reference(model_dir, recipe, train, evals, device, matched=True))
         return
-    fn = run_ours if side == "ours" else run_reference
+    if side == "ours-live":
+        fn = lambda *a: run_ours(model_dir, recipe.with_overrides(**LIVE_RECIPE), train, evals, device)  # noqa: E731
+    elif side == "reference-live":
+        fn = lambda *a: run_reference(model_dir, recipe, train, evals, device, live=True)  # noqa: E731
+    else:
+        fn = run_ours if side == "ours" else run_reference
     runs = [fn(model_dir, recipe, train, evals, device) for _ in range(repeat)]
     runs.sort(key=lambda r: r["train_s"] + r["eval_s"])
     result = runs[len(runs) // 2]  # the median run: one noisy neighbour on a shared CPU does not decide the figure
@@ -282,9 +311,21 @@ def main(argv=None) -> int:
     parser.add_argument("--recipe", default="{}", help="JSON of recipe overrides for both sides, e.g. "
                         "'{\"lora_dropout\": 0}' (without dropout the two must agree to float rounding)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per side; the median run is reported")
+    parser.add_argument("--live", action="store_true", help="also the live selection game's QLoRA recipe (4-bit "
+                        "nf4 base, paged 8-bit AdamW; CUDA and bitsandbytes only): the reference's own and ours, and "
+                        "how far our plain-LoRA evaluator is from it")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     overrides = json.loads(args.recipe)
+    if args.live:
+        import importlib.util
+
+        import torch
+
+        if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+            print("benchmarks/evaluator.py: --live needs a CUDA device and bitsandbytes (pip install -e '.[cuda]')",
+                  file=sys.stderr)
+            return 2
     eval_n = args.eval or (200 if args.size == "tiny" else 1000)
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     from flock_pipeline.core.tiny_model import ensure_tiny_model  # built once up front: neither side pays for it
@@ -313,6 +354,16 @@ def main(argv=None) -> int:
         "ours_eval_loss": ours["eval_loss"], "reference_eval_loss": ref["eval_loss"],
         "loss_rel_diff": abs(ours["eval_loss"] - ref["eval_loss"]) / ref["eval_loss"],
     }
+    if args.live:
+        ours_live = _run_side("ours-live", args.size, args.train, eval_n, args.work_dir, overrides, args.repeat)
+        ref_live = _run_side("reference-live", args.size, args.train, eval_n, args.work_dir, overrides, args.repeat)
+        report.update({
+            "live_ours_eval_loss": ours_live["eval_loss"], "live_reference_eval_loss": ref_live["eval_loss"],
+            "live_loss_rel_diff": abs(ours_live["eval_loss"] - ref_live["eval_loss"]) / ref_live["eval_loss"],
+            "lean_vs_live_rel_diff": abs(ours["eval_loss"] - ref_live["eval_loss"]) / ref_live["eval_loss"],
+            "live_ours_s": round(ours_live["train_s"] + ours_live["eval_s"], 3),
+            "live_reference_s": round(ref_live["train_s"] + ref_live["eval_s"], 3),
+        })
     if matched is not None:
         report["reference_matched_eval_loss"] = matched["eval_loss"]
         report["matched_loss_rel_diff"] = abs(ours["eval_loss"] - matched["eval_loss"]) / matched["eval_loss"]

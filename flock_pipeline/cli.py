@@ -45,6 +45,8 @@ def cmd_demo(args) -> int:
     home = Path(args.home or os.environ.get("FLOCK_HOME") or ".flock").resolve()
     os.environ["FLOCK_HOME"] = str(home)
     started = time.perf_counter()
+    if os.environ.get("FLOCK_COMPETITIONS") or os.environ.get("FLOCK_SETTINGS"):
+        build_resources(home)  # a configuration error exits 2 here, before the home is wiped
     epoch = seed_demo_network(home, seed=args.seed, network=args.network)
     if args.no_run:
         print(json.dumps({"epoch": epoch, "home": str(home)}) if args.json else

@@ -179,7 +179,7 @@ def _combine(rows: list[dict], competitions, outcomes: dict, epoch: int) -> None
             elif uid in outcome.extra:
                 _, status, reason = outcome.extra[uid]
                 if row["status"] not in WEIGHTED:
-                    row["reason"] = f"{reason} (this epoch: {row['status']}: {row['reason']})"
+                    row["reason"] = f"{reason}; its own entry this epoch is {row['status']}"
                     row["status"] = status
                 if row["competition"] == c.name:
                     row["competition_weight"] = w

@@ -86,8 +86,8 @@ def test_blocking_check_stops_weight_submission(demo, monkeypatch):
     before = len(resources["chain"].weights_history("validator"))
     real = scoring.compute_epoch_scores
 
-    def tampered(epoch, evaluator, settings, warehouse, hub):  # a scoring bug that pays an ineligible miner
-        frame = real(epoch, evaluator, settings, warehouse, hub)
+    def tampered(epoch, evaluator, settings, warehouse, hub, chain):  # a scoring bug that pays an ineligible miner
+        frame = real(epoch, evaluator, settings, warehouse, hub, chain)
         frame.loc[frame["hotkey"] == "hk-copier", "weight"] = 0.5
         warehouse.replace_rows("win_rates", frame, "epoch = ?", [epoch])
         warehouse.replace_rows("weight_submissions", frame.iloc[:0][[]], "epoch = ?", [epoch])
@@ -165,6 +165,7 @@ def test_commitment_rules(tmp_path):
 
 def test_the_epoch_dedup_plan_is_made_once_and_remade_when_its_inputs_change(demo, monkeypatch):
     """Every miner's run plans the whole epoch; near-duplicate matching over all rows runs for the first only."""
+    import flock_pipeline.core.competitions.curation as curation
     import flock_pipeline.validator.shards as shards
 
     _, resources, instance, epoch = demo
@@ -174,8 +175,8 @@ def test_the_epoch_dedup_plan_is_made_once_and_remade_when_its_inputs_change(dem
     for hotkey in hotkeys[:-1]:
         _materialize([miner_datasets], hotkey, resources, instance)
     calls = []
-    real = shards.deduplicate
-    monkeypatch.setattr(shards, "deduplicate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = curation.deduplicate
+    monkeypatch.setattr(curation, "deduplicate", lambda *a, **k: calls.append(1) or real(*a, **k))
     args = (epoch, resources["hub"], resources["settings"], resources["warehouse"])
     first = shards.plan_epoch_shards(*args)
     again = shards.plan_epoch_shards(*args)

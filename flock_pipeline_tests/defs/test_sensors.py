@@ -56,7 +56,8 @@ def test_commitment_sensor_requests_a_download_per_new_revision(demo):
 def test_epoch_progress_sensor_walks_the_epoch(demo):
     _, resources, instance, epoch = demo
     key = str(epoch)
-    res = {"warehouse": resources["warehouse"], "evaluator": resources["evaluator"], "chain": resources["chain"]}
+    res = {"warehouse": resources["warehouse"], "evaluator": resources["evaluator"], "chain": resources["chain"],
+           "settings": resources["settings"]}
 
     def tick():
         return epoch_progress_sensor(dg.build_sensor_context(instance=instance, resources=res))
@@ -109,7 +110,8 @@ def test_a_run_that_crashes_is_retried_under_a_new_key_then_given_up(demo, tmp_p
 
     _, resources, instance, epoch = demo
     key = str(epoch)
-    res = {"warehouse": resources["warehouse"], "evaluator": resources["evaluator"], "chain": resources["chain"]}
+    res = {"warehouse": resources["warehouse"], "evaluator": resources["evaluator"], "chain": resources["chain"],
+           "settings": resources["settings"]}
     instance.add_dynamic_partitions(epochs_partitions.name, [key])
     _run([chain_commitments], key, resources, instance)
     broken = {**resources, "evaluator": EvaluatorResource(base_model=str(tmp_path), cache_dir=str(tmp_path))}

@@ -1,0 +1,150 @@
+"""`flock demo --network selection` (the live SN96 selection game over a daily cycle on the local chain's clock) and
+`--network mixed` (curation and selection side by side, shares 0.5 / 0.5): what the validator decides and sends."""
+
+import contextlib
+import io
+import json
+import shutil
+
+import pytest
+
+from flock_pipeline.cli import main
+from flock_pipeline.core.competitions import SelectionCompetition
+from flock_pipeline.demo import OWNER_HOTKEY, SELECTION_REPORT_EPOCH
+from flock_pipeline.resources import LocalChainResource, WarehouseResource
+
+INELIGIBLE = {  # label -> (status, a piece of the reason)
+    "outside-the-pool": ("ineligible", "not from the pool: 1 of 100 rows"),
+    "shares-40": ("ineligible", "duplicate: shares 40 rows with the earlier submission of uid {strong}"),
+    "exact-copy": ("ineligible", "duplicate: shares 100 rows with the earlier submission of uid {strong}"),
+    "late": ("rejected", "late: committed at block"),
+}
+
+
+def _demo(home, network):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["demo", "--network", network, "--json", "--home", str(home)]) == 0
+    return json.loads(out.getvalue())
+
+
+@pytest.fixture(scope="module")
+def selection(tmp_path_factory, tiny_model_dir):
+    home = tmp_path_factory.mktemp("selection")
+    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    return home, _demo(home, "selection")
+
+
+def _uid(chain: LocalChainResource, hotkey: str) -> int:
+    return next(n.uid for n in chain.metagraph() if n.hotkey == hotkey)
+
+
+def test_exactly_one_miner_gets_weight_one_the_earliest_of_the_k_best(selection):
+    home, doc = selection
+    assert doc["epoch"] == SELECTION_REPORT_EPOCH
+    miners = {m["label"]: m for m in doc["miners"] if m["label"]}
+    assert {m["competition"] for m in doc["miners"]} == {"selection"}
+    winners = [m for m in doc["miners"] if m["weight"] > 0]
+    assert len(winners) == 1 and winners[0]["weight"] == pytest.approx(1.0, abs=1e-12)
+    # the rule, recomputed from what the warehouse recorded: k from the metagraph, the k lowest losses, earliest
+    chain = LocalChainResource(path=str(home / "chain.json"))
+    commits = WarehouseResource(path=str(home / "warehouse.duckdb")).epoch_commitments(doc["epoch"])
+    blocks = dict(zip(commits["hotkey"], commits["commit_block"]))
+    k = SelectionCompetition(name="s").top_k(len(chain.metagraph()))
+    assert k == 2
+    scored = sorted((m for m in doc["miners"] if m["status"] == "scored"), key=lambda m: (m["eval_loss"], m["uid"]))
+    earliest = min(scored[:k], key=lambda m: (blocks[m["hotkey"]], m["uid"]))
+    assert winners[0]["hotkey"] == earliest["hotkey"] == "hk-random-selector"
+    assert "earliest commitment among the 2 lowest" in winners[0]["reason"]
+    # not simply the lowest loss: the strong selector's data is better and committed later
+    assert miners["strong-selector"]["eval_loss"] < miners["random-selector"]["eval_loss"]
+    assert miners["random-selector"]["eval_loss"] < miners["weak-selector"]["eval_loss"]
+    for m in doc["miners"]:
+        if m["weight"] == 0:
+            assert m["reason"], m
+
+
+def test_outside_the_pool_duplicates_and_late_miners_are_ineligible_with_reasons(selection):
+    home, doc = selection
+    miners = {m["label"]: m for m in doc["miners"] if m["label"]}
+    strong = miners["strong-selector"]["uid"]
+    for label, (status, reason) in INELIGIBLE.items():
+        assert miners[label]["status"] == status, miners[label]
+        assert reason.format(strong=strong) in miners[label]["reason"], miners[label]
+        assert miners[label]["weight"] == 0.0
+
+
+def test_the_daily_cycle_burns_until_a_round_is_decided_then_keeps_the_winner(selection):
+    home, doc = selection
+    chain = LocalChainResource(path=str(home / "chain.json"))
+    owner, winner = _uid(chain, OWNER_HOTKEY), _uid(chain, "hk-random-selector")
+    phases = [(e["rounds"]["selection"]["round"], e["rounds"]["selection"]["phase"]) for e in doc["cycle"]]
+    assert phases == [("20260202", "submission"), ("20260202", "validation"), ("20260202", "rewarding"),
+                      ("20260203", "validation")]
+    fresh, validating, rewarded, next_day = doc["cycle"]
+    for entry in (fresh, validating):  # nobody scored yet: all weight to the subnet owner's uid
+        assert entry["weights"] == {str(owner): 1.0} and "burn" in entry["why"][str(owner)]
+    assert rewarded["weights"] == {str(winner): 1.0}
+    assert next_day["weights"] == {str(winner): 1.0}  # the pool did not change: the winner keeps the reward
+    assert "the pool did not change" in next_day["why"][str(winner)]
+    # and each went to the chain as the validator's weights of that epoch
+    sent = [(w["uids"], w["weights"]) for w in chain.weights_history("validator")]
+    assert sent == [([owner], [65535]), ([owner], [65535]), ([winner], [65535]), ([winner], [65535])]
+
+
+def test_a_changed_pool_opens_a_new_round_and_commitments_carry_over(selection, tmp_path):
+    """Day 1's round reused day 0's; after the pool repo gets a new revision, day 2's round is new. Commitments carry
+    over from earlier days (the live validator records whatever each hotkey has on-chain during the window), so the
+    miner that was late for day 0 takes part in day 2's round."""
+    import dagster as dg
+
+    from flock_pipeline.defs.epoch import run_epoch
+    from flock_pipeline.demo import epoch_report, run_cycle
+    from flock_pipeline.resources import LocalHubResource, build_resources
+
+    home, _ = selection
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy)
+    hub = LocalHubResource(root=str(copy / "hub"), as_owner=True)
+    pool = hub.download("flock/selection-pool", hub.head("flock/selection-pool"))
+    hub.upload("flock/selection-pool", pool + pool.splitlines(keepends=True)[0].replace(b"?", b" ?"), private=False)
+    demo = json.loads((copy / "demo.json").read_text())
+    demo["cycle"] = [149, 218]  # day 2 12:40 (validation of round 20260204), then day 3 11:40 (its rewarding)
+    (copy / "demo.json").write_text(json.dumps(demo))
+    resources = build_resources(copy)
+    cycle = run_cycle(copy, resources, dg.DagsterInstance.ephemeral(), run_epoch)
+    rounds = [(e["rounds"]["selection"]["round"], e["rounds"]["selection"]["phase"]) for e in cycle]
+    assert rounds == [("20260204", "validation"), ("20260204", "rewarding")]
+    warehouse, chain = resources["warehouse"], resources["chain"]
+    record = warehouse.competition_round("selection", "20260204")
+    assert record["reused_from"] is None and record["decided"] and int(record["decided_epoch"]) == 218
+    old_winner = _uid(chain, "hk-random-selector")
+    assert cycle[0]["weights"] == {str(old_winner): 1.0}  # while round 20260204 is validated, the last winner keeps it
+    report = {m["label"]: m for m in epoch_report(218, warehouse, demo["labels"])}
+    assert report["late"]["status"] == "scored"  # its commitment predates this round's window
+    (winner,) = [m for m in report.values() if m["weight"] > 0]
+    assert cycle[1]["weights"] == {str(winner["uid"]): 1.0} and int(record["winner_uid"]) == winner["uid"]
+
+
+@pytest.mark.slow
+def test_a_curation_and_a_selection_competition_send_one_valid_weight_vector(tmp_path, tiny_model_dir):
+    home = tmp_path / "mixed"
+    (home / "models").mkdir(parents=True)
+    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    doc = _demo(home, "mixed")
+    report = doc["miners"]
+    by_game = {}
+    for m in report:
+        by_game.setdefault(m["competition"], 0.0)
+        by_game[m["competition"]] += m["weight"]
+    assert by_game["curation"] == pytest.approx(0.5, abs=1e-9) and by_game["selection"] == pytest.approx(0.5, abs=1e-9)
+    labels = {m["label"]: m for m in report if m["label"]}
+    assert labels["random-selector"]["weight"] == pytest.approx(0.5, abs=1e-12)
+    assert labels["honest-good"]["weight"] > labels["honest-fair"]["weight"] > 0
+    assert labels["copier"]["weight"] == 0.0 and labels["shares-40"]["weight"] == 0.0
+    chain = LocalChainResource(path=str(home / "chain.json"))
+    uids, u16 = chain.weights_history("validator")[-1]["uids"], chain.weights_history("validator")[-1]["weights"]
+    weighted = sorted(m["uid"] for m in report if m["weight"] > 0)
+    assert uids == weighted and max(u16) == 65535 and len(uids) == len(set(uids))
+    total = sum(m["weight"] for m in report)
+    assert total == pytest.approx(1.0, abs=1e-9)
