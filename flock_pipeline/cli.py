@@ -38,16 +38,24 @@ def _quiet_torch() -> None:
 
 def cmd_demo(args) -> int:
     from flock_pipeline.defs.epoch import run_epoch
-    from flock_pipeline.demo import epoch_report, format_report, run_cycle, seed_demo_network
-    from flock_pipeline.resources import build_resources
+    from flock_pipeline.demo import DemoHomeError, check_demo_home, epoch_report, format_report, run_cycle, seed_demo_network
+    from flock_pipeline.resources import ConfigError, build_resources
 
     _quiet_torch()
     home = Path(args.home or os.environ.get("FLOCK_HOME") or ".flock").resolve()
+    network = os.environ.get("FLOCK_NETWORK", "local")
+    if network != "local":
+        raise ConfigError(f"flock demo runs on the embedded local network only, and FLOCK_NETWORK={network}: "
+                          "unset it (nothing was changed)")
+    try:
+        check_demo_home(home, args.force)
+    except DemoHomeError as exc:
+        raise ConfigError(str(exc)) from exc
     os.environ["FLOCK_HOME"] = str(home)
     started = time.perf_counter()
     if os.environ.get("FLOCK_COMPETITIONS") or os.environ.get("FLOCK_SETTINGS"):
         build_resources(home)  # a configuration error exits 2 here, before the home is wiped
-    epoch = seed_demo_network(home, seed=args.seed, network=args.network)
+    epoch = seed_demo_network(home, seed=args.seed, network=args.network, force=args.force)
     if args.no_run:
         print(json.dumps({"epoch": epoch, "home": str(home)}) if args.json else
               f"seeded the demo network in {home}; epoch {epoch} is open")
@@ -168,8 +176,9 @@ def cmd_chain_advance(args) -> int:
     return 0
 
 
-def _eval_rows_or_none(resources):
-    """The configured eval set from the hub, or None when the hub does not have it (no network seeded yet)."""
+def _eval_rows(resources):
+    """The configured eval set from the hub; a ConfigError (exit 2) saying why when it cannot be loaded."""
+    from flock_pipeline.resources import ConfigError
     from flock_pipeline.resources.hub import HubError
     from flock_pipeline.validator.shards import load_eval_rows
 
@@ -177,16 +186,19 @@ def _eval_rows_or_none(resources):
     try:
         revision = settings.eval_revision or hub.head(settings.eval_repo)
         return load_eval_rows(hub, settings.eval_repo, revision)
-    except (HubError, ValueError):
-        return None
+    except (HubError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"cannot load the eval set {settings.eval_repo}: {exc} (seed the local network with "
+                          "`flock demo --no-run`, or set FLOCK_EVAL_REPO; --no-eval-check skips the eval-set "
+                          "overlap check)") from exc
 
 
-def _validate(path, resources, with_tokens=True):
+def _validate(path, resources, with_tokens=True, eval_check=True):
     from flock_pipeline.miner import validate_file
     from flock_pipeline.validator.datasets import load_tokenizer
 
+    eval_rows = _eval_rows(resources) if eval_check else None
     tokenizer = load_tokenizer(str(resources["evaluator"].model_path())) if with_tokens else None
-    return validate_file(path, resources["settings"].limits(), tokenizer, _eval_rows_or_none(resources))
+    return validate_file(path, resources["settings"].limits(), tokenizer, eval_rows)
 
 
 def cmd_miner_validate(args) -> int:
@@ -195,7 +207,7 @@ def cmd_miner_validate(args) -> int:
 
     _quiet_torch()
     try:
-        report, _ = _validate(args.file, build_resources())
+        report, _ = _validate(args.file, build_resources(), eval_check=not args.no_eval_check)
     except MinerInputError as exc:
         report = ValidationReport(path=args.file, valid=False, reason=str(exc), rows_total=0, rows_valid=0,
                                   rows_used=0)
@@ -209,10 +221,7 @@ def cmd_miner_score(args) -> int:
 
     _quiet_torch()
     resources = build_resources()
-    eval_rows = _eval_rows_or_none(resources)
-    if eval_rows is None:
-        raise ConfigError(f"eval set {resources['settings'].eval_repo} is not on the hub "
-                          "(seed the local network with `flock demo --no-run`, or set FLOCK_EVAL_REPO)")
+    eval_rows = _eval_rows(resources)
     evaluator = resources["evaluator"]
     results, losses = [], {}
     for path in [args.file, *args.against]:
@@ -263,7 +272,7 @@ def cmd_miner_submit(args) -> int:
     resources = build_resources()
     hotkey = args.hotkey or miner_hotkey()
     try:
-        report, _ = _validate(args.file, resources)
+        report, _ = _validate(args.file, resources, eval_check=not args.no_eval_check)
         data = read_input(args.file)
     except MinerInputError as exc:
         print(f"flock: {exc}", file=sys.stderr)
@@ -314,13 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="seed the local demo network and run one epoch through the assets")
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
-    demo.add_argument("--home", help="where the demo network lives (default: $FLOCK_HOME or ./.flock); wiped first")
+    demo.add_argument("--home", help="where the demo network lives (default: $FLOCK_HOME or ./.flock); wiped first "
+                      "when the demo created it")
     demo.add_argument("--seed", type=int, default=7, help="seed of the synthetic data")
     demo.add_argument("--network", choices=["default", "adversarial", "selection", "mixed"], default="default",
                       help="default: six miners; adversarial: honest miners at five quality levels and every kind "
                       "of attacker; selection: the live SN96 selection game over a daily cycle; mixed: curation "
                       "and selection side by side (shares 0.5 / 0.5)")
     demo.add_argument("--no-run", action="store_true", help="only seed the network (then run the epoch yourself)")
+    demo.add_argument("--force", action="store_true", help="wipe the home even if the demo did not create it")
     demo.set_defaults(func=cmd_demo)
 
     epoch = sub.add_parser("epoch", help="run or inspect an epoch").add_subparsers(dest="epoch_cmd", required=True)
@@ -343,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="miner_cmd", required=True)
     validate = miner.add_parser("validate", help="check a data.jsonl with the validators' rules")
     validate.add_argument("file")
+    validate.add_argument("--no-eval-check", action="store_true",
+                          help="skip the eval-set overlap check (when no eval set is reachable)")
     validate.add_argument("--json", action="store_true")
     validate.set_defaults(func=cmd_miner_validate)
     score = miner.add_parser("score", help="the validators' evaluator on this machine: eval loss and win rates")
@@ -355,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     submitp.add_argument("--repo", required=True, help="namespace/name of the dataset repo")
     submitp.add_argument("--hotkey", help="the miner hotkey (default: $FLOCK_MINER_HOTKEY)")
     submitp.add_argument("--force", action="store_true", help="submit even if validation fails")
+    submitp.add_argument("--no-eval-check", action="store_true", help="skip the eval-set overlap check")
     submitp.add_argument("--json", action="store_true")
     submitp.set_defaults(func=cmd_miner_submit)
     statusp = miner.add_parser("status", help="what validators recorded for a hotkey")

@@ -37,6 +37,7 @@ selection network's in the selection game (commitment id "2", share 0.5): one we
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,21 +206,42 @@ def selection_miners(seed: int = 7, competition_id: str = DEFAULT_COMPETITION_ID
     ]
 
 
-def seed_demo_network(home: Path, seed: int = 7, network: str = "default") -> int:
-    """Wipe `home` and seed a local chain + hub: validator, miners, their commitments and the eval set.
+DEMO_MARKER = ".flock-demo"  # written into every home the demo seeds: only such a home is ever wiped
+DEMO_FILES = ("chain.json", "chain.json.lock", "hub", "warehouse.duckdb", "warehouse.duckdb.wal", "corpus",
+              "demo.json", "competitions.json")
+
+
+class DemoHomeError(ValueError):
+    """The home holds a network the demo did not create; nothing was deleted."""
+
+
+def check_demo_home(home: Path, force: bool = False) -> None:
+    """Refuse (DemoHomeError) a home that holds a chain, hub, warehouse or corpus without the demo's marker (a
+    validator's home, say), unless `force`."""
+    home = Path(home)
+    found = [n for n in DEMO_FILES if os.path.lexists(home / n)]
+    if found and not (home / DEMO_MARKER).is_file() and not force:
+        raise DemoHomeError(f"{home} holds {', '.join(found)} that the demo did not create (a validator's home?); "
+                            "nothing was deleted: use another --home, or --force to wipe it")
+
+
+def seed_demo_network(home: Path, seed: int = 7, network: str = "default", force: bool = False) -> int:
+    """Wipe `home` (a home the demo created, or any with `force`) and seed a local chain + hub: validator, miners,
+    their commitments and the eval set.
 
     Returns the epoch to run: the one that opens right after the commitments (the daily networks: the rewarding
     epoch; demo.json lists the cycle of epochs to run before it and after it).
     """
     home = Path(home)
-    for name in ("chain.json", "chain.json.lock", "hub", "warehouse.duckdb", "warehouse.duckdb.wal", "corpus",
-                 "demo.json", "competitions.json"):
+    check_demo_home(home, force)
+    for name in DEMO_FILES:
         target = home / name
-        if target.is_dir():
+        if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
-        elif target.exists():
+        elif os.path.lexists(target):
             target.unlink()
     home.mkdir(parents=True, exist_ok=True)
+    (home / DEMO_MARKER).write_text("seeded by flock demo: `flock demo` may wipe this home\n")
     if network not in NETWORKS:
         raise ValueError(f"unknown demo network {network!r}: use one of {', '.join(NETWORKS)}")
     chain = LocalChainResource(path=str(home / "chain.json"))

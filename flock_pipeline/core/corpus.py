@@ -44,6 +44,15 @@ def build_corpus_records(shards: list[CorpusShard]) -> list[dict]:
     return records
 
 
+def corpus_text(records: list[dict]) -> str:
+    """The release's JSONL text (one sorted-key JSON object per row): its identity."""
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+
+
+def corpus_sha256(records: list[dict]) -> str:
+    return hashlib.sha256(corpus_text(records).encode()).hexdigest()
+
+
 def write_corpus(records: list[dict], out_dir: Path, name: str = "sft") -> dict[str, str]:
     """Write `{name}.jsonl`, `{name}.parquet` and `{name}_dataset/` (a Hugging Face `datasets` dataset, for
     `datasets.load_from_disk`) into out_dir; returns {"jsonl", "parquet", "dataset", "sha256"}."""
@@ -54,7 +63,7 @@ def write_corpus(records: list[dict], out_dir: Path, name: str = "sft") -> dict[
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+    text = corpus_text(records)
     jsonl = out_dir / f"{name}.jsonl"
     _atomic_write(jsonl, text.encode("utf-8"))
     parquet = out_dir / f"{name}.parquet"
@@ -73,7 +82,9 @@ def write_corpus(records: list[dict], out_dir: Path, name: str = "sft") -> dict[
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename; the file is readable by everyone (a corpus is for other users)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    os.fchmod(fd, 0o644)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)

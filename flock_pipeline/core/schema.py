@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+SCHEMA_VERSION = 2  # raise whenever a validation rule changes: recorded dataset verdicts are then re-decided
 ROLES = ("user", "assistant")
 ALLOWED_ROW_KEYS = frozenset({"system", "conversations"})
 ALLOWED_TURN_KEYS = frozenset({"role", "content"})
@@ -236,6 +237,14 @@ def validate_line(number: int, raw: bytes, limits: DatasetLimits = DatasetLimits
         return RowResult(number, parse_row(obj, limits), None)
     except RowError as exc:
         return RowResult(number, None, str(exc))
+
+
+def verdict_key(limits: "DatasetLimits") -> str:
+    """What a dataset's verdict depends on besides its bytes: the limits and the rules' version."""
+    from dataclasses import asdict
+
+    doc = json.dumps({"schema": SCHEMA_VERSION, "limits": asdict(limits)}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
 def raw_row_key(raw: bytes) -> str:

@@ -119,12 +119,31 @@ def ensure_tiny_model(cache_dir: Path) -> Path:
     return dest
 
 
+_DIGESTS: dict[tuple, str] = {}  # (path, (name, size, mtime_ns) of every file) -> digest, per process
+
+
 def model_revision(path: Path) -> str:
-    """A content revision for a local model directory (the build's digest, or a digest of its files)."""
+    """The content digest of a local model directory: sha256 over its files' names and bytes (the first 40 hex).
+
+    Computed from the files themselves, never taken from a recorded claim, so a changed or corrupted file changes
+    the revision (and every cache key made with it). Cached per process by each file's size and mtime, so an
+    unchanged directory is read once."""
+    path = Path(path)
+    stamp = tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir()
+                         if f.is_file() and f.name != "flock_build.json"))
+    key = (str(path.resolve()), stamp)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _dir_digest(path)
+    return _DIGESTS[key]
+
+
+def recorded_revision(path: Path) -> str | None:
+    """The digest the embedded model's build recorded (None for other model directories)."""
     info = Path(path) / "flock_build.json"
-    if info.exists():
-        return json.loads(info.read_text())["revision"]
-    return _dir_digest(Path(path))
+    try:
+        return json.loads(info.read_text())["revision"] if info.exists() else None
+    except (ValueError, KeyError, TypeError):
+        return "unreadable build record"
 
 
 def _dir_digest(path: Path) -> str:

@@ -5,6 +5,7 @@ Partitions: epoch-level assets use the dynamic `epochs` partitions (key = epoch 
 dynamic `miners` partitions (key = hotkey) and work on the latest epoch the miner committed in.
 """
 
+import contextlib
 import math
 
 import dagster as dg
@@ -19,6 +20,7 @@ from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.validator.commitments import snapshot_commitments
 from flock_pipeline.validator.datasets import fetch_miner_dataset
 from flock_pipeline.validator.evaluation import evaluate_miner
+from flock_pipeline.validator.faults import ValidatorFault
 from flock_pipeline.validator.scoring import build_epoch_corpus, compute_epoch_scores, submit_epoch_weights
 from flock_pipeline.validator.shards import build_miner_shard
 
@@ -35,6 +37,17 @@ def epoch_of_run(context) -> int | None:
     e.g. a partition materialized by hand in the UI."""
     value = context.run.tags.get(EPOCH_TAG)
     return int(value) if value is not None else None
+
+
+@contextlib.contextmanager
+def validator_faults_stop_the_step():
+    """A ValidatorFault (the device, the model, the eval set) fails the step at once, without retries: retrying
+    cannot fix the machine, and nothing was recorded against the miner."""
+    try:
+        yield
+    except ValidatorFault as exc:
+        raise dg.Failure(description=f"validator fault (fix it and run again; no miner was judged): {exc}",
+                         allow_retries=False) from exc
 
 
 def _table(frame: pd.DataFrame, columns: list[str]) -> dg.MetadataValue:
@@ -92,12 +105,13 @@ def miner_datasets(context: dg.AssetExecutionContext, chain: ChainResource, hub:
     line and reason, the rows used (the first 100 valid rows: the size cap) and their token counts."""
     hotkey = context.partition_key
     final_try = context.retry_number >= TRANSIENT_RETRIES.max_retries
-    outcome = fetch_miner_dataset(hotkey, hub, evaluator, settings, warehouse, epoch=epoch_of_run(context),
-                                  give_up_on_transient=final_try)
-    others = [fetch_miner_dataset(hotkey, hub, evaluator, settings, warehouse, repo=repo, revision=rev,
-                                  give_up_on_transient=final_try)
-              for repo, rev in _chain_revisions(chain, hotkey, settings)
-              if (repo, rev) != (outcome.repo, outcome.revision)]
+    with validator_faults_stop_the_step():
+        outcome = fetch_miner_dataset(hotkey, hub, evaluator, settings, warehouse, epoch=epoch_of_run(context),
+                                      give_up_on_transient=final_try)
+        others = [fetch_miner_dataset(hotkey, hub, evaluator, settings, warehouse, repo=repo, revision=rev,
+                                      give_up_on_transient=final_try)
+                  for repo, rev in _chain_revisions(chain, hotkey, settings)
+                  if (repo, rev) != (outcome.repo, outcome.revision)]
     rejected = pd.DataFrame(list(outcome.rejected)[:20], columns=["line", "reason"])
     return dg.MaterializeResult(metadata={
         "status": outcome.status, "reason": outcome.reason or "", "repo": outcome.repo or "",
@@ -115,7 +129,8 @@ def deduplicated_shards(context: dg.AssetExecutionContext, hub: HubResource, set
     """The miner's used rows (latest epoch) minus exact copies of rows that an earlier commitment (block, then uid)
     already contributed, minus rows of the eval set. A miner whose rows are mostly copies or leaks is ineligible,
     with the reason. Depends on every miner's dataset: who keeps a row depends on all commitments of the epoch."""
-    row = build_miner_shard(context.partition_key, hub, settings, warehouse, epoch=epoch_of_run(context))
+    with validator_faults_stop_the_step():
+        row = build_miner_shard(context.partition_key, hub, settings, warehouse, epoch=epoch_of_run(context))
     if row is None:
         return dg.MaterializeResult(metadata={"status": "no_commitment", "reason": "no recorded commitment"})
     return dg.MaterializeResult(metadata={
@@ -134,7 +149,9 @@ def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorRes
     rows of each row's mean assistant-token cross-entropy (nats/token); per-row losses are kept. Cached by
     (shard hash, base model + revision, recipe hash, eval revision). A crash is recorded as a failure with its
     error and retried; it never becomes a loss."""
-    record = evaluate_miner(context.partition_key, evaluator, hub, warehouse, settings, epoch=epoch_of_run(context))
+    with validator_faults_stop_the_step():
+        record = evaluate_miner(context.partition_key, evaluator, hub, warehouse, settings,
+                                epoch=epoch_of_run(context))
     return dg.MaterializeResult(metadata={
         "status": record.status, "reason": record.reason or "",
         "eval_loss": record.eval_loss if record.eval_loss is not None else float("nan"),
@@ -152,7 +169,8 @@ def win_rates(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, s
     advantage), win rate = wins / (n - 1), weights = softmax(win rate / temperature) blended with the previous
     epoch's weights (or the curve / top-k mode the settings select). A miner whose loss does not beat the base
     model's scores nothing. Every other miner is listed with weight 0 and the reason."""
-    frame = compute_epoch_scores(int(context.partition_key), evaluator, settings, warehouse, hub, chain)
+    with validator_faults_stop_the_step():
+        frame = compute_epoch_scores(int(context.partition_key), evaluator, settings, warehouse, hub, chain)
     return dg.MaterializeResult(metadata={
         "scored": int((frame["status"] == "scored").sum()), "miners": len(frame),
         "competitions": ", ".join(sorted({c for c in frame["competition"] if isinstance(c, str)})),

@@ -7,7 +7,11 @@ in that Dagster instance exactly as when the sensors launch them.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 
@@ -21,7 +25,45 @@ class EpochFailed(RuntimeError):
     pass
 
 
+class RunnerBusy(EpochFailed):
+    """Another epoch runner works on the same home."""
+
+
+@contextlib.contextmanager
+def runner_lock(home: Path):
+    """One in-process epoch runner per home at a time (two would both train every miner): an exclusive, non-blocking
+    lock on `<home>/epoch-runner.lock`, released when the runner exits or dies. (Several machines coordinate through
+    Dagster's run queue and the shared store instead.)"""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "epoch-runner.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RunnerBusy(f"another epoch runner ({holder}) is working on {home}: wait for it to finish or stop "
+                             "it; nothing was started") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # per-event DEBUG lines off the console
+
+
+def _cause(error) -> str:
+    """The asset's own error message (Dagster wraps it in its step-execution error)."""
+    while error.cause is not None and error.cls_name and error.cls_name.startswith("Dagster"):
+        error = error.cause
+    return str(error.message).strip()
 
 
 def _run(selection: list, partition_key: str, resources: dict, instance: dg.DagsterInstance,
@@ -30,7 +72,7 @@ def _run(selection: list, partition_key: str, resources: dict, instance: dg.Dags
     result = dg.materialize(ASSETS + CHECKS, selection=selection, partition_key=partition_key, resources=resources,
                             instance=instance, raise_on_error=False, run_config=QUIET, tags=tags)
     if not result.success:
-        errors = [str(e.event_specific_data.error.message).strip() for e in result.all_events
+        errors = [_cause(e.event_specific_data.error) for e in result.all_events
                   if e.is_step_failure and e.event_specific_data.error is not None]
         raise EpochFailed(f"{[a.key.to_user_string() for a in selection]} [{partition_key}] failed: "
                           + ("; ".join(errors) or "see the Dagster logs"))
@@ -40,6 +82,11 @@ def run_epoch(epoch: int, resources: dict, instance: dg.DagsterInstance,
               progress: Callable[[str], None] = lambda msg: None) -> None:
     """Materialize every asset of `epoch` in order: commitments, all datasets, then per miner its shard and its
     evaluation (one run per miner), then scores, weights and corpus."""
+    with runner_lock(Path(resources["warehouse"].path).parent):
+        _run_stages(epoch, resources, instance, progress)
+
+
+def _run_stages(epoch: int, resources: dict, instance: dg.DagsterInstance, progress: Callable[[str], None]) -> None:
     key = str(epoch)
     if not instance.has_dynamic_partition(epochs_partitions.name, key):
         instance.add_dynamic_partitions(epochs_partitions.name, [key])

@@ -114,18 +114,23 @@ def _run_key(instance: dg.DagsterInstance, base: str) -> str | None:
     return None
 
 
-def _last_failure(instance: dg.DagsterInstance, base: str) -> str:
-    """What the last run of `base`'s keys died of (its failure message), for the record."""
+def _last_failure(instance: dg.DagsterInstance, base: str) -> tuple[str, bool]:
+    """What the last run of `base`'s keys died of (its failure message), for the record, and whether that was the
+    validator's own fault (a ValidatorFault: then nothing is recorded against the miner)."""
     key = _attempt_key(base, MAX_RUN_ATTEMPTS - 1)
     runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": key}), limit=1)
-    message = "no failure message recorded"
+    message, fault = "no failure message recorded", False
     if runs:
         for entry in instance.all_logs(runs[0].run_id):
             event = entry.dagster_event
             if event is not None and event.event_type in (dg.DagsterEventType.STEP_FAILURE,
                                                           dg.DagsterEventType.RUN_FAILURE):
                 message = entry.message or event.message or message
-    return f"{MAX_RUN_ATTEMPTS} evaluation runs failed without a result; the last: {message}"[:2000]
+                error = getattr(event.event_specific_data, "error", None)
+                while error is not None:
+                    fault = fault or error.cls_name == "ValidatorFault"
+                    error = error.cause
+    return f"{MAX_RUN_ATTEMPTS} evaluation runs failed without a result; the last: {message}"[:2000], fault
 
 
 def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.DagsterInstance,
@@ -168,7 +173,7 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
             shard["competition"] = None
     evaluated = _final_results(warehouse, [s for s in shards.values() if s["status"] == "eligible"], provenance_of,
                                revisions)
-    pending = []
+    pending, faults = [], []
     for c in accepted.itertuples():
         shard = shards.get(c.hotkey)
         if shard is not None and (shard["status"] != "eligible" or shard["shard_hash"] in evaluated):
@@ -180,11 +185,16 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
             pending.append(dg.RunRequest(run_key=run_key, partition_key=c.hotkey, tags=run_tags,
                                          asset_selection=[deduplicated_shards.key, miner_eval_losses.key]))
         elif shard is not None and provenance_of(shard["competition"]) is not None:
+            message, fault = _last_failure(instance, base)
+            if fault:  # the validator's environment: the operator must fix it; nothing counts against the miner
+                faults.append(message)
+                continue
             record_abandoned_evaluation(warehouse, shard["shard_hash"], provenance_of(shard["competition"]),
-                                        revisions[shard["competition"]], _last_failure(instance, base),
-                                        MAX_RUN_ATTEMPTS)
+                                        revisions[shard["competition"]], message, MAX_RUN_ATTEMPTS)
     if pending:
         return pending, f"deduplicating + evaluating {len(pending)} miner(s)"
+    if faults:
+        return [], f"stopped by a validator fault (fix it, then re-execute the failed runs): {faults[0]}"
     if warehouse.win_rates(epoch).empty:
         return [dg.RunRequest(run_key=f"score:{key}", partition_key=key,
                               asset_selection=[win_rates.key, submitted_weights.key, final_corpus.key])], "scoring"

@@ -307,6 +307,19 @@ class BittensorChainResource(ChainResource):
         genesis = now_ms / 1000.0 - head * seconds
         return Clock(datetime.fromtimestamp(genesis, tz=timezone.utc), float(seconds))
 
+    def weights_set_since(self, hotkey: str, block: int) -> int | None:
+        """The hotkey's `LastUpdate` (the block of its last weights or weight commit) when it is >= `block`."""
+        address = self._signer(hotkey).ss58_address
+
+        async def op(client: Any, _attempt: int) -> int | None:
+            uid = await client.query(_SUBTENSOR.Uids, [self.netuid, address])
+            if uid is None:
+                return None
+            return _uid_value(await client.query(_SUBTENSOR.LastUpdate, [self.netuid]), int(uid))
+
+        last = self._call("last weights", op)
+        return int(last) if last is not None and int(last) >= block and int(last) > 0 else None
+
     def owner_hotkey(self) -> str | None:
         """`SubtensorModule.SubnetOwnerHotkey` of the subnet."""
         value = self._call("owner", lambda client, _attempt: client.query(_SUBTENSOR.SubnetOwnerHotkey,

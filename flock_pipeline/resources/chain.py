@@ -80,6 +80,11 @@ class ChainResource(dg.ConfigurableResource):
         """The block clock as UTC time (daily competition rounds are defined in UTC)."""
         raise NotImplementedError
 
+    def weights_set_since(self, hotkey: str, block: int) -> int | None:
+        """The block at which `hotkey` last set weights, when that is at or after `block` (None otherwise): asked
+        before sending, so that a validator killed after the chain took its weights never sends an epoch's twice."""
+        raise NotImplementedError
+
     def owner_hotkey(self) -> str | None:
         """The subnet owner's hotkey (its uid receives the weight nobody earned: the burn), None when unknown."""
         raise NotImplementedError
@@ -156,6 +161,10 @@ class LocalChainResource(ChainResource):
     def owner_hotkey(self) -> str | None:
         with self._state(write=False) as s:
             return s.get("owner")
+
+    def weights_set_since(self, hotkey: str, block: int) -> int | None:
+        blocks = [w["block"] for w in self.weights_history(hotkey) if w["block"] >= block]
+        return max(blocks) if blocks else None
 
     def weights_history(self, hotkey: str | None = None) -> list[dict]:
         with self._state(write=False) as s:

@@ -72,6 +72,19 @@ class EvaluatorResource(dg.ConfigurableResource):
             raise ValueError(f"base model {self.base_model!r} is not a local model directory")
         return path
 
+    def verified_model_path(self) -> Path:
+        """The model directory after checking the embedded model's files against the digest its build recorded
+        (a truncated or altered file is a validator fault, never a different model under the same name)."""
+        from flock_pipeline.core.tiny_model import recorded_revision
+        from flock_pipeline.validator.faults import ValidatorFault
+
+        path = self.model_path()
+        recorded = recorded_revision(path)
+        if recorded is not None and recorded != model_revision(path):
+            raise ValidatorFault(f"the embedded model's files in {path} do not match their recorded digest "
+                                 "(corrupted or changed): delete that directory to rebuild it")
+        return path
+
     def model_name(self) -> str:
         return TINY_MODEL_NAME if self.base_model == "tiny" else self.base_model
 

@@ -117,7 +117,7 @@ class HuggingFaceHubResource(HubResource):
     def file_info(self, repo_id: str, revision: str, filename: str = DATA_FILE) -> HubFile:
         self._validate(repo_id, revision, filename)
         cached = self._cache_path(repo_id, revision, filename)
-        if cached.is_file():
+        if _cached_intact(cached):
             return HubFile(repo_id, revision, filename, cached.stat().st_size)
         self._require_online(f"file info of {_where(repo_id, revision, filename)}", cacheable=True)
         return HubFile(repo_id, revision, filename, self._remote_file(repo_id, revision, filename).size)
@@ -126,9 +126,13 @@ class HuggingFaceHubResource(HubResource):
         self._validate(repo_id, revision, filename)
         where = _where(repo_id, revision, filename)
         cached = self._cache_path(repo_id, revision, filename)
-        if cached.is_file():
+        if _cached_intact(cached):
             _check_limit(filename, cached.stat().st_size, max_bytes)
-            return cached.read_bytes()
+            data = cached.read_bytes()
+            if hashlib.sha256(data).hexdigest() == _digest_path(cached).read_text().strip():
+                return data
+            logger.warning("the cached %s does not match its recorded sha256: dropped, fetching it again", where)
+            _drop_cached(cached)
         self._require_online(f"download of {where}", cacheable=True)
         remote = self._remote_file(repo_id, revision, filename)
         _check_limit(filename, remote.size, max_bytes)  # from metadata alone: nothing downloaded yet
@@ -136,6 +140,7 @@ class HuggingFaceHubResource(HubResource):
         data = self._with_retries(f"download of {where}", lambda: self._fetch(url, remote, where))
         _verify_checksum(data, remote, where)
         _atomic_write(cached, data)
+        _atomic_write(_digest_path(cached), hashlib.sha256(data).hexdigest().encode())  # checked on every read
         return data
 
     def head(self, repo_id: str) -> str:
@@ -446,6 +451,26 @@ def _verify_checksum(data: bytes, remote: _RemoteFile, where: str) -> None:
         raise HubError(f"download of {where}: content does not match the hub's sha256")
     if remote.git_oid is not None and git_hash(data) != remote.git_oid:
         raise HubError(f"download of {where}: content does not match the hub's git object id")
+
+
+def _digest_path(cached: Path) -> Path:
+    return cached.with_name(cached.name + ".sha256")
+
+
+def _cached_intact(cached: Path) -> bool:
+    """A cached file is used only with its recorded sha256 beside it (written after the file, so a crash between the
+    two leaves a file that is fetched again); a file without one is dropped."""
+    if not cached.is_file():
+        return False
+    if _digest_path(cached).is_file():
+        return True
+    _drop_cached(cached)
+    return False
+
+
+def _drop_cached(cached: Path) -> None:
+    cached.unlink(missing_ok=True)
+    _digest_path(cached).unlink(missing_ok=True)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

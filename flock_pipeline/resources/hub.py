@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,10 +78,17 @@ class LocalHubResource(HubResource):
         return Path(self.root) / repo_id
 
     def _meta(self, repo_id: str) -> dict:
+        """The repo's record; a garbled one means the repo cannot be served (HubError), never a crash."""
         meta = self._repo_dir(repo_id) / "repo.json"
-        if not meta.exists():
+        if not os.path.lexists(meta):
             raise HubNotFound(f"repo {repo_id} not found")
-        info = json.loads(meta.read_text())
+        try:
+            info = json.loads(_read_regular(meta, self.root, MAX_RECORD_BYTES).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HubError(f"repo {repo_id}: its record is garbled ({exc})") from exc
+        if not isinstance(info, dict) or not isinstance(info.get("private"), bool) \
+                or not isinstance(info.get("head"), (str, type(None))):
+            raise HubError(f"repo {repo_id}: its record is garbled (not a repo record)")
         if info["private"] and not self.as_owner:
             raise HubNotFound(f"repo {repo_id} not found")  # private repos look absent, as on Hugging Face
         return info
@@ -91,18 +99,19 @@ class LocalHubResource(HubResource):
             raise HubError(f"invalid file name {filename!r}")
         self._meta(repo_id)
         path = self._repo_dir(repo_id) / "revisions" / revision / filename
-        if not path.exists():
+        if not os.path.lexists(path):
             raise HubNotFound(f"{filename} not found in {repo_id} at {revision}")
         return path
 
     def file_info(self, repo_id: str, revision: str, filename: str = DATA_FILE) -> HubFile:
-        return HubFile(repo_id, revision, filename, self._file(repo_id, revision, filename).stat().st_size)
+        path = self._file(repo_id, revision, filename)
+        return HubFile(repo_id, revision, filename, _regular_stat(path, self.root).st_size)
 
     def download(self, repo_id: str, revision: str, filename: str = DATA_FILE, max_bytes: int | None = None) -> bytes:
         info = self.file_info(repo_id, revision, filename)
         if max_bytes is not None and info.size > max_bytes:
             raise HubError(f"{filename} is {info.size} bytes, limit {max_bytes}")
-        return self._file(repo_id, revision, filename).read_bytes()
+        return _read_regular(self._file(repo_id, revision, filename), self.root, max_bytes)
 
     def head(self, repo_id: str) -> str:
         head = self._meta(repo_id).get("head")
@@ -131,6 +140,45 @@ class LocalHubResource(HubResource):
         meta = json.loads(meta_path.read_text())
         meta["private"] = private
         _atomic_write(meta_path, json.dumps(meta).encode())
+
+
+MAX_RECORD_BYTES = 64 * 2**10  # a repo record is a few dozen bytes
+
+
+def _inside(path: Path, root: str) -> None:
+    """Every component of `path` below `root` is a real entry, not a symlink (a link could point anywhere, e.g. out
+    of the hub or at /dev/urandom)."""
+    base = Path(root)
+    current = base
+    for part in path.relative_to(base).parts:
+        current = current / part
+        if current.is_symlink():
+            raise HubError(f"{path.relative_to(base)}: {current.name} is a symbolic link, not part of the hub")
+
+
+def _regular_stat(path: Path, root: str) -> os.stat_result:
+    _inside(path, root)
+    info = os.lstat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise HubError(f"{path.relative_to(Path(root))}: not a regular file")
+    return info
+
+
+def _read_regular(path: Path, root: str, max_bytes: int | None) -> bytes:
+    """Read a regular file of the hub, at most `max_bytes` (+1 to tell that it is over): a FIFO, a device, a
+    directory or a symlink is refused without blocking (opened non-blocking, without following links)."""
+    _inside(path, root)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise HubError(f"{path.relative_to(Path(root))}: cannot be opened ({exc.strerror})") from exc
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise HubError(f"{path.relative_to(Path(root))}: not a regular file")
+        data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise HubError(f"{path.name} is over {max_bytes} bytes")
+    return data
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -49,6 +49,8 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
     curve_power: float = 2.0
     top_fraction: float = 0.05
     weights_version_key: int = 0
+    replace_results: bool = False  # let a run that did less (fewer scored miners, a smaller corpus) replace an epoch's
+    # recorded scores and corpus release; without it such a run stops with an error and nothing recorded changes
     corpus_dir: str = ".flock/corpus"
 
     def competition_set(self) -> CompetitionSet:

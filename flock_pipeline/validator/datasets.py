@@ -9,7 +9,7 @@ from functools import lru_cache
 import pandas as pd
 
 from flock_pipeline.core.chat import count_tokens
-from flock_pipeline.core.schema import ChatRow, raw_row_keys, validate_bytes
+from flock_pipeline.core.schema import ChatRow, raw_row_keys, validate_bytes, verdict_key
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubError, HubNotFound, HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
@@ -50,15 +50,16 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
             reason = commitment["reason"] if commitment is not None else "no commitment recorded for this hotkey"
             return DatasetOutcome(hotkey, None, None, "no_commitment", reason)
         repo, revision = commitment["repo"], commitment["revision"]
-    known = warehouse.dataset(repo, revision)
-    if known is not None and known["status"] in ("ok", "invalid"):  # decided by the content: never changes
-        return _outcome(hotkey, known, cached=True)
     limits = settings.limits()
+    known = warehouse.dataset(repo, revision)
+    if known is not None and known["status"] in ("ok", "invalid") and known.get("verdict_key") == verdict_key(limits):
+        return _outcome(hotkey, known, cached=True)  # decided by the content under the same limits and rules
     try:
         info = hub.file_info(repo, revision)
         if info.size > limits.max_file_bytes:
             return _record(warehouse, hotkey, repo, revision, "invalid",
-                           f"data.jsonl is {info.size} bytes, limit {limits.max_file_bytes}", size=info.size)
+                           f"data.jsonl is {info.size} bytes, limit {limits.max_file_bytes}", size=info.size,
+                           key=verdict_key(limits))
         data = hub.download(repo, revision, max_bytes=limits.max_file_bytes)
     except HubNotFound as exc:
         return _record(warehouse, hotkey, repo, revision, "unavailable", str(exc))
@@ -79,7 +80,7 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
     rejected = [{"line": r.line, "reason": r.reason} for r in report.rejected_rows[:MAX_RECORDED_REJECTIONS]]
     return _record(warehouse, hotkey, repo, revision, "ok" if reason is None else "invalid", reason,
                    size=report.size_bytes, sha256=report.sha256, rows_total=len(report.rows),
-                   rows_valid=len(report.valid_rows), rows_used=len(used), rejected=rejected)
+                   rows_valid=len(report.valid_rows), rows_used=len(used), rejected=rejected, key=verdict_key(limits))
 
 
 @lru_cache(maxsize=4)
@@ -91,10 +92,11 @@ def load_tokenizer(path: str):
 
 def _record(warehouse: WarehouseResource, hotkey: str, repo: str, revision: str, status: str, reason: str | None,
             size: int = 0, sha256: str = "", rows_total: int = 0, rows_valid: int = 0, rows_used: int = 0,
-            rejected: list | None = None) -> DatasetOutcome:
+            rejected: list | None = None, key: str | None = None) -> DatasetOutcome:
     row = {"repo": repo, "revision": revision, "status": status, "reason": reason, "size_bytes": size,
            "sha256": sha256, "rows_total": rows_total, "rows_valid": rows_valid, "rows_used": rows_used,
-           "rejected": json.dumps(rejected or []), "created_at": pd.Timestamp.now("UTC").tz_localize(None)}
+           "rejected": json.dumps(rejected or []), "created_at": pd.Timestamp.now("UTC").tz_localize(None),
+           "verdict_key": key}
     warehouse.replace_rows("datasets", pd.DataFrame([row]), "repo = ? AND revision = ?", [repo, revision])
     return _outcome(hotkey, row, cached=False)
 

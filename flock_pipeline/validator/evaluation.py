@@ -19,6 +19,7 @@ from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.validator.datasets import rows_from_json
+from flock_pipeline.validator.faults import ValidatorFault, is_validator_fault, preflight
 from flock_pipeline.validator.shards import load_eval_rows
 
 MAX_ATTEMPTS = 3  # evaluation attempts of one cache key before its failure is final
@@ -42,7 +43,11 @@ class TransientEvalError(RuntimeError):
 
 
 def cache_key(shard: str, provenance: dict, eval_revision: str) -> str:
-    parts = [shard, provenance["base_model"], provenance["base_revision"], provenance["recipe_hash"], eval_revision]
+    """Everything that decides a loss: the rows, the model (name and content digest), the recipe with device and
+    dtype, the eval set revision, and the versions of the libraries that compute it."""
+    versions = json.dumps(provenance.get("versions", {}), sort_keys=True)
+    parts = [shard, provenance["base_model"], provenance["base_revision"], provenance["recipe_hash"], eval_revision,
+             versions]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
@@ -90,6 +95,7 @@ def evaluate_miner(hotkey: str, evaluator: EvaluatorResource, hub: HubResource, 
     attempts = int(previous["attempts"]) if previous is not None else 0
     if previous is not None and previous["final"]:
         return _record_of(hotkey, previous, cached=True)
+    preflight(evaluator, hub, shard["eval_repo"], shard["eval_revision"], recipe)  # the validator's own faults
     train_rows = rows_from_json(warehouse.shard_rows(shard["shard_hash"]))
     eval_rows = load_eval_rows(hub, shard["eval_repo"], shard["eval_revision"])
     attempts += 1
@@ -97,7 +103,10 @@ def evaluate_miner(hotkey: str, evaluator: EvaluatorResource, hub: HubResource, 
         outcome = evaluator.evaluate(train_rows, eval_rows, recipe=recipe)
         if not math.isfinite(outcome.eval_loss):
             raise FloatingPointError(f"eval loss is {outcome.eval_loss}")
-    except Exception as exc:  # any crash is recorded as this miner's failure, never as a made-up loss
+    except Exception as exc:  # a crash is recorded as this miner's failure, never as a made-up loss ...
+        if is_validator_fault(exc):  # ... unless it is the validator's own: then nothing is recorded
+            raise ValidatorFault(f"evaluating {hotkey} failed in the validator's environment, not the miner's "
+                                 f"data: {type(exc).__name__}: {exc}") from exc
         error = f"{type(exc).__name__}: {exc}"
         retry = attempts < MAX_ATTEMPTS and not isinstance(exc, ValueError)  # ValueError: the data, not luck
         row = _row(key, shard["shard_hash"], "failed", error, None, [], [], 0, 0, 0.0, provenance, attempts,

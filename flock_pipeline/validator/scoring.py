@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from flock_pipeline.core.competitions import Competition, Contender, RewardState, Round, ScoringContext
-from flock_pipeline.core.corpus import CorpusShard, build_corpus_records, write_corpus
+from flock_pipeline.core.corpus import CorpusShard, build_corpus_records, corpus_sha256, write_corpus
 from flock_pipeline.core.schema import ChatRow
 from flock_pipeline.core.scoring import to_u16, validate_weights
 from flock_pipeline.resources.chain import ChainResource, WeightsReceipt
@@ -18,6 +18,7 @@ from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.validator.evaluation import base_eval_loss, shard_cache_key
+from flock_pipeline.validator.faults import ValidatorFault
 
 WIN_RATE_COLUMNS = ["epoch", "hotkey", "uid", "status", "reason", "eval_loss", "win_rate", "weight", "competition",
                     "competition_weight"]
@@ -43,7 +44,7 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
     competitions = settings.competition_set()
     setups = {r["competition"]: r for r in warehouse.epoch_competitions(epoch).to_dict("records")}
     shards = {r["hotkey"]: r for r in warehouse.epoch_shards(epoch).to_dict("records")}
-    rows, contenders = [], {c.name: [] for c in competitions}
+    rows, contenders, failures = [], {c.name: [] for c in competitions}, {}
     metagraph = chain.metagraph() if chain is not None else []
     coldkeys = {n.hotkey: n.coldkey for n in metagraph}
     for c in warehouse.epoch_commitments(epoch).itertuples():
@@ -70,11 +71,13 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
                 row.update(status="not_evaluated", reason="no evaluation result for this shard and recipe")
             elif result["status"] != "ok":
                 row.update(status="failed", reason=f"evaluation failed: {result['error']}")
+                failures[key] = str(result["error"])
             else:
                 row.update(status="scored", reason=None, eval_loss=float(result["eval_loss"]))
                 contenders.setdefault(competition, []).append(Contender(
                     int(c.uid), c.hotkey, float(result["eval_loss"]), int(c.commit_block), coldkeys.get(c.hotkey, ""),
                     tuple(float(x) for x in result["per_row_losses"])))
+    _refuse_common_failure(rows, failures, warehouse)
     outcomes = {}
     for competition in competitions:
         setup = setups.get(competition.name)
@@ -96,8 +99,41 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
                 row["reason"] = outcome.reasons[uid]
     _combine(rows, competitions, outcomes, epoch)
     frame = pd.DataFrame(rows, columns=WIN_RATE_COLUMNS)
+    _keep_what_was_recorded(epoch, warehouse.win_rates(epoch), frame, settings.replace_results)
     warehouse.replace_rows("win_rates", frame, "epoch = ?", [epoch])
     return frame
+
+
+class ResultsKept(RuntimeError):
+    """A run would replace an epoch's recorded results with less; the recorded ones are kept."""
+
+
+def _keep_what_was_recorded(epoch: int, recorded: pd.DataFrame, new: pd.DataFrame, replace: bool) -> None:
+    """Scores already recorded for an epoch are never replaced by a run that scored fewer miners (a validator whose
+    device or model broke would otherwise zero everyone), unless `replace_results` is set."""
+    if replace or recorded.empty:
+        return
+    before, after = int((recorded["status"] == "scored").sum()), int((new["status"] == "scored").sum())
+    if after < before:
+        lost = sorted(set(recorded.loc[recorded["status"] == "scored", "hotkey"])
+                      - set(new.loc[new["status"] == "scored", "hotkey"]))
+        raise ResultsKept(f"epoch {epoch} already has {before} scored miner(s); this run scored {after} (no longer: "
+                          f"{', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}): the recorded scores are kept. "
+                          "Find out why (the validator's device, model or eval set?); to replace them anyway set "
+                          "FLOCK_SETTINGS='{\"replace_results\": true}'")
+
+
+def _refuse_common_failure(rows: list[dict], failures: dict[str, str], warehouse: WarehouseResource) -> None:
+    """Every evaluated miner failed, and all with the same error: that is the validator's environment (a library, a
+    driver), not the miners' data. The failures are dropped (so the next run evaluates them again) and the epoch
+    stops with an operator error instead of scoring everyone 0."""
+    if len(failures) < 2 or any(r["status"] == "scored" for r in rows) or len(set(failures.values())) != 1:
+        return
+    keys = sorted(failures)
+    warehouse.replace_rows("eval_results", pd.DataFrame(), f"cache_key IN ({', '.join('?' * len(keys))})", keys)
+    raise ValidatorFault(f"all {len(keys)} evaluated miners failed with the same error, so it is the validator's, "
+                         f"not theirs: {next(iter(failures.values()))}; their results were dropped: fix it and run "
+                         "the epoch's scoring again")
 
 
 def _competition_of(c, competitions) -> str | None:
@@ -206,8 +242,15 @@ def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSe
     weights = weights_of(frame)
     validate_weights(weights, weighted_uids(frame))  # never send NaN, negative, unnormalised or ineligible weights
     uids, u16 = to_u16(weights)
+    already = chain.weights_set_since(settings.validator_hotkey, chain.epoch_start(epoch)) if uids else None
+    if already is not None and not warehouse.query(  # those were another epoch's weights (it ran late)
+            "SELECT epoch FROM weight_submissions WHERE success AND block = ? AND epoch <> ?", [already, epoch]).empty:
+        already = None
     if not uids:
         receipt = WeightsReceipt(False, chain.current_block(), "no miner was scored: nothing to submit")
+    elif already is not None:  # sent by a run that died before recording the answer: never send an epoch twice
+        receipt = WeightsReceipt(True, already, f"already set at block {already} during this epoch (found on the "
+                                                "chain; not sent again)")
     else:
         receipt = chain.set_weights(settings.validator_hotkey, uids, u16, settings.weights_version_key)
     row = {"epoch": epoch, "success": receipt.success, "block": receipt.block, "message": receipt.message,
@@ -236,7 +279,19 @@ def build_epoch_corpus(epoch: int, settings: ValidatorSettingsResource, warehous
                                  rows=tuple((h, ChatRow.from_json_obj(json.loads(j)))
                                             for h, j in zip(rows["row_hash"], rows["row_json"]))))
     records = build_corpus_records(parts)
-    out = write_corpus(records, Path(settings.corpus_dir) / f"epoch-{epoch}")
+    published = warehouse.query("SELECT * FROM corpora WHERE epoch = ?", [epoch])
+    previous = None if published.empty else published.iloc[0].to_dict()
+    if previous is not None and len(records) < int(previous["rows"]) and not settings.replace_results:
+        raise ResultsKept(f"epoch {epoch}'s published corpus has {int(previous['rows'])} rows; this run built "
+                          f"{len(records)}: the published release is kept. To publish the smaller one beside it set "
+                          "FLOCK_SETTINGS='{\"replace_results\": true}'")
+    release = corpus_sha256(records)
+    if previous is not None and previous["sha256"] == release and Path(previous["jsonl_path"]).is_file():
+        return previous  # the same release: nothing is rewritten
+    # Releases are immutable: the first one of an epoch is `epoch-N/`, a different later one goes beside it.
+    base = Path(settings.corpus_dir) / f"epoch-{epoch}"
+    target = base if previous is None and not base.exists() else base.with_name(f"epoch-{epoch}-{release[:12]}")
+    out = write_corpus(records, target)
     row = {"epoch": epoch, "rows": len(records), "miners": len(parts), "sha256": out["sha256"],
            "jsonl_path": out["jsonl"], "parquet_path": out["parquet"],
            "created_at": pd.Timestamp.now("UTC").tz_localize(None)}

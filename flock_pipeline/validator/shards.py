@@ -19,13 +19,14 @@ from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.validator.datasets import rows_from_json
+from flock_pipeline.validator.faults import ValidatorFault
 
 SHARD_COLUMNS = ["epoch", "hotkey", "uid", "repo", "revision", "commit_block", "status", "reason", "rows_in",
                  "rows_kept", "duplicates_within", "duplicates_earlier", "eval_leaks", "shard_hash", "competition"]
 
 
-class EvalSetError(RuntimeError):
-    """The validator's own eval set is unusable: a configuration problem, so the epoch stops."""
+class EvalSetError(ValidatorFault):
+    """The validator's own eval set is unusable: the epoch stops, nothing is recorded against a miner."""
 
 
 _EVAL_SETS: dict[tuple[str, str], tuple[tuple[ChatRow, ...], frozenset[str]]] = {}  # revisions are immutable

@@ -36,12 +36,12 @@ def test_epoch_run_exits_2_naming_the_field_before_any_work(document, message, t
 def test_the_demo_checks_the_configuration_before_it_wipes_a_home(tmp_path, monkeypatch, capsys):
     home = tmp_path / "home"
     home.mkdir()
-    (home / "keep.txt").write_text("not wiped")
-    (home / "warehouse.duckdb").write_text("a validator's warehouse")
+    (home / ".flock-demo").write_text("a demo home")  # one the demo may wipe, but not with a bad configuration
+    (home / "warehouse.duckdb").write_text("a demo's warehouse")
     monkeypatch.setenv("FLOCK_COMPETITIONS", "@" + str(tmp_path / "missing.json"))
     assert main(["demo", "--home", str(home)]) == 2
     assert "cannot read" in capsys.readouterr().err
-    assert (home / "warehouse.duckdb").read_text() == "a validator's warehouse"
+    assert (home / "warehouse.duckdb").read_text() == "a demo's warehouse"
 
 
 def test_a_competitions_file_in_the_home_is_used(tmp_path, monkeypatch):

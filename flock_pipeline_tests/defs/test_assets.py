@@ -101,27 +101,26 @@ def test_blocking_check_stops_weight_submission(demo, monkeypatch):
     assert len(resources["chain"].weights_history("validator")) == before
 
 
-def test_failed_evaluation_is_recorded_not_scored(demo):
-    """A base model whose weights are missing: every evaluation fails, is recorded with its error, and the epoch
-    ends with no weights sent rather than with made-up losses."""
+@pytest.mark.parametrize("damage", ["weights missing", "no build record"])
+def test_a_broken_base_model_is_the_validators_fault_not_the_miners(demo, damage):
+    """A base model whose weights are missing: the epoch stops with an operator error at the first evaluation; no
+    miner gets a failure (or a made-up loss) recorded, and no weights are sent."""
     import shutil
 
     home, resources, instance, epoch = demo
-    from flock_pipeline.defs.epoch import run_epoch
+    from flock_pipeline.defs.epoch import EpochFailed, run_epoch
     from flock_pipeline.resources import EvaluatorResource
 
     broken = home / "weights-missing"
     shutil.copytree(resources["evaluator"].model_path(), broken)
     (broken / "model.safetensors").unlink()
+    if damage == "no build record":  # a plain model directory: nothing to compare with, so it fails to load
+        (broken / "flock_build.json").unlink()
     resources = {**resources, "evaluator": EvaluatorResource(base_model=str(broken), cache_dir=str(home / "m"))}
-    run_epoch(epoch, resources, instance)
-    frame = resources["warehouse"].win_rates(epoch)
-    failed = frame[frame["status"] == "failed"]
-    assert len(failed) == 3 and failed["reason"].str.startswith("evaluation failed").all()
-    assert (frame["weight"] == 0).all() and frame["eval_loss"].isna().all()
-    results = resources["warehouse"].query("SELECT status, attempts, eval_loss FROM eval_results")
-    assert (results["status"] == "failed").all() and (results["attempts"] == 3).all()
-    assert results["eval_loss"].isna().all()
+    with pytest.raises(EpochFailed, match="validator fault"):
+        run_epoch(epoch, resources, instance)
+    assert resources["warehouse"].win_rates(epoch).empty
+    assert resources["warehouse"].query("SELECT * FROM eval_results").empty
     assert resources["chain"].weights_history("validator") == []
 
 

@@ -393,3 +393,22 @@ def test_the_fake_hub_serves_huggingface_hubs_own_client(server, monkeypatch, tm
     assert open(path, "rb").read() == DATA
     with pytest.raises(huggingface_hub.errors.RepositoryNotFoundError):
         HfApi(endpoint=server.url, token=False).dataset_info("alice/missing")
+
+
+def test_a_garbled_cached_download_is_dropped_and_fetched_again(server, make_hub, published, tmp_path):
+    hub = make_hub()
+    assert hub.download(REPO, published) == DATA
+    cached = next(p for p in (tmp_path / "cache-anon").rglob("data.jsonl"))
+    cached.write_bytes(b'{"garbled": true}\n' + DATA[18:])  # same size, other bytes
+    server.clear_requests()
+    assert hub.download(REPO, published) == DATA  # never the garbled bytes
+    assert len(resolve_requests(server, "GET")) == 1  # fetched again
+    assert hub.download(REPO, published) == DATA and len(resolve_requests(server, "GET")) == 1  # cached again
+
+
+def test_a_cached_file_without_its_digest_is_fetched_again(server, make_hub, published, tmp_path):
+    hub = make_hub()
+    hub.download(REPO, published)
+    next(p for p in (tmp_path / "cache-anon").rglob("data.jsonl.sha256")).unlink()  # a crash between the two writes
+    server.clear_requests()
+    assert hub.download(REPO, published) == DATA and len(resolve_requests(server, "GET")) == 1

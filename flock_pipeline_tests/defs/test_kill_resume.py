@@ -1,0 +1,72 @@
+"""Fault injection: the epoch runner killed (SIGKILL) at random points, again and again, then resumed: the final
+report, the corpus and the single weight submission are those of an uninterrupted run."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from flock_pipeline.defs.epoch import run_epoch
+from flock_pipeline.demo import epoch_report, seed_demo_network
+from flock_pipeline.resources import build_resources
+
+KILLS = 20
+DEADLINE_S = 600  # the whole test, kills and resumes together
+
+
+def _outcome(home: Path, epoch: int) -> dict:
+    resources = build_resources(home)
+    warehouse = resources["warehouse"]
+    corpus = warehouse.query("SELECT rows, sha256 FROM corpora WHERE epoch = ?", [epoch]).to_dict("records")
+    return {"report": {m["hotkey"]: (m["status"], m["reason"], m["eval_loss"], m["win_rate"], m["weight"])
+                       for m in epoch_report(epoch, warehouse)},
+            "corpus": corpus,
+            "weights": [(w["uids"], w["weights"]) for w in resources["chain"].weights_history("validator")]}
+
+
+@pytest.mark.slow
+def test_killing_the_runner_at_random_points_changes_nothing(tmp_path, tiny_model_dir):
+    seeded = tmp_path / "seeded"
+    (seeded / "models").mkdir(parents=True)
+    shutil.copytree(tiny_model_dir, seeded / "models" / tiny_model_dir.name)
+    epoch = seed_demo_network(seeded)
+    calm, killed = tmp_path / "calm", tmp_path / "killed"
+    shutil.copytree(seeded, calm)
+    shutil.copytree(seeded, killed)
+    run_epoch(epoch, build_resources(calm), dg.DagsterInstance.ephemeral())
+    expected = _outcome(calm, epoch)
+    assert len(expected["weights"]) == 1 and expected["corpus"][0]["rows"] > 0
+
+    env = {**os.environ, "FLOCK_HOME": str(killed)}
+    env.pop("DAGSTER_HOME", None)
+    command = [str(Path(sys.executable).parent / "flock"), "epoch", "run", str(epoch), "--json"]
+    rng = random.Random(1234)
+    started, kills, completed = time.monotonic(), 0, 0
+    while True:
+        assert time.monotonic() - started < DEADLINE_S, f"out of time after {kills} kills"
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if kills < KILLS:
+            try:
+                proc.wait(timeout=rng.uniform(3.0, 12.0))  # start-up is about 4 s; the rest lands anywhere
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                continue
+        _, err = proc.communicate(timeout=DEADLINE_S)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        completed += 1
+        # every run that completes (later ones re-run a finished epoch, and are killed too) ends where an
+        # uninterrupted run ends: the same report and corpus, and still one weight submission
+        assert _outcome(killed, epoch) == expected, f"after {kills} kills"
+        if kills >= KILLS:
+            break
+    assert kills >= KILLS and completed >= 1
