@@ -59,7 +59,7 @@ def runner_lock(home: Path):
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # per-event DEBUG lines off the console
 
 
-def _cause(error) -> str:
+def error_cause(error) -> str:
     """The asset's own error message (Dagster wraps it in its step-execution error)."""
     while error.cause is not None and error.cls_name and error.cls_name.startswith("Dagster"):
         error = error.cause
@@ -72,7 +72,7 @@ def _run(selection: list, partition_key: str, resources: dict, instance: dg.Dags
     result = dg.materialize(ASSETS + CHECKS, selection=selection, partition_key=partition_key, resources=resources,
                             instance=instance, raise_on_error=False, run_config=QUIET, tags=tags)
     if not result.success:
-        errors = [_cause(e.event_specific_data.error) for e in result.all_events
+        errors = [error_cause(e.event_specific_data.error) for e in result.all_events
                   if e.is_step_failure and e.event_specific_data.error is not None]
         raise EpochFailed(f"{[a.key.to_user_string() for a in selection]} [{partition_key}] failed: "
                           + ("; ".join(errors) or "see the Dagster logs"))

@@ -17,6 +17,7 @@ import dagster as dg
 import pandas as pd
 
 from flock_pipeline.core.commitment import Commitment, CommitmentError
+from flock_pipeline.defs.epoch import error_cause
 from flock_pipeline.defs.assets import (EPOCH_TAG, chain_commitments, deduplicated_shards, epochs_partitions, final_corpus,
                                         miner_datasets, miner_eval_losses, miners_partitions, submitted_weights,
                                         win_rates)
@@ -125,8 +126,8 @@ def _last_failure(instance: dg.DagsterInstance, base: str) -> tuple[str, bool]:
             event = entry.dagster_event
             if event is not None and event.event_type in (dg.DagsterEventType.STEP_FAILURE,
                                                           dg.DagsterEventType.RUN_FAILURE):
-                message = entry.message or event.message or message
                 error = getattr(event.event_specific_data, "error", None)
+                message = error_cause(error) if error is not None else (entry.message or event.message or message)
                 while error is not None:
                     fault = fault or error.cls_name == "ValidatorFault"
                     error = error.cause

@@ -307,8 +307,10 @@ class BittensorChainResource(ChainResource):
         genesis = now_ms / 1000.0 - head * seconds
         return Clock(datetime.fromtimestamp(genesis, tz=timezone.utc), float(seconds))
 
-    def weights_set_since(self, hotkey: str, block: int) -> int | None:
-        """The hotkey's `LastUpdate` (the block of its last weights or weight commit) when it is >= `block`."""
+    def weights_set_since(self, hotkey: str, block: int, uids: list[int], weights: list[int]) -> int | None:
+        """The hotkey's `LastUpdate` (the block of its last weights or weight commit) when it is >= `block`. Under
+        commit-reveal the chain does not show a committed vector, so any weights this hotkey set since `block` count
+        (set weights for this subnet's epochs through this validator only)."""
         address = self._signer(hotkey).ss58_address
 
         async def op(client: Any, _attempt: int) -> int | None:

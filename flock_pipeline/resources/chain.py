@@ -80,9 +80,9 @@ class ChainResource(dg.ConfigurableResource):
         """The block clock as UTC time (daily competition rounds are defined in UTC)."""
         raise NotImplementedError
 
-    def weights_set_since(self, hotkey: str, block: int) -> int | None:
-        """The block at which `hotkey` last set weights, when that is at or after `block` (None otherwise): asked
-        before sending, so that a validator killed after the chain took its weights never sends an epoch's twice."""
+    def weights_set_since(self, hotkey: str, block: int, uids: list[int], weights: list[int]) -> int | None:
+        """The block at which `hotkey` set these weights at or after `block` (None when it did not): asked before
+        sending, so that a validator killed after the chain took its weights never sends an epoch's twice."""
         raise NotImplementedError
 
     def owner_hotkey(self) -> str | None:
@@ -162,8 +162,9 @@ class LocalChainResource(ChainResource):
         with self._state(write=False) as s:
             return s.get("owner")
 
-    def weights_set_since(self, hotkey: str, block: int) -> int | None:
-        blocks = [w["block"] for w in self.weights_history(hotkey) if w["block"] >= block]
+    def weights_set_since(self, hotkey: str, block: int, uids: list[int], weights: list[int]) -> int | None:
+        blocks = [w["block"] for w in self.weights_history(hotkey)
+                  if w["block"] >= block and w["uids"] == list(uids) and w["weights"] == list(weights)]
         return max(blocks) if blocks else None
 
     def weights_history(self, hotkey: str | None = None) -> list[dict]:

@@ -242,7 +242,7 @@ def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSe
     weights = weights_of(frame)
     validate_weights(weights, weighted_uids(frame))  # never send NaN, negative, unnormalised or ineligible weights
     uids, u16 = to_u16(weights)
-    already = chain.weights_set_since(settings.validator_hotkey, chain.epoch_start(epoch)) if uids else None
+    already = chain.weights_set_since(settings.validator_hotkey, chain.epoch_start(epoch), uids, u16) if uids else None
     if already is not None and not warehouse.query(  # those were another epoch's weights (it ran late)
             "SELECT epoch FROM weight_submissions WHERE success AND block = ? AND epoch <> ?", [already, epoch]).empty:
         already = None

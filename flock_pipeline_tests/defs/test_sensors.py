@@ -174,3 +174,43 @@ def test_an_evaluation_whose_runs_keep_dying_is_recorded_as_failed(demo):
     row = scores.set_index("hotkey").loc["hk-honest-fair"]
     assert row["status"] == "failed" and row["weight"] == 0.0 and "evaluation runs failed" in row["reason"]
     assert scores.set_index("hotkey").loc["hk-honest-good", "weight"] > 0
+
+
+def test_evaluation_runs_stopped_by_a_validator_fault_are_never_recorded_against_the_miner(demo):
+    """Three evaluation runs that failed with a ValidatorFault (here: FLOCK_DEVICE=cuda on a CPU-only machine): the
+    sensor gives them up like any dying run, but records no failure for the miner and says the epoch is stopped by the
+    validator's fault; with the device fixed, a new run key evaluates the miner."""
+    from flock_pipeline.defs.assets import ASSETS
+    from flock_pipeline.defs.checks import CHECKS
+    from flock_pipeline.defs.sensors import MAX_RUN_ATTEMPTS, next_epoch_requests
+    from flock_pipeline.resources import EvaluatorResource
+
+    home, resources, instance, epoch = demo
+    key = str(epoch)
+    warehouse = resources["warehouse"]
+    instance.add_dynamic_partitions(epochs_partitions.name, [key])
+    _run([chain_commitments], key, resources, instance)
+    for hotkey in warehouse.epoch_commitments(epoch)["hotkey"]:
+        _run([miner_datasets], hotkey, resources, instance, epoch)
+    cuda = {**resources, "evaluator": EvaluatorResource(device="cuda", cache_dir=str(home / "models"))}
+    provenance = cuda["evaluator"].provenance()
+    for attempt in range(MAX_RUN_ATTEMPTS):
+        requests, _ = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance)
+        fair = next(r for r in requests if r.partition_key == "hk-honest-fair")
+        failed = dg.materialize(ASSETS + CHECKS, selection=[deduplicated_shards, miner_eval_losses],
+                                partition_key="hk-honest-fair", resources=cuda, instance=instance,
+                                raise_on_error=False, tags={"dagster/run_key": fair.run_key, **fair.tags})
+        assert not failed.success
+    requests, stage = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance)
+    assert "hk-honest-fair" not in [r.partition_key for r in requests]
+    assert warehouse.query("SELECT * FROM eval_results").empty  # nothing recorded against the miner
+    for r in requests:  # the others run into the same fault; once they have too, the epoch says why it stopped
+        for attempt in range(MAX_RUN_ATTEMPTS):
+            suffix = "" if attempt == 0 else f"#retry{attempt}"
+            run_key = r.run_key.split("#")[0] + suffix
+            dg.materialize(ASSETS + CHECKS, selection=[deduplicated_shards, miner_eval_losses],
+                           partition_key=r.partition_key, resources=cuda, instance=instance, raise_on_error=False,
+                           tags={**r.tags, "dagster/run_key": run_key})
+    requests, stage = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance)
+    assert requests == [] and stage.startswith("stopped by a validator fault") and "FLOCK_DEVICE=cuda" in stage
+    assert warehouse.query("SELECT * FROM eval_results").empty

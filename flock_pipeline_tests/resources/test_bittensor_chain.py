@@ -334,3 +334,25 @@ def test_wallet_secrets_never_reach_errors_or_logs(sub, make_chain, monkeypatch,
         assert error.value.__cause__ is None
     assert_no_secret("\n".join(messages))
     assert_no_secret("\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records))
+
+
+def test_the_chain_says_whether_this_validator_already_set_weights_since_a_block(chain, sub):
+    """Asked before sending an epoch's weights: a run killed after the chain took them must not send them again."""
+    start = sub.block
+    assert chain.weights_set_since(VALIDATOR.ss58_address, start, [1], [65535]) is None
+    receipt = chain.set_weights(VALIDATOR.ss58_address, [1], [65535])
+    assert chain.weights_set_since(VALIDATOR.ss58_address, start, [1], [65535]) == receipt.block
+    assert chain.weights_set_since(VALIDATOR.ss58_address, receipt.block + 1, [1], [65535]) is None
+
+
+def test_the_block_clock_and_the_subnet_owner_come_from_the_chain(chain, sub):
+    from datetime import datetime, timezone
+
+    sub.advance(100)
+    sub.owner_hotkey = MINER.ss58_address
+    clock = chain.clock()
+    assert clock.block_seconds == sub.block_time_s
+    assert clock.time_of(0) == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert clock.time_of(sub.block) == datetime.fromtimestamp(
+        (sub.genesis_ms + sub.block * sub.block_time_s * 1000) / 1000, tz=timezone.utc)
+    assert chain.owner_hotkey() == MINER.ss58_address
