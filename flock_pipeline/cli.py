@@ -176,29 +176,64 @@ def cmd_chain_advance(args) -> int:
     return 0
 
 
-def _eval_rows(resources):
-    """The configured eval set from the hub; a ConfigError (exit 2) saying why when it cannot be loaded."""
+def _competition(resources, name):
+    """The competition a miner works for: `--competition NAME`, else the validator configuration's first."""
+    from flock_pipeline.resources import ConfigError
+
+    competitions = resources["settings"].competition_set()
+    if name is None:
+        return competitions.competitions[0]
+    try:
+        return competitions.by_name(name)
+    except KeyError:
+        raise ConfigError(f"--competition {name!r}: the configured competitions are "
+                          f"{', '.join(c.name for c in competitions)} (FLOCK_COMPETITIONS)") from None
+
+
+def _eval_source(resources, competition):
+    """(repo, revision) of a competition's eval set (its pool, for a selection game)."""
+    hub = resources["hub"]
+    return competition.eval_repo, competition.eval_revision or hub.head(competition.eval_repo)
+
+
+def _eval_rows(resources, competition=None):
+    """The competition's eval set from the hub; a ConfigError (exit 2) saying why when it cannot be loaded."""
     from flock_pipeline.resources import ConfigError
     from flock_pipeline.resources.hub import HubError
     from flock_pipeline.validator.shards import load_eval_rows
 
-    settings, hub = resources["settings"], resources["hub"]
+    competition = competition or _competition(resources, None)
     try:
-        revision = settings.eval_revision or hub.head(settings.eval_repo)
-        return load_eval_rows(hub, settings.eval_repo, revision)
+        return load_eval_rows(resources["hub"], *_eval_source(resources, competition))
     except (HubError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"cannot load the eval set {settings.eval_repo}: {exc} (seed the local network with "
+        raise ConfigError(f"cannot load the eval set {competition.eval_repo}: {exc} (seed the local network with "
                           "`flock demo --no-run`, or set FLOCK_EVAL_REPO; --no-eval-check skips the eval-set "
                           "overlap check)") from exc
 
 
-def _validate(path, resources, with_tokens=True, eval_check=True):
-    from flock_pipeline.miner import validate_file
+def _validate(path, resources, with_tokens=True, eval_check=True, competition=None):
+    """The validators' checks on a file for a competition: the row rules, and the game's own (a selection game: the
+    rows must be distinct pool rows; the others: no eval-set rows)."""
+    from flock_pipeline.core.competitions import SelectionCompetition
+    from flock_pipeline.miner import check_selection, validate_file
     from flock_pipeline.validator.datasets import load_tokenizer
+    from flock_pipeline.validator.shards import load_eval_set
 
-    eval_rows = _eval_rows(resources) if eval_check else None
+    competition = competition or _competition(resources, None)
+    selection = isinstance(competition, SelectionCompetition)
+    eval_rows = _eval_rows(resources, competition) if eval_check or selection else None
     tokenizer = load_tokenizer(str(resources["evaluator"].model_path())) if with_tokens else None
-    return validate_file(path, resources["settings"].limits(), tokenizer, eval_rows)
+    limits = resources["settings"].limits()
+    report, rows = validate_file(path, limits, tokenizer, None if selection else eval_rows)
+    report.competition = competition.name
+    if selection:
+        pool = load_eval_set(resources["hub"], *_eval_source(resources, competition))
+        reason = check_selection(path, limits, competition, pool)
+        report.selection = reason or "ok"
+        if reason is not None:
+            report.valid, report.reason = False, report.reason or reason
+        rows = rows[: competition.selection_size]
+    return report, rows
 
 
 def cmd_miner_validate(args) -> int:
@@ -207,7 +242,9 @@ def cmd_miner_validate(args) -> int:
 
     _quiet_torch()
     try:
-        report, _ = _validate(args.file, build_resources(), eval_check=not args.no_eval_check)
+        resources = build_resources()
+        report, _ = _validate(args.file, resources, eval_check=not args.no_eval_check,
+                              competition=_competition(resources, args.competition))
     except MinerInputError as exc:
         report = ValidationReport(path=args.file, valid=False, reason=str(exc), rows_total=0, rows_valid=0,
                                   rows_used=0)
@@ -221,7 +258,9 @@ def cmd_miner_score(args) -> int:
 
     _quiet_torch()
     resources = build_resources()
-    eval_rows = _eval_rows(resources)
+    competition = _competition(resources, args.competition)
+    eval_rows = _eval_rows(resources, competition)
+    recipe = dict(competition.recipe)
     evaluator = resources["evaluator"]
     results, losses = [], {}
     for path in [args.file, *args.against]:
@@ -241,15 +280,16 @@ def cmd_miner_score(args) -> int:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            outcome = evaluator.evaluate(train_rows, eval_rows, on_step=on_step)
+            outcome = evaluator.evaluate(train_rows, eval_rows, on_step=on_step, recipe=recipe)
         losses[path] = outcome.eval_loss
         results.append({"file": path, "eval_loss": outcome.eval_loss, "rows_trained": outcome.train_rows,
                         "seconds": round(outcome.train_seconds + outcome.eval_seconds, 2)})
-    base = evaluator.base_loss(eval_rows).eval_loss
+    base = evaluator.base_loss(eval_rows, recipe=recipe).eval_loss
     rates = win_rates_among(losses, resources["settings"].epsilon) if losses else {}
     for r in results:
         r["win_rate"] = rates.get(r["file"])
-    doc = {"base_model": evaluator.model_name(), "base_eval_loss": base, "eval_rows": len(eval_rows),
+    doc = {"competition": competition.name, "base_model": evaluator.model_name(), "base_eval_loss": base,
+           "eval_rows": len(eval_rows),
            "results": results}
     if args.json:
         print(dumps(doc))
@@ -272,7 +312,8 @@ def cmd_miner_submit(args) -> int:
     resources = build_resources()
     hotkey = args.hotkey or miner_hotkey()
     try:
-        report, _ = _validate(args.file, resources, eval_check=not args.no_eval_check)
+        competition = _competition(resources, args.competition)
+        report, _ = _validate(args.file, resources, eval_check=not args.no_eval_check, competition=competition)
         data = read_input(args.file)
     except MinerInputError as exc:
         print(f"flock: {exc}", file=sys.stderr)
@@ -285,7 +326,7 @@ def cmd_miner_submit(args) -> int:
     if isinstance(hub, LocalHubResource):
         hub = LocalHubResource(root=hub.root, as_owner=True)  # the miner's own view of its private repo
     try:
-        result = submit(data, args.repo, hotkey, resources["settings"].competition_id, hub, resources["chain"])
+        result = submit(data, args.repo, hotkey, competition.commitment_id, hub, resources["chain"])
     except ChainError as exc:
         print(f"flock: the chain refused the commitment: {exc} (the data stays private; re-run to retry)",
               file=sys.stderr)
@@ -354,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="miner_cmd", required=True)
     validate = miner.add_parser("validate", help="check a data.jsonl with the validators' rules")
     validate.add_argument("file")
+    validate.add_argument("--competition", help="the competition to check for (default: the first configured)")
     validate.add_argument("--no-eval-check", action="store_true",
                           help="skip the eval-set overlap check (when no eval set is reachable)")
     validate.add_argument("--json", action="store_true")
@@ -361,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     score = miner.add_parser("score", help="the validators' evaluator on this machine: eval loss and win rates")
     score.add_argument("file")
     score.add_argument("--against", nargs="*", default=[], help="other data files to compare with")
+    score.add_argument("--competition", help="whose eval set and recipe (default: the first configured)")
     score.add_argument("--json", action="store_true")
     score.set_defaults(func=cmd_miner_score)
     submitp = miner.add_parser("submit", help="upload privately, commit on-chain, then make the repo public")
@@ -369,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     submitp.add_argument("--hotkey", help="the miner hotkey (default: $FLOCK_MINER_HOTKEY)")
     submitp.add_argument("--force", action="store_true", help="submit even if validation fails")
     submitp.add_argument("--no-eval-check", action="store_true", help="skip the eval-set overlap check")
+    submitp.add_argument("--competition", help="the competition to commit to (default: the first configured)")
     submitp.add_argument("--json", action="store_true")
     submitp.set_defaults(func=cmd_miner_submit)
     statusp = miner.add_parser("status", help="what validators recorded for a hotkey")

@@ -37,6 +37,8 @@ class ValidationReport:
     tokens_used: int = 0  # tokens of the used rows with the base tokenizer
     max_row_tokens: int = 0
     size_bytes: int = 0
+    competition: str | None = None  # the competition it was checked for
+    selection: str | None = None  # a selection game's verdict on the submission ("ok", or why not)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -91,6 +93,22 @@ def validate_file(path: str | Path, limits: DatasetLimits, tokenizer=None,
     return out, train_rows
 
 
+def check_selection(path: str | Path, limits: DatasetLimits, competition, pool) -> str | None:
+    """A selection game's own rules on a file (the first `selection_size` rows must be distinct pool rows, as written,
+    keys sorted): None when it is a valid submission, else why not. `pool` is the competition's `EvalSet`."""
+    from flock_pipeline.core.competitions import Entry
+    from flock_pipeline.core.schema import raw_row_keys
+
+    data = read_input(path)
+    report = validate_bytes(data, limits)
+    used = report.used_rows(limits)
+    keys = raw_row_keys(data, [r.line for r in used], limits)
+    entry = Entry("me", 0, 0, tuple(r.row.row_hash for r in used), raw_keys=tuple(keys[r.line] for r in used),
+                  row_lines=tuple(r.line for r in used),
+                  rejected_lines=tuple((r.line, r.reason or "") for r in report.rejected_rows))
+    return competition.plan([entry], pool)["me"].reason
+
+
 def format_validation(report: ValidationReport, max_lines: int = 20) -> str:
     lines = [f"{report.path}: {'VALID' if report.valid else 'INVALID'}"
              + (f" ({report.reason})" if report.reason else ""),
@@ -99,6 +117,9 @@ def format_validation(report: ValidationReport, max_lines: int = 20) -> str:
              f"  tokens in used rows: {report.tokens_used} (longest row {report.max_row_tokens})",
              f"  duplicates within the file: {len(report.duplicates)}; eval-set rows among used rows: "
              f"{len(report.eval_overlap)} (validators drop both)"]
+    if report.selection is not None:
+        lines.append(f"  {report.competition}: " + ("a valid selection of pool rows" if report.selection == "ok"
+                                                     else f"not a valid submission: {report.selection}"))
     for r in report.rejected[:max_lines]:
         lines.append(f"  line {r['line']}: {r['reason']}")
     if len(report.rejected) > max_lines:

@@ -148,3 +148,25 @@ def test_a_curation_and_a_selection_competition_send_one_valid_weight_vector(tmp
     assert uids == weighted and max(u16) == 65535 and len(uids) == len(set(uids))
     total = sum(m["weight"] for m in report)
     assert total == pytest.approx(1.0, abs=1e-9)
+
+
+def test_a_miner_checks_and_scores_a_selection_as_the_validators_do(selection, tmp_path, monkeypatch, capsys):
+    from flock_pipeline.demo import selection_miners
+
+    home, doc = selection
+    monkeypatch.setenv("FLOCK_HOME", str(home))  # its competitions.json: the selection game
+    files = {}
+    for m in selection_miners():
+        files[m.label] = tmp_path / f"{m.label}.jsonl"
+        files[m.label].write_bytes(m.data)
+    capsys.readouterr()
+    assert main(["miner", "validate", str(files["strong-selector"]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["selection"] == "ok"
+    assert main(["miner", "validate", str(files["outside-the-pool"]), "--json"]) == 1
+    assert "not from the pool" in json.loads(capsys.readouterr().out)["selection"]
+    assert main(["miner", "score", str(files["strong-selector"]), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    validator = {m["label"]: m for m in doc["miners"] if m["label"]}
+    assert scored["competition"] == "selection" and scored["eval_rows"] == 600
+    assert scored["results"][0]["eval_loss"] == pytest.approx(validator["strong-selector"]["eval_loss"], abs=1e-6)
+    assert main(["miner", "validate", str(files["strong-selector"]), "--competition", "curation"]) == 2
