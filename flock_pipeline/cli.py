@@ -82,7 +82,7 @@ def cmd_demo(args) -> int:
                 print(f"epoch {entry['epoch']} (block {entry['block']}, {entry['time']}): {rounds}\n    weights: "
                       f"{weights or 'none'}")
             print()
-        print(format_report(report, competitions=len({m["competition"] for m in report}) > 1 or daily))
+        print(format_report(report))
         print(f"\nepoch {epoch}: {elapsed:.1f} s wall, peak RSS {peak_mib:.0f} MiB; home {home}")
     return 0
 

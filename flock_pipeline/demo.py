@@ -368,7 +368,10 @@ def epoch_report(epoch: int, warehouse: WarehouseResource, labels: dict[str, str
     return report
 
 
-def format_report(report: list[dict], competitions: bool = False) -> str:
+def format_report(report: list[dict], competitions: bool | None = None) -> str:
+    """The report as a table; the competition column appears when the epoch ran anything but one curation game."""
+    if competitions is None:
+        competitions = {m.get("competition") for m in report} - {None} not in ({"curation"}, set())
     header = ["uid", "hotkey", "label", "status", "rows", "eval_loss", "win_rate", "weight", "reason"]
     if competitions:
         header.insert(3, "competition")

@@ -17,6 +17,7 @@ import dagster as dg
 import pandas as pd
 
 from flock_pipeline.core.commitment import Commitment, CommitmentError
+from flock_pipeline.core.schema import verdict_key
 from flock_pipeline.defs.epoch import error_cause
 from flock_pipeline.defs.assets import (EPOCH_TAG, chain_commitments, deduplicated_shards, epochs_partitions, final_corpus,
                                         miner_datasets, miner_eval_losses, miners_partitions, submitted_weights,
@@ -26,8 +27,10 @@ from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.validator.evaluation import cache_key, competition_recipe, record_abandoned_evaluation
+from flock_pipeline.validator.scoring import IN_FLIGHT
 
 SENSOR_INTERVAL_S = 30
+FAULT_CLASSES = ("ValidatorFault", "EvalSetError")  # the validator's own faults (faults.py, shards.py)
 ProvenanceOf = Callable[[str | None], dict | None]  # competition -> what its evaluations depend on
 
 
@@ -129,14 +132,14 @@ def _last_failure(instance: dg.DagsterInstance, base: str) -> tuple[str, bool]:
                 error = getattr(event.event_specific_data, "error", None)
                 message = error_cause(error) if error is not None else (entry.message or event.message or message)
                 while error is not None:
-                    fault = fault or error.cls_name == "ValidatorFault"
+                    fault = fault or error.cls_name in FAULT_CLASSES
                     error = error.cause
     return f"{MAX_RUN_ATTEMPTS} evaluation runs failed without a result; the last: {message}"[:2000], fault
 
 
 def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.DagsterInstance,
                         provenance_of: ProvenanceOf, chain_block: int | None = None,
-                        eval_timeout_s: int = 0) -> tuple[list[dg.RunRequest], str]:
+                        eval_timeout_s: int = 0, verdict: str | None = None) -> tuple[list[dg.RunRequest], str]:
     """The run requests that move `epoch` to its next stage, and a one-line description of where it stands.
 
     `provenance_of(competition)` is what an evaluation in that competition depends on (model, recipe), None when
@@ -151,9 +154,10 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
     tags = {EPOCH_TAG: key}
     commitments = warehouse.epoch_commitments(epoch)
     accepted = commitments[commitments["status"] == "ok"]
-    recorded = set(warehouse.query(  # recorded datasets (ok, invalid or unavailable), one query per tick
-        "SELECT c.hotkey FROM commitments c JOIN datasets d USING (repo, revision) WHERE c.epoch = ?",
-        [epoch])["hotkey"])
+    recorded = set(warehouse.query(  # datasets recorded under today's limits and rules, one query per tick
+        "SELECT c.hotkey FROM commitments c JOIN datasets d USING (repo, revision) WHERE c.epoch = ? "
+        "AND (CAST(? AS VARCHAR) IS NULL OR d.status = 'unavailable' OR d.verdict_key = ?)",
+        [epoch, verdict, verdict])["hotkey"])
     downloads = []
     for c in accepted.itertuples():
         if c.hotkey in recorded:
@@ -200,6 +204,12 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
         return [dg.RunRequest(run_key=f"score:{key}", partition_key=key,
                               asset_selection=[win_rates.key, submitted_weights.key, final_corpus.key])], "scoring"
     sent = warehouse.weight_submission(epoch)
+    if sent is not None and not sent["success"] and str(sent["message"]).startswith(IN_FLIGHT):
+        # a run died between sending and recording: re-run it, it asks the chain before sending again
+        run_key = _run_key(instance, f"weights:{key}:in-flight:{int(sent['block'])}")
+        if run_key is not None:
+            return [dg.RunRequest(run_key=run_key, partition_key=key, asset_selection=[submitted_weights.key])], \
+                "confirming weights whose answer was not recorded"
     if sent is not None and not sent["success"] and sent["retry_after_block"] is not None \
             and not pd.isna(sent["retry_after_block"]):
         retry_at = int(sent["retry_after_block"])
@@ -230,7 +240,8 @@ def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: Wareho
         return cache[competition]
 
     requests, stage = next_epoch_requests(latest, warehouse, context.instance, provenance_of,
-                                          chain.current_block(), evaluator.timeout_s)
+                                          chain.current_block(), evaluator.timeout_s,
+                                          verdict_key(settings.limits()))
     if not requests:
         return dg.SkipReason(f"epoch {latest}: {stage}")
     context.log.info(f"epoch {latest}: {stage}")

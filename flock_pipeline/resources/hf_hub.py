@@ -117,7 +117,7 @@ class HuggingFaceHubResource(HubResource):
     def file_info(self, repo_id: str, revision: str, filename: str = DATA_FILE) -> HubFile:
         self._validate(repo_id, revision, filename)
         cached = self._cache_path(repo_id, revision, filename)
-        if _cached_intact(cached):
+        if _cached_intact(cached, self.offline):
             return HubFile(repo_id, revision, filename, cached.stat().st_size)
         self._require_online(f"file info of {_where(repo_id, revision, filename)}", cacheable=True)
         return HubFile(repo_id, revision, filename, self._remote_file(repo_id, revision, filename).size)
@@ -126,10 +126,15 @@ class HuggingFaceHubResource(HubResource):
         self._validate(repo_id, revision, filename)
         where = _where(repo_id, revision, filename)
         cached = self._cache_path(repo_id, revision, filename)
-        if _cached_intact(cached):
+        if _cached_intact(cached, self.offline):
             _check_limit(filename, cached.stat().st_size, max_bytes)
             data = cached.read_bytes()
-            if hashlib.sha256(data).hexdigest() == _digest_path(cached).read_text().strip():
+            digest = _digest_path(cached)
+            if not digest.is_file():  # an entry cached before digests were kept, read offline: nothing to fetch
+                logger.warning("the cached %s has no recorded sha256 (an older cache); served offline unverified",
+                               where)
+                return data
+            if hashlib.sha256(data).hexdigest() == digest.read_text().strip():
                 return data
             logger.warning("the cached %s does not match its recorded sha256: dropped, fetching it again", where)
             _drop_cached(cached)
@@ -457,12 +462,13 @@ def _digest_path(cached: Path) -> Path:
     return cached.with_name(cached.name + ".sha256")
 
 
-def _cached_intact(cached: Path) -> bool:
+def _cached_intact(cached: Path, offline: bool = False) -> bool:
     """A cached file is used only with its recorded sha256 beside it (written after the file, so a crash between the
-    two leaves a file that is fetched again); a file without one is dropped."""
+    two leaves a file that is fetched again); a file without one is dropped, except offline, where it cannot be
+    fetched again (an entry from before digests were kept)."""
     if not cached.is_file():
         return False
-    if _digest_path(cached).is_file():
+    if _digest_path(cached).is_file() or offline:
         return True
     _drop_cached(cached)
     return False

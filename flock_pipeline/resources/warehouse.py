@@ -65,6 +65,7 @@ ALTER TABLE win_rates ADD COLUMN IF NOT EXISTS competition VARCHAR;
 ALTER TABLE win_rates ADD COLUMN IF NOT EXISTS competition_weight DOUBLE;
 ALTER TABLE dataset_rows ADD COLUMN IF NOT EXISTS raw_hash VARCHAR;
 ALTER TABLE datasets ADD COLUMN IF NOT EXISTS verdict_key VARCHAR;
+ALTER TABLE competition_rounds ADD COLUMN IF NOT EXISTS contenders VARCHAR;
 """
 # Columns added after the first release (ALTER ... IF NOT EXISTS above): an older warehouse gains them on its next
 # write, and their NULLs in older rows read as "the one curation competition" (`competition`) and "same as weight"

@@ -19,6 +19,7 @@ from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.validator.evaluation import base_eval_loss, shard_cache_key
 from flock_pipeline.validator.faults import ValidatorFault
+from flock_pipeline.validator.shards import epoch_setups
 
 WIN_RATE_COLUMNS = ["epoch", "hotkey", "uid", "status", "reason", "eval_loss", "win_rate", "weight", "competition",
                     "competition_weight"]
@@ -42,7 +43,7 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
     if info is None:
         raise RuntimeError(f"epoch {epoch} has no recorded commitments: materialize chain_commitments first")
     competitions = settings.competition_set()
-    setups = {r["competition"]: r for r in warehouse.epoch_competitions(epoch).to_dict("records")}
+    setups = epoch_setups(warehouse, epoch, competitions)
     shards = {r["hotkey"]: r for r in warehouse.epoch_shards(epoch).to_dict("records")}
     rows, contenders, failures = [], {c.name: [] for c in competitions}, {}
     metagraph = chain.metagraph() if chain is not None else []
@@ -78,16 +79,18 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
                     int(c.uid), c.hotkey, float(result["eval_loss"]), int(c.commit_block), coldkeys.get(c.hotkey, ""),
                     tuple(float(x) for x in result["per_row_losses"])))
     _refuse_common_failure(rows, failures, warehouse)
-    outcomes = {}
+    outcomes, decisions = {}, []
     for competition in competitions:
         setup = setups.get(competition.name)
         if setup is None:  # an epoch opened before this competition was configured
             continue
+        if setup["round_id"] != "epoch" and setup["phase"] != "submission":
+            record_round_contenders(warehouse, competition.name, str(setup["round_id"]), contenders[competition.name])
         context = _context(epoch, competition, setup, info, contenders[competition.name], metagraph, chain, evaluator,
                            hub, warehouse)
         outcome = competition.score(contenders[competition.name], context)
         if outcome.decided is not None:
-            _record_decision(warehouse, competition.name, outcome.decided, context.hotkeys, epoch)
+            decisions.append((competition.name, outcome.decided, context.hotkeys))
         outcomes[competition.name] = outcome
         for row in rows:
             if row["competition"] != competition.name or row["status"] != "scored":
@@ -100,6 +103,8 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
     _combine(rows, competitions, outcomes, epoch)
     frame = pd.DataFrame(rows, columns=WIN_RATE_COLUMNS)
     _keep_what_was_recorded(epoch, warehouse.win_rates(epoch), frame, settings.replace_results)
+    for name, decided, hotkeys in decisions:  # a round is decided only by a run whose scores are kept
+        _record_decision(warehouse, name, decided, hotkeys, epoch)
     warehouse.replace_rows("win_rates", frame, "epoch = ?", [epoch])
     return frame
 
@@ -113,21 +118,30 @@ def _keep_what_was_recorded(epoch: int, recorded: pd.DataFrame, new: pd.DataFram
     device or model broke would otherwise zero everyone), unless `replace_results` is set."""
     if replace or recorded.empty:
         return
-    before, after = int((recorded["status"] == "scored").sum()), int((new["status"] == "scored").sum())
-    if after < before:
-        lost = sorted(set(recorded.loc[recorded["status"] == "scored", "hotkey"])
-                      - set(new.loc[new["status"] == "scored", "hotkey"]))
+    # Only what the validator's own machinery lost counts: a miner that deregistered, took its repo down or turned
+    # out a copy since the recorded run legitimately drops out.
+    now = dict(zip(new["hotkey"], new["status"]))
+    lost = sorted(hk for hk in recorded.loc[recorded["status"] == "scored", "hotkey"]
+                  if now.get(hk) in ("failed", "not_evaluated", "not_deduplicated"))
+    before = int((recorded["status"] == "scored").sum())
+    after = int((new["status"] == "scored").sum())
+    if lost:
         raise ResultsKept(f"epoch {epoch} already has {before} scored miner(s); this run scored {after} (no longer: "
                           f"{', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}): the recorded scores are kept. "
                           "Find out why (the validator's device, model or eval set?); to replace them anyway set "
                           "FLOCK_SETTINGS='{\"replace_results\": true}'")
 
 
+DATA_ERRORS = ("ValueError", "FloatingPointError")  # failures the evaluator puts down to the rows themselves
+
+
 def _refuse_common_failure(rows: list[dict], failures: dict[str, str], warehouse: WarehouseResource) -> None:
     """Every evaluated miner failed, and all with the same error: that is the validator's environment (a library, a
     driver), not the miners' data. The failures are dropped (so the next run evaluates them again) and the epoch
     stops with an operator error instead of scoring everyone 0."""
-    if len(failures) < 2 or any(r["status"] == "scored" for r in rows) or len(set(failures.values())) != 1:
+    unexplained = {k: e for k, e in failures.items() if not e.startswith(DATA_ERRORS)}
+    if len(unexplained) < 2 or len(unexplained) < len(failures) or any(r["status"] == "scored" for r in rows) \
+            or len(set(unexplained.values())) != 1:
         return
     keys = sorted(failures)
     warehouse.replace_rows("eval_results", pd.DataFrame(), f"cache_key IN ({', '.join('?' * len(keys))})", keys)
@@ -137,7 +151,7 @@ def _refuse_common_failure(rows: list[dict], failures: dict[str, str], warehouse
 
 
 def _competition_of(c, competitions) -> str | None:
-    if isinstance(getattr(c, "competition", None), str):
+    if isinstance(getattr(c, "competition", None), str) and c.competition in {x.name for x in competitions}:
         return c.competition
     match = competitions.for_commitment(c.competition_id) if isinstance(c.competition_id, str) else None
     return match.name if match is not None else competitions.competitions[0].name
@@ -163,21 +177,57 @@ def _context(epoch: int, competition: Competition, setup: dict, info: dict, cont
 
 
 def reward_state(competition: str, rnd: Round, warehouse: WarehouseResource) -> RewardState:
-    """What a daily round's history says is rewarded at this phase (see `SelectionCompetition.score`)."""
-    record = warehouse.competition_round(competition, rnd.round_id) or {}
-    reused = record.get("reused_from") if isinstance(record.get("reused_from"), str) else None
-    if rnd.phase == "rewarding" and reused is None:
-        if record.get("decided"):
-            return RewardState(rnd.round_id, _uid(record.get("winner_uid")))
-        return RewardState(None, None, decide_now=True)
-    if reused is not None:
-        source = warehouse.competition_round(competition, reused)
+    """What a daily game rewards at this epoch: the winner of the latest round whose reward time has passed (the
+    current round in its rewarding phase, else the previous day's), decided at the first epoch at or after that time
+    (epochs need not open inside the 30-minute window) from the contenders recorded for it; a reused round rewards
+    the winner of the round it reuses; a round never seen here (the validator was not running) falls back to the
+    latest decided one; none at all: nothing (burn)."""
+    current = warehouse.competition_round(competition, rnd.round_id) or {}
+    reused_now = _text(current.get("reused_from"))
+    target_id = rnd.round_id if rnd.phase == "rewarding" else _day_before(rnd.round_id)
+    target = current if target_id == rnd.round_id else warehouse.competition_round(competition, target_id)
+    if target is not None and _text(target.get("reused_from")) is not None:
+        source = warehouse.competition_round(competition, target["reused_from"])
         if source is not None and source["decided"]:
-            return RewardState(reused, _uid(source["winner_uid"]), reused_from=reused)
-    for r in warehouse.rounds_before(competition, rnd.round_id).to_dict("records"):
+            return RewardState(source["round_id"], _uid(source["winner_uid"]), reused_from=reused_now)
+    elif target is not None and target.get("decided"):
+        return RewardState(target_id, _uid(target.get("winner_uid")), reused_from=reused_now)
+    elif target is not None:
+        stored = None if target_id == rnd.round_id else tuple(_contenders(target.get("contenders")))
+        return RewardState(target_id, None, decide_now=True, reused_from=reused_now, contenders=stored)
+    for r in warehouse.rounds_before(competition, target_id).to_dict("records"):
         if r["decided"]:
-            return RewardState(r["round_id"], _uid(r["winner_uid"]), reused_from=reused)
-    return RewardState(None, None, reused_from=reused)
+            return RewardState(r["round_id"], _uid(r["winner_uid"]), reused_from=reused_now)
+    return RewardState(None, None, reused_from=reused_now)
+
+
+def _day_before(round_id: str) -> str:
+    from datetime import datetime, timedelta
+
+    return (datetime.strptime(round_id, "%Y%m%d") - timedelta(days=1)).strftime("%Y%m%d")
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _contenders(text) -> list[Contender]:
+    if not isinstance(text, str):
+        return []
+    return [Contender(int(c["uid"]), c["hotkey"], float(c["loss"]), int(c["block"]), c.get("coldkey", ""))
+            for c in json.loads(text)]
+
+
+def record_round_contenders(warehouse: WarehouseResource, competition: str, round_id: str,
+                            contenders: list[Contender]) -> None:
+    """Keep a daily round's evaluated submissions with its record, so that it can be decided at a later epoch."""
+    record = warehouse.competition_round(competition, round_id)
+    if record is None or record["decided"] or _text(record.get("reused_from")) is not None:
+        return
+    record["contenders"] = json.dumps([{"uid": c.uid, "hotkey": c.hotkey, "coldkey": c.coldkey, "loss": c.loss,
+                                        "block": c.block} for c in contenders], sort_keys=True)
+    warehouse.replace_rows("competition_rounds", pd.DataFrame([record]), "competition = ? AND round_id = ?",
+                           [competition, round_id])
 
 
 def _uid(value) -> int | None:
@@ -207,7 +257,9 @@ def _combine(rows: list[dict], competitions, outcomes: dict, epoch: int) -> None
             row = by_uid.get(uid)
             if row is None:
                 hotkey, status, reason = outcome.extra.get(uid, ("", "reward", ""))
-                row = {"epoch": epoch, "hotkey": hotkey or f"uid:{uid}", "uid": uid, "status": status,
+                if not hotkey or any(r["hotkey"] == hotkey for r in rows):  # a winner that moved to another uid
+                    hotkey = f"{hotkey or 'uid'}@{uid}"
+                row = {"epoch": epoch, "hotkey": hotkey, "uid": uid, "status": status,
                        "reason": reason, "eval_loss": math.nan, "win_rate": 0.0, "weight": 0.0,
                        "competition": c.name, "competition_weight": w}
                 rows.append(row)
@@ -242,22 +294,37 @@ def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSe
     weights = weights_of(frame)
     validate_weights(weights, weighted_uids(frame))  # never send NaN, negative, unnormalised or ineligible weights
     uids, u16 = to_u16(weights)
-    already = chain.weights_set_since(settings.validator_hotkey, chain.epoch_start(epoch), uids, u16) if uids else None
-    if already is not None and not warehouse.query(  # those were another epoch's weights (it ran late)
-            "SELECT epoch FROM weight_submissions WHERE success AND block = ? AND epoch <> ?", [already, epoch]).empty:
-        already = None
     if not uids:
         receipt = WeightsReceipt(False, chain.current_block(), "no miner was scored: nothing to submit")
-    elif already is not None:  # sent by a run that died before recording the answer: never send an epoch twice
-        receipt = WeightsReceipt(True, already, f"already set at block {already} during this epoch (found on the "
-                                                "chain; not sent again)")
     else:
-        receipt = chain.set_weights(settings.validator_hotkey, uids, u16, settings.weights_version_key)
+        # A run that died between sending and recording left an "in flight" record: ask the chain whether those
+        # weights landed since, instead of sending an epoch's weights twice. Only then: another epoch's weights
+        # (or the chain's own reveal of a commit) can never be mistaken for this epoch's.
+        already = None
+        if done is not None and str(done["message"]).startswith(IN_FLIGHT):
+            already = chain.weights_set_since(settings.validator_hotkey, int(done["block"]), uids, u16)
+        if already is not None:
+            receipt = WeightsReceipt(True, already, f"already set at block {already} by an earlier run of this "
+                                                    "epoch (found on the chain; not sent again)")
+        else:
+            _record_submission(warehouse, epoch, WeightsReceipt(False, chain.current_block(),
+                                                                f"{IN_FLIGHT}: sent, no answer recorded yet"),
+                               uids, u16)
+            receipt = chain.set_weights(settings.validator_hotkey, uids, u16, settings.weights_version_key)
+    row = _record_submission(warehouse, epoch, receipt, uids, u16)
+    return {**row, "uids": uids, "weights": u16, "resubmitted": True}
+
+
+IN_FLIGHT = "in flight"  # the message of a submission that was sent but whose answer is not recorded yet
+
+
+def _record_submission(warehouse: WarehouseResource, epoch: int, receipt: WeightsReceipt, uids: list[int],
+                       u16: list[int]) -> dict:
     row = {"epoch": epoch, "success": receipt.success, "block": receipt.block, "message": receipt.message,
            "uids": json.dumps(uids), "weights": json.dumps(u16), "retry_after_block": receipt.retry_after_block,
            "created_at": pd.Timestamp.now("UTC").tz_localize(None)}
     warehouse.replace_rows("weight_submissions", pd.DataFrame([row]), "epoch = ?", [epoch])
-    return {**row, "uids": uids, "weights": u16, "resubmitted": True}
+    return row
 
 
 def build_epoch_corpus(epoch: int, settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dict:

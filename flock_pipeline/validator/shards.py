@@ -125,7 +125,7 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
     if warehouse.epoch_info(epoch) is None:
         raise RuntimeError(f"epoch {epoch} has no recorded commitments: materialize chain_commitments first")
     competitions = settings.competition_set()
-    setup = {r["competition"]: r for r in warehouse.epoch_competitions(epoch).to_dict("records")}
+    setup = epoch_setups(warehouse, epoch, competitions)
     dataset_status, epoch_rows, first_blocks = _epoch_rows(warehouse, epoch)
     empty = pd.DataFrame(columns=["idx", "row_hash", "line", "raw_hash"])
     base_rows, rows_by_hotkey = {}, {}
@@ -152,7 +152,7 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
         blocks = tuple(first.get(h, int(c.commit_block)) for h in rows["row_hash"])
         entries[row["competition"]].append(Entry(
             c.hotkey, int(c.uid), int(c.commit_block), tuple(rows["row_hash"]),
-            raw_keys=tuple(str(k) for k in rows["raw_hash"]), row_lines=tuple(int(x) for x in rows["line"]),
+            raw_keys=tuple(k if isinstance(k, str) else "" for k in rows["raw_hash"]), row_lines=tuple(int(x) for x in rows["line"]),
             rejected_lines=tuple((int(r["line"]), str(r["reason"])) for r in json.loads(rejected or "[]")),
             row_blocks=blocks))
     plans: dict[str, dict] = {}
@@ -183,12 +183,27 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
     return base_rows, kept_rows
 
 
+def epoch_setups(warehouse: WarehouseResource, epoch: int, competitions) -> dict[str, dict]:
+    """competition name -> its recorded eval set and round for `epoch`. An epoch opened before competitions existed
+    has none recorded: it ran one game on the epoch's eval set, which the first configured competition takes."""
+    setups = {r["competition"]: r for r in warehouse.epoch_competitions(epoch).to_dict("records")}
+    if not setups:
+        info = warehouse.epoch_info(epoch)
+        if info is not None:
+            first = competitions.competitions[0]
+            setups[first.name] = {"epoch": epoch, "competition": first.name, "kind": first.kind,
+                                  "share": float(first.share), "eval_repo": info["eval_repo"],
+                                  "eval_revision": info["eval_revision"], "round_id": "epoch", "phase": "scoring",
+                                  "snapshot_block": int(info["block"]), "note": "", "definition": "{}"}
+    return setups
+
+
 def _competition_of(c, competitions) -> str | None:
     """The competition a recorded commitment belongs to (rows from before competitions existed: the first one)."""
-    if isinstance(c.competition, str):
+    if isinstance(c.competition, str) and c.competition in {x.name for x in competitions}:
         return c.competition
     match = competitions.for_commitment(c.competition_id) if isinstance(c.competition_id, str) else None
-    return match.name if match is not None else None
+    return match.name if match is not None else competitions.competitions[0].name
 
 
 def _competition_plans(epoch: int, competition: Competition, entries: list[Entry], setup: dict, hub: HubResource,

@@ -75,14 +75,14 @@ def context(reward, n_uids=40, burn=0, round_id="20260202", phase="rewarding"):
 
 
 def test_scoring_decides_the_round_once_its_rewarding_window_opens():
-    out = SEL.score([C(1, 2.0, 10), C(2, 1.0, 20), C(3, 3.0, 5)], context(RewardState(None, None, decide_now=True)))
+    out = SEL.score([C(1, 2.0, 10), C(2, 1.0, 20), C(3, 3.0, 5)], context(RewardState("20260202", None, decide_now=True)))
     assert out.weights == {1: 1.0} and out.decided == ("20260202", 1, 2.0)
     assert out.scores == {1: 1.0, 2: 0.0, 3: 0.0}
     assert "not the earliest" in out.reasons[2] and "not among the 2 lowest" in out.reasons[3]
 
 
 @pytest.mark.parametrize("reward, weights, status", [
-    pytest.param(RewardState(None, None, decide_now=True), {0: 1.0}, "burn", id="round decided with nobody scored"),
+    pytest.param(RewardState("20260202", None, decide_now=True), {0: 1.0}, "burn", id="round decided with nobody scored"),
     pytest.param(RewardState(None, None), {0: 1.0}, "burn", id="fresh start: no round decided yet"),
     pytest.param(RewardState("20260201", None), {0: 1.0}, "burn", id="the last decided round had no winner"),
     pytest.param(RewardState("20260201", 5), {5: 1.0}, "reward", id="the last winner keeps it while validating"),
@@ -272,3 +272,19 @@ def test_the_clock_round_trips_blocks_and_times():
         when = clock.time_of(block)
         assert clock.last_block_before(when) == block - 1
         assert clock.last_block_before(when + timedelta(seconds=1)) == block
+
+
+def test_an_earlier_round_is_decided_late_from_its_recorded_contenders():
+    """Epochs need not open inside the 30-minute rewarding window: the first epoch after it decides the round from
+    the contenders recorded for it, while this epoch's own contenders (the next round's) wait."""
+    recorded = (C(1, 2.0, 10), C(2, 1.0, 20), C(3, 3.0, 5))
+    reward = RewardState("20260201", None, decide_now=True, contenders=recorded)
+    out = SEL.score([C(7, 0.5, 900)], context(reward, round_id="20260202", phase="submission"))
+    assert out.decided == ("20260201", 1, 2.0) and out.weights == {1: 1.0}
+    assert out.extra[1][1] == "reward" and "winner of round 20260201" in out.extra[1][2]
+    assert "not decided yet" in out.reasons[7] and out.scores[7] == 0.0
+
+
+def test_a_rewarding_window_starting_with_the_submission_window_is_refused():
+    with pytest.raises(CompetitionConfigError, match="rewarding must start before"):
+        SelectionCompetition(name="s", reward_start_min=12 * 60)

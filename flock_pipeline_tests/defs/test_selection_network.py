@@ -170,3 +170,29 @@ def test_a_miner_checks_and_scores_a_selection_as_the_validators_do(selection, t
     assert scored["competition"] == "selection" and scored["eval_rows"] == 600
     assert scored["results"][0]["eval_loss"] == pytest.approx(validator["strong-selector"]["eval_loss"], abs=1e-6)
     assert main(["miner", "validate", str(files["strong-selector"]), "--competition", "curation"]) == 2
+
+
+def test_a_round_is_decided_by_the_first_epoch_after_its_reward_time(tmp_path, tiny_model_dir):
+    """No epoch opens inside day 1's 11:30-12:00 rewarding window here (on the live chain, 72-minute epochs may never
+    do): the first epoch after it, in the next round's submission window, decides round 20260202 from the contenders
+    its validation recorded, and rewards the same winner an in-window epoch would have."""
+    import dagster as dg
+
+    from flock_pipeline.defs.epoch import run_epoch
+    from flock_pipeline.demo import run_cycle, seed_demo_network
+    from flock_pipeline.resources import build_resources
+
+    home = tmp_path / "late"
+    (home / "models").mkdir(parents=True)
+    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    seed_demo_network(home, network="selection")
+    demo = json.loads((home / "demo.json").read_text())
+    demo["cycle"] = [6, 76]  # day 0 13:00 (validation), then day 1 12:20 (round 20260203's submission window)
+    (home / "demo.json").write_text(json.dumps(demo))
+    resources = build_resources(home)
+    cycle = run_cycle(home, resources, dg.DagsterInstance.ephemeral(), run_epoch)
+    assert cycle[1]["rounds"]["selection"] == {"round": "20260203", "phase": "submission"}
+    winner = _uid(resources["chain"], "hk-random-selector")
+    assert cycle[1]["weights"] == {str(winner): 1.0} and "winner of round 20260202" in cycle[1]["why"][str(winner)]
+    record = resources["warehouse"].competition_round("selection", "20260202")
+    assert record["decided"] and int(record["winner_uid"]) == winner and int(record["decided_epoch"]) == 76

@@ -127,8 +127,10 @@ class RewardState:
 
     source_round: str | None  # the round whose winner is rewarded now (None: no round decided yet)
     winner_uid: int | None  # None with a source round: that round had no winner (burn)
-    decide_now: bool = False  # the current round reached its rewarding phase and is not decided yet
+    decide_now: bool = False  # `source_round`'s reward time has passed and it is not decided yet: decide it now
     reused_from: str | None = None  # the current round reuses this round (its pool revision did not change)
+    contenders: tuple["Contender", ...] | None = None  # with decide_now for an earlier round: its recorded
+    # contenders (None: the round being decided is the current one, whose contenders are this epoch's)
 
 
 @dataclass

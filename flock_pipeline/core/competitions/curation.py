@@ -46,7 +46,8 @@ class CurationCompetition(Competition):
         rows = [ScoringContender(c.uid, c.loss, c.block, c.per_row) for c in contenders]
         scores, weights = score_epoch(rows, context.previous, self.scoring, base_loss=context.base_loss,
                                       now_block=context.now_block)
-        out = CompetitionScores(scores=scores, weights={u: w for u, w in weights.items() if w > 0})
+        # zero weights dropped; anything else (NaN or negative from a bug) stays for validate_weights to refuse
+        out = CompetitionScores(scores=scores, weights={u: w for u, w in weights.items() if w != 0})
         base = context.base_loss
         if self.scoring.require_improvement and base is not None:
             for c in contenders:

@@ -74,7 +74,7 @@ class SelectionCompetition(Competition):
             raise CompetitionConfigError(f"{where}: the windows leave no validation time (submission "
                                          f"{self.submission_start_min}+{self.submission_minutes} min, reward "
                                          f"{self.reward_start_min} min the next day)")
-        if self.reward_start_min > self.submission_start_min:
+        if self.reward_start_min >= self.submission_start_min:
             raise CompetitionConfigError(f"{where}: rewarding must start before the next submission window")
 
     # -- cadence -------------------------------------------------------------------------------------------
@@ -180,16 +180,19 @@ class SelectionCompetition(Competition):
         reward = context.reward
         round_id = context.round.round_id if context.round else "?"
         k = self.top_k(len(context.hotkeys))
-        deciding = reward is not None and (reward.decide_now or reward.source_round == round_id)
-        if reward is not None and reward.decide_now:
-            winner = self.select_winner(contenders, dict(context.hotkeys), dict(context.coldkeys))
-            out.decided = (round_id, winner.uid if winner else None, winner.loss if winner else None)
-            uid, source = (winner.uid if winner else None), round_id
+        deciding = reward is not None and reward.source_round == round_id
+        if reward is not None and reward.decide_now:  # the first epoch at or after the round's reward time
+            pool = list(reward.contenders) if reward.contenders is not None else contenders
+            winner = self.select_winner(pool, dict(context.hotkeys), dict(context.coldkeys))
+            out.decided = (reward.source_round, winner.uid if winner else None, winner.loss if winner else None)
+            uid, source = (winner.uid if winner else None), reward.source_round
         elif reward is not None and reward.source_round is not None:
             uid, source = reward.winner_uid, reward.source_round
         else:
             uid, source = None, None
-        if uid is not None and source == round_id:
+        if uid is not None and reward.decide_now:
+            why = f"winner of round {source}: the earliest commitment among the {k} lowest eval losses"
+        elif uid is not None and source == round_id:
             why = f"winner of round {round_id}: the earliest commitment among the {k} lowest eval losses"
         elif uid is not None:
             why = (f"winner of round {source}, rewarded until a later round is decided"
