@@ -66,6 +66,7 @@ ALTER TABLE win_rates ADD COLUMN IF NOT EXISTS competition_weight DOUBLE;
 ALTER TABLE dataset_rows ADD COLUMN IF NOT EXISTS raw_hash VARCHAR;
 ALTER TABLE datasets ADD COLUMN IF NOT EXISTS verdict_key VARCHAR;
 ALTER TABLE competition_rounds ADD COLUMN IF NOT EXISTS contenders VARCHAR;
+ALTER TABLE commitments ADD COLUMN IF NOT EXISTS coldkey VARCHAR;
 """
 # Columns added after the first release (ALTER ... IF NOT EXISTS above): an older warehouse gains them on its next
 # write, and their NULLs in older rows read as "the one curation competition" (`competition`) and "same as weight"
@@ -181,6 +182,15 @@ class WarehouseResource(dg.ConfigurableResource):
     def competition_round(self, competition: str, round_id: str) -> dict | None:
         df = self.query("SELECT * FROM competition_rounds WHERE competition = ? AND round_id = ?",
                         [competition, round_id])
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def round_submission(self, competition: str, round_id: str, hotkey: str, before_epoch: int) -> dict | None:
+        """The hotkey's accepted commitment in an earlier epoch of a daily round (uid, coldkey, registration block)."""
+        df = self.query(
+            "SELECT c.* FROM commitments c JOIN epoch_competitions ec ON ec.epoch = c.epoch "
+            "AND ec.competition = c.competition WHERE c.competition = ? AND ec.round_id = ? AND c.hotkey = ? "
+            "AND c.status = 'ok' AND c.epoch < ? ORDER BY c.epoch DESC LIMIT 1",
+            [competition, round_id, hotkey, before_epoch])
         return None if df.empty else df.iloc[0].to_dict()
 
     def rounds_before(self, competition: str, round_id: str) -> pd.DataFrame:

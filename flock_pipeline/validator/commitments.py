@@ -9,13 +9,13 @@ import pandas as pd
 
 from flock_pipeline.core.commitment import Commitment, CommitmentError
 from flock_pipeline.core.competitions import Competition, Round
-from flock_pipeline.resources.chain import ChainResource, RawCommitment
+from flock_pipeline.resources.chain import ChainResource, Neuron, RawCommitment
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 
 COMMITMENT_COLUMNS = ["epoch", "hotkey", "uid", "repo", "competition_id", "revision", "commit_block",
-                      "registration_block", "status", "reason", "competition"]
+                      "registration_block", "status", "reason", "competition", "coldkey"]
 EPOCH_COMPETITION_COLUMNS = ["epoch", "competition", "kind", "share", "eval_repo", "eval_revision", "round_id",
                              "phase", "snapshot_block", "note", "definition"]
 
@@ -105,7 +105,7 @@ def snapshot_commitments(epoch: int, chain: ChainResource, hub: HubResource, set
         row = {"epoch": epoch, "hotkey": raw.hotkey, "uid": neuron.uid if neuron else -1, "repo": None,
                "competition_id": None, "revision": None, "commit_block": raw.block,
                "registration_block": neuron.registration_block if neuron else None, "status": "ok", "reason": None,
-               "competition": None}
+               "competition": None, "coldkey": neuron.coldkey if neuron else None}
         rows.append(row)
         c = _decode(raw, row)
         if c is None:
@@ -136,6 +136,15 @@ def snapshot_commitments(epoch: int, chain: ChainResource, hub: HubResource, set
                 continue
             raw = earlier  # the commitment the round counts: the latest one at the window's last block
             row.update(in_window, commit_block=raw.block)
+        if neuron is None and rnd.round_id != "epoch":
+            # A daily round keeps a submission recorded during it even when its hotkey has left the subnet since
+            # (the live validator records uid, hotkey and coldkey in the window; the winner's reward then follows
+            # its hotkey, then its coldkey): its uid, registration and coldkey as recorded then.
+            kept = warehouse.round_submission(competition.name, rnd.round_id, raw.hotkey, epoch)
+            if kept is not None:
+                neuron = Neuron(int(kept["uid"]), raw.hotkey, kept["coldkey"] or "", 0.0, False,
+                                int(kept["registration_block"]))
+                row.update(uid=neuron.uid, registration_block=neuron.registration_block, coldkey=kept["coldkey"])
         if neuron is None:
             row.update(status="rejected", reason="hotkey is not registered on the subnet")
         elif raw.block < neuron.registration_block:

@@ -75,8 +75,9 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
                 failures[key] = str(result["error"])
             else:
                 row.update(status="scored", reason=None, eval_loss=float(result["eval_loss"]))
+                coldkey = c.coldkey if isinstance(getattr(c, "coldkey", None), str) else coldkeys.get(c.hotkey, "")
                 contenders.setdefault(competition, []).append(Contender(
-                    int(c.uid), c.hotkey, float(result["eval_loss"]), int(c.commit_block), coldkeys.get(c.hotkey, ""),
+                    int(c.uid), c.hotkey, float(result["eval_loss"]), int(c.commit_block), coldkey,
                     tuple(float(x) for x in result["per_row_losses"])))
     _refuse_common_failure(rows, failures, warehouse)
     outcomes, decisions = {}, []

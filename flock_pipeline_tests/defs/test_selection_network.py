@@ -196,3 +196,46 @@ def test_a_round_is_decided_by_the_first_epoch_after_its_reward_time(tmp_path, t
     assert cycle[1]["weights"] == {str(winner): 1.0} and "winner of round 20260202" in cycle[1]["why"][str(winner)]
     record = resources["warehouse"].competition_round("selection", "20260202")
     assert record["decided"] and int(record["winner_uid"]) == winner and int(record["decided_epoch"]) == 76
+
+
+def test_a_winner_whose_hotkey_left_keeps_its_place_and_its_reward_follows_its_coldkey(tmp_path, tiny_model_dir):
+    """After round 20260202's window, the random selector's uid is taken by a newcomer and its coldkey registers
+    another hotkey. Its submission still counts in the round (as the live validator recorded it in the window), it
+    still wins, and the reward goes to the uid its coldkey holds now."""
+    import dagster as dg
+
+    from flock_pipeline.defs.epoch import run_epoch
+    from flock_pipeline.demo import run_cycle, seed_demo_network
+    from flock_pipeline.resources import build_resources
+
+    home = tmp_path / "moved"
+    (home / "models").mkdir(parents=True)
+    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    seed_demo_network(home, network="selection")
+    demo = json.loads((home / "demo.json").read_text())
+    resources = build_resources(home)
+    demo["cycle"] = [6]
+    (home / "demo.json").write_text(json.dumps(demo))
+    run_cycle(home, resources, dg.DagsterInstance.ephemeral(), run_epoch)  # validation: evaluated, recorded
+    chain = resources["chain"]
+    state = json.loads((home / "chain.json").read_text())
+    old = next(n for n in state["neurons"] if n["hotkey"] == "hk-random-selector")
+    coldkey = old["coldkey"]
+    old.update(hotkey="newcomer", coldkey="cold-newcomer")
+    (home / "chain.json").write_text(json.dumps(state))
+    moved = chain.register("hk-random-again", coldkey=coldkey)
+    demo["cycle"] = [74]
+    (home / "demo.json").write_text(json.dumps(demo))
+    [entry] = run_cycle(home, resources, dg.DagsterInstance.ephemeral(), run_epoch)
+    assert entry["weights"] == {str(moved.uid): 1.0}
+    report = {m["hotkey"]: m for m in epoch_report_of(resources, 74)}
+    assert report["hk-random-selector"]["status"] == "scored" and report["hk-random-selector"]["uid"] == old["uid"]
+    assert f"the reward goes to uid {moved.uid}" in report["hk-random-selector"]["reason"]
+    record = resources["warehouse"].competition_round("selection", "20260202")
+    assert int(record["winner_uid"]) == moved.uid
+
+
+def epoch_report_of(resources, epoch):
+    from flock_pipeline.demo import epoch_report
+
+    return epoch_report(epoch, resources["warehouse"])

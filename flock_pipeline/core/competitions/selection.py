@@ -186,10 +186,13 @@ class SelectionCompetition(Competition):
             winner = self.select_winner(pool, dict(context.hotkeys), dict(context.coldkeys))
             out.decided = (reward.source_round, winner.uid if winner else None, winner.loss if winner else None)
             uid, source = (winner.uid if winner else None), reward.source_round
+            moved = winner.hotkey if winner is not None and context.hotkeys.get(winner.uid) != winner.hotkey else None
         elif reward is not None and reward.source_round is not None:
             uid, source = reward.winner_uid, reward.source_round
         else:
             uid, source = None, None
+        if not (reward is not None and reward.decide_now):
+            moved = None
         if uid is not None and reward.decide_now:
             why = f"winner of round {source}: the earliest commitment among the {k} lowest eval losses"
         elif uid is not None and source == round_id:
@@ -202,6 +205,10 @@ class SelectionCompetition(Competition):
             if uid is not None and c.uid == uid:
                 out.scores[c.uid] = 1.0
                 out.reasons[c.uid] = why
+            elif moved is not None and c.hotkey == moved:
+                out.scores[c.uid] = 1.0
+                out.reasons[c.uid] = (f"{why}; uid {c.uid} holds another hotkey now, so the reward goes to uid {uid} "
+                                      "(its hotkey's or coldkey's uid now)")
             elif deciding:
                 out.reasons[c.uid] = (f"among the {k} lowest eval losses, but not the earliest commitment of them"
                                       if c in best else f"eval loss {c.loss:.4f} is not among the {k} lowest")
