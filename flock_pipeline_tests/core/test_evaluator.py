@@ -570,3 +570,44 @@ def test_oom_below_the_minimum_budget_is_raised(base, monkeypatch):
     _oom_above(monkeypatch, 0)
     with pytest.raises(torch.OutOfMemoryError):
         evaluate_loss(base.model, rows, pad_id=0, device=CPU, batch_tokens=4096, chunk=4096)
+
+
+def test_the_quantized_recipe_trains_on_the_copy_and_evaluates_the_base_with_its_adapter(base, monkeypatch):
+    """The nf4 path's own logic, on CPU: the adapter is trained on a second copy of the base (4-bit on CUDA; here
+    an unquantized copy stands in for bitsandbytes' layers), then its weights go into a fresh adapter on the base for
+    the merged eval. With an identical copy that must give exactly the plain recipe's result, and leave the base
+    untouched."""
+    import copy
+
+    import flock_pipeline.core.qlora as qlora
+    from flock_pipeline.core.evaluator import BaseModel
+
+    twin = BaseModel(model=copy.deepcopy(base.model), tokenizer=base.tokenizer, name=base.name,
+                     revision=base.revision, device=base.device, path=base.path)
+    calls = []
+    monkeypatch.setattr(qlora, "quantized_base", lambda b: calls.append(b) or twin)
+    monkeypatch.setattr(qlora, "paged_adamw_8bit",
+                        lambda params, lr, wd: calls.append("optimizer") or torch.optim.AdamW(params, lr=lr,
+                                                                                           weight_decay=wd))
+    rows, evals = honest_rows(ATLAS, 16, 5), eval_rows(ATLAS)[:10]
+    before = _snapshot(base.model)
+    plain = train_and_evaluate(base, rows, evals, FAST)
+    live = train_and_evaluate(base, rows, evals, FAST.with_overrides(quantization="nf4", optimizer="paged_adamw_8bit"))
+    assert calls == [base, "optimizer"]
+    assert live.train_losses == plain.train_losses
+    assert live.eval_loss == pytest.approx(plain.eval_loss, rel=1e-6)
+    assert all(torch.equal(before[k], v) for k, v in _snapshot(base.model).items())
+
+
+def test_the_quantized_recipe_is_refused_without_cuda(base):
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        train_and_evaluate(base, honest_rows(ATLAS, 8, 5), eval_rows(ATLAS)[:4], FAST.with_overrides(quantization="nf4"))
+
+
+def test_stripping_whitespace_is_what_the_live_loader_does(base):
+    row = ChatRow(system="  You are terse.\n", turns=(Turn("user", " What is 2+2?\n"), Turn("assistant", " 4 \n")))
+    assert row.stripped() == ChatRow(system="You are terse.", turns=(Turn("user", "What is 2+2?"),
+                                                                     Turn("assistant", "4")))
+    stripped = train_and_evaluate(base, [row.stripped()] * 8, [row.stripped()], FAST)
+    live = train_and_evaluate(base, [row] * 8, [row], FAST.with_overrides(strip_whitespace=True))
+    assert live.eval_loss == stripped.eval_loss
