@@ -1,6 +1,6 @@
 """Our evaluator next to the reference recipe, same workload, same machine, same run.
 
-The reference recipe is the live subnet validator's way (see ../shared/bench/reference_recipe.py, re-implemented
+The reference recipe is the live subnet validator's way (FLock-io/FLock-subnet's trainer, re-implemented
 here from its description): the base model loaded from disk for the miner, Hugging Face Trainer with batch 1 x
 gradient accumulation 8, 2 epochs, LoRA r16/alpha32/dropout0.1 on all linear layers, then the adapter merged and
 Trainer.evaluate() at batch 1. Ours is flock_pipeline.core.evaluator (the one the pipeline and the CLI use).

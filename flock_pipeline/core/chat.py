@@ -1,4 +1,4 @@
-"""ChatML rendering and tokenisation with assistant-only labels (DESIGN §2).
+"""ChatML rendering and tokenisation with assistant-only labels.
 
 Layout, byte for byte::
 

@@ -1,4 +1,4 @@
-"""LoRA fine-tune on a miner's rows, then the eval loss on the held-out set (DESIGN §2).
+"""LoRA fine-tune on a miner's rows, then the eval loss on the held-out set.
 
 The metric: eval_loss = mean over eval rows of each row's mean next-token cross-entropy over its assistant tokens
 (natural log, nats per token). Rows with no labelled token after truncation are left out of the mean.

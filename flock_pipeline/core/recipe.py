@@ -1,4 +1,4 @@
-"""The training recipe: every knob of the LoRA fine-tune + eval that decides a miner's loss (DESIGN §2)."""
+"""The training recipe: every knob of the LoRA fine-tune + eval that decides a miner's loss."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dataset schema and validation for miner submissions (DESIGN §2).
+"""Dataset schema and validation for miner submissions.
 
 A submission is JSONL, one object per line::
 

@@ -1,4 +1,4 @@
-"""Scoring: eval losses -> win rates -> weights (DESIGN §2), as pure functions.
+"""Scoring: eval losses -> win rates -> weights, as pure functions.
 
 Modes (`ScoringConfig.mode`):
 - "win_rate" (the reference subnet's rule, the default): for each pair of eligible miners, the one whose commitment

@@ -1,4 +1,4 @@
-"""The seven software-defined assets of an epoch (DESIGN §3). Each reads its resources, calls one validator step
+"""The seven software-defined assets of an epoch. Each reads its resources, calls one validator step
 and reports metadata; the results themselves live in the warehouse, so nothing computed is lost on failure.
 
 Partitions: epoch-level assets use the dynamic `epochs` partitions (key = epoch number); per-miner assets use the
