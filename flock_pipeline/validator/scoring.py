@@ -17,9 +17,9 @@ from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.resources.hub import HubResource
-from flock_pipeline.validator.evaluation import base_eval_loss, shard_cache_key
+from flock_pipeline.validator.evaluation import base_eval_loss, competition_recipe, shard_cache_key
 from flock_pipeline.validator.faults import ValidatorFault
-from flock_pipeline.validator.shards import epoch_setups
+from flock_pipeline.validator.shards import competition_of, epoch_setups
 
 WIN_RATE_COLUMNS = ["epoch", "hotkey", "uid", "status", "reason", "eval_loss", "win_rate", "weight", "competition",
                     "competition_weight"]
@@ -45,11 +45,11 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
     competitions = settings.competition_set()
     setups = epoch_setups(warehouse, epoch, competitions)
     shards = {r["hotkey"]: r for r in warehouse.epoch_shards(epoch).to_dict("records")}
-    rows, contenders, failures = [], {c.name: [] for c in competitions}, {}
+    rows, contenders, failures, provenances = [], {c.name: [] for c in competitions}, {}, {}
     metagraph = chain.metagraph() if chain is not None else []
     coldkeys = {n.hotkey: n.coldkey for n in metagraph}
     for c in warehouse.epoch_commitments(epoch).itertuples():
-        competition = _competition_of(c, competitions)
+        competition = competition_of(c, competitions)
         row = {"epoch": epoch, "hotkey": c.hotkey, "uid": int(c.uid), "status": "rejected", "reason": c.reason,
                "eval_loss": math.nan, "win_rate": 0.0, "weight": 0.0, "competition": competition,
                "competition_weight": 0.0}
@@ -66,7 +66,10 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
             row.update(status="ineligible", reason=shard["reason"])
         else:
             setup = setups.get(competition, info)
-            key = shard_cache_key({**shard, "eval_revision": setup["eval_revision"]}, evaluator, settings)
+            if competition not in provenances:  # once per competition, not per miner
+                provenances[competition] = evaluator.provenance(recipe=competition_recipe(settings, competition))
+            key = shard_cache_key({**shard, "eval_revision": setup["eval_revision"]}, evaluator, settings,
+                                  provenances[competition])
             result = warehouse.eval_result(key)
             if result is None:
                 row.update(status="not_evaluated", reason="no evaluation result for this shard and recipe")
@@ -149,13 +152,6 @@ def _refuse_common_failure(rows: list[dict], failures: dict[str, str], warehouse
     raise ValidatorFault(f"all {len(keys)} evaluated miners failed with the same error, so it is the validator's, "
                          f"not theirs: {next(iter(failures.values()))}; their results were dropped: fix it and run "
                          "the epoch's scoring again")
-
-
-def _competition_of(c, competitions) -> str | None:
-    if isinstance(getattr(c, "competition", None), str) and c.competition in {x.name for x in competitions}:
-        return c.competition
-    match = competitions.for_commitment(c.competition_id) if isinstance(c.competition_id, str) else None
-    return match.name if match is not None else competitions.competitions[0].name
 
 
 def _context(epoch: int, competition: Competition, setup: dict, info: dict, contenders: list[Contender], metagraph,

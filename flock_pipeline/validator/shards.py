@@ -134,7 +134,7 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
         row = {"epoch": epoch, "hotkey": c.hotkey, "uid": int(c.uid), "repo": c.repo, "revision": c.revision,
                "commit_block": int(c.commit_block), "status": "ineligible", "reason": None, "rows_in": 0,
                "rows_kept": 0, "duplicates_within": 0, "duplicates_earlier": 0, "eval_leaks": 0, "shard_hash": None,
-               "competition": _competition_of(c, competitions)}
+               "competition": competition_of(c, competitions)}
         base_rows[c.hotkey] = row
         if c.status != "ok":
             row["reason"] = c.reason
@@ -198,7 +198,7 @@ def epoch_setups(warehouse: WarehouseResource, epoch: int, competitions) -> dict
     return setups
 
 
-def _competition_of(c, competitions) -> str | None:
+def competition_of(c, competitions) -> str | None:
     """The competition a recorded commitment belongs to (rows from before competitions existed: the first one)."""
     if isinstance(c.competition, str) and c.competition in {x.name for x in competitions}:
         return c.competition
