@@ -121,8 +121,8 @@ def cmd_epoch_miners(args) -> int:
     """Hotkeys with an accepted commitment in the epoch: the `miners` partitions to materialize for it."""
     from flock_pipeline.resources import build_resources
 
-    frame = build_resources()["warehouse"].epoch_commitments(args.epoch)
-    print("\n".join(frame[frame["status"] == "ok"]["hotkey"]))
+    commitments = build_resources()["warehouse"].epoch_commitments(args.epoch)
+    print("\n".join(c.hotkey for c in commitments if c.status == "ok"))
     return 0
 
 

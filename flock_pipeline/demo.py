@@ -42,7 +42,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 
 from flock_pipeline.core import synthetic
 from flock_pipeline.core.commitment import DEFAULT_COMPETITION_ID, Commitment
@@ -332,13 +331,12 @@ def cycle_entry(epoch: int, warehouse: WarehouseResource, chain: LocalChainResou
     """One epoch of a daily cycle: when it is, each competition's round and phase, and the weights with reasons."""
     block = chain.epoch_start(epoch)
     games = warehouse.epoch_competitions(epoch)
-    weights = warehouse.win_rates(epoch)
-    weighted = weights[weights["weight"] > 0]
+    weighted = [r for r in warehouse.win_rates(epoch) if r.weight > 0]
     return {"epoch": epoch, "block": block, "time": f"{chain.clock().time_of(block):%Y-%m-%d %H:%M} UTC",
-            "rounds": {r.competition: {"round": r.round_id, "phase": r.phase} for r in games.itertuples()},
-            "weights": {str(int(r.uid)): round(float(r.weight), 6) for r in weighted.itertuples()},
-            "why": {str(int(r.uid)): f"{r.hotkey}: {r.status}" + (f" ({r.reason})" if isinstance(r.reason, str)
-                                                                   else "") for r in weighted.itertuples()}}
+            "rounds": {r.competition: {"round": r.round_id, "phase": r.phase} for r in games},
+            "weights": {str(int(r.uid)): round(float(r.weight), 6) for r in weighted},
+            "why": {str(int(r.uid)): f"{r.hotkey}: {r.status}" + (f" ({r.reason})" if r.reason is not None
+                                                                   else "") for r in weighted}}
 
 
 def epoch_report(epoch: int, warehouse: WarehouseResource, labels: dict[str, str] | None = None,
@@ -347,25 +345,21 @@ def epoch_report(epoch: int, warehouse: WarehouseResource, labels: dict[str, str
     uid, hotkey, label, quality, competition, status, reason, rows_kept, eval_loss, win_rate, weight (quality: the
     demo generator's level for honest miners, None for the others and outside a demo)."""
     labels, quality = labels or {}, quality or {}
-    frame = warehouse.query(
-        "SELECT coalesce(c.uid, w.uid) AS uid, coalesce(c.hotkey, w.hotkey) AS hotkey, w.status AS w_status, "
-        "c.status AS c_status, coalesce(w.reason, c.reason) AS reason, s.rows_kept, w.eval_loss, w.win_rate, "
-        "w.weight, coalesce(w.competition, c.competition, s.competition) AS competition "
-        "FROM commitments c FULL OUTER JOIN win_rates w ON w.epoch = c.epoch AND w.hotkey = c.hotkey "
-        "LEFT JOIN shards s ON s.epoch = c.epoch AND s.hotkey = c.hotkey "
-        "WHERE coalesce(c.epoch, w.epoch) = ? ORDER BY 1", [epoch])
     report = []
-    for r in frame.itertuples():
+    for r in warehouse.epoch_report_rows(epoch):
         report.append({"uid": int(r.uid), "hotkey": r.hotkey, "label": labels.get(r.hotkey),
-                       "quality": quality.get(r.hotkey),
-                       "competition": r.competition if isinstance(r.competition, str) else None,
-                       "status": r.w_status if isinstance(r.w_status, str) else r.c_status,
-                       "reason": r.reason if isinstance(r.reason, str) else None,
-                       "rows_kept": 0 if pd.isna(r.rows_kept) else int(r.rows_kept),
-                       "eval_loss": None if pd.isna(r.eval_loss) else round(float(r.eval_loss), 6),
-                       "win_rate": 0.0 if pd.isna(r.win_rate) else float(r.win_rate),
-                       "weight": 0.0 if pd.isna(r.weight) else float(r.weight)})
+                       "quality": quality.get(r.hotkey), "competition": r.competition,
+                       "status": r.score_status if r.score_status is not None else r.commitment_status,
+                       "reason": r.reason,
+                       "rows_kept": 0 if r.rows_kept is None else int(r.rows_kept),
+                       "eval_loss": None if _missing(r.eval_loss) else round(float(r.eval_loss), 6),
+                       "win_rate": 0.0 if _missing(r.win_rate) else float(r.win_rate),
+                       "weight": 0.0 if _missing(r.weight) else float(r.weight)})
     return report
+
+
+def _missing(value) -> bool:
+    return value is None or value != value  # NULL, or NaN (a row without a loss)
 
 
 def format_report(report: list[dict], competitions: bool | None = None) -> str:

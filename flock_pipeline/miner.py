@@ -184,13 +184,11 @@ def status(hotkey: str, chain, warehouse) -> dict:
            "commitment": current.data if current else None, "commit_block": current.block if current else None,
            "latest_epoch": None, "status": None, "reason": None, "eval_loss": None, "win_rate": None,
            "weight": None}
-    frame = warehouse.query("SELECT * FROM win_rates WHERE hotkey = ? ORDER BY epoch DESC LIMIT 1", [hotkey])
-    if not frame.empty:
-        r = frame.iloc[0]
-        loss = float(r["eval_loss"])
-        out.update(latest_epoch=int(r["epoch"]), status=r["status"], reason=r["reason"],
-                   eval_loss=None if loss != loss else loss, win_rate=float(r["win_rate"]),
-                   weight=float(r["weight"]))
+    r = warehouse.latest_score(hotkey)
+    if r is not None:
+        loss = None if r.eval_loss is None or r.eval_loss != r.eval_loss else float(r.eval_loss)
+        out.update(latest_epoch=r.epoch, status=r.status, reason=r.reason, eval_loss=loss,
+                   win_rate=float(r.win_rate), weight=float(r.weight))
     return out
 
 

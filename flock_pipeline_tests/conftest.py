@@ -38,3 +38,42 @@ def flock_home(tmp_path, tiny_model_dir) -> Path:
     (home / "models").mkdir(parents=True)
     shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
     return home
+
+
+@pytest.fixture(scope="session")
+def postgres_admin():
+    """URL of a PostgreSQL database that may create databases (a throwaway server unless FLOCK_TEST_POSTGRES_URL)."""
+    from flock_pipeline_tests.servers import postgres_admin_url
+
+    url, server = postgres_admin_url()
+    yield url
+    if server is not None:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_admin):
+    """A new, empty PostgreSQL database for one test."""
+    from flock_pipeline_tests.servers import create_database, drop_database
+
+    url = create_database(postgres_admin)
+    yield url
+    drop_database(postgres_admin, url)
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def store_url(request, tmp_path):
+    """The same test on both backends of the store."""
+    if request.param == "duckdb":
+        return f"duckdb://{tmp_path / 'warehouse.duckdb'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    from flock_pipeline_tests.servers import redis_url
+
+    url, server = redis_url()
+    yield url
+    if server is not None:
+        server.stop()

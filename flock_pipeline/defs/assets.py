@@ -17,6 +17,7 @@ from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.store import CommitmentRecord, ScoreRecord, frame as records_frame
 from flock_pipeline.validator.commitments import snapshot_commitments
 from flock_pipeline.validator.datasets import fetch_miner_dataset
 from flock_pipeline.validator.evaluation import evaluate_miner
@@ -69,7 +70,7 @@ def chain_commitments(context: dg.AssetExecutionContext, chain: ChainResource, h
     commitments older than the hotkey's registration are kept with status "rejected" and the reason.
     Registers a `miners` partition for every new hotkey."""
     epoch = int(context.partition_key)
-    frame = snapshot_commitments(epoch, chain, hub, settings, warehouse)
+    frame = records_frame(snapshot_commitments(epoch, chain, hub, settings, warehouse), CommitmentRecord)
     new = [h for h in frame["hotkey"] if not context.instance.has_dynamic_partition(miners_partitions.name, h)]
     if new:
         context.instance.add_dynamic_partitions(miners_partitions.name, new)
@@ -130,14 +131,14 @@ def deduplicated_shards(context: dg.AssetExecutionContext, hub: HubResource, set
     already contributed, minus rows of the eval set. A miner whose rows are mostly copies or leaks is ineligible,
     with the reason. Depends on every miner's dataset: who keeps a row depends on all commitments of the epoch."""
     with validator_faults_stop_the_step():
-        row = build_miner_shard(context.partition_key, hub, settings, warehouse, epoch=epoch_of_run(context))
-    if row is None:
+        shard = build_miner_shard(context.partition_key, hub, settings, warehouse, epoch=epoch_of_run(context))
+    if shard is None:
         return dg.MaterializeResult(metadata={"status": "no_commitment", "reason": "no recorded commitment"})
     return dg.MaterializeResult(metadata={
-        "epoch": row["epoch"], "status": row["status"], "reason": row["reason"] or "", "rows_in": row["rows_in"],
-        "rows_kept": row["rows_kept"], "duplicates_within": row["duplicates_within"],
-        "duplicates_earlier": row["duplicates_earlier"], "eval_leaks": row["eval_leaks"],
-        "shard_hash": row["shard_hash"] or "",
+        "epoch": shard.epoch, "status": shard.status, "reason": shard.reason or "", "rows_in": shard.rows_in,
+        "rows_kept": shard.rows_kept, "duplicates_within": shard.duplicates_within,
+        "duplicates_earlier": shard.duplicates_earlier, "eval_leaks": shard.eval_leaks,
+        "shard_hash": shard.shard_hash or "",
     })
 
 
@@ -170,7 +171,8 @@ def win_rates(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, s
     epoch's weights (or the curve / top-k mode the settings select). A miner whose loss does not beat the base
     model's scores nothing. Every other miner is listed with weight 0 and the reason."""
     with validator_faults_stop_the_step():
-        frame = compute_epoch_scores(int(context.partition_key), evaluator, settings, warehouse, hub, chain)
+        frame = records_frame(compute_epoch_scores(int(context.partition_key), evaluator, settings, warehouse, hub,
+                                                   chain), ScoreRecord)
     return dg.MaterializeResult(metadata={
         "scored": int((frame["status"] == "scored").sum()), "miners": len(frame),
         "competitions": ", ".join(sorted({c for c in frame["competition"] if isinstance(c, str)})),

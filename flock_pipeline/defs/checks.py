@@ -25,18 +25,18 @@ def _partition(context: dg.AssetCheckExecutionContext) -> str:
                 description="A recorded eval loss is finite; a failed evaluation carries an error, not a loss.")
 def eval_loss_is_finite(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorResource,
                         settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    shard = miner_shard(warehouse, _partition(context), epoch_of_run(context))
-    if shard is None or shard["status"] != "eligible":
+    found = miner_shard(warehouse, _partition(context), epoch_of_run(context))
+    if found is None or found.shard.status != "eligible":
         return dg.AssetCheckResult(passed=True, metadata={"evaluated": False})
-    result = warehouse.eval_result(shard_cache_key(shard, evaluator, settings))
+    result = warehouse.eval_result(shard_cache_key(found.shard, found.eval_revision, evaluator, settings))
     if result is None:
         return dg.AssetCheckResult(passed=False, metadata={"problem": "no result recorded"})
-    if result["status"] == "ok":
-        losses = list(result["per_row_losses"])
-        finite = math.isfinite(result["eval_loss"]) and any(math.isfinite(x) for x in losses)
-        return dg.AssetCheckResult(passed=finite, metadata={"eval_loss": float(result["eval_loss"])})
-    passed = result["eval_loss"] is None or math.isnan(result["eval_loss"])
-    return dg.AssetCheckResult(passed=passed, metadata={"status": result["status"], "error": result["error"] or ""})
+    if result.status == "ok":
+        losses = list(result.per_row_losses)
+        finite = math.isfinite(result.eval_loss) and any(math.isfinite(x) for x in losses)
+        return dg.AssetCheckResult(passed=finite, metadata={"eval_loss": float(result.eval_loss)})
+    passed = result.eval_loss is None or math.isnan(result.eval_loss)
+    return dg.AssetCheckResult(passed=passed, metadata={"status": result.status, "error": result.error or ""})
 
 
 @dg.asset_check(asset=win_rates, blocking=True,
@@ -45,13 +45,13 @@ def eval_loss_is_finite(context: dg.AssetCheckExecutionContext, evaluator: Evalu
                             "when this fails.")
 def weights_are_valid(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource,
                       settings: ValidatorSettingsResource) -> dg.AssetCheckResult:
-    frame = warehouse.win_rates(int(_partition(context)))
-    weights = weights_of(frame)
-    eligible = weighted_uids(frame)
+    scores = warehouse.win_rates(int(_partition(context)))
+    weights = weights_of(scores)
+    eligible = weighted_uids(scores)
     try:
         validate_weights(weights, eligible)
         # win rates always give a scored miner some weight (softmax); the curve and top-k modes may give none
-        scored = {int(r.uid) for r in frame.itertuples() if r.status == "scored"}
+        scored = {int(r.uid) for r in scores if r.status == "scored"}
         curation_win_rate = any(c.kind == "curation" and c.scoring.mode == "win_rate"
                                 for c in settings.competition_set())
         if scored and not weights and curation_win_rate:

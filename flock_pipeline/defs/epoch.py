@@ -82,7 +82,9 @@ def run_epoch(epoch: int, resources: dict, instance: dg.DagsterInstance,
               progress: Callable[[str], None] = lambda msg: None) -> None:
     """Materialize every asset of `epoch` in order: commitments, all datasets, then per miner its shard and its
     evaluation (one run per miner), then scores, weights and corpus."""
-    with runner_lock(Path(resources["warehouse"].path).parent):
+    from flock_pipeline.resources import flock_home
+
+    with runner_lock(resources["warehouse"].local_dir() or flock_home()):
         _run_stages(epoch, resources, instance, progress)
 
 
@@ -93,11 +95,11 @@ def _run_stages(epoch: int, resources: dict, instance: dg.DagsterInstance, progr
     warehouse = resources["warehouse"]
     progress(f"epoch {epoch}: reading commitments")
     _run([chain_commitments], key, resources, instance)
-    commitments = warehouse.epoch_commitments(epoch)
-    for c in commitments[commitments["status"] == "ok"].itertuples():
+    accepted = [c for c in warehouse.epoch_commitments(epoch) if c.status == "ok"]
+    for c in accepted:
         progress(f"epoch {epoch}: dataset of uid {c.uid}")
         _run([miner_datasets], c.hotkey, resources, instance, epoch)
-    for c in commitments[commitments["status"] == "ok"].itertuples():
+    for c in accepted:
         progress(f"epoch {epoch}: shard + evaluation of uid {c.uid}")
         _run([deduplicated_shards, miner_eval_losses], c.hotkey, resources, instance, epoch)
     progress(f"epoch {epoch}: win rates, weights, corpus")

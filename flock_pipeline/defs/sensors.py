@@ -14,7 +14,6 @@ import json
 from collections.abc import Callable
 
 import dagster as dg
-import pandas as pd
 
 from flock_pipeline.core.commitment import Commitment, CommitmentError
 from flock_pipeline.core.schema import verdict_key
@@ -26,6 +25,7 @@ from flock_pipeline.resources.chain import ChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.store import ShardRecord
 from flock_pipeline.validator.evaluation import cache_key, competition_recipe, record_abandoned_evaluation
 from flock_pipeline.validator.scoring import IN_FLIGHT
 
@@ -84,20 +84,18 @@ def commitment_sensor(context: dg.SensorEvaluationContext, chain: ChainResource,
 MAX_RUN_ATTEMPTS = 3  # runs of one stage of one miner that may fail (crash without a record) before it is given up
 
 
-def _final_results(warehouse: WarehouseResource, shards: list[dict], provenance_of: ProvenanceOf,
+def _final_results(warehouse: WarehouseResource, shards: list[ShardRecord], provenance_of: ProvenanceOf,
                    revisions: dict[str | None, str]) -> set[str]:
     """Shard hashes that have a final result under their competition's model/recipe and eval set (a success or a
     recorded failure), in one query for the whole epoch."""
     keys = {}
     for s in shards:
-        provenance = provenance_of(s.get("competition"))
+        provenance = provenance_of(s.competition)
         if provenance is not None:  # None: the model was never built here, so nothing was evaluated with it
-            keys[cache_key(s["shard_hash"], provenance, revisions[s.get("competition")])] = s["shard_hash"]
+            keys[cache_key(s.shard_hash, provenance, revisions[s.competition])] = s.shard_hash
     if not keys:
         return set()
-    marks = ", ".join("?" * len(keys))
-    done = warehouse.query(f"SELECT cache_key FROM eval_results WHERE final AND cache_key IN ({marks})", list(keys))
-    return {keys[k] for k in done["cache_key"]}
+    return {keys[k] for k in warehouse.final_eval_keys(keys)}
 
 
 def _attempt_key(base: str, attempt: int) -> str:
@@ -152,14 +150,10 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
     """
     key = str(epoch)
     tags = {EPOCH_TAG: key}
-    commitments = warehouse.epoch_commitments(epoch)
-    accepted = commitments[commitments["status"] == "ok"]
-    recorded = set(warehouse.query(  # datasets recorded under today's limits and rules, one query per tick
-        "SELECT c.hotkey FROM commitments c JOIN datasets d USING (repo, revision) WHERE c.epoch = ? "
-        "AND (CAST(? AS VARCHAR) IS NULL OR d.status = 'unavailable' OR d.verdict_key = ?)",
-        [epoch, verdict, verdict])["hotkey"])
+    accepted = [c for c in warehouse.epoch_commitments(epoch) if c.status == "ok"]
+    recorded = warehouse.hotkeys_with_dataset(epoch, verdict)  # under today's limits and rules, one query per tick
     downloads = []
-    for c in accepted.itertuples():
+    for c in accepted:
         if c.hotkey in recorded:
             continue
         run_key = _run_key(instance, f"dataset:{key}:{c.hotkey}:{c.revision}")
@@ -169,19 +163,17 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
     if downloads:
         return downloads, f"downloading {len(downloads)} dataset(s)"
     info = warehouse.epoch_info(epoch)
-    revisions: dict[str | None, str] = {None: info["eval_revision"]}
-    revisions.update({r["competition"]: r["eval_revision"]
-                      for r in warehouse.epoch_competitions(epoch).to_dict("records")})
-    shards = {r["hotkey"]: r for r in warehouse.epoch_shards(epoch).to_dict("records")}
-    for shard in shards.values():
-        if not isinstance(shard.get("competition"), str) or shard["competition"] not in revisions:
-            shard["competition"] = None
-    evaluated = _final_results(warehouse, [s for s in shards.values() if s["status"] == "eligible"], provenance_of,
+    revisions: dict[str | None, str] = {None: info.eval_revision}
+    revisions.update({r.competition: r.eval_revision for r in warehouse.epoch_competitions(epoch)})
+    shards = {}
+    for shard in warehouse.epoch_shards(epoch):
+        shards[shard.hotkey] = shard if shard.competition in revisions else shard.replace(competition=None)
+    evaluated = _final_results(warehouse, [s for s in shards.values() if s.status == "eligible"], provenance_of,
                                revisions)
     pending, faults = [], []
-    for c in accepted.itertuples():
+    for c in accepted:
         shard = shards.get(c.hotkey)
-        if shard is not None and (shard["status"] != "eligible" or shard["shard_hash"] in evaluated):
+        if shard is not None and (shard.status != "eligible" or shard.shard_hash in evaluated):
             continue
         base = f"miner:{key}:{c.hotkey}:{c.revision}"
         run_key = _run_key(instance, base)
@@ -189,30 +181,29 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
             run_tags = {**tags, "dagster/max_runtime": str(eval_timeout_s)} if eval_timeout_s > 0 else tags
             pending.append(dg.RunRequest(run_key=run_key, partition_key=c.hotkey, tags=run_tags,
                                          asset_selection=[deduplicated_shards.key, miner_eval_losses.key]))
-        elif shard is not None and provenance_of(shard["competition"]) is not None:
+        elif shard is not None and provenance_of(shard.competition) is not None:
             message, fault = _last_failure(instance, base)
             if fault:  # the validator's environment: the operator must fix it; nothing counts against the miner
                 faults.append(message)
                 continue
-            record_abandoned_evaluation(warehouse, shard["shard_hash"], provenance_of(shard["competition"]),
-                                        revisions[shard["competition"]], message, MAX_RUN_ATTEMPTS)
+            record_abandoned_evaluation(warehouse, shard.shard_hash, provenance_of(shard.competition),
+                                        revisions[shard.competition], message, MAX_RUN_ATTEMPTS)
     if pending:
         return pending, f"deduplicating + evaluating {len(pending)} miner(s)"
     if faults:
         return [], f"stopped by a validator fault (fix it, then re-execute the failed runs): {faults[0]}"
-    if warehouse.win_rates(epoch).empty:
+    if not warehouse.win_rates(epoch):
         return [dg.RunRequest(run_key=f"score:{key}", partition_key=key,
                               asset_selection=[win_rates.key, submitted_weights.key, final_corpus.key])], "scoring"
     sent = warehouse.weight_submission(epoch)
-    if sent is not None and not sent["success"] and str(sent["message"]).startswith(IN_FLIGHT):
+    if sent is not None and not sent.success and sent.message.startswith(IN_FLIGHT):
         # a run died between sending and recording: re-run it, it asks the chain before sending again
-        run_key = _run_key(instance, f"weights:{key}:in-flight:{int(sent['block'])}")
+        run_key = _run_key(instance, f"weights:{key}:in-flight:{int(sent.block)}")
         if run_key is not None:
             return [dg.RunRequest(run_key=run_key, partition_key=key, asset_selection=[submitted_weights.key])], \
                 "confirming weights whose answer was not recorded"
-    if sent is not None and not sent["success"] and sent["retry_after_block"] is not None \
-            and not pd.isna(sent["retry_after_block"]):
-        retry_at = int(sent["retry_after_block"])
+    if sent is not None and not sent.success and sent.retry_after_block is not None:
+        retry_at = int(sent.retry_after_block)
         if chain_block is not None and chain_block >= retry_at:
             return [dg.RunRequest(run_key=f"weights:{key}:{retry_at}", partition_key=key,
                                   asset_selection=[submitted_weights.key])], "re-sending rate-limited weights"
@@ -228,8 +219,8 @@ def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: Wareho
                           evaluator: EvaluatorResource, chain: ChainResource,
                           settings: ValidatorSettingsResource) -> dg.SensorResult | dg.SkipReason:
     """Requests the next stage of the newest epoch whose commitments are recorded."""
-    latest = int(warehouse.query("SELECT coalesce(max(epoch), -1) AS e FROM epochs")["e"].iloc[0])
-    if latest < 0:
+    latest = warehouse.latest_epoch()
+    if latest is None:
         return dg.SkipReason("no epoch recorded yet")
     cache: dict = {}
 

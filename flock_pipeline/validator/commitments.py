@@ -5,27 +5,17 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
-
 from flock_pipeline.core.commitment import Commitment, CommitmentError
 from flock_pipeline.core.competitions import Competition, Round
 from flock_pipeline.resources.chain import ChainResource, Neuron, RawCommitment
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
-
-COMMITMENT_COLUMNS = ["epoch", "hotkey", "uid", "repo", "competition_id", "revision", "commit_block",
-                      "registration_block", "status", "reason", "competition", "coldkey"]
-EPOCH_COMPETITION_COLUMNS = ["epoch", "competition", "kind", "share", "eval_repo", "eval_revision", "round_id",
-                             "phase", "snapshot_block", "note", "definition"]
+from flock_pipeline.store import CommitmentRecord, CompetitionRoundRecord, EpochCompetitionRecord, EpochRecord, utcnow
 
 
 class EpochNotReached(RuntimeError):
     pass
-
-
-def _now() -> pd.Timestamp:
-    return pd.Timestamp.now("UTC").tz_localize(None)
 
 
 def open_rounds(epoch: int, block: int, chain: ChainResource, hub: HubResource,
@@ -42,12 +32,11 @@ def open_rounds(epoch: int, block: int, chain: ChainResource, hub: HubResource,
         rnd = c.round_at(block, clock)
         revision = _round_revision(epoch, c, rnd, hub, warehouse)
         out[c.name] = (rnd, revision)
-        rows.append({"epoch": epoch, "competition": c.name, "kind": c.kind, "share": float(c.share),
-                     "eval_repo": c.eval_repo, "eval_revision": revision, "round_id": rnd.round_id,
-                     "phase": rnd.phase, "snapshot_block": rnd.snapshot_block, "note": rnd.note,
-                     "definition": json.dumps(c.describe(), sort_keys=True, default=str)})
-    warehouse.replace_rows("epoch_competitions", pd.DataFrame(rows, columns=EPOCH_COMPETITION_COLUMNS),
-                           "epoch = ?", [epoch])
+        rows.append(EpochCompetitionRecord(
+            epoch=epoch, competition=c.name, kind=c.kind, share=float(c.share), eval_repo=c.eval_repo,
+            eval_revision=revision, round_id=rnd.round_id, phase=rnd.phase, snapshot_block=rnd.snapshot_block,
+            note=rnd.note, definition=json.dumps(c.describe(), sort_keys=True, default=str)))
+    warehouse.record_epoch_competitions(epoch, rows)
     return out
 
 
@@ -56,25 +45,22 @@ def _round_revision(epoch: int, c: Competition, rnd: Round, hub: HubResource, wa
         return c.eval_revision or hub.head(c.eval_repo)
     known = warehouse.competition_round(c.name, rnd.round_id)
     if known is not None:
-        return known["eval_revision"]
+        return known.eval_revision
     revision = c.eval_revision or hub.head(c.eval_repo)
     before = warehouse.rounds_before(c.name, rnd.round_id)
     reused = None
-    if getattr(c, "reuse_when_pool_unchanged", False) and not before.empty:
-        last = before.iloc[0]
-        if last["eval_revision"] == revision:
-            reused = last["reused_from"] if isinstance(last["reused_from"], str) else last["round_id"]
-    row = {"competition": c.name, "round_id": rnd.round_id, "eval_repo": c.eval_repo, "eval_revision": revision,
-           "first_epoch": epoch, "reused_from": reused, "decided": False, "winner_uid": None, "winner_hotkey": None,
-           "winner_loss": None, "decided_epoch": None}
-    warehouse.replace_rows("competition_rounds", pd.DataFrame([row]), "competition = ? AND round_id = ?",
-                           [c.name, rnd.round_id])
+    if getattr(c, "reuse_when_pool_unchanged", False) and before:
+        last = before[0]
+        if last.eval_revision == revision:
+            reused = last.reused_from or last.round_id
+    warehouse.record_round(CompetitionRoundRecord(competition=c.name, round_id=rnd.round_id, eval_repo=c.eval_repo,
+                                                  eval_revision=revision, first_epoch=epoch, reused_from=reused))
     return revision
 
 
 def snapshot_commitments(epoch: int, chain: ChainResource, hub: HubResource, settings: ValidatorSettingsResource,
-                         warehouse: WarehouseResource) -> pd.DataFrame:
-    """Read, decode and record the commitments of `epoch`; returns one row per committing hotkey.
+                         warehouse: WarehouseResource) -> list[CommitmentRecord]:
+    """Read, decode and record the commitments of `epoch`; returns one record per committing hotkey.
 
     status is "ok" or "rejected" (with the reason): undecodable data, a competition this validator does not run,
     an unregistered hotkey, a commitment written before the hotkey's (re-)registration, one younger than
@@ -96,8 +82,8 @@ def snapshot_commitments(epoch: int, chain: ChainResource, hub: HubResource, set
     reused = {}
     for name, (rnd, _) in rounds.items():
         record = warehouse.competition_round(name, rnd.round_id) if rnd.round_id != "epoch" else None
-        if record is not None and isinstance(record["reused_from"], str):
-            reused[name] = record["reused_from"]
+        if record is not None and record.reused_from is not None:
+            reused[name] = record.reused_from
     rows = []
     running = ", ".join(f"{c.commitment_id!r} ({c.name})" for c in competitions)
     for raw in chain.commitments(at_block=block):
@@ -142,9 +128,8 @@ def snapshot_commitments(epoch: int, chain: ChainResource, hub: HubResource, set
             # its hotkey, then its coldkey): its uid, registration and coldkey as recorded then.
             kept = warehouse.round_submission(competition.name, rnd.round_id, raw.hotkey, epoch)
             if kept is not None:
-                neuron = Neuron(int(kept["uid"]), raw.hotkey, kept["coldkey"] or "", 0.0, False,
-                                int(kept["registration_block"]))
-                row.update(uid=neuron.uid, registration_block=neuron.registration_block, coldkey=kept["coldkey"])
+                neuron = Neuron(kept.uid, raw.hotkey, kept.coldkey or "", 0.0, False, int(kept.registration_block))
+                row.update(uid=neuron.uid, registration_block=neuron.registration_block, coldkey=kept.coldkey)
         if neuron is None:
             row.update(status="rejected", reason="hotkey is not registered on the subnet")
         elif raw.block < neuron.registration_block:
@@ -152,14 +137,11 @@ def snapshot_commitments(epoch: int, chain: ChainResource, hub: HubResource, set
         elif block - raw.block < settings.min_commitment_age:
             row.update(status="rejected", reason=f"commitment is {block - raw.block} blocks old at the epoch's "
                        f"block, the minimum age is {settings.min_commitment_age}")
-    frame = pd.DataFrame(rows, columns=COMMITMENT_COLUMNS)
-    frame["uid"] = frame["uid"].astype("int64")
+    records = [CommitmentRecord(**row) for row in rows]
     first = competitions.competitions[0]
-    epoch_row = pd.DataFrame([{"epoch": epoch, "block": block, "eval_repo": first.eval_repo,
-                               "eval_revision": rounds[first.name][1], "created_at": _now()}])
-    warehouse.replace_rows("epochs", epoch_row, "epoch = ?", [epoch])
-    warehouse.replace_rows("commitments", frame, "epoch = ?", [epoch])
-    return frame
+    warehouse.record_epoch(EpochRecord(epoch=epoch, block=block, eval_repo=first.eval_repo,
+                                       eval_revision=rounds[first.name][1], created_at=utcnow()), records)
+    return records
 
 
 def _decode(raw: RawCommitment, row: dict) -> Commitment | None:

@@ -6,14 +6,13 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 
-import pandas as pd
-
 from flock_pipeline.core.chat import count_tokens
 from flock_pipeline.core.schema import ChatRow, raw_row_keys, validate_bytes, verdict_key
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubError, HubNotFound, HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.store import DatasetRecord, DatasetRowRecord, utcnow
 
 MAX_RECORDED_REJECTIONS = 1000  # rejected-row reasons kept per dataset (the counts are always complete)
 
@@ -46,13 +45,13 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
     """
     if repo is None or revision is None:
         commitment = warehouse.miner_commitment(hotkey, epoch)
-        if commitment is None or commitment["status"] != "ok":
-            reason = commitment["reason"] if commitment is not None else "no commitment recorded for this hotkey"
+        if commitment is None or commitment.status != "ok":
+            reason = commitment.reason if commitment is not None else "no commitment recorded for this hotkey"
             return DatasetOutcome(hotkey, None, None, "no_commitment", reason)
-        repo, revision = commitment["repo"], commitment["revision"]
+        repo, revision = commitment.repo, commitment.revision
     limits = settings.limits()
     known = warehouse.dataset(repo, revision)
-    if known is not None and known["status"] in ("ok", "invalid") and known.get("verdict_key") == verdict_key(limits):
+    if known is not None and known.status in ("ok", "invalid") and known.verdict_key == verdict_key(limits):
         return _outcome(hotkey, known, cached=True)  # decided by the content under the same limits and rules
     try:
         info = hub.file_info(repo, revision)
@@ -71,16 +70,15 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
     used = report.used_rows(limits)
     tokenizer = load_tokenizer(str(evaluator.model_path()))
     raw_keys = raw_row_keys(data, [r.line for r in used], limits)
-    rows = pd.DataFrame([{"repo": repo, "revision": revision, "idx": i, "line": r.line, "row_hash": r.row.row_hash,
-                          "row_json": r.row.canonical_json(), "n_tokens": count_tokens(r.row, tokenizer),
-                          "raw_hash": raw_keys[r.line]} for i, r in enumerate(used)],
-                        columns=["repo", "revision", "idx", "line", "row_hash", "row_json", "n_tokens", "raw_hash"])
-    warehouse.replace_rows("dataset_rows", rows, "repo = ? AND revision = ?", [repo, revision])
+    rows = [DatasetRowRecord(repo=repo, revision=revision, idx=i, line=r.line, row_hash=r.row.row_hash,
+                             row_json=r.row.canonical_json(), n_tokens=count_tokens(r.row, tokenizer),
+                             raw_hash=raw_keys[r.line]) for i, r in enumerate(used)]
     reason = report.reason()
     rejected = [{"line": r.line, "reason": r.reason} for r in report.rejected_rows[:MAX_RECORDED_REJECTIONS]]
     return _record(warehouse, hotkey, repo, revision, "ok" if reason is None else "invalid", reason,
                    size=report.size_bytes, sha256=report.sha256, rows_total=len(report.rows),
-                   rows_valid=len(report.valid_rows), rows_used=len(used), rejected=rejected, key=verdict_key(limits))
+                   rows_valid=len(report.valid_rows), rows_used=len(used), rejected=rejected, key=verdict_key(limits),
+                   rows=rows)
 
 
 @lru_cache(maxsize=4)
@@ -92,21 +90,24 @@ def load_tokenizer(path: str):
 
 def _record(warehouse: WarehouseResource, hotkey: str, repo: str, revision: str, status: str, reason: str | None,
             size: int = 0, sha256: str = "", rows_total: int = 0, rows_valid: int = 0, rows_used: int = 0,
-            rejected: list | None = None, key: str | None = None) -> DatasetOutcome:
-    row = {"repo": repo, "revision": revision, "status": status, "reason": reason, "size_bytes": size,
-           "sha256": sha256, "rows_total": rows_total, "rows_valid": rows_valid, "rows_used": rows_used,
-           "rejected": json.dumps(rejected or []), "created_at": pd.Timestamp.now("UTC").tz_localize(None),
-           "verdict_key": key}
-    warehouse.replace_rows("datasets", pd.DataFrame([row]), "repo = ? AND revision = ?", [repo, revision])
-    return _outcome(hotkey, row, cached=False)
+            rejected: list | None = None, key: str | None = None,
+            rows: list[DatasetRowRecord] | None = None) -> DatasetOutcome:
+    """Record a revision's verdict (and its used rows, in the same transaction)."""
+    record = DatasetRecord(repo=repo, revision=revision, status=status, reason=reason, size_bytes=size,
+                           sha256=sha256, rows_total=rows_total, rows_valid=rows_valid, rows_used=rows_used,
+                           rejected=tuple(rejected or ()), created_at=utcnow(), verdict_key=key)
+    warehouse.record_dataset(record, rows)
+    return _outcome(hotkey, record, cached=False)
 
 
-def _outcome(hotkey: str, row: dict, cached: bool) -> DatasetOutcome:
-    return DatasetOutcome(hotkey=hotkey, repo=row["repo"], revision=row["revision"], status=row["status"],
-                          reason=row["reason"], rows_total=int(row["rows_total"]), rows_valid=int(row["rows_valid"]),
-                          rows_used=int(row["rows_used"]), size_bytes=int(row["size_bytes"]),
-                          sha256=row["sha256"] or "", cached=cached, rejected=tuple(json.loads(row["rejected"])))
+def _outcome(hotkey: str, record: DatasetRecord, cached: bool) -> DatasetOutcome:
+    return DatasetOutcome(hotkey=hotkey, repo=record.repo, revision=record.revision, status=record.status,
+                          reason=record.reason, rows_total=int(record.rows_total or 0),
+                          rows_valid=int(record.rows_valid or 0), rows_used=int(record.rows_used or 0),
+                          size_bytes=int(record.size_bytes or 0), sha256=record.sha256 or "", cached=cached,
+                          rejected=tuple(record.rejected or ()))
 
 
-def rows_from_json(frame: pd.DataFrame) -> list[ChatRow]:
-    return [ChatRow.from_json_obj(json.loads(s)) for s in frame["row_json"]]
+def rows_from_json(texts) -> list[ChatRow]:
+    """Chat rows from their canonical JSON (strings, or records with a `row_json` field)."""
+    return [ChatRow.from_json_obj(json.loads(t if isinstance(t, str) else t.row_json)) for t in texts]

@@ -12,12 +12,11 @@ import math
 import traceback
 from dataclasses import dataclass
 
-import pandas as pd
-
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.store import EvalResultRecord, ShardRecord, ShardToEvaluate, utcnow
 from flock_pipeline.validator.datasets import rows_from_json
 from flock_pipeline.validator.faults import ValidatorFault, is_validator_fault, preflight
 from flock_pipeline.validator.shards import load_eval_rows
@@ -51,20 +50,15 @@ def cache_key(shard: str, provenance: dict, eval_revision: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
-def miner_shard(warehouse: WarehouseResource, hotkey: str, epoch: int | None = None) -> dict | None:
+def miner_shard(warehouse: WarehouseResource, hotkey: str, epoch: int | None = None) -> ShardToEvaluate | None:
     """The hotkey's shard in `epoch` (default: the latest epoch that has one), with its competition's eval set for
     that epoch (shards from before competitions existed: the epoch's one eval set)."""
-    sql = ("SELECT s.*, coalesce(ec.eval_repo, e.eval_repo) AS eval_repo, "
-           "coalesce(ec.eval_revision, e.eval_revision) AS eval_revision FROM shards s JOIN epochs e USING (epoch) "
-           "LEFT JOIN epoch_competitions ec ON ec.epoch = s.epoch AND ec.competition = s.competition "
-           "WHERE s.hotkey = ?" + (" AND s.epoch = ?" if epoch is not None else "") + " ORDER BY s.epoch DESC LIMIT 1")
-    df = warehouse.query(sql, [hotkey] if epoch is None else [hotkey, epoch])
-    return None if df.empty else df.iloc[0].to_dict()
+    return warehouse.shard_to_evaluate(hotkey, epoch)
 
 
 def competition_recipe(settings: ValidatorSettingsResource, competition: str | None) -> dict:
     """The training-recipe overrides of a competition (none for a shard without one)."""
-    if not isinstance(competition, str):
+    if competition is None:
         return {}
     try:
         return dict(settings.competition_set().by_name(competition).recipe)
@@ -72,32 +66,33 @@ def competition_recipe(settings: ValidatorSettingsResource, competition: str | N
         return {}
 
 
-def shard_cache_key(shard: dict, evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
-                    provenance: dict | None = None) -> str:
-    """The evaluation cache key of a recorded shard under its competition's recipe and eval set."""
-    provenance = provenance or evaluator.provenance(recipe=competition_recipe(settings, shard.get("competition")))
-    return cache_key(shard["shard_hash"], provenance, shard["eval_revision"])
+def shard_cache_key(shard: ShardRecord, eval_revision: str, evaluator: EvaluatorResource,
+                    settings: ValidatorSettingsResource, provenance: dict | None = None) -> str:
+    """The evaluation cache key of a recorded shard under its competition's recipe and an eval set revision."""
+    provenance = provenance or evaluator.provenance(recipe=competition_recipe(settings, shard.competition))
+    return cache_key(shard.shard_hash, provenance, eval_revision)
 
 
 def evaluate_miner(hotkey: str, evaluator: EvaluatorResource, hub: HubResource, warehouse: WarehouseResource,
                    settings: ValidatorSettingsResource, epoch: int | None = None) -> EvalRecord:
     """Evaluate `hotkey`'s shard of `epoch` (default: the latest epoch with one) on its competition's eval set with
     its recipe; skipped when ineligible."""
-    shard = miner_shard(warehouse, hotkey, epoch)
-    if shard is None:
+    found = miner_shard(warehouse, hotkey, epoch)
+    if found is None:
         return EvalRecord(hotkey, "skipped", "no shard: deduplicated_shards has not run for this miner")
-    if shard["status"] != "eligible":
-        return EvalRecord(hotkey, "skipped", shard["reason"])
-    recipe = competition_recipe(settings, shard.get("competition"))
+    shard = found.shard
+    if shard.status != "eligible":
+        return EvalRecord(hotkey, "skipped", shard.reason)
+    recipe = competition_recipe(settings, shard.competition)
     provenance = evaluator.provenance(recipe=recipe)
-    key = cache_key(shard["shard_hash"], provenance, shard["eval_revision"])
+    key = cache_key(shard.shard_hash, provenance, found.eval_revision)
     previous = warehouse.eval_result(key)
-    attempts = int(previous["attempts"]) if previous is not None else 0
-    if previous is not None and previous["final"]:
+    attempts = int(previous.attempts) if previous is not None else 0
+    if previous is not None and previous.final:
         return _record_of(hotkey, previous, cached=True)
-    preflight(evaluator, hub, shard["eval_repo"], shard["eval_revision"], recipe)  # the validator's own faults
-    train_rows = rows_from_json(warehouse.shard_rows(shard["shard_hash"]))
-    eval_rows = load_eval_rows(hub, shard["eval_repo"], shard["eval_revision"])
+    preflight(evaluator, hub, found.eval_repo, found.eval_revision, recipe)  # the validator's own faults
+    train_rows = rows_from_json(warehouse.shard_rows(shard.shard_hash))
+    eval_rows = load_eval_rows(hub, found.eval_repo, found.eval_revision)
     attempts += 1
     try:
         outcome = evaluator.evaluate(train_rows, eval_rows, recipe=recipe)
@@ -109,35 +104,35 @@ def evaluate_miner(hotkey: str, evaluator: EvaluatorResource, hub: HubResource, 
                                  f"data: {type(exc).__name__}: {exc}") from exc
         error = f"{type(exc).__name__}: {exc}"
         retry = attempts < MAX_ATTEMPTS and not isinstance(exc, ValueError)  # ValueError: the data, not luck
-        row = _row(key, shard["shard_hash"], "failed", error, None, [], [], 0, 0, 0.0, provenance, attempts,
-                   final=not retry)
-        warehouse.replace_rows("eval_results", row, "cache_key = ?", [key])
+        warehouse.record_eval_result(_row(key, shard.shard_hash, "failed", error, None, [], [], 0, 0, 0.0,
+                                          provenance, attempts, final=not retry))
         if retry:
             raise TransientEvalError(f"attempt {attempts}/{MAX_ATTEMPTS} failed: {error}\n"
                                      f"{traceback.format_exc(limit=3)}") from exc
         return EvalRecord(hotkey, "failed", error, key, attempts=attempts)
-    row = _row(key, shard["shard_hash"], "ok", None, outcome.eval_loss, outcome.per_row_losses,
-               outcome.train_losses, outcome.train_tokens, outcome.eval_tokens,
-               outcome.train_seconds + outcome.eval_seconds, provenance, attempts)
-    warehouse.replace_rows("eval_results", row, "cache_key = ?", [key])
-    return _record_of(hotkey, row.iloc[0].to_dict(), cached=False)
+    result = _row(key, shard.shard_hash, "ok", None, outcome.eval_loss, outcome.per_row_losses,
+                  outcome.train_losses, outcome.train_tokens, outcome.eval_tokens,
+                  outcome.train_seconds + outcome.eval_seconds, provenance, attempts)
+    warehouse.record_eval_result(result)
+    return _record_of(hotkey, result, cached=False)
 
 
 def _row(key, shard, status, error, loss, per_row, train_losses, train_tokens, eval_tokens, seconds, provenance,
-         attempts, final: bool = True) -> pd.DataFrame:
-    return pd.DataFrame([{"cache_key": key, "shard_hash": shard, "status": status, "final": final, "error": error,
-                          "eval_loss": loss, "per_row_losses": [float(x) for x in per_row],
-                          "train_losses": [float(x) for x in train_losses], "train_tokens": train_tokens,
-                          "eval_tokens": eval_tokens, "seconds": seconds, "provenance": json.dumps(provenance),
-                          "attempts": attempts, "created_at": pd.Timestamp.now("UTC").tz_localize(None)}])
+         attempts, final: bool = True) -> EvalResultRecord:
+    return EvalResultRecord(cache_key=key, shard_hash=shard, status=status, final=final, error=error,
+                            eval_loss=None if loss is None else float(loss),
+                            per_row_losses=tuple(float(x) for x in per_row),
+                            train_losses=tuple(float(x) for x in train_losses), train_tokens=int(train_tokens),
+                            eval_tokens=int(eval_tokens), seconds=float(seconds), provenance=provenance,
+                            attempts=int(attempts), created_at=utcnow())
 
 
-def _record_of(hotkey: str, row: dict, cached: bool) -> EvalRecord:
-    ok = row["status"] == "ok"
-    return EvalRecord(hotkey=hotkey, status=row["status"], reason=None if ok else row["error"],
-                      cache_key=row["cache_key"], eval_loss=float(row["eval_loss"]) if ok else None, cached=cached,
-                      attempts=int(row["attempts"]), seconds=float(row["seconds"] or 0.0),
-                      train_tokens=int(row["train_tokens"] or 0))
+def _record_of(hotkey: str, row: EvalResultRecord, cached: bool) -> EvalRecord:
+    ok = row.status == "ok"
+    return EvalRecord(hotkey=hotkey, status=row.status, reason=None if ok else row.error,
+                      cache_key=row.cache_key, eval_loss=float(row.eval_loss) if ok else None, cached=cached,
+                      attempts=int(row.attempts), seconds=float(row.seconds or 0.0),
+                      train_tokens=int(row.train_tokens or 0))
 
 
 BASE_SHARD = "base-model"  # the cache entry of the base model's own eval loss (no training)
@@ -150,12 +145,11 @@ def base_eval_loss(evaluator: EvaluatorResource, hub: HubResource, warehouse: Wa
     provenance = evaluator.provenance(recipe=recipe)
     key = cache_key(BASE_SHARD, provenance, eval_revision)
     cached = warehouse.eval_result(key)
-    if cached is not None and cached["status"] == "ok":
-        return float(cached["eval_loss"])
+    if cached is not None and cached.status == "ok":
+        return float(cached.eval_loss)
     outcome = evaluator.base_loss(load_eval_rows(hub, eval_repo, eval_revision), recipe=recipe)
-    row = _row(key, BASE_SHARD, "ok", None, outcome.eval_loss, outcome.per_row_losses, [], 0, outcome.eval_tokens,
-               outcome.eval_seconds, provenance, 1)
-    warehouse.replace_rows("eval_results", row, "cache_key = ?", [key])
+    warehouse.record_eval_result(_row(key, BASE_SHARD, "ok", None, outcome.eval_loss, outcome.per_row_losses, [], 0,
+                                      outcome.eval_tokens, outcome.eval_seconds, provenance, 1))
     return float(outcome.eval_loss)
 
 
@@ -165,7 +159,7 @@ def record_abandoned_evaluation(warehouse: WarehouseResource, shard_hash: str, p
     out of memory, over their time limit): the miner then scores 0 with this error instead of staying pending."""
     key = cache_key(shard_hash, provenance, eval_revision)
     existing = warehouse.eval_result(key)
-    if existing is not None and existing["final"]:
+    if existing is not None and existing.final:
         return
-    row = _row(key, shard_hash, "failed", error, None, [], [], 0, 0, 0.0, provenance, attempts, final=True)
-    warehouse.replace_rows("eval_results", row, "cache_key = ?", [key])
+    warehouse.record_eval_result(_row(key, shard_hash, "failed", error, None, [], [], 0, 0, 0.0, provenance, attempts,
+                                      final=True))

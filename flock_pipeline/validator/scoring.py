@@ -6,8 +6,6 @@ import json
 import math
 from pathlib import Path
 
-import pandas as pd
-
 from flock_pipeline.core.competitions import Competition, Contender, RewardState, Round, ScoringContext
 from flock_pipeline.core.corpus import CorpusShard, build_corpus_records, corpus_sha256, write_corpus
 from flock_pipeline.core.schema import ChatRow
@@ -17,18 +15,18 @@ from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.resources.hub import HubResource
+from flock_pipeline.store import (CorpusRecord, EpochCompetitionRecord, EpochRecord, ScoreRecord,
+                                  WeightSubmissionRecord, utcnow)
 from flock_pipeline.validator.evaluation import base_eval_loss, competition_recipe, shard_cache_key
 from flock_pipeline.validator.faults import ValidatorFault
 from flock_pipeline.validator.shards import competition_of, epoch_setups
 
-WIN_RATE_COLUMNS = ["epoch", "hotkey", "uid", "status", "reason", "eval_loss", "win_rate", "weight", "competition",
-                    "competition_weight"]
 WEIGHTED = ("scored", "reward", "burn")  # the statuses a row may carry weight with
 
 
 def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
                          warehouse: WarehouseResource, hub: HubResource,
-                         chain: ChainResource | None = None) -> pd.DataFrame:
+                         chain: ChainResource | None = None) -> list[ScoreRecord]:
     """Scores and weights of every committing miner of `epoch`, each in its competition (0 with a reason for all but
     the rewarded), plus a row for a uid that is rewarded without a submission this epoch (a daily round's winner
     kept, or the burn uid).
@@ -44,11 +42,11 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
         raise RuntimeError(f"epoch {epoch} has no recorded commitments: materialize chain_commitments first")
     competitions = settings.competition_set()
     setups = epoch_setups(warehouse, epoch, competitions)
-    shards = {r["hotkey"]: r for r in warehouse.epoch_shards(epoch).to_dict("records")}
+    shards = {r.hotkey: r for r in warehouse.epoch_shards(epoch)}
     rows, contenders, failures, provenances = [], {c.name: [] for c in competitions}, {}, {}
     metagraph = chain.metagraph() if chain is not None else []
     coldkeys = {n.hotkey: n.coldkey for n in metagraph}
-    for c in warehouse.epoch_commitments(epoch).itertuples():
+    for c in warehouse.epoch_commitments(epoch):
         competition = competition_of(c, competitions)
         row = {"epoch": epoch, "hotkey": c.hotkey, "uid": int(c.uid), "status": "rejected", "reason": c.reason,
                "eval_loss": math.nan, "win_rate": 0.0, "weight": 0.0, "competition": competition,
@@ -62,34 +60,33 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
             continue
         if shard is None:
             row.update(status="not_deduplicated", reason="deduplicated_shards has not run for this miner")
-        elif shard["status"] != "eligible":
-            row.update(status="ineligible", reason=shard["reason"])
+        elif shard.status != "eligible":
+            row.update(status="ineligible", reason=shard.reason)
         else:
             setup = setups.get(competition, info)
             if competition not in provenances:  # once per competition, not per miner
                 provenances[competition] = evaluator.provenance(recipe=competition_recipe(settings, competition))
-            key = shard_cache_key({**shard, "eval_revision": setup["eval_revision"]}, evaluator, settings,
-                                  provenances[competition])
+            key = shard_cache_key(shard, setup.eval_revision, evaluator, settings, provenances[competition])
             result = warehouse.eval_result(key)
             if result is None:
                 row.update(status="not_evaluated", reason="no evaluation result for this shard and recipe")
-            elif result["status"] != "ok":
-                row.update(status="failed", reason=f"evaluation failed: {result['error']}")
-                failures[key] = str(result["error"])
+            elif result.status != "ok":
+                row.update(status="failed", reason=f"evaluation failed: {result.error}")
+                failures[key] = str(result.error)
             else:
-                row.update(status="scored", reason=None, eval_loss=float(result["eval_loss"]))
-                coldkey = c.coldkey if isinstance(getattr(c, "coldkey", None), str) else coldkeys.get(c.hotkey, "")
+                row.update(status="scored", reason=None, eval_loss=float(result.eval_loss))
+                coldkey = c.coldkey if c.coldkey is not None else coldkeys.get(c.hotkey, "")
                 contenders.setdefault(competition, []).append(Contender(
-                    int(c.uid), c.hotkey, float(result["eval_loss"]), int(c.commit_block), coldkey,
-                    tuple(float(x) for x in result["per_row_losses"])))
+                    int(c.uid), c.hotkey, float(result.eval_loss), int(c.commit_block), coldkey,
+                    tuple(float(x) for x in result.per_row_losses)))
     _refuse_common_failure(rows, failures, warehouse)
     outcomes, decisions = {}, []
     for competition in competitions:
         setup = setups.get(competition.name)
         if setup is None:  # an epoch opened before this competition was configured
             continue
-        if setup["round_id"] != "epoch" and setup["phase"] != "submission":
-            record_round_contenders(warehouse, competition.name, str(setup["round_id"]), contenders[competition.name])
+        if setup.round_id != "epoch" and setup.phase != "submission":
+            record_round_contenders(warehouse, competition.name, setup.round_id, contenders[competition.name])
         context = _context(epoch, competition, setup, info, contenders[competition.name], metagraph, chain, evaluator,
                            hub, warehouse)
         outcome = competition.score(contenders[competition.name], context)
@@ -105,30 +102,30 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
             if uid in outcome.reasons:
                 row["reason"] = outcome.reasons[uid]
     _combine(rows, competitions, outcomes, epoch)
-    frame = pd.DataFrame(rows, columns=WIN_RATE_COLUMNS)
-    _keep_what_was_recorded(epoch, warehouse.win_rates(epoch), frame, settings.replace_results)
+    scores = [ScoreRecord(**row) for row in rows]
+    _keep_what_was_recorded(epoch, warehouse.win_rates(epoch), scores, settings.replace_results)
     for name, decided, hotkeys in decisions:  # a round is decided only by a run whose scores are kept
         _record_decision(warehouse, name, decided, hotkeys, epoch)
-    warehouse.replace_rows("win_rates", frame, "epoch = ?", [epoch])
-    return frame
+    warehouse.record_scores(epoch, scores)
+    return scores
 
 
 class ResultsKept(RuntimeError):
     """A run would replace an epoch's recorded results with less; the recorded ones are kept."""
 
 
-def _keep_what_was_recorded(epoch: int, recorded: pd.DataFrame, new: pd.DataFrame, replace: bool) -> None:
+def _keep_what_was_recorded(epoch: int, recorded: list[ScoreRecord], new: list[ScoreRecord], replace: bool) -> None:
     """Scores already recorded for an epoch are never replaced by a run that scored fewer miners (a validator whose
     device or model broke would otherwise zero everyone), unless `replace_results` is set."""
-    if replace or recorded.empty:
+    if replace or not recorded:
         return
     # Only what the validator's own machinery lost counts: a miner that deregistered, took its repo down or turned
     # out a copy since the recorded run legitimately drops out.
-    now = dict(zip(new["hotkey"], new["status"]))
-    lost = sorted(hk for hk in recorded.loc[recorded["status"] == "scored", "hotkey"]
-                  if now.get(hk) in ("failed", "not_evaluated", "not_deduplicated"))
-    before = int((recorded["status"] == "scored").sum())
-    after = int((new["status"] == "scored").sum())
+    now = {r.hotkey: r.status for r in new}
+    lost = sorted(r.hotkey for r in recorded
+                  if r.status == "scored" and now.get(r.hotkey) in ("failed", "not_evaluated", "not_deduplicated"))
+    before = sum(r.status == "scored" for r in recorded)
+    after = sum(r.status == "scored" for r in new)
     if lost:
         raise ResultsKept(f"epoch {epoch} already has {before} scored miner(s); this run scored {after} (no longer: "
                           f"{', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}): the recorded scores are kept. "
@@ -148,26 +145,27 @@ def _refuse_common_failure(rows: list[dict], failures: dict[str, str], warehouse
             or len(set(unexplained.values())) != 1:
         return
     keys = sorted(failures)
-    warehouse.replace_rows("eval_results", pd.DataFrame(), f"cache_key IN ({', '.join('?' * len(keys))})", keys)
+    warehouse.drop_eval_results(keys)
     raise ValidatorFault(f"all {len(keys)} evaluated miners failed with the same error, so it is the validator's, "
                          f"not theirs: {next(iter(failures.values()))}; their results were dropped: fix it and run "
                          "the epoch's scoring again")
 
 
-def _context(epoch: int, competition: Competition, setup: dict, info: dict, contenders: list[Contender], metagraph,
+def _context(epoch: int, competition: Competition, setup: EpochCompetitionRecord, info: EpochRecord,
+             contenders: list[Contender], metagraph,
              chain: ChainResource | None, evaluator: EvaluatorResource, hub: HubResource,
              warehouse: WarehouseResource) -> ScoringContext:
     base = None
     if competition.needs_base_loss and contenders:
-        base = base_eval_loss(evaluator, hub, warehouse, setup["eval_repo"], setup["eval_revision"],
+        base = base_eval_loss(evaluator, hub, warehouse, setup.eval_repo, setup.eval_revision,
                               recipe=dict(competition.recipe))
     hotkeys = {n.uid: n.hotkey for n in metagraph}
     burn = getattr(competition, "burn_uid", None)
     if burn is None and chain is not None and competition.kind == "selection":
         owner = chain.owner_hotkey()
         burn = next((uid for uid, hk in hotkeys.items() if hk == owner), None)
-    rnd = Round(str(setup["round_id"]), str(setup["phase"]), int(setup["snapshot_block"]), note=str(setup["note"]))
-    return ScoringContext(now_block=int(info["block"]), previous=warehouse.previous_weights(epoch, competition.name),
+    rnd = Round(setup.round_id, setup.phase, int(setup.snapshot_block), note=setup.note or "")
+    return ScoringContext(now_block=int(info.block), previous=warehouse.previous_weights(epoch, competition.name),
                           base_loss=base, hotkeys=hotkeys, coldkeys={n.uid: n.coldkey for n in metagraph},
                           burn_uid=burn, round=rnd,
                           reward=reward_state(competition.name, rnd, warehouse) if rnd.round_id != "epoch" else None)
@@ -179,22 +177,22 @@ def reward_state(competition: str, rnd: Round, warehouse: WarehouseResource) -> 
     (epochs need not open inside the 30-minute window) from the contenders recorded for it; a reused round rewards
     the winner of the round it reuses; a round never seen here (the validator was not running) falls back to the
     latest decided one; none at all: nothing (burn)."""
-    current = warehouse.competition_round(competition, rnd.round_id) or {}
-    reused_now = _text(current.get("reused_from"))
+    current = warehouse.competition_round(competition, rnd.round_id)
+    reused_now = current.reused_from if current is not None else None
     target_id = rnd.round_id if rnd.phase == "rewarding" else _day_before(rnd.round_id)
     target = current if target_id == rnd.round_id else warehouse.competition_round(competition, target_id)
-    if target is not None and _text(target.get("reused_from")) is not None:
-        source = warehouse.competition_round(competition, target["reused_from"])
-        if source is not None and source["decided"]:
-            return RewardState(source["round_id"], _uid(source["winner_uid"]), reused_from=reused_now)
-    elif target is not None and target.get("decided"):
-        return RewardState(target_id, _uid(target.get("winner_uid")), reused_from=reused_now)
+    if target is not None and target.reused_from is not None:
+        source = warehouse.competition_round(competition, target.reused_from)
+        if source is not None and source.decided:
+            return RewardState(source.round_id, source.winner_uid, reused_from=reused_now)
+    elif target is not None and target.decided:
+        return RewardState(target_id, target.winner_uid, reused_from=reused_now)
     elif target is not None:
-        stored = None if target_id == rnd.round_id else tuple(_contenders(target.get("contenders")))
+        stored = None if target_id == rnd.round_id else tuple(_contenders(target.contenders))
         return RewardState(target_id, None, decide_now=True, reused_from=reused_now, contenders=stored)
-    for r in warehouse.rounds_before(competition, target_id).to_dict("records"):
-        if r["decided"]:
-            return RewardState(r["round_id"], _uid(r["winner_uid"]), reused_from=reused_now)
+    for r in warehouse.rounds_before(competition, target_id):
+        if r.decided:
+            return RewardState(r.round_id, r.winner_uid, reused_from=reused_now)
     return RewardState(None, None, reused_from=reused_now)
 
 
@@ -204,12 +202,8 @@ def _day_before(round_id: str) -> str:
     return (datetime.strptime(round_id, "%Y%m%d") - timedelta(days=1)).strftime("%Y%m%d")
 
 
-def _text(value) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _contenders(text) -> list[Contender]:
-    if not isinstance(text, str):
+def _contenders(text: str | None) -> list[Contender]:
+    if text is None:
         return []
     return [Contender(int(c["uid"]), c["hotkey"], float(c["loss"]), int(c["block"]), c.get("coldkey", ""))
             for c in json.loads(text)]
@@ -219,27 +213,20 @@ def record_round_contenders(warehouse: WarehouseResource, competition: str, roun
                             contenders: list[Contender]) -> None:
     """Keep a daily round's evaluated submissions with its record, so that it can be decided at a later epoch."""
     record = warehouse.competition_round(competition, round_id)
-    if record is None or record["decided"] or _text(record.get("reused_from")) is not None:
+    if record is None or record.decided or record.reused_from is not None:
         return
-    record["contenders"] = json.dumps([{"uid": c.uid, "hotkey": c.hotkey, "coldkey": c.coldkey, "loss": c.loss,
-                                        "block": c.block} for c in contenders], sort_keys=True)
-    warehouse.replace_rows("competition_rounds", pd.DataFrame([record]), "competition = ? AND round_id = ?",
-                           [competition, round_id])
-
-
-def _uid(value) -> int | None:
-    return None if value is None or pd.isna(value) else int(value)
+    warehouse.record_round(record.replace(contenders=json.dumps(
+        [{"uid": c.uid, "hotkey": c.hotkey, "coldkey": c.coldkey, "loss": c.loss, "block": c.block}
+         for c in contenders], sort_keys=True)))
 
 
 def _record_decision(warehouse: WarehouseResource, competition: str, decided: tuple, hotkeys: dict, epoch: int) -> None:
     round_id, uid, loss = decided
     record = warehouse.competition_round(competition, round_id)
-    if record is None or record["decided"]:
+    if record is None or record.decided:
         return
-    record.update(decided=True, winner_uid=uid, winner_hotkey=hotkeys.get(uid) if uid is not None else None,
-                  winner_loss=loss, decided_epoch=epoch)
-    warehouse.replace_rows("competition_rounds", pd.DataFrame([record]), "competition = ? AND round_id = ?",
-                           [competition, round_id])
+    warehouse.record_round(record.replace(decided=True, winner_uid=uid, winner_loss=loss, decided_epoch=epoch,
+                                          winner_hotkey=hotkeys.get(uid) if uid is not None else None))
 
 
 def _combine(rows: list[dict], competitions, outcomes: dict, epoch: int) -> None:
@@ -271,25 +258,25 @@ def _combine(rows: list[dict], competitions, outcomes: dict, epoch: int) -> None
             row["weight"] += float(c.share) / total_share * w
 
 
-def weighted_uids(frame: pd.DataFrame) -> set[int]:
+def weighted_uids(scores: list[ScoreRecord]) -> set[int]:
     """The uids that may carry weight: scored miners, a daily round's rewarded winner, the burn uid."""
-    return {int(r.uid) for r in frame.itertuples() if r.status in WEIGHTED}
+    return {int(r.uid) for r in scores if r.status in WEIGHTED}
 
 
-def weights_of(frame: pd.DataFrame) -> dict[int, float]:
+def weights_of(scores: list[ScoreRecord]) -> dict[int, float]:
     """uid -> weight for every non-zero weight (negative and NaN ones included, so validation sees them)."""
-    return {int(r.uid): float(r.weight) for r in frame.itertuples() if r.weight != 0}
+    return {int(r.uid): float(r.weight) for r in scores if r.weight != 0}
 
 
 def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSettingsResource,
                          warehouse: WarehouseResource) -> dict:
     """Send the epoch's weights once; a repeated call returns the recorded answer instead of sending again."""
     done = warehouse.weight_submission(epoch)
-    if done is not None and done["success"]:
-        return {**done, "resubmitted": False}
-    frame = warehouse.win_rates(epoch)
-    weights = weights_of(frame)
-    validate_weights(weights, weighted_uids(frame))  # never send NaN, negative, unnormalised or ineligible weights
+    if done is not None and done.success:
+        return {**_submission_dict(done), "resubmitted": False}
+    scores = warehouse.win_rates(epoch)
+    weights = weights_of(scores)
+    validate_weights(weights, weighted_uids(scores))  # never send NaN, negative, unnormalised or ineligible weights
     uids, u16 = to_u16(weights)
     if not uids:
         receipt = WeightsReceipt(False, chain.current_block(), "no miner was scored: nothing to submit")
@@ -298,8 +285,8 @@ def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSe
         # weights landed since, instead of sending an epoch's weights twice. Only then: another epoch's weights
         # (or the chain's own reveal of a commit) can never be mistaken for this epoch's.
         already = None
-        if done is not None and str(done["message"]).startswith(IN_FLIGHT):
-            already = chain.weights_set_since(settings.validator_hotkey, int(done["block"]), uids, u16)
+        if done is not None and done.message.startswith(IN_FLIGHT):
+            already = chain.weights_set_since(settings.validator_hotkey, int(done.block), uids, u16)
         if already is not None:
             receipt = WeightsReceipt(True, already, f"already set at block {already} by an earlier run of this "
                                                     "epoch (found on the chain; not sent again)")
@@ -309,7 +296,7 @@ def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSe
                                uids, u16)
             receipt = chain.set_weights(settings.validator_hotkey, uids, u16, settings.weights_version_key)
     row = _record_submission(warehouse, epoch, receipt, uids, u16)
-    return {**row, "uids": uids, "weights": u16, "resubmitted": True}
+    return {**row, "resubmitted": True}
 
 
 IN_FLIGHT = "in flight"  # the message of a submission that was sent but whose answer is not recorded yet
@@ -317,47 +304,51 @@ IN_FLIGHT = "in flight"  # the message of a submission that was sent but whose a
 
 def _record_submission(warehouse: WarehouseResource, epoch: int, receipt: WeightsReceipt, uids: list[int],
                        u16: list[int]) -> dict:
-    row = {"epoch": epoch, "success": receipt.success, "block": receipt.block, "message": receipt.message,
-           "uids": json.dumps(uids), "weights": json.dumps(u16), "retry_after_block": receipt.retry_after_block,
-           "created_at": pd.Timestamp.now("UTC").tz_localize(None)}
-    warehouse.replace_rows("weight_submissions", pd.DataFrame([row]), "epoch = ?", [epoch])
-    return row
+    record = WeightSubmissionRecord(epoch=epoch, success=receipt.success, block=receipt.block,
+                                    message=receipt.message, uids=tuple(uids), weights=tuple(u16),
+                                    retry_after_block=receipt.retry_after_block, created_at=utcnow())
+    warehouse.record_weight_submission(record)
+    return _submission_dict(record)
+
+
+def _submission_dict(record: WeightSubmissionRecord) -> dict:
+    out = record.as_dict()
+    out.update(uids=list(record.uids), weights=list(record.weights))
+    return out
 
 
 def build_epoch_corpus(epoch: int, settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dict:
     """Merge the scored miners' shards, best first, with provenance; writes JSONL, Parquet and a `datasets` dir.
     Only competitions whose rows are new data contribute (not the selection game: its rows are the pool's own)."""
     scores = warehouse.win_rates(epoch)
-    shards = warehouse.epoch_shards(epoch).set_index("hotkey")
+    shards = {s.hotkey: s for s in warehouse.epoch_shards(epoch)}
     competitions = settings.competition_set()
     corpus_games = {c.name for c in competitions if c.in_corpus}
     parts = []
-    for r in scores.itertuples():
-        if r.status != "scored" or (isinstance(r.competition, str) and r.competition not in corpus_games):
+    for r in scores:
+        if r.status != "scored" or (r.competition is not None and r.competition not in corpus_games):
             continue
-        s = shards.loc[r.hotkey]
-        rows = warehouse.shard_rows(s["shard_hash"])
-        parts.append(CorpusShard(hotkey=r.hotkey, uid=int(r.uid), repo=s["repo"], revision=s["revision"],
-                                 commit_block=int(s["commit_block"]), miner_score=float(r.weight),
+        s = shards[r.hotkey]
+        rows = warehouse.shard_rows(s.shard_hash)
+        parts.append(CorpusShard(hotkey=r.hotkey, uid=int(r.uid), repo=s.repo, revision=s.revision,
+                                 commit_block=int(s.commit_block), miner_score=float(r.weight),
                                  eval_loss=float(r.eval_loss),
-                                 rows=tuple((h, ChatRow.from_json_obj(json.loads(j)))
-                                            for h, j in zip(rows["row_hash"], rows["row_json"]))))
+                                 rows=tuple((x.row_hash, ChatRow.from_json_obj(json.loads(x.row_json)))
+                                            for x in rows)))
     records = build_corpus_records(parts)
-    published = warehouse.query("SELECT * FROM corpora WHERE epoch = ?", [epoch])
-    previous = None if published.empty else published.iloc[0].to_dict()
-    if previous is not None and len(records) < int(previous["rows"]) and not settings.replace_results:
-        raise ResultsKept(f"epoch {epoch}'s published corpus has {int(previous['rows'])} rows; this run built "
+    previous = warehouse.corpus(epoch)
+    if previous is not None and len(records) < int(previous.rows) and not settings.replace_results:
+        raise ResultsKept(f"epoch {epoch}'s published corpus has {int(previous.rows)} rows; this run built "
                           f"{len(records)}: the published release is kept. To publish the smaller one beside it set "
                           "FLOCK_SETTINGS='{\"replace_results\": true}'")
     release = corpus_sha256(records)
-    if previous is not None and previous["sha256"] == release and Path(previous["jsonl_path"]).is_file():
-        return previous  # the same release: nothing is rewritten
+    if previous is not None and previous.sha256 == release and Path(previous.jsonl_path).is_file():
+        return previous.as_dict()  # the same release: nothing is rewritten
     # Releases are immutable: the first one of an epoch is `epoch-N/`, a different later one goes beside it.
     base = Path(settings.corpus_dir) / f"epoch-{epoch}"
     target = base if previous is None and not base.exists() else base.with_name(f"epoch-{epoch}-{release[:12]}")
     out = write_corpus(records, target)
-    row = {"epoch": epoch, "rows": len(records), "miners": len(parts), "sha256": out["sha256"],
-           "jsonl_path": out["jsonl"], "parquet_path": out["parquet"],
-           "created_at": pd.Timestamp.now("UTC").tz_localize(None)}
-    warehouse.replace_rows("corpora", pd.DataFrame([row]), "epoch = ?", [epoch])
-    return row
+    corpus = CorpusRecord(epoch=epoch, rows=len(records), miners=len(parts), sha256=out["sha256"],
+                          jsonl_path=out["jsonl"], parquet_path=out["parquet"], created_at=utcnow())
+    warehouse.record_corpus(corpus)
+    return corpus.as_dict()

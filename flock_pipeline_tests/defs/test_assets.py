@@ -3,6 +3,7 @@
 import dagster as dg
 import pytest
 
+from flock_pipeline.store import EvalResultRecord, frame as records_frame
 from flock_pipeline.defs import build_definitions
 from flock_pipeline.defs.assets import (ASSETS, chain_commitments, deduplicated_shards, epochs_partitions,
                                         final_corpus, miner_datasets, miner_eval_losses, miners_partitions,
@@ -70,7 +71,7 @@ def test_asset_by_asset(demo):
     meta = _metadata(_materialize([win_rates, submitted_weights, final_corpus], key, resources, instance),
                      win_rates)
     assert meta["scored"] == 1
-    frame = resources["warehouse"].win_rates(epoch).set_index("hotkey")
+    frame = records_frame(resources["warehouse"].win_rates(epoch)).set_index("hotkey")
     assert frame.loc["hk-honest-fair", "status"] == "not_evaluated"
     assert frame.loc["hk-weak-offdomain", "status"] == "not_deduplicated"
     assert frame.loc["hk-copier", "status"] == "ineligible" and frame.loc["hk-copier", "weight"] == 0
@@ -87,11 +88,10 @@ def test_blocking_check_stops_weight_submission(demo, monkeypatch):
     real = scoring.compute_epoch_scores
 
     def tampered(epoch, evaluator, settings, warehouse, hub, chain):  # a scoring bug that pays an ineligible miner
-        frame = real(epoch, evaluator, settings, warehouse, hub, chain)
-        frame.loc[frame["hotkey"] == "hk-copier", "weight"] = 0.5
-        warehouse.replace_rows("win_rates", frame, "epoch = ?", [epoch])
-        warehouse.replace_rows("weight_submissions", frame.iloc[:0][[]], "epoch = ?", [epoch])
-        return frame
+        scores = [r.replace(weight=0.5) if r.hotkey == "hk-copier" else r
+                  for r in real(epoch, evaluator, settings, warehouse, hub, chain)]
+        warehouse.record_scores(epoch, scores)
+        return scores
 
     monkeypatch.setattr("flock_pipeline.defs.assets.compute_epoch_scores", tampered)
     result = _materialize([win_rates, submitted_weights], str(epoch), resources, instance, raise_on_error=False)
@@ -119,8 +119,8 @@ def test_a_broken_base_model_is_the_validators_fault_not_the_miners(demo, damage
     resources = {**resources, "evaluator": EvaluatorResource(base_model=str(broken), cache_dir=str(home / "m"))}
     with pytest.raises(EpochFailed, match="validator fault"):
         run_epoch(epoch, resources, instance)
-    assert resources["warehouse"].win_rates(epoch).empty
-    assert resources["warehouse"].query("SELECT * FROM eval_results").empty
+    assert resources["warehouse"].win_rates(epoch) == []
+    assert resources["warehouse"].rows(EvalResultRecord) == []
     assert resources["chain"].weights_history("validator") == []
 
 
@@ -150,7 +150,7 @@ def test_commitment_rules(tmp_path):
     young_block = chain.set_commitment("young", f"ns/young:1:{rev_a}")  # 1 block before epoch 2 opens
     chain.advance(1)
     settings = ValidatorSettingsResource(corpus_dir=str(tmp_path / "corpus"), min_commitment_age=5)
-    frame = snapshot_commitments(2, chain, hub, settings, warehouse).set_index("hotkey")
+    frame = records_frame(snapshot_commitments(2, chain, hub, settings, warehouse)).set_index("hotkey")
     assert frame.loc["ok", "status"] == "ok"
     assert "predates the hotkey's registration" in frame.loc["stale", "reason"]
     assert "competition '2'" in frame.loc["other", "reason"]
@@ -159,7 +159,8 @@ def test_commitment_rules(tmp_path):
     assert frame.loc["changed", "status"] == "ok" and frame.loc["changed", "revision"] == rev_b
     assert frame.loc["changed", "commit_block"] == changed_block  # a new submission: its own, later block
     relaxed = ValidatorSettingsResource(corpus_dir=str(tmp_path / "corpus"))
-    assert snapshot_commitments(2, chain, hub, relaxed, warehouse).set_index("hotkey").loc["young", "status"] == "ok"
+    young = next(c for c in snapshot_commitments(2, chain, hub, relaxed, warehouse) if c.hotkey == "young")
+    assert young.status == "ok"
 
 
 def test_the_epoch_dedup_plan_is_made_once_and_remade_when_its_inputs_change(demo, monkeypatch):
@@ -170,7 +171,7 @@ def test_the_epoch_dedup_plan_is_made_once_and_remade_when_its_inputs_change(dem
     _, resources, instance, epoch = demo
     instance.add_dynamic_partitions(epochs_partitions.name, [str(epoch)])
     _materialize([chain_commitments], str(epoch), resources, instance)
-    hotkeys = list(resources["warehouse"].epoch_commitments(epoch)["hotkey"])
+    hotkeys = [c.hotkey for c in resources["warehouse"].epoch_commitments(epoch)]
     for hotkey in hotkeys[:-1]:
         _materialize([miner_datasets], hotkey, resources, instance)
     calls = []
@@ -180,7 +181,7 @@ def test_the_epoch_dedup_plan_is_made_once_and_remade_when_its_inputs_change(dem
     first = shards.plan_epoch_shards(*args)
     again = shards.plan_epoch_shards(*args)
     assert len(calls) == 1 and again[0] == first[0]
-    kept = [{h: list(f["row_hash"]) for h, f in plan[1].items()} for plan in (first, again)]
+    kept = [{h: [row_hash for row_hash, _ in rows] for h, rows in plan[1].items()} for plan in (first, again)]
     assert kept[0] == kept[1]
     _materialize([miner_datasets], hotkeys[-1], resources, instance)  # one more dataset: a new plan
     shards.plan_epoch_shards(*args)

@@ -43,15 +43,15 @@ def test_weights_reached_the_chain(demo_epoch):
 
 def test_corpus_has_provenance_and_best_first(demo_epoch):
     home, resources, _, epoch, report = demo_epoch
-    row = resources["warehouse"].query("SELECT * FROM corpora WHERE epoch = ?", [epoch]).iloc[0]
-    frame = pd.read_parquet(row["parquet_path"])
+    row = resources["warehouse"].corpus(epoch)
+    frame = pd.read_parquet(row.parquet_path)
     # the scored miners' rows; off-domain data that does not beat the base model stays out of the corpus
     assert len(frame) == report["honest-good"]["rows_kept"] + report["honest-fair"]["rows_kept"]
     assert set(frame["hotkey"]) == {"hk-honest-good", "hk-honest-fair"}
     assert frame["hotkey"].iloc[0] == "hk-honest-good"
     assert list(frame["miner_score"]) == sorted(frame["miner_score"], reverse=True)
     assert frame["revision"].str.len().eq(40).all() and frame["row_hash"].is_unique
-    first = json.loads(open(row["jsonl_path"]).readline())
+    first = json.loads(open(row.jsonl_path).readline())
     assert first["conversations"][0]["role"] == "user" and first["uid"] == report["honest-good"]["uid"]
 
 

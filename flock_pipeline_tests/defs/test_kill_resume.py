@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from flock_pipeline.store import CorpusRecord
 from flock_pipeline.defs.epoch import run_epoch
 from flock_pipeline.demo import epoch_report, seed_demo_network
 from flock_pipeline.resources import build_resources
@@ -25,7 +26,7 @@ DEADLINE_S = 600  # the whole test, kills and resumes together
 def _outcome(home: Path, epoch: int) -> dict:
     resources = build_resources(home)
     warehouse = resources["warehouse"]
-    corpus = warehouse.query("SELECT rows, sha256 FROM corpora WHERE epoch = ?", [epoch]).to_dict("records")
+    corpus = [(c.rows, c.sha256) for c in warehouse.rows(CorpusRecord, epoch=epoch)]
     return {"report": {m["hotkey"]: (m["status"], m["reason"], m["eval_loss"], m["win_rate"], m["weight"])
                        for m in epoch_report(epoch, warehouse)},
             "corpus": corpus,

@@ -49,7 +49,7 @@ def test_exactly_one_miner_gets_weight_one_the_earliest_of_the_k_best(selection)
     # the rule, recomputed from what the warehouse recorded: k from the metagraph, the k lowest losses, earliest
     chain = LocalChainResource(path=str(home / "chain.json"))
     commits = WarehouseResource(path=str(home / "warehouse.duckdb")).epoch_commitments(doc["epoch"])
-    blocks = dict(zip(commits["hotkey"], commits["commit_block"]))
+    blocks = {c.hotkey: c.commit_block for c in commits}
     k = SelectionCompetition(name="s").top_k(len(chain.metagraph()))
     assert k == 2
     scored = sorted((m for m in doc["miners"] if m["status"] == "scored"), key=lambda m: (m["eval_loss"], m["uid"]))
@@ -117,13 +117,13 @@ def test_a_changed_pool_opens_a_new_round_and_commitments_carry_over(selection, 
     assert rounds == [("20260204", "validation"), ("20260204", "rewarding")]
     warehouse, chain = resources["warehouse"], resources["chain"]
     record = warehouse.competition_round("selection", "20260204")
-    assert record["reused_from"] is None and record["decided"] and int(record["decided_epoch"]) == 218
+    assert record.reused_from is None and record.decided and record.decided_epoch == 218
     old_winner = _uid(chain, "hk-random-selector")
     assert cycle[0]["weights"] == {str(old_winner): 1.0}  # while round 20260204 is validated, the last winner keeps it
     report = {m["label"]: m for m in epoch_report(218, warehouse, demo["labels"])}
     assert report["late"]["status"] == "scored"  # its commitment predates this round's window
     (winner,) = [m for m in report.values() if m["weight"] > 0]
-    assert cycle[1]["weights"] == {str(winner["uid"]): 1.0} and int(record["winner_uid"]) == winner["uid"]
+    assert cycle[1]["weights"] == {str(winner["uid"]): 1.0} and record.winner_uid == winner["uid"]
 
 
 @pytest.mark.slow
@@ -195,7 +195,7 @@ def test_a_round_is_decided_by_the_first_epoch_after_its_reward_time(tmp_path, t
     winner = _uid(resources["chain"], "hk-random-selector")
     assert cycle[1]["weights"] == {str(winner): 1.0} and "winner of round 20260202" in cycle[1]["why"][str(winner)]
     record = resources["warehouse"].competition_round("selection", "20260202")
-    assert record["decided"] and int(record["winner_uid"]) == winner and int(record["decided_epoch"]) == 76
+    assert record.decided and record.winner_uid == winner and record.decided_epoch == 76
 
 
 def test_a_winner_whose_hotkey_left_keeps_its_place_and_its_reward_follows_its_coldkey(tmp_path, tiny_model_dir):
@@ -232,7 +232,7 @@ def test_a_winner_whose_hotkey_left_keeps_its_place_and_its_reward_follows_its_c
     assert report["hk-random-selector"]["status"] == "scored" and report["hk-random-selector"]["uid"] == old["uid"]
     assert f"the reward goes to uid {moved.uid}" in report["hk-random-selector"]["reason"]
     record = resources["warehouse"].competition_round("selection", "20260202")
-    assert int(record["winner_uid"]) == moved.uid
+    assert record.winner_uid == moved.uid
 
 
 def epoch_report_of(resources, epoch):

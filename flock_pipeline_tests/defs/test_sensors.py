@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from flock_pipeline.store import EvalResultRecord
 from flock_pipeline.core.commitment import Commitment
 from flock_pipeline.defs.assets import epochs_partitions, miners_partitions
 from flock_pipeline.defs.epoch import _run
@@ -85,21 +86,21 @@ def test_epoch_progress_sensor_walks_the_epoch(demo):
 
     _run([win_rates, submitted_weights, final_corpus], key, resources, instance)
     sent = resources["warehouse"].weight_submission(epoch)
-    assert not sent["success"] and "rate limited" in sent["message"]
+    assert not sent.success and "rate limited" in sent.message
     waiting = tick()
     assert isinstance(waiting, dg.SkipReason) and "rate-limited until block" in waiting.skip_message
     chain.advance(chain.weights_rate_limit)
     [(run_key, _, selection)] = _keys(tick())
-    assert run_key == f"weights:{key}:{int(sent['retry_after_block'])}" and selection == ["submitted_weights"]
+    assert run_key == f"weights:{key}:{sent.retry_after_block}" and selection == ["submitted_weights"]
     _run([submitted_weights], key, resources, instance)
-    assert resources["warehouse"].weight_submission(epoch)["success"]
+    assert resources["warehouse"].weight_submission(epoch).success
     assert isinstance(tick(), dg.SkipReason)
     assert set(instance.get_dynamic_partitions(miners_partitions.name)) == {h for _, h, _ in downloads}
 
 
 def _repo_revision(resources, hotkey):
     c = resources["warehouse"].miner_commitment(hotkey)
-    return c["repo"], c["revision"]
+    return c.repo, c.revision
 
 
 def test_a_run_that_crashes_is_retried_under_a_new_key_then_given_up(demo, tmp_path):
@@ -147,7 +148,7 @@ def test_an_evaluation_whose_runs_keep_dying_is_recorded_as_failed(demo):
     warehouse, evaluator = resources["warehouse"], resources["evaluator"]
     instance.add_dynamic_partitions(epochs_partitions.name, [key])
     _run([chain_commitments], key, resources, instance)
-    hotkeys = list(warehouse.epoch_commitments(epoch)["hotkey"])
+    hotkeys = [c.hotkey for c in warehouse.epoch_commitments(epoch)]
     for hotkey in hotkeys:
         _run([miner_datasets], hotkey, resources, instance, epoch)
     _run([deduplicated_shards], "hk-honest-fair", resources, instance, epoch)
@@ -162,18 +163,18 @@ def test_an_evaluation_whose_runs_keep_dying_is_recorded_as_failed(demo):
     requests, _ = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance)
     assert "hk-honest-fair" not in [r.partition_key for r in requests]  # given up: the others go on
     assert len(requests) == len(hotkeys) - 1
-    shard = warehouse.epoch_shards(epoch).set_index("hotkey").loc["hk-honest-fair"]
-    result = warehouse.eval_result(cache_key(shard["shard_hash"], provenance,
-                                             warehouse.epoch_info(epoch)["eval_revision"]))
-    assert result["status"] == "failed" and result["final"] and result["eval_loss"] != result["eval_loss"]
-    assert "3 evaluation runs failed without a result" in result["error"]
+    shard = next(s for s in warehouse.epoch_shards(epoch) if s.hotkey == "hk-honest-fair")
+    result = warehouse.eval_result(cache_key(shard.shard_hash, provenance, warehouse.epoch_info(epoch).eval_revision))
+    assert result.status == "failed" and result.final and result.eval_loss is None
+    assert "3 evaluation runs failed without a result" in result.error
     for hotkey in hotkeys:
         if hotkey != "hk-honest-fair":
             _run([deduplicated_shards, miner_eval_losses], hotkey, resources, instance, epoch)
     scores = compute_epoch_scores(epoch, evaluator, resources["settings"], warehouse, resources["hub"])
-    row = scores.set_index("hotkey").loc["hk-honest-fair"]
-    assert row["status"] == "failed" and row["weight"] == 0.0 and "evaluation runs failed" in row["reason"]
-    assert scores.set_index("hotkey").loc["hk-honest-good", "weight"] > 0
+    by_hotkey = {r.hotkey: r for r in scores}
+    row = by_hotkey["hk-honest-fair"]
+    assert row.status == "failed" and row.weight == 0.0 and "evaluation runs failed" in row.reason
+    assert by_hotkey["hk-honest-good"].weight > 0
 
 
 def test_evaluation_runs_stopped_by_a_validator_fault_are_never_recorded_against_the_miner(demo):
@@ -190,7 +191,7 @@ def test_evaluation_runs_stopped_by_a_validator_fault_are_never_recorded_against
     warehouse = resources["warehouse"]
     instance.add_dynamic_partitions(epochs_partitions.name, [key])
     _run([chain_commitments], key, resources, instance)
-    for hotkey in warehouse.epoch_commitments(epoch)["hotkey"]:
+    for hotkey in [c.hotkey for c in warehouse.epoch_commitments(epoch)]:
         _run([miner_datasets], hotkey, resources, instance, epoch)
     cuda = {**resources, "evaluator": EvaluatorResource(device="cuda", cache_dir=str(home / "models"))}
     provenance = cuda["evaluator"].provenance()
@@ -203,7 +204,7 @@ def test_evaluation_runs_stopped_by_a_validator_fault_are_never_recorded_against
         assert not failed.success
     requests, stage = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance)
     assert "hk-honest-fair" not in [r.partition_key for r in requests]
-    assert warehouse.query("SELECT * FROM eval_results").empty  # nothing recorded against the miner
+    assert warehouse.rows(EvalResultRecord) == []  # nothing recorded against the miner
     for r in requests:  # the others run into the same fault; once they have too, the epoch says why it stopped
         for attempt in range(MAX_RUN_ATTEMPTS):
             suffix = "" if attempt == 0 else f"#retry{attempt}"
@@ -213,4 +214,4 @@ def test_evaluation_runs_stopped_by_a_validator_fault_are_never_recorded_against
                            tags={**r.tags, "dagster/run_key": run_key})
     requests, stage = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance)
     assert requests == [] and stage.startswith("stopped by a validator fault") and "FLOCK_DEVICE=cuda" in stage
-    assert warehouse.query("SELECT * FROM eval_results").empty
+    assert warehouse.rows(EvalResultRecord) == []

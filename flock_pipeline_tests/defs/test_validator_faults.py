@@ -5,12 +5,12 @@ import json
 import shutil
 
 import dagster as dg
-import pandas as pd
 import pytest
 
 from flock_pipeline.defs.epoch import EpochFailed, RunnerBusy, run_epoch, runner_lock
 from flock_pipeline.demo import epoch_report, seed_demo_network
 from flock_pipeline.resources import EvaluatorResource, LocalHubResource, ValidatorSettingsResource, build_resources
+from flock_pipeline.store import CorpusRecord, EvalResultRecord, ShardRecord
 from flock_pipeline.validator.faults import ValidatorFault
 from flock_pipeline.validator.scoring import ResultsKept, build_epoch_corpus, compute_epoch_scores
 
@@ -34,15 +34,15 @@ def _state(resources: dict, epoch: int) -> dict:
     warehouse = resources["warehouse"]
     return {"report": {m["hotkey"]: (m["status"], m["eval_loss"], m["weight"])
                        for m in epoch_report(epoch, warehouse)},
-            "results": warehouse.query("SELECT cache_key, status, eval_loss FROM eval_results ORDER BY 1"),
-            "corpus": warehouse.query("SELECT rows, sha256, jsonl_path FROM corpora WHERE epoch = ?", [epoch]),
+            "results": [(r.cache_key, r.status, r.eval_loss) for r in warehouse.rows(EvalResultRecord)],
+            "corpus": [(r.rows, r.sha256, r.jsonl_path) for r in warehouse.rows(CorpusRecord, epoch=epoch)],
             "weights": resources["chain"].weights_history("validator")}
 
 
 def _same(before: dict, after: dict) -> None:
     assert after["report"] == before["report"]
-    pd.testing.assert_frame_equal(after["results"], before["results"])
-    pd.testing.assert_frame_equal(after["corpus"], before["corpus"])
+    assert after["results"] == before["results"]
+    assert after["corpus"] == before["corpus"]
     assert after["weights"] == before["weights"]
 
 
@@ -90,7 +90,7 @@ def test_an_unloadable_eval_set_stops_the_epoch_before_any_miner_is_judged(copy)
     with pytest.raises(EpochFailed, match="eval set flock/eval-atlas@.* is invalid"):
         run_epoch(epoch + 1, resources, dg.DagsterInstance.ephemeral())
     warehouse = resources["warehouse"]
-    assert warehouse.query("SELECT count(*) AS n FROM shards WHERE epoch = ?", [epoch + 1])["n"].iloc[0] == 0
+    assert warehouse.rows(ShardRecord, epoch=epoch + 1) == []
     _same(before, _state(resources, epoch))
     hub.upload(EVAL_REPO, good, private=False)  # fixed (a new revision of the same rows)
     chain.advance(chain.epoch_start(epoch + 2) - chain.current_block())
@@ -104,25 +104,25 @@ def test_every_miner_failing_the_same_way_is_the_validators_fault(copy):
     resources = build_resources(home)
     warehouse = resources["warehouse"]
     failed = "RuntimeError: a broken library"
-    warehouse.replace_rows("eval_results", pd.DataFrame(), "shard_hash <> 'base-model'", [])
+    warehouse.drop_eval_results([r.cache_key for r in warehouse.rows(EvalResultRecord)
+                                 if r.shard_hash != "base-model"])
     from flock_pipeline.validator.evaluation import shard_cache_key
 
     keys = []
-    for shard in warehouse.epoch_shards(epoch).to_dict("records"):
-        if shard["status"] == "eligible":
-            setup = warehouse.epoch_competition(epoch, shard["competition"])
-            key = shard_cache_key({**shard, "eval_revision": setup["eval_revision"]}, resources["evaluator"],
-                                  resources["settings"])
+    for shard in warehouse.epoch_shards(epoch):
+        if shard.status == "eligible":
+            setup = warehouse.epoch_competition(epoch, shard.competition)
+            key = shard_cache_key(shard, setup.eval_revision, resources["evaluator"], resources["settings"])
             keys.append(key)
-            warehouse.replace_rows("eval_results", pd.DataFrame([{
-                "cache_key": key, "shard_hash": shard["shard_hash"], "status": "failed", "final": True,
-                "error": failed, "attempts": 3}]), "cache_key = ?", [key])
+            warehouse.record_eval_result(EvalResultRecord(
+                cache_key=key, shard_hash=shard.shard_hash, status="failed", final=True, error=failed,
+                eval_loss=None, attempts=3))
     assert len(keys) >= 2
     with pytest.raises(ValidatorFault, match=r"all 3 evaluated miners failed with the same error"):
         compute_epoch_scores(epoch, resources["evaluator"], resources["settings"], warehouse, resources["hub"],
                              resources["chain"])
-    remaining = warehouse.query("SELECT count(*) AS n FROM eval_results WHERE status = 'failed'")["n"].iloc[0]
-    assert remaining == 0  # dropped: the next run evaluates them again
+    remaining = [r for r in warehouse.rows(EvalResultRecord) if r.status == "failed"]
+    assert remaining == []  # dropped: the next run evaluates them again
     assert {hk: v[0] for hk, v in _state(resources, epoch)["report"].items()} == \
         {hk: v[0] for hk, v in before["report"].items()}  # the recorded scores stay
 
@@ -131,7 +131,8 @@ def test_scores_are_never_replaced_by_a_run_that_scored_fewer_miners(copy):
     home, epoch, before = copy
     resources = build_resources(home)
     warehouse = resources["warehouse"]
-    warehouse.replace_rows("eval_results", pd.DataFrame(), "shard_hash <> 'base-model' AND eval_loss < 1.9", [])
+    warehouse.drop_eval_results([r.cache_key for r in warehouse.rows(EvalResultRecord)
+                                 if r.shard_hash != "base-model" and r.eval_loss < 1.9])
     args = (epoch, resources["evaluator"], resources["settings"], warehouse, resources["hub"], resources["chain"])
     with pytest.raises(ResultsKept, match="already has 2 scored miner"):
         compute_epoch_scores(*args)
@@ -139,25 +140,24 @@ def test_scores_are_never_replaced_by_a_run_that_scored_fewer_miners(copy):
     replacing = ValidatorSettingsResource(corpus_dir=str(home / "corpus"), replace_results=True)
     frame = compute_epoch_scores(epoch, resources["evaluator"], replacing, warehouse, resources["hub"],
                                  resources["chain"])
-    assert int((frame["status"] == "scored").sum()) == 1  # with the explicit flag
+    assert sum(r.status == "scored" for r in frame) == 1  # with the explicit flag
 
 
 def test_a_smaller_corpus_never_replaces_a_published_release(copy):
     home, epoch, before = copy
     resources = build_resources(home)
     warehouse = resources["warehouse"]
-    published = before["corpus"].iloc[0]
-    text = open(published["jsonl_path"], "rb").read()
-    rows = warehouse.win_rates(epoch)
-    rows.loc[rows["hotkey"] == "hk-honest-fair", "status"] = "failed"
-    warehouse.replace_rows("win_rates", rows, "epoch = ?", [epoch])
+    published_rows, _, published_path = before["corpus"][0]
+    text = open(published_path, "rb").read()
+    rows = [r.replace(status="failed") if r.hotkey == "hk-honest-fair" else r for r in warehouse.win_rates(epoch)]
+    warehouse.record_scores(epoch, rows)
     with pytest.raises(ResultsKept, match="published corpus has"):
         build_epoch_corpus(epoch, resources["settings"], warehouse)
-    pd.testing.assert_frame_equal(_state(resources, epoch)["corpus"], before["corpus"])
+    assert _state(resources, epoch)["corpus"] == before["corpus"]
     replacing = ValidatorSettingsResource(corpus_dir=str(home / "corpus"), replace_results=True)
     row = build_epoch_corpus(epoch, replacing, warehouse)
-    assert row["jsonl_path"] != published["jsonl_path"] and row["rows"] < published["rows"]  # written beside
-    assert open(published["jsonl_path"], "rb").read() == text  # the earlier release is untouched
+    assert row["jsonl_path"] != published_path and row["rows"] < published_rows  # written beside
+    assert open(published_path, "rb").read() == text  # the earlier release is untouched
     import os
     import stat
 
@@ -167,11 +167,11 @@ def test_a_smaller_corpus_never_replaces_a_published_release(copy):
 def test_rebuilding_the_same_corpus_rewrites_nothing(copy):
     home, epoch, before = copy
     resources = build_resources(home)
-    published = before["corpus"].iloc[0]
-    mtime = (home / "corpus").stat().st_mtime_ns, open(published["jsonl_path"], "rb").read()
+    published_path = before["corpus"][0][2]
+    mtime = (home / "corpus").stat().st_mtime_ns, open(published_path, "rb").read()
     row = build_epoch_corpus(epoch, resources["settings"], resources["warehouse"])
-    assert row["jsonl_path"] == published["jsonl_path"]
-    assert ((home / "corpus").stat().st_mtime_ns, open(published["jsonl_path"], "rb").read()) == mtime
+    assert row["jsonl_path"] == published_path
+    assert ((home / "corpus").stat().st_mtime_ns, open(published_path, "rb").read()) == mtime
 
 
 def test_a_second_runner_on_the_same_home_is_refused(copy):
@@ -246,11 +246,11 @@ def test_bad_entries_on_the_embedded_hub_make_only_their_miner_unavailable(flock
     resources = build_resources(flock_home)
     hub = LocalHubResource(root=str(flock_home / "hub"), as_owner=True)
     snapshot_commitments(epoch, resources["chain"], resources["hub"], resources["settings"], resources["warehouse"])
-    commits = resources["warehouse"].epoch_commitments(epoch).set_index("hotkey")
+    commits = {c.hotkey: c for c in resources["warehouse"].epoch_commitments(epoch)}
 
     def data(hotkey):
-        c = commits.loc[hotkey]
-        return flock_home / "hub" / c["repo"] / "revisions" / c["revision"] / "data.jsonl"
+        c = commits[hotkey]
+        return flock_home / "hub" / c.repo / "revisions" / c.revision / "data.jsonl"
 
     outside = tmp_path / "outside.jsonl"
     outside.write_bytes(hub.download("alice/atlas-facts", hub.head("alice/atlas-facts")))
@@ -272,7 +272,7 @@ def test_bad_entries_on_the_embedded_hub_make_only_their_miner_unavailable(flock
     outcomes = {}
 
     def fetch_all():
-        for hotkey in commits.index:
+        for hotkey in commits:
             outcomes[hotkey] = fetch_miner_dataset(hotkey, resources["hub"], resources["evaluator"],
                                                    resources["settings"], resources["warehouse"], epoch=epoch)
 

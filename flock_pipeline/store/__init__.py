@@ -1,0 +1,15 @@
+"""The store: the pipeline's records (frozen dataclasses), one typed interface over them, and two databases behind
+it (DuckDB embedded, PostgreSQL for several processes and hosts). Nothing outside this package writes SQL."""
+
+from flock_pipeline.store.backends import StoreURLError, parse_url
+from flock_pipeline.store.migrations import LATEST as SCHEMA_VERSION
+from flock_pipeline.store.records import (
+    CommitmentRecord, CompetitionRoundRecord, CorpusRecord, DatasetRecord, DatasetRowRecord, DedupPlanRecord,
+    EpochCompetitionRecord, EpochRecord, EvalResultRecord, Record, ScoreRecord, ShardRecord, ShardRowRecord,
+    WeightSubmissionRecord, frame, utcnow)
+from flock_pipeline.store.store import DatasetVerdict, ReportRow, ShardToEvaluate, Store, StoreOps, UsedRow
+
+__all__ = ["CommitmentRecord", "CompetitionRoundRecord", "CorpusRecord", "DatasetRecord", "DatasetRowRecord",
+           "DatasetVerdict", "DedupPlanRecord", "EpochCompetitionRecord", "EpochRecord", "EvalResultRecord", "Record",
+           "ReportRow", "SCHEMA_VERSION", "ScoreRecord", "ShardRecord", "ShardRowRecord", "ShardToEvaluate", "Store",
+           "StoreOps", "StoreURLError", "UsedRow", "WeightSubmissionRecord", "frame", "parse_url", "utcnow"]

@@ -1,0 +1,282 @@
+"""The records the pipeline reads and writes, one frozen dataclass per table of the store.
+
+A record's fields are its table's columns, in order; `KEY` is the table's primary key. Steps build records and hand
+them to the store; the store hands records back. `frame(records)` turns a list of them into a DataFrame for the few
+steps that compute with pandas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import ClassVar
+
+import pandas as pd
+
+
+def utcnow() -> datetime:
+    """A naive UTC timestamp (the store's TIMESTAMP columns carry no zone)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Record:
+    TABLE: ClassVar[str]
+    KEY: ClassVar[tuple[str, ...]]
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ()  # stored as JSON text, held as Python values
+    LIST_FIELDS: ClassVar[tuple[str, ...]] = ()  # stored as arrays, held as tuples
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def values(self) -> list:
+        out = []
+        for name in self.columns():
+            value = getattr(self, name)
+            if name in self.JSON_FIELDS:
+                value = json.dumps(list(value) if isinstance(value, tuple) else value)
+            elif name in self.LIST_FIELDS:
+                value = [float(x) for x in value]
+            elif hasattr(value, "item") and not isinstance(value, (str, bytes)):
+                value = value.item()  # a numpy scalar: the drivers take Python's own types
+            out.append(value)
+        return out
+
+    @classmethod
+    def from_row(cls, row: dict):
+        kwargs = {}
+        for name in cls.columns():
+            value = row.get(name)
+            if name in cls.JSON_FIELDS and isinstance(value, str):
+                value = json.loads(value)
+                value = tuple(value) if isinstance(value, list) else value
+            elif name in cls.LIST_FIELDS:
+                value = tuple(float(x) for x in (value if value is not None else ()))
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def frame(records: list[Record], cls: type[Record] | None = None) -> pd.DataFrame:
+    """Records as a DataFrame with the table's columns (also when there are none)."""
+    columns = (cls or type(records[0])).columns() if (cls or records) else []
+    return pd.DataFrame([dataclasses.asdict(r) for r in records], columns=columns)
+
+
+@dataclass(frozen=True)
+class EpochRecord(Record):
+    TABLE: ClassVar[str] = "epochs"
+    KEY: ClassVar[tuple[str, ...]] = ("epoch",)
+    epoch: int
+    block: int
+    eval_repo: str | None
+    eval_revision: str | None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CommitmentRecord(Record):
+    TABLE: ClassVar[str] = "commitments"
+    KEY: ClassVar[tuple[str, ...]] = ("epoch", "hotkey")
+    epoch: int
+    hotkey: str
+    uid: int
+    repo: str | None
+    competition_id: str | None
+    revision: str | None
+    commit_block: int
+    registration_block: int | None
+    status: str  # ok | rejected | pending
+    reason: str | None
+    competition: str | None = None
+    coldkey: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetRecord(Record):
+    TABLE: ClassVar[str] = "datasets"
+    KEY: ClassVar[tuple[str, ...]] = ("repo", "revision")
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("rejected",)
+    repo: str
+    revision: str
+    status: str  # ok | invalid | unavailable
+    reason: str | None
+    size_bytes: int = 0
+    sha256: str = ""
+    rows_total: int = 0
+    rows_valid: int = 0
+    rows_used: int = 0
+    rejected: tuple = ()  # ({"line", "reason"}, ...), the first MAX_RECORDED_REJECTIONS
+    created_at: datetime | None = None
+    verdict_key: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetRowRecord(Record):
+    TABLE: ClassVar[str] = "dataset_rows"
+    KEY: ClassVar[tuple[str, ...]] = ("repo", "revision", "idx")
+    repo: str
+    revision: str
+    idx: int
+    line: int
+    row_hash: str
+    row_json: str
+    n_tokens: int
+    raw_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class ShardRecord(Record):
+    TABLE: ClassVar[str] = "shards"
+    KEY: ClassVar[tuple[str, ...]] = ("epoch", "hotkey")
+    epoch: int
+    hotkey: str
+    uid: int
+    repo: str | None
+    revision: str | None
+    commit_block: int
+    status: str  # eligible | ineligible
+    reason: str | None
+    rows_in: int = 0
+    rows_kept: int = 0
+    duplicates_within: int = 0
+    duplicates_earlier: int = 0
+    eval_leaks: int = 0
+    shard_hash: str | None = None
+    competition: str | None = None
+
+
+@dataclass(frozen=True)
+class DedupPlanRecord(Record):
+    TABLE: ClassVar[str] = "dedup_plans"
+    KEY: ClassVar[tuple[str, ...]] = ("epoch", "hotkey")
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("plan",)
+    epoch: int
+    fingerprint: str
+    hotkey: str
+    plan: dict
+
+
+@dataclass(frozen=True)
+class ShardRowRecord(Record):
+    TABLE: ClassVar[str] = "shard_rows"
+    KEY: ClassVar[tuple[str, ...]] = ("shard_hash", "pos")
+    shard_hash: str
+    pos: int
+    row_hash: str
+    row_json: str
+
+
+@dataclass(frozen=True)
+class EvalResultRecord(Record):
+    TABLE: ClassVar[str] = "eval_results"
+    KEY: ClassVar[tuple[str, ...]] = ("cache_key",)
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("provenance",)
+    LIST_FIELDS: ClassVar[tuple[str, ...]] = ("per_row_losses", "train_losses")
+    cache_key: str
+    shard_hash: str
+    status: str  # ok | failed
+    final: bool
+    error: str | None
+    eval_loss: float | None
+    per_row_losses: tuple = ()
+    train_losses: tuple = ()
+    train_tokens: int = 0
+    eval_tokens: int = 0
+    seconds: float = 0.0
+    provenance: dict | None = None
+    attempts: int = 1
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ScoreRecord(Record):
+    TABLE: ClassVar[str] = "win_rates"
+    KEY: ClassVar[tuple[str, ...]] = ("epoch", "hotkey")
+    epoch: int
+    hotkey: str
+    uid: int
+    status: str
+    reason: str | None
+    eval_loss: float | None
+    win_rate: float
+    weight: float
+    competition: str | None = None
+    competition_weight: float | None = None
+
+
+@dataclass(frozen=True)
+class WeightSubmissionRecord(Record):
+    TABLE: ClassVar[str] = "weight_submissions"
+    KEY: ClassVar[tuple[str, ...]] = ("epoch",)
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("uids", "weights")
+    epoch: int
+    success: bool
+    block: int
+    message: str
+    uids: tuple = ()
+    weights: tuple = ()
+    retry_after_block: int | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CorpusRecord(Record):
+    TABLE: ClassVar[str] = "corpora"
+    KEY: ClassVar[tuple[str, ...]] = ("epoch",)
+    epoch: int
+    rows: int
+    miners: int
+    sha256: str
+    jsonl_path: str
+    parquet_path: str
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class EpochCompetitionRecord(Record):
+    TABLE: ClassVar[str] = "epoch_competitions"
+    KEY: ClassVar[tuple[str, ...]] = ("epoch", "competition")
+    epoch: int
+    competition: str
+    kind: str
+    share: float
+    eval_repo: str
+    eval_revision: str
+    round_id: str
+    phase: str
+    snapshot_block: int
+    note: str = ""
+    definition: str = "{}"
+
+
+@dataclass(frozen=True)
+class CompetitionRoundRecord(Record):
+    TABLE: ClassVar[str] = "competition_rounds"
+    KEY: ClassVar[tuple[str, ...]] = ("competition", "round_id")
+    competition: str
+    round_id: str
+    eval_repo: str
+    eval_revision: str
+    first_epoch: int
+    reused_from: str | None = None
+    decided: bool = False
+    winner_uid: int | None = None
+    winner_hotkey: str | None = None
+    winner_loss: float | None = None
+    decided_epoch: int | None = None
+    contenders: str | None = None  # JSON list of the round's evaluated submissions (uid, hotkey, coldkey, loss, block)
+
+
+RECORDS: tuple[type[Record], ...] = (
+    EpochRecord, CommitmentRecord, DatasetRecord, DatasetRowRecord, ShardRecord, DedupPlanRecord, ShardRowRecord,
+    EvalResultRecord, ScoreRecord, WeightSubmissionRecord, CorpusRecord, EpochCompetitionRecord,
+    CompetitionRoundRecord)
+RECORD_OF_TABLE = {r.TABLE: r for r in RECORDS}
