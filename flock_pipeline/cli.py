@@ -420,6 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
     statusp.add_argument("--json", action="store_true")
     statusp.set_defaults(func=cmd_miner_status)
 
+    workerp = sub.add_parser("worker", help="start a Celery worker for the validator's steps (FLOCK_EXECUTOR=celery)")
+    workerp.add_argument("--name", default="flock", help="the worker's name (unique per host)")
+    workerp.add_argument("--queues", default="dagster,gpu",
+                         help="comma-separated queues: dagster (every other step), gpu (evaluations)")
+    workerp.add_argument("--concurrency", type=int, default=1, help="steps at once (one per GPU for the gpu queue)")
+    workerp.add_argument("celery_args", nargs="*", help="more celery worker options, after --")
+    workerp.set_defaults(func=cmd_worker)
+
     chain = sub.add_parser("chain", help="the local chain").add_subparsers(dest="chain_cmd", required=True)
     chain.add_parser("status", help="block, epoch, neurons, commitments").set_defaults(func=cmd_chain_status)
     reg = chain.add_parser("register", help="register a hotkey on the local subnet")
@@ -431,6 +439,42 @@ def build_parser() -> argparse.ArgumentParser:
     adv.add_argument("--to-next-epoch", action="store_true")
     adv.set_defaults(func=cmd_chain_advance)
     return parser
+
+
+def worker_command(home: Path, name: str, queues: str, concurrency: int, extra: list[str]) -> list[str]:
+    """Write the workers' Celery config (the executor's own settings, from the environment) into the home and return
+    the `dagster-celery worker start` command line that serves `queues`."""
+    from flock_pipeline.resources import celery_settings
+
+    config = home / "celery-worker.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps({"execution": {"config": celery_settings()}}, indent=1) + "\n")  # JSON is YAML
+    os.chmod(config, 0o600)  # it holds the broker's URL (and its password, if any)
+    bindir = Path(sys.executable).parent
+    return [str(bindir / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(config),
+            "-n", name, "-q", queues, "--", f"--concurrency={concurrency}", *extra]
+
+
+def cmd_worker(args) -> int:
+    """Start a Celery worker for this validator's steps (FLOCK_EXECUTOR=celery runs send them here)."""
+    from flock_pipeline.resources import build_resources, flock_home
+
+    os.environ["FLOCK_EXECUTOR"] = "celery"
+    build_resources()  # the worker's own configuration is checked before it takes any step
+    if not os.environ.get("DAGSTER_HOME"):
+        raise_config("DAGSTER_HOME must name the Dagster instance the runs record to (shared with the daemon)")
+    argv = worker_command(flock_home(), args.name, args.queues, args.concurrency, args.celery_args)
+    # The celery binary is found on PATH: the one next to this interpreter first.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    print(" ".join(argv), file=sys.stderr)
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
+def raise_config(message: str):
+    from flock_pipeline.resources import ConfigError
+
+    raise ConfigError(message)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,40 @@
-"""The Dagster layer: assets, asset checks, partitions, sensors and resource wiring. Thin by design."""
+"""The Dagster layer: assets, asset checks, partitions, sensors, jobs, the executor and resource wiring. Thin by
+design."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from flock_pipeline.defs.assets import ASSETS
+from flock_pipeline.defs.assets import ASSETS, chain_commitments, deduplicated_shards, final_corpus, \
+    miner_datasets, miner_eval_losses, submitted_weights, win_rates
 from flock_pipeline.defs.checks import CHECKS
 from flock_pipeline.defs.sensors import SENSORS
-from flock_pipeline.resources import build_resources
+from flock_pipeline.resources import build_resources, executor_settings
+
+# The two partitioned halves of the graph as jobs: a run of one epoch's stage, or of one miner's stage. `flock
+# epoch run` launches them by name when steps execute elsewhere (Celery); the UI and the sensors can use them too.
+EPOCH_STAGE_JOB = "epoch_stage"
+MINER_STAGE_JOB = "miner_stage"
+JOBS = [
+    dg.define_asset_job(EPOCH_STAGE_JOB, selection=[chain_commitments, win_rates, submitted_weights, final_corpus],
+                        description="An epoch-partitioned stage: commitments, or scores + weights + corpus."),
+    dg.define_asset_job(MINER_STAGE_JOB, selection=[miner_datasets, deduplicated_shards, miner_eval_losses],
+                        description="A miner-partitioned stage: its dataset, or its shard + evaluation."),
+]
+
+
+def build_executor() -> dg.ExecutorDefinition:
+    """FLOCK_EXECUTOR: Dagster's multiprocess executor (default), in-process, or Celery workers."""
+    kind, celery = executor_settings()
+    if kind == "in_process":
+        return dg.in_process_executor
+    if kind == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(celery, name="flock_celery_executor")
+    return dg.multiprocess_executor
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
-    return dg.Definitions(assets=ASSETS, asset_checks=CHECKS, sensors=SENSORS,
+    return dg.Definitions(assets=ASSETS, asset_checks=CHECKS, sensors=SENSORS, jobs=JOBS, executor=build_executor(),
                           resources=resources if resources is not None else build_resources())

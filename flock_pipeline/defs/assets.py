@@ -30,6 +30,7 @@ miners_partitions = dg.DynamicPartitionsDefinition(name="miners")
 
 EPOCH_TAG = "flock/epoch"  # on per-miner runs: the epoch they work for (sensors and the epoch runner set it)
 GPU_POOL = "gpu"  # size it to the number of GPUs: `dagster instance concurrency set gpu N`
+CELERY_QUEUE_TAG, GPU_QUEUE = "dagster-celery/queue", "gpu"  # with Celery, evaluations go to the GPU workers' queue
 TRANSIENT_RETRIES = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)  # 2 s, then 4 s
 
 
@@ -143,7 +144,7 @@ def deduplicated_shards(context: dg.AssetExecutionContext, hub: HubResource, set
 
 
 @dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"pytorch", "duckdb"}, pool=GPU_POOL,
-          deps=[deduplicated_shards], retry_policy=TRANSIENT_RETRIES)
+          deps=[deduplicated_shards], retry_policy=TRANSIENT_RETRIES, op_tags={CELERY_QUEUE_TAG: GPU_QUEUE})
 def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, hub: HubResource,
                       settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """LoRA fine-tune of the base model on the miner's shard (latest epoch), then the eval loss: mean over eval

@@ -68,14 +68,38 @@ def error_cause(error) -> str:
 
 def _run(selection: list, partition_key: str, resources: dict, instance: dg.DagsterInstance,
          epoch: int | None = None) -> None:
-    tags = {EPOCH_TAG: str(epoch)} if epoch is not None else None
-    result = dg.materialize(ASSETS + CHECKS, selection=selection, partition_key=partition_key, resources=resources,
-                            instance=instance, raise_on_error=False, run_config=QUIET, tags=tags)
-    if not result.success:
-        errors = [error_cause(e.event_specific_data.error) for e in result.all_events
+    tags = {EPOCH_TAG: str(epoch)} if epoch is not None else {}
+    if _steps_elsewhere():
+        events, success = _run_elsewhere(selection, partition_key, instance, tags)
+    else:
+        result = dg.materialize(ASSETS + CHECKS, selection=selection, partition_key=partition_key,
+                                resources=resources, instance=instance, raise_on_error=False, run_config=QUIET,
+                                tags=tags or None)
+        events, success = result.all_events, result.success
+    if not success:
+        errors = [error_cause(e.event_specific_data.error) for e in events
                   if e.is_step_failure and e.event_specific_data.error is not None]
         raise EpochFailed(f"{[a.key.to_user_string() for a in selection]} [{partition_key}] failed: "
                           + ("; ".join(errors) or "see the Dagster logs"))
+
+
+def _steps_elsewhere() -> bool:
+    """FLOCK_EXECUTOR=celery: each stage is a run of the stage job whose steps the Celery workers execute (with
+    the resources their own environment builds), instead of this process."""
+    from flock_pipeline.resources import executor_settings
+
+    return executor_settings()[0] == "celery"
+
+
+def _run_elsewhere(selection: list, partition_key: str, instance: dg.DagsterInstance, tags: dict):
+    from flock_pipeline import definitions
+
+    epoch_stage = selection[0].partitions_def == epochs_partitions
+    factory = definitions.epoch_stage_job if epoch_stage else definitions.miner_stage_job
+    with dg.execute_job(dg.reconstructable(factory), instance=instance, run_config=QUIET,
+                        tags={**tags, "dagster/partition": partition_key},
+                        asset_selection=[a.key for a in selection]) as result:
+        return list(result.all_events), result.success
 
 
 def run_epoch(epoch: int, resources: dict, instance: dg.DagsterInstance,

@@ -17,6 +17,14 @@
     FLOCK_COMPETITIONS  the competitions: a preset (curation | sn96 | selection-local), JSON, or @path to a JSON
                       file; default: $FLOCK_HOME/competitions.json when it exists, else one curation game
     FLOCK_EVAL_TIMEOUT_S  time limit of one evaluation run, enforced by Dagster's run monitoring (0: none)
+    FLOCK_STORE       where results are kept: duckdb:///path/file.duckdb (default: $FLOCK_HOME/warehouse.duckdb)
+                      or postgresql://user:password@host:5432/db (several processes and hosts)
+    FLOCK_EXECUTOR    how a run's steps execute: multiprocess (default: one process per step) | in_process |
+                      celery (steps go to Celery workers; evaluations to the `gpu` queue)
+    FLOCK_CELERY_BROKER / FLOCK_CELERY_BACKEND   the Celery broker and result backend (redis://host:6379/0); the
+                      backend defaults to the broker
+    FLOCK_CELERY_VISIBILITY_TIMEOUT_S  seconds a step may run before Redis hands it to another worker (default
+                      21600: must exceed the longest evaluation)
     FLOCK_EVAL_REPO / FLOCK_EVAL_REVISION, FLOCK_VALIDATOR_HOTKEY, FLOCK_NETUID
 """
 
@@ -33,7 +41,8 @@ from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 
 __all__ = ["ChainResource", "LocalChainResource", "HubResource", "LocalHubResource", "EvaluatorResource",
-           "ValidatorSettingsResource", "WarehouseResource", "build_resources", "flock_home", "ConfigError"]
+           "ValidatorSettingsResource", "WarehouseResource", "build_resources", "flock_home", "ConfigError",
+           "store_url", "executor_settings", "celery_settings"]
 
 
 class ConfigError(ValueError):
@@ -82,13 +91,63 @@ def build_resources(home: Path | None = None) -> dict:
     except Exception as exc:  # pydantic's ValidationError: a wrong type in FLOCK_SETTINGS
         raise ConfigError(f"FLOCK_SETTINGS: {exc}") from exc
     check_competitions(validator_settings, evaluator)
+    executor_settings()  # checked now too: a wrong executor is a configuration error before any work
     return {
         "chain": chain,
         "hub": hub,
         "evaluator": evaluator,
-        "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
+        "warehouse": WarehouseResource(url=store_url(home)),
         "settings": validator_settings,
     }
+
+
+def store_url(home: Path | None = None) -> str:
+    """FLOCK_STORE, checked: the store's database (default: the DuckDB file in the home)."""
+    from flock_pipeline.store import StoreURLError, parse_url
+
+    url = os.environ.get("FLOCK_STORE", "")
+    if not url:
+        return f"duckdb://{Path(home or flock_home()) / 'warehouse.duckdb'}"
+    try:
+        parse_url(url)
+    except StoreURLError as exc:
+        raise ConfigError(f"FLOCK_STORE: {exc}") from exc
+    return url
+
+
+EXECUTORS = ("multiprocess", "in_process", "celery")
+
+
+def executor_settings() -> tuple[str, dict | None]:
+    """FLOCK_EXECUTOR, checked: (kind, the Celery executor's config for kind "celery", else None)."""
+    kind = os.environ.get("FLOCK_EXECUTOR", "multiprocess") or "multiprocess"
+    if kind not in EXECUTORS:
+        raise ConfigError(f"FLOCK_EXECUTOR={kind!r}: use one of {', '.join(EXECUTORS)}")
+    return kind, celery_settings() if kind == "celery" else None
+
+
+def celery_settings() -> dict:
+    """The Celery executor's and workers' shared config (`execution.config` of dagster-celery), from the environment.
+
+    Steps are acknowledged only when they finish and put back when their worker process dies
+    (`task_acks_late`, `task_reject_on_worker_lost`), one at a time per worker process (prefetch 1): a killed
+    worker's evaluation runs again on another worker instead of failing the run or hanging it."""
+    broker = os.environ.get("FLOCK_CELERY_BROKER", "")
+    if not broker:
+        raise ConfigError("FLOCK_EXECUTOR=celery: set FLOCK_CELERY_BROKER to the broker's URL, "
+                          "e.g. redis://host:6379/0")
+    if not broker.startswith(("redis://", "rediss://", "amqp://", "pyamqp://")):
+        raise ConfigError(f"FLOCK_CELERY_BROKER={broker.split('@')[-1]!r}: use a redis:// or amqp:// URL")
+    try:
+        visibility = int(os.environ.get("FLOCK_CELERY_VISIBILITY_TIMEOUT_S", "21600"))
+    except ValueError as exc:
+        raise ConfigError("FLOCK_CELERY_VISIBILITY_TIMEOUT_S must be a whole number of seconds") from exc
+    if visibility < 60:
+        raise ConfigError("FLOCK_CELERY_VISIBILITY_TIMEOUT_S must be at least 60 (and exceed the longest step)")
+    return {"broker": broker, "backend": os.environ.get("FLOCK_CELERY_BACKEND") or broker,
+            "config_source": {"task_acks_late": True, "task_reject_on_worker_lost": True,
+                              "worker_prefetch_multiplier": 1,
+                              "broker_transport_options": {"visibility_timeout": visibility}}}
 
 
 def check_competitions(settings: ValidatorSettingsResource, evaluator: EvaluatorResource) -> None:
