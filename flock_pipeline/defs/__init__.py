@@ -24,7 +24,8 @@ JOBS = [
 
 
 def build_executor() -> dg.ExecutorDefinition:
-    """FLOCK_EXECUTOR: Dagster's multiprocess executor (default), in-process, or Celery workers."""
+    """FLOCK_EXECUTOR: Dagster's default executor (multiprocess; a run's config may pick `in_process`), in-process
+    only, or Celery workers."""
     kind, celery = executor_settings()
     if kind == "in_process":
         return dg.in_process_executor
@@ -32,7 +33,7 @@ def build_executor() -> dg.ExecutorDefinition:
         from dagster_celery import celery_executor
 
         return celery_executor.configured(celery, name="flock_celery_executor")
-    return dg.multiprocess_executor
+    return dg.multi_or_in_process_executor
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:

@@ -189,12 +189,12 @@ def submitted_weights(context: dg.AssetExecutionContext, chain: ChainResource, s
     """The epoch's weight vector as u16 and what the chain answered (block, or the refusal and when to retry).
     Sent once per epoch: a re-materialization reports the recorded answer."""
     result = submit_epoch_weights(int(context.partition_key), chain, settings, warehouse)
-    if not result["success"]:
-        context.log.warning(f"weights not set: {result['message']}")
+    sent = result.submission
+    if not sent.success:
+        context.log.warning(f"weights not set: {sent.message}")
     return dg.MaterializeResult(metadata={
-        "success": bool(result["success"]), "block": int(result["block"]), "message": result["message"],
-        "uids": str(result["uids"]), "weights_u16": str(result["weights"]),
-        "sent_now": bool(result["resubmitted"]),
+        "success": bool(sent.success), "block": int(sent.block), "message": sent.message,
+        "uids": str(list(sent.uids)), "weights_u16": str(list(sent.weights)), "sent_now": result.sent_now,
     })
 
 
@@ -205,10 +205,10 @@ def final_corpus(context: dg.AssetExecutionContext, settings: ValidatorSettingsR
     """The scored miners' deduplicated rows merged into one SFT corpus, best miner first, with provenance columns
     (hotkey, uid, repo, revision, commit block, row hash, miner score, eval loss); JSONL, Parquet and a Hugging
     Face `datasets` dataset."""
-    row = build_epoch_corpus(int(context.partition_key), settings, warehouse)
+    corpus = build_epoch_corpus(int(context.partition_key), settings, warehouse)
     return dg.MaterializeResult(metadata={
-        "rows": row["rows"], "miners": row["miners"], "sha256": row["sha256"],
-        "jsonl": dg.MetadataValue.path(row["jsonl_path"]), "parquet": dg.MetadataValue.path(row["parquet_path"]),
+        "rows": corpus.rows, "miners": corpus.miners, "sha256": corpus.sha256,
+        "jsonl": dg.MetadataValue.path(corpus.jsonl_path), "parquet": dg.MetadataValue.path(corpus.parquet_path),
     })
 
 

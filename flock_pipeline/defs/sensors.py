@@ -137,7 +137,8 @@ def _last_failure(instance: dg.DagsterInstance, base: str) -> tuple[str, bool]:
 
 def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.DagsterInstance,
                         provenance_of: ProvenanceOf, chain_block: int | None = None,
-                        eval_timeout_s: int = 0, verdict: str | None = None) -> tuple[list[dg.RunRequest], str]:
+                        eval_timeout_s: int = 0, verdict: str | None = None,
+                        eval_tags: dict[str, str] | None = None) -> tuple[list[dg.RunRequest], str]:
     """The run requests that move `epoch` to its next stage, and a one-line description of where it stands.
 
     `provenance_of(competition)` is what an evaluation in that competition depends on (model, recipe), None when
@@ -178,7 +179,9 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
         base = f"miner:{key}:{c.hotkey}:{c.revision}"
         run_key = _run_key(instance, base)
         if run_key is not None:
-            run_tags = {**tags, "dagster/max_runtime": str(eval_timeout_s)} if eval_timeout_s > 0 else tags
+            run_tags = {**(eval_tags or {}), **tags}
+            if eval_timeout_s > 0:
+                run_tags["dagster/max_runtime"] = str(eval_timeout_s)
             pending.append(dg.RunRequest(run_key=run_key, partition_key=c.hotkey, tags=run_tags,
                                          asset_selection=[deduplicated_shards.key, miner_eval_losses.key]))
         elif shard is not None and provenance_of(shard.competition) is not None:
@@ -232,7 +235,7 @@ def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: Wareho
 
     requests, stage = next_epoch_requests(latest, warehouse, context.instance, provenance_of,
                                           chain.current_block(), evaluator.timeout_s,
-                                          verdict_key(settings.limits()))
+                                          verdict_key(settings.limits()), evaluator.evaluation_run_tags())
     if not requests:
         return dg.SkipReason(f"epoch {latest}: {stage}")
     context.log.info(f"epoch {latest}: {stage}")

@@ -25,6 +25,7 @@
                       backend defaults to the broker
     FLOCK_CELERY_VISIBILITY_TIMEOUT_S  seconds a step may run before Redis hands it to another worker (default
                       21600: must exceed the longest evaluation)
+    FLOCK_EVAL_RUN_TAGS  JSON object of extra tags on evaluation runs (e.g. dagster-k8s/config with a GPU request)
     FLOCK_EVAL_REPO / FLOCK_EVAL_REVISION, FLOCK_VALIDATOR_HOTKEY, FLOCK_NETUID
 """
 
@@ -85,6 +86,7 @@ def build_resources(home: Path | None = None) -> dict:
                                   device=os.environ.get("FLOCK_DEVICE", "auto"),
                                   recipe=os.environ.get("FLOCK_RECIPE", "{}"),
                                   timeout_s=int(os.environ.get("FLOCK_EVAL_TIMEOUT_S", "0")),
+                                  run_tags=_eval_run_tags(os.environ.get("FLOCK_EVAL_RUN_TAGS", "{}")),
                                   cache_dir=str(home / "models"))
     try:
         validator_settings = ValidatorSettingsResource(corpus_dir=str(home / "corpus"), **settings)
@@ -187,6 +189,17 @@ def _real_network(network: str, netuid: int, home: Path) -> tuple[ChainResource,
     hub = HuggingFaceHubResource(endpoint=os.environ.get("FLOCK_HF_ENDPOINT", "https://huggingface.co"),
                                  cache_dir=str(home / "hub-cache"), offline=False)
     return chain, hub
+
+
+def _eval_run_tags(text: str) -> str:
+    """FLOCK_EVAL_RUN_TAGS: a JSON object (tag -> text, or a JSON value written as text)."""
+    try:
+        tags = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"FLOCK_EVAL_RUN_TAGS is not valid JSON: {exc}") from exc
+    if not isinstance(tags, dict):
+        raise ConfigError("FLOCK_EVAL_RUN_TAGS must be a JSON object of run tags")
+    return json.dumps(tags, sort_keys=True)
 
 
 def _settings_overrides(text: str) -> dict:

@@ -41,6 +41,14 @@ class EvaluatorResource(dg.ConfigurableResource):
     cache_dir: str = ".flock/models"
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     timeout_s: int = 0  # an evaluation run's time limit (the sensor's `dagster/max_runtime` tag); 0: none
+    run_tags: str = "{}"  # JSON object of extra tags on evaluation runs, e.g. a Kubernetes GPU request
+
+    def evaluation_run_tags(self) -> dict[str, str]:
+        """The extra tags of an evaluation run; a non-string value is written as JSON (Dagster tags are text)."""
+        import json
+
+        tags = json.loads(self.run_tags or "{}")
+        return {str(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in tags.items()}
 
     def train_recipe(self, overrides: dict | None = None) -> TrainRecipe:
         """The recipe: the model's default (the tiny profile for the embedded model), then `recipe`, then a

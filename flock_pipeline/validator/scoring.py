@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from flock_pipeline.core.competitions import Competition, Contender, RewardState, Round, ScoringContext
@@ -268,12 +269,18 @@ def weights_of(scores: list[ScoreRecord]) -> dict[int, float]:
     return {int(r.uid): float(r.weight) for r in scores if r.weight != 0}
 
 
+@dataclass(frozen=True)
+class WeightsOutcome:
+    submission: WeightSubmissionRecord  # what was sent (or refused) and what the chain answered, as recorded
+    sent_now: bool  # False: the recorded answer of an earlier run, nothing was sent
+
+
 def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSettingsResource,
-                         warehouse: WarehouseResource) -> dict:
+                         warehouse: WarehouseResource) -> WeightsOutcome:
     """Send the epoch's weights once; a repeated call returns the recorded answer instead of sending again."""
     done = warehouse.weight_submission(epoch)
     if done is not None and done.success:
-        return {**_submission_dict(done), "resubmitted": False}
+        return WeightsOutcome(done, sent_now=False)
     scores = warehouse.win_rates(epoch)
     weights = weights_of(scores)
     validate_weights(weights, weighted_uids(scores))  # never send NaN, negative, unnormalised or ineligible weights
@@ -295,29 +302,23 @@ def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSe
                                                                 f"{IN_FLIGHT}: sent, no answer recorded yet"),
                                uids, u16)
             receipt = chain.set_weights(settings.validator_hotkey, uids, u16, settings.weights_version_key)
-    row = _record_submission(warehouse, epoch, receipt, uids, u16)
-    return {**row, "resubmitted": True}
+    return WeightsOutcome(_record_submission(warehouse, epoch, receipt, uids, u16), sent_now=True)
 
 
 IN_FLIGHT = "in flight"  # the message of a submission that was sent but whose answer is not recorded yet
 
 
 def _record_submission(warehouse: WarehouseResource, epoch: int, receipt: WeightsReceipt, uids: list[int],
-                       u16: list[int]) -> dict:
+                       u16: list[int]) -> WeightSubmissionRecord:
     record = WeightSubmissionRecord(epoch=epoch, success=receipt.success, block=receipt.block,
                                     message=receipt.message, uids=tuple(uids), weights=tuple(u16),
                                     retry_after_block=receipt.retry_after_block, created_at=utcnow())
     warehouse.record_weight_submission(record)
-    return _submission_dict(record)
+    return record
 
 
-def _submission_dict(record: WeightSubmissionRecord) -> dict:
-    out = record.as_dict()
-    out.update(uids=list(record.uids), weights=list(record.weights))
-    return out
-
-
-def build_epoch_corpus(epoch: int, settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dict:
+def build_epoch_corpus(epoch: int, settings: ValidatorSettingsResource,
+                       warehouse: WarehouseResource) -> CorpusRecord:
     """Merge the scored miners' shards, best first, with provenance; writes JSONL, Parquet and a `datasets` dir.
     Only competitions whose rows are new data contribute (not the selection game: its rows are the pool's own)."""
     scores = warehouse.win_rates(epoch)
@@ -343,7 +344,7 @@ def build_epoch_corpus(epoch: int, settings: ValidatorSettingsResource, warehous
                           "FLOCK_SETTINGS='{\"replace_results\": true}'")
     release = corpus_sha256(records)
     if previous is not None and previous.sha256 == release and Path(previous.jsonl_path).is_file():
-        return previous.as_dict()  # the same release: nothing is rewritten
+        return previous  # the same release: nothing is rewritten
     # Releases are immutable: the first one of an epoch is `epoch-N/`, a different later one goes beside it.
     base = Path(settings.corpus_dir) / f"epoch-{epoch}"
     target = base if previous is None and not base.exists() else base.with_name(f"epoch-{epoch}-{release[:12]}")
@@ -351,4 +352,4 @@ def build_epoch_corpus(epoch: int, settings: ValidatorSettingsResource, warehous
     corpus = CorpusRecord(epoch=epoch, rows=len(records), miners=len(parts), sha256=out["sha256"],
                           jsonl_path=out["jsonl"], parquet_path=out["parquet"], created_at=utcnow())
     warehouse.record_corpus(corpus)
-    return corpus.as_dict()
+    return corpus

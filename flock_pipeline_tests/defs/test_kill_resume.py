@@ -1,7 +1,6 @@
 """Fault injection: the epoch runner killed (SIGKILL) at random points, again and again, then resumed: the final
 report, the corpus and the single weight submission are those of an uninterrupted run."""
 
-import json
 import os
 import random
 import shutil

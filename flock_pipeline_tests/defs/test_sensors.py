@@ -1,7 +1,10 @@
 """Sensors evaluated with build_sensor_context against the local chain and warehouse."""
 
+import json
+
 import dagster as dg
 
+from flock_pipeline.resources import EvaluatorResource
 from flock_pipeline.store import EvalResultRecord
 from flock_pipeline.core.commitment import Commitment
 from flock_pipeline.defs.assets import epochs_partitions, miners_partitions
@@ -153,9 +156,14 @@ def test_an_evaluation_whose_runs_keep_dying_is_recorded_as_failed(demo):
         _run([miner_datasets], hotkey, resources, instance, epoch)
     _run([deduplicated_shards], "hk-honest-fair", resources, instance, epoch)
     provenance = evaluator.provenance()
-    requests, _ = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance, eval_timeout_s=600)
+    gpu = EvaluatorResource(run_tags=json.dumps({"dagster-k8s/config": {"container_config": {
+        "resources": {"limits": {"nvidia.com/gpu": "1"}}}}})).evaluation_run_tags()
+    requests, _ = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance, eval_timeout_s=600,
+                                      eval_tags=gpu)
     fair = next(r for r in requests if r.partition_key == "hk-honest-fair")
     assert fair.tags["dagster/max_runtime"] == "600"  # run monitoring fails it past 10 minutes
+    assert json.loads(fair.tags["dagster-k8s/config"])["container_config"]["resources"]["limits"] == {
+        "nvidia.com/gpu": "1"}  # the Kubernetes run launcher gives the evaluation run's pod a GPU
     for attempt in range(MAX_RUN_ATTEMPTS):
         run_key = fair.run_key if attempt == 0 else f"{fair.run_key}#retry{attempt}"
         instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=f"died-{attempt}",

@@ -156,12 +156,12 @@ def test_a_smaller_corpus_never_replaces_a_published_release(copy):
     assert _state(resources, epoch)["corpus"] == before["corpus"]
     replacing = ValidatorSettingsResource(corpus_dir=str(home / "corpus"), replace_results=True)
     row = build_epoch_corpus(epoch, replacing, warehouse)
-    assert row["jsonl_path"] != published_path and row["rows"] < published_rows  # written beside
+    assert row.jsonl_path != published_path and row.rows < published_rows  # written beside
     assert open(published_path, "rb").read() == text  # the earlier release is untouched
     import os
     import stat
 
-    assert stat.S_IMODE(os.stat(row["jsonl_path"]).st_mode) & 0o044 == 0o044  # readable by other users
+    assert stat.S_IMODE(os.stat(row.jsonl_path).st_mode) & 0o044 == 0o044  # readable by other users
 
 
 def test_rebuilding_the_same_corpus_rewrites_nothing(copy):
@@ -170,7 +170,7 @@ def test_rebuilding_the_same_corpus_rewrites_nothing(copy):
     published_path = before["corpus"][0][2]
     mtime = (home / "corpus").stat().st_mtime_ns, open(published_path, "rb").read()
     row = build_epoch_corpus(epoch, resources["settings"], resources["warehouse"])
-    assert row["jsonl_path"] == published_path
+    assert row.jsonl_path == published_path
     assert ((home / "corpus").stat().st_mtime_ns, open(published_path, "rb").read()) == mtime
 
 

@@ -44,3 +44,54 @@ def test_configuration_errors(tmp_path, monkeypatch, env, message):
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=message):
         build_resources(tmp_path)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"FLOCK_STORE": "mysql://db/results"}, "FLOCK_STORE: mysql://db/results: use duckdb"),
+    ({"FLOCK_STORE": "postgresql://host:5432"}, "FLOCK_STORE: .*name the database"),
+    ({"FLOCK_EXECUTOR": "dask"}, "FLOCK_EXECUTOR='dask': use one of multiprocess, in_process, celery"),
+    ({"FLOCK_EXECUTOR": "celery"}, "set FLOCK_CELERY_BROKER"),
+    ({"FLOCK_EXECUTOR": "celery", "FLOCK_CELERY_BROKER": "http://x"}, "FLOCK_CELERY_BROKER=.*redis:// or amqp://"),
+    ({"FLOCK_EXECUTOR": "celery", "FLOCK_CELERY_BROKER": "redis://h:6379/0",
+      "FLOCK_CELERY_VISIBILITY_TIMEOUT_S": "5"}, "FLOCK_CELERY_VISIBILITY_TIMEOUT_S must be at least 60"),
+])
+def test_a_wrong_store_or_executor_is_a_configuration_error(tmp_path, monkeypatch, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        build_resources(tmp_path)
+
+
+def test_a_wrong_store_exits_2_before_any_work(tmp_path, monkeypatch, capsys):
+    from flock_pipeline.cli import main
+
+    monkeypatch.setenv("FLOCK_HOME", str(tmp_path))
+    monkeypatch.setenv("FLOCK_STORE", "sqlite:///x.db")
+    assert main(["epoch", "run", "3"]) == 2
+    assert "FLOCK_STORE" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing was created
+
+
+def test_the_store_and_the_celery_settings_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOCK_STORE", "postgresql://flock:pw@db:5432/flock")
+    monkeypatch.setenv("FLOCK_EXECUTOR", "celery")
+    monkeypatch.setenv("FLOCK_CELERY_BROKER", "redis://broker:6379/0")
+    res = build_resources(tmp_path)
+    assert res["warehouse"].dialect == "postgresql" and res["warehouse"].local_dir() is None
+    from flock_pipeline.cli import worker_command
+
+    argv = worker_command(tmp_path, "gpu0", "gpu", 1, ["-P", "solo"])
+    assert argv[1:] == ["worker", "start", "-A", "dagster_celery.app", "-y", str(tmp_path / "celery-worker.yaml"),
+                        "-n", "gpu0", "-q", "gpu", "--", "--concurrency=1", "-P", "solo"]
+    import yaml
+
+    config = yaml.safe_load((tmp_path / "celery-worker.yaml").read_text())["execution"]["config"]
+    assert config["broker"] == config["backend"] == "redis://broker:6379/0"
+    assert config["config_source"]["task_acks_late"] and config["config_source"]["task_reject_on_worker_lost"]
+    assert (tmp_path / "celery-worker.yaml").stat().st_mode & 0o077 == 0  # the broker URL is the owner's only
+
+
+def test_the_default_store_is_the_duckdb_file_in_the_home(tmp_path, monkeypatch):
+    monkeypatch.delenv("FLOCK_STORE", raising=False)
+    res = build_resources(tmp_path)
+    assert res["warehouse"].dialect == "duckdb" and res["warehouse"].local_dir() == tmp_path

@@ -10,7 +10,6 @@ from flock_pipeline.store import (
     SCHEMA_VERSION, CommitmentRecord, CompetitionRoundRecord, CorpusRecord, DatasetRecord, DatasetRowRecord,
     DedupPlanRecord, EpochCompetitionRecord, EpochRecord, EvalResultRecord, ScoreRecord, ShardRecord, ShardRowRecord,
     Store, StoreURLError, WeightSubmissionRecord, parse_url)
-from flock_pipeline.store.backends import backend_for
 from flock_pipeline.store.migrations import MIGRATIONS, statements
 
 T0 = datetime(2026, 12, 1, 12, 0, 0)
