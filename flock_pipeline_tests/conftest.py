@@ -77,3 +77,23 @@ def redis_server():
     yield url
     if server is not None:
         server.stop()
+
+
+@pytest.fixture
+def demo_pair(tmp_path, tiny_model_dir):
+    """(epoch, a demo home after one uninterrupted in-process epoch, an identical home seeded but not run)."""
+    import dagster as dg
+
+    from flock_pipeline.defs.epoch import run_epoch
+    from flock_pipeline.demo import seed_demo_network
+    from flock_pipeline.resources import build_resources
+
+    seeded = tmp_path / "seeded"
+    (seeded / "models").mkdir(parents=True)
+    shutil.copytree(tiny_model_dir, seeded / "models" / tiny_model_dir.name)
+    epoch = seed_demo_network(seeded)
+    reference, other = tmp_path / "reference", tmp_path / "other"
+    shutil.copytree(seeded, reference)
+    shutil.copytree(seeded, other)
+    run_epoch(epoch, build_resources(reference), dg.DagsterInstance.ephemeral())
+    return epoch, reference, other

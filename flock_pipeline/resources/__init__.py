@@ -191,25 +191,25 @@ def _real_network(network: str, netuid: int, home: Path) -> tuple[ChainResource,
     return chain, hub
 
 
+def _json_object(variable: str, text: str, what: str) -> dict:
+    """The JSON object an environment variable holds; anything else is a ConfigError naming the variable."""
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{variable} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(f"{variable} must be a JSON object of {what}")
+    return value
+
+
 def _eval_run_tags(text: str) -> str:
     """FLOCK_EVAL_RUN_TAGS: a JSON object (tag -> text, or a JSON value written as text)."""
-    try:
-        tags = json.loads(text or "{}")
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"FLOCK_EVAL_RUN_TAGS is not valid JSON: {exc}") from exc
-    if not isinstance(tags, dict):
-        raise ConfigError("FLOCK_EVAL_RUN_TAGS must be a JSON object of run tags")
-    return json.dumps(tags, sort_keys=True)
+    return json.dumps(_json_object("FLOCK_EVAL_RUN_TAGS", text, "run tags"), sort_keys=True)
 
 
 def _settings_overrides(text: str) -> dict:
     """FLOCK_SETTINGS: a JSON object of ValidatorSettingsResource fields; unknown fields are an error."""
-    try:
-        overrides = json.loads(text or "{}")
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"FLOCK_SETTINGS is not valid JSON: {exc}") from exc
-    if not isinstance(overrides, dict):
-        raise ConfigError("FLOCK_SETTINGS must be a JSON object of validator settings")
+    overrides = _json_object("FLOCK_SETTINGS", text, "validator settings")
     unknown = sorted(set(overrides) - set(ValidatorSettingsResource.model_fields))
     if unknown:
         raise ConfigError(f"FLOCK_SETTINGS: unknown setting(s) {', '.join(unknown)}")

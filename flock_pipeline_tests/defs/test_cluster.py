@@ -13,8 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from flock_pipeline.defs.epoch import run_epoch
-from flock_pipeline.demo import epoch_report, seed_demo_network
+from flock_pipeline.demo import epoch_report
 from flock_pipeline.resources import build_resources
 from flock_pipeline.store import CorpusRecord, EvalResultRecord
 from flock_pipeline_tests.servers import create_database
@@ -57,16 +56,9 @@ def _evaluation_step_pid(instance: dg.DagsterInstance) -> int | None:
 
 
 @pytest.mark.slow
-def test_an_epoch_on_postgres_and_celery_workers_equals_the_embedded_run(tmp_path, tiny_model_dir, postgres_admin,
+def test_an_epoch_on_postgres_and_celery_workers_equals_the_embedded_run(tmp_path, demo_pair, postgres_admin,
                                                                        redis_server, monkeypatch):
-    seeded = tmp_path / "seeded"
-    (seeded / "models").mkdir(parents=True)
-    shutil.copytree(tiny_model_dir, seeded / "models" / tiny_model_dir.name)
-    epoch = seed_demo_network(seeded)
-    embedded, cluster = tmp_path / "embedded", tmp_path / "cluster"
-    shutil.copytree(seeded, embedded)
-    shutil.copytree(seeded, cluster)
-    run_epoch(epoch, build_resources(embedded), dg.DagsterInstance.ephemeral())
+    epoch, embedded, cluster = demo_pair
     expected = _outcome(build_resources(embedded), epoch)
     assert expected["corpus"][0][0] > 0 and len(expected["weights"]) == 1
 

@@ -3,20 +3,17 @@ report, the corpus and the single weight submission are those of an uninterrupte
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
-from flock_pipeline.store import CorpusRecord
-from flock_pipeline.defs.epoch import run_epoch
-from flock_pipeline.demo import epoch_report, seed_demo_network
+from flock_pipeline.demo import epoch_report
 from flock_pipeline.resources import build_resources
+from flock_pipeline.store import CorpusRecord
 
 KILLS = 20
 DEADLINE_S = 600  # the whole test, kills and resumes together
@@ -33,15 +30,8 @@ def _outcome(home: Path, epoch: int) -> dict:
 
 
 @pytest.mark.slow
-def test_killing_the_runner_at_random_points_changes_nothing(tmp_path, tiny_model_dir):
-    seeded = tmp_path / "seeded"
-    (seeded / "models").mkdir(parents=True)
-    shutil.copytree(tiny_model_dir, seeded / "models" / tiny_model_dir.name)
-    epoch = seed_demo_network(seeded)
-    calm, killed = tmp_path / "calm", tmp_path / "killed"
-    shutil.copytree(seeded, calm)
-    shutil.copytree(seeded, killed)
-    run_epoch(epoch, build_resources(calm), dg.DagsterInstance.ephemeral())
+def test_killing_the_runner_at_random_points_changes_nothing(demo_pair):
+    epoch, calm, killed = demo_pair
     expected = _outcome(calm, epoch)
     assert len(expected["weights"]) == 1 and expected["corpus"][0][0] > 0
 

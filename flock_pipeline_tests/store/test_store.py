@@ -138,31 +138,23 @@ def test_set_writes_are_scoped_idempotent_and_transactional(store_url):
 @pytest.mark.parametrize("upto", [1, 2])
 def test_an_older_database_is_upgraded_in_place(store_url, upto):
     dialect, target = parse_url(store_url)
-    # Build the old schema with a bare connection, bypassing the store's own migration on first use.
+    # The old schema through a bare connection, bypassing the store's own migration on first use.
     if dialect == "duckdb":
         import duckdb
 
         con = duckdb.connect(target)
-        for m in MIGRATIONS[:upto]:
-            for sql in statements(m, "duckdb"):
-                con.execute(sql)
-        con.execute("INSERT INTO win_rates (epoch, hotkey, uid, status, reason, eval_loss, win_rate, weight) "
-                    "VALUES (3, 'old', 4, 'scored', NULL, 1.1, 1.0, 1.0)")
-        con.execute("INSERT INTO commitments (epoch, hotkey, uid, repo, competition_id, revision, commit_block, "
-                    "registration_block, status, reason) VALUES (3, 'old', 4, 'ns/old', '1', 'aaa', 5, 1, 'ok', NULL)")
-        con.close()
     else:
         import psycopg
 
-        with psycopg.connect(target) as con:
-            for m in MIGRATIONS[:upto]:
-                for sql in statements(m, "postgresql"):
-                    con.execute(sql)
-            con.execute("INSERT INTO win_rates (epoch, hotkey, uid, status, reason, eval_loss, win_rate, weight) "
-                        "VALUES (3, 'old', 4, 'scored', NULL, 1.1, 1.0, 1.0)")
-            con.execute("INSERT INTO commitments (epoch, hotkey, uid, repo, competition_id, revision, commit_block, "
-                        "registration_block, status, reason) VALUES (3, 'old', 4, 'ns/old', '1', 'aaa', 5, 1, 'ok', "
-                        "NULL)")
+        con = psycopg.connect(target, autocommit=True)
+    for m in MIGRATIONS[:upto]:
+        for sql in statements(m, dialect):
+            con.execute(sql)
+    con.execute("INSERT INTO win_rates (epoch, hotkey, uid, status, reason, eval_loss, win_rate, weight) "
+                "VALUES (3, 'old', 4, 'scored', NULL, 1.1, 1.0, 1.0)")
+    con.execute("INSERT INTO commitments (epoch, hotkey, uid, repo, competition_id, revision, commit_block, "
+                "registration_block, status, reason) VALUES (3, 'old', 4, 'ns/old', '1', 'aaa', 5, 1, 'ok', NULL)")
+    con.close()
     store = Store(store_url)
     assert store.schema_version() == SCHEMA_VERSION
     [old] = store.win_rates(3)
