@@ -7,6 +7,7 @@ dynamic `miners` partitions (key = hotkey) and work on the latest epoch the mine
 
 import contextlib
 import math
+import os
 
 import dagster as dg
 import pandas as pd
@@ -28,6 +29,9 @@ from flock_pipeline.validator.shards import build_miner_shard
 epochs_partitions = dg.DynamicPartitionsDefinition(name="epochs")
 miners_partitions = dg.DynamicPartitionsDefinition(name="miners")
 
+# The UI's kind tag of assets that write to the store: the database FLOCK_STORE names.
+STORE_KIND = ("postgres" if os.environ.get("FLOCK_STORE", "").startswith(("postgresql://", "postgres://"))
+              else "duckdb")
 EPOCH_TAG = "flock/epoch"  # on per-miner runs: the epoch they work for (sensors and the epoch runner set it)
 GPU_POOL = "gpu"  # size it to the number of GPUs: `dagster instance concurrency set gpu N`
 CELERY_QUEUE_TAG, GPU_QUEUE = "dagster-celery/queue", "gpu"  # with Celery, evaluations go to the GPU workers' queue
@@ -63,7 +67,7 @@ def _table(frame: pd.DataFrame, columns: list[str]) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(lines))
 
 
-@dg.asset(partitions_def=epochs_partitions, group_name="chain", kinds={"python", "duckdb"})
+@dg.asset(partitions_def=epochs_partitions, group_name="chain", kinds={"python", STORE_KIND})
 def chain_commitments(context: dg.AssetExecutionContext, chain: ChainResource, hub: HubResource,
                       settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Every miner's latest dataset commitment at the epoch's opening block: uid, hotkey, repo, revision, commit
@@ -96,7 +100,7 @@ def _chain_revisions(chain: ChainResource, hotkey: str, settings: ValidatorSetti
     return []
 
 
-@dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"python", "duckdb"},
+@dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"python", STORE_KIND},
           deps=[dg.AssetDep(chain_commitments, partition_mapping=dg.LastPartitionMapping())],
           retry_policy=TRANSIENT_RETRIES)
 def miner_datasets(context: dg.AssetExecutionContext, chain: ChainResource, hub: HubResource,
@@ -124,7 +128,7 @@ def miner_datasets(context: dg.AssetExecutionContext, chain: ChainResource, hub:
     })
 
 
-@dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"python", "duckdb"},
+@dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"python", STORE_KIND},
           deps=[dg.AssetDep(miner_datasets, partition_mapping=dg.AllPartitionMapping())])
 def deduplicated_shards(context: dg.AssetExecutionContext, hub: HubResource, settings: ValidatorSettingsResource,
                         warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -143,7 +147,7 @@ def deduplicated_shards(context: dg.AssetExecutionContext, hub: HubResource, set
     })
 
 
-@dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"pytorch", "duckdb"}, pool=GPU_POOL,
+@dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"pytorch", STORE_KIND}, pool=GPU_POOL,
           deps=[deduplicated_shards], retry_policy=TRANSIENT_RETRIES, op_tags={CELERY_QUEUE_TAG: GPU_QUEUE})
 def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, hub: HubResource,
                       settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -162,7 +166,7 @@ def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorRes
     })
 
 
-@dg.asset(partitions_def=epochs_partitions, group_name="scoring", kinds={"python", "duckdb"},
+@dg.asset(partitions_def=epochs_partitions, group_name="scoring", kinds={"python", STORE_KIND},
           deps=[dg.AssetDep(miner_eval_losses, partition_mapping=dg.AllPartitionMapping()),
                 dg.AssetDep(deduplicated_shards, partition_mapping=dg.AllPartitionMapping())])
 def win_rates(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, settings: ValidatorSettingsResource,

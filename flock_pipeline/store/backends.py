@@ -133,7 +133,7 @@ class DuckDBBackend(Backend):
 
     def _ensure_migrated(self) -> None:
         key = (os.getpid(), self.path)
-        if key in self._migrated:
+        if key in self._migrated and Path(self.path).exists():  # (a file deleted since is a new database)
             return
         self._migrated.add(key)  # first, so the connection below does not recurse
         try:
