@@ -149,7 +149,11 @@ def celery_settings() -> dict:
     return {"broker": broker, "backend": os.environ.get("FLOCK_CELERY_BACKEND") or broker,
             "config_source": {"task_acks_late": True, "task_reject_on_worker_lost": True,
                               "worker_prefetch_multiplier": 1,
-                              "broker_transport_options": {"visibility_timeout": visibility}}}
+                              # Redis: a step of a worker that died is handed out again `visibility` seconds
+                              # after it was, found by a sweep of the live workers every 10 s
+                              "broker_transport_options": {"visibility_timeout": visibility,
+                                                           "unacked_restore_interval": 10,
+                                                           "unacked_restore_throttle": 1}}}
 
 
 def check_competitions(settings: ValidatorSettingsResource, evaluator: EvaluatorResource) -> None:

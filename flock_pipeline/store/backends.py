@@ -107,6 +107,7 @@ class Backend:
 class DuckDBBackend(Backend):
     dialect = "duckdb"
     _migrated: set[tuple[int, str]] = set()  # (pid, path): brought up to date by this process
+    _migrating: set[tuple[int, str]] = set()
 
     def __init__(self, path: str):
         self.path = str(Path(path))
@@ -133,15 +134,17 @@ class DuckDBBackend(Backend):
 
     def _ensure_migrated(self) -> None:
         key = (os.getpid(), self.path)
+        if key in self._migrating:  # the migration's own connection
+            return
         if key in self._migrated and Path(self.path).exists():  # (a file deleted since is a new database)
             return
-        self._migrated.add(key)  # first, so the connection below does not recurse
+        self._migrating.add(key)
         try:
             with self.transaction() as tx:
                 self._migrate(tx)
-        except BaseException:
-            self._migrated.discard(key)
-            raise
+        finally:
+            self._migrating.discard(key)
+        self._migrated.add(key)
 
     def read(self, sql: str, params: list | tuple = ()) -> list[dict]:
         with self._connect(read_only=True) as con:

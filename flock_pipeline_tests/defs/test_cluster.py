@@ -1,6 +1,7 @@
 """The distributed deployment on one machine: the store and Dagster's own storage on PostgreSQL, every step executed
-by two Celery worker processes (Redis broker). A demo epoch gives exactly the losses, weights and corpus of the
-embedded run (DuckDB, steps in-process), also when the worker process running an evaluation is killed."""
+by two Celery workers (Redis broker). A demo epoch gives exactly the losses, weights and corpus of the embedded run
+(DuckDB, steps in-process), also when the process running one evaluation is killed (its worker lives on) and then a
+whole worker is killed during another evaluation (the other worker takes it over)."""
 
 import os
 import shutil
@@ -44,15 +45,20 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def _evaluation_step_pid(instance: dg.DagsterInstance) -> int | None:
-    """The process that runs an evaluation step right now: STEP_START of miner_eval_losses is written by it."""
+def _evaluation_step(instance: dg.DagsterInstance) -> tuple[str, int] | None:
+    """(run id, pid) of an evaluation step running right now: STEP_START of miner_eval_losses is written by it."""
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
         starts = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
         ends = {e.step_key for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)}
         for entry in starts:
             if entry.step_key == "miner_eval_losses" and entry.step_key not in ends:
-                return entry.dagster_event.pid
+                return run.run_id, entry.dagster_event.pid
     return None
+
+
+def _evaluation_starts(instance: dg.DagsterInstance, run_id: str) -> int:
+    return sum(e.step_key == "miner_eval_losses"
+               for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START))
 
 
 @pytest.mark.slow
@@ -71,20 +77,26 @@ def test_an_epoch_on_postgres_and_celery_workers_equals_the_embedded_run(tmp_pat
     env = {**os.environ, "FLOCK_HOME": str(cluster), "FLOCK_STORE": store_url, "FLOCK_EXECUTOR": "celery",
            "FLOCK_CELERY_BROKER": redis_server, "DAGSTER_HOME": str(dagster_home),
            "FLOCK_DAGSTER_POSTGRES_URL": dagster_url, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "FLOCK_CELERY_VISIBILITY_TIMEOUT_S": "60",  # a dead worker's step is handed out again after 60 s
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     workers = [_start([str(BIN / "flock"), "worker", "--name", f"w{i}", "--queues", "dagster,gpu"], env,
                       tmp_path / f"worker{i}.log") for i in (1, 2)]
     try:
         runner = _start([str(BIN / "flock"), "epoch", "run", str(epoch), "--json"], env, tmp_path / "runner.log")
-        killed, started = None, time.monotonic()
+        killed, lost_worker, started = None, None, time.monotonic()
         while runner.poll() is None:
             assert time.monotonic() - started < DEADLINE_S, (tmp_path / "runner.log").read_text()[-3000:]
-            if killed is None:
-                pid = _evaluation_step_pid(instance)
-                if pid is not None and pid != runner.pid:
-                    time.sleep(1.0)  # into the training
-                    os.kill(pid, signal.SIGKILL)  # the worker process running this miner's evaluation dies
-                    killed = pid
+            step = _evaluation_step(instance)
+            if step is not None and killed is None:
+                time.sleep(1.0)  # into the training
+                os.kill(step[1], signal.SIGKILL)  # the process running this miner's evaluation dies
+                killed = step
+            elif step is not None and lost_worker is None and step[0] != killed[0]:
+                time.sleep(1.0)  # another miner's evaluation: now its whole worker dies
+                group = os.getpgid(step[1])
+                lost_worker = next(w for w in workers if w.pid == group)
+                _stop(lost_worker)
+                lost_worker = (step[0], lost_worker)
             time.sleep(0.2)
         log = (tmp_path / "runner.log").read_text()
         assert runner.returncode == 0, log[-3000:] + "".join(
@@ -92,13 +104,12 @@ def test_an_epoch_on_postgres_and_celery_workers_equals_the_embedded_run(tmp_pat
     finally:
         for w in workers:
             _stop(w)
-    assert killed is not None, "no evaluation step was seen running on a worker"
+    assert killed is not None and lost_worker is not None, "evaluation steps were not seen running on workers"
     worker_logs = "".join((tmp_path / f"worker{i}.log").read_text(errors="replace") for i in (1, 2))
-    assert f"pid:{killed} exited with 'signal 9 (SIGKILL)'" in worker_logs  # a worker's process really died ...
-    reruns = [r for r in instance.get_runs() if len([
-        e for e in instance.all_logs(r.run_id, of_type=dg.DagsterEventType.STEP_START)
-        if e.step_key == "miner_eval_losses"]) > 1]
-    assert len(reruns) == 1  # ... its evaluation was handed to a worker again and ran to the end
+    assert f"pid:{killed[1]} exited with 'signal 9 (SIGKILL)'" in worker_logs  # the process really died ...
+    assert _evaluation_starts(instance, killed[0]) == 2  # ... and its evaluation ran again, to the end
+    assert lost_worker[1].returncode == -signal.SIGKILL  # a whole worker died mid-evaluation ...
+    assert _evaluation_starts(instance, lost_worker[0]) == 2  # ... and the other worker ran that evaluation again
 
     monkeypatch.setenv("FLOCK_STORE", store_url)
     assert _outcome(build_resources(cluster), epoch) == expected  # the same losses, weights and corpus
