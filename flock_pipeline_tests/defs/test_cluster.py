@@ -92,11 +92,11 @@ def test_an_epoch_on_postgres_and_celery_workers_equals_the_embedded_run(tmp_pat
                 os.kill(step[1], signal.SIGKILL)  # the process running this miner's evaluation dies
                 killed = step
             elif step is not None and lost_worker is None and step[0] != killed[0]:
-                time.sleep(1.0)  # another miner's evaluation: now its whole worker dies
-                group = os.getpgid(step[1])
-                lost_worker = next(w for w in workers if w.pid == group)
-                _stop(lost_worker)
-                lost_worker = (step[0], lost_worker)
+                # another miner's evaluation, still running (checked just before): now its whole worker dies
+                worker = next(w for w in workers if w.pid == os.getpgid(step[1]))
+                if _evaluation_step(instance) == step:
+                    _stop(worker)
+                    lost_worker = (step[0], worker)
             time.sleep(0.2)
         log = (tmp_path / "runner.log").read_text()
         assert runner.returncode == 0, log[-3000:] + "".join(
