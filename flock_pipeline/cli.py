@@ -254,7 +254,7 @@ def cmd_miner_validate(args) -> int:
 
 def cmd_miner_score(args) -> int:
     from flock_pipeline.miner import MinerInputError, dumps, win_rates_among
-    from flock_pipeline.resources import ConfigError, build_resources
+    from flock_pipeline.resources import build_resources
 
     _quiet_torch()
     resources = build_resources()
@@ -457,24 +457,18 @@ def worker_command(home: Path, name: str, queues: str, concurrency: int, extra: 
 
 def cmd_worker(args) -> int:
     """Start a Celery worker for this validator's steps (FLOCK_EXECUTOR=celery runs send them here)."""
-    from flock_pipeline.resources import build_resources, flock_home
+    from flock_pipeline.resources import ConfigError, build_resources, flock_home
 
     os.environ["FLOCK_EXECUTOR"] = "celery"
     build_resources()  # the worker's own configuration is checked before it takes any step
     if not os.environ.get("DAGSTER_HOME"):
-        raise_config("DAGSTER_HOME must name the Dagster instance the runs record to (shared with the daemon)")
+        raise ConfigError("DAGSTER_HOME must name the Dagster instance the runs record to (shared with the daemon)")
     argv = worker_command(flock_home(), args.name, args.queues, args.concurrency, args.celery_args)
     # The celery binary is found on PATH: the one next to this interpreter first.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     print(" ".join(argv), file=sys.stderr)
     os.execv(argv[0], argv)
     return 0  # not reached
-
-
-def raise_config(message: str):
-    from flock_pipeline.resources import ConfigError
-
-    raise ConfigError(message)
 
 
 def main(argv: list[str] | None = None) -> int:

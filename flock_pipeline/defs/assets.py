@@ -7,7 +7,6 @@ dynamic `miners` partitions (key = hotkey) and work on the latest epoch the mine
 
 import contextlib
 import math
-import os
 
 import dagster as dg
 import pandas as pd
@@ -19,6 +18,7 @@ from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.store import CommitmentRecord, ScoreRecord, frame as records_frame
+from flock_pipeline.store.backends import store_dialect
 from flock_pipeline.validator.commitments import snapshot_commitments
 from flock_pipeline.validator.datasets import fetch_miner_dataset
 from flock_pipeline.validator.evaluation import evaluate_miner
@@ -30,8 +30,7 @@ epochs_partitions = dg.DynamicPartitionsDefinition(name="epochs")
 miners_partitions = dg.DynamicPartitionsDefinition(name="miners")
 
 # The UI's kind tag of assets that write to the store: the database FLOCK_STORE names.
-STORE_KIND = ("postgres" if os.environ.get("FLOCK_STORE", "").startswith(("postgresql://", "postgres://"))
-              else "duckdb")
+STORE_KIND = "postgres" if store_dialect() == "postgresql" else "duckdb"
 EPOCH_TAG = "flock/epoch"  # on per-miner runs: the epoch they work for (sensors and the epoch runner set it)
 GPU_POOL = "gpu"  # size it to the number of GPUs: `dagster instance concurrency set gpu N`
 CELERY_QUEUE_TAG, GPU_QUEUE = "dagster-celery/queue", "gpu"  # with Celery, evaluations go to the GPU workers' queue

@@ -50,6 +50,16 @@ def parse_url(url: str) -> tuple[str, str]:
     return "duckdb", url
 
 
+def store_dialect(url: str | None = None) -> str:
+    """The dialect of `url` (default: FLOCK_STORE); "duckdb" when unset or not valid (that error is reported when
+    the configuration is read)."""
+    url = os.environ.get("FLOCK_STORE", "") if url is None else url
+    try:
+        return parse_url(url)[0] if url else "duckdb"
+    except StoreURLError:
+        return "duckdb"
+
+
 def _redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.password:
@@ -254,4 +264,4 @@ def backend_for(url: str) -> Backend:
 
 
 __all__ = ["Backend", "DuckDBBackend", "PostgresBackend", "StoreURLError", "Transaction", "backend_for",
-           "parse_url", "LATEST"]
+           "parse_url", "store_dialect", "LATEST"]

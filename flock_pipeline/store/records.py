@@ -50,8 +50,7 @@ class Record:
         for name in cls.columns():
             value = row.get(name)
             if name in cls.JSON_FIELDS and isinstance(value, str):
-                value = json.loads(value)
-                value = tuple(value) if isinstance(value, list) else value
+                value = decode_json(value)
             elif name in cls.LIST_FIELDS:
                 value = tuple(float(x) for x in (value if value is not None else ()))
             kwargs[name] = value
@@ -60,8 +59,11 @@ class Record:
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+
+def decode_json(text: str):
+    """A JSON column's value as a record holds it (lists as tuples, so records stay hashable and comparable)."""
+    value = json.loads(text)
+    return tuple(value) if isinstance(value, list) else value
 
 
 def frame(records: list[Record], cls: type[Record] | None = None) -> pd.DataFrame:

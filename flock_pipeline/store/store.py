@@ -15,7 +15,7 @@ from flock_pipeline.store.backends import Backend, Transaction, backend_for
 from flock_pipeline.store.records import (
     RECORD_OF_TABLE, CommitmentRecord, CompetitionRoundRecord, CorpusRecord, DatasetRecord, DatasetRowRecord,
     DedupPlanRecord, EpochCompetitionRecord, EpochRecord, EvalResultRecord, Record, ScoreRecord, ShardRecord,
-    ShardRowRecord, WeightSubmissionRecord)
+    ShardRowRecord, WeightSubmissionRecord, decode_json)
 
 
 @dataclass(frozen=True)
@@ -213,8 +213,7 @@ class StoreOps:
         rows = self._backend().read(
             "SELECT c.hotkey, d.status, d.reason, d.rejected FROM commitments c JOIN datasets d "
             "USING (repo, revision) WHERE c.epoch = ? AND c.status = 'ok'", [epoch])
-        return {r["hotkey"]: DatasetVerdict(r["status"], r["reason"],
-                                            DatasetRecord.from_row({"rejected": r["rejected"] or "[]"}).rejected)
+        return {r["hotkey"]: DatasetVerdict(r["status"], r["reason"], decode_json(r["rejected"] or "[]"))
                 for r in rows}
 
     def epoch_used_rows(self, epoch: int) -> dict[str, list[UsedRow]]:
