@@ -142,7 +142,7 @@ def cmd_chain_status(args) -> int:
 
     chain = build_resources()["chain"]
     block = chain.current_block()
-    tempo = chain.effective_tempo() if hasattr(chain, "effective_tempo") else chain.tempo
+    tempo = chain.effective_tempo()
     print(json.dumps({"block": block, "epoch": chain.epoch_of(block), "tempo": tempo,
                       "neurons": len(chain.metagraph()), "commitments": len(chain.commitments())}))
     return 0

@@ -231,16 +231,6 @@ def score_epoch(contenders: list[Contender], previous: Mapping[int, float],
     return scores, weights
 
 
-def to_u16(weights: Mapping[int, float]) -> tuple[list[int], list[int]]:
-    """Validated float weights -> (uids, u16 weights) as the chain stores them (max weight -> 65535)."""
-    validate_weights(weights)
-    uids = sorted(uid for uid, w in weights.items() if w > 0)
-    if not uids:
-        return [], []
-    top = max(weights[u] for u in uids)
-    return uids, [max(1, round(weights[u] / top * 65535)) for u in uids]
-
-
 def validate_weights(weights: Mapping[int, float], eligible: set[int] | None = None) -> None:
     """Raise ValueError unless weights are finite, non-negative, sum to 1 and go only to eligible uids."""
     for uid, w in weights.items():

@@ -189,14 +189,19 @@ def win_rates(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, s
 @dg.asset(partitions_def=epochs_partitions, group_name="scoring", kinds={"python"}, deps=[win_rates])
 def submitted_weights(context: dg.AssetExecutionContext, chain: ChainResource, settings: ValidatorSettingsResource,
                       warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """The epoch's weight vector as u16 and what the chain answered (block, or the refusal and when to retry).
-    Sent once per epoch: a re-materialization reports the recorded answer."""
+    """The epoch's weight vector over every uid, exactly as the chain receives it (u16, after the SDK's conform
+    step), and its fate: refused before sending (with the reason), rate limited (and when to retry), included or
+    committed, then applied or not applied, read back from the chain's stored weights. Sent once per epoch: a
+    re-materialization confirms or reports the recorded answer."""
     result = submit_epoch_weights(int(context.partition_key), chain, settings, warehouse)
     sent = result.submission
-    if not sent.success:
-        context.log.warning(f"weights not set: {sent.message}")
+    if sent.state not in ("applied", "included", "committed"):
+        context.log.warning(f"weights {sent.state}: {sent.message}{'; ' + sent.detail if sent.detail else ''}")
     return dg.MaterializeResult(metadata={
-        "success": bool(sent.success), "block": int(sent.block), "message": sent.message,
+        "state": sent.state or "", "success": bool(sent.success), "block": int(sent.block), "message": sent.message,
+        "detail": sent.detail or "", "version_key": int(sent.version_key or 0),
+        "chain_epoch": int(sent.chain_epoch) if sent.chain_epoch is not None else -1,
+        "reveal_epoch": int(sent.reveal_epoch) if sent.reveal_epoch is not None else -1,
         "uids": str(list(sent.uids)), "weights_u16": str(list(sent.weights)), "sent_now": result.sent_now,
     })
 

@@ -199,13 +199,13 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
         return [dg.RunRequest(run_key=f"score:{key}", partition_key=key,
                               asset_selection=[win_rates.key, submitted_weights.key, final_corpus.key])], "scoring"
     sent = warehouse.weight_submission(epoch)
-    if sent is not None and not sent.success and sent.message.startswith(IN_FLIGHT):
+    if sent is not None and sent.state == IN_FLIGHT:
         # a run died between sending and recording: re-run it, it asks the chain before sending again
         run_key = _run_key(instance, f"weights:{key}:in-flight:{int(sent.block)}")
         if run_key is not None:
             return [dg.RunRequest(run_key=run_key, partition_key=key, asset_selection=[submitted_weights.key])], \
                 "confirming weights whose answer was not recorded"
-    if sent is not None and not sent.success and sent.retry_after_block is not None:
+    if sent is not None and sent.state == "rate limited" and sent.retry_after_block is not None:
         retry_at = int(sent.retry_after_block)
         if chain_block is not None and chain_block >= retry_at:
             return [dg.RunRequest(run_key=f"weights:{key}:{retry_at}", partition_key=key,
@@ -233,13 +233,28 @@ def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: Wareho
                                                       recipe=competition_recipe(settings, competition))
         return cache[competition]
 
+    block = chain.current_block()
+    confirmations = confirmation_requests(warehouse, chain.epoch_of(block))
     requests, stage = next_epoch_requests(latest, warehouse, context.instance, provenance_of,
-                                          chain.current_block(), evaluator.timeout_s,
+                                          block, evaluator.timeout_s,
                                           verdict_key(settings.limits()), evaluator.evaluation_run_tags())
-    if not requests:
+    if confirmations:
+        context.log.info(f"confirming the weights of epoch(s) {', '.join(r.partition_key for r in confirmations)}")
+    if not requests and not confirmations:
         return dg.SkipReason(f"epoch {latest}: {stage}")
     context.log.info(f"epoch {latest}: {stage}")
-    return dg.SensorResult(run_requests=requests)
+    return dg.SensorResult(run_requests=confirmations + requests)
+
+
+def confirmation_requests(warehouse: WarehouseResource, chain_epoch: int) -> list[dg.RunRequest]:
+    """A `submitted_weights` run for each commit-reveal submission whose reveal epoch has started: it reads the
+    chain's stored weights and records "applied" or "not applied" (one run per submission and chain epoch)."""
+    out = []
+    for sent in warehouse.weight_submissions_in(("committed",)):
+        if sent.reveal_epoch is not None and chain_epoch >= int(sent.reveal_epoch):
+            out.append(dg.RunRequest(run_key=f"weights:{sent.epoch}:confirm:{int(sent.block)}:{chain_epoch}",
+                                     partition_key=str(sent.epoch), asset_selection=[submitted_weights.key]))
+    return out
 
 
 SENSORS = [new_block_sensor, commitment_sensor, epoch_progress_sensor]

@@ -39,7 +39,9 @@ from bittensor.settings import resolve_endpoint
 from pydantic import PrivateAttr
 
 from flock_pipeline.core.commitment import MAX_COMMITMENT_BYTES
-from flock_pipeline.resources.chain import ChainError, ChainResource, Neuron, RawCommitment, WeightsReceipt
+from flock_pipeline.core.weights import U16_MAX, WeightRules, WeightsPlan
+from flock_pipeline.resources.chain import (ChainError, ChainResource, Neuron, PendingCommit, RawCommitment,
+                                            ValidatorWeight, WeightsReceipt)
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +231,9 @@ class BittensorChainResource(ChainResource):
     `wallet_password_env` (or the SDK's per-keyfile BT_PW_* variable). `hotkey` arguments are ss58 addresses (the
     wallet's hotkey name is accepted as an alias) and must be the wallet's own hotkey.
 
-    `tempo` 0 (default) reads the subnet's tempo from the chain once; set it to pin the epoch length. Epochs are
-    `block // tempo`, the pipeline's own numbering (not the chain's per-subnet epoch offset).
+    Epochs are the chain's `SubnetEpochIndex`, started at `LastEpochBlock` (read at the block asked about, so a
+    tempo change moves the next epoch's start but never the numbering). `tempo` > 0 pins the pipeline's own epochs
+    to `block // tempo` instead (a fixed length: a chain tempo change does not reach it).
 
     Tests inject a `bittensor.Substrate` (and keypairs) with `with_substrate` / `with_substrate_factory`.
     """
@@ -247,10 +250,10 @@ class BittensorChainResource(ChainResource):
     submit_timeout_s: float = 120.0  # per write, inclusion included
     max_retries: int = 3
     backoff_s: float = 1.0
-    version_key: int = 0  # used when set_weights is given version_key=0
+    version_key: int = 0  # used when set_weights is given version_key=0; 0 here too: the chain's WeightsVersionKey
     injected_handle: str = ""  # in-process handle set by with_substrate*; empty for the real network
 
-    _tempo_cache: int | None = PrivateAttr(default=None)
+    _starts: dict = PrivateAttr(default_factory=dict)  # chain epoch index -> its first block (immutable once past)
 
     # -- construction for tests -----------------------------------------------------------------------------
 
@@ -307,10 +310,8 @@ class BittensorChainResource(ChainResource):
         genesis = now_ms / 1000.0 - head * seconds
         return Clock(datetime.fromtimestamp(genesis, tz=timezone.utc), float(seconds))
 
-    def weights_set_since(self, hotkey: str, block: int, uids: list[int], weights: list[int]) -> int | None:
-        """The hotkey's `LastUpdate` (the block of its last weights or weight commit) when it is >= `block`. Under
-        commit-reveal the chain does not show a committed vector, so any weights this hotkey set since `block` count
-        (set weights for this subnet's epochs through this validator only)."""
+    def weights_set_since(self, hotkey: str, block: int) -> int | None:
+        """The hotkey's `LastUpdate` (the block of its last weights or weight commit) when it is >= `block`."""
         address = self._signer(hotkey).ss58_address
 
         async def op(client: Any, _attempt: int) -> int | None:
@@ -336,17 +337,51 @@ class BittensorChainResource(ChainResource):
         return int(value)
 
     def effective_tempo(self) -> int:
-        if self.tempo > 0:
-            return self.tempo
-        if self._tempo_cache is None:
-            self._tempo_cache = self.chain_tempo()
-        return self._tempo_cache
+        return self.tempo if self.tempo > 0 else self.chain_tempo()
+
+    def epoch_position(self, block: int | None = None) -> tuple[int, int]:
+        """(SubnetEpochIndex, LastEpochBlock) at `block` (default: the head): the epoch that block falls in. For a
+        block beyond the head it is estimated at the current tempo."""
+
+        async def op(client: Any, _attempt: int) -> tuple[int, int, int, int]:
+            head = int(await client.block())
+            at = head if block is None else min(int(block), head)
+            index, last, tempo = await asyncio.gather(
+                client.query(_SUBTENSOR.SubnetEpochIndex, [self.netuid], block=at),
+                client.query(_SUBTENSOR.LastEpochBlock, [self.netuid], block=at),
+                client.query(_SUBTENSOR.Tempo, [self.netuid], block=at))
+            return at, int(index or 0), int(last or 0), int(tempo or 0)
+
+        at, index, last, tempo = self._call("epoch index", op)
+        self._starts[index] = last
+        if block is not None and block > at and tempo > 0:
+            ahead = (int(block) - last) // tempo
+            return index + ahead, last + ahead * tempo
+        return index, last
 
     def epoch_of(self, block: int) -> int:
-        return block // self.effective_tempo()
+        if self.tempo > 0:
+            return block // self.tempo
+        return self.epoch_position(block)[0]
 
     def epoch_start(self, epoch: int) -> int:
-        return epoch * self.effective_tempo()
+        """A past epoch's first block is read from the chain state of the block before the next one's start
+        (walking back one epoch per read, at most 64, each remembered); the current epoch's is `LastEpochBlock`;
+        a future one is estimated at the current tempo."""
+        if self.tempo > 0:
+            return epoch * self.tempo
+        if epoch in self._starts:
+            return self._starts[epoch]
+        index, start = self.epoch_position()
+        if epoch > index:
+            return start + (epoch - index) * self.chain_tempo()
+        for _ in range(64):
+            if index == epoch:
+                return start
+            if start <= 0:
+                break
+            index, start = self.epoch_position(start - 1)
+        raise ChainError(f"epoch {epoch} is too far back in the chain's history to find its first block")
 
     def metagraph(self) -> list[Neuron]:
         """Every uid of the subnet. `stake` is the neuron's total stake weight on the subnet (alpha units, the
@@ -359,7 +394,8 @@ class BittensorChainResource(ChainResource):
         if graph is None:
             raise ChainError(f"netuid {self.netuid} does not exist on {self._network_label()}")
         return [Neuron(uid=n.uid, hotkey=n.hotkey, coldkey=n.coldkey, stake=float(n.total_stake.amount),
-                       validator_permit=bool(n.validator_permit), registration_block=int(n.block_at_registration))
+                       validator_permit=bool(n.validator_permit), registration_block=int(n.block_at_registration),
+                       incentive=float(n.incentive or 0.0))
                 for n in graph.neurons]
 
     def commitments(self, at_block: int | None = None) -> list[RawCommitment]:
@@ -434,87 +470,147 @@ class BittensorChainResource(ChainResource):
         log.info("commitment of %s included in block %d", address, block)
         return block
 
-    def set_weights(self, hotkey: str, uids: list[int], weights: list[int], version_key: int = 0) -> WeightsReceipt:
-        """Set u16 weights from the wallet's validator hotkey. Refused before submission (a receipt with
-        success=False): an unregistered hotkey, no validator permit, malformed weights, an unknown uid, or the
-        subnet's rate limit (`retry_after_block` = LastUpdate + WeightsSetRateLimit). The SDK's `SetWeights` submits
-        them plaintext, or as a timelocked commit when the subnet has commit-reveal enabled; it scales the weights so
-        the largest is 65535 (a no-op for the pipeline's u16 vectors). `version_key` 0 means the configured one.
-        Connection failures after all retries raise ChainError."""
-        uids = [int(u) for u in uids]
-        weights = [int(w) for w in weights]
-        key = int(version_key or self.version_key)
-        if (not uids or len(uids) != len(weights) or len(set(uids)) != len(uids)
-                or any(not 0 <= w <= 65535 for w in weights) or any(not 0 <= u <= 65535 for u in uids)):
-            return WeightsReceipt(False, self.current_block(),
-                                  "weights must be u16, match uids in length and name each uid once")
-        if not any(weights):
-            return WeightsReceipt(False, self.current_block(), "all weights are zero: nothing to set")
+    def weight_rules(self, hotkey: str) -> WeightRules:
+        """Registration, permit, stake, `SubnetOwnerHotkey`, `StakeThreshold`, `WeightsVersionKey`,
+        `MinAllowedWeights`, `MaxWeightsLimit`, `WeightsSetRateLimit`, `LastUpdate`, `CommitRevealWeightsEnabled`,
+        `RevealPeriodEpochs` and `SubnetEpochIndex`, all read at one block (the metagraph's stake weight included)."""
+        address = self._signer(hotkey).ss58_address
+
+        async def op(client: Any, _attempt: int) -> WeightRules:
+            view = await client.at()
+            head = int(view.block)
+            names = ("Uids", "ValidatorPermit", "WeightsSetRateLimit", "LastUpdate", "SubnetworkN",
+                     "CommitRevealWeightsEnabled", "SubnetOwnerHotkey", "WeightsVersionKey", "MinAllowedWeights",
+                     "MaxWeightsLimit", "RevealPeriodEpochs", "SubnetEpochIndex")
+            values = await asyncio.gather(*(view.query(getattr(_SUBTENSOR, n), [self.netuid, address]
+                                                       if n == "Uids" else [self.netuid]) for n in names),
+                                          view.query(_SUBTENSOR.StakeThreshold, []),
+                                          client.subnets.metagraph(self.netuid, commitments=False, block=head))
+            v = dict(zip(names, values))
+            threshold, graph = values[-2], values[-1]
+            uid = None if v["Uids"] is None else int(v["Uids"])
+            permits = v["ValidatorPermit"] if isinstance(v["ValidatorPermit"], (list, tuple)) else []
+            stake = 0.0
+            if graph is not None and uid is not None:
+                stake = next((float(n.total_stake.amount) for n in graph.neurons if n.uid == uid), 0.0)
+            max_limit = v["MaxWeightsLimit"]
+            return WeightRules(
+                block=head, hotkey=address, uid=uid, subnet_n=int(v["SubnetworkN"] or 0),
+                permit=bool(uid is not None and uid < len(permits) and permits[uid]),
+                owner=bool(v["SubnetOwnerHotkey"]) and str(v["SubnetOwnerHotkey"]) == address,
+                stake=stake, stake_threshold=int(threshold or 0) / 1e9, version_key=int(v["WeightsVersionKey"] or 0),
+                min_allowed_weights=int(v["MinAllowedWeights"] or 0),
+                max_weight_limit=int(max_limit) if max_limit is not None else U16_MAX,
+                rate_limit=int(v["WeightsSetRateLimit"] or 0),
+                last_update=_uid_value(v["LastUpdate"], uid) if uid is not None else 0,
+                commit_reveal=bool(v["CommitRevealWeightsEnabled"]), reveal_period=int(v["RevealPeriodEpochs"] or 1),
+                epoch=int(v["SubnetEpochIndex"] or 0))
+
+        return self._call("weight rules", op)
+
+    def plan_weights(self, hotkey: str, weights, version_key: int = 0) -> WeightsPlan:
+        """As the base, with this resource's configured `version_key` when none is given (0: the chain's)."""
+        return super().plan_weights(hotkey, weights, int(version_key or self.version_key))
+
+    def submit_weights(self, hotkey: str, plan: WeightsPlan) -> WeightsReceipt:
+        """Send a plan through the SDK's `SetWeights` intent with the plan's inputs (every uid), so that the SDK's
+        conform step yields the plan's vector; it submits plaintext `set_mechanism_weights` or, when the subnet has
+        commit-reveal, a timelocked commit (then `committed` is set: the weights apply only at the reveal). A lost
+        answer is not resent: the retry first checks the hotkey's `LastUpdate`. Connection failures after all
+        retries raise ChainError."""
+        if not plan.sendable:
+            raise ValueError(f"this plan is refused: {plan.refusal}")
         signer = self._signer(hotkey)
         address = signer.ss58_address
-        intent = bt.SetWeights(netuid=self.netuid, uids=uids, weights=[float(w) for w in weights], version_key=key)
+        intent = bt.SetWeights(netuid=self.netuid, uids=[u for u, _ in plan.inputs],
+                               weights=[w for _, w in plan.inputs], version_key=plan.version_key)
+        uid, last = plan.rules.uid, plan.rules.last_update
+        committed = plan.rules.commit_reveal
+        success = "committed (commit-reveal)" if committed else "included"
         state: dict[str, Any] = {}
 
         async def op(client: Any, _attempt: int) -> WeightsReceipt:
-            if "last" in state:  # an earlier attempt lost its answer: did it land?
-                last_update = await client.query(_SUBTENSOR.LastUpdate, [self.netuid])
-                landed = _uid_value(last_update, state["uid"])
-                if landed > state["last"]:
-                    return WeightsReceipt(True, landed, state["success_message"])
-            else:
-                refusal = await self._check_weights(client, address, uids, state)
-                if refusal is not None:
-                    return refusal
+            if state:  # an earlier attempt lost its answer: did it land?
+                landed = _uid_value(await client.query(_SUBTENSOR.LastUpdate, [self.netuid]), int(uid))
+                if landed > last:
+                    return WeightsReceipt(True, landed, success, committed=committed)
+            state["sent"] = True
             try:
                 result = await client.execute(intent, signer, wait_for_finalization=False)
             except _TRANSIENT:
                 raise
-            except bt.ChainError as exc:  # the SDK's own preflight refused (the chain moved since our checks)
+            except bt.ChainError as exc:  # the SDK's own preflight refused (the chain moved since the plan)
                 return WeightsReceipt(False, int(await client.block()), f"{exc.name or exc.code.value}: {exc.message}")
             except bt.BittensorError as exc:
                 return WeightsReceipt(False, int(await client.block()), f"weights not submitted: {exc}")
-            if not result.success:
-                block = _inclusion_block(result)
-                return WeightsReceipt(False, block if block is not None else int(await client.block()),
-                                      _refusal(result))
             block = _inclusion_block(result)
-            message = state["success_message"]
-            if "reveal_round" in result.data:
-                message = f"{message}; reveals at drand round {result.data['reveal_round']}"
-            return WeightsReceipt(True, block if block is not None else int(await client.block()), message)
+            block = block if block is not None else int(await client.block())
+            if not result.success:
+                return WeightsReceipt(False, block, _refusal(result))
+            reveal_round = result.data.get("reveal_round")
+            message = f"{success}; reveals at drand round {reveal_round}" if reveal_round is not None else success
+            return WeightsReceipt(True, block, message, committed=committed,
+                                  reveal_round=int(reveal_round) if reveal_round is not None else None)
 
         receipt = self._call("set_weights", op, timeout=self.submit_timeout_s)
         log.info("weights of %s on netuid %d: success=%s block=%d (%s)", address, self.netuid, receipt.success,
                  receipt.block, receipt.message)
         return receipt
 
-    async def _check_weights(self, client: Any, address: str, uids: list[int], state: dict) -> WeightsReceipt | None:
-        """Registration, validator permit, uids and rate limit, read at one block; fills `state` when allowed."""
-        view = await client.at()
-        head = int(view.block)
-        uid, permits, limit, last_update, count, commit_reveal = await asyncio.gather(
-            view.query(_SUBTENSOR.Uids, [self.netuid, address]),
-            view.query(_SUBTENSOR.ValidatorPermit, [self.netuid]),
-            view.query(_SUBTENSOR.WeightsSetRateLimit, [self.netuid]),
-            view.query(_SUBTENSOR.LastUpdate, [self.netuid]),  # mechanism 0: its storage index is the netuid
-            view.query(_SUBTENSOR.SubnetworkN, [self.netuid]),
-            view.query(_SUBTENSOR.CommitRevealWeightsEnabled, [self.netuid]),
-        )
-        if uid is None:
-            return WeightsReceipt(False, head, f"hotkey {address} is not registered on netuid {self.netuid}")
-        uid = int(uid)
-        if not (isinstance(permits, (list, tuple)) and uid < len(permits) and permits[uid]):
-            return WeightsReceipt(False, head, f"hotkey {address} has no validator permit on netuid {self.netuid}")
-        if any(u >= int(count or 0) for u in uids):
-            return WeightsReceipt(False, head, "weights name a uid that does not exist")
-        last, limit = _uid_value(last_update, uid), int(limit or 0)
-        if limit and last > 0 and head - last < limit:
-            allowed = last + limit
-            return WeightsReceipt(False, head, f"rate limited until block {allowed} (weights last set at block {last}, "
-                                               f"limit {limit} blocks)", retry_after_block=allowed)
-        state.update(uid=uid, last=last,
-                     success_message="committed (commit-reveal)" if commit_reveal else "included")
-        return None
+    def stored_weights(self, hotkey: str) -> dict[int, int] | None:
+        """`SubtensorModule.Weights` of the hotkey's uid (mechanism 0: storage index = netuid)."""
+        address = self._signer(hotkey).ss58_address
+
+        async def op(client: Any, _attempt: int) -> Any:
+            uid = await client.query(_SUBTENSOR.Uids, [self.netuid, address])
+            if uid is None:
+                return None
+            return await client.query(_SUBTENSOR.Weights, [self.netuid, int(uid)])
+
+        return _weight_row(self._call("stored weights", op))
+
+    def pending_commits(self, hotkey: str) -> list[PendingCommit]:
+        """The hotkey's entries of `SubtensorModule.TimelockedWeightCommits` (keyed by the epoch they were made in)."""
+        address = self._signer(hotkey).ss58_address
+
+        async def op(client: Any, _attempt: int) -> Any:
+            return await client.query_map(_SUBTENSOR.TimelockedWeightCommits, [self.netuid])
+
+        out = []
+        for epoch, entries in self._call("weight commits", op) or []:
+            for entry in entries or []:
+                try:
+                    who, block, _commit, reveal_round = entry
+                except (TypeError, ValueError):
+                    continue
+                if str(who) == address:
+                    out.append(PendingCommit(epoch=int(epoch), block=int(block), reveal_round=int(reveal_round)))
+        return sorted(out, key=lambda c: c.block)
+
+    def validator_weights(self, uid: int) -> list[ValidatorWeight]:
+        """Each validator's (permit or subnet owner) `Weights` row, and its value for `uid`."""
+
+        async def op(client: Any, _attempt: int) -> tuple[Any, Any, list]:
+            view = await client.at()
+            graph, owner = await asyncio.gather(client.subnets.metagraph(self.netuid, commitments=False,
+                                                                         block=view.block),
+                                                view.query(_SUBTENSOR.SubnetOwnerHotkey, [self.netuid]))
+            validators = [n for n in (graph.neurons if graph is not None else [])
+                          if n.validator_permit or (owner and n.hotkey == str(owner))]
+            rows = await asyncio.gather(*(view.query(_SUBTENSOR.Weights, [self.netuid, n.uid]) for n in validators))
+            return graph, owner, list(zip(validators, rows))
+
+        _graph, _owner, pairs = self._call("validator weights", op)
+        out = []
+        for neuron, raw in pairs:
+            row = _weight_row(raw)
+            if not row:
+                continue
+            total = sum(row.values())
+            out.append(ValidatorWeight(hotkey=neuron.hotkey, uid=int(neuron.uid),
+                                       stake=float(neuron.total_stake.amount), value=int(row.get(uid, 0)),
+                                       share=row.get(uid, 0) / total if total else 0.0))
+        return out
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
@@ -638,6 +734,20 @@ def _unlock_hotkey(wallet: bt.Wallet, password: str | None) -> Any:
         with _REGISTRY_LOCK:
             _KEYPAIRS[key] = keypair
     return keypair
+
+
+def _weight_row(raw: Any) -> dict[int, int] | None:
+    """A decoded `Weights` row ([(uid, value), ...]) as uid -> u16; None when empty or unreadable."""
+    if not isinstance(raw, (list, tuple)) or not raw:
+        return None
+    row = {}
+    for pair in raw:
+        try:
+            uid, value = pair
+            row[int(uid)] = int(value)
+        except (TypeError, ValueError):
+            return None
+    return row
 
 
 def _uid_value(values: Any, uid: int) -> int:

@@ -70,6 +70,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE competition_rounds ADD COLUMN IF NOT EXISTS contenders VARCHAR",
         "ALTER TABLE commitments ADD COLUMN IF NOT EXISTS coldkey VARCHAR",
     )),
+    Migration(4, "weight submissions: state, rules and confirmation", tuple(
+        f"ALTER TABLE weight_submissions ADD COLUMN IF NOT EXISTS {column}" for column in (
+            "state VARCHAR", "hotkey VARCHAR", "version_key BIGINT", "commit_reveal BOOLEAN", "chain_epoch BIGINT",
+            "reveal_epoch BIGINT", "reveal_round BIGINT", "confirmed_block BIGINT", "detail VARCHAR",
+            "attempts INTEGER"))),
 )
 # Older rows have NULL in the columns added by migrations 2 and 3: `competition` NULL reads as "the one curation
 # competition" and `competition_weight` NULL as "same as weight".

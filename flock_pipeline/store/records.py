@@ -223,10 +223,21 @@ class WeightSubmissionRecord(Record):
     success: bool
     block: int
     message: str
-    uids: tuple = ()
+    uids: tuple = ()  # exactly the vector the chain receives (after the SDK's conform step)
     weights: tuple = ()
     retry_after_block: int | None = None
     created_at: datetime | None = None
+    # refused | rate limited | in flight | included | committed | applied | not applied (see validator/scoring.py)
+    state: str | None = None
+    hotkey: str | None = None
+    version_key: int | None = None
+    commit_reveal: bool | None = None
+    chain_epoch: int | None = None  # the chain's epoch index when sent
+    reveal_epoch: int | None = None  # commit-reveal: the chain epoch whose start reveals it
+    reveal_round: int | None = None  # commit-reveal: the drand round it is sealed to
+    confirmed_block: int | None = None  # the block at which "applied" / "not applied" was read from the chain
+    detail: str | None = None  # what the chain's limits did to the vector; why it was not applied
+    attempts: int | None = None  # sends for this epoch
 
 
 @dataclass(frozen=True)

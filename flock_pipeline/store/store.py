@@ -345,6 +345,15 @@ class StoreOps:
     def weight_submission(self, epoch: int) -> WeightSubmissionRecord | None:
         return self._one(WeightSubmissionRecord, "epoch = ?", [epoch])
 
+    def weight_submissions_in(self, states: tuple[str, ...]) -> list[WeightSubmissionRecord]:
+        """Submissions in one of `states`, oldest epoch first (e.g. commits still waiting for their reveal)."""
+        marks = ", ".join("?" for _ in states)
+        return self._select(WeightSubmissionRecord, f"state IN ({marks})", list(states), "epoch")
+
+    def weight_submission_at(self, block: int) -> WeightSubmissionRecord | None:
+        """The recorded submission the chain included (or took the commit of) at `block`, of any epoch."""
+        return self._one(WeightSubmissionRecord, "block = ? AND success", [block], "epoch DESC")
+
     def record_corpus(self, corpus: CorpusRecord) -> None:
         self._put(corpus)
 

@@ -15,7 +15,6 @@ from flock_pipeline.core.scoring import (
     compute_win_rates,
     score_epoch,
     softmax_weights,
-    to_u16,
     validate_weights,
 )
 
@@ -191,31 +190,6 @@ def test_score_epoch_blends_and_drops_departed_miner():
 
 def test_score_epoch_no_contenders():
     assert score_epoch([], {1: 1.0}) == ({}, {})
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# to_u16
-
-
-@pytest.mark.parametrize(
-    "weights, uids, u16",
-    [
-        pytest.param({1: 1.0}, [1], [65535], id="single"),
-        pytest.param({1: 0.6, 2: 0.3, 3: 0.1, 4: 0.0}, [1, 2, 3], [65535, 32768, 10923], id="zero-dropped"),
-        pytest.param({3: 0.25, 1: 0.25, 2: 0.5}, [1, 2, 3], [32768, 65535, 32768], id="sorted-by-uid"),
-        pytest.param({1: 1 - 1e-9, 2: 1e-9}, [1, 2], [65535, 1], id="tiny-weight-rounds-up-to-1"),
-        pytest.param({1: 0.5, 2: 0.5}, [1, 2], [65535, 65535], id="equal-weights"),
-        pytest.param({}, [], [], id="empty"),
-    ],
-)
-def test_to_u16(weights, uids, u16):
-    assert to_u16(weights) == (uids, u16)
-
-
-@pytest.mark.parametrize("weights", [{1: math.nan}, {1: 0.5, 2: 0.4}, {1: 1.5, 2: -0.5}])
-def test_to_u16_validates(weights):
-    with pytest.raises(ValueError):
-        to_u16(weights)
 
 
 # ---------------------------------------------------------------------------------------------------------------

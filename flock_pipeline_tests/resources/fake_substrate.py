@@ -23,16 +23,38 @@ block time, tempo, metagraph, commitments, set_commitment, SetWeights on both pa
   next block and returns the ``ExtrinsicResult`` a real node would produce; a refused extrinsic is included too,
   with the chain's error name (e.g. ``AccountNotAllowedCommit``, ``SettingWeightsTooFast``).
 
+What the runtime does with weights is modelled after opentensor/subtensor (`internal_set_weights`,
+`internal_commit_timelocked_weights`, `reveal_crv3_commits_for_subnet`, the stateful epoch scheduler):
+
+- ``compose`` checks each call's parameters against its declared types (u16 uids and values, u64 version key and
+  reveal round, u16 commit-reveal version, a commit of at most 5,000 bytes), as encoding would.
+- A plaintext ``set_mechanism_weights`` is checked by the runtime's rules at inclusion
+  (`flock_pipeline.core.weights.runtime_error`: stake threshold, version key, rate limit, permit with the owner and
+  self-weight exemptions, duplicates, unknown uids, MinAllowedWeights, MaxWeightsLimit) and stored in ``Weights``.
+- A timelocked commit is accepted with only the commit checks (enabled, version, registered, rate limit, at most
+  10 unrevealed); it is kept under the epoch it was made in and revealed when epoch + ``reveal_period`` starts: the
+  same rules then apply and a failure only lands in ``reveal_log`` (the node's trace log), as on the real chain.
+  Decrypting needs the drand round's pulse, which is not reachable offline: the fake looks up the payload the SDK
+  sealed (the SDK's ``get_encrypted_commit_v2`` is wrapped to remember what it encrypted; its output is unchanged).
+  ``withhold_pulses`` makes the pulses missing (the commit waits, then expires).
+- Epochs follow the stateful scheduler: epoch i + 1 starts when ``tempo`` blocks have passed since
+  ``LastEpochBlock``; ``set_tempo`` changes the tempo from the next block on; ``SubnetEpochIndex`` counts epochs.
+- ``incentives`` of the metagraph: the stake-weighted mean of the validators' normalised weights (no clipping).
+
 Anything else raises, so a new SDK dependency shows up as a clear failure rather than a silent default. Queries pinned
-to an older block see that block's commitments (the history is kept); every other item is answered from the head.
-A new uid's LastUpdate starts at 0 (never set weights), so a fresh validator is not rate-limited.
+to an older block see that block's commitments and epoch position (the history is kept); every other item is
+answered from the head. A new uid's LastUpdate starts at 0 (never set weights), so a fresh validator is not
+rate-limited.
 
 Test knobs: ``register``, ``advance``, ``put_commitment`` (any raw field value, malformed ones included),
 ``fail_next(call_name, error_name)``, ``drop_connections(n)`` (the next n protocol calls raise
 ``RpcConnectionError``), ``stall(n, seconds)``, ``prune_state_before(block)``, ``lose_next_receipt()`` (the next
-extrinsic is applied but its caller sees a dropped connection) and the attributes ``weights_rate_limit``,
-``commit_reveal``, ``min_allowed_weights``, ``weights_version``. Inspection: ``block``, ``commitments``, ``weights``,
-``weight_commits``, ``last_update``, ``extrinsics``, ``connect_attempts``.
+extrinsic is applied but its caller sees a dropped connection), ``set_tempo``, ``set_stake`` and the attributes
+``weights_rate_limit``, ``commit_reveal``, ``min_allowed_weights``, ``max_weight_limit``, ``weights_version``,
+``stake_threshold`` (TAO units), ``reveal_period``, ``withhold_pulses``, ``owner_hotkey``. Inspection: ``block``,
+``commitments``, ``weights`` (every vector stored, oldest first, with ``via``: extrinsic or reveal), ``stored``
+(uid -> the ``Weights`` row), ``weight_commits``, ``reveal_log``, ``last_update``, ``extrinsics``, ``epochs``,
+``connect_attempts``.
 """
 
 from __future__ import annotations
@@ -48,12 +70,41 @@ import bittensor as bt
 import bittensor_core
 from bittensor._generated.errors import ERRORS
 
+from flock_pipeline.core.weights import WeightRules, runtime_error
+from flock_pipeline.resources.chain import advance_epochs, epoch_containing
+
+_SEALED: dict[bytes, dict] = {}  # commit bytes -> the payload the SDK sealed in them (our stand-in for drand)
+
+
+def _remember_sealed(encrypt):
+    def sealed(**kwargs):
+        commit, reveal_round = encrypt(**kwargs)
+        _SEALED[bytes(commit)] = {"uids": list(kwargs["uids"]), "values": list(kwargs["weights"]),
+                                  "version_key": int(kwargs["version_key"]), "hotkey": bytes(kwargs["hotkey"])}
+        return commit, reveal_round
+
+    sealed.flock_remembers = True
+    return sealed
+
+
+if not getattr(bittensor_core.get_encrypted_commit_v2, "flock_remembers", False):
+    bittensor_core.get_encrypted_commit_v2 = _remember_sealed(bittensor_core.get_encrypted_commit_v2)
+
 _ERROR_DOCS = {info.name: info.docs for info in ERRORS.values()}
 _CALL_ALIASES = {
     "set_weights": "set_mechanism_weights",
     "commit_weights": "commit_timelocked_mechanism_weights",
 }
 _U16_MAX = 65535
+_U64_MAX = 2**64 - 1
+_MAX_COMMIT_BYTES = 5000  # MAX_CRV3_COMMIT_SIZE_BYTES
+_COMMIT_REVEAL_VERSION = 4  # CommitRevealWeightsVersion
+_CALL_TYPES = {  # declared parameter types of the calls the fake composes: name -> (bits, is a list)
+    "set_mechanism_weights": {"netuid": (16, False), "mecid": (8, False), "dests": (16, True),
+                              "weights": (16, True), "version_key": (64, False)},
+    "commit_timelocked_mechanism_weights": {"netuid": (16, False), "mecid": (8, False), "reveal_round": (64, False),
+                                            "commit_reveal_version": (16, False)},
+}
 _SUPPORTED_CALLS = {
     ("Commitments", "set_commitment"),
     ("SubtensorModule", "set_mechanism_weights"),
@@ -112,15 +163,25 @@ class FakeSubstrate:
                  commit_reveal: bool = False, block: int = 0, block_time: float = 12.0) -> None:
         self.netuid = netuid
         self.tempo = tempo
+        self._initial_tempo = tempo
         self.weights_rate_limit = weights_rate_limit
         self.commit_reveal = commit_reveal
         self.min_allowed_weights = 0
-        self.weights_version = 0  # the subnet's required minimum version key
+        self.max_weight_limit = _U16_MAX
+        self.weights_version = 0  # the subnet's required minimum version key (WeightsVersionKey)
+        self.stake_threshold = 0.0  # StakeThreshold in TAO units (the chain holds rao)
+        self.reveal_period = 1  # RevealPeriodEpochs
+        self.withhold_pulses = False
+        self.stored: dict[int, list[tuple[int, int]]] = {}  # Weights: validator uid -> [(uid, value)]
+        self.reveal_log: list[str] = []  # why a reveal was dropped (the node's trace log)
+        self.epochs: list[list[int]] = [[0, 0]]  # [SubnetEpochIndex, LastEpochBlock] history
+        self._tempo_changes: list[list[int]] = []
+        self._pending: dict[int, list[dict]] = {}  # TimelockedWeightCommits: epoch -> commits
         self.block_time_s = block_time
         self.genesis_ms = 1_767_225_600_000  # Timestamp.Now of block 0 (2026-01-01 00:00 UTC)
         self.owner_hotkey: str | None = None  # SubtensorModule.SubnetOwnerHotkey
         self.token_symbols: dict[int, str] = {}
-        self.weights: list[dict] = []  # plaintext weights that were set, oldest first
+        self.weights: list[dict] = []  # every vector stored in Weights (plaintext or revealed), oldest first
         self.weight_commits: list[dict] = []  # timelocked (commit-reveal) weight commits, oldest first
         self.extrinsics: list[dict] = []  # every submitted extrinsic, included or refused
         self.connect_attempts = 0
@@ -145,13 +206,46 @@ class FakeSubstrate:
 
     def advance(self, blocks: int = 1) -> int:
         with self._lock:
-            self._block += int(blocks)
+            self._move(self._block + int(blocks))
             return self._block
+
+    def set_tempo(self, tempo: int) -> None:
+        """The owner's tempo change: from the next block on (the scheduler counts from LastEpochBlock)."""
+        with self._lock:
+            self._tempo_changes.append([self._block + 1, int(tempo)])
+            self.tempo = int(tempo)
+
+    def release_pulses(self) -> None:
+        """The drand pulses arrive: commits waiting in their reveal epoch are revealed now."""
+        with self._lock:
+            self.withhold_pulses = False
+            self._reveal(epoch_containing(self.epochs, self._block)[0])
+
+    def set_stake(self, hotkey: str, stake: float) -> None:
+        with self._lock:
+            uid = self._uid_of(hotkey)
+            old = self._neurons[uid]
+            self._neurons[uid] = _Neuron(old.uid, old.hotkey, old.coldkey, round(stake * 1e9), old.validator_permit,
+                                         old.registration_block)
+
+    def _move(self, block: int) -> None:
+        """Produce the blocks up to `block`: an epoch that fires first reveals the commits due (block_step runs
+        `reveal_crv3_commits` before the coinbase moves the epoch counter on)."""
+        while True:
+            fired = len(self.epochs)
+            advance_epochs(self.epochs, self._tempo_changes, self._initial_tempo, block)
+            if len(self.epochs) == fired:
+                break
+            del self.epochs[fired + 1:]  # one epoch at a time: its reveal sees the chain as it is then
+            index, start = self.epochs[-1]
+            self._block = start
+            self._reveal(index)
+        self._block = block
 
     def register(self, hotkey: str, coldkey: str = "", stake: float = 0.0, validator_permit: bool = False) -> int:
         """Register (or re-register) a hotkey in the next block; returns its uid."""
         with self._lock:
-            self._block += 1
+            self._move(self._block + 1)
             existing = self._uid_of(hotkey)
             uid = existing if existing is not None else len(self._neurons)
             neuron = _Neuron(uid, hotkey, coldkey or f"cold-{hotkey}", round(stake * 1e9), validator_permit,
@@ -281,7 +375,7 @@ class FakeSubstrate:
         return {"block": at, "deposit": 0, "info": {"fields": list(fields)}}
 
     def _subnet_item(self, name: str, block: int) -> Any:
-        epoch_start = block - block % self.tempo if self.tempo else 0
+        index, epoch_start = epoch_containing(self.epochs, block)
         items = {
             "Tempo": self.tempo,
             "SubnetworkN": len(self._neurons),
@@ -289,12 +383,13 @@ class FakeSubstrate:
             "WeightsSetRateLimit": self.weights_rate_limit,
             "CommitRevealWeightsEnabled": self.commit_reveal,
             "MinAllowedWeights": self.min_allowed_weights,
-            "MaxWeightsLimit": _U16_MAX,
+            "MaxWeightsLimit": self.max_weight_limit,
+            "WeightsVersionKey": self.weights_version,
             "SubnetEpochConsensus": "Yuma",
-            "RevealPeriodEpochs": 1,
+            "RevealPeriodEpochs": self.reveal_period,
             "LastEpochBlock": epoch_start,
             "PendingEpochAt": 0,
-            "SubnetEpochIndex": block // self.tempo if self.tempo else 0,
+            "SubnetEpochIndex": index,
             "BlocksSinceLastStep": block - epoch_start,
         }
         if name not in items:
@@ -310,6 +405,12 @@ class FakeSubstrate:
     def _query(self, module: str, name: str, params: list, block: int) -> Any:
         if module == "Timestamp" and name == "Now":
             return self.genesis_ms + int(block * self.block_time_s * 1000)
+        if module == "SubtensorModule" and name == "StakeThreshold":
+            return round(self.stake_threshold * 1e9)
+        if module == "SubtensorModule" and name == "CommitRevealWeightsVersion":
+            return _COMMIT_REVEAL_VERSION
+        if module == "SubtensorModule" and name == "Weights":
+            return list(self.stored.get(int(params[1]), [])) if params[0] == self.netuid else []
         if module == "SubtensorModule" and name == "SubnetOwnerHotkey":
             return self.owner_hotkey if params and params[0] == self.netuid else None
         if module == "Commitments" and name == "CommitmentOf":
@@ -337,6 +438,9 @@ class FakeSubstrate:
             if (module, storage_function) == ("Commitments", "CommitmentOf") and params == [self.netuid]:
                 rows = [(hotkey, self._commitment_at(hotkey, at)) for hotkey in self._commitment_history]
                 return [(hotkey, record) for hotkey, record in rows if record is not None]
+            if (module, storage_function) == ("SubtensorModule", "TimelockedWeightCommits") and params == [self.netuid]:
+                return [(epoch, [(c["hotkey"], c["block"], c["commit"], c["reveal_round"]) for c in commits])
+                        for epoch, commits in sorted(self._pending.items()) if commits]
         raise bt.ChainError(f"the fake chain does not serve the map {module}.{storage_function}")
 
     async def runtime_call(self, api: str, method: str, params: list, block_hash: str | None = None) -> Any:
@@ -365,7 +469,20 @@ class FakeSubstrate:
                 "tao_stake": [0 for _ in neurons],
                 "total_stake": [n.stake_rao for n in neurons],
                 "emission": [0 for _ in neurons],
+                "incentives": [round(self._incentives().get(n.uid, 0.0) * _U16_MAX) for n in neurons],
             }
+
+    def _incentives(self) -> dict[int, float]:
+        total: dict[int, float] = {}
+        for v_uid, row in self.stored.items():
+            validator = self._neurons[v_uid]
+            row_sum = sum(value for _, value in row)
+            if not row_sum or not (validator.validator_permit or validator.hotkey == self.owner_hotkey):
+                continue
+            for uid, value in row:
+                total[uid] = total.get(uid, 0.0) + max(validator.stake_rao, 1) * value / row_sum
+        norm = sum(total.values())
+        return {uid: x / norm for uid, x in total.items()} if norm else {}
 
     # -- writes -----------------------------------------------------------------------------------------------
 
@@ -373,6 +490,17 @@ class FakeSubstrate:
         await self._io()
         module, function, params = call
         params = dict(params)
+        for name, (bits, is_list) in _CALL_TYPES.get(function, {}).items():
+            values = params.get(name)
+            values = values if is_list else [values]
+            if not isinstance(values, (list, tuple)) or any(
+                    isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**bits for v in values):
+                raise bt.ChainError(f"cannot encode {function}.{name}={params.get(name)!r} as "
+                                    f"{'Vec<' if is_list else ''}u{bits}{'>' if is_list else ''}")
+        if function == "commit_timelocked_mechanism_weights":
+            commit = params.get("commit")
+            if not isinstance(commit, (bytes, bytearray)) or len(commit) > _MAX_COMMIT_BYTES:
+                raise bt.ChainError("cannot encode the commit as BoundedVec<u8, 5000>")
         if (module, function) == ("Commitments", "set_commitment"):
             info = params.get("info")
             fields = info.get("fields") if isinstance(info, dict) else None
@@ -401,7 +529,7 @@ class FakeSubstrate:
             return bt.ExtrinsicResult(False, "Transaction has a bad signature",
                                       error=bt.ChainError("Transaction has a bad signature", "BadProof"))
         with self._lock:
-            self._block += 1
+            self._move(self._block + 1)
             record = {"block": self._block, "module": call.module, "function": call.function, "signer": signer,
                       "params": call.params, "success": True, "error": None}
             self.extrinsics.append(record)
@@ -436,31 +564,93 @@ class FakeSubstrate:
             return
         if call.module == "SubtensorModule":
             uid = self._uid_of(signer) if params["netuid"] == self.netuid else None
-            if uid is None:
-                raise _Refused("HotKeyNotRegisteredInSubNet")
             committing = call.function == "commit_timelocked_mechanism_weights"
             if committing and not self.commit_reveal:
                 raise _Refused("CommitRevealDisabled")
             if not committing and self.commit_reveal:
                 raise _Refused("CommitRevealEnabled")
-            last = self._last_update[uid]
-            if self.weights_rate_limit and last > 0 and self._block - last < self.weights_rate_limit:
-                raise _Refused("CommittingWeightsTooFast" if committing else "SettingWeightsTooFast")
-            entry = {"hotkey": signer, "uid": uid, "block": self._block, "mechid": params.get("mecid", 0)}
             if committing:
-                entry.update(commit=bytes(params["commit"]), reveal_round=int(params["reveal_round"]),
-                             commit_reveal_version=int(params["commit_reveal_version"]))
+                if int(params["commit_reveal_version"]) != _COMMIT_REVEAL_VERSION:
+                    raise _Refused("IncorrectCommitRevealVersion")
+                if uid is None:
+                    raise _Refused("HotKeyNotRegisteredInSubNet")
+                last = self._last_update[uid]
+                if self.weights_rate_limit and last > 0 and self._block - last < self.weights_rate_limit:
+                    raise _Refused("CommittingWeightsTooFast")
+                epoch = epoch_containing(self.epochs, self._block)[0]
+                mine = [c for c in self._pending.get(epoch, []) if c["hotkey"] == signer]
+                if len(mine) >= 10:
+                    raise _Refused("TooManyUnrevealedCommits")
+                entry = {"hotkey": signer, "uid": uid, "block": self._block, "mechid": params.get("mecid", 0),
+                         "epoch": epoch, "commit": bytes(params["commit"]), "reveal_round": int(params["reveal_round"]),
+                         "commit_reveal_version": int(params["commit_reveal_version"])}
                 self.weight_commits.append(entry)
-            else:
-                dests, values = list(params["dests"]), list(params["weights"])
-                if len(dests) != len(values):
-                    raise _Refused("WeightVecNotEqualSize")
-                if any(not 0 <= d < len(self._neurons) for d in dests):
-                    raise _Refused("UidVecContainInvalidOne")
-                if not self._neurons[uid].validator_permit and dests != [uid]:
-                    raise _Refused("NeuronNoValidatorPermit")
-                if int(params["version_key"]) < self.weights_version:
-                    raise _Refused("IncorrectWeightVersionKey")
-                entry.update(uids=dests, weights=[int(v) for v in values], version_key=int(params["version_key"]))
-                self.weights.append(entry)
+                self._pending.setdefault(epoch, []).append(entry)
+                self._last_update[uid] = self._block
+                return
+            dests, values = list(params["dests"]), [int(v) for v in params["weights"]]
+            error = runtime_error(self._rules(signer), dests, values, int(params["version_key"]),
+                                  [n.uid for n in self._neurons])
+            if error is not None:
+                raise _Refused(error)
+            self._store(signer, uid, dests, values, int(params["version_key"]), via="extrinsic",
+                        mechid=params.get("mecid", 0))
             self._last_update[uid] = self._block
+
+    def _rules(self, hotkey: str) -> WeightRules:
+        """The runtime's view of `hotkey` at the current block, for its weight checks."""
+        uid = self._uid_of(hotkey)
+        neuron = self._neurons[uid] if uid is not None else None
+        return WeightRules(block=self._block, hotkey=hotkey, uid=uid, subnet_n=len(self._neurons),
+                           permit=bool(neuron and neuron.validator_permit), owner=hotkey == self.owner_hotkey,
+                           stake=neuron.stake_rao / 1e9 if neuron else 0.0, stake_threshold=self.stake_threshold,
+                           version_key=self.weights_version, min_allowed_weights=self.min_allowed_weights,
+                           max_weight_limit=self.max_weight_limit, rate_limit=self.weights_rate_limit,
+                           last_update=self._last_update[uid] if uid is not None else 0,
+                           commit_reveal=self.commit_reveal, reveal_period=self.reveal_period,
+                           epoch=epoch_containing(self.epochs, self._block)[0])
+
+    def _store(self, hotkey: str, uid: int, dests: list[int], values: list[int], version_key: int, *, via: str,
+               mechid: int = 0) -> None:
+        top = max(values)
+        stored = [(2 * v * _U16_MAX + top) // (2 * top) for v in values]  # vec_u16_max_upscale_to_u16
+        self.stored[uid] = list(zip(dests, stored))
+        self.weights.append({"hotkey": hotkey, "uid": uid, "block": self._block, "mechid": mechid, "uids": dests,
+                             "weights": stored, "version_key": version_key, **({"via": via} if via != "extrinsic"
+                                                                                 else {})})
+
+    def _reveal(self, epoch: int) -> None:
+        """`reveal_crv3_commits_for_subnet` at the first block of `epoch`: commits made in epoch - reveal_period
+        are decrypted (their drand pulse permitting) and applied by the runtime's rules; older ones expire."""
+        due = epoch - self.reveal_period
+        for old in [e for e in self._pending if e < due]:
+            for c in self._pending.pop(old):
+                self.reveal_log.append(f"commit of {c['hotkey']} at block {c['block']} expired unrevealed")
+        if due < 0 or due not in self._pending:
+            return
+        waiting = []
+        for c in self._pending.pop(due):
+            if self.withhold_pulses:
+                waiting.append(c)
+                self.reveal_log.append(f"commit of {c['hotkey']} at block {c['block']}: drand round "
+                                       f"{c['reveal_round']} not on chain yet")
+                continue
+            payload = _SEALED.get(c["commit"])
+            if payload is None:
+                self.reveal_log.append(f"commit of {c['hotkey']} at block {c['block']}: cannot decrypt")
+                continue
+            if payload["hotkey"] != bittensor_core.Keypair(ss58_address=c["hotkey"]).public_key:
+                self.reveal_log.append(f"commit of {c['hotkey']} at block {c['block']}: hotkey mismatch in payload")
+                continue
+            uid = self._uid_of(c["hotkey"])
+            rules = self._rules(c["hotkey"])
+            error = runtime_error(rules, payload["uids"], payload["values"], payload["version_key"],
+                                  [n.uid for n in self._neurons])
+            if error is not None:
+                self.reveal_log.append(f"commit of {c['hotkey']} at block {c['block']}: do_set_mechanism_weights "
+                                       f"failed: {error}")
+                continue
+            self._store(c["hotkey"], uid, payload["uids"], payload["values"], payload["version_key"], via="reveal")
+            self.reveal_log.append(f"commit of {c['hotkey']} at block {c['block']}: TimelockedWeightsRevealed")
+        if waiting:
+            self._pending[due] = waiting

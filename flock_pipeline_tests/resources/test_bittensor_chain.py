@@ -339,10 +339,10 @@ def test_wallet_secrets_never_reach_errors_or_logs(sub, make_chain, monkeypatch,
 def test_the_chain_says_whether_this_validator_already_set_weights_since_a_block(chain, sub):
     """Asked before sending an epoch's weights: a run killed after the chain took them must not send them again."""
     start = sub.block
-    assert chain.weights_set_since(VALIDATOR.ss58_address, start, [1], [65535]) is None
+    assert chain.weights_set_since(VALIDATOR.ss58_address, start) is None
     receipt = chain.set_weights(VALIDATOR.ss58_address, [1], [65535])
-    assert chain.weights_set_since(VALIDATOR.ss58_address, start, [1], [65535]) == receipt.block
-    assert chain.weights_set_since(VALIDATOR.ss58_address, receipt.block + 1, [1], [65535]) is None
+    assert chain.weights_set_since(VALIDATOR.ss58_address, start) == receipt.block
+    assert chain.weights_set_since(VALIDATOR.ss58_address, receipt.block + 1) is None
 
 
 def test_the_block_clock_and_the_subnet_owner_come_from_the_chain(chain, sub):

@@ -1,0 +1,197 @@
+"""What a weight submission will be on the chain, decided before anything is signed.
+
+A subnet's runtime checks a validator's weights in one place (`internal_set_weights` in opentensor/subtensor's
+`pallets/subtensor/src/subnets/weights.rs`), in this order: registered, stake weight >= `StakeThreshold` (the subnet
+owner's hotkey is exempt), version key >= `WeightsVersionKey` (when that is not 0), the rate limit
+(`WeightsSetRateLimit`, plaintext weights only), a validator permit (the owner's hotkey and a single self-weight are
+exempt), no duplicate or unknown uids, at least min(`MinAllowedWeights`, uids on the subnet) weights, and the largest
+weight at most `MaxWeightsLimit` / 65535 of their sum. Under commit-reveal the commit is accepted without these
+checks; they run when the chain reveals it, and a failure there is only a trace log on the node. So every one of
+them is checked here first, and a submission the chain would drop is refused before sending, with the reason.
+
+The vector is over every uid of the metagraph (zeros included), and it is turned into u16 values by the bittensor
+SDK's own conform step (max-weight clip, max-upscale and quantise, zeros dropped): the plan records exactly the
+vector the SDK will send. When fewer than `MinAllowedWeights` uids would carry weight, every uid without weight is
+given the smallest value the chain stores (u16 1), as bittensor's earlier `process_weights_for_netuid` did, so the
+limit holds without taking weight from the miners that earned it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+U16_MAX = 65535
+
+
+@dataclass(frozen=True)
+class WeightRules:
+    """The chain parameters a weight submission must satisfy, read at one block for one validator hotkey."""
+
+    block: int
+    hotkey: str
+    uid: int | None  # the hotkey's uid on the subnet; None: not registered
+    subnet_n: int  # uids on the subnet
+    permit: bool  # ValidatorPermit of that uid
+    owner: bool  # the hotkey is SubnetOwnerHotkey (exempt from the stake threshold and the permit)
+    stake: float  # the hotkey's stake weight on the subnet, in alpha (the unit StakeThreshold counts in, / 1e9)
+    stake_threshold: float  # StakeThreshold, same unit
+    version_key: int  # WeightsVersionKey: the lowest version key the subnet accepts (0: any)
+    min_allowed_weights: int  # MinAllowedWeights
+    max_weight_limit: int  # MaxWeightsLimit as u16 (65535: no limit)
+    rate_limit: int  # WeightsSetRateLimit in blocks
+    last_update: int  # LastUpdate of the uid: the block of its last weights or commit (0: never)
+    commit_reveal: bool  # CommitRevealWeightsEnabled
+    reveal_period: int = 1  # RevealPeriodEpochs: a commit made in epoch E is revealed when epoch E + this starts
+    epoch: int = 0  # the chain's epoch index (SubnetEpochIndex) at `block`
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class WeightsPlan:
+    """What will be sent: `inputs` (relative weights over every uid) and, after the SDK's conform step, `uids` /
+    `values` -- the exact u16 vector the chain receives. `refusal` set: nothing may be sent, and why."""
+
+    rules: WeightRules
+    version_key: int
+    inputs: tuple[tuple[int, float], ...] = ()
+    uids: tuple[int, ...] = ()
+    values: tuple[int, ...] = ()
+    refusal: str | None = None
+    retry_after_block: int | None = None  # refused by the rate limit: the first block it is allowed again
+    notes: tuple[str, ...] = field(default=())  # what the chain's limits did to the vector
+
+    @property
+    def sendable(self) -> bool:
+        return self.refusal is None
+
+
+def plan_weights(rules: WeightRules, weights: Mapping[int, float], *, metagraph_uids: Sequence[int],
+                 version_key: int = 0) -> WeightsPlan:
+    """The submission of `weights` (uid -> relative weight; uids not named get 0) under `rules`.
+
+    `version_key` 0 means "the subnet's required one" (`WeightsVersionKey`); a configured key below that is refused.
+    """
+    key = int(version_key) or int(rules.version_key)
+    plan = WeightsPlan(rules=rules, version_key=key)
+
+    def refuse(reason: str, retry_after: int | None = None) -> WeightsPlan:
+        return WeightsPlan(rules=rules, version_key=key, refusal=reason, retry_after_block=retry_after,
+                           inputs=plan.inputs, uids=plan.uids, values=plan.values, notes=plan.notes)
+
+    all_uids = sorted({int(u) for u in metagraph_uids})
+    unknown = sorted(u for u, w in weights.items() if w and int(u) not in set(all_uids))
+    if unknown:
+        return refuse(f"weights name uid(s) {unknown[:5]} that are not on the subnet")
+    inputs = [(u, float(weights.get(u, 0.0))) for u in all_uids]
+    if not any(w > 0 for _, w in inputs):
+        return refuse("no uid has weight: nothing to submit")
+    if rules.uid is None:
+        return refuse(f"hotkey {rules.hotkey} is not registered on the subnet (HotKeyNotRegisteredInSubNet)")
+    if not rules.owner and rules.stake < rules.stake_threshold:
+        return refuse(f"the hotkey's stake weight {rules.stake:.4f} is below the subnet's StakeThreshold "
+                      f"{rules.stake_threshold:.4f} (NotEnoughStakeToSetWeights): add stake to the hotkey")
+    if rules.version_key and key < rules.version_key:
+        return refuse(f"version key {key} is older than the subnet's WeightsVersionKey {rules.version_key} "
+                      "(IncorrectWeightVersionKey): set weights_version_key to 0 (use the chain's) or to "
+                      f"{rules.version_key} or later")
+    if rules.rate_limit and rules.last_update > 0 and rules.block - rules.last_update < rules.rate_limit:
+        allowed = rules.last_update + rules.rate_limit
+        return refuse(f"rate limited until block {allowed} (weights last set at block {rules.last_update}, "
+                      f"limit {rules.rate_limit} blocks)", retry_after=allowed)
+    positive = [u for u, w in inputs if w > 0]
+    self_weight = positive == [rules.uid]
+    if not (rules.permit or rules.owner or self_weight):
+        return refuse(f"hotkey {rules.hotkey} (uid {rules.uid}) has no validator permit and is not the subnet "
+                      "owner's (NeuronNoValidatorPermit): only validators in the subnet's top stake get a permit")
+    notes = []
+    if not self_weight and len(positive) < rules.min_allowed_weights:
+        if len(all_uids) < rules.min_allowed_weights:
+            return refuse(f"the subnet's MinAllowedWeights is {rules.min_allowed_weights} but it has only "
+                          f"{len(all_uids)} uids: the bittensor SDK cannot send a vector that long")
+        top = max(w for _, w in inputs)
+        inputs = [(u, w if w > 0 else top / U16_MAX) for u, w in inputs]
+        notes.append(f"MinAllowedWeights {rules.min_allowed_weights}: {len(all_uids) - len(positive)} uid(s) "
+                     "without weight get the smallest u16 value (1)")
+    plan = WeightsPlan(rules=rules, version_key=key, inputs=tuple(inputs))
+    try:
+        uids, values = conform([u for u, _ in inputs], [w for _, w in inputs], rules)
+    except ValueError as exc:
+        return refuse(f"the bittensor SDK would not send these weights: {exc}")
+    if rules.max_weight_limit < U16_MAX and not self_weight:
+        share = max(values) / sum(values)
+        if share * U16_MAX > rules.max_weight_limit:
+            plan = WeightsPlan(rules=rules, version_key=key, inputs=tuple(inputs), uids=tuple(uids),
+                               values=tuple(values))
+            return refuse(f"the largest weight is {share:.4f} of the total, above the subnet's MaxWeightsLimit "
+                          f"{rules.max_weight_limit / U16_MAX:.4f} (MaxWeightExceeded at reveal)")
+        before = max(w for _, w in inputs) / sum(w for _, w in inputs)
+        if before * U16_MAX > rules.max_weight_limit:
+            notes.append(f"MaxWeightsLimit {rules.max_weight_limit / U16_MAX:.4f}: the largest weight was "
+                         f"{before:.4f} of the total and goes out as {share:.4f}")
+    if len(uids) > rules.subnet_n:
+        return refuse(f"{len(uids)} weights for a subnet of {rules.subnet_n} uids (UidsLengthExceedUidsInSubNet)")
+    return WeightsPlan(rules=rules, version_key=key, inputs=tuple(inputs), uids=tuple(uids), values=tuple(values),
+                       notes=tuple(notes))
+
+
+def conform(uids: list[int], weights: list[float], rules: WeightRules) -> tuple[list[int], list[int]]:
+    """The u16 vector the bittensor SDK sends for these relative weights under these rules: its own conform step
+    (`bittensor.intents.weights._conform`, the one `SetWeights` runs), not a copy of it. ValueError: it refuses."""
+    from bittensor import BittensorError
+    from bittensor.intents.weights import _conform, _Preflight
+
+    preflight = _Preflight(uid=int(rules.uid if rules.uid is not None else -1), commit_reveal=rules.commit_reveal,
+                           min_allowed_weights=int(rules.min_allowed_weights),
+                           max_weight_limit=int(rules.max_weight_limit))
+    try:
+        out_uids, out_values = _conform(list(uids), list(weights), preflight, 0)
+    except BittensorError as exc:  # ChainError is a BittensorError too
+        raise ValueError(getattr(exc, "message", None) or str(exc)) from None
+    return [int(u) for u in out_uids], [int(v) for v in out_values]
+
+
+def max_upscaled(values: Sequence[int]) -> list[int]:
+    """What the chain stores for a u16 vector: max-upscaled and rounded so the largest is 65535
+    (`vec_u16_max_upscale_to_u16`; the SDK's vectors already are, so this is the identity for them)."""
+    top = max(values) if values else 0
+    if top == 0:
+        return [int(v) for v in values]
+    return [(2 * int(v) * U16_MAX + top) // (2 * top) for v in values]
+
+
+def runtime_error(rules: WeightRules, uids: Sequence[int], values: Sequence[int], version_key: int,
+                  existing_uids: Sequence[int]) -> str | None:
+    """The module error the subnet runtime's `internal_set_weights` ends with for this vector (None: it stores it),
+    checked in the runtime's order; `existing_uids` are the uids registered on the subnet. The embedded chain and the
+    test chain apply it (at inclusion, or at reveal under commit-reveal); the pipeline never relies on it."""
+    uids, values = [int(u) for u in uids], [int(v) for v in values]
+    if len(uids) != len(values):
+        return "WeightVecNotEqualSize"
+    if len(uids) > rules.subnet_n:
+        return "UidsLengthExceedUidsInSubNet"
+    if rules.uid is None:
+        return "HotKeyNotRegisteredInSubNet"
+    if not rules.owner and rules.stake < rules.stake_threshold:
+        return "NotEnoughStakeToSetWeights"
+    if rules.version_key and version_key < rules.version_key:
+        return "IncorrectWeightVersionKey"
+    if (not rules.commit_reveal and rules.rate_limit and rules.last_update > 0
+            and rules.block - rules.last_update < rules.rate_limit):
+        return "SettingWeightsTooFast"
+    self_weight = len(values) == 1 and uids[:1] == [rules.uid]
+    if not (self_weight or rules.owner or rules.permit):
+        return "NeuronNoValidatorPermit"
+    if len(set(uids)) != len(uids):
+        return "DuplicateUids"
+    if any(u not in set(existing_uids) for u in uids):
+        return "UidVecContainInvalidOne"
+    if not self_weight and len(values) < min(rules.subnet_n, rules.min_allowed_weights):
+        return "WeightVecLengthIsLow"
+    stored = max_upscaled(values)
+    if not self_weight and rules.max_weight_limit < U16_MAX and sum(stored) > 0 \
+            and max(stored) * U16_MAX > rules.max_weight_limit * sum(stored):
+        return "MaxWeightExceeded"
+    return None
