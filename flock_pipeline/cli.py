@@ -148,6 +148,34 @@ def cmd_chain_status(args) -> int:
     return 0
 
 
+def cmd_chain_weights(args) -> int:
+    """The chain parameters the validator's weights must satisfy, the latest epoch's submission (its state) and what
+    sending that epoch's weights now would do: the exact vector, or the refusal. Exit 1 when it would be refused."""
+    from dataclasses import asdict
+
+    from flock_pipeline.resources import build_resources
+    from flock_pipeline.validator.scoring import weights_of
+
+    resources = build_resources()
+    chain, settings, warehouse = resources["chain"], resources["settings"], resources["warehouse"]
+    doc: dict = {"hotkey": settings.validator_hotkey,
+                 "rules": chain.weight_rules(settings.validator_hotkey).as_dict()}
+    epoch = warehouse.latest_epoch()
+    code = 0
+    if epoch is not None:
+        sent = warehouse.weight_submission(epoch)
+        doc["epoch"] = epoch
+        doc["submission"] = asdict(sent) if sent is not None else None
+        weights = weights_of(warehouse.win_rates(epoch))
+        if weights:
+            plan = chain.plan_weights(settings.validator_hotkey, weights, settings.weights_version_key)
+            doc["plan"] = {"sendable": plan.sendable, "refusal": plan.refusal, "version_key": plan.version_key,
+                           "uids": list(plan.uids), "values_u16": list(plan.values), "notes": list(plan.notes)}
+            code = 0 if plan.sendable or plan.retry_after_block is not None else 1
+    print(json.dumps(doc, indent=1, default=str))
+    return code
+
+
 def cmd_chain_register(args) -> int:
     from flock_pipeline.resources import LocalChainResource, build_resources
 
@@ -430,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     chain = sub.add_parser("chain", help="the local chain").add_subparsers(dest="chain_cmd", required=True)
     chain.add_parser("status", help="block, epoch, neurons, commitments").set_defaults(func=cmd_chain_status)
+    chain.add_parser("weights", help="the chain's weight rules for the validator hotkey, the latest submission "
+                                     "and what sending now would do").set_defaults(func=cmd_chain_weights)
     reg = chain.add_parser("register", help="register a hotkey on the local subnet")
     reg.add_argument("hotkey")
     reg.add_argument("--validator", action="store_true", help="give it a validator permit")

@@ -177,18 +177,30 @@ def miner_hotkey() -> str:
 
 
 def status(hotkey: str, chain, warehouse) -> dict:
-    """What validators see for a hotkey: its commitment and block, and the latest recorded loss/win rate/weight."""
+    """What validators see for a hotkey, from the chain (works on any machine): its commitment and block, each
+    validator's weight on its uid as the chain stores it, the stake-weighted `weight` over those validators, and
+    the chain's incentive; plus, where this machine has a validator's warehouse, the latest recorded loss, win rate,
+    status and reason."""
     neuron = next((n for n in chain.metagraph() if n.hotkey == hotkey), None)
     current = next((c for c in chain.commitments() if c.hotkey == hotkey), None)
     out = {"hotkey": hotkey, "registered": neuron is not None, "uid": neuron.uid if neuron else None,
            "commitment": current.data if current else None, "commit_block": current.block if current else None,
+           "weight": None, "incentive": neuron.incentive if neuron else None, "validators": [],
            "latest_epoch": None, "status": None, "reason": None, "eval_loss": None, "win_rate": None,
-           "weight": None}
+           "recorded_weight": None}
+    if neuron is not None:
+        rows = chain.validator_weights(neuron.uid)
+        out["validators"] = [{"hotkey": v.hotkey, "uid": v.uid, "stake": v.stake, "value_u16": v.value,
+                              "weight": v.share} for v in rows]
+        stake = sum(max(v.stake, 0.0) for v in rows)
+        if rows:
+            out["weight"] = (sum(max(v.stake, 0.0) * v.share for v in rows) / stake if stake
+                             else sum(v.share for v in rows) / len(rows))
     r = warehouse.latest_score(hotkey)
     if r is not None:
         loss = None if r.eval_loss is None or r.eval_loss != r.eval_loss else float(r.eval_loss)
         out.update(latest_epoch=r.epoch, status=r.status, reason=r.reason, eval_loss=loss,
-                   win_rate=float(r.win_rate), weight=float(r.weight))
+                   win_rate=float(r.win_rate), recorded_weight=float(r.weight))
     return out
 
 

@@ -19,7 +19,7 @@ limit holds without taking weight from the miners that earned it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 U16_MAX = 65535
 
@@ -75,19 +75,49 @@ def plan_weights(rules: WeightRules, weights: Mapping[int, float], *, metagraph_
     `version_key` 0 means "the subnet's required one" (`WeightsVersionKey`); a configured key below that is refused.
     """
     key = int(version_key) or int(rules.version_key)
-    plan = WeightsPlan(rules=rules, version_key=key)
-
-    def refuse(reason: str, retry_after: int | None = None) -> WeightsPlan:
-        return WeightsPlan(rules=rules, version_key=key, refusal=reason, retry_after_block=retry_after,
-                           inputs=plan.inputs, uids=plan.uids, values=plan.values, notes=plan.notes)
-
     all_uids = sorted({int(u) for u in metagraph_uids})
     unknown = sorted(u for u, w in weights.items() if w and int(u) not in set(all_uids))
     if unknown:
-        return refuse(f"weights name uid(s) {unknown[:5]} that are not on the subnet")
+        return WeightsPlan(rules=rules, version_key=key,
+                           refusal=f"weights name uid(s) {unknown[:5]} that are not on the subnet")
     inputs = [(u, float(weights.get(u, 0.0))) for u in all_uids]
-    if not any(w > 0 for _, w in inputs):
-        return refuse("no uid has weight: nothing to submit")
+    positive = [u for u, w in inputs if w > 0]
+    if not positive:
+        return WeightsPlan(rules=rules, version_key=key, refusal="no uid has weight: nothing to submit")
+    self_weight = positive == [rules.uid]
+    notes, problem = [], None
+    if not self_weight and len(positive) < rules.min_allowed_weights:
+        if len(all_uids) < rules.min_allowed_weights:
+            problem = (f"the subnet's MinAllowedWeights is {rules.min_allowed_weights} but it has only "
+                       f"{len(all_uids)} uids: the bittensor SDK cannot send a vector that long")
+        else:
+            top = max(w for _, w in inputs)
+            inputs = [(u, w if w > 0 else top / U16_MAX) for u, w in inputs]
+            notes.append(f"MinAllowedWeights {rules.min_allowed_weights}: {len(all_uids) - len(positive)} uid(s) "
+                         "without weight get the smallest u16 value (1)")
+    uids: list[int] = []
+    values: list[int] = []
+    if problem is None:
+        try:
+            uids, values = conform([u for u, _ in inputs], [w for _, w in inputs], rules)
+        except ValueError as exc:
+            problem = f"the bittensor SDK would not send these weights: {exc}"
+    if problem is None and rules.max_weight_limit < U16_MAX and not self_weight:
+        share = max(values) / sum(values)
+        before = max(w for _, w in inputs) / sum(w for _, w in inputs)
+        if share * U16_MAX > rules.max_weight_limit:
+            problem = (f"the largest weight is {share:.4f} of the total, above the subnet's MaxWeightsLimit "
+                       f"{rules.max_weight_limit / U16_MAX:.4f} (MaxWeightExceeded at reveal)")
+        elif before * U16_MAX > rules.max_weight_limit:
+            notes.append(f"MaxWeightsLimit {rules.max_weight_limit / U16_MAX:.4f}: the largest weight was "
+                         f"{before:.4f} of the total and goes out as {share:.4f}")
+    plan = WeightsPlan(rules=rules, version_key=key, inputs=tuple(inputs), uids=tuple(uids), values=tuple(values),
+                       notes=tuple(notes))
+
+    def refuse(reason: str, retry_after: int | None = None) -> WeightsPlan:
+        return replace(plan, refusal=reason, retry_after_block=retry_after)
+
+    # the runtime's order: registered, stake, version key, rate limit, permit, then the vector itself
     if rules.uid is None:
         return refuse(f"hotkey {rules.hotkey} is not registered on the subnet (HotKeyNotRegisteredInSubNet)")
     if not rules.owner and rules.stake < rules.stake_threshold:
@@ -101,40 +131,14 @@ def plan_weights(rules: WeightRules, weights: Mapping[int, float], *, metagraph_
         allowed = rules.last_update + rules.rate_limit
         return refuse(f"rate limited until block {allowed} (weights last set at block {rules.last_update}, "
                       f"limit {rules.rate_limit} blocks)", retry_after=allowed)
-    positive = [u for u, w in inputs if w > 0]
-    self_weight = positive == [rules.uid]
     if not (rules.permit or rules.owner or self_weight):
         return refuse(f"hotkey {rules.hotkey} (uid {rules.uid}) has no validator permit and is not the subnet "
                       "owner's (NeuronNoValidatorPermit): only validators in the subnet's top stake get a permit")
-    notes = []
-    if not self_weight and len(positive) < rules.min_allowed_weights:
-        if len(all_uids) < rules.min_allowed_weights:
-            return refuse(f"the subnet's MinAllowedWeights is {rules.min_allowed_weights} but it has only "
-                          f"{len(all_uids)} uids: the bittensor SDK cannot send a vector that long")
-        top = max(w for _, w in inputs)
-        inputs = [(u, w if w > 0 else top / U16_MAX) for u, w in inputs]
-        notes.append(f"MinAllowedWeights {rules.min_allowed_weights}: {len(all_uids) - len(positive)} uid(s) "
-                     "without weight get the smallest u16 value (1)")
-    plan = WeightsPlan(rules=rules, version_key=key, inputs=tuple(inputs))
-    try:
-        uids, values = conform([u for u, _ in inputs], [w for _, w in inputs], rules)
-    except ValueError as exc:
-        return refuse(f"the bittensor SDK would not send these weights: {exc}")
-    if rules.max_weight_limit < U16_MAX and not self_weight:
-        share = max(values) / sum(values)
-        if share * U16_MAX > rules.max_weight_limit:
-            plan = WeightsPlan(rules=rules, version_key=key, inputs=tuple(inputs), uids=tuple(uids),
-                               values=tuple(values))
-            return refuse(f"the largest weight is {share:.4f} of the total, above the subnet's MaxWeightsLimit "
-                          f"{rules.max_weight_limit / U16_MAX:.4f} (MaxWeightExceeded at reveal)")
-        before = max(w for _, w in inputs) / sum(w for _, w in inputs)
-        if before * U16_MAX > rules.max_weight_limit:
-            notes.append(f"MaxWeightsLimit {rules.max_weight_limit / U16_MAX:.4f}: the largest weight was "
-                         f"{before:.4f} of the total and goes out as {share:.4f}")
+    if problem is not None:
+        return refuse(problem)
     if len(uids) > rules.subnet_n:
         return refuse(f"{len(uids)} weights for a subnet of {rules.subnet_n} uids (UidsLengthExceedUidsInSubNet)")
-    return WeightsPlan(rules=rules, version_key=key, inputs=tuple(inputs), uids=tuple(uids), values=tuple(values),
-                       notes=tuple(notes))
+    return plan
 
 
 def conform(uids: list[int], weights: list[float], rules: WeightRules) -> tuple[list[int], list[int]]:

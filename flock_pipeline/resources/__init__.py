@@ -7,7 +7,9 @@
                       and the Hugging Face Hub); anything else is a configuration error, never a silent fallback
     FLOCK_CHAIN_ENDPOINT   a ws(s):// URL instead of the network's default endpoint (test / finney)
     FLOCK_CHAIN_FALLBACKS  comma-separated ws(s):// URLs tried in order when the endpoint cannot be reached
-    FLOCK_TEMPO       pin the epoch length in blocks (default: the subnet's tempo, read from the chain)
+    FLOCK_CHAIN_FILE  the embedded chain's file (default: $FLOCK_HOME/chain.json): a miner's home on the same
+                      machine as a validator points here to read the validator's weights from the chain
+    FLOCK_TEMPO       pin the pipeline's epochs to block // FLOCK_TEMPO (default: the chain's own epoch index)
     FLOCK_HF_ENDPOINT the hub's URL (default https://huggingface.co); HF_TOKEN holds the token (never logged)
     BT_WALLET_NAME / BT_WALLET_HOTKEY / BT_WALLET_PATH / BT_WALLET_PASSWORD   the signing wallet (test / finney)
     FLOCK_BASE_MODEL  "tiny" (default, built offline) or a local model directory
@@ -69,7 +71,8 @@ def build_resources(home: Path | None = None) -> dict:
     if os.environ.get("FLOCK_VALIDATOR_HOTKEY"):
         settings["validator_hotkey"] = os.environ["FLOCK_VALIDATOR_HOTKEY"]
     if network == "local":
-        chain: ChainResource = LocalChainResource(path=str(home / "chain.json"), netuid=netuid)
+        chain: ChainResource = LocalChainResource(path=os.environ.get("FLOCK_CHAIN_FILE") or str(home / "chain.json"),
+                                                  netuid=netuid)
         hub: HubResource = LocalHubResource(root=str(home / "hub"))
     else:
         chain, hub = _real_network(network, netuid, home)

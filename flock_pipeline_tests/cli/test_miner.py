@@ -148,6 +148,25 @@ def test_status_before_and_after_an_epoch(network, tmp_path, capsys, monkeypatch
     code, out, _ = _run(capsys, "miner", "status", "--hotkey", "hk-honest-good", "--json")
     after = json.loads(out)
     assert after["status"] == "scored" and after["weight"] > 0.9 and after["latest_epoch"] == 1
+    # a miner's own machine: a fresh home with no warehouse of the validator's, pointed at the same chain
+    fresh = tmp_path / "miner-home"
+    monkeypatch.setenv("FLOCK_HOME", str(fresh))
+    monkeypatch.setenv("FLOCK_CHAIN_FILE", str(network / "chain.json"))
+    code, out, _ = _run(capsys, "miner", "status", "--hotkey", "hk-honest-good", "--json")
+    remote = json.loads(out)
+    assert code == 0 and remote["eval_loss"] is None and remote["status"] is None  # nothing local to read
+    [validator] = remote["validators"]
+    assert validator["hotkey"] == "validator" and validator["weight"] == remote["weight"]
+    assert remote["weight"] == pytest.approx(after["weight"], abs=1e-4)  # what the validator recorded, from chain
+    assert remote["incentive"] == pytest.approx(remote["weight"]) and remote["commitment"] == after["commitment"]
+    assert not (fresh / "chain.json").exists()
+    monkeypatch.setenv("FLOCK_HOME", str(network))
+    monkeypatch.delenv("FLOCK_CHAIN_FILE")
+    code, out, _ = _run(capsys, "chain", "weights")
+    weights = json.loads(out)
+    assert code == 0 and weights["submission"]["state"] == "applied" and weights["rules"]["permit"] is True
+    assert weights["plan"]["uids"] == weights["submission"]["uids"]  # the same vector would go out again...
+    assert "rate limited" in weights["plan"]["refusal"]  # ...once the rate limit allows
     code, out, _ = _run(capsys, "miner", "status", "--hotkey", "hk-ghost", "--json")
     assert code == 1 and json.loads(out)["registered"] is False
     monkeypatch.delenv("FLOCK_MINER_HOTKEY")
