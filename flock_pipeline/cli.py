@@ -372,11 +372,20 @@ def cmd_miner_submit(args) -> int:
 
 
 def cmd_miner_status(args) -> int:
+    from flock_pipeline.core.commitment import CommitmentError, validate_repo_id
     from flock_pipeline.miner import dumps, miner_hotkey, status
     from flock_pipeline.resources import build_resources
 
     resources = build_resources()
-    doc = status(args.hotkey or miner_hotkey(), resources["chain"], resources["warehouse"])
+    repos = tuple(args.reports or [r.strip() for r in os.environ.get("FLOCK_REPORT_REPOS", "").split(",")
+                                   if r.strip()])
+    for repo in repos:
+        try:
+            validate_repo_id(repo)
+        except CommitmentError as exc:
+            print(f"flock: {'--reports' if args.reports else 'FLOCK_REPORT_REPOS'}: {exc}", file=sys.stderr)
+            return 2
+    doc = status(args.hotkey or miner_hotkey(), resources["chain"], resources["warehouse"], resources["hub"], repos)
     if args.json:
         print(dumps(doc))
     else:
@@ -446,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     statusp = miner.add_parser("status", help="what validators recorded for a hotkey")
     statusp.add_argument("--hotkey", help="default: $FLOCK_MINER_HOTKEY")
     statusp.add_argument("--json", action="store_true")
+    statusp.add_argument("--reports", action="append", metavar="REPO",
+                         help="a validator's report repo (repeatable; default: $FLOCK_REPORT_REPOS)")
     statusp.set_defaults(func=cmd_miner_status)
 
     workerp = sub.add_parser("worker", help="start a Celery worker for the validator's steps (FLOCK_EXECUTOR=celery)")

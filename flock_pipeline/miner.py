@@ -176,11 +176,12 @@ def miner_hotkey() -> str:
     return hotkey
 
 
-def status(hotkey: str, chain, warehouse) -> dict:
+def status(hotkey: str, chain, warehouse, hub=None, report_repos: tuple[str, ...] = ()) -> dict:
     """What validators see for a hotkey, from the chain (works on any machine): its commitment and block, each
     validator's weight on its uid as the chain stores it, the stake-weighted `weight` over those validators, and
     the chain's incentive; plus, where this machine has a validator's warehouse, the latest recorded loss, win rate,
-    status and reason."""
+    status and reason; and, from each report repo a validator publishes to, the loss, rank and reason it recorded
+    (`reports`)."""
     neuron = next((n for n in chain.metagraph() if n.hotkey == hotkey), None)
     current = next((c for c in chain.commitments() if c.hotkey == hotkey), None)
     out = {"hotkey": hotkey, "registered": neuron is not None, "uid": neuron.uid if neuron else None,
@@ -201,6 +202,10 @@ def status(hotkey: str, chain, warehouse) -> dict:
         loss = None if r.eval_loss is None or r.eval_loss != r.eval_loss else float(r.eval_loss)
         out.update(latest_epoch=r.epoch, status=r.status, reason=r.reason, eval_loss=loss,
                    win_rate=float(r.win_rate), recorded_weight=float(r.weight))
+    if report_repos:
+        from flock_pipeline.validator.reports import read_miner_report
+
+        out["reports"] = [read_miner_report(hub, repo, hotkey) for repo in report_repos]
     return out
 
 

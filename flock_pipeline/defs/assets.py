@@ -14,7 +14,7 @@ import pandas as pd
 from flock_pipeline.core.commitment import Commitment, CommitmentError
 from flock_pipeline.resources.chain import ChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
-from flock_pipeline.resources.hub import HubResource
+from flock_pipeline.resources.hub import HubError, HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.store import CommitmentRecord, ScoreRecord, frame as records_frame
@@ -24,6 +24,7 @@ from flock_pipeline.validator.datasets import fetch_miner_dataset
 from flock_pipeline.validator.evaluation import evaluate_miner
 from flock_pipeline.validator.faults import ValidatorFault
 from flock_pipeline.validator.scoring import build_epoch_corpus, compute_epoch_scores, submit_epoch_weights
+from flock_pipeline.validator.reports import publish_epoch_report
 from flock_pipeline.validator.shards import build_miner_shard
 
 epochs_partitions = dg.DynamicPartitionsDefinition(name="epochs")
@@ -187,17 +188,28 @@ def win_rates(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, s
 
 
 @dg.asset(partitions_def=epochs_partitions, group_name="scoring", kinds={"python"}, deps=[win_rates])
-def submitted_weights(context: dg.AssetExecutionContext, chain: ChainResource, settings: ValidatorSettingsResource,
-                      warehouse: WarehouseResource) -> dg.MaterializeResult:
+def submitted_weights(context: dg.AssetExecutionContext, chain: ChainResource, hub: HubResource,
+                      settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """The epoch's weight vector over every uid, exactly as the chain receives it (u16, after the SDK's conform
     step), and its fate: refused before sending (with the reason), rate limited (and when to retry), included or
     committed, then applied or not applied, read back from the chain's stored weights. Sent once per epoch: a
-    re-materialization confirms or reports the recorded answer."""
-    result = submit_epoch_weights(int(context.partition_key), chain, settings, warehouse)
+    re-materialization confirms or reports the recorded answer. With `report_repo` set, the epoch's score table
+    and the weights' state are published there for miners (a hub failure is a warning: the next run publishes)."""
+    epoch = int(context.partition_key)
+    result = submit_epoch_weights(epoch, chain, settings, warehouse)
     sent = result.submission
     if sent.state not in ("applied", "included", "committed"):
         context.log.warning(f"weights {sent.state}: {sent.message}{'; ' + sent.detail if sent.detail else ''}")
+    report = ""
+    if settings.report_repo:
+        try:
+            revision = publish_epoch_report(epoch, hub, settings, warehouse)
+            report = f"{settings.report_repo}@{revision}" if revision else f"{settings.report_repo}: unchanged"
+        except HubError as exc:
+            report = f"not published: {exc}"
+            context.log.warning(f"epoch report {report}")
     return dg.MaterializeResult(metadata={
+        "report": report,
         "state": sent.state or "", "success": bool(sent.success), "block": int(sent.block), "message": sent.message,
         "detail": sent.detail or "", "version_key": int(sent.version_key or 0),
         "chain_epoch": int(sent.chain_epoch) if sent.chain_epoch is not None else -1,

@@ -9,6 +9,8 @@
     FLOCK_CHAIN_FALLBACKS  comma-separated ws(s):// URLs tried in order when the endpoint cannot be reached
     FLOCK_CHAIN_FILE  the embedded chain's file (default: $FLOCK_HOME/chain.json): a miner's home on the same
                       machine as a validator points here to read the validator's weights from the chain
+    FLOCK_HUB_DIR     the embedded hub's directory (default: $FLOCK_HOME/hub), shared the same way
+    FLOCK_REPORT_REPOS  comma-separated report repos `flock miner status` reads (validators' `report_repo`)
     FLOCK_TEMPO       pin the pipeline's epochs to block // FLOCK_TEMPO (default: the chain's own epoch index)
     FLOCK_HF_ENDPOINT the hub's URL (default https://huggingface.co); HF_TOKEN holds the token (never logged)
     BT_WALLET_NAME / BT_WALLET_HOTKEY / BT_WALLET_PATH / BT_WALLET_PASSWORD   the signing wallet (test / finney)
@@ -73,7 +75,7 @@ def build_resources(home: Path | None = None) -> dict:
     if network == "local":
         chain: ChainResource = LocalChainResource(path=os.environ.get("FLOCK_CHAIN_FILE") or str(home / "chain.json"),
                                                   netuid=netuid)
-        hub: HubResource = LocalHubResource(root=str(home / "hub"))
+        hub: HubResource = LocalHubResource(root=os.environ.get("FLOCK_HUB_DIR") or str(home / "hub"))
     else:
         chain, hub = _real_network(network, netuid, home)
         if not os.environ.get("FLOCK_EVAL_REPO"):
@@ -95,6 +97,13 @@ def build_resources(home: Path | None = None) -> dict:
         validator_settings = ValidatorSettingsResource(corpus_dir=str(home / "corpus"), **settings)
     except Exception as exc:  # pydantic's ValidationError: a wrong type in FLOCK_SETTINGS
         raise ConfigError(f"FLOCK_SETTINGS: {exc}") from exc
+    if validator_settings.report_repo:
+        from flock_pipeline.core.commitment import CommitmentError, validate_repo_id
+
+        try:
+            validate_repo_id(validator_settings.report_repo)
+        except (CommitmentError, ValueError) as exc:
+            raise ConfigError(f"FLOCK_SETTINGS: report_repo: {exc}") from exc
     check_competitions(validator_settings, evaluator)
     executor_settings()  # checked now too: a wrong executor is a configuration error before any work
     return {

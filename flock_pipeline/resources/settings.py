@@ -48,7 +48,8 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
     curve_zero: float = 2.80
     curve_power: float = 2.0
     top_fraction: float = 0.05
-    weights_version_key: int = 0
+    weights_version_key: int = 0  # 0: the subnet's WeightsVersionKey, read from the chain before each submission
+    report_repo: str = ""  # a public dataset repo for the per-epoch score tables miners read (empty: not published)
     replace_results: bool = False  # let a run that did less (fewer scored miners, a smaller corpus) replace an epoch's
     # recorded scores and corpus release; without it such a run stops with an error and nothing recorded changes
     corpus_dir: str = ".flock/corpus"

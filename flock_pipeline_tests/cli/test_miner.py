@@ -144,6 +144,7 @@ def test_status_before_and_after_an_epoch(network, tmp_path, capsys, monkeypatch
     code, out, _ = _run(capsys, "miner", "status", "--hotkey", "hk-honest-good", "--json")
     before = json.loads(out)
     assert code == 0 and before["commitment"].startswith("alice/atlas-facts:1:") and before["eval_loss"] is None
+    monkeypatch.setenv("FLOCK_SETTINGS", json.dumps({"report_repo": "validator/flock-reports"}))
     assert _run(capsys, "epoch", "run")[0] == 0
     code, out, _ = _run(capsys, "miner", "status", "--hotkey", "hk-honest-good", "--json")
     after = json.loads(out)
@@ -152,8 +153,16 @@ def test_status_before_and_after_an_epoch(network, tmp_path, capsys, monkeypatch
     fresh = tmp_path / "miner-home"
     monkeypatch.setenv("FLOCK_HOME", str(fresh))
     monkeypatch.setenv("FLOCK_CHAIN_FILE", str(network / "chain.json"))
-    code, out, _ = _run(capsys, "miner", "status", "--hotkey", "hk-honest-good", "--json")
+    monkeypatch.setenv("FLOCK_HUB_DIR", str(network / "hub"))
+    monkeypatch.delenv("FLOCK_SETTINGS")
+    code, out, _ = _run(capsys, "miner", "status", "--hotkey", "hk-honest-good", "--json",
+                        "--reports", "validator/flock-reports", "--reports", "nobody/none")
     remote = json.loads(out)
+    published, missing = remote["reports"]
+    assert published["eval_loss"] == pytest.approx(after["eval_loss"]) and published["rank"] == 1
+    assert published["status"] == "scored" and published["epoch"] == 1 and published["validator"] == "validator"
+    assert "error" in missing and missing["repo"] == "nobody/none"
+    assert _run(capsys, "miner", "status", "--hotkey", "hk-honest-good", "--reports", "not a repo")[0] == 2
     assert code == 0 and remote["eval_loss"] is None and remote["status"] is None  # nothing local to read
     [validator] = remote["validators"]
     assert validator["hotkey"] == "validator" and validator["weight"] == remote["weight"]

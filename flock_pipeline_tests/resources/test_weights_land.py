@@ -262,3 +262,24 @@ def test_a_kill_between_the_chain_taking_weights_and_the_record_never_sends_twic
     assert again.submission.state == ("committed" if "commit-reveal" in where else "applied")
     if isinstance(chain, BittensorChainResource):
         chain.close()
+
+
+def test_the_block_sensor_opens_each_epoch_once_through_a_tempo_change(tmp_path):
+    import dagster as dg
+
+    from flock_pipeline.defs.sensors import new_block_sensor
+
+    chain = LocalChainResource(path=str(tmp_path / "chain.json"), tempo=10)
+    opened, cursor = [], None
+    with dg.instance_for_test() as instance:
+        for block in range(1, 200):
+            chain.advance(1)
+            if block == 35:
+                chain.configure(tempo=50)  # from epoch 3 (block 30) on: epoch 4 starts at block 80
+            result = new_block_sensor(dg.build_sensor_context(instance=instance, cursor=cursor,
+                                                              resources={"chain": chain}))
+            if isinstance(result, dg.SensorResult):
+                opened += [r.partition_key for r in result.run_requests]
+                cursor = result.cursor
+    assert opened == ["0", "1", "2", "3", "4", "5", "6"]  # blocks 1, 10, 20, 30, then 80, 130, 180
+    assert [chain.epoch_start(e) for e in range(1, 7)] == [10, 20, 30, 80, 130, 180]
