@@ -9,6 +9,7 @@ import pytest
 from bittensor_core import Keypair
 
 from flock_pipeline.core.weights import WeightsPlan
+from flock_pipeline.defs.sensors import confirmation_requests
 from flock_pipeline.resources.bittensor_chain import BittensorChainResource
 from flock_pipeline.resources.chain import LocalChainResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
@@ -168,7 +169,10 @@ def test_a_commit_is_confirmed_applied_after_a_restart(sub, chain, warehouse):
     chain.close()  # the validator restarts between the commit and the reveal
     restarted = BittensorChainResource.with_substrate(sub, signers=SIGNERS, backoff_s=0.0)
     assert confirm_epoch_weights(epoch, restarted, warehouse) is None  # the reveal epoch has not started
+    assert confirmation_requests(warehouse, restarted.epoch_of(sub.block)) == []
     next_epochs(sub)
+    [request] = confirmation_requests(warehouse, restarted.epoch_of(sub.block))  # the sensor asks for a read-back
+    assert request.partition_key == str(epoch) and request.asset_selection[0].path == ["submitted_weights"]
     outcome = submit_epoch_weights(epoch, restarted, settings_for(VALIDATOR.ss58_address), warehouse)
     assert not outcome.sent_now and outcome.submission.state == "applied"
     assert restarted.stored_weights(VALIDATOR.ss58_address) == dict(zip(sent.uids, sent.weights))
