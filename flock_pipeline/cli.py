@@ -390,8 +390,26 @@ def cmd_miner_status(args) -> int:
         print(dumps(doc))
     else:
         for k, v in doc.items():
-            print(f"{k:>14}: {v}")
+            if k == "validators":
+                v = "; ".join(f"{x['hotkey']} (uid {x['uid']}, stake {x['stake']:g}): {x['weight']:.6f}"
+                              for x in v) or "none has set weights on this uid"
+            elif k == "reports":
+                v = "; ".join(_report_line(r) for r in v)
+            elif isinstance(v, float):
+                v = f"{v:.6f}" if k in ("weight", "incentive", "recorded_weight") else f"{v:.4f}"
+            print(f"{k:>15}: {v}")
     return 0 if doc["registered"] else 1
+
+
+def _report_line(report: dict) -> str:
+    """One report repo's entry of `flock miner status`, as text."""
+    if report.get("error"):
+        return f"{report['repo']}: {report['error']}"
+    if report.get("epoch") is None:
+        return f"{report['repo']}: no entry for this hotkey"
+    why = f" ({report['reason']})" if report.get("reason") else ""
+    return (f"{report['repo']}: epoch {report['epoch']} {report['status']}, loss {report['eval_loss']}, "
+            f"rank {report['rank']} of {report['of']}{why}")
 
 
 def build_parser() -> argparse.ArgumentParser:
