@@ -230,11 +230,10 @@ class LocalChainResource(ChainResource):
             state = json.loads(path.read_text()) if path.exists() else self._empty()
             for key, value in self._empty().items():  # a file written by an older release
                 state.setdefault(key, value)
-            before = state["block"]
             yield state
             if write:
                 # epochs fire on the blocks between (a tempo change only applies from its block on)
-                advance_epochs(state["epochs"], state["tempo_changes"], self.tempo, max(before, state["block"]))
+                advance_epochs(state["epochs"], state["tempo_changes"], self.tempo, int(state["block"]))
                 fd, tmp = tempfile.mkstemp(prefix=".chain-", dir=path.parent)
                 with os.fdopen(fd, "w") as f:
                     json.dump(state, f, indent=1)
