@@ -27,7 +27,7 @@ from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.store import ShardRecord
 from flock_pipeline.validator.evaluation import cache_key, competition_recipe, record_abandoned_evaluation
-from flock_pipeline.validator.scoring import IN_FLIGHT
+from flock_pipeline.validator.scoring import IN_FLIGHT, MAX_SENDS
 
 SENSOR_INTERVAL_S = 30
 FAULT_CLASSES = ("ValidatorFault", "EvalSetError")  # the validator's own faults (faults.py, shards.py)
@@ -247,12 +247,18 @@ def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: Wareho
 
 
 def confirmation_requests(warehouse: WarehouseResource, chain_epoch: int) -> list[dg.RunRequest]:
-    """A `submitted_weights` run for each commit-reveal submission whose reveal epoch has started: it reads the
-    chain's stored weights and records "applied" or "not applied" (one run per submission and chain epoch)."""
+    """`submitted_weights` runs that follow a sent submission up: one for each commit-reveal submission whose reveal
+    epoch has started (it reads the chain's stored weights and records "applied" or "not applied"; one run per
+    submission and chain epoch), and one that sends again a submission found "not applied" while its chain epoch
+    is still running (at most MAX_SENDS sends)."""
     out = []
-    for sent in warehouse.weight_submissions_in(("committed",)):
-        if sent.reveal_epoch is not None and chain_epoch >= int(sent.reveal_epoch):
+    for sent in warehouse.weight_submissions_in(("committed", "not applied")):
+        if sent.state == "committed" and sent.reveal_epoch is not None and chain_epoch >= int(sent.reveal_epoch):
             out.append(dg.RunRequest(run_key=f"weights:{sent.epoch}:confirm:{int(sent.block)}:{chain_epoch}",
+                                     partition_key=str(sent.epoch), asset_selection=[submitted_weights.key]))
+        elif (sent.state == "not applied" and sent.chain_epoch is not None and chain_epoch == int(sent.chain_epoch)
+              and int(sent.attempts or 0) < MAX_SENDS):
+            out.append(dg.RunRequest(run_key=f"weights:{sent.epoch}:resend:{int(sent.attempts or 0)}",
                                      partition_key=str(sent.epoch), asset_selection=[submitted_weights.key]))
     return out
 

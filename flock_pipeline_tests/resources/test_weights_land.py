@@ -287,3 +287,29 @@ def test_the_block_sensor_opens_each_epoch_once_through_a_tempo_change(tmp_path)
                 cursor = result.cursor
     assert opened == ["0", "1", "2", "3", "4", "5", "6"]  # blocks 1, 10, 20, 30, then 80, 130, 180
     assert [chain.epoch_start(e) for e in range(1, 7)] == [10, 20, 30, 80, 130, 180]
+
+
+def test_weights_the_chain_took_but_did_not_store_are_sent_again_within_the_epoch(monkeypatch, tmp_path):
+    chain, hotkey, sends = _substrate(tmp_path, commit_reveal=False)
+    fake = _injected_substrate(chain)
+    warehouse = WarehouseResource(url=f"duckdb://{tmp_path / 'w.duckdb'}")
+    epoch = chain.epoch_of(chain.current_block())
+    scored(warehouse, epoch, {1: 0.6, 2: 0.4})
+    store = fake._store
+    monkeypatch.setattr(fake, "_store", lambda *a, **k: None)  # included, then lost: nothing stored
+    lost = submit_epoch_weights(epoch, chain, settings_for(hotkey), warehouse).submission
+    assert lost.state == "not applied" and lost.attempts == 1 and "no weights" in lost.detail
+    monkeypatch.setattr(fake, "_store", store)
+    fake.advance(fake.weights_rate_limit)
+    [request] = confirmation_requests(warehouse, chain.epoch_of(fake.block))
+    assert request.run_key == f"weights:{epoch}:resend:1"
+    again = submit_epoch_weights(epoch, chain, settings_for(hotkey), warehouse)
+    assert again.sent_now and again.submission.state == "applied" and again.submission.attempts == 2
+    assert sends() == 2 and confirmation_requests(warehouse, chain.epoch_of(fake.block)) == []
+    chain.close()
+
+
+def _injected_substrate(chain):
+    from flock_pipeline.resources.bittensor_chain import _INJECTED
+
+    return _INJECTED[chain.injected_handle].factory("")
