@@ -350,6 +350,11 @@ class StoreOps:
         marks = ", ".join("?" for _ in states)
         return self._select(WeightSubmissionRecord, f"state IN ({marks})", list(states), "epoch")
 
+    def latest_sent_epoch(self) -> int | None:
+        """The latest epoch whose weights the chain took (included, committed or applied)."""
+        found = self._one(WeightSubmissionRecord, "success", [], "epoch DESC")
+        return int(found.epoch) if found is not None else None
+
     def weight_submission_at(self, block: int) -> WeightSubmissionRecord | None:
         """The recorded submission the chain included (or took the commit of) at `block`, of any epoch."""
         return self._one(WeightSubmissionRecord, "block = ? AND success", [block], "epoch DESC")

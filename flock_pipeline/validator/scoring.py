@@ -304,10 +304,16 @@ def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSe
     if done is not None and done.state is None and done.success:
         return WeightsOutcome(done, sent_now=False)  # recorded by an earlier release, before confirmations
     if done is not None and (done.state in WAITING or done.state == "applied"):
-        confirmed = confirm_epoch_weights(epoch, chain, warehouse)
-        if confirmed is None or confirmed.state != "not applied" or not _may_resend(confirmed, chain):
-            return WeightsOutcome(confirmed or done, sent_now=False)
-        done = confirmed
+        done = confirm_epoch_weights(epoch, chain, warehouse) or done
+        if done.state != "not applied":
+            return WeightsOutcome(done, sent_now=False)
+    if done is not None and done.state == "not applied" and not _may_resend(done, chain):
+        return WeightsOutcome(done, sent_now=False)
+    later = warehouse.latest_sent_epoch()
+    if later is not None and later > epoch:  # never overwrite newer weights on the chain with older ones
+        return WeightsOutcome(_record(warehouse, epoch, settings.validator_hotkey, None, WeightsReceipt(
+            False, chain.current_block(), f"not sent: epoch {later}'s weights are already on the chain"),
+            state="refused", attempts=_attempts(done)), sent_now=False)
     scores = warehouse.win_rates(epoch)
     weights = weights_of(scores)
     validate_weights(weights, weighted_uids(scores))  # never send NaN, negative, unnormalised or ineligible weights

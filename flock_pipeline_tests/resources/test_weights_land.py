@@ -313,3 +313,16 @@ def _injected_substrate(chain):
     from flock_pipeline.resources.bittensor_chain import _INJECTED
 
     return _INJECTED[chain.injected_handle].factory("")
+
+
+def test_an_older_epochs_weights_never_overwrite_a_newer_epochs(tmp_path, warehouse):
+    chain, hotkey, sends = _local(tmp_path)
+    first = chain.epoch_of(chain.current_block())
+    scored(warehouse, first, {1: 1.0})
+    chain.advance(chain.epoch_start(first + 1) - chain.current_block())
+    scored(warehouse, first + 1, {2: 1.0})
+    assert submit_epoch_weights(first + 1, chain, settings_for(hotkey), warehouse).submission.state == "applied"
+    chain.advance(10)  # past the rate limit: only the rule keeps epoch `first` from going out now
+    late = submit_epoch_weights(first, chain, settings_for(hotkey), warehouse).submission
+    assert late.state == "refused" and f"epoch {first + 1}'s weights are already on the chain" in late.message
+    assert sends() == 1 and chain.stored_weights(hotkey) == {2: 65535}
