@@ -70,7 +70,7 @@ import bittensor as bt
 import bittensor_core
 from bittensor._generated.errors import ERRORS
 
-from flock_pipeline.core.weights import WeightRules, runtime_error
+from flock_pipeline.core.weights import WeightRules, max_upscaled, runtime_error
 from flock_pipeline.resources.chain import advance_epochs, epoch_containing
 
 _SEALED: dict[bytes, dict] = {}  # commit bytes -> the payload the SDK sealed in them (our stand-in for drand)
@@ -612,8 +612,7 @@ class FakeSubstrate:
 
     def _store(self, hotkey: str, uid: int, dests: list[int], values: list[int], version_key: int, *, via: str,
                mechid: int = 0) -> None:
-        top = max(values)
-        stored = [(2 * v * _U16_MAX + top) // (2 * top) for v in values]  # vec_u16_max_upscale_to_u16
+        stored = max_upscaled(values)
         self.stored[uid] = list(zip(dests, stored))
         self.weights.append({"hotkey": hotkey, "uid": uid, "block": self._block, "mechid": mechid, "uids": dests,
                              "weights": stored, "version_key": version_key, **({"via": via} if via != "extrinsic"
