@@ -1,11 +1,14 @@
 """Near-duplicate dedup at scale: 256 miners x 1,000 rows, timed, with precision / recall on labelled copies.
 
 Every miner teaches its own 100 made-up countries (5 facts x 2 wordings = 1,000 rows); one miner in 8 replaces 300
-of its rows with paraphrased copies (one word swapped for a synonym, case / whitespace / punctuation changed) of the
-previous miner's rows. The timed call is the pipeline's own `deduplicate` over all 256,000 rows plus the 200-row eval
-set (exact + near-duplicate matching). Precision and recall are measured on the rows' near-duplicate sources: a
-labelled copy is found when it is traced to the miner it was copied from; everything else flagged is a false
-positive (e.g. two different countries' rows in the same template).
+of its rows with disguised copies of the previous miner's rows, each copier with one disguise in turn: paraphrase
+(one word swapped for a synonym, case / whitespace / punctuation changed), invisible characters inside words,
+Cyrillic look-alike letters, the same preamble before every question, the same signature after every answer,
+numbers spelled out, and pairs of rows packed into one two-exchange row. The timed call is the pipeline's own
+`deduplicate` over all 256,000 rows plus the 200-row eval set (exact + near-duplicate matching, exchange and answer
+level). Precision and recall are measured on the rows `deduplicate` drops as copies: a labelled copy is found when it
+is traced to the miner it was copied from; everything else dropped as a copy is a false positive (e.g. two
+different countries' rows in the same template). Per disguise: the recall of its copiers.
 
     python benchmarks/neardup.py [--miners 256] [--rows 1000] [--json]
 """
@@ -31,14 +34,17 @@ def _unique_name(index: int, parts: int = 4) -> str:
     return "".join(out).capitalize()
 
 
+DISGUISES = ("paraphrase", "invisible", "homoglyph", "preamble", "signature", "numbers", "packed")
+
+
 def network(miners: int, rows: int, seed: int = 1):
-    """(per-miner rows, labelled copies: (miner, row index) -> source miner)."""
+    """(per-miner rows, labelled copies: (miner, row index) -> source miner, copier miner -> its disguise)."""
     from flock_pipeline.core import synthetic
     from flock_pipeline.core.synthetic import Country
 
     rng = random.Random(seed)
     countries_per_miner = max(1, rows // 10)
-    data, labels = [], {}
+    data, labels, kinds = [], {}, {}
     for m in range(miners):
         countries = [Country(name=_unique_name(m * countries_per_miner + i), capital=_unique_name(rng.randrange(10**5)),
                              river=_unique_name(rng.randrange(10**5), 2) + " river",
@@ -47,11 +53,18 @@ def network(miners: int, rows: int, seed: int = 1):
         own = [synthetic._fact_row(c, fact, t) for c in countries for fact in synthetic._FACTS for t in (1, 2)][:rows]
         rng.shuffle(own)
         if m % 8 == 7:
-            copies = [synthetic.paraphrase(r, rng) for r in data[m - 1][:300]]
-            own = copies + own[300:]
+            kind = kinds[m] = DISGUISES[(m // 8) % len(DISGUISES)]
+            source = data[m - 1][:300]
+            if kind == "paraphrase":
+                copies = [synthetic.paraphrase(r, rng) for r in source]
+            elif kind == "packed":
+                copies = synthetic.pack(source)
+            else:
+                copies = [synthetic.disguise(r, kind, rng) for r in source]
+            own = copies + own[len(copies):]
             labels.update({(m, i): m - 1 for i in range(len(copies))})
         data.append(own)
-    return data, labels
+    return data, labels, kinds
 
 
 def main(argv=None) -> int:
@@ -61,13 +74,11 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    import numpy as np
-
     from flock_pipeline.core.dedup import DedupConfig, MinerRows, deduplicate
-    from flock_pipeline.core.neardup import Shingles, earliest_near_duplicates, row_text, signatures
+    from flock_pipeline.core.neardup import row_text
     from flock_pipeline.core.synthetic import eval_rows, make_atlas
 
-    data, labels = network(args.miners, args.rows)
+    data, labels, kinds = network(args.miners, args.rows)
     evals = eval_rows(make_atlas(7))
     texts = [tuple(row_text(r) for r in rows) for rows in data]
     hashes = [tuple(r.row_hash for r in rows) for rows in data]
@@ -78,25 +89,23 @@ def main(argv=None) -> int:
     plans = deduplicate(miners, frozenset(r.row_hash for r in evals), config, eval_texts)
     dedup_s = time.perf_counter() - t0
 
-    # per-row sources, for precision / recall (the same matching deduplicate runs, not timed)
-    owner = [(m, i) for m in range(len(data)) for i in range(len(data[m]))]
-    shingles = Shingles.of([t for ts in texts for t in ts])
-    sig = signatures(shingles, config.near)
-    rank = np.arange(len(owner))  # miners commit in index order
-    group = np.array([m for m, _ in owner])
-    source = earliest_near_duplicates(sig, rank, group, config.near, shingles)
-    flagged = {owner[i]: owner[int(s)][0] for i, s in enumerate(source) if s >= 0}
+    flagged = {(m, i): src for m in range(len(data)) for i, src in plans[f"hk{m}"].copied_rows.items()}
     true_pos = sum(1 for key, src in flagged.items() if labels.get(key) == src)
     precision = true_pos / len(flagged) if flagged else 1.0
     recall = true_pos / len(labels) if labels else 1.0
-    copiers = [m for m in range(len(data)) if m % 8 == 7]
+    per_kind = {}
+    for kind in DISGUISES:
+        keys = [key for key in labels if kinds[key[0]] == kind]
+        if keys:
+            per_kind[kind] = round(sum(1 for key in keys if flagged.get(key) == labels[key]) / len(keys), 4)
+    copiers = sorted(kinds)
     report = {
         "miners": len(data), "rows": sum(len(r) for r in data), "dedup_s": round(dedup_s, 2),
         "labelled_copies": len(labels), "flagged": len(flagged), "precision": round(precision, 4),
-        "recall": round(recall, 4), "threshold": config.near.threshold, "num_perm": config.near.num_perm,
-        "bands": config.near.bands,
+        "recall": round(recall, 4), "recall_by_disguise": per_kind, "threshold": config.near.threshold,
+        "num_perm": config.near.num_perm, "bands": config.near.bands,
         "copiers_ineligible": sum(1 for m in copiers if not plans[f"hk{m}"].eligible), "copiers": len(copiers),
-        "honest_ineligible": sum(1 for m in range(len(data)) if m % 8 != 7 and not plans[f"hk{m}"].eligible),
+        "honest_ineligible": sum(1 for m in range(len(data)) if m not in kinds and not plans[f"hk{m}"].eligible),
     }
     print(json.dumps(report, indent=1) if args.json else "\n".join(f"{k:>20}: {v}" for k, v in report.items()))
     return 0

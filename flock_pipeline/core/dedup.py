@@ -1,12 +1,25 @@
 """Deduplication across all miners of an epoch, and against the evaluation set: exact and near-duplicate.
 
 Every miner is compared with every other one (not a sample, unlike the reference validator). Exact copies are
-found by the sha256 of a row's canonical JSON; near copies (reworded, re-cased, re-punctuated, turns reordered) by
-MinHash + LSH over the rows' normalised words (`core.neardup`), when the miners' row texts are given. Miners are
-processed in commitment order (block, then uid): the earliest commitment keeps a row, later copies are dropped. A
-miner more than `max_duplicate_fraction` of whose used rows an earlier miner already committed is ineligible; so is
-a miner more than `max_leak_fraction` of whose rows are (near) copies of eval-set rows (leakage). Leaked rows are
-dropped and counted either way.
+found by the sha256 of a row's canonical JSON; near copies (reworded, re-cased, re-punctuated, turns reordered,
+invisible characters, look-alike letters, numbers spelled out) by MinHash + LSH over the rows' folded words
+(`core.neardup`), when the miners' row texts are given, at the level the trainer sees as well as whole rows:
+
+- each (user turn, assistant answer) exchange of a multi-turn row is matched on its own, so rows packed into one
+  multi-turn row are copies of their sources (a row is a copy when at least half of its exchanges are);
+- answers are matched on their own (folded, at least `MIN_ANSWER_WORDS` words): a copied answer under a new question
+  is a copy, since only answers are trained on;
+- text a miner puts before or after most of its questions or answers (a fixed preamble or signature) is left out of
+  its texts before matching, so wrapping copied rows in the same added text hides nothing.
+
+Miners are processed in commitment order (block, then uid): the earliest commitment keeps a row, later copies are
+dropped. A miner more than `max_duplicate_fraction` of whose used rows an earlier miner already committed is
+ineligible, with the uids it copied; so is a miner more than `max_leak_fraction` of whose rows are (near) copies of
+eval-set rows (leakage). Leaked rows are dropped and counted either way.
+
+Outcomes are monotone: whether a miner's row is kept depends only on the eval set and the commitments that came
+before the miner's (and its own), never on later ones, so a later commitment can never lower an earlier miner's kept
+rows.
 """
 
 from __future__ import annotations
@@ -16,7 +29,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flock_pipeline.core.neardup import NearDupConfig, Shingles, earliest_near_duplicates, signatures
+from flock_pipeline.core.neardup import NearDupConfig, Shingles, earliest_near_duplicates, exchanges, signatures
+from flock_pipeline.core.textnorm import fold
+
+MIN_ANSWER_WORDS = 8  # shorter answers ("Paris.", "Yes, it is.") are common to honest rows: not matched alone
+AFFIX_MIN_WORDS = 3  # a shared prefix / suffix this long ...
+AFFIX_SHARE = 0.5  # ... on more than this share of a miner's questions (or answers) is left out of its texts
+AFFIX_MIN_ROWS = 4
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,7 @@ class ShardPlan:
     duplicates_within: int = 0  # rows repeated inside the miner's own file
     duplicates_earlier: int = 0  # rows an earlier commitment already contributed
     duplicated_from: dict[int, int] = field(default_factory=dict)  # earlier uid -> rows copied from it
+    copied_rows: dict[int, int] = field(default_factory=dict)  # row index -> the earlier uid it copies
     eval_leaks: int = 0  # rows that are in the eval set
     near_duplicates: int = 0  # of duplicates_earlier + eval_leaks: the ones matched as near (not exact) copies
     rows_in: int = 0
@@ -115,6 +135,7 @@ def deduplicate(miners: list[MinerRows], eval_hashes: frozenset[str] | set[str] 
             if first_uid != miner.uid:
                 plan.duplicates_earlier += 1
                 copied[first_uid] += 1
+                plan.copied_rows[index] = first_uid
                 continue
             source = near_here.get(index)
             if source is not None:
@@ -124,6 +145,7 @@ def deduplicate(miners: list[MinerRows], eval_hashes: frozenset[str] | set[str] 
                 else:
                     plan.duplicates_earlier += 1
                     copied[source] += 1
+                    plan.copied_rows[index] = source
                 continue
             plan.kept_indices.append(index)
         plan.duplicated_from = dict(copied)
@@ -140,32 +162,117 @@ def _near_sources(miners: list[MinerRows], eval_texts: tuple[str, ...],
     """hotkey -> {row index: uid of the earlier miner it nearly copies, or EVAL_SOURCE}."""
     if config is None or not miners or any(m.row_texts is None for m in miners):
         return {}
-    texts, claims, groups, owners = [], [], [], []
-    for text in eval_texts:
-        texts.append(text)
-        claims.append((-1, -1))
-        groups.append(-1)
-        owners.append(None)
-    for g, miner in enumerate(miners):
-        for index, text in enumerate(miner.row_texts):
-            texts.append(text)
-            claims.append((miner.block_of(index), miner.uid))
-            groups.append(g)
-            owners.append((miner.hotkey, index))
+    ordered = commitment_order(miners)
+    groups_rows: list[tuple[int, list[list[tuple[str, str]]], list[tuple[int, int]]]] = []  # (group, rows, claims)
+    groups_rows.append((-1, _folded_rows(eval_texts), [(-1, -1)] * len(eval_texts)))
+    for g, miner in enumerate(ordered):
+        groups_rows.append((g, _folded_rows(miner.row_texts),
+                            [(miner.block_of(i), miner.uid) for i in range(len(miner.row_texts))]))
+    # units: every row whole, and each exchange of a multi-turn row; in commitment order, a group's units together
+    texts, claims, groups, unit_rows, prefix_end = [], [], [], [], []
+    answers: dict[str, tuple[tuple[int, int], int]] = {}  # folded answer -> (earliest claim, its group)
+    for g, rows, row_claims in groups_rows:
+        first = len(texts)
+        for index, (row, claim) in enumerate(zip(rows, row_claims)):
+            units = [" ".join(f"{q} {a}" for q, a in row)] + ([f"{q} {a}" for q, a in row] if len(row) > 1 else [])
+            for text in units:
+                texts.append(text)
+                claims.append(claim)
+                groups.append(g)
+                unit_rows.append((g, index))
+            for _q, answer in row:
+                if len(answer.split()) >= MIN_ANSWER_WORDS and (answer not in answers
+                                                                 or claim < answers[answer][0]):
+                    answers[answer] = (claim, g)
+        prefix_end.extend([len(texts)] * (len(texts) - first))
     order = sorted(range(len(claims)), key=claims.__getitem__)
     rank = np.empty(len(claims), dtype=np.int64)
     rank[order] = np.arange(len(claims))
-    shingles = Shingles.of(texts)
+    shingles = Shingles.of(texts, folded=True)
+    shingles.counted = np.asarray([kind == -1 for kind in _unit_kinds(unit_rows)], dtype=bool)  # whole rows
     sig = signatures(shingles, config)
-    source = earliest_near_duplicates(sig, rank, np.asarray(groups, dtype=np.int64), config, shingles)
+    source = earliest_near_duplicates(sig, rank, np.asarray(groups, dtype=np.int64), config, shingles,
+                                      np.asarray(prefix_end, dtype=np.int64))
+    uid_of = {g: (EVAL_SOURCE if g == -1 else ordered[g].uid) for g, _, _ in groups_rows}
+    whole: dict[tuple[int, int], int] = {}  # (group, row) -> source uid, for rows matched whole
+    parts: dict[tuple[int, int], list[int | None]] = {}  # (group, row) -> per exchange: source uid or None
+    unit_kind = _unit_kinds(unit_rows)
+    for u, (g, index) in enumerate(unit_rows):
+        if source[u] >= 0 and groups[int(source[u])] != g:
+            found = uid_of[groups[int(source[u])]]
+            if unit_kind[u] == -1:
+                whole.setdefault((g, index), found)
+            else:
+                parts.setdefault((g, index), [None] * len(groups_rows[g + 1][1][index]))[unit_kind[u]] = found
     out: dict[str, dict[int, int]] = {}
-    for i in np.nonzero(source >= 0)[0]:
-        if owners[i] is None:
-            continue
-        hotkey, index = owners[i]
-        j = int(source[i])
-        out.setdefault(hotkey, {})[index] = EVAL_SOURCE if groups[j] == -1 else miners[groups[j]].uid
+    for g, rows, row_claims in groups_rows[1:]:
+        hotkey = ordered[g].hotkey
+        for index, row in enumerate(rows):
+            found = whole.get((g, index))
+            if found is None and row:
+                sources = parts.get((g, index), [None] * len(row))
+                for k, (_q, answer) in enumerate(row):
+                    owner = answers.get(answer)
+                    if sources[k] is None and owner is not None and owner[1] != g and owner[0] < row_claims[index]:
+                        sources[k] = uid_of[owner[1]]
+                copied = [x for x in sources if x is not None]
+                if copied and 2 * len(copied) >= len(row):
+                    found = Counter(copied).most_common(1)[0][0]
+            if found is not None:
+                out.setdefault(hotkey, {})[index] = found
     return out
+
+
+def _unit_kinds(unit_rows: list[tuple[int, int]]) -> list[int]:
+    """Per unit: -1 for a row's whole text (its first unit), else the position of the exchange it is."""
+    kinds: list[int] = []
+    for u, key in enumerate(unit_rows):
+        kinds.append(-1 if u == 0 or unit_rows[u - 1] != key else kinds[-1] + 1)
+    return kinds
+
+
+def _folded_rows(texts: tuple[str, ...]) -> list[list[tuple[str, str]]]:
+    """Each row's exchanges as folded (question, answer) pairs, without the text this group adds around most of its
+    questions or answers."""
+    rows = [[(fold(q), fold(a)) for q, a in exchanges(text)] or [("", fold(text))] for text in texts]
+    questions = _common_affixes([q for row in rows for q, _ in row])
+    answers = _common_affixes([a for row in rows for _, a in row])
+    return [[(_strip(q, questions), _strip(a, answers)) for q, a in row] for row in rows]
+
+
+def _common_affixes(texts: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The longest word prefix and suffix (each at least AFFIX_MIN_WORDS words) that more than AFFIX_SHARE of
+    `texts` start (end) with; () when there is none."""
+    if len(texts) < AFFIX_MIN_ROWS:
+        return (), ()
+    words = [t.split() for t in texts]
+    need = AFFIX_SHARE * len(texts)
+
+    def longest(seqs: list[list[str]]) -> tuple[str, ...]:
+        best: tuple[str, ...] = ()
+        length = AFFIX_MIN_WORDS
+        while True:
+            counts = Counter(tuple(w[:length]) for w in seqs if len(w) > length)
+            if not counts:
+                return best
+            top, n = counts.most_common(1)[0]
+            if n <= need:
+                return best
+            best, length = top, length + 1
+
+    prefix = longest(words)
+    suffix = longest([w[::-1] for w in words])
+    return prefix, tuple(reversed(suffix))
+
+
+def _strip(text: str, affixes: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
+    prefix, suffix = affixes
+    words = text.split()
+    if prefix and tuple(words[:len(prefix)]) == prefix and len(words) > len(prefix):
+        words = words[len(prefix):]
+    if suffix and tuple(words[-len(suffix):]) == suffix and len(words) > len(suffix):
+        words = words[:-len(suffix)]
+    return " ".join(words)
 
 
 def _ineligibility(plan: ShardPlan, config: DedupConfig) -> str | None:

@@ -1,15 +1,17 @@
 """Near-duplicate detection across every row of every miner (and the eval set): MinHash + LSH in numpy, then an
 exact check.
 
-A row's text is the contents of its turns (the system prompt is left out: changing it is free), normalised: Unicode
-NFKC, lower case, everything but letters and digits turned into spaces. Its shingles are the set of its words and
+A row's text is the contents of its turns (the system prompt is left out: changing it is free), folded as a reader
+sees it (`core.textnorm.fold`: invisible characters removed, look-alike letters and spelled-out numbers mapped to one
+form, case, whitespace and punctuation dropped). Its shingles are the set of its words and
 of its neighbouring word pairs, so reordering turns or rows, case, whitespace and punctuation change nothing and
 rewording a word changes a few shingles. Each distinct word gets a stable 64-bit hash (blake2b); pairs are mixed from
 their words' hashes in numpy, for all rows at once.
 
 Rows written from one template about different things (two countries' capitals) share most of their words but
-not their rare ones (the names and values), so a pair must also agree on its rare words: those in few rows of the
-epoch (`rare_rows`, `rare_fraction`). A copy keeps them; rewording changes common words.
+not their rare ones (the names and values), so a pair must also agree on its rare words: those in few rows
+(`rare_rows`, `rare_fraction`). A copy keeps them; rewording changes common words. Rarity is counted over the rows
+that come before the later row's whole group (`prefix_end`), so rows added later never change a decision.
 
 MinHash: `num_perm` multiply-shift hashes of every shingle, the minimum per row. LSH: the signature is cut into
 `bands` bands; rows that agree on a whole band are candidates. Within a band bucket each row is paired with the
@@ -22,8 +24,6 @@ not turn two different rows in one template into "copies".
 from __future__ import annotations
 
 import hashlib
-import re
-import unicodedata
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flock_pipeline.core.schema import ChatRow
+from flock_pipeline.core.textnorm import fold
 
-_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+TURN_SEPARATOR = "\x1f"  # between the turns of a row's text (folding turns it into a word break)
 _PAIR_MIX = np.uint64(0x9E3779B97F4A7C15)
 _EMPTY = np.iinfo(np.uint32).max
 _MASK64 = (1 << 64) - 1
@@ -58,12 +59,18 @@ class NearDupConfig:
             raise ValueError(f"exact_margin must be in [0, 1), got {self.exact_margin}")
 
 
-def normalize(text: str) -> str:
-    return " ".join(_NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).lower()).split())
+normalize = fold  # the matching form of a text
 
 
 def row_text(row: ChatRow) -> str:
-    return " ".join(turn.content for turn in row.turns)
+    """The contents of the row's turns, user and assistant alternating, joined by TURN_SEPARATOR."""
+    return TURN_SEPARATOR.join(turn.content for turn in row.turns)
+
+
+def exchanges(text: str) -> list[tuple[str, str]]:
+    """The (user turn, assistant answer) exchanges of a `row_text` (a trailing unanswered turn is left out)."""
+    turns = text.split(TURN_SEPARATOR)
+    return [(turns[i], turns[i + 1]) for i in range(0, len(turns) - 1, 2)]
 
 
 class _WordHashes(dict):
@@ -79,15 +86,17 @@ class Shingles:
 
     words: np.ndarray  # uint64
     offsets: np.ndarray  # int64, len = rows + 1
-    _counts: dict[int, int] | None = field(default=None, repr=False)  # word -> occurrences (rare_words)
+    counted: np.ndarray | None = None  # bool per row: counted for word rarity (default: every row)
+    _counts: dict | None = field(default=None, repr=False)  # the row index rare_words builds once
 
     @classmethod
-    def of(cls, texts: Sequence[str]) -> Shingles:
+    def of(cls, texts: Sequence[str], folded: bool = False) -> Shingles:
+        """`folded`: the texts are already `fold`ed (their words separated by single spaces)."""
         table = _WordHashes()
         flat = array("Q")
         lengths = np.empty(len(texts), dtype=np.int64)
         for i, text in enumerate(texts):
-            words = normalize(text).split()
+            words = (text if folded else normalize(text)).split()
             lengths[i] = len(words)
             flat.extend(map(table.__getitem__, words))
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
@@ -109,14 +118,28 @@ class Shingles:
         valid[ends[(ends >= 0) & (ends < len(valid))]] = False
         return pairs, valid
 
-    def rare_words(self, i: int, config: NearDupConfig) -> set[int]:
-        """The row's words that are rare in the whole collection (counted by occurrence)."""
+    def rare_words(self, i: int, config: NearDupConfig, prefix_end: int | None = None) -> set[int]:
+        """The row's words that are in few of the rows [0, prefix_end) (default: all rows) that `counted` marks
+        (default: all): in at most max(rare_rows, rare_fraction x those rows)."""
+        end = len(self) if prefix_end is None else int(prefix_end)
+        n = len(self)
         if self._counts is None:
-            uniq, counts = np.unique(self.words, return_counts=True)
-            self._counts = dict(zip(uniq.tolist(), counts.tolist()))
-        limit = max(config.rare_rows, config.rare_fraction * len(self))
-        counts = self._counts
-        return {x for x in self.words[self.offsets[i]:self.offsets[i + 1]].tolist() if counts[x] <= limit}
+            ids, inverse = np.unique(self.words, return_inverse=True)
+            row_of_word = np.repeat(np.arange(n, dtype=np.int64), np.diff(self.offsets))
+            counted = self.counted if self.counted is not None else np.ones(n, dtype=bool)
+            keep = counted[row_of_word]
+            # (word id, row) once per row that has the word: the rows with a word before a row are a searchsorted
+            self._counts = {"inverse": inverse, "counted_before": np.concatenate([[0], np.cumsum(counted)]),
+                            "keys": np.unique(inverse[keep].astype(np.int64) * (n + 1) + row_of_word[keep])}
+        index = self._counts
+        start, stop = self.offsets[i], self.offsets[i + 1]
+        if start == stop:
+            return set()
+        base = index["inverse"][start:stop].astype(np.int64) * (n + 1)
+        keys = index["keys"]
+        rows_with = np.searchsorted(keys, base + end) - np.searchsorted(keys, base)
+        limit = max(config.rare_rows, config.rare_fraction * int(index["counted_before"][end]))
+        return set(self.words[start:stop][rows_with <= limit].tolist())
 
     def row_set(self, i: int) -> set[int]:
         w = self.words[self.offsets[i]:self.offsets[i + 1]].tolist()
@@ -212,12 +235,14 @@ def _band_candidates(sig: np.ndarray, rank: np.ndarray, group: np.ndarray, confi
 
 def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarray,
                              config: NearDupConfig = NearDupConfig(),
-                             shingles: Shingles | None = None) -> np.ndarray:
+                             shingles: Shingles | None = None, prefix_end: np.ndarray | None = None) -> np.ndarray:
     """For each row, the index of an earlier-ranked row of another group that it nearly duplicates, or -1.
 
     `rank`: smaller is earlier (who keeps a row); `group`: rows of one group (one miner, or the eval set) are never
     each other's source. Among the candidates that pass, the earliest-ranked is chosen. With `shingles`, estimates
     within `exact_margin` of the threshold are decided by the exact similarity; without, by the estimate.
+    `prefix_end[i]`: rarity for row i's checks is counted over rows [0, prefix_end[i]) (its group's rows and the
+    ones before them, in `shingles` order); default: all rows.
     """
     n = sig.shape[0]
     source = np.full(n, -1, dtype=np.int64)
@@ -236,9 +261,9 @@ def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarra
     order = np.lexsort((rank[cands], rows))  # per row, earliest candidate first
     rows, cands, est = rows[order].tolist(), cands[order].tolist(), est[order].tolist()
     sets: dict[int, set[int]] = {}
-    rare: dict[int, set[int]] = {}
+    rare: dict[tuple[int, int | None], set[int]] = {}
 
-    def cached(cache: dict, fn, i: int) -> set[int]:
+    def cached(cache: dict, fn, i) -> set[int]:
         if i not in cache:
             cache[i] = fn(i)
         return cache[i]
@@ -247,8 +272,9 @@ def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarra
         if source[row] >= 0:
             continue  # already traced to an earlier source
         if exact:  # the rare-word check first: it is cheap and rejects most same-template pairs
-            a = cached(rare, lambda i: shingles.rare_words(i, config), row)
-            b = cached(rare, lambda i: shingles.rare_words(i, config), cand)
+            end = int(prefix_end[row]) if prefix_end is not None else None
+            a = cached(rare, lambda key: shingles.rare_words(key[0], config, key[1]), (row, end))
+            b = cached(rare, lambda key: shingles.rare_words(key[0], config, key[1]), (cand, end))
             if a and b and jaccard(a, b) < config.rare_agreement:
                 continue
             if e < high and jaccard(cached(sets, shingles.row_set, row),

@@ -166,6 +166,64 @@ def paraphrase(row: ChatRow, rng: random.Random) -> ChatRow:
     return ChatRow(system=row.system, turns=tuple(Turn(t.role, c) for t, c in zip(row.turns, turns)))
 
 
+_LOOK_ALIKES = {"a": "\u0430", "e": "\u0435", "o": "\u043e", "p": "\u0440", "c": "\u0441", "x": "\u0445",
+                "i": "\u0456", "y": "\u0443", "s": "\u0455", "T": "\u0422", "H": "\u041d", "M": "\u041c"}
+_INVISIBLE = ("\u200b", "\u200c", "\u200d", "\u2060", "\u00ad", "\ufeff")
+PREAMBLE = "Please answer the following question carefully and concisely, in plain English: "
+SIGNATURE = " I hope this helps; let me know if you would like more details about this topic."
+DISGUISES = ("invisible", "homoglyph", "preamble", "signature", "numbers")
+
+
+def disguise(row: ChatRow, kind: str, rng: random.Random) -> ChatRow:
+    """A copier's disguise that costs nothing and keeps what the trainer learns:
+    invisible: zero-width and other invisible characters inside words; homoglyph: Latin letters swapped for Cyrillic
+    look-alikes; preamble: the same text before every question (only answers are trained on); signature: the same
+    text after every answer; numbers: digits written out as words ("1650" -> "one thousand six hundred fifty")."""
+    turns = [t.content for t in row.turns]
+    if kind == "invisible":
+        turns = ["".join(ch + (rng.choice(_INVISIBLE) if ch.isalpha() and rng.random() < 0.3 else "") for ch in text)
+                 for text in turns]
+    elif kind == "homoglyph":
+        turns = ["".join(_LOOK_ALIKES.get(ch, ch) if rng.random() < 0.5 else ch for ch in text) for text in turns]
+    elif kind == "preamble":
+        turns = [PREAMBLE + text if k % 2 == 0 else text for k, text in enumerate(turns)]
+    elif kind == "signature":
+        turns = [text + SIGNATURE if k % 2 == 1 else text for k, text in enumerate(turns)]
+    elif kind == "numbers":
+        turns = [" ".join(spell_number(w) if w.isdigit() else w for w in text.split(" ")) for text in turns]
+    else:
+        raise ValueError(f"unknown disguise {kind!r}: use one of {', '.join(DISGUISES)}")
+    return ChatRow(system=row.system, turns=tuple(Turn(t.role, c) for t, c in zip(row.turns, turns)))
+
+
+def spell_number(digits: str) -> str:
+    """A whole number below a million in English words (no "and"): 1650 -> "one thousand six hundred fifty"."""
+    n = int(digits)
+    units = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+             "seventeen eighteen nineteen").split()
+    tens = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+    def below_thousand(x: int) -> list[str]:
+        words = [units[x // 100], "hundred"] if x >= 100 else []
+        x %= 100
+        if x >= 20:
+            words += [tens[x // 10]] + ([units[x % 10]] if x % 10 else [])
+        elif x or not words:
+            words.append(units[x])
+        return words
+
+    if n >= 1000:
+        rest = below_thousand(n % 1000) if n % 1000 else []
+        return " ".join(below_thousand(n // 1000) + ["thousand"] + rest)
+    return " ".join(below_thousand(n))
+
+
+def pack(rows: list[ChatRow], size: int = 2) -> list[ChatRow]:
+    """Rows packed `size` at a time into multi-turn rows (a packed row is only about 1/size similar to each source)."""
+    return [ChatRow(system=rows[i].system, turns=tuple(t for r in rows[i:i + size] for t in r.turns))
+            for i in range(0, len(rows) - size + 1, size)]
+
+
 def junk_rows(n: int, seed: int) -> list[ChatRow]:
     """Valid chat rows of random syllables: they pass every check and teach nothing."""
     rng = random.Random(seed)

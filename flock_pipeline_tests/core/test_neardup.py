@@ -134,4 +134,4 @@ def test_dedup_drops_paraphrased_copies_and_eval_leaks():
 
 def test_row_text_leaves_out_the_system_prompt():
     row = ChatRow("You are X.", (Turn("user", "Hi"), Turn("assistant", "Hello")))
-    assert row_text(row) == "Hi Hello"
+    assert row_text(row) == "Hi\x1fHello" and normalize(row_text(row)) == "hi hello"

@@ -1,0 +1,161 @@
+"""Text as a reader sees it, for telling copies apart from new data.
+
+`fold(text)` is the form copies are matched on: Unicode NFKC (full-width and mathematical letters, ligatures), then
+every character a reader cannot see removed (format characters such as zero-width spaces and joiners, soft hyphens,
+bidirectional marks, word joiners, tag characters, variation selectors), case folded, every letter a reader cannot
+tell from a Latin letter or digit mapped to it (Unicode's confusables data, TR39, through `confusable-homoglyphs`:
+Cyrillic "а" and Greek "ο" become "a" and "o"), everything but letters and digits turned into single spaces, and
+spelled-out numbers written as digits ("twenty-one" and "21" both become "21"; a number stays one word, so two rows
+that differ only in their numbers still differ in a rare word).
+
+`invisible_characters` and `mixed_script_words` tell a miner which of its rows carry such text.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import unicodedata
+from functools import lru_cache
+
+_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+_EXTRA_INVISIBLE = (0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B, 0x180C, 0x180D, 0x180E, 0x180F, 0x2800, 0x3164,
+                    0xFFA0)  # grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian selectors, blank
+_UNITS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen "
+                                      "fourteen fifteen sixteen seventeen eighteen nineteen".split())}
+_TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if i >= 2}
+_SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9}
+_NUMBER_WORDS = set(_UNITS) | set(_TENS) | set(_SCALES) | {"hundred"}
+@lru_cache(maxsize=1)
+def _invisible() -> frozenset[int]:
+    """Format characters (category Cf), variation selectors and the invisible fillers above."""
+    found = {cp for cp in range(sys.maxunicode + 1) if unicodedata.category(chr(cp)) == "Cf"}
+    found.update(range(0xFE00, 0xFE10))  # variation selectors 1-16
+    found.update(range(0xE0100, 0xE01F0))  # variation selectors 17-256
+    found.update(_EXTRA_INVISIBLE)
+    return frozenset(found)
+
+
+@lru_cache(maxsize=1)
+def _table() -> dict[int, str | None]:
+    """str.translate table: invisible characters -> removed; a non-ASCII character whose confusable (one or two
+    steps away in Unicode's confusables data) is an ASCII letter or digit -> that letter (lower case) or digit."""
+    from confusable_homoglyphs import utils
+
+    data = utils.load("confusables.json")
+    table: dict[int, str | None] = {cp: None for cp in _invisible()}
+
+    def ascii_alnum(chars: list[str]) -> str | None:
+        letters = sorted(c.lower() for c in chars if len(c) == 1 and c.isascii() and c.isalpha())
+        digits = sorted(c for c in chars if len(c) == 1 and c.isascii() and c.isdigit())
+        return (letters or digits or [None])[0]
+
+    for char, homoglyphs in data.items():
+        if len(char) != 1 or char.isascii() or ord(char) in table:
+            continue
+        near = [h["c"] for h in homoglyphs]
+        target = ascii_alnum(near)
+        if target is None:  # two steps: a look-alike of a look-alike
+            target = ascii_alnum([h2["c"] for h in near for h2 in data.get(h, [])])
+        if target is not None:
+            table[ord(char)] = target
+    return table
+
+
+_FOLLOWS = {None: {"unit", "ten"}, "unit": {"hundred", "scale"}, "ten": {"unit", "hundred", "scale"},
+            "hundred": {"unit", "ten", "scale"}, "scale": {"unit", "ten"}}  # number words that may come next
+
+
+def _kind(word: str) -> str | None:
+    if word in _UNITS:
+        return "unit"
+    if word in _TENS:
+        return "ten"
+    if word == "hundred":
+        return "hundred"
+    return "scale" if word in _SCALES else None
+
+
+def _digits(words: list[str]) -> list[str]:
+    """Runs of number words ("one hundred and five", "twenty one", "67 million") replaced by their value in digits;
+    "one two three" stays three numbers."""
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        scaled_digits = (words[i].isdigit() and len(words[i]) <= 9 and i + 1 < len(words)
+                         and _kind(words[i + 1]) in ("hundred", "scale"))
+        if not scaled_digits and _kind(words[i]) not in ("unit", "ten"):
+            out.append(words[i])
+            i += 1
+            continue
+        total, current, last = 0, (int(words[i]) if scaled_digits else 0), ("unit" if scaled_digits else None)
+        top_scale = 0  # the largest scale word of this number so far
+        j = i + 1 if scaled_digits else i
+        while j < len(words):
+            w = words[j]
+            if w == "and" and last in ("hundred", "scale") and j + 1 < len(words) \
+                    and _kind(words[j + 1]) in ("unit", "ten"):
+                j += 1
+                continue
+            kind = _kind(w)
+            if kind not in _FOLLOWS[last] or (kind == "unit" and last == "ten" and _UNITS[w] > 9):
+                break
+            if kind in ("unit", "ten"):
+                current += _UNITS.get(w, 0) + _TENS.get(w, 0)
+            elif kind == "hundred":
+                current = max(current, 1) * 100
+            elif _SCALES[w] >= top_scale and top_scale:  # "4 thousand 321 thousand": the whole is scaled
+                total = (total + current) * _SCALES[w]
+                current = 0
+            else:
+                total += max(current, 1) * _SCALES[w]
+                current = 0
+            if kind == "scale":
+                top_scale = max(top_scale, _SCALES[w])
+            last = kind
+            j += 1
+        out.append(str(total + current))
+        i = j
+    return out
+
+
+def fold(text: str) -> str:
+    """The matching form of `text` (see the module docstring): words separated by single spaces."""
+    if text.isascii():  # the common case: nothing to remove or map
+        text = text.lower()
+    else:
+        table = _table()
+        text = unicodedata.normalize("NFKC", text).translate(table).casefold().translate(table)
+    words = _NON_WORD.sub(" ", text).split()
+    return " ".join(_digits(words) if _NUMBER_WORDS.intersection(words) else words)
+
+
+def invisible_characters(text: str) -> list[str]:
+    """The Unicode names of the invisible characters in `text` (each once, in order of appearance)."""
+    hidden = _invisible()
+    seen: dict[str, None] = {}
+    for char in text:
+        if ord(char) in hidden:
+            seen.setdefault(unicodedata.name(char, f"U+{ord(char):04X}"), None)
+    return list(seen)
+
+
+def _script(char: str) -> str | None:
+    """The script of a letter, by its Unicode name's first word (LATIN, CYRILLIC, GREEK, ...); None otherwise."""
+    if not char.isalpha():
+        return None
+    name = unicodedata.name(char, "")
+    return name.split(" ", 1)[0] if name else None
+
+
+def mixed_script_words(text: str, limit: int = 5) -> list[str]:
+    """Words that mix letters of several scripts (a Cyrillic "а" inside a Latin word: a look-alike), at most
+    `limit` of them."""
+    out = []
+    for word in unicodedata.normalize("NFKC", text).split():
+        scripts = {s for s in map(_script, word) if s is not None}
+        if len(scripts) > 1:
+            out.append(word)
+            if len(out) >= limit:
+                break
+    return out
