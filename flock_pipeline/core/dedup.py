@@ -32,7 +32,7 @@ import numpy as np
 from flock_pipeline.core.neardup import NearDupConfig, Shingles, earliest_near_duplicates, exchanges, signatures
 from flock_pipeline.core.textnorm import fold
 
-MIN_ANSWER_WORDS = 8  # shorter answers ("Paris.", "Yes, it is.") are common to honest rows: not matched alone
+MIN_ANSWER_WORDS = 5  # shorter answers ("Paris.", "Yes, it is.") are common to honest rows: not matched alone
 AFFIX_MIN_WORDS = 3  # a shared prefix / suffix this long ...
 AFFIX_SHARE = 0.5  # ... on more than this share of a miner's questions (or answers) is left out of its texts
 AFFIX_MIN_ROWS = 4
