@@ -39,6 +39,7 @@ class ValidationReport:
     size_bytes: int = 0
     competition: str | None = None  # the competition it was checked for
     selection: str | None = None  # a selection game's verdict on the submission ("ok", or why not)
+    warnings: list[dict] = field(default_factory=list)  # {"line", "warning"}: text validators read differently
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -89,8 +90,29 @@ def validate_file(path: str | Path, limits: DatasetLimits, tokenizer=None,
                            rows_total=len(report.rows), rows_valid=len(report.valid_rows), rows_used=len(used),
                            rejected=[{"line": r.line, "reason": r.reason} for r in report.rejected_rows],
                            duplicates=duplicates, eval_overlap=overlap, tokens_used=sum(tokens),
-                           max_row_tokens=max(tokens, default=0), size_bytes=report.size_bytes)
+                           max_row_tokens=max(tokens, default=0), size_bytes=report.size_bytes,
+                           warnings=text_warnings([(r.line, r.row) for r in used]))
     return out, train_rows
+
+
+def text_warnings(rows: list[tuple[int, ChatRow]]) -> list[dict]:
+    """Rows with text a reader cannot see (zero-width and other invisible characters) or words mixing scripts
+    (look-alike letters): validators match copies on the text as it reads, without them, so such rows are
+    compared as if they were not there; an honest row that happens to match an earlier miner's is dropped."""
+    from flock_pipeline.core.textnorm import invisible_characters, mixed_script_words
+
+    out = []
+    for line, row in rows:
+        text = "\n".join([row.system] + [t.content for t in row.turns])
+        hidden = invisible_characters(text)
+        if hidden:
+            out.append({"line": line, "warning": f"invisible characters ({', '.join(hidden[:3])}"
+                                                 f"{', ...' if len(hidden) > 3 else ''}): validators ignore them"})
+        mixed = mixed_script_words(text, limit=3)
+        if mixed:
+            out.append({"line": line, "warning": f"words mixing scripts ({', '.join(map(repr, mixed))}): "
+                                                 "validators read look-alike letters as Latin ones"})
+    return out
 
 
 def check_selection(path: str | Path, limits: DatasetLimits, competition, pool) -> str | None:
@@ -124,6 +146,12 @@ def format_validation(report: ValidationReport, max_lines: int = 20) -> str:
         lines.append(f"  line {r['line']}: {r['reason']}")
     if len(report.rejected) > max_lines:
         lines.append(f"  ... and {len(report.rejected) - max_lines} more rejected rows (--json lists all)")
+    if report.warnings:
+        lines.append(f"  warnings (the file is still valid): {len(report.warnings)}")
+    for w in report.warnings[:max_lines]:
+        lines.append(f"  line {w['line']}: warning: {w['warning']}")
+    if len(report.warnings) > max_lines:
+        lines.append(f"  ... and {len(report.warnings) - max_lines} more warnings (--json lists all)")
     return "\n".join(lines)
 
 

@@ -73,6 +73,23 @@ def test_validate_lines_duplicates_eval_overlap_and_size_cap(network, tmp_path, 
     assert doc["tokens_used"] > 100 * 20
 
 
+def test_validate_warns_on_invisible_and_look_alike_text_without_failing(network, tmp_path, capsys):
+    import random
+
+    rows = synthetic.honest_rows(synthetic.make_atlas(7), 5, 3)
+    rng = random.Random(1)
+    odd = [synthetic.disguise(rows[1], "invisible", rng), synthetic.disguise(rows[3], "homoglyph", rng)]
+    path = _write(tmp_path / "d.jsonl", rows_to_jsonl([rows[0], odd[0], rows[2], odd[1], rows[4]]).encode())
+    code, out, _ = _run(capsys, "miner", "validate", path, "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["valid"] is True
+    assert [w["line"] for w in doc["warnings"]] == [2, 4]
+    assert "invisible characters" in doc["warnings"][0]["warning"]
+    assert "mixing scripts" in doc["warnings"][1]["warning"]
+    code, out, _ = _run(capsys, "miner", "validate", path)
+    assert code == 0 and "line 2: warning: invisible characters" in out and "line 4: warning: words mixing" in out
+
+
 def test_score_matches_the_validator_pipeline(network, tmp_path, capsys):
     """The same data and defaults give the same loss as the pipeline's evaluation of that miner."""
     from flock_pipeline.demo import epoch_report
