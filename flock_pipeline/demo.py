@@ -12,8 +12,11 @@
 0.2: how many distinct atlas facts each teaches, 100 down to 20 rows, disjoint from one another) committing in an
 order unrelated to their quality, and one of every attacker: exact copier, paraphrasing copier, partial copier,
 eval-set leaker, junk text, empty, oversize, malformed, a stale commitment from before its hotkey's re-registration
-and a later commitment of an honest miner's own repo and revision. Every attacker must end at weight 0 with a
-reason; the honest miners must be ranked by quality.
+and a later commitment of an honest miner's own repo and revision; and copies disguised at no cost: invisible
+characters inside words, Cyrillic look-alike letters, the same preamble before every question, the same signature
+after every answer, numbers spelled out, rows packed two to a row, and a merge of two honest miners' rows. Every
+attacker must end at weight 0 with a reason (a copier's names the miner it copied); the honest miners must be
+ranked by quality.
 
 `selection` network (`selection_miners`): the live SN96 game on the local chain's clock (one block a minute, block 0
 at 11:00 UTC on day 0). A pool repo of 600 rows (200 atlas facts in three wordings) is the eval set; 40 uids are
@@ -149,6 +152,17 @@ def adversarial_miners(seed: int = 7, max_file_bytes: int = DatasetLimits().max_
                   reregister=True),
         DemoMiner("late-recommit", "hk-late-recommit", "honest1/atlas", b"", commit_repo_of="honest1/atlas"),
     ]
+    disguised = {"invisible-copier": (1.0, "invisible"), "homoglyph-copier": (0.8, "homoglyph"),
+                 "preamble-copier": (0.6, "preamble"), "signature-copier": (0.4, "signature"),
+                 "numbers-copier": (1.0, "numbers")}
+    for label, (q, kind) in disguised.items():
+        rows = [synthetic.disguise(r, kind, rng) for r in honest[q]]
+        miners.append(DemoMiner(label, f"hk-{label}", f"{label.split('-')[0]}/atlas", rows_to_jsonl(rows).encode()))
+    merged = [synthetic.disguise(r, "homoglyph", rng) for r in best[:50]] + [synthetic.paraphrase(r, rng)
+                                                                              for r in second[:50]]
+    rng.shuffle(merged)
+    miners += [DemoMiner("packer", "hk-packer", "packer/atlas", rows_to_jsonl(synthetic.pack(best)).encode()),
+               DemoMiner("merger", "hk-merger", "merger/atlas", rows_to_jsonl(merged).encode())]
     return miners
 
 

@@ -1,6 +1,8 @@
 """`flock demo --network adversarial`: every attacker ends at weight 0 with its reason, honest miners by quality.
 
-One whole epoch of the adversarial network through the CLI (about a minute on one core), shared by the tests.
+One whole epoch of the adversarial network through the CLI (about a minute on one core), shared by the tests; the
+other scoring modes re-score the same epoch from its recorded evaluations (dedup and training do not depend on the
+scoring mode).
 """
 
 import json
@@ -22,7 +24,23 @@ ATTACKERS = {
     "oversize": ("ineligible", "bytes, limit"),
     "malformed": ("ineligible", "no valid rows"),
     "stale": ("rejected", "predates the hotkey's registration"),
+    "invisible-copier": ("ineligible", "committed earlier by another miner"),
+    "homoglyph-copier": ("ineligible", "committed earlier by another miner"),
+    "preamble-copier": ("ineligible", "committed earlier by another miner"),
+    "signature-copier": ("ineligible", "committed earlier by another miner"),
+    "numbers-copier": ("ineligible", "committed earlier by another miner"),
+    "packer": ("ineligible", "committed earlier by another miner"),
+    "merger": ("ineligible", "committed earlier by another miner"),
 }
+# a copier's reason names the honest miner(s) it copied, by uid
+ORIGINALS = {"exact-copier": ["honest-q100"], "paraphrase-copier": ["honest-q100"], "partial-copier": ["honest-q80"],
+             "late-recommit": ["honest-q100"], "invisible-copier": ["honest-q100"],
+             "homoglyph-copier": ["honest-q80"], "preamble-copier": ["honest-q60"],
+             "signature-copier": ["honest-q40"], "numbers-copier": ["honest-q100"], "packer": ["honest-q100"],
+             "merger": ["honest-q100", "honest-q80"]}
+SCORING_MODES = {"win_rate": {}, "decaying epsilon + bootstrap": {"epsilon_decay_blocks": 7200,
+                                                                  "significance": "bootstrap"},
+                 "top_k": {"scoring_mode": "top_k"}, "curve": {"scoring_mode": "curve"}}
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +81,37 @@ def test_every_attacker_gets_zero_with_its_reason(report, label):
     assert reason in (m["reason"] or ""), m
     if status != "no_improvement":
         assert m["eval_loss"] is None  # never trained, never a made-up loss
+    for original in ORIGINALS.get(label, []):
+        assert f"uid {report[original]['uid']}:" in m["reason"], m
+
+
+@pytest.fixture(scope="module")
+def rescored(adversarial, report):
+    """The same epoch scored in each scoring mode: hotkey -> (weight, eval loss) per mode."""
+    from flock_pipeline.resources import build_resources
+    from flock_pipeline.validator.scoring import compute_epoch_scores
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLOCK_HOME", str(adversarial))
+        r = build_resources()
+    epoch = r["warehouse"].latest_epoch()
+    out = {}
+    for mode, overrides in SCORING_MODES.items():
+        settings = r["settings"].model_copy(update={**overrides, "replace_results": True})
+        scores = compute_epoch_scores(epoch, r["evaluator"], settings, r["warehouse"], r["hub"], r["chain"])
+        out[mode] = {s.hotkey: (float(s.weight), float(s.eval_loss)) for s in scores}
+    return out
+
+
+@pytest.mark.parametrize("mode", list(SCORING_MODES))
+def test_every_scoring_mode_pays_no_attacker_and_ranks_honest_miners_by_quality(report, rescored, mode):
+    scores = rescored[mode]
+    assert all(scores[report[label]["hotkey"]][0] == 0.0 for label in ATTACKERS), mode
+    honest = [m for m in report.values() if m["quality"] is not None]
+    # the validator's ranking: by weight, ties (a winner-take-all or flat mode) broken by the lower loss
+    ranked = sorted(honest, key=lambda m: (-scores[m["hotkey"]][0], scores[m["hotkey"]][1]))
+    assert spearman([m["quality"] for m in ranked], list(range(len(ranked), 0, -1))) >= 0.9, ranked
+    assert abs(sum(w for w, _ in scores.values()) - 1.0) < 1e-9
 
 
 def test_honest_miners_ranked_by_quality(report):
