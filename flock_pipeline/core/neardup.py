@@ -18,7 +18,9 @@ MinHash: `num_perm` multiply-shift hashes of every shingle, the minimum per row.
 earliest-ranked row of another group in it (so a bucket of a thousand copies costs a thousand checks, not half a
 million). A candidate pair whose estimated similarity is clearly above `threshold` counts, one clearly below does
 not, and one in between is decided by the exact Jaccard similarity of the two shingle sets, so estimation noise does
-not turn two different rows in one template into "copies".
+not turn two different rows in one template into "copies". A candidate whose similarity is lower still counts when
+the earlier row is contained in the later one (`containment` of its shingles and of its rare words): an earlier row
+with additions around it is a copy.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class NearDupConfig:
     bands: int = 16  # LSH bands (num_perm / bands values each): a pair at 0.65 is a candidate with p > 0.95
     exact_margin: float = 0.15  # estimates within this of the threshold are decided by the exact similarity
     rare_agreement: float = 0.5  # a copy must also share this much (Jaccard) of the two rows' rare words
+    containment: float = 0.9  # or: this share of the earlier row's shingles and rare words is in the later row
     rare_rows: int = 50  # a word in at most max(rare_rows, rare_fraction * rows) rows is rare (names, values)
     rare_fraction: float = 0.002
     seed: int = 1  # the hash family (fixed: the same rows always give the same signatures)
@@ -194,6 +197,11 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b)
 
 
+def containment(inner: set, outer: set) -> float:
+    """The share of `inner` that is in `outer` (1.0 for an empty `inner`)."""
+    return len(inner & outer) / len(inner) if inner else 1.0
+
+
 def _band_key(block: np.ndarray) -> np.ndarray:
     """One 64-bit key per row for a band of uint32 values (a rare collision only adds a candidate, which the
     similarity check then judges)."""
@@ -257,6 +265,10 @@ def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarra
     low = config.threshold - (config.exact_margin if exact else 0.0)
     high = config.threshold + (config.exact_margin if exact else 0.0)
     keep = est >= low
+    if exact:  # or the earlier row may be contained in this one: containment estimated from J and the set sizes
+        size = (2 * np.diff(shingles.offsets) - 1).clip(min=1).astype(np.float64)
+        contained = est * (size[rows] + size[cands]) / ((1 + est) * size[cands])
+        keep |= contained >= config.containment - config.exact_margin
     rows, cands, est = rows[keep], cands[keep], est[keep]
     order = np.lexsort((rank[cands], rows))  # per row, earliest candidate first
     rows, cands, est = rows[order].tolist(), cands[order].tolist(), est[order].tolist()
@@ -275,10 +287,14 @@ def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarra
             end = int(prefix_end[row]) if prefix_end is not None else None
             a = cached(rare, lambda key: shingles.rare_words(key[0], config, key[1]), (row, end))
             b = cached(rare, lambda key: shingles.rare_words(key[0], config, key[1]), (cand, end))
-            if a and b and jaccard(a, b) < config.rare_agreement:
-                continue
-            if e < high and jaccard(cached(sets, shingles.row_set, row),
-                                    cached(sets, shingles.row_set, cand)) < config.threshold:
-                continue
+            if e < high or (a and b and jaccard(a, b) < config.rare_agreement):
+                mine, theirs = cached(sets, shingles.row_set, row), cached(sets, shingles.row_set, cand)
+                similar = (not (a and b) or jaccard(a, b) >= config.rare_agreement) and \
+                    jaccard(mine, theirs) >= config.threshold
+                # or the earlier row is contained in this one, with additions around it
+                contained = containment(theirs, mine) >= config.containment and \
+                    (not b or containment(b, a) >= config.containment)
+                if not (similar or contained):
+                    continue
         source[row] = cand
     return source
