@@ -9,8 +9,9 @@ invisible characters, look-alike letters, numbers spelled out) by MinHash + LSH 
   multi-turn row are copies of their sources (a row is a copy when at least half of its exchanges are);
 - answers are matched on their own (folded, at least `MIN_ANSWER_WORDS` words): a copied answer under a new question
   is a copy, since only answers are trained on;
-- text a miner puts before or after most of its questions or answers (a fixed preamble or signature) is left out of
-  its texts before matching, so wrapping copied rows in the same added text hides nothing.
+- text a miner puts before or after many of its questions or answers (a fixed preamble or signature on a tenth of
+  them or more) is left out of its texts before matching, so wrapping copied rows in the same added text hides
+  nothing.
 
 Miners are processed in commitment order (block, then uid): the earliest commitment keeps a row, later copies are
 dropped. A miner more than `max_duplicate_fraction` of whose used rows an earlier miner already committed is
@@ -29,13 +30,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flock_pipeline.core.neardup import NearDupConfig, Shingles, earliest_near_duplicates, exchanges, signatures
-from flock_pipeline.core.textnorm import fold
+from flock_pipeline.core.neardup import TURN_SEPARATOR, NearDupConfig, Shingles, earliest_near_duplicates, signatures
+from flock_pipeline.core.textnorm import fold_parts
 
 MIN_ANSWER_WORDS = 5  # shorter answers ("Paris.", "Yes, it is.") are common to honest rows: not matched alone
 AFFIX_MIN_WORDS = 3  # a shared prefix / suffix this long ...
-AFFIX_SHARE = 0.5  # ... on more than this share of a miner's questions (or answers) is left out of its texts
-AFFIX_MIN_ROWS = 4
+AFFIX_SHARE = 0.1  # ... on at least this share of a miner's questions (or answers) ...
+AFFIX_MIN_ROWS = 8  # ... and at least this many is left out of its texts before matching
+AFFIX_AGREEMENT = 0.9  # an affix grows by a word while this share of the rows that have it go on with that word
 
 
 @dataclass(frozen=True)
@@ -163,102 +165,124 @@ def _near_sources(miners: list[MinerRows], eval_texts: tuple[str, ...],
     if config is None or not miners or any(m.row_texts is None for m in miners):
         return {}
     ordered = commitment_order(miners)
-    groups_rows: list[tuple[int, list[list[tuple[str, str]]], list[tuple[int, int]]]] = []  # (group, rows, claims)
-    groups_rows.append((-1, _folded_rows(eval_texts), [(-1, -1)] * len(eval_texts)))
+    # (group, each row's variants: as written, and without its group's added affixes when it has them, claims)
+    groups_rows: list[tuple[int, list[list[list[tuple[str, str]]]], list[tuple[int, int]]]] = [
+        (-1, [[row] for row in _folded_rows(eval_texts)], [(-1, -1)] * len(eval_texts))]
     for g, miner in enumerate(ordered):
-        groups_rows.append((g, _folded_rows(miner.row_texts),
+        groups_rows.append((g, _row_variants(_folded_rows(miner.row_texts)),
                             [(miner.block_of(i), miner.uid) for i in range(len(miner.row_texts))]))
-    # units: every row whole, and each exchange of a multi-turn row; in commitment order, a group's units together
-    texts, claims, groups, unit_rows, prefix_end = [], [], [], [], []
+    # units: every variant of a row whole, and each exchange of a multi-turn one; a group's units together, groups
+    # in commitment order; only a row as written counts for word rarity
+    texts, claims, groups, unit_rows, unit_kind, counted, prefix_end = [], [], [], [], [], [], []
     answers: dict[str, tuple[tuple[int, int], int]] = {}  # folded answer -> (earliest claim, its group)
     for g, rows, row_claims in groups_rows:
         first = len(texts)
-        for index, (row, claim) in enumerate(zip(rows, row_claims)):
-            units = [" ".join(f"{q} {a}" for q, a in row)] + ([f"{q} {a}" for q, a in row] if len(row) > 1 else [])
-            for text in units:
-                texts.append(text)
-                claims.append(claim)
-                groups.append(g)
-                unit_rows.append((g, index))
-            for _q, answer in row:
-                if len(answer.split()) >= MIN_ANSWER_WORDS and (answer not in answers
-                                                                 or claim < answers[answer][0]):
-                    answers[answer] = (claim, g)
+        for index, (variants, claim) in enumerate(zip(rows, row_claims)):
+            for v, row in enumerate(variants):
+                units = [(-1, " ".join(f"{q} {a}" for q, a in row))]
+                if len(row) > 1:
+                    units += [(k, f"{q} {a}") for k, (q, a) in enumerate(row)]
+                for kind, text in units:
+                    texts.append(text)
+                    claims.append(claim)
+                    groups.append(g)
+                    unit_rows.append((g, index))
+                    unit_kind.append(kind)
+                    counted.append(kind == -1 and v == 0)
+                for _q, answer in row:
+                    if len(answer.split()) >= MIN_ANSWER_WORDS and (answer not in answers
+                                                                     or claim < answers[answer][0]):
+                        answers[answer] = (claim, g)
         prefix_end.extend([len(texts)] * (len(texts) - first))
     order = sorted(range(len(claims)), key=claims.__getitem__)
     rank = np.empty(len(claims), dtype=np.int64)
     rank[order] = np.arange(len(claims))
     shingles = Shingles.of(texts, folded=True)
-    shingles.counted = np.asarray([kind == -1 for kind in _unit_kinds(unit_rows)], dtype=bool)  # whole rows
+    shingles.counted = np.asarray(counted, dtype=bool)
     sig = signatures(shingles, config)
     source = earliest_near_duplicates(sig, rank, np.asarray(groups, dtype=np.int64), config, shingles,
                                       np.asarray(prefix_end, dtype=np.int64))
     uid_of = {g: (EVAL_SOURCE if g == -1 else ordered[g].uid) for g, _, _ in groups_rows}
     whole: dict[tuple[int, int], int] = {}  # (group, row) -> source uid, for rows matched whole
-    parts: dict[tuple[int, int], list[int | None]] = {}  # (group, row) -> per exchange: source uid or None
-    unit_kind = _unit_kinds(unit_rows)
+    parts: dict[tuple[int, int], dict[int, int]] = {}  # (group, row) -> {exchange: source uid}
     for u, (g, index) in enumerate(unit_rows):
         if source[u] >= 0 and groups[int(source[u])] != g:
             found = uid_of[groups[int(source[u])]]
             if unit_kind[u] == -1:
                 whole.setdefault((g, index), found)
             else:
-                parts.setdefault((g, index), [None] * len(groups_rows[g + 1][1][index]))[unit_kind[u]] = found
+                parts.setdefault((g, index), {}).setdefault(unit_kind[u], found)
     out: dict[str, dict[int, int]] = {}
     for g, rows, row_claims in groups_rows[1:]:
         hotkey = ordered[g].hotkey
-        for index, row in enumerate(rows):
+        for index, variants in enumerate(rows):
             found = whole.get((g, index))
-            if found is None and row:
-                sources = parts.get((g, index), [None] * len(row))
-                for k, (_q, answer) in enumerate(row):
-                    owner = answers.get(answer)
-                    if sources[k] is None and owner is not None and owner[1] != g and owner[0] < row_claims[index]:
-                        sources[k] = uid_of[owner[1]]
-                copied = [x for x in sources if x is not None]
-                if copied and 2 * len(copied) >= len(row):
-                    found = Counter(copied).most_common(1)[0][0]
+            n = len(variants[0])
+            if found is None and n:
+                sources = dict(parts.get((g, index), {}))
+                for row in variants:
+                    for k, (_q, answer) in enumerate(row):
+                        owner = answers.get(answer)
+                        if k not in sources and owner is not None and owner[1] != g \
+                                and owner[0] < row_claims[index]:
+                            sources[k] = uid_of[owner[1]]
+                if sources and 2 * len(sources) >= n:
+                    found = Counter(sources.values()).most_common(1)[0][0]
             if found is not None:
                 out.setdefault(hotkey, {})[index] = found
     return out
 
 
-def _unit_kinds(unit_rows: list[tuple[int, int]]) -> list[int]:
-    """Per unit: -1 for a row's whole text (its first unit), else the position of the exchange it is."""
-    kinds: list[int] = []
-    for u, key in enumerate(unit_rows):
-        kinds.append(-1 if u == 0 or unit_rows[u - 1] != key else kinds[-1] + 1)
-    return kinds
-
-
 def _folded_rows(texts: tuple[str, ...]) -> list[list[tuple[str, str]]]:
-    """Each row's exchanges as folded (question, answer) pairs, without the text this group adds around most of its
-    questions or answers."""
-    rows = [[(fold(q), fold(a)) for q, a in exchanges(text)] or [("", fold(text))] for text in texts]
+    """Each row's exchanges as folded (question, answer) pairs."""
+    rows = []
+    for text in texts:
+        parts = fold_parts(text, TURN_SEPARATOR)
+        pairs = [(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        rows.append(pairs or [("", parts[0])])
+    return rows
+
+
+def _row_variants(rows: list[list[tuple[str, str]]]) -> list[list[list[tuple[str, str]]]]:
+    """Per row: the row as written, then, when it has them, the row without the prefix / suffix that many of this
+    miner's questions (answers) share: a preamble or signature wrapped around copied rows. Both are matched, so
+    removing text never makes a row look like someone else's it was not."""
     questions = _common_affixes([q for row in rows for q, _ in row])
     answers = _common_affixes([a for row in rows for _, a in row])
-    return [[(_strip(q, questions), _strip(a, answers)) for q, a in row] for row in rows]
+    out = []
+    for row in rows:
+        stripped = [(_strip(q, questions), _strip(a, answers)) for q, a in row]
+        out.append([row] if stripped == row else [row, stripped])
+    return out
 
 
 def _common_affixes(texts: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The longest word prefix and suffix (each at least AFFIX_MIN_WORDS words) that more than AFFIX_SHARE of
-    `texts` start (end) with; () when there is none."""
-    if len(texts) < AFFIX_MIN_ROWS:
+    """The longest word prefix and suffix (each at least AFFIX_MIN_WORDS words) that at least
+    max(AFFIX_MIN_ROWS, AFFIX_SHARE x texts) of `texts` start (end) with; () when there is none. A copier who wraps
+    only part of its rows is found too."""
+    need = max(AFFIX_MIN_ROWS, AFFIX_SHARE * len(texts))
+    if len(texts) < need:
         return (), ()
     words = [t.split() for t in texts]
-    need = AFFIX_SHARE * len(texts)
 
     def longest(seqs: list[list[str]]) -> tuple[str, ...]:
-        best: tuple[str, ...] = ()
+        counts = Counter(tuple(w[:AFFIX_MIN_WORDS]) for w in seqs if len(w) > AFFIX_MIN_WORDS)
+        if not counts:
+            return ()
+        best, n = counts.most_common(1)[0]
+        if n < need:
+            return ()
+        members = [w for w in seqs if len(w) > AFFIX_MIN_WORDS and tuple(w[:AFFIX_MIN_WORDS]) == best]
         length = AFFIX_MIN_WORDS
-        while True:
-            counts = Counter(tuple(w[:length]) for w in seqs if len(w) > length)
-            if not counts:
+        while True:  # extend while (nearly) all the rows that share it go on with the same word
+            following = Counter(w[length] for w in members if len(w) > length + 1)
+            if not following:
                 return best
-            top, n = counts.most_common(1)[0]
-            if n <= need:
+            word, n = following.most_common(1)[0]
+            if n < max(need, AFFIX_AGREEMENT * len(members)):
                 return best
-            best, length = top, length + 1
+            members = [w for w in members if len(w) > length + 1 and w[length] == word]
+            best, length = best + (word,), length + 1
 
     prefix = longest(words)
     suffix = longest([w[::-1] for w in words])

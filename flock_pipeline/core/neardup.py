@@ -70,12 +70,6 @@ def row_text(row: ChatRow) -> str:
     return TURN_SEPARATOR.join(turn.content for turn in row.turns)
 
 
-def exchanges(text: str) -> list[tuple[str, str]]:
-    """The (user turn, assistant answer) exchanges of a `row_text` (a trailing unanswered turn is left out)."""
-    turns = text.split(TURN_SEPARATOR)
-    return [(turns[i], turns[i + 1]) for i in range(0, len(turns) - 1, 2)]
-
-
 class _WordHashes(dict):
     def __missing__(self, word: str) -> int:
         h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
@@ -125,9 +119,13 @@ class Shingles:
         """The row's words that are in few of the rows [0, prefix_end) (default: all rows) that `counted` marks
         (default: all): in at most max(rare_rows, rare_fraction x those rows)."""
         end = len(self) if prefix_end is None else int(prefix_end)
+        return self.rare_sets(np.asarray([i]), config, np.asarray([end]))[0]
+
+    def rare_sets(self, rows: np.ndarray, config: NearDupConfig, ends: np.ndarray) -> list[set[int]]:
+        """`rare_words` of many rows at once (rows[k] counted over rows [0, ends[k])), vectorised."""
         n = len(self)
         if self._counts is None:
-            ids, inverse = np.unique(self.words, return_inverse=True)
+            _ids, inverse = np.unique(self.words, return_inverse=True)
             row_of_word = np.repeat(np.arange(n, dtype=np.int64), np.diff(self.offsets))
             counted = self.counted if self.counted is not None else np.ones(n, dtype=bool)
             keep = counted[row_of_word]
@@ -135,14 +133,19 @@ class Shingles:
             self._counts = {"inverse": inverse, "counted_before": np.concatenate([[0], np.cumsum(counted)]),
                             "keys": np.unique(inverse[keep].astype(np.int64) * (n + 1) + row_of_word[keep])}
         index = self._counts
-        start, stop = self.offsets[i], self.offsets[i + 1]
-        if start == stop:
-            return set()
-        base = index["inverse"][start:stop].astype(np.int64) * (n + 1)
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self.offsets[rows + 1] - self.offsets[rows]
+        starts = np.repeat(self.offsets[rows] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+        positions = starts + np.arange(int(lengths.sum()), dtype=np.int64)
+        end_of = np.repeat(np.asarray(ends, dtype=np.int64), lengths)
+        base = index["inverse"][positions].astype(np.int64) * (n + 1)
         keys = index["keys"]
-        rows_with = np.searchsorted(keys, base + end) - np.searchsorted(keys, base)
-        limit = max(config.rare_rows, config.rare_fraction * int(index["counted_before"][end]))
-        return set(self.words[start:stop][rows_with <= limit].tolist())
+        rows_with = np.searchsorted(keys, base + end_of) - np.searchsorted(keys, base)
+        limit = np.maximum(config.rare_rows, config.rare_fraction * index["counted_before"][end_of])
+        cuts = np.cumsum(lengths)[:-1]
+        rare_words = np.split(self.words[positions], cuts)
+        masks = np.split(rows_with <= limit, cuts)
+        return [set(words[mask].tolist()) for words, mask in zip(rare_words, masks)]
 
     def row_set(self, i: int) -> set[int]:
         w = self.words[self.offsets[i]:self.offsets[i + 1]].tolist()
@@ -249,8 +252,8 @@ def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarra
     `rank`: smaller is earlier (who keeps a row); `group`: rows of one group (one miner, or the eval set) are never
     each other's source. Among the candidates that pass, the earliest-ranked is chosen. With `shingles`, estimates
     within `exact_margin` of the threshold are decided by the exact similarity; without, by the estimate.
-    `prefix_end[i]`: rarity for row i's checks is counted over rows [0, prefix_end[i]) (its group's rows and the
-    ones before them, in `shingles` order); default: all rows.
+    `prefix_end[i]`: row i's rare words are counted over rows [0, prefix_end[i]) (its group's rows and the ones
+    before them, in `shingles` order), so a decision between two rows depends on no later group; default: all rows.
     """
     n = sig.shape[0]
     source = np.full(n, -1, dtype=np.int64)
@@ -271,22 +274,27 @@ def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarra
         keep |= contained >= config.containment - config.exact_margin
     rows, cands, est = rows[keep], cands[keep], est[keep]
     order = np.lexsort((rank[cands], rows))  # per row, earliest candidate first
-    rows, cands, est = rows[order].tolist(), cands[order].tolist(), est[order].tolist()
+    rows, cands, est = rows[order], cands[order], est[order]
+    rare: dict[int, set[int]] = {}
+    cand_rare: list[set[int]] = []
+    if exact:  # both rows' rare words counted over the rows up to the later row's group's end (see the module)
+        ends = prefix_end if prefix_end is not None else np.full(n, len(shingles), dtype=np.int64)
+        own = np.unique(rows)
+        rare = dict(zip(own.tolist(), shingles.rare_sets(own, config, ends[own])))
+        cand_rare = shingles.rare_sets(cands, config, ends[rows])
+    rows, cands, est = rows.tolist(), cands.tolist(), est.tolist()
     sets: dict[int, set[int]] = {}
-    rare: dict[tuple[int, int | None], set[int]] = {}
 
     def cached(cache: dict, fn, i) -> set[int]:
         if i not in cache:
             cache[i] = fn(i)
         return cache[i]
 
-    for row, cand, e in zip(rows, cands, est):
+    for k, (row, cand, e) in enumerate(zip(rows, cands, est)):
         if source[row] >= 0:
             continue  # already traced to an earlier source
         if exact:  # the rare-word check first: it is cheap and rejects most same-template pairs
-            end = int(prefix_end[row]) if prefix_end is not None else None
-            a = cached(rare, lambda key: shingles.rare_words(key[0], config, key[1]), (row, end))
-            b = cached(rare, lambda key: shingles.rare_words(key[0], config, key[1]), (cand, end))
+            a, b = rare[row], cand_rare[k]
             if e < high or (a and b and jaccard(a, b) < config.rare_agreement):
                 mine, theirs = cached(sets, shingles.row_set, row), cached(sets, shingles.row_set, cand)
                 similar = (not (a and b) or jaccard(a, b) >= config.rare_agreement) and \

@@ -14,7 +14,6 @@ that differ only in their numbers still differ in a rare word).
 from __future__ import annotations
 
 import re
-import sys
 import unicodedata
 from functools import lru_cache
 
@@ -29,7 +28,8 @@ _NUMBER_WORDS = set(_UNITS) | set(_TENS) | set(_SCALES) | {"hundred"}
 @lru_cache(maxsize=1)
 def _invisible() -> frozenset[int]:
     """Format characters (category Cf), variation selectors and the invisible fillers above."""
-    found = {cp for cp in range(sys.maxunicode + 1) if unicodedata.category(chr(cp)) == "Cf"}
+    planes = (range(0, 0x20000), range(0xE0000, 0xF0000))  # no other plane has a format character
+    found = {cp for plane in planes for cp in plane if unicodedata.category(chr(cp)) == "Cf"}
     found.update(range(0xFE00, 0xFE10))  # variation selectors 1-16
     found.update(range(0xE0100, 0xE01F0))  # variation selectors 17-256
     found.update(_EXTRA_INVISIBLE)
@@ -121,13 +121,32 @@ def _digits(words: list[str]) -> list[str]:
 
 def fold(text: str) -> str:
     """The matching form of `text` (see the module docstring): words separated by single spaces."""
+    return fold_parts(text, "")[0]
+
+
+_ASCII_SPACES = {cp: " " for cp in range(128) if not (chr(cp).isalnum() or chr(cp) == "\x1f")}
+_NON_WORD_KEEP = {sep: re.compile(rf"[^\w{re.escape(sep)}]+|_", re.UNICODE) for sep in ("\x1f",)}
+
+
+def fold_parts(text: str, separator: str) -> list[str]:
+    """`fold` of each part of `text` split at `separator` (a character folding removes), in one pass."""
     if text.isascii():  # the common case: nothing to remove or map
         text = text.lower()
     else:
         table = _table()
         text = unicodedata.normalize("NFKC", text).translate(table).casefold().translate(table)
-    words = _NON_WORD.sub(" ", text).split()
-    return " ".join(_digits(words) if _NUMBER_WORDS.intersection(words) else words)
+    if text.isascii():  # still ASCII after folding: punctuation to spaces by a table, not a regex
+        text = text.translate(_ASCII_SPACES)
+        parts = text.split(separator) if separator else [text]
+    elif not separator:
+        parts = [_NON_WORD.sub(" ", text)]
+    else:
+        parts = _NON_WORD_KEEP[separator].sub(" ", text).split(separator)
+    out = []
+    for part in parts:
+        words = part.split()
+        out.append(" ".join(_digits(words) if _NUMBER_WORDS.intersection(words) else words))
+    return out
 
 
 def invisible_characters(text: str) -> list[str]:
