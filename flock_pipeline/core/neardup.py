@@ -38,6 +38,8 @@ from flock_pipeline.core.textnorm import fold
 TURN_SEPARATOR = "\x1f"  # between the turns of a row's text (folding turns it into a word break)
 _PAIR_MIX = np.uint64(0x9E3779B97F4A7C15)
 _EMPTY = np.iinfo(np.uint32).max
+SKETCH = 16  # rare words kept per row for the vectorised rare-word checks (rows rarely have more)
+PAD = np.uint64(np.iinfo(np.uint64).max)
 _MASK64 = (1 << 64) - 1
 
 
@@ -84,7 +86,7 @@ class Shingles:
     words: np.ndarray  # uint64
     offsets: np.ndarray  # int64, len = rows + 1
     counted: np.ndarray | None = None  # bool per row: counted for word rarity (default: every row)
-    _counts: dict | None = field(default=None, repr=False)  # the row index rare_words builds once
+    _counts: dict | None = field(default=None, repr=False)  # the index _rare_index builds once
 
     @classmethod
     def of(cls, texts: Sequence[str], folded: bool = False) -> Shingles:
@@ -115,37 +117,49 @@ class Shingles:
         valid[ends[(ends >= 0) & (ends < len(valid))]] = False
         return pairs, valid
 
-    def rare_words(self, i: int, config: NearDupConfig, prefix_end: int | None = None) -> set[int]:
-        """The row's words that are in few of the rows [0, prefix_end) (default: all rows) that `counted` marks
-        (default: all): in at most max(rare_rows, rare_fraction x those rows)."""
-        end = len(self) if prefix_end is None else int(prefix_end)
-        return self.rare_sets(np.asarray([i]), config, np.asarray([end]))[0]
-
-    def rare_sets(self, rows: np.ndarray, config: NearDupConfig, ends: np.ndarray) -> list[set[int]]:
-        """`rare_words` of many rows at once (rows[k] counted over rows [0, ends[k])), vectorised."""
-        n = len(self)
+    def _rare_index(self) -> dict:
+        """(word id, row) once per row that has the word and is `counted`, sorted: the rows with a word before a
+        given row are two searchsorted calls away. Built once."""
         if self._counts is None:
+            n = len(self)
             _ids, inverse = np.unique(self.words, return_inverse=True)
             row_of_word = np.repeat(np.arange(n, dtype=np.int64), np.diff(self.offsets))
             counted = self.counted if self.counted is not None else np.ones(n, dtype=bool)
             keep = counted[row_of_word]
-            # (word id, row) once per row that has the word: the rows with a word before a row are a searchsorted
             self._counts = {"inverse": inverse, "counted_before": np.concatenate([[0], np.cumsum(counted)]),
                             "keys": np.unique(inverse[keep].astype(np.int64) * (n + 1) + row_of_word[keep])}
-        index = self._counts
+        return self._counts
+
+    def rare_sketch(self, rows: np.ndarray, config: NearDupConfig, ends: np.ndarray) -> np.ndarray:
+        """The rare words of rows[k] among the `counted` rows [0, ends[k]) -- those in at most
+        max(rare_rows, rare_fraction x those rows) of them -- as a [len(rows), SKETCH] array: each row's distinct rare
+        words, smallest hashes first (at most SKETCH), padded with PAD. Vectorised, for many pairs at once."""
         rows = np.asarray(rows, dtype=np.int64)
+        out = np.full((len(rows), SKETCH), PAD, dtype=np.uint64)
+        if len(rows) == 0:
+            return out
+        index, n = self._rare_index(), len(self)
         lengths = self.offsets[rows + 1] - self.offsets[rows]
+        owner = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
         starts = np.repeat(self.offsets[rows] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
         positions = starts + np.arange(int(lengths.sum()), dtype=np.int64)
-        end_of = np.repeat(np.asarray(ends, dtype=np.int64), lengths)
+        end_of = np.asarray(ends, dtype=np.int64)[owner]
         base = index["inverse"][positions].astype(np.int64) * (n + 1)
         keys = index["keys"]
         rows_with = np.searchsorted(keys, base + end_of) - np.searchsorted(keys, base)
         limit = np.maximum(config.rare_rows, config.rare_fraction * index["counted_before"][end_of])
-        cuts = np.cumsum(lengths)[:-1]
-        rare_words = np.split(self.words[positions], cuts)
-        masks = np.split(rows_with <= limit, cuts)
-        return [set(words[mask].tolist()) for words, mask in zip(rare_words, masks)]
+        rare = rows_with <= limit
+        owner, words = owner[rare], self.words[positions][rare]
+        order = np.lexsort((words, owner))
+        owner, words = owner[order], words[order]
+        distinct = np.ones(len(words), dtype=bool)
+        distinct[1:] = (owner[1:] != owner[:-1]) | (words[1:] != words[:-1])
+        owner, words = owner[distinct], words[distinct]
+        first = np.searchsorted(owner, owner)  # each entry's position within its row's run
+        slot = np.arange(len(owner)) - first
+        fits = slot < SKETCH
+        out[owner[fits], slot[fits]] = words[fits]
+        return out
 
     def row_set(self, i: int) -> set[int]:
         w = self.words[self.offsets[i]:self.offsets[i + 1]].tolist()
@@ -271,18 +285,25 @@ def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarra
     if exact:  # or the earlier row may be contained in this one: containment estimated from J and the set sizes
         size = (2 * np.diff(shingles.offsets) - 1).clip(min=1).astype(np.float64)
         contained = est * (size[rows] + size[cands]) / ((1 + est) * size[cands])
-        keep |= contained >= config.containment - config.exact_margin
+        longer = size[rows] >= 1.25 * size[cands]  # containment is only the question when this row has additions
+        keep |= longer & (contained >= config.containment - config.exact_margin)
     rows, cands, est = rows[keep], cands[keep], est[keep]
     order = np.lexsort((rank[cands], rows))  # per row, earliest candidate first
     rows, cands, est = rows[order], cands[order], est[order]
-    rare: dict[int, set[int]] = {}
-    cand_rare: list[set[int]] = []
+    rare_ok = rare_within = np.ones(len(rows), dtype=bool)
     if exact:  # both rows' rare words counted over the rows up to the later row's group's end (see the module)
         ends = prefix_end if prefix_end is not None else np.full(n, len(shingles), dtype=np.int64)
-        own = np.unique(rows)
-        rare = dict(zip(own.tolist(), shingles.rare_sets(own, config, ends[own])))
-        cand_rare = shingles.rare_sets(cands, config, ends[rows])
+        own, where = np.unique(rows, return_inverse=True)
+        a = shingles.rare_sketch(own, config, ends[own])[where]
+        b = shingles.rare_sketch(cands, config, ends[rows])
+        size_a, size_b = (a != PAD).sum(axis=1), (b != PAD).sum(axis=1)
+        inter = ((a[:, :, None] == b[:, None, :]) & (a != PAD)[:, :, None]).sum(axis=(1, 2))
+        union = size_a + size_b - inter
+        both = (size_a > 0) & (size_b > 0)
+        rare_ok = ~both | (inter >= config.rare_agreement * np.maximum(union, 1))
+        rare_within = (size_b == 0) | (inter >= config.containment * size_b)  # b's rare words are in a
     rows, cands, est = rows.tolist(), cands.tolist(), est.tolist()
+    rare_ok, rare_within = rare_ok.tolist(), rare_within.tolist()
     sets: dict[int, set[int]] = {}
 
     def cached(cache: dict, fn, i) -> set[int]:
@@ -293,15 +314,14 @@ def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarra
     for k, (row, cand, e) in enumerate(zip(rows, cands, est)):
         if source[row] >= 0:
             continue  # already traced to an earlier source
-        if exact:  # the rare-word check first: it is cheap and rejects most same-template pairs
-            a, b = rare[row], cand_rare[k]
-            if e < high or (a and b and jaccard(a, b) < config.rare_agreement):
+        if exact:  # the rare-word checks first: they are cheap and reject most same-template pairs
+            if not (rare_ok[k] or rare_within[k]):
+                continue
+            if e < high or not rare_ok[k]:
                 mine, theirs = cached(sets, shingles.row_set, row), cached(sets, shingles.row_set, cand)
-                similar = (not (a and b) or jaccard(a, b) >= config.rare_agreement) and \
-                    jaccard(mine, theirs) >= config.threshold
+                similar = rare_ok[k] and jaccard(mine, theirs) >= config.threshold
                 # or the earlier row is contained in this one, with additions around it
-                contained = containment(theirs, mine) >= config.containment and \
-                    (not b or containment(b, a) >= config.containment)
+                contained = rare_within[k] and containment(theirs, mine) >= config.containment
                 if not (similar or contained):
                     continue
         source[row] = cand
