@@ -9,7 +9,7 @@ invisible characters, look-alike letters, numbers spelled out) by MinHash + LSH 
   multi-turn row are copies of their sources (a row is a copy when at least half of its exchanges are);
 - answers are matched on their own (folded, at least `MIN_ANSWER_WORDS` words): a copied answer under a new question
   is a copy, since only answers are trained on;
-- text a miner puts before or after many of its questions or answers (a fixed preamble or signature on a tenth of
+- text a miner puts before or after many of its questions or answers (a fixed preamble or signature on a fifth of
   them or more) is left out of its texts before matching, so wrapping copied rows in the same added text hides
   nothing.
 
@@ -35,7 +35,7 @@ from flock_pipeline.core.textnorm import fold_parts
 
 MIN_ANSWER_WORDS = 5  # shorter answers ("Paris.", "Yes, it is.") are common to honest rows: not matched alone
 AFFIX_MIN_WORDS = 3  # a shared prefix / suffix this long ...
-AFFIX_SHARE = 0.1  # ... on at least this share of a miner's questions (or answers) ...
+AFFIX_SHARE = 0.2  # ... on at least this share of a miner's questions (or answers) ...
 AFFIX_MIN_ROWS = 8  # ... and at least this many is left out of its texts before matching
 AFFIX_AGREEMENT = 0.9  # an affix grows by a word while this share of the rows that have it go on with that word
 
