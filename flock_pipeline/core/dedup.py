@@ -9,8 +9,8 @@ invisible characters, look-alike letters, numbers spelled out) by MinHash + LSH 
   multi-turn row are copies of their sources (a row is a copy when at least half of its exchanges are);
 - answers are matched on their own (folded, at least `MIN_ANSWER_WORDS` words): a copied answer under a new question
   is a copy, since only answers are trained on;
-- text a miner puts before or after many of its questions or answers (a fixed preamble or signature on a fifth of
-  them or more) is left out of its texts before matching, so wrapping copied rows in the same added text hides
+- rows whose questions or answers start or end with text many of the miner's share (a fixed preamble or signature
+  on a fifth of them or more) are also matched without it, so wrapping copied rows in the same added text hides
   nothing.
 
 Miners are processed in commitment order (block, then uid): the earliest commitment keeps a row, later copies are

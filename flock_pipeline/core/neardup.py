@@ -86,6 +86,7 @@ class Shingles:
     words: np.ndarray  # uint64
     offsets: np.ndarray  # int64, len = rows + 1
     counted: np.ndarray | None = None  # bool per row: counted for word rarity (default: every row)
+    vocabulary: np.ndarray | None = None  # the distinct word hashes, sorted (default: found from `words`)
     _counts: dict | None = field(default=None, repr=False)  # the index _rare_index builds once
 
     @classmethod
@@ -100,7 +101,8 @@ class Shingles:
             flat.extend(map(table.__getitem__, words))
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        return cls(np.frombuffer(flat, dtype=np.uint64) if len(flat) else np.zeros(0, np.uint64), offsets)
+        return cls(np.frombuffer(flat, dtype=np.uint64) if len(flat) else np.zeros(0, np.uint64), offsets,
+                   vocabulary=np.sort(np.fromiter(table.values(), dtype=np.uint64, count=len(table))))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -122,7 +124,8 @@ class Shingles:
         given row are two searchsorted calls away. Built once."""
         if self._counts is None:
             n = len(self)
-            _ids, inverse = np.unique(self.words, return_inverse=True)
+            vocabulary = self.vocabulary if self.vocabulary is not None else np.unique(self.words)
+            inverse = np.searchsorted(vocabulary, self.words)  # dense word ids
             row_of_word = np.repeat(np.arange(n, dtype=np.int64), np.diff(self.offsets))
             counted = self.counted if self.counted is not None else np.ones(n, dtype=bool)
             keep = counted[row_of_word]

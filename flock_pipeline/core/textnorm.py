@@ -145,7 +145,7 @@ def fold_parts(text: str, separator: str) -> list[str]:
     out = []
     for part in parts:
         words = part.split()
-        out.append(" ".join(_digits(words) if _NUMBER_WORDS.intersection(words) else words))
+        out.append(" ".join(words if _NUMBER_WORDS.isdisjoint(words) else _digits(words)))
     return out
 
 
