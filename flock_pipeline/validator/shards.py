@@ -11,6 +11,7 @@ import json
 from dataclasses import replace
 
 from flock_pipeline.core.competitions import Competition, CurationCompetition, Entry, EvalSet
+from flock_pipeline.core.dedup import MATCHING_VERSION
 from flock_pipeline.core.neardup import row_text
 from flock_pipeline.core.schema import ChatRow, DatasetLimits, raw_row_keys, validate_bytes
 from flock_pipeline.resources.hub import HubResource
@@ -184,8 +185,9 @@ def _competition_plans(epoch: int, competition: Competition, entries: list[Entry
 
 
 def _plan_fingerprint(competition: Competition, entries: list[Entry], eval_revision: str) -> str:
-    """What a competition's plan depends on: its definition, every entry's rows and their blocks, the eval set."""
-    doc = [eval_revision, json.dumps(competition.describe(), sort_keys=True, default=str)] + [
+    """What a competition's plan depends on: its definition, every entry's rows and their blocks, the eval set, and
+    the version of the matching rules."""
+    doc = [eval_revision, MATCHING_VERSION, json.dumps(competition.describe(), sort_keys=True, default=str)] + [
         [e.hotkey, e.uid, e.commit_block, e.row_hashes, e.row_blocks, e.raw_keys, e.row_lines, e.rejected_lines]
         for e in sorted(entries, key=lambda e: e.hotkey)]
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
