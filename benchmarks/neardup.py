@@ -4,8 +4,9 @@ Every miner teaches its own 100 made-up countries (5 facts x 2 wordings = 1,000 
 of its rows with disguised copies of the previous miner's rows, each copier with one disguise in turn: paraphrase
 (one word swapped for a synonym, case / whitespace / punctuation changed), invisible characters inside words,
 Cyrillic look-alike letters, the same preamble before every question, the same signature after every answer,
-numbers spelled out, pairs of rows packed into one two-exchange row, and text of the copier's own around each
-row (a short row roughly doubled). The timed call is the pipeline's own
+numbers spelled out, pairs of rows packed into one two-exchange row, numbered boilerplate around each row ("Sure
+thing 12. ... Noted as entry 84."), and a sentence of the copier's own before each answer (a short answer roughly
+doubled). The timed call is the pipeline's own
 `deduplicate` over all 256,000 rows plus the 200-row eval set (exact + near-duplicate matching, exchange and answer
 level). Precision and recall are measured on the rows `deduplicate` drops as copies: a labelled copy is found when it
 is traced to the miner it was copied from; everything else dropped as a copy is a false positive (e.g. two
@@ -35,7 +36,8 @@ def _unique_name(index: int, parts: int = 4) -> str:
     return "".join(out).capitalize()
 
 
-DISGUISES = ("paraphrase", "invisible", "homoglyph", "preamble", "signature", "numbers", "packed", "additions")
+DISGUISES = ("paraphrase", "invisible", "homoglyph", "preamble", "signature", "numbers", "packed", "numbered",
+             "own-text")
 
 
 def network(miners: int, rows: int, seed: int = 1):
@@ -60,10 +62,13 @@ def network(miners: int, rows: int, seed: int = 1):
                 copies = [synthetic.paraphrase(r, rng) for r in source]
             elif kind == "packed":
                 copies = synthetic.pack(source)
-            elif kind == "additions":  # text of its own around each copied row (not shared: not an affix)
+            elif kind == "numbered":  # numbered boilerplate around each copied row
                 copies = [synthetic._row(f"Quick one, friend {i}: {r.turns[0].content}",
                                          f"Sure thing {i}. {r.turns[1].content} Noted as entry {i * 7}.")
                           for i, r in enumerate(source)]
+            elif kind == "own-text":  # a sentence of the copier's own before each copied answer
+                copies = [synthetic._row(r.turns[0].content, f"{j.turns[1].content} {r.turns[1].content}")
+                          for r, j in zip(source, synthetic.junk_rows(len(source), m))]
             else:
                 copies = [synthetic.disguise(r, kind, rng) for r in source]
             own = copies + own[len(copies):]

@@ -25,6 +25,7 @@ rows.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ from flock_pipeline.core.neardup import TURN_SEPARATOR, NearDupConfig, Shingles,
 from flock_pipeline.core.textnorm import fold_parts
 
 MATCHING_VERSION = 2  # bump when the matching rules change: recorded dedup plans of older rules are not reused
+MAX_SENTENCE_ROWS = 50  # a sentence in more rows than this is boilerplate, not content, for containment
 MIN_ANSWER_WORDS = 5  # shorter answers ("Paris.", "Yes, it is.") are common to honest rows: not matched alone
 AFFIX_MIN_WORDS = 3  # a shared prefix / suffix this long ...
 AFFIX_SHARE = 0.2  # ... on at least this share of a miner's questions (or answers) ...
@@ -204,6 +206,10 @@ def _near_sources(miners: list[MinerRows], eval_texts: tuple[str, ...],
     source = earliest_near_duplicates(sig, rank, np.asarray(groups, dtype=np.int64), config, shingles,
                                       np.asarray(prefix_end, dtype=np.int64))
     uid_of = {g: (EVAL_SOURCE if g == -1 else ordered[g].uid) for g, _, _ in groups_rows}
+    sentences = _Sentences()
+    sentences.add(-1, eval_texts, groups_rows[0][2])
+    for g, miner in enumerate(ordered):
+        sentences.add(g, miner.row_texts, groups_rows[g + 1][2])
     whole: dict[tuple[int, int], int] = {}  # (group, row) -> source uid, for rows matched whole
     parts: dict[tuple[int, int], dict[int, int]] = {}  # (group, row) -> {exchange: source uid}
     for u, (g, index) in enumerate(unit_rows):
@@ -229,9 +235,54 @@ def _near_sources(miners: list[MinerRows], eval_texts: tuple[str, ...],
                             sources[k] = uid_of[owner[1]]
                 if sources and 2 * len(sources) >= n:
                     found = Counter(sources.values()).most_common(1)[0][0]
+            if found is None:
+                container = sentences.earlier_container(g, index, row_claims[index])
+                found = uid_of[container] if container is not None else None
             if found is not None:
                 out.setdefault(hotkey, {})[index] = found
     return out
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+class _Sentences:
+    """Containment at the sentence level: an earlier row whose answer sentences (folded, at least
+    MIN_ANSWER_WORDS words) all appear in a later row's answers is contained in it, with additions around it. A
+    sentence in more than MAX_SENTENCE_ROWS rows is boilerplate and left out."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[int, int], frozenset[str]] = {}  # (group, row) -> its answer sentences
+        self.claims: dict[tuple[int, int], tuple[int, int]] = {}
+        self.holders: dict[str, list[tuple[int, int]]] = {}  # sentence -> the rows that have it
+
+    def add(self, group: int, texts: tuple[str, ...], claims: list[tuple[int, int]]) -> None:
+        for index, (text, claim) in enumerate(zip(texts, claims)):
+            answers = " ".join(text.split(TURN_SEPARATOR)[1::2]).strip()
+            # one folding pass for all of the row's answer sentences (TURN_SEPARATOR marks where they end)
+            found = {folded for folded in fold_parts(_SENTENCE_END.sub(TURN_SEPARATOR, answers), TURN_SEPARATOR)
+                     if folded.count(" ") + 1 >= MIN_ANSWER_WORDS}
+            self.rows[(group, index)] = frozenset(found)
+            self.claims[(group, index)] = claim
+            for sentence in found:
+                holders = self.holders.setdefault(sentence, [])
+                if len(holders) <= MAX_SENTENCE_ROWS:
+                    holders.append((group, index))
+
+    def earlier_container(self, group: int, index: int, claim: tuple[int, int]) -> int | None:
+        """The group of the earliest row of another, earlier-claimed group contained in this row, or None."""
+        mine = self.rows.get((group, index), frozenset())
+        best = None
+        for sentence in mine:
+            holders = self.holders.get(sentence, ())
+            if len(holders) > MAX_SENTENCE_ROWS:
+                continue
+            for other in holders:
+                if other[0] == group or self.claims[other] >= claim or not self.rows[other] <= mine:
+                    continue
+                if len(mine) > len(self.rows[other]) and (best is None or self.claims[other] < self.claims[best]):
+                    best = other
+        return best[0] if best is not None else None
 
 
 def _folded_rows(texts: tuple[str, ...]) -> list[list[tuple[str, str]]]:
@@ -260,11 +311,12 @@ def _row_variants(rows: list[list[tuple[str, str]]]) -> list[list[list[tuple[str
 def _common_affixes(texts: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The longest word prefix and suffix (each at least AFFIX_MIN_WORDS words) that at least
     max(AFFIX_MIN_ROWS, AFFIX_SHARE x texts) of `texts` start (end) with; () when there is none. A copier who wraps
-    only part of its rows is found too."""
+    only part of its rows is found too. Words are compared by `_shape`: numbered boilerplate ("entry 12", "entry
+    13") is one affix."""
     need = max(AFFIX_MIN_ROWS, AFFIX_SHARE * len(texts))
     if len(texts) < need:
         return (), ()
-    words = [t.split() for t in texts]
+    words = [[_shape(w) for w in t.split()] for t in texts]
 
     def longest(seqs: list[list[str]]) -> tuple[str, ...]:
         counts = Counter(tuple(w[:AFFIX_MIN_WORDS]) for w in seqs if len(w) > AFFIX_MIN_WORDS)
@@ -290,12 +342,17 @@ def _common_affixes(texts: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]
     return prefix, tuple(reversed(suffix))
 
 
+def _shape(word: str) -> str:
+    """A word as affixes compare it: any number is "#"."""
+    return "#" if word.isdigit() else word
+
+
 def _strip(text: str, affixes: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
     prefix, suffix = affixes
     words = text.split()
-    if prefix and tuple(words[:len(prefix)]) == prefix and len(words) > len(prefix):
+    if prefix and len(words) > len(prefix) and tuple(map(_shape, words[:len(prefix)])) == prefix:
         words = words[len(prefix):]
-    if suffix and tuple(words[-len(suffix):]) == suffix and len(words) > len(suffix):
+    if suffix and len(words) > len(suffix) and tuple(map(_shape, words[-len(suffix):])) == suffix:
         words = words[:-len(suffix)]
     return " ".join(words)
 

@@ -53,9 +53,12 @@ COPIES["packed"] = lambda rows, rng: synthetic.pack(rows)
 COPIES["new question, copied answer"] = lambda rows, rng: [
     synthetic._row(f"Here is something I learned about geography, number {i}.", r.turns[1].content)
     for i, r in enumerate(rows)]
-COPIES["additions around each row"] = lambda rows, rng: [
+COPIES["numbered boilerplate around each row"] = lambda rows, rng: [
     synthetic._row(f"Quick one, friend {i}: {r.turns[0].content}",
                    f"Sure thing {i}. {r.turns[1].content} Noted as entry {i * 7}.") for i, r in enumerate(rows)]
+COPIES["text of its own around each row"] = lambda rows, rng: [
+    synthetic._row(r.turns[0].content, f"{j.turns[1].content} {r.turns[1].content}")
+    for r, j in zip(rows, synthetic.junk_rows(len(rows), 11))]
 COPIES["every disguise at once"] = lambda rows, rng: synthetic.pack(
     [synthetic.disguise(synthetic.disguise(synthetic.disguise(r, "homoglyph", rng), "invisible", rng), "signature",
                         rng) for r in rows])
@@ -72,11 +75,10 @@ def test_a_disguised_copy_is_ineligible_and_names_the_original(kind):
     # the same river or capital can pass the similarity bar (a known limit of row-level near matching)
     assert plans["hk2"].eligible and plans["hk2"].rows_kept >= 58
     assert not plans["hk3"].eligible and "uid 1:" in plans["hk3"].reason and "uid 2" not in plans["hk3"].reason
-    if kind == "additions around each row":
-        # each short row roughly doubled by text of its own: an earlier row contained in a later one is a copy,
-        # but only pairs that MinHash makes candidates are checked; about 2 in 3 of these are (enough to make the
-        # copier ineligible; benchmarks/neardup.py reports this class's recall at scale)
-        assert plans["hk3"].rows_kept <= len(copier) // 2
+    if kind == "text of its own around each row":
+        # each answer roughly doubled by text of its own: the earlier row is contained in the later one (its answer
+        # sentences all appear there); answers under MIN_ANSWER_WORDS words are not matched as sentences
+        assert plans["hk3"].rows_kept <= len(copier) // 5
     else:
         assert plans["hk3"].rows_kept <= len(copier) // 10
 
