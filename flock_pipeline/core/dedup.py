@@ -35,7 +35,6 @@ from flock_pipeline.core.neardup import TURN_SEPARATOR, NearDupConfig, Shingles,
 from flock_pipeline.core.textnorm import fold_parts
 
 MATCHING_VERSION = 2  # bump when the matching rules change: recorded dedup plans of older rules are not reused
-MAX_SENTENCE_ROWS = 50  # a sentence in more rows than this is boilerplate, not content, for containment
 MIN_ANSWER_WORDS = 5  # shorter answers ("Paris.", "Yes, it is.") are common to honest rows: not matched alone
 AFFIX_MIN_WORDS = 3  # a shared prefix / suffix this long ...
 AFFIX_SHARE = 0.2  # ... on at least this share of a miner's questions (or answers) ...
@@ -206,10 +205,6 @@ def _near_sources(miners: list[MinerRows], eval_texts: tuple[str, ...],
     source = earliest_near_duplicates(sig, rank, np.asarray(groups, dtype=np.int64), config, shingles,
                                       np.asarray(prefix_end, dtype=np.int64))
     uid_of = {g: (EVAL_SOURCE if g == -1 else ordered[g].uid) for g, _, _ in groups_rows}
-    sentences = _Sentences()
-    sentences.add(-1, eval_texts, groups_rows[0][2])
-    for g, miner in enumerate(ordered):
-        sentences.add(g, miner.row_texts, groups_rows[g + 1][2])
     whole: dict[tuple[int, int], int] = {}  # (group, row) -> source uid, for rows matched whole
     parts: dict[tuple[int, int], dict[int, int]] = {}  # (group, row) -> {exchange: source uid}
     for u, (g, index) in enumerate(unit_rows):
@@ -227,62 +222,44 @@ def _near_sources(miners: list[MinerRows], eval_texts: tuple[str, ...],
             n = len(variants[0])
             if found is None and n:
                 sources = dict(parts.get((g, index), {}))
+                claim = row_claims[index]
+
+                def earlier(answer: str) -> int | None:  # the uid of an earlier row with this whole answer
+                    owner = answers.get(answer)
+                    return uid_of[owner[1]] if owner is not None and owner[1] != g and owner[0] < claim else None
+
                 for row in variants:
                     for k, (_q, answer) in enumerate(row):
-                        owner = answers.get(answer)
-                        if k not in sources and owner is not None and owner[1] != g \
-                                and owner[0] < row_claims[index]:
-                            sources[k] = uid_of[owner[1]]
+                        if k not in sources and earlier(answer) is not None:
+                            sources[k] = earlier(answer)
+                raw_answers = ordered[g].row_texts[index].split(TURN_SEPARATOR)[1::2]
+                for k, raw in enumerate(raw_answers):  # containment: an earlier answer among this one's sentences
+                    if k not in sources and _SENTENCE_END.search(raw):
+                        found_k = _contained_answer(raw, earlier)
+                        if found_k is not None:
+                            sources[k] = found_k
                 if sources and 2 * len(sources) >= n:
                     found = Counter(sources.values()).most_common(1)[0][0]
-            if found is None:
-                container = sentences.earlier_container(g, index, row_claims[index])
-                found = uid_of[container] if container is not None else None
             if found is not None:
                 out.setdefault(hotkey, {})[index] = found
     return out
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_SENTENCE_END = re.compile(r"(?<=[.!?]) +(?=\S)")  # within a turn (turns are separated by TURN_SEPARATOR)
 
 
-class _Sentences:
-    """Containment at the sentence level: an earlier row whose answer sentences (folded, at least
-    MIN_ANSWER_WORDS words) all appear in a later row's answers is contained in it, with additions around it. A
-    sentence in more than MAX_SENTENCE_ROWS rows is boilerplate and left out."""
-
-    def __init__(self) -> None:
-        self.rows: dict[tuple[int, int], frozenset[str]] = {}  # (group, row) -> its answer sentences
-        self.claims: dict[tuple[int, int], tuple[int, int]] = {}
-        self.holders: dict[str, list[tuple[int, int]]] = {}  # sentence -> the rows that have it
-
-    def add(self, group: int, texts: tuple[str, ...], claims: list[tuple[int, int]]) -> None:
-        for index, (text, claim) in enumerate(zip(texts, claims)):
-            answers = " ".join(text.split(TURN_SEPARATOR)[1::2]).strip()
-            # one folding pass for all of the row's answer sentences (TURN_SEPARATOR marks where they end)
-            found = {folded for folded in fold_parts(_SENTENCE_END.sub(TURN_SEPARATOR, answers), TURN_SEPARATOR)
-                     if folded.count(" ") + 1 >= MIN_ANSWER_WORDS}
-            self.rows[(group, index)] = frozenset(found)
-            self.claims[(group, index)] = claim
-            for sentence in found:
-                holders = self.holders.setdefault(sentence, [])
-                if len(holders) <= MAX_SENTENCE_ROWS:
-                    holders.append((group, index))
-
-    def earlier_container(self, group: int, index: int, claim: tuple[int, int]) -> int | None:
-        """The group of the earliest row of another, earlier-claimed group contained in this row, or None."""
-        mine = self.rows.get((group, index), frozenset())
-        best = None
-        for sentence in mine:
-            holders = self.holders.get(sentence, ())
-            if len(holders) > MAX_SENTENCE_ROWS:
-                continue
-            for other in holders:
-                if other[0] == group or self.claims[other] >= claim or not self.rows[other] <= mine:
-                    continue
-                if len(mine) > len(self.rows[other]) and (best is None or self.claims[other] < self.claims[best]):
-                    best = other
-        return best[0] if best is not None else None
+def _contained_answer(raw: str, earlier) -> int | None:
+    """An earlier row's whole answer (folded) as a run of this answer's sentences: the earlier row contained in this
+    one, with sentences added around it. `earlier(folded answer)` gives that row's uid, or None."""
+    sentences = fold_parts(_SENTENCE_END.sub(TURN_SEPARATOR, raw), TURN_SEPARATOR)
+    for i in range(len(sentences)):
+        for j in range(i + 1, len(sentences) + 1):
+            if (i, j) == (0, len(sentences)):
+                continue  # the whole answer: matched as such already
+            run = " ".join(x for x in sentences[i:j] if x)
+            if run.count(" ") + 1 >= MIN_ANSWER_WORDS and earlier(run) is not None:
+                return earlier(run)
+    return None
 
 
 def _folded_rows(texts: tuple[str, ...]) -> list[list[tuple[str, str]]]:
@@ -316,29 +293,33 @@ def _common_affixes(texts: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]
     need = max(AFFIX_MIN_ROWS, AFFIX_SHARE * len(texts))
     if len(texts) < need:
         return (), ()
-    words = [[_shape(w) for w in t.split()] for t in texts]
 
-    def longest(seqs: list[list[str]]) -> tuple[str, ...]:
-        counts = Counter(tuple(w[:AFFIX_MIN_WORDS]) for w in seqs if len(w) > AFFIX_MIN_WORDS)
+    def longest(texts: list[str], from_end: bool) -> tuple[str, ...]:
+        def head(t: str) -> tuple[str, ...] | None:  # the first (last) AFFIX_MIN_WORDS words, shaped
+            parts = t.rsplit(" ", AFFIX_MIN_WORDS)[::-1] if from_end else t.split(" ", AFFIX_MIN_WORDS)
+            return tuple(map(_shape, parts[:AFFIX_MIN_WORDS])) if len(parts) > AFFIX_MIN_WORDS else None
+
+        heads = [head(t) for t in texts]
+        counts = Counter(h for h in heads if h is not None)
         if not counts:
             return ()
         best, n = counts.most_common(1)[0]
         if n < need:
             return ()
-        members = [w for w in seqs if len(w) > AFFIX_MIN_WORDS and tuple(w[:AFFIX_MIN_WORDS]) == best]
+        members = [t.split()[::-1] if from_end else t.split() for t, h in zip(texts, heads) if h == best]
         length = AFFIX_MIN_WORDS
         while True:  # extend while (nearly) all the rows that share it go on with the same word
-            following = Counter(w[length] for w in members if len(w) > length + 1)
+            following = Counter(_shape(w[length]) for w in members if len(w) > length + 1)
             if not following:
                 return best
             word, n = following.most_common(1)[0]
             if n < max(need, AFFIX_AGREEMENT * len(members)):
                 return best
-            members = [w for w in members if len(w) > length + 1 and w[length] == word]
+            members = [w for w in members if len(w) > length + 1 and _shape(w[length]) == word]
             best, length = best + (word,), length + 1
 
-    prefix = longest(words)
-    suffix = longest([w[::-1] for w in words])
+    prefix = longest(texts, from_end=False)
+    suffix = longest(texts, from_end=True)
     return prefix, tuple(reversed(suffix))
 
 

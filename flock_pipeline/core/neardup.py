@@ -298,7 +298,8 @@ def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarra
         ends = prefix_end if prefix_end is not None else np.full(n, len(shingles), dtype=np.int64)
         own, where = np.unique(rows, return_inverse=True)
         a = shingles.rare_sketch(own, config, ends[own])[where]
-        b = shingles.rare_sketch(cands, config, ends[rows])
+        combos, at = np.unique(cands.astype(np.int64) * (n + 1) + ends[rows], return_inverse=True)
+        b = shingles.rare_sketch(combos // (n + 1), config, combos % (n + 1))[at]  # once per (cand, end)
         size_a, size_b = (a != PAD).sum(axis=1), (b != PAD).sum(axis=1)
         inter = ((a[:, :, None] == b[:, None, :]) & (a != PAD)[:, :, None]).sum(axis=(1, 2))
         union = size_a + size_b - inter
