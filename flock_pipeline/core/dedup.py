@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flock_pipeline.core.neardup import TURN_SEPARATOR, NearDupConfig, Shingles, earliest_near_duplicates, signatures
-from flock_pipeline.core.textnorm import fold_parts
+from flock_pipeline.core.textnorm import PART_SEPARATOR, fold_parts
 
 MATCHING_VERSION = 2  # bump when the matching rules change: recorded dedup plans of older rules are not reused
 MIN_ANSWER_WORDS = 5  # shorter answers ("Paris.", "Yes, it is.") are common to honest rows: not matched alone
@@ -230,8 +230,9 @@ def _near_sources(miners: list[MinerRows], eval_texts: tuple[str, ...],
 
                 for row in variants:
                     for k, (_q, answer) in enumerate(row):
-                        if k not in sources and earlier(answer) is not None:
-                            sources[k] = earlier(answer)
+                        uid = earlier(answer) if k not in sources else None
+                        if uid is not None:
+                            sources[k] = uid
                 raw_answers = ordered[g].row_texts[index].split(TURN_SEPARATOR)[1::2]
                 for k, raw in enumerate(raw_answers):  # containment: an earlier answer among this one's sentences
                     if k not in sources and _SENTENCE_END.search(raw):
@@ -251,7 +252,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?]) +(?=\S)")  # within a turn (turns are se
 def _contained_answer(raw: str, earlier) -> int | None:
     """An earlier row's whole answer (folded) as a run of this answer's sentences: the earlier row contained in this
     one, with sentences added around it. `earlier(folded answer)` gives that row's uid, or None."""
-    sentences = fold_parts(_SENTENCE_END.sub(TURN_SEPARATOR, raw), TURN_SEPARATOR)
+    sentences = fold_parts(_SENTENCE_END.sub(PART_SEPARATOR, raw))
     for i in range(len(sentences)):
         for j in range(i + 1, len(sentences) + 1):
             if (i, j) == (0, len(sentences)):
@@ -266,7 +267,7 @@ def _folded_rows(texts: tuple[str, ...]) -> list[list[tuple[str, str]]]:
     """Each row's exchanges as folded (question, answer) pairs."""
     rows = []
     for text in texts:
-        parts = fold_parts(text, TURN_SEPARATOR)
+        parts = fold_parts(text)
         pairs = [(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
         rows.append(pairs or [("", parts[0])])
     return rows

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flock_pipeline.core.schema import ChatRow
-from flock_pipeline.core.textnorm import fold
+from flock_pipeline.core.textnorm import PART_SEPARATOR, fold
 
-TURN_SEPARATOR = "\x1f"  # between the turns of a row's text (folding turns it into a word break)
+TURN_SEPARATOR = PART_SEPARATOR  # between the turns of a row's text (folding turns it into a word break)
 _PAIR_MIX = np.uint64(0x9E3779B97F4A7C15)
 _EMPTY = np.iinfo(np.uint32).max
 SKETCH = 16  # rare words kept per row for the vectorised rare-word checks (rows rarely have more)

@@ -17,7 +17,6 @@ import re
 import unicodedata
 from functools import lru_cache
 
-_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 _EXTRA_INVISIBLE = (0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B, 0x180C, 0x180D, 0x180E, 0x180F, 0x2800, 0x3164,
                     0xFFA0)  # grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian selectors, blank
 _UNITS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen "
@@ -121,27 +120,25 @@ def _digits(words: list[str]) -> list[str]:
 
 def fold(text: str) -> str:
     """The matching form of `text` (see the module docstring): words separated by single spaces."""
-    return fold_parts(text, "")[0]
+    return " ".join(part for part in fold_parts(text) if part)
 
 
-_ASCII_SPACES = {cp: " " for cp in range(128) if not (chr(cp).isalnum() or chr(cp) == "\x1f")}
-_NON_WORD_KEEP = {sep: re.compile(rf"[^\w{re.escape(sep)}]+|_", re.UNICODE) for sep in ("\x1f",)}
+PART_SEPARATOR = "\x1f"  # a control character no text has: where `fold_parts` splits (turns, sentences)
+_ASCII_SPACES = {cp: " " for cp in range(128) if not (chr(cp).isalnum() or chr(cp) == PART_SEPARATOR)}
+_NON_WORD_KEEPING_PARTS = re.compile(rf"[^\w{PART_SEPARATOR}]+|_", re.UNICODE)
 
 
-def fold_parts(text: str, separator: str) -> list[str]:
-    """`fold` of each part of `text` split at `separator` (a character folding removes), in one pass."""
+def fold_parts(text: str) -> list[str]:
+    """`fold` of each part of `text` between PART_SEPARATORs, in one pass over the whole text."""
     if text.isascii():  # the common case: nothing to remove or map
         text = text.lower()
     else:
         table = _table()
         text = unicodedata.normalize("NFKC", text).translate(table).casefold().translate(table)
     if text.isascii():  # still ASCII after folding: punctuation to spaces by a table, not a regex
-        text = text.translate(_ASCII_SPACES)
-        parts = text.split(separator) if separator else [text]
-    elif not separator:
-        parts = [_NON_WORD.sub(" ", text)]
+        parts = text.translate(_ASCII_SPACES).split(PART_SEPARATOR)
     else:
-        parts = _NON_WORD_KEEP[separator].sub(" ", text).split(separator)
+        parts = _NON_WORD_KEEPING_PARTS.sub(" ", text).split(PART_SEPARATOR)
     out = []
     for part in parts:
         words = part.split()

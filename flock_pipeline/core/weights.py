@@ -68,15 +68,15 @@ class WeightsPlan:
         return self.refusal is None
 
 
-def plan_weights(rules: WeightRules, weights: Mapping[int, float], *, metagraph_uids: Sequence[int],
-                 version_key: int = 0) -> WeightsPlan:
-    """The submission of `weights` (uid -> relative weight; uids not named get 0) under `rules`.
+def plan_weights(rules: WeightRules, weights: Mapping[int, float], version_key: int = 0) -> WeightsPlan:
+    """The submission of `weights` (uid -> relative weight; uids not named get 0) under `rules`, over every uid of
+    the subnet (0 .. subnet_n - 1, read with the rules at one block).
 
     `version_key` 0 means "the subnet's required one" (`WeightsVersionKey`); a configured key below that is refused.
     """
     key = int(version_key) or int(rules.version_key)
-    all_uids = sorted({int(u) for u in metagraph_uids})
-    unknown = sorted(u for u, w in weights.items() if w and int(u) not in set(all_uids))
+    all_uids = list(range(rules.subnet_n))
+    unknown = sorted(u for u, w in weights.items() if w and not 0 <= int(u) < rules.subnet_n)
     if unknown:
         return WeightsPlan(rules=rules, version_key=key,
                            refusal=f"weights name uid(s) {unknown[:5]} that are not on the subnet")
@@ -166,10 +166,9 @@ def max_upscaled(values: Sequence[int]) -> list[int]:
     return [(2 * int(v) * U16_MAX + top) // (2 * top) for v in values]
 
 
-def runtime_error(rules: WeightRules, uids: Sequence[int], values: Sequence[int], version_key: int,
-                  existing_uids: Sequence[int]) -> str | None:
+def runtime_error(rules: WeightRules, uids: Sequence[int], values: Sequence[int], version_key: int) -> str | None:
     """The module error the subnet runtime's `internal_set_weights` ends with for this vector (None: it stores it),
-    checked in the runtime's order; `existing_uids` are the uids registered on the subnet. The embedded chain and the
+    checked in the runtime's order (a subnet's uids are 0 .. subnet_n - 1). The embedded chain and the
     test chain apply it (at inclusion, or at reveal under commit-reveal); the pipeline never relies on it."""
     uids, values = [int(u) for u in uids], [int(v) for v in values]
     if len(uids) != len(values):
@@ -190,7 +189,7 @@ def runtime_error(rules: WeightRules, uids: Sequence[int], values: Sequence[int]
         return "NeuronNoValidatorPermit"
     if len(set(uids)) != len(uids):
         return "DuplicateUids"
-    if any(u not in set(existing_uids) for u in uids):
+    if any(not 0 <= u < rules.subnet_n for u in uids):
         return "UidVecContainInvalidOne"
     if not self_weight and len(values) < min(rules.subnet_n, rules.min_allowed_weights):
         return "WeightVecLengthIsLow"

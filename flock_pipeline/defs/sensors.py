@@ -234,7 +234,7 @@ def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: Wareho
         return cache[competition]
 
     block = chain.current_block()
-    confirmations = confirmation_requests(warehouse, chain.epoch_of(block))
+    confirmations = confirmation_requests(warehouse, lambda: chain.epoch_of(block))
     requests, stage = next_epoch_requests(latest, warehouse, context.instance, provenance_of,
                                           block, evaluator.timeout_s,
                                           verdict_key(settings.limits()), evaluator.evaluation_run_tags())
@@ -246,13 +246,15 @@ def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: Wareho
     return dg.SensorResult(run_requests=confirmations + requests)
 
 
-def confirmation_requests(warehouse: WarehouseResource, chain_epoch: int) -> list[dg.RunRequest]:
+def confirmation_requests(warehouse: WarehouseResource, chain_epoch_now: Callable[[], int]) -> list[dg.RunRequest]:
     """`submitted_weights` runs that follow a sent submission up: one for each commit-reveal submission whose reveal
     epoch has started (it reads the chain's stored weights and records "applied" or "not applied"; one run per
     submission and chain epoch), and one that sends again a submission found "not applied" while its chain epoch
-    is still running (at most MAX_SENDS sends)."""
+    is still running (at most MAX_SENDS sends). The chain's epoch is asked only when there is one to follow."""
     out = []
-    for sent in warehouse.weight_submissions_in(("committed", "not applied")):
+    following = warehouse.weight_submissions_in(("committed", "not applied"))
+    chain_epoch = chain_epoch_now() if following else 0
+    for sent in following:
         if sent.state == "committed" and sent.reveal_epoch is not None and chain_epoch >= int(sent.reveal_epoch):
             out.append(dg.RunRequest(run_key=f"weights:{sent.epoch}:confirm:{int(sent.block)}:{chain_epoch}",
                                      partition_key=str(sent.epoch), asset_selection=[submitted_weights.key]))

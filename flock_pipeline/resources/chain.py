@@ -11,6 +11,7 @@ skipped, where `block // tempo` would jump back after a tempo increase.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import json
@@ -104,11 +105,8 @@ def advance_epochs(epochs: list[list[int]], tempo_changes: list[list[int]], defa
 
 
 def epoch_containing(epochs: list[list[int]], block: int) -> tuple[int, int]:
-    """(index, start block) of the epoch `block` falls in, from a scheduler history."""
-    found = epochs[0]
-    for entry in epochs:
-        if entry[1] <= block:
-            found = entry
+    """(index, start block) of the epoch `block` falls in, from a scheduler history (starts ascending)."""
+    found = epochs[max(0, bisect.bisect_right(epochs, block, key=lambda entry: entry[1]) - 1)]
     return int(found[0]), int(found[1])
 
 
@@ -146,8 +144,7 @@ class ChainResource(dg.ConfigurableResource):
 
     def plan_weights(self, hotkey: str, weights: Mapping[int, float], version_key: int = 0) -> WeightsPlan:
         """The submission of `weights` (uid -> relative weight) over every uid, checked against the chain's rules."""
-        rules = self.weight_rules(hotkey)
-        return plan_weights(rules, weights, metagraph_uids=[n.uid for n in self.metagraph()], version_key=version_key)
+        return plan_weights(self.weight_rules(hotkey), weights, version_key=version_key)
 
     def set_weights(self, hotkey: str, uids: list[int], weights: list[int], version_key: int = 0) -> WeightsReceipt:
         """Plan and send relative weights from a validator hotkey; a refusal (before sending or by the chain) is a
@@ -246,8 +243,10 @@ class LocalChainResource(ChainResource):
                 "params": {"weights_version_key": 0, "stake_threshold": 0.0, "min_allowed_weights": 0,
                            "max_weight_limit": U16_MAX}}
 
-    def _epochs(self, s: dict) -> list[list[int]]:
-        return advance_epochs([list(e) for e in s["epochs"]], s["tempo_changes"], self.tempo, int(s["block"]))
+    def _epochs(self, s: dict, upto: int | None = None) -> list[list[int]]:
+        """The epoch history up to the head (or to `upto` beyond it: placed by the current tempo)."""
+        return advance_epochs([list(e) for e in s["epochs"]], s["tempo_changes"], self.tempo,
+                              max(int(s["block"]), upto or 0))
 
     def effective_tempo(self) -> int:
         with self._state(write=False) as s:
@@ -313,9 +312,7 @@ class LocalChainResource(ChainResource):
     def epoch_of(self, block: int) -> int:
         """A block beyond the head is placed by the current tempo."""
         with self._state(write=False) as s:
-            epochs = advance_epochs([list(e) for e in s["epochs"]], s["tempo_changes"], self.tempo,
-                                    max(int(block), int(s["block"])))
-            return epoch_containing(epochs, int(block))[0]
+            return epoch_containing(self._epochs(s, int(block)), int(block))[0]
 
     def epoch_start(self, epoch: int) -> int:
         with self._state(write=False) as s:
@@ -406,8 +403,7 @@ class LocalChainResource(ChainResource):
         with self._state(write=True) as s:
             s["block"] += 1
             rules = self._rules(s, hotkey)
-            error = runtime_error(rules, plan.uids, plan.values, plan.version_key,
-                                  [n["uid"] for n in s["neurons"]])
+            error = runtime_error(rules, plan.uids, plan.values, plan.version_key)
             if error is not None:
                 retry = None
                 if error == "SettingWeightsTooFast":

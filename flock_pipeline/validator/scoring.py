@@ -387,8 +387,7 @@ def _why_not_applied(done: WeightSubmissionRecord, chain: ChainResource, hotkey:
                      stored: dict[int, int] | None) -> str:
     holds = "no weights" if not stored else f"another vector ({len(stored)} uids)"
     rules = replace(chain.weight_rules(hotkey), commit_reveal=True)  # the rules as a reveal applies them
-    error = runtime_error(rules, done.uids, done.weights,
-                          int(done.version_key or 0), [n.uid for n in chain.metagraph()])
+    error = runtime_error(rules, done.uids, done.weights, int(done.version_key or 0))
     if error is not None:
         cause = f"the chain's rules refuse it now ({error})"
     elif done.commit_reveal:

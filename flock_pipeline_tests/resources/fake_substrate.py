@@ -589,8 +589,7 @@ class FakeSubstrate:
                 self._last_update[uid] = self._block
                 return
             dests, values = list(params["dests"]), [int(v) for v in params["weights"]]
-            error = runtime_error(self._rules(signer), dests, values, int(params["version_key"]),
-                                  [n.uid for n in self._neurons])
+            error = runtime_error(self._rules(signer), dests, values, int(params["version_key"]))
             if error is not None:
                 raise _Refused(error)
             self._store(signer, uid, dests, values, int(params["version_key"]), via="extrinsic",
@@ -643,8 +642,7 @@ class FakeSubstrate:
                 continue
             uid = self._uid_of(c["hotkey"])
             rules = self._rules(c["hotkey"])
-            error = runtime_error(rules, payload["uids"], payload["values"], payload["version_key"],
-                                  [n.uid for n in self._neurons])
+            error = runtime_error(rules, payload["uids"], payload["values"], payload["version_key"])
             if error is not None:
                 self.reveal_log.append(f"commit of {c['hotkey']} at block {c['block']}: do_set_mechanism_weights "
                                        f"failed: {error}")

@@ -169,9 +169,9 @@ def test_a_commit_is_confirmed_applied_after_a_restart(sub, chain, warehouse):
     chain.close()  # the validator restarts between the commit and the reveal
     restarted = BittensorChainResource.with_substrate(sub, signers=SIGNERS, backoff_s=0.0)
     assert confirm_epoch_weights(epoch, restarted, warehouse) is None  # the reveal epoch has not started
-    assert confirmation_requests(warehouse, restarted.epoch_of(sub.block)) == []
+    assert confirmation_requests(warehouse, lambda: restarted.epoch_of(sub.block)) == []
     next_epochs(sub)
-    [request] = confirmation_requests(warehouse, restarted.epoch_of(sub.block))  # the sensor asks for a read-back
+    [request] = confirmation_requests(warehouse, lambda: restarted.epoch_of(sub.block))  # the sensor: a read-back
     assert request.partition_key == str(epoch) and request.asset_selection[0].path == ["submitted_weights"]
     outcome = submit_epoch_weights(epoch, restarted, settings_for(VALIDATOR.ss58_address), warehouse)
     assert not outcome.sent_now and outcome.submission.state == "applied"
@@ -301,11 +301,11 @@ def test_weights_the_chain_took_but_did_not_store_are_sent_again_within_the_epoc
     assert lost.state == "not applied" and lost.attempts == 1 and "no weights" in lost.detail
     monkeypatch.setattr(fake, "_store", store)
     fake.advance(fake.weights_rate_limit)
-    [request] = confirmation_requests(warehouse, chain.epoch_of(fake.block))
+    [request] = confirmation_requests(warehouse, lambda: chain.epoch_of(fake.block))
     assert request.run_key == f"weights:{epoch}:resend:1"
     again = submit_epoch_weights(epoch, chain, settings_for(hotkey), warehouse)
     assert again.sent_now and again.submission.state == "applied" and again.submission.attempts == 2
-    assert sends() == 2 and confirmation_requests(warehouse, chain.epoch_of(fake.block)) == []
+    assert sends() == 2 and confirmation_requests(warehouse, lambda: chain.epoch_of(fake.block)) == []
     chain.close()
 
 
