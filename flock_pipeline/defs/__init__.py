@@ -24,8 +24,9 @@ JOBS = [
 
 
 def build_executor() -> dg.ExecutorDefinition:
-    """FLOCK_EXECUTOR: Dagster's default executor (multiprocess; a run's config may pick `in_process`), in-process
-    only, or Celery workers."""
+    """FLOCK_EXECUTOR: in-process (the default: a run's steps share one process, so torch is imported and the base
+    model loaded once per run), Dagster's multiprocess executor (a run's config may still pick `in_process`), or
+    Celery workers."""
     kind, celery = executor_settings()
     if kind == "in_process":
         return dg.in_process_executor

@@ -2,16 +2,21 @@
 and reports metadata; the results themselves live in the warehouse, so nothing computed is lost on failure.
 
 Partitions: epoch-level assets use the dynamic `epochs` partitions (key = epoch number); per-miner assets use the
-dynamic `miners` partitions (key = hotkey) and work on the latest epoch the miner committed in.
+dynamic `miners` partitions (key = hotkey) and work on the epoch of the run's `flock/epoch` tag (default: the latest
+epoch the miner committed in). A per-miner run covers one miner or a range of them: the sensors and `flock epoch
+run` launch batches, and each miner gets its own materialization with its own metadata.
 """
 
 import contextlib
 import math
+import warnings
+from collections.abc import Callable
 
 import dagster as dg
 import pandas as pd
 
 from flock_pipeline.core.commitment import Commitment, CommitmentError
+from flock_pipeline.resources import batch_settings
 from flock_pipeline.resources.chain import ChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubError, HubResource
@@ -32,10 +37,19 @@ miners_partitions = dg.DynamicPartitionsDefinition(name="miners")
 
 # The UI's kind tag of assets that write to the store: the database FLOCK_STORE names.
 STORE_KIND = "postgres" if store_dialect() == "postgresql" else "duckdb"
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"  # a batch run
 EPOCH_TAG = "flock/epoch"  # on per-miner runs: the epoch they work for (sensors and the epoch runner set it)
 GPU_POOL = "gpu"  # size it to the number of GPUs: `dagster instance concurrency set gpu N`
 CELERY_QUEUE_TAG, GPU_QUEUE = "dagster-celery/queue", "gpu"  # with Celery, evaluations go to the GPU workers' queue
 TRANSIENT_RETRIES = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)  # 2 s, then 4 s
+
+
+def miners_in_range(instance: dg.DagsterInstance, start: str, end: str) -> list[str]:
+    """The `miners` partitions from `start` to `end` inclusive, in partition order (what a batch run covers)."""
+    keys = list(instance.get_dynamic_partitions(miners_partitions.name))
+    if start not in keys or end not in keys:
+        return []
+    return keys[keys.index(start):keys.index(end) + 1]
 
 
 def epoch_of_run(context) -> int | None:
@@ -86,84 +100,150 @@ def chain_commitments(context: dg.AssetExecutionContext, chain: ChainResource, h
     })
 
 
-def _chain_revisions(chain: ChainResource, hotkey: str, settings: ValidatorSettingsResource) -> list[tuple[str, str]]:
-    """(repo, revision) of the hotkey's current on-chain commitment, when it decodes and names a competition this
-    validator runs."""
+def _chain_revisions(chain: ChainResource, settings: ValidatorSettingsResource) -> dict[str, list[tuple[str, str]]]:
+    """hotkey -> [(repo, revision)] of its current on-chain commitment, when it decodes and names a competition
+    this validator runs (one read of the chain for a whole batch)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    competitions = settings.competition_set()
     for raw in chain.commitments():
-        if raw.hotkey == hotkey:
+        try:
+            c = Commitment.from_compressed_str(raw.data)
+        except CommitmentError:
+            continue
+        if competitions.for_commitment(c.competition_id) is not None:
+            out[raw.hotkey] = [(c.repo_id, c.revision)]
+    return out
+
+
+# Backfill policies on assets are a beta parameter of Dagster's: the warning is known and accepted here.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
+
+
+def _backfill_policy() -> dg.BackfillPolicy:
+    """FLOCK_BACKFILL: single_run (a UI backfill of miners is one run, and Dagster's CLI accepts partition ranges,
+    which it does only for single-run policies) or multi_run (UI backfills in runs of FLOCK_MINER_BATCH miners)."""
+    batch, kind = batch_settings()
+    return dg.BackfillPolicy.single_run() if kind == "single_run" else dg.BackfillPolicy.multi_run(batch)
+
+
+MINER_BACKFILL = _backfill_policy()
+
+
+class BatchFailed(RuntimeError):
+    """Some miners of a batch run failed without a record (a crash outside the evaluator's own recording); the
+    others' results are recorded, and a retry redoes only these (the rest come from the store)."""
+
+
+def for_each_miner(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                   work: Callable[[str], dict]) -> dg.MaterializeResult:
+    """Run `work(hotkey)` for every miner partition of the run (one key, or a partition range: the sensors and
+    `flock epoch run` launch batches) and put each miner's metadata on its own partition's materialization.
+
+    One miner's failure does not stop the others: each is recorded (or raised) on its own. Errors that leave no
+    record are raised together after the batch, so the step's retry redoes just those miners; a ValidatorFault
+    stops the batch at once (nothing is judged on a broken validator). The store keeps one connection for the
+    batch."""
+    hotkeys = list(context.partition_keys)
+    failed: list[tuple[str, Exception]] = []
+    with validator_faults_stop_the_step(), warehouse.session():
+        for hotkey in hotkeys:
             try:
-                c = Commitment.from_compressed_str(raw.data)
-            except CommitmentError:
-                return []
-            running = settings.competition_set().for_commitment(c.competition_id) is not None
-            return [(c.repo_id, c.revision)] if running else []
-    return []
+                metadata = work(hotkey)
+            except ValidatorFault:
+                raise
+            except Exception as exc:  # noqa: BLE001 - recorded below, raised after the batch
+                if len(hotkeys) == 1:
+                    raise
+                failed.append((hotkey, exc))
+                context.log.warning(f"{hotkey}: {type(exc).__name__}: {exc}")
+                continue
+            context.add_asset_metadata(metadata, partition_key=hotkey)
+    if failed:
+        listed = "; ".join(f"{h}: {type(e).__name__}: {e}" for h, e in failed)
+        raise BatchFailed(f"{len(failed)} of {len(hotkeys)} miners failed: {listed}"[:4000]) from failed[0][1]
+    return dg.MaterializeResult(metadata={"batch_miners": len(hotkeys)})
 
 
 @dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"python", STORE_KIND},
           deps=[dg.AssetDep(chain_commitments, partition_mapping=dg.LastPartitionMapping())],
-          retry_policy=TRANSIENT_RETRIES)
+          retry_policy=TRANSIENT_RETRIES, backfill_policy=MINER_BACKFILL)
 def miner_datasets(context: dg.AssetExecutionContext, chain: ChainResource, hub: HubResource,
                    evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
                    warehouse: WarehouseResource) -> dg.MaterializeResult:
     """The miner's `data.jsonl` at its committed revision (the latest epoch's, and the chain's current one when it
     differs), downloaded once per revision after a size check, validated row by row. Records every rejected row's
-    line and reason, the rows used (the first 100 valid rows: the size cap) and their token counts."""
-    hotkey = context.partition_key
+    line and reason, the rows used (the first 100 valid rows: the size cap) and their token counts. A run covers
+    one miner or a range of miners."""
     final_try = context.retry_number >= TRANSIENT_RETRIES.max_retries
-    with validator_faults_stop_the_step():
-        outcome = fetch_miner_dataset(hotkey, hub, evaluator, settings, warehouse, epoch=epoch_of_run(context),
+    epoch = epoch_of_run(context)
+    current = _chain_revisions(chain, settings)
+
+    def fetch(hotkey: str) -> dict:
+        outcome = fetch_miner_dataset(hotkey, hub, evaluator, settings, warehouse, epoch=epoch,
                                       give_up_on_transient=final_try)
         others = [fetch_miner_dataset(hotkey, hub, evaluator, settings, warehouse, repo=repo, revision=rev,
                                       give_up_on_transient=final_try)
-                  for repo, rev in _chain_revisions(chain, hotkey, settings)
-                  if (repo, rev) != (outcome.repo, outcome.revision)]
-    rejected = pd.DataFrame(list(outcome.rejected)[:20], columns=["line", "reason"])
-    return dg.MaterializeResult(metadata={
-        "status": outcome.status, "reason": outcome.reason or "", "repo": outcome.repo or "",
-        "revision": outcome.revision or "", "rows_total": outcome.rows_total, "rows_valid": outcome.rows_valid,
-        "rows_used": outcome.rows_used, "size_bytes": outcome.size_bytes, "sha256": outcome.sha256,
-        "from_cache": outcome.cached, "also_fetched": ", ".join(f"{o.revision}: {o.status}" for o in others),
-        "rejected_rows": _table(rejected, ["line", "reason"]),
-    })
+                  for repo, rev in current.get(hotkey, []) if (repo, rev) != (outcome.repo, outcome.revision)]
+        rejected = pd.DataFrame(list(outcome.rejected)[:20], columns=["line", "reason"])
+        return {
+            "epoch": epoch if epoch is not None else -1,
+            "status": outcome.status, "reason": outcome.reason or "", "repo": outcome.repo or "",
+            "revision": outcome.revision or "", "rows_total": outcome.rows_total, "rows_valid": outcome.rows_valid,
+            "rows_used": outcome.rows_used, "size_bytes": outcome.size_bytes, "sha256": outcome.sha256,
+            "from_cache": outcome.cached, "also_fetched": ", ".join(f"{o.revision}: {o.status}" for o in others),
+            "rejected_rows": _table(rejected, ["line", "reason"]),
+        }
+
+    return for_each_miner(context, warehouse, fetch)
 
 
 @dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"python", STORE_KIND},
-          deps=[dg.AssetDep(miner_datasets, partition_mapping=dg.AllPartitionMapping())])
+          deps=[dg.AssetDep(miner_datasets, partition_mapping=dg.AllPartitionMapping())],
+          backfill_policy=MINER_BACKFILL)
 def deduplicated_shards(context: dg.AssetExecutionContext, hub: HubResource, settings: ValidatorSettingsResource,
                         warehouse: WarehouseResource) -> dg.MaterializeResult:
     """The miner's used rows (latest epoch) minus exact copies of rows that an earlier commitment (block, then uid)
     already contributed, minus rows of the eval set. A miner whose rows are mostly copies or leaks is ineligible,
-    with the reason. Depends on every miner's dataset: who keeps a row depends on all commitments of the epoch."""
-    with validator_faults_stop_the_step():
-        shard = build_miner_shard(context.partition_key, hub, settings, warehouse, epoch=epoch_of_run(context))
-    if shard is None:
-        return dg.MaterializeResult(metadata={"status": "no_commitment", "reason": "no recorded commitment"})
-    return dg.MaterializeResult(metadata={
-        "epoch": shard.epoch, "status": shard.status, "reason": shard.reason or "", "rows_in": shard.rows_in,
-        "rows_kept": shard.rows_kept, "duplicates_within": shard.duplicates_within,
-        "duplicates_earlier": shard.duplicates_earlier, "eval_leaks": shard.eval_leaks,
-        "shard_hash": shard.shard_hash or "",
-    })
+    with the reason. Depends on every miner's dataset: who keeps a row depends on all commitments of the epoch
+    (the epoch's plan is made once and reused by every miner of it)."""
+    epoch = epoch_of_run(context)
+
+    def shard_of(hotkey: str) -> dict:
+        shard = build_miner_shard(hotkey, hub, settings, warehouse, epoch=epoch)
+        if shard is None:
+            return {"status": "no_commitment", "reason": "no recorded commitment"}
+        return {
+            "epoch": shard.epoch, "status": shard.status, "reason": shard.reason or "", "rows_in": shard.rows_in,
+            "rows_kept": shard.rows_kept, "duplicates_within": shard.duplicates_within,
+            "duplicates_earlier": shard.duplicates_earlier, "eval_leaks": shard.eval_leaks,
+            "shard_hash": shard.shard_hash or "",
+        }
+
+    return for_each_miner(context, warehouse, shard_of)
 
 
 @dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"pytorch", STORE_KIND}, pool=GPU_POOL,
-          deps=[deduplicated_shards], retry_policy=TRANSIENT_RETRIES, op_tags={CELERY_QUEUE_TAG: GPU_QUEUE})
+          deps=[deduplicated_shards], retry_policy=TRANSIENT_RETRIES, op_tags={CELERY_QUEUE_TAG: GPU_QUEUE},
+          backfill_policy=MINER_BACKFILL)
 def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, hub: HubResource,
                       settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """LoRA fine-tune of the base model on the miner's shard (latest epoch), then the eval loss: mean over eval
     rows of each row's mean assistant-token cross-entropy (nats/token); per-row losses are kept. Cached by
     (shard hash, base model + revision, recipe hash, eval revision). A crash is recorded as a failure with its
-    error and retried; it never becomes a loss."""
-    with validator_faults_stop_the_step():
-        record = evaluate_miner(context.partition_key, evaluator, hub, warehouse, settings,
-                                epoch=epoch_of_run(context))
-    return dg.MaterializeResult(metadata={
-        "status": record.status, "reason": record.reason or "",
-        "eval_loss": record.eval_loss if record.eval_loss is not None else float("nan"),
-        "cache_key": record.cache_key or "", "from_cache": record.cached, "attempts": record.attempts,
-        "seconds": record.seconds, "train_tokens": record.train_tokens,
-    })
+    error and retried; it never becomes a loss. A batch run loads the base model once for all its miners."""
+    epoch = epoch_of_run(context)
+
+    def evaluate(hotkey: str) -> dict:
+        record = evaluate_miner(hotkey, evaluator, hub, warehouse, settings, epoch=epoch)
+        return {
+            "epoch": epoch if epoch is not None else -1,
+            "status": record.status, "reason": record.reason or "",
+            "eval_loss": record.eval_loss if record.eval_loss is not None else float("nan"),
+            "cache_key": record.cache_key or "", "from_cache": record.cached, "attempts": record.attempts,
+            "seconds": record.seconds, "train_tokens": record.train_tokens,
+        }
+
+    return for_each_miner(context, warehouse, evaluate)
 
 
 @dg.asset(partitions_def=epochs_partitions, group_name="scoring", kinds={"python", STORE_KIND},

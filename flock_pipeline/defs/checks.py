@@ -5,7 +5,7 @@ import math
 import dagster as dg
 
 from flock_pipeline.core.scoring import validate_weights
-from flock_pipeline.defs.assets import epoch_of_run, miner_eval_losses, win_rates
+from flock_pipeline.defs.assets import epoch_of_run, miner_eval_losses, miners_in_range, win_rates
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
@@ -21,22 +21,53 @@ def _partition(context: dg.AssetCheckExecutionContext) -> str:
     return key
 
 
+def _miner_partitions(context: dg.AssetCheckExecutionContext) -> list[str]:
+    """The miners of the run the check runs in: its partition, or every key of its partition range (a batch)."""
+    tags = context.run.tags
+    start, end = tags.get("dagster/asset_partition_range_start"), tags.get("dagster/asset_partition_range_end")
+    if start is not None and end is not None:
+        return miners_in_range(context.instance, start, end)
+    return [_partition(context)]
+
+
 @dg.asset_check(asset=miner_eval_losses,
-                description="A recorded eval loss is finite; a failed evaluation carries an error, not a loss.")
+                description="A recorded eval loss is finite; a failed evaluation carries an error, not a loss. "
+                            "Covers every miner of the run (a batch); the metadata names each one that fails.")
 def eval_loss_is_finite(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorResource,
                         settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    found = miner_shard(warehouse, _partition(context), epoch_of_run(context))
+    epoch = epoch_of_run(context)
+    problems: dict[str, str] = {}
+    losses: dict[str, float] = {}
+    hotkeys = _miner_partitions(context)
+    for hotkey in hotkeys:
+        problem, loss = _finite_problem(hotkey, epoch, evaluator, settings, warehouse)
+        if problem is not None:
+            problems[hotkey] = problem
+        elif loss is not None:
+            losses[hotkey] = loss
+    metadata: dict = {"miners": len(hotkeys), "evaluated": len(losses) + len(problems)}
+    if len(losses) == 1 and not problems:
+        metadata["eval_loss"] = next(iter(losses.values()))
+    if problems:
+        metadata["problems"] = dg.MetadataValue.json(problems)
+    return dg.AssetCheckResult(passed=not problems, metadata=metadata)
+
+
+def _finite_problem(hotkey: str, epoch: int | None, evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
+                    warehouse: WarehouseResource) -> tuple[str | None, float | None]:
+    """(what is wrong with the miner's recorded result, its finite loss): (None, None) when it was not evaluated."""
+    found = miner_shard(warehouse, hotkey, epoch)
     if found is None or found.shard.status != "eligible":
-        return dg.AssetCheckResult(passed=True, metadata={"evaluated": False})
+        return None, None
     result = warehouse.eval_result(shard_cache_key(found.shard, found.eval_revision, evaluator, settings))
     if result is None:
-        return dg.AssetCheckResult(passed=False, metadata={"problem": "no result recorded"})
+        return "no result recorded", None
     if result.status == "ok":
-        losses = list(result.per_row_losses)
-        finite = math.isfinite(result.eval_loss) and any(math.isfinite(x) for x in losses)
-        return dg.AssetCheckResult(passed=finite, metadata={"eval_loss": float(result.eval_loss)})
-    passed = result.eval_loss is None or math.isnan(result.eval_loss)
-    return dg.AssetCheckResult(passed=passed, metadata={"status": result.status, "error": result.error or ""})
+        finite = math.isfinite(result.eval_loss) and any(math.isfinite(x) for x in result.per_row_losses)
+        return (None, float(result.eval_loss)) if finite else (f"non-finite loss {result.eval_loss}", None)
+    if result.eval_loss is None or math.isnan(result.eval_loss):
+        return None, None  # a failure recorded with its error and no loss: as it should be
+    return f"status {result.status} carries a loss {result.eval_loss}", None
 
 
 @dg.asset_check(asset=win_rates, blocking=True,

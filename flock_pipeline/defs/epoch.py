@@ -16,11 +16,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from flock_pipeline.defs.assets import (ASSETS, EPOCH_TAG, chain_commitments, deduplicated_shards,
-                                        epochs_partitions, final_corpus, miner_datasets, miner_eval_losses, submitted_weights,
-                                        win_rates)
+from flock_pipeline.defs.assets import (ASSETS, EPOCH_TAG, RANGE_END, RANGE_START, chain_commitments, epochs_partitions,
+                                        final_corpus, submitted_weights, win_rates)
 from flock_pipeline.defs.checks import CHECKS
-
 
 class EpochFailed(RuntimeError):
     pass
@@ -67,9 +65,10 @@ def error_cause(error) -> str:
     return str(error.message).strip()
 
 
-def _run(selection: list, partition_key: str, resources: dict, instance: dg.DagsterInstance,
-         epoch: int | None = None) -> None:
-    tags = {EPOCH_TAG: str(epoch)} if epoch is not None else {}
+def _run(selection: list, partition_key: str | None, resources: dict, instance: dg.DagsterInstance,
+         epoch: int | None = None, tags: dict | None = None) -> None:
+    """One run of `selection` for one partition (or, with range tags and no `partition_key`, a range of them)."""
+    tags = {**({EPOCH_TAG: str(epoch)} if epoch is not None else {}), **(tags or {})}
     if _steps_elsewhere():
         events, success = _run_elsewhere(selection, partition_key, instance, tags)
     else:
@@ -80,7 +79,9 @@ def _run(selection: list, partition_key: str, resources: dict, instance: dg.Dags
     if not success:
         errors = [error_cause(e.event_specific_data.error) for e in events
                   if e.is_step_failure and e.event_specific_data.error is not None]
-        raise EpochFailed(f"{[a.key.to_user_string() for a in selection]} [{partition_key}] failed: "
+        where = partition_key if partition_key is not None else \
+            f"{tags.get(RANGE_START)}...{tags.get(RANGE_END)}"
+        raise EpochFailed(f"{[a.key.to_user_string() for a in selection]} [{where}] failed: "
                           + ("; ".join(errors) or "see the Dagster logs"))
 
 
@@ -92,40 +93,72 @@ def _steps_elsewhere() -> bool:
     return executor_settings()[0] == "celery"
 
 
-def _run_elsewhere(selection: list, partition_key: str, instance: dg.DagsterInstance, tags: dict):
+def _run_elsewhere(selection: list, partition_key: str | None, instance: dg.DagsterInstance, tags: dict):
     from flock_pipeline import definitions
 
     epoch_stage = selection[0].partitions_def == epochs_partitions
     factory = definitions.epoch_stage_job if epoch_stage else definitions.miner_stage_job
+    where = {"dagster/partition": partition_key} if partition_key is not None else {}
     with dg.execute_job(dg.reconstructable(factory), instance=instance, run_config=QUIET,
-                        tags={**tags, "dagster/partition": partition_key},
-                        asset_selection=[a.key for a in selection]) as result:
+                        tags={**tags, **where}, asset_selection=[a.key for a in selection]) as result:
         return list(result.all_events), result.success
 
 
 def run_epoch(epoch: int, resources: dict, instance: dg.DagsterInstance,
-              progress: Callable[[str], None] = lambda msg: None) -> None:
-    """Materialize every asset of `epoch` in order: commitments, all datasets, then per miner its shard and its
-    evaluation (one run per miner), then scores, weights and corpus."""
+              progress: Callable[[str], None] = lambda msg: None, batch: int | None = None) -> None:
+    """Materialize every asset of `epoch` in order: commitments, then exactly the runs the epoch sensor would
+    request, stage by stage (datasets, shards + evaluations in batches of `batch` miners, default
+    FLOCK_MINER_BATCH, then scores, weights and corpus), each executed in this process."""
     from flock_pipeline.resources import flock_home
 
     with runner_lock(resources["warehouse"].local_dir() or flock_home()):
-        _run_stages(epoch, resources, instance, progress)
+        _run_stages(epoch, resources, instance, progress, batch)
 
 
-def _run_stages(epoch: int, resources: dict, instance: dg.DagsterInstance, progress: Callable[[str], None]) -> None:
+ASSET_BY_KEY = {a.key: a for a in ASSETS}
+
+
+def _run_stages(epoch: int, resources: dict, instance: dg.DagsterInstance, progress: Callable[[str], None],
+                batch: int | None = None) -> None:
+    from flock_pipeline.core.schema import verdict_key
+    from flock_pipeline.defs.sensors import next_epoch_requests
+    from flock_pipeline.resources import batch_settings
+    from flock_pipeline.validator.evaluation import competition_recipe
+
     key = str(epoch)
     if not instance.has_dynamic_partition(epochs_partitions.name, key):
         instance.add_dynamic_partitions(epochs_partitions.name, [key])
-    warehouse = resources["warehouse"]
+    warehouse, evaluator, settings = resources["warehouse"], resources["evaluator"], resources["settings"]
     progress(f"epoch {epoch}: reading commitments")
     _run([chain_commitments], key, resources, instance)
-    accepted = [c for c in warehouse.epoch_commitments(epoch) if c.status == "ok"]
-    for c in accepted:
-        progress(f"epoch {epoch}: dataset of uid {c.uid}")
-        _run([miner_datasets], c.hotkey, resources, instance, epoch)
-    for c in accepted:
-        progress(f"epoch {epoch}: shard + evaluation of uid {c.uid}")
-        _run([deduplicated_shards, miner_eval_losses], c.hotkey, resources, instance, epoch)
-    progress(f"epoch {epoch}: win rates, weights, corpus")
-    _run([win_rates, submitted_weights, final_corpus], key, resources, instance)
+    provenance: dict = {}
+
+    def provenance_of(competition: str | None) -> dict | None:
+        if competition not in provenance:
+            provenance[competition] = evaluator.provenance(recipe=competition_recipe(settings, competition))
+        return provenance[competition]
+
+    launched: set[str] = set()
+    size = batch or batch_settings()[0]
+    while True:
+        requests, stage = next_epoch_requests(epoch, warehouse, instance, provenance_of,
+                                              resources["chain"].current_block(), 0,
+                                              verdict_key(settings.limits()), batch=size)
+        if not requests:
+            if stage.startswith("stopped by a validator fault"):
+                raise EpochFailed(f"epoch {epoch}: {stage}")
+            # every miner's work is recorded (this run or an earlier one): the epoch's own stage runs again, so
+            # a re-run applies today's scoring settings (weights already sent are confirmed, never sent twice)
+            progress(f"epoch {epoch}: scoring (every miner's work was already recorded)")
+            _run([win_rates, submitted_weights, final_corpus], key, resources, instance)
+            return
+        if launched & {r.run_key for r in requests}:
+            raise EpochFailed(f"epoch {epoch}: no progress at stage {stage!r}: its runs succeeded but recorded "
+                              "nothing (see the Dagster logs)")
+        progress(f"epoch {epoch}: {stage}")
+        for request in requests:
+            launched.add(request.run_key)
+            _run([ASSET_BY_KEY[k] for k in request.asset_selection], request.partition_key, resources, instance,
+                 tags={**request.tags, "dagster/run_key": request.run_key})
+        if any(r.partition_key == key for r in requests):  # the epoch's own stage: scores, weights, corpus
+            return

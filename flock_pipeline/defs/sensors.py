@@ -2,14 +2,16 @@
 
 - `new_block_sensor` opens an epoch when the chain reaches its first block: adds the `epochs` partition and runs
   `chain_commitments` for it (run key = epoch).
-- `commitment_sensor` adds a `miners` partition for each new hotkey and downloads a miner's dataset as soon as its
-  commitment changes (run key = hotkey:revision).
+- `commitment_sensor` adds a `miners` partition for each new hotkey and downloads the changed commitments' datasets
+  ahead of the epoch, in batches (run key = the miners' hotkey:revision).
 - `epoch_progress_sensor` moves the newest epoch on, one stage at a time, from what the warehouse has recorded:
-  missing datasets -> one run per miner for its shard + evaluation (GPU pool) -> scores, weights and corpus ->
-  a re-send of rate-limited weights once the chain allows it.
+  missing datasets -> shards + evaluations in runs of up to FLOCK_MINER_BATCH miners (GPU pool) -> scores,
+  weights and corpus -> a re-send of rate-limited weights once the chain allows it (`next_epoch_requests`, which
+  `flock epoch run` follows too).
   Run keys make every request idempotent.
 """
 
+import hashlib
 import json
 from collections.abc import Callable
 
@@ -18,9 +20,10 @@ import dagster as dg
 from flock_pipeline.core.commitment import Commitment, CommitmentError
 from flock_pipeline.core.schema import verdict_key
 from flock_pipeline.defs.epoch import error_cause
-from flock_pipeline.defs.assets import (EPOCH_TAG, chain_commitments, deduplicated_shards, epochs_partitions, final_corpus,
-                                        miner_datasets, miner_eval_losses, miners_partitions, submitted_weights,
+from flock_pipeline.defs.assets import (EPOCH_TAG, RANGE_END, RANGE_START, chain_commitments, deduplicated_shards, epochs_partitions, final_corpus,
+                                        miner_datasets, miner_eval_losses, miners_in_range, miners_partitions, submitted_weights,
                                         win_rates)
+from flock_pipeline.resources import batch_settings
 from flock_pipeline.resources.chain import ChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
@@ -52,13 +55,23 @@ def new_block_sensor(context: dg.SensorEvaluationContext, chain: ChainResource) 
     )
 
 
+PREFETCH_TAG = "flock/prefetch"  # on the commitment sensor's download runs (the epoch sensor waits for them)
+IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+               dg.DagsterRunStatus.STARTED]
+
+
 @dg.sensor(minimum_interval_seconds=SENSOR_INTERVAL_S, asset_selection=[miner_datasets],
            default_status=dg.DefaultSensorStatus.STOPPED)
 def commitment_sensor(context: dg.SensorEvaluationContext, chain: ChainResource,
                       settings: ValidatorSettingsResource) -> dg.SensorResult | dg.SkipReason:
-    """A new hotkey gets a `miners` partition; a changed commitment gets a dataset download (hotkey:revision)."""
+    """A new hotkey gets a `miners` partition; the changed commitments are downloaded ahead of the epoch, in runs
+    of up to DATASET_BATCH miners (each run keyed by its miners' hotkey:revision). While such a run is in
+    progress the epoch sensor waits for it instead of downloading the same files again."""
+    from flock_pipeline.resources import DATASET_BATCH
+
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    requests, new_hotkeys = [], []
+    changed: dict[str, str] = {}
+    new_hotkeys: list[str] = []
     for raw in chain.commitments():
         if seen.get(raw.hotkey) == raw.data:
             continue
@@ -72,10 +85,20 @@ def commitment_sensor(context: dg.SensorEvaluationContext, chain: ChainResource,
             continue
         if not context.instance.has_dynamic_partition(miners_partitions.name, raw.hotkey):
             new_hotkeys.append(raw.hotkey)
-        requests.append(dg.RunRequest(run_key=f"{raw.hotkey}:{c.revision}", partition_key=raw.hotkey,
-                                      asset_selection=[miner_datasets.key]))
-    if not requests:
+        changed[raw.hotkey] = f"{raw.hotkey}:{c.revision}"
+    if not changed:
         return dg.SkipReason("no new commitments")
+    requests = []
+    for batch in miner_batches(context.instance, list(changed), DATASET_BATCH, appended=new_hotkeys):
+        tags = {PREFETCH_TAG: "true"}
+        if len(batch) == 1:
+            requests.append(dg.RunRequest(run_key=changed[batch[0]], partition_key=batch[0], tags=tags,
+                                          asset_selection=[miner_datasets.key]))
+            continue
+        digest = hashlib.sha256("|".join(changed[h] for h in batch).encode()).hexdigest()[:16]
+        requests.append(dg.RunRequest(run_key=f"prefetch:{batch[0]}..{batch[-1]}:{len(batch)}:{digest}",
+                                      tags={**tags, RANGE_START: batch[0], RANGE_END: batch[-1]},
+                                      asset_selection=[miner_datasets.key]))
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True),
                            dynamic_partitions_requests=[miners_partitions.build_add_request(new_hotkeys)]
                            if new_hotkeys else [])
@@ -135,11 +158,78 @@ def _last_failure(instance: dg.DagsterInstance, base: str) -> tuple[str, bool]:
     return f"{MAX_RUN_ATTEMPTS} evaluation runs failed without a result; the last: {message}"[:2000], fault
 
 
+def miner_batches(instance: dg.DagsterInstance, hotkeys: list[str], size: int,
+                  appended: list[str] = ()) -> list[list[str]]:
+    """`hotkeys` in `miners` partition order, cut into runs of at most `size` miners whose partitions are
+    contiguous (a run covers a partition range, and Dagster's ranges follow the partitions' order: the order the
+    hotkeys were first seen). `appended`: partitions being added now, after the existing ones. A hotkey without a
+    partition is a batch of its own."""
+    existing = list(instance.get_dynamic_partitions(miners_partitions.name))
+    have = set(existing)
+    order = {k: i for i, k in enumerate(existing + [h for h in appended if h not in have])}
+    known = sorted((h for h in hotkeys if h in order), key=order.__getitem__)
+    batches: list[list[str]] = []
+    for hotkey in known:
+        last = batches[-1] if batches else None
+        if last is not None and len(last) < size and order[hotkey] == order[last[-1]] + 1:
+            last.append(hotkey)
+        else:
+            batches.append([hotkey])
+    return batches + [[h] for h in hotkeys if h not in order]
+
+
+def _miner_requests(instance: dg.DagsterInstance, bases: dict[str, str], size: int, prefix: str, tags: dict,
+                    selection: list, runtime_s: int = 0) -> tuple[list[dg.RunRequest], list[str]]:
+    """Run requests covering the miners of `bases` (hotkey -> its own run key base), in batches of `size`, and
+    the hotkeys given up (their own key failed MAX_RUN_ATTEMPTS times). With `runtime_s`, each run may take that
+    long per miner it covers (Dagster's `dagster/max_runtime` tag).
+
+    A batch's key names its members, so a batch that keeps dying is tried MAX_RUN_ATTEMPTS times, then its
+    miners run one by one under their own keys: a miner that kills its run is found and given up alone, and never
+    holds back the rest."""
+    requests, given_up = [], []
+
+    def limited(n: int) -> dict:
+        return {**tags, "dagster/max_runtime": str(runtime_s * n)} if runtime_s > 0 else tags
+
+    for batch in miner_batches(instance, list(bases), size):
+        if len(batch) > 1:
+            digest = hashlib.sha256("|".join(bases[h] for h in batch).encode()).hexdigest()[:16]
+            run_key = _run_key(instance, f"{prefix}:{batch[0]}..{batch[-1]}:{len(batch)}:{digest}")
+            if run_key is not None:
+                requests.append(dg.RunRequest(run_key=run_key, asset_selection=selection,
+                                              tags={**limited(len(batch)), RANGE_START: batch[0],
+                                                    RANGE_END: batch[-1]}))
+                continue
+        for hotkey in batch:
+            run_key = _run_key(instance, bases[hotkey])
+            if run_key is None:
+                given_up.append(hotkey)
+            else:
+                requests.append(dg.RunRequest(run_key=run_key, partition_key=hotkey, tags=limited(1),
+                                              asset_selection=selection))
+    return requests, given_up
+
+
+def request_miners(request: dg.RunRequest, instance: dg.DagsterInstance) -> list[str]:
+    """The miner partitions a per-miner run request covers (one key, or every key of its range)."""
+    start, end = request.tags.get(RANGE_START), request.tags.get(RANGE_END)
+    if start is None:
+        return [request.partition_key] if request.partition_key is not None else []
+    return miners_in_range(instance, start, end)
+
+
 def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.DagsterInstance,
                         provenance_of: ProvenanceOf, chain_block: int | None = None,
                         eval_timeout_s: int = 0, verdict: str | None = None,
-                        eval_tags: dict[str, str] | None = None) -> tuple[list[dg.RunRequest], str]:
+                        eval_tags: dict[str, str] | None = None, batch: int = 1,
+                        dataset_batch: int | None = None) -> tuple[list[dg.RunRequest], str]:
     """The run requests that move `epoch` to its next stage, and a one-line description of where it stands.
+
+    This is the one description of an epoch's stages: the epoch sensor launches what it returns, and `flock epoch
+    run` executes the same requests in its own process. The stages: every accepted miner's dataset (runs of up to
+    `dataset_batch` miners, default DATASET_BATCH), then each miner's shard + evaluation (runs of up to `batch`
+    miners, the GPU pool), then scores + weights + corpus, then the weights' follow-up.
 
     `provenance_of(competition)` is what an evaluation in that competition depends on (model, recipe), None when
     the model was never built here.
@@ -149,20 +239,19 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
     With `eval_timeout_s`, evaluation runs carry Dagster's `dagster/max_runtime` tag: run monitoring fails a run
     that takes longer, which then counts as one of its attempts.
     """
+    from flock_pipeline.resources import DATASET_BATCH
+
     key = str(epoch)
     tags = {EPOCH_TAG: key}
     accepted = [c for c in warehouse.epoch_commitments(epoch) if c.status == "ok"]
     recorded = warehouse.hotkeys_with_dataset(epoch, verdict)  # under today's limits and rules, one query per tick
-    downloads = []
-    for c in accepted:
-        if c.hotkey in recorded:
-            continue
-        run_key = _run_key(instance, f"dataset:{key}:{c.hotkey}:{c.revision}")
-        if run_key is not None:
-            downloads.append(dg.RunRequest(run_key=run_key, partition_key=c.hotkey, tags=tags,
-                                           asset_selection=[miner_datasets.key]))
+    missing = {c.hotkey: f"dataset:{key}:{c.hotkey}:{c.revision}" for c in accepted if c.hotkey not in recorded}
+    if missing and instance.get_run_ids(dg.RunsFilter(tags={PREFETCH_TAG: "true"}, statuses=IN_PROGRESS), limit=1):
+        return [], f"waiting for the commitment sensor's downloads ({len(missing)} dataset(s) missing)"
+    downloads, _ = _miner_requests(instance, missing, dataset_batch or DATASET_BATCH, f"datasets:{key}", tags,
+                                   [miner_datasets.key])
     if downloads:
-        return downloads, f"downloading {len(downloads)} dataset(s)"
+        return downloads, f"downloading {len(missing)} dataset(s) in {len(downloads)} run(s)"
     info = warehouse.epoch_info(epoch)
     revisions: dict[str | None, str] = {None: info.eval_revision}
     revisions.update({r.competition: r.eval_revision for r in warehouse.epoch_competitions(epoch)})
@@ -171,28 +260,25 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
         shards[shard.hotkey] = shard if shard.competition in revisions else shard.replace(competition=None)
     evaluated = _final_results(warehouse, [s for s in shards.values() if s.status == "eligible"], provenance_of,
                                revisions)
-    pending, faults = [], []
+    todo = {}
     for c in accepted:
         shard = shards.get(c.hotkey)
-        if shard is not None and (shard.status != "eligible" or shard.shard_hash in evaluated):
-            continue
-        base = f"miner:{key}:{c.hotkey}:{c.revision}"
-        run_key = _run_key(instance, base)
-        if run_key is not None:
-            run_tags = {**(eval_tags or {}), **tags}
-            if eval_timeout_s > 0:
-                run_tags["dagster/max_runtime"] = str(eval_timeout_s)
-            pending.append(dg.RunRequest(run_key=run_key, partition_key=c.hotkey, tags=run_tags,
-                                         asset_selection=[deduplicated_shards.key, miner_eval_losses.key]))
-        elif shard is not None and provenance_of(shard.competition) is not None:
-            message, fault = _last_failure(instance, base)
+        if shard is None or (shard.status == "eligible" and shard.shard_hash not in evaluated):
+            todo[c.hotkey] = f"miner:{key}:{c.hotkey}:{c.revision}"
+    pending, given_up = _miner_requests(instance, todo, batch, f"miners:{key}", {**(eval_tags or {}), **tags},
+                                        [deduplicated_shards.key, miner_eval_losses.key], eval_timeout_s)
+    faults = []
+    for hotkey in given_up:
+        shard = shards.get(hotkey)
+        if shard is not None and provenance_of(shard.competition) is not None:
+            message, fault = _last_failure(instance, todo[hotkey])
             if fault:  # the validator's environment: the operator must fix it; nothing counts against the miner
                 faults.append(message)
                 continue
             record_abandoned_evaluation(warehouse, shard.shard_hash, provenance_of(shard.competition),
                                         revisions[shard.competition], message, MAX_RUN_ATTEMPTS)
     if pending:
-        return pending, f"deduplicating + evaluating {len(pending)} miner(s)"
+        return pending, f"deduplicating + evaluating {len(todo) - len(given_up)} miner(s) in {len(pending)} run(s)"
     if faults:
         return [], f"stopped by a validator fault (fix it, then re-execute the failed runs): {faults[0]}"
     if not warehouse.win_rates(epoch):
@@ -237,7 +323,8 @@ def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: Wareho
     confirmations = confirmation_requests(warehouse, lambda: chain.epoch_of(block))
     requests, stage = next_epoch_requests(latest, warehouse, context.instance, provenance_of,
                                           block, evaluator.timeout_s,
-                                          verdict_key(settings.limits()), evaluator.evaluation_run_tags())
+                                          verdict_key(settings.limits()), evaluator.evaluation_run_tags(),
+                                          batch=batch_settings()[0])
     if confirmations:
         context.log.info(f"confirming the weights of epoch(s) {', '.join(r.partition_key for r in confirmations)}")
     if not requests and not confirmations:

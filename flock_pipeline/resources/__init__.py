@@ -23,8 +23,14 @@
     FLOCK_EVAL_TIMEOUT_S  time limit of one evaluation run, enforced by Dagster's run monitoring (0: none)
     FLOCK_STORE       where results are kept: duckdb:///path/file.duckdb (default: $FLOCK_HOME/warehouse.duckdb)
                       or postgresql://user:password@host:5432/db (several processes and hosts)
-    FLOCK_EXECUTOR    how a run's steps execute: multiprocess (default: one process per step) | in_process |
-                      celery (steps go to Celery workers; evaluations to the `gpu` queue)
+    FLOCK_EXECUTOR    how a run's steps execute: in_process (default: every step of a run in the run's process, the
+                      base model loaded once) | multiprocess (one process per step) | celery (steps go to Celery
+                      workers; evaluations to the `gpu` queue)
+    FLOCK_MINER_BATCH  miners per run of a per-miner stage that the sensors and `flock epoch run` request
+                      (default 32; datasets are fetched up to DATASET_BATCH per run)
+    FLOCK_BACKFILL    single_run (default: a backfill of per-miner partitions from the UI is one run, and
+                      `dagster asset materialize --partition-range` works) | multi_run (UI backfills split into runs
+                      of FLOCK_MINER_BATCH miners; Dagster's CLI then refuses partition ranges)
     FLOCK_CELERY_BROKER / FLOCK_CELERY_BACKEND   the Celery broker and result backend (redis://host:6379/0); the
                       backend defaults to the broker
     FLOCK_CELERY_VISIBILITY_TIMEOUT_S  seconds a step may run before Redis hands it to another worker (default
@@ -47,7 +53,7 @@ from flock_pipeline.resources.warehouse import WarehouseResource
 
 __all__ = ["ChainResource", "LocalChainResource", "HubResource", "LocalHubResource", "EvaluatorResource",
            "ValidatorSettingsResource", "WarehouseResource", "build_resources", "flock_home", "ConfigError",
-           "store_url", "executor_settings", "celery_settings"]
+           "store_url", "executor_settings", "celery_settings", "batch_settings"]
 
 
 class ConfigError(ValueError):
@@ -106,6 +112,7 @@ def build_resources(home: Path | None = None) -> dict:
             raise ConfigError(f"FLOCK_SETTINGS: report_repo: {exc}") from exc
     check_competitions(validator_settings, evaluator)
     executor_settings()  # checked now too: a wrong executor is a configuration error before any work
+    batch_settings()
     return {
         "chain": chain,
         "hub": hub,
@@ -129,12 +136,30 @@ def store_url(home: Path | None = None) -> str:
     return url
 
 
-EXECUTORS = ("multiprocess", "in_process", "celery")
+EXECUTORS = ("in_process", "multiprocess", "celery")
+BACKFILLS = ("single_run", "multi_run")
+DEFAULT_MINER_BATCH = 32
+DATASET_BATCH = 256  # dataset downloads per run: no GPU, mostly waiting on the hub
+
+
+def batch_settings() -> tuple[int, str]:
+    """FLOCK_MINER_BATCH and FLOCK_BACKFILL, checked: (miners per run, backfill policy kind)."""
+    raw = os.environ.get("FLOCK_MINER_BATCH", "") or str(DEFAULT_MINER_BATCH)
+    try:
+        batch = int(raw)
+    except ValueError:
+        batch = 0
+    if batch < 1:
+        raise ConfigError(f"FLOCK_MINER_BATCH={raw!r}: a whole number of miners per run, at least 1")
+    backfill = os.environ.get("FLOCK_BACKFILL", "") or "single_run"
+    if backfill not in BACKFILLS:
+        raise ConfigError(f"FLOCK_BACKFILL={backfill!r}: use one of {', '.join(BACKFILLS)}")
+    return batch, backfill
 
 
 def executor_settings() -> tuple[str, dict | None]:
     """FLOCK_EXECUTOR, checked: (kind, the Celery executor's config for kind "celery", else None)."""
-    kind = os.environ.get("FLOCK_EXECUTOR", "multiprocess") or "multiprocess"
+    kind = os.environ.get("FLOCK_EXECUTOR", "in_process") or "in_process"
     if kind not in EXECUTORS:
         raise ConfigError(f"FLOCK_EXECUTOR={kind!r}: use one of {', '.join(EXECUTORS)}")
     return kind, celery_settings() if kind == "celery" else None

@@ -108,6 +108,14 @@ class StoreOps:
         with self._backend().transaction() as tx:
             self._replace(tx, type(record), {k: getattr(record, k) for k in record.KEY}, [record])
 
+    def session(self):
+        """A block of store operations on one open connection (see `Backend.session`)."""
+        return self._backend().session()
+
+    def released(self):
+        """Inside a session: free the database for other processes during a long computation."""
+        return self._backend().released()
+
     def rows(self, cls: type[Record], **equals) -> list:
         """Every record of `cls` whose columns equal `equals` (for reports, tools and tests), in key order."""
         unknown = set(equals) - set(cls.columns())

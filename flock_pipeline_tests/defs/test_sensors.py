@@ -9,7 +9,7 @@ from flock_pipeline.store import EvalResultRecord
 from flock_pipeline.core.commitment import Commitment
 from flock_pipeline.defs.assets import epochs_partitions, miners_partitions
 from flock_pipeline.defs.epoch import _run
-from flock_pipeline.defs.sensors import commitment_sensor, epoch_progress_sensor, new_block_sensor
+from flock_pipeline.defs.sensors import commitment_sensor, epoch_progress_sensor, new_block_sensor, request_miners
 from flock_pipeline.defs.assets import (chain_commitments, deduplicated_shards, miner_datasets,
                                         miner_eval_losses)
 
@@ -35,19 +35,26 @@ def test_new_block_sensor_opens_each_epoch_once(demo):
     assert _keys(later)[0][1] == str(epoch + 1)
 
 
-def test_commitment_sensor_requests_a_download_per_new_revision(demo):
+def test_commitment_sensor_downloads_new_revisions_in_one_batch(demo):
+    """New commitments are fetched ahead of the epoch in one run over the miners' partition range (their
+    partitions are added by the same tick), keyed by every miner's hotkey:revision; one changed commitment is a run
+    of its own."""
+    from flock_pipeline.defs.sensors import PREFETCH_TAG, RANGE_END, RANGE_START
+
     _, resources, instance, _ = demo
     chain, hub = resources["chain"], resources["hub"]
     res = {"chain": chain, "settings": resources["settings"]}
     result = commitment_sensor(dg.build_sensor_context(instance=instance, resources=res))
-    runs = _keys(result)
-    assert len(runs) == 6 and all(sel == ["miner_datasets"] for *_, sel in runs)
-    assert all(key == f"{hotkey}:{c.revision}" for key, hotkey, _ in runs
-               for c in [Commitment.from_compressed_str(next(x.data for x in chain.commitments() if x.hotkey == hotkey))])
-    assert set(result.dynamic_partitions_requests[0].partition_keys) == {p for _, p, _ in runs}
+    hotkeys = [c.hotkey for c in chain.commitments()]
+    assert list(result.dynamic_partitions_requests[0].partition_keys) == hotkeys
+    [run] = result.run_requests
+    assert [k.to_user_string() for k in run.asset_selection] == ["miner_datasets"]
+    assert (run.tags[RANGE_START], run.tags[RANGE_END]) == (hotkeys[0], hotkeys[-1])
+    assert run.tags[PREFETCH_TAG] == "true" and run.run_key.startswith(f"prefetch:{hotkeys[0]}..{hotkeys[-1]}:6:")
     quiet = commitment_sensor(dg.build_sensor_context(instance=instance, resources=res, cursor=result.cursor))
     assert isinstance(quiet, dg.SkipReason)
     # a miner changes its commitment: one new run, keyed by the new revision; junk commitments are ignored
+    instance.add_dynamic_partitions(miners_partitions.name, hotkeys)
     owner = type(hub)(root=hub.root, as_owner=True)
     revision = owner.upload("bob/atlas-notes", b'{"conversations": []}\n')
     chain.set_commitment("hk-honest-fair", Commitment("bob/atlas-notes", "1", revision).to_compressed_str())
@@ -71,18 +78,15 @@ def test_epoch_progress_sensor_walks_the_epoch(demo):
     assert chain.set_weights("validator", [0], [65535]).success  # a recent submission: the next is rate-limited
     instance.add_dynamic_partitions(epochs_partitions.name, [key])
     _run([chain_commitments], key, resources, instance)
-    result = tick()
-    downloads = _keys(result)
-    assert len(downloads) == 6 and {sel[0] for *_, sel in downloads} == {"miner_datasets"}
-    assert all(r.tags["flock/epoch"] == key for r in result.run_requests)
-    for _, hotkey, _ in downloads:
-        _run([miner_datasets], hotkey, resources, instance, epoch)
-    per_miner = _keys(tick())
-    assert len(per_miner) == 6
-    assert all(sel == ["deduplicated_shards", "miner_eval_losses"] and run_key.startswith(f"miner:{key}:{hotkey}:")
-               for run_key, hotkey, sel in per_miner)
-    for _, hotkey, _ in per_miner:
-        _run([deduplicated_shards, miner_eval_losses], hotkey, resources, instance, epoch)
+    hotkeys = [c.hotkey for c in resources["warehouse"].epoch_commitments(epoch)]
+    [downloads] = tick().run_requests  # every dataset in one run over the miners' partition range
+    assert [k.to_user_string() for k in downloads.asset_selection] == ["miner_datasets"]
+    assert downloads.tags["flock/epoch"] == key and request_miners(downloads, instance) == hotkeys
+    _run_request(downloads, resources, instance)
+    [batch] = tick().run_requests  # shards + evaluations: 6 miners, one batch (FLOCK_MINER_BATCH is 32)
+    assert [k.to_user_string() for k in batch.asset_selection] == ["deduplicated_shards", "miner_eval_losses"]
+    assert batch.run_key.startswith(f"miners:{key}:") and request_miners(batch, instance) == hotkeys
+    _run_request(batch, resources, instance)
     [(run_key, partition, selection)] = _keys(tick())
     assert run_key == f"score:{key}" and set(selection) == {"win_rates", "submitted_weights", "final_corpus"}
     from flock_pipeline.defs.assets import final_corpus, submitted_weights, win_rates
@@ -98,7 +102,15 @@ def test_epoch_progress_sensor_walks_the_epoch(demo):
     _run([submitted_weights], key, resources, instance)
     assert resources["warehouse"].weight_submission(epoch).success
     assert isinstance(tick(), dg.SkipReason)
-    assert set(instance.get_dynamic_partitions(miners_partitions.name)) == {h for _, h, _ in downloads}
+    assert instance.get_dynamic_partitions(miners_partitions.name) == hotkeys
+
+
+def _run_request(request, resources, instance):
+    """Execute a sensor's run request as the daemon would launch it (its tags, range and run key)."""
+    from flock_pipeline.defs.epoch import ASSET_BY_KEY
+
+    _run([ASSET_BY_KEY[k] for k in request.asset_selection], request.partition_key, resources, instance,
+         tags={**request.tags, "dagster/run_key": request.run_key})
 
 
 def _repo_revision(resources, hotkey):
@@ -106,11 +118,15 @@ def _repo_revision(resources, hotkey):
     return c.repo, c.revision
 
 
-def test_a_run_that_crashes_is_retried_under_a_new_key_then_given_up(demo, tmp_path):
-    """A run that dies without recording anything must not block its miner's run key, nor the epoch, for good."""
+def test_a_run_that_crashes_is_retried_under_a_new_key_then_given_up(demo, tmp_path, monkeypatch):
+    """A run that dies without recording anything must not block its miner's run key, nor the epoch, for good.
+    (One miner per run here; how a dying batch comes apart into such runs is the next test.)"""
     from flock_pipeline.defs.assets import ASSETS
     from flock_pipeline.defs.checks import CHECKS
     from flock_pipeline.resources import EvaluatorResource
+
+    monkeypatch.setattr("flock_pipeline.resources.DATASET_BATCH", 1)
+    monkeypatch.setenv("FLOCK_MINER_BATCH", "1")
 
     _, resources, instance, epoch = demo
     key = str(epoch)
@@ -223,3 +239,30 @@ def test_evaluation_runs_stopped_by_a_validator_fault_are_never_recorded_against
     requests, stage = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance)
     assert requests == [] and stage.startswith("stopped by a validator fault") and "FLOCK_DEVICE=cuda" in stage
     assert warehouse.rows(EvalResultRecord) == []
+
+
+def test_a_batch_that_keeps_dying_comes_apart_into_runs_of_one_miner(demo):
+    """Batches follow the partitions' order and the batch size; a batch whose runs died MAX_RUN_ATTEMPTS times is
+    requested again one miner per run (under each miner's own key), so a miner that kills its run is found alone."""
+    from flock_pipeline.defs.sensors import MAX_RUN_ATTEMPTS, next_epoch_requests
+
+    _, resources, instance, epoch = demo
+    key = str(epoch)
+    warehouse = resources["warehouse"]
+    instance.add_dynamic_partitions(epochs_partitions.name, [key])
+    _run([chain_commitments], key, resources, instance)
+    hotkeys = [c.hotkey for c in warehouse.epoch_commitments(epoch)]
+    provenance = resources["evaluator"].provenance()
+    [download], stage = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance, batch=4)
+    assert request_miners(download, instance) == hotkeys and stage == "downloading 6 dataset(s) in 1 run(s)"
+    for attempt in range(MAX_RUN_ATTEMPTS):
+        run_key = download.run_key if attempt == 0 else f"{download.run_key}#retry{attempt}"
+        instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=f"batch-died-{attempt}",
+                                       status=dg.DagsterRunStatus.FAILURE, tags={"dagster/run_key": run_key}))
+    singles, _ = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance, batch=4)
+    assert [r.partition_key for r in singles] == hotkeys
+    assert all(r.run_key.startswith(f"dataset:{key}:{r.partition_key}:") for r in singles)
+    _run_request(download, resources, instance)  # (the batch itself works: a real run of all six)
+    evaluations, stage = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance, batch=4)
+    assert [request_miners(r, instance) for r in evaluations] == [hotkeys[:4], hotkeys[4:]]
+    assert stage == "deduplicating + evaluating 6 miner(s) in 2 run(s)"
