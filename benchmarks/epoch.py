@@ -21,6 +21,7 @@ Numbers are from whatever machine runs it; on a shared 2-core machine they vary 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -113,14 +114,16 @@ def run_in_process(workdir: Path, miners: int, rows: int, models: Path | None) -
     return _report(epoch, home, wall, miners, runs, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def _materialize(env: dict, request) -> None:
+def _materialize(env: dict, request) -> float:
     start = request.tags.get("dagster/asset_partition_range_start")
     where = (["--partition-range", f"{start}...{request.tags['dagster/asset_partition_range_end']}"]
              if start is not None else ["--partition", request.partition_key])
     select = ",".join(k.to_user_string() for k in request.asset_selection)
+    started = time.perf_counter()
     subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m",
                     "flock_pipeline.definitions", "--select", select, *where], env=env, cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return round(time.perf_counter() - started, 2)
 
 
 def run_dagster(workdir: Path, miners: int, rows: int, models: Path | None) -> dict:
@@ -133,19 +136,20 @@ def run_dagster(workdir: Path, miners: int, rows: int, models: Path | None) -> d
     started = time.perf_counter()
     subprocess.run([str(Path(sys.executable).parent / "flock"), "epoch", "open", str(epoch)], env=env, cwd=ROOT,
                    check=True, stdout=subprocess.DEVNULL)
-    runs = 1
+    first = time.perf_counter()
     subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m",
                     "flock_pipeline.definitions", "--select", "chain_commitments", "--partition", str(epoch)],
                    env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run_seconds = [round(time.perf_counter() - first, 2)]
     for _ in range(4 * miners + 10):  # a bound: every stage makes progress or the loop stops
         requests = _next_requests(epoch, env)
         if not requests:
             break
-        for request in requests:
-            _materialize(env, request)
-            runs += 1
+        run_seconds += [_materialize(env, request) for request in requests]
     wall = time.perf_counter() - started
-    return _report(epoch, home, wall, miners, runs, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    report = _report(epoch, home, wall, miners, len(run_seconds),
+                     resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return {**report, "run_seconds": run_seconds}
 
 
 def _next_requests(epoch: int, env: dict) -> list:
@@ -157,16 +161,19 @@ def _next_requests(epoch: int, env: dict) -> list:
 
         from flock_pipeline.core.schema import verdict_key
         from flock_pipeline.defs.sensors import next_epoch_requests
+        from flock_pipeline import resources as flock_resources
         from flock_pipeline.resources import build_resources
         from flock_pipeline.validator.evaluation import competition_recipe
 
         resources = build_resources(Path(env["FLOCK_HOME"]))
         evaluator, settings = resources["evaluator"], resources["settings"]
+        batching = {"batch": flock_resources.batch_settings()[0]} if "batch" in inspect.signature(next_epoch_requests).parameters \
+            else {}  # (commits before batching: one run per miner)
         with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
             requests, _stage = next_epoch_requests(
                 epoch, resources["warehouse"], instance,
                 lambda c: evaluator.provenance(build=False, recipe=competition_recipe(settings, c)),
-                resources["chain"].current_block(), 0, verdict_key(settings.limits()))
+                resources["chain"].current_block(), 0, verdict_key(settings.limits()), **batching)
         return requests
     finally:
         for k, v in saved.items():

@@ -112,10 +112,21 @@ def build_tiny_model(dest: Path, seed: int = 0) -> Path:
 
 
 def ensure_tiny_model(cache_dir: Path) -> Path:
-    """The cached tiny model directory, built on first use."""
+    """The cached tiny model directory, built on first use: by one process, under a file lock (the others wait
+    for it and use its build)."""
     dest = Path(cache_dir) / f"tiny-qwen2-{TINY_MODEL_VERSION}"
-    if not (dest / "flock_build.json").exists():
-        build_tiny_model(dest)
+    if (dest / "flock_build.json").exists():
+        return dest
+    import fcntl
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".{dest.name}.lock", "a") as lock:  # runs started together build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (dest / "flock_build.json").exists():
+                build_tiny_model(dest)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return dest
 
 

@@ -26,7 +26,7 @@ from flock_pipeline.store import CommitmentRecord, ScoreRecord, frame as records
 from flock_pipeline.store.backends import store_dialect
 from flock_pipeline.validator.commitments import snapshot_commitments
 from flock_pipeline.validator.datasets import fetch_miner_dataset
-from flock_pipeline.validator.evaluation import evaluate_miner
+from flock_pipeline.validator.evaluation import evaluate_miners
 from flock_pipeline.validator.faults import ValidatorFault
 from flock_pipeline.validator.scoring import build_epoch_corpus, compute_epoch_scores, submit_epoch_weights
 from flock_pipeline.validator.reports import publish_epoch_report
@@ -230,11 +230,16 @@ def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorRes
     """LoRA fine-tune of the base model on the miner's shard (latest epoch), then the eval loss: mean over eval
     rows of each row's mean assistant-token cross-entropy (nats/token); per-row losses are kept. Cached by
     (shard hash, base model + revision, recipe hash, eval revision). A crash is recorded as a failure with its
-    error and retried; it never becomes a loss. A batch run loads the base model once for all its miners."""
+    error and retried; it never becomes a loss. A batch run loads the base model once for all its miners and, with
+    multi-LoRA (on by default on CUDA), trains them side by side."""
     epoch = epoch_of_run(context)
+    with validator_faults_stop_the_step(), warehouse.session():
+        records = evaluate_miners(list(context.partition_keys), evaluator, hub, warehouse, settings, epoch=epoch)
 
     def evaluate(hotkey: str) -> dict:
-        record = evaluate_miner(hotkey, evaluator, hub, warehouse, settings, epoch=epoch)
+        record = records[hotkey]
+        if isinstance(record, Exception):
+            raise record
         return {
             "epoch": epoch if epoch is not None else -1,
             "status": record.status, "reason": record.reason or "",

@@ -17,6 +17,7 @@
     FLOCK_BASE_MODEL  "tiny" (default, built offline) or a local model directory
     FLOCK_DEVICE      auto | cpu | cuda
     FLOCK_RECIPE      JSON object of TrainRecipe overrides
+    FLOCK_MULTI_LORA  auto (default: on CUDA, a batch's miners train side by side over one base) | on | off
     FLOCK_SETTINGS    JSON object of ValidatorSettingsResource overrides (dedup, scoring mode, limits, ...)
     FLOCK_COMPETITIONS  the competitions: a preset (curation | sn96 | selection-local), JSON, or @path to a JSON
                       file; default: $FLOCK_HOME/competitions.json when it exists, else one curation game
@@ -98,7 +99,12 @@ def build_resources(home: Path | None = None) -> dict:
                                   recipe=os.environ.get("FLOCK_RECIPE", "{}"),
                                   timeout_s=int(os.environ.get("FLOCK_EVAL_TIMEOUT_S", "0")),
                                   run_tags=_eval_run_tags(os.environ.get("FLOCK_EVAL_RUN_TAGS", "{}")),
+                                  multi_lora=os.environ.get("FLOCK_MULTI_LORA", "auto") or "auto",
                                   cache_dir=str(home / "models"))
+    try:
+        evaluator.multi_lora_enabled()
+    except ValueError as exc:
+        raise ConfigError(f"FLOCK_MULTI_LORA: {exc}") from exc
     try:
         validator_settings = ValidatorSettingsResource(corpus_dir=str(home / "corpus"), **settings)
     except Exception as exc:  # pydantic's ValidationError: a wrong type in FLOCK_SETTINGS

@@ -42,6 +42,20 @@ class EvaluatorResource(dg.ConfigurableResource):
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     timeout_s: int = 0  # an evaluation run's time limit (the sensor's `dagster/max_runtime` tag); 0: none
     run_tags: str = "{}"  # JSON object of extra tags on evaluation runs, e.g. a Kubernetes GPU request
+    multi_lora: str = "auto"  # train a batch's miners side by side (core/multilora.py): auto (on CUDA) | on | off
+    multi_lora_max: int = 8  # adapters trained together in one pass
+
+    def multi_lora_enabled(self) -> bool:
+        """Whether evaluations train through multi-LoRA: "on", or "auto" on a CUDA device. On CUDA the adapters'
+        dropout masks come from per-row device generators (so a result never depends on the batch), which the
+        single-miner trainer's torch dropout does not use: the provenance tells the two apart."""
+        if self.multi_lora not in ("auto", "on", "off"):
+            raise ValueError(f"multi_lora must be auto, on or off, got {self.multi_lora!r}")
+        if self.multi_lora == "auto":
+            from flock_pipeline.core.evaluator import resolve_device
+
+            return resolve_device(self.device).type == "cuda"
+        return self.multi_lora == "on"
 
     def evaluation_run_tags(self) -> dict[str, str]:
         """The extra tags of an evaluation run; a non-string value is written as JSON (Dagster tags are text)."""
@@ -123,6 +137,45 @@ class EvaluatorResource(dg.ConfigurableResource):
         with _LOCK:  # one training at a time per process: the base model is shared
             return core_eval.train_and_evaluate(base, train_rows, eval_rows, self.train_recipe(recipe), on_step)
 
+    def evaluate_many(self, train_sets: list[list[ChatRow]], eval_rows: list[ChatRow],
+                      recipe: dict | None = None) -> list["EvalOutcome | Exception"]:
+        """One outcome per training set (or the exception its evaluation raised), on the same eval rows and recipe.
+
+        With multi-LoRA, up to `multi_lora_max` sets train side by side; a pass that fails as a whole (out of
+        memory at the smallest micro-batch, say) is redone one set at a time, so one miner's failure is its own.
+        Without it, each set is trained alone in turn."""
+        from flock_pipeline.core import evaluator as core_eval
+
+        recipe_ = self.train_recipe(recipe)
+        results: list = [None] * len(train_sets)
+        if self.multi_lora_enabled() and recipe_.quantization == "none" and recipe_.optimizer == "adamw":
+            from flock_pipeline.core.multilora import train_and_evaluate_many
+
+            base = self.load()
+            rows = [[r.stripped() for r in s] if recipe_.strip_whitespace else list(s) for s in train_sets]
+            evals = [r.stripped() for r in eval_rows] if recipe_.strip_whitespace else list(eval_rows)
+            with _LOCK:
+                eval_tok = core_eval.tokenize_rows(evals, base.tokenizer, recipe_.max_seq_len)
+                train_tok = [core_eval.tokenize_rows(s[: recipe_.max_train_rows], base.tokenizer,
+                                                     recipe_.max_seq_len) for s in rows]
+            todo = [i for i, t in enumerate(train_tok) if t]
+            for start in range(0, len(todo), self.multi_lora_max):
+                chunk = todo[start:start + self.multi_lora_max]
+                try:
+                    with _LOCK:
+                        outcomes = train_and_evaluate_many(base, [train_tok[i] for i in chunk], eval_tok, recipe_)
+                except Exception:  # noqa: BLE001 - each set of the pass is redone alone below
+                    continue
+                for i, outcome in zip(chunk, outcomes):
+                    results[i] = outcome
+        for i, rows in enumerate(train_sets):
+            if results[i] is None:
+                try:
+                    results[i] = self.evaluate(rows, eval_rows, recipe=recipe)
+                except Exception as exc:  # noqa: BLE001 - returned: the caller records it for that miner
+                    results[i] = exc
+        return results
+
     def base_loss(self, eval_rows: list[ChatRow], recipe: dict | None = None) -> "EvalOutcome":
         from flock_pipeline.core import evaluator as core_eval
 
@@ -149,7 +202,8 @@ class EvaluatorResource(dg.ConfigurableResource):
         recipe = self.train_recipe(recipe)
         device = resolve_device(self.device)
         dtype = str(resolve_dtype(recipe.precision, device)).removeprefix("torch.")
-        numerics = hashlib.sha256(f"{recipe.recipe_hash()}|{device.type}|{dtype}".encode()).hexdigest()[:16]
+        trainer = "|multi-lora" if device.type == "cuda" and self.multi_lora_enabled() else ""
+        numerics = hashlib.sha256(f"{recipe.recipe_hash()}|{device.type}|{dtype}{trainer}".encode()).hexdigest()[:16]
         return {"base_model": self.model_name(), "base_revision": model_revision(path),
                 "recipe_hash": numerics, "recipe": recipe.to_dict(), "device": device.type, "dtype": dtype,
                 "versions": {lib: version(lib) for lib in ("torch", "transformers", "peft")}}

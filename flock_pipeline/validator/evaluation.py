@@ -73,48 +73,92 @@ def shard_cache_key(shard: ShardRecord, eval_revision: str, evaluator: Evaluator
     return cache_key(shard.shard_hash, provenance, eval_revision)
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """A miner whose evaluation must run: its shard, recipe, cache key and the attempts so far."""
+
+    hotkey: str
+    found: ShardToEvaluate
+    recipe: dict
+    provenance: dict
+    key: str
+    attempts: int
+
+
 def evaluate_miner(hotkey: str, evaluator: EvaluatorResource, hub: HubResource, warehouse: WarehouseResource,
                    settings: ValidatorSettingsResource, epoch: int | None = None) -> EvalRecord:
     """Evaluate `hotkey`'s shard of `epoch` (default: the latest epoch with one) on its competition's eval set with
     its recipe; skipped when ineligible."""
-    found = miner_shard(warehouse, hotkey, epoch)
-    if found is None:
-        return EvalRecord(hotkey, "skipped", "no shard: deduplicated_shards has not run for this miner")
-    shard = found.shard
-    if shard.status != "eligible":
-        return EvalRecord(hotkey, "skipped", shard.reason)
-    recipe = competition_recipe(settings, shard.competition)
-    provenance = evaluator.provenance(recipe=recipe)
-    key = cache_key(shard.shard_hash, provenance, found.eval_revision)
-    previous = warehouse.eval_result(key)
-    attempts = int(previous.attempts) if previous is not None else 0
-    if previous is not None and previous.final:
-        return _record_of(hotkey, previous, cached=True)
-    preflight(evaluator, hub, found.eval_repo, found.eval_revision, recipe)  # the validator's own faults
-    train_rows = rows_from_json(warehouse.shard_rows(shard.shard_hash))
-    eval_rows = load_eval_rows(hub, found.eval_repo, found.eval_revision)
-    attempts += 1
-    try:
-        outcome = evaluator.evaluate(train_rows, eval_rows, recipe=recipe)
-        if not math.isfinite(outcome.eval_loss):
-            raise FloatingPointError(f"eval loss is {outcome.eval_loss}")
-    except Exception as exc:  # a crash is recorded as this miner's failure, never as a made-up loss ...
+    result = evaluate_miners([hotkey], evaluator, hub, warehouse, settings, epoch)[hotkey]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubResource, warehouse: WarehouseResource,
+                    settings: ValidatorSettingsResource, epoch: int | None = None) -> dict[str, EvalRecord | Exception]:
+    """Evaluate several miners' shards of `epoch`: hotkey -> its record, or the TransientEvalError to retry it.
+
+    Cached and ineligible miners are answered from the store; the others are trained together per competition
+    (same recipe and eval set), through multi-LoRA when the evaluator has it on. Each miner's outcome is recorded
+    on its own: a crash is that miner's failure (retried up to MAX_ATTEMPTS), never the others'. A ValidatorFault
+    (the device, the model, the eval set) is raised at once, and nothing is recorded against any miner."""
+    results: dict[str, EvalRecord | Exception] = {}
+    groups: dict[tuple, list[_Pending]] = {}
+    for hotkey in hotkeys:
+        found = miner_shard(warehouse, hotkey, epoch)
+        if found is None:
+            results[hotkey] = EvalRecord(hotkey, "skipped", "no shard: deduplicated_shards has not run for this miner")
+            continue
+        if found.shard.status != "eligible":
+            results[hotkey] = EvalRecord(hotkey, "skipped", found.shard.reason)
+            continue
+        recipe = competition_recipe(settings, found.shard.competition)
+        provenance = evaluator.provenance(recipe=recipe)
+        key = cache_key(found.shard.shard_hash, provenance, found.eval_revision)
+        previous = warehouse.eval_result(key)
+        if previous is not None and previous.final:
+            results[hotkey] = _record_of(hotkey, previous, cached=True)
+            continue
+        attempts = int(previous.attempts) if previous is not None else 0
+        group = (json.dumps(recipe, sort_keys=True), found.eval_repo, found.eval_revision)
+        groups.setdefault(group, []).append(_Pending(hotkey, found, recipe, provenance, key, attempts))
+    for (_, eval_repo, eval_revision), pending in groups.items():
+        preflight(evaluator, hub, eval_repo, eval_revision, pending[0].recipe)  # the validator's own faults
+        eval_rows = load_eval_rows(hub, eval_repo, eval_revision)
+        train_sets = [rows_from_json(warehouse.shard_rows(p.found.shard.shard_hash)) for p in pending]
+        with warehouse.released():  # training takes a while: other processes may use the store meanwhile
+            outcomes = evaluator.evaluate_many(train_sets, eval_rows, recipe=pending[0].recipe)
+        for p, outcome in zip(pending, outcomes):
+            results[p.hotkey] = _record_outcome(p, outcome, warehouse)
+    return results
+
+
+def _record_outcome(p: _Pending, outcome, warehouse: WarehouseResource) -> EvalRecord | TransientEvalError:
+    """Record one miner's evaluation outcome (an EvalOutcome or the exception it raised)."""
+    shard, attempts = p.found.shard, p.attempts + 1
+    if not isinstance(outcome, Exception) and not math.isfinite(outcome.eval_loss):
+        outcome = FloatingPointError(f"eval loss is {outcome.eval_loss}")
+    if isinstance(outcome, Exception):  # a crash is recorded as this miner's failure, never as a made-up loss ...
+        exc = outcome
         if is_validator_fault(exc):  # ... unless it is the validator's own: then nothing is recorded
-            raise ValidatorFault(f"evaluating {hotkey} failed in the validator's environment, not the miner's "
+            raise ValidatorFault(f"evaluating {p.hotkey} failed in the validator's environment, not the miner's "
                                  f"data: {type(exc).__name__}: {exc}") from exc
         error = f"{type(exc).__name__}: {exc}"
         retry = attempts < MAX_ATTEMPTS and not isinstance(exc, ValueError)  # ValueError: the data, not luck
-        warehouse.record_eval_result(_row(key, shard.shard_hash, "failed", error, None, [], [], 0, 0, 0.0,
-                                          provenance, attempts, final=not retry))
+        warehouse.record_eval_result(_row(p.key, shard.shard_hash, "failed", error, None, [], [], 0, 0, 0.0,
+                                          p.provenance, attempts, final=not retry))
         if retry:
-            raise TransientEvalError(f"attempt {attempts}/{MAX_ATTEMPTS} failed: {error}\n"
-                                     f"{traceback.format_exc(limit=3)}") from exc
-        return EvalRecord(hotkey, "failed", error, key, attempts=attempts)
-    result = _row(key, shard.shard_hash, "ok", None, outcome.eval_loss, outcome.per_row_losses,
+            trace = "".join(traceback.format_exception(exc, limit=3))
+            failure = TransientEvalError(f"attempt {attempts}/{MAX_ATTEMPTS} failed: {error}\n{trace}")
+            failure.__cause__ = exc
+            return failure
+        return EvalRecord(p.hotkey, "failed", error, p.key, attempts=attempts)
+    result = _row(p.key, shard.shard_hash, "ok", None, outcome.eval_loss, outcome.per_row_losses,
                   outcome.train_losses, outcome.train_tokens, outcome.eval_tokens,
-                  outcome.train_seconds + outcome.eval_seconds, provenance, attempts)
+                  outcome.train_seconds + outcome.eval_seconds, p.provenance, attempts)
     warehouse.record_eval_result(result)
-    return _record_of(hotkey, result, cached=False)
+    return _record_of(p.hotkey, result, cached=False)
 
 
 def _row(key, shard, status, error, loss, per_row, train_losses, train_tokens, eval_tokens, seconds, provenance,

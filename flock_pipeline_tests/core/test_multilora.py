@@ -1,0 +1,71 @@
+"""Multi-LoRA (several miners' adapters trained side by side) against the single-miner trainer, on CPU with the
+embedded tiny model."""
+
+from __future__ import annotations
+
+import torch
+
+torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+from flock_pipeline.core.evaluator import load_base_model, tokenize_rows, train_and_evaluate_tokens  # noqa: E402
+from flock_pipeline.core.multilora import train_and_evaluate_many  # noqa: E402
+from flock_pipeline.core.recipe import TrainRecipe  # noqa: E402
+from flock_pipeline.core.synthetic import eval_rows, honest_rows, make_atlas, off_domain_rows  # noqa: E402
+
+ATLAS = make_atlas(7)
+# 2 epochs, warm-up, clipping, dropout on, datasets of different sizes (so one adapter stops stepping early)
+RECIPE = TrainRecipe(learning_rate=1e-2, max_seq_len=256, epochs=2, batch_size=4, warmup_steps=2, lora_dropout=0.1,
+                     max_grad_norm=0.5, weight_decay=0.01, train_micro_tokens=600)
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model_dir):
+    return load_base_model(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def data(base):
+    sets = [honest_rows(ATLAS, 12, 3), off_domain_rows(7, 1), honest_rows(ATLAS, 9, 5, wrong_share=0.5)]
+    tok = [tokenize_rows(rows, base.tokenizer, RECIPE.max_seq_len) for rows in sets]
+    return tok, tokenize_rows(eval_rows(ATLAS)[:24], base.tokenizer, RECIPE.max_seq_len)
+
+
+def _snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_multi_lora_training_equals_training_each_miner_alone(base, data):
+    """Three miners trained side by side get the single-miner trainer's train losses and eval losses (to float
+    rounding of the shared matrix products), and the base model is left exactly as it was."""
+    train_sets, evals = data
+    before = _snapshot(base.model)
+    together = train_and_evaluate_many(base, train_sets, evals, RECIPE)
+    for rows, multi in zip(train_sets, together):
+        alone = train_and_evaluate_tokens(base, rows, evals, RECIPE)
+        assert multi.optimizer_steps == alone.optimizer_steps == len(alone.train_losses)
+        assert multi.train_losses == pytest.approx(alone.train_losses, rel=1e-5)
+        assert multi.per_row_losses == pytest.approx(alone.per_row_losses, rel=1e-5)
+        assert multi.eval_loss == pytest.approx(alone.eval_loss, rel=1e-5)
+    assert len({round(o.eval_loss, 4) for o in together}) == 3  # the data matters: equality is not trivial
+    after = _snapshot(base.model)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert not any(p.requires_grad for p in base.model.parameters())
+
+
+def test_a_miners_result_does_not_depend_on_who_shares_its_batch(base, data):
+    train_sets, evals = data
+    all_three = train_and_evaluate_many(base, train_sets, evals, RECIPE)
+    two = train_and_evaluate_many(base, [train_sets[2], train_sets[0]], evals, RECIPE)
+    alone = train_and_evaluate_many(base, [train_sets[2]], evals, RECIPE)
+    for outcome in (two[0], alone[0]):
+        assert outcome.train_losses == pytest.approx(all_three[2].train_losses, rel=1e-5)
+        assert outcome.eval_loss == pytest.approx(all_three[2].eval_loss, rel=1e-5)
+    assert two[1].eval_loss == pytest.approx(all_three[0].eval_loss, rel=1e-5)
+
+
+def test_multi_lora_refuses_what_it_does_not_train(base, data):
+    train_sets, evals = data
+    with pytest.raises(ValueError, match="training rows"):
+        train_and_evaluate_many(base, [train_sets[0], []], evals, RECIPE)
