@@ -126,6 +126,24 @@ def cmd_epoch_miners(args) -> int:
     return 0
 
 
+def cmd_epoch_batches(args) -> int:
+    """The epoch's accepted miners as `miners` partition ranges of at most --size miners (FLOCK_MINER_BATCH), one
+    `FIRST...LAST` per line: what `dagster asset materialize --partition-range` takes, in the batches the sensors
+    launch."""
+    import dagster as dg
+
+    from flock_pipeline.defs.sensors import miner_batches
+    from flock_pipeline.resources import batch_settings, build_resources
+
+    size = args.size or batch_settings()[0]
+    commitments = build_resources()["warehouse"].epoch_commitments(args.epoch)
+    hotkeys = [c.hotkey for c in commitments if c.status == "ok"]
+    for batch in miner_batches(_instance() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral(),
+                               hotkeys, size):
+        print(f"{batch[0]}...{batch[-1]}")
+    return 0
+
+
 def cmd_epoch_report(args) -> int:
     from flock_pipeline.demo import epoch_report, format_report
     from flock_pipeline.resources import build_resources, flock_home
@@ -441,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     miners = epoch.add_parser("miners", help="hotkeys (miners partitions) to materialize for the epoch")
     miners.add_argument("epoch", type=int)
     miners.set_defaults(func=cmd_epoch_miners)
+    batches = epoch.add_parser("batches", help="the epoch's miners as partition ranges (FIRST...LAST) of at most "
+                               "--size miners, for dagster asset materialize --partition-range")
+    batches.add_argument("epoch", type=int)
+    batches.add_argument("--size", type=int, default=0, help="miners per range (default: FLOCK_MINER_BATCH, 32)")
+    batches.set_defaults(func=cmd_epoch_batches)
     report = epoch.add_parser("report", help="the epoch's table (or --json)")
     report.add_argument("epoch", type=int)
     report.add_argument("--json", action="store_true")

@@ -49,7 +49,11 @@ def test_configuration_errors(tmp_path, monkeypatch, env, message):
 @pytest.mark.parametrize("env, message", [
     ({"FLOCK_STORE": "mysql://db/results"}, "FLOCK_STORE: mysql://db/results: use duckdb"),
     ({"FLOCK_STORE": "postgresql://host:5432"}, "FLOCK_STORE: .*name the database"),
-    ({"FLOCK_EXECUTOR": "dask"}, "FLOCK_EXECUTOR='dask': use one of multiprocess, in_process, celery"),
+    ({"FLOCK_EXECUTOR": "dask"}, "FLOCK_EXECUTOR='dask': use one of in_process, multiprocess, celery"),
+    ({"FLOCK_MINER_BATCH": "0"}, "FLOCK_MINER_BATCH='0': a whole number of miners per run, at least 1"),
+    ({"FLOCK_MINER_BATCH": "eight"}, "FLOCK_MINER_BATCH='eight'"),
+    ({"FLOCK_BACKFILL": "per_miner"}, "FLOCK_BACKFILL='per_miner': use one of single_run, multi_run"),
+    ({"FLOCK_MULTI_LORA": "yes"}, "FLOCK_MULTI_LORA: multi_lora must be auto, on or off"),
     ({"FLOCK_EXECUTOR": "celery"}, "set FLOCK_CELERY_BROKER"),
     ({"FLOCK_EXECUTOR": "celery", "FLOCK_CELERY_BROKER": "http://x"}, "FLOCK_CELERY_BROKER=.*redis:// or amqp://"),
     ({"FLOCK_EXECUTOR": "celery", "FLOCK_CELERY_BROKER": "redis://h:6379/0",
