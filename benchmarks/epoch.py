@@ -14,6 +14,10 @@ eval (the evaluator's own timers, summed over miners), the miners evaluated, and
 `in_process`; the largest child for `dagster`).
 
     python benchmarks/epoch.py [--miners 8] [--paths dagster in_process] [--rows 40] [--json]
+    python benchmarks/epoch.py --size 1.5b --miners 64 --json     # GPU: a random-weight Qwen2.5-1.5B shape
+
+With `--size 0.5b|1.5b|3b` the base model is a random-weight Qwen2.5 shape (built once under --work-dir) on CUDA,
+with the live recipe (lr 2e-4, bf16, max_seq_len 2048) and multi-LoRA on (the CUDA default).
 
 Numbers are from whatever machine runs it; on a shared 2-core machine they vary by 10-20 % run to run.
 """
@@ -189,16 +193,31 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=40, help="rows per miner's dataset")
     parser.add_argument("--paths", nargs="+", default=["dagster", "in_process"], choices=["dagster", "in_process"])
     parser.add_argument("--models", default=".flock/models", help="a model cache to copy (the tiny model)")
+    parser.add_argument("--size", default="tiny", choices=["tiny", "0.5b", "1.5b", "3b"],
+                        help="tiny (CPU, the embedded model) or a random-weight Qwen2.5 shape (CUDA)")
+    parser.add_argument("--work-dir", default="/tmp/flock-epoch-bench-models", help="where --size models are built")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     models = (ROOT / args.models).resolve()
-    report = {"miners": args.miners, "rows_per_miner": args.rows}
+    report = {"miners": args.miners, "rows_per_miner": args.rows, "size": args.size}
+    if args.size != "tiny":
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"--size {args.size} runs on a CUDA device, and none is visible", file=sys.stderr)
+            return 2
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from evaluator import workload  # the same random-weight shapes as the evaluator benchmark
+
+        model_dir, *_ = workload(args.size, 1, 1, Path(args.work_dir))
+        os.environ.update({"FLOCK_BASE_MODEL": str(model_dir), "FLOCK_DEVICE": "cuda"})
+        models = None
     with tempfile.TemporaryDirectory(prefix="flock-epoch-bench-") as tmp:
         for path in args.paths:
             run = run_dagster if path == "dagster" else run_in_process
-            report[path] = run(Path(tmp), args.miners, args.rows, models if models.is_dir() else None)
+            report[path] = run(Path(tmp), args.miners, args.rows, models if models and models.is_dir() else None)
     if "dagster" in report and "in_process" in report:
         report["dagster_vs_in_process"] = round(report["dagster"]["s_per_miner"]
                                                 / report["in_process"]["s_per_miner"], 2)

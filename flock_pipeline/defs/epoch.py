@@ -1,8 +1,9 @@
 """One whole epoch, through the same assets, stage by stage (what the sensors do over time).
 
-Used by `flock epoch run` and `flock demo`, and by the tests. Each stage is a `dg.materialize` of the same asset
-definitions with the given resources and instance, so the runs, materializations and check results are recorded
-in that Dagster instance exactly as when the sensors launch them. With FLOCK_EXECUTOR=celery each stage is instead a
+Used by `flock epoch run` and `flock demo`, and by the tests. The runner asks the epoch sensor's own request logic
+(`sensors.next_epoch_requests`) for the next stage and executes exactly those runs (per-miner stages in batches of
+miners), each a `dg.materialize` of the same asset definitions with the given resources and instance, so the runs,
+materializations and check results are recorded in that Dagster instance exactly as when the sensors launch them. With FLOCK_EXECUTOR=celery each stage is instead a
 run of the stage job on the (persistent) instance, and its steps execute on the Celery workers.
 """
 

@@ -20,9 +20,9 @@ import dagster as dg
 from flock_pipeline.core.commitment import Commitment, CommitmentError
 from flock_pipeline.core.schema import verdict_key
 from flock_pipeline.defs.epoch import error_cause
-from flock_pipeline.defs.assets import (EPOCH_TAG, RANGE_END, RANGE_START, chain_commitments, deduplicated_shards, epochs_partitions, final_corpus,
-                                        miner_datasets, miner_eval_losses, miners_in_range, miners_partitions, submitted_weights,
-                                        win_rates)
+from flock_pipeline.defs.assets import (EPOCH_TAG, RANGE_END, RANGE_START, chain_commitments, deduplicated_shards,
+                                        epochs_partitions, final_corpus, miner_datasets, miner_eval_losses,
+                                        miners_in_range, miners_partitions, submitted_weights, win_rates)
 from flock_pipeline.resources import batch_settings
 from flock_pipeline.resources.chain import ChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
@@ -88,17 +88,9 @@ def commitment_sensor(context: dg.SensorEvaluationContext, chain: ChainResource,
         changed[raw.hotkey] = f"{raw.hotkey}:{c.revision}"
     if not changed:
         return dg.SkipReason("no new commitments")
-    requests = []
-    for batch in miner_batches(context.instance, list(changed), DATASET_BATCH, appended=new_hotkeys):
-        tags = {PREFETCH_TAG: "true"}
-        if len(batch) == 1:
-            requests.append(dg.RunRequest(run_key=changed[batch[0]], partition_key=batch[0], tags=tags,
-                                          asset_selection=[miner_datasets.key]))
-            continue
-        digest = hashlib.sha256("|".join(changed[h] for h in batch).encode()).hexdigest()[:16]
-        requests.append(dg.RunRequest(run_key=f"prefetch:{batch[0]}..{batch[-1]}:{len(batch)}:{digest}",
-                                      tags={**tags, RANGE_START: batch[0], RANGE_END: batch[-1]},
-                                      asset_selection=[miner_datasets.key]))
+    requests = [_batch_request(changed[batch[0]] if len(batch) == 1 else _batch_key("prefetch", batch, changed),
+                               batch, {PREFETCH_TAG: "true"}, [miner_datasets.key])
+                for batch in miner_batches(context.instance, list(changed), DATASET_BATCH, appended=new_hotkeys)]
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True),
                            dynamic_partitions_requests=[miners_partitions.build_add_request(new_hotkeys)]
                            if new_hotkeys else [])
@@ -194,21 +186,31 @@ def _miner_requests(instance: dg.DagsterInstance, bases: dict[str, str], size: i
 
     for batch in miner_batches(instance, list(bases), size):
         if len(batch) > 1:
-            digest = hashlib.sha256("|".join(bases[h] for h in batch).encode()).hexdigest()[:16]
-            run_key = _run_key(instance, f"{prefix}:{batch[0]}..{batch[-1]}:{len(batch)}:{digest}")
+            run_key = _run_key(instance, _batch_key(prefix, batch, bases))
             if run_key is not None:
-                requests.append(dg.RunRequest(run_key=run_key, asset_selection=selection,
-                                              tags={**limited(len(batch)), RANGE_START: batch[0],
-                                                    RANGE_END: batch[-1]}))
+                requests.append(_batch_request(run_key, batch, limited(len(batch)), selection))
                 continue
         for hotkey in batch:
             run_key = _run_key(instance, bases[hotkey])
             if run_key is None:
                 given_up.append(hotkey)
             else:
-                requests.append(dg.RunRequest(run_key=run_key, partition_key=hotkey, tags=limited(1),
-                                              asset_selection=selection))
+                requests.append(_batch_request(run_key, [hotkey], limited(1), selection))
     return requests, given_up
+
+
+def _batch_key(prefix: str, batch: list[str], bases: dict[str, str]) -> str:
+    """A batch's run key: its range, size and a digest of its members' own keys (hotkey and revision)."""
+    digest = hashlib.sha256("|".join(bases[h] for h in batch).encode()).hexdigest()[:16]
+    return f"{prefix}:{batch[0]}..{batch[-1]}:{len(batch)}:{digest}"
+
+
+def _batch_request(run_key: str, batch: list[str], tags: dict, selection: list) -> dg.RunRequest:
+    """A run of `selection` for one miner's partition, or for the partition range of a batch."""
+    if len(batch) == 1:
+        return dg.RunRequest(run_key=run_key, partition_key=batch[0], tags=tags, asset_selection=selection)
+    return dg.RunRequest(run_key=run_key, tags={**tags, RANGE_START: batch[0], RANGE_END: batch[-1]},
+                         asset_selection=selection)
 
 
 def request_miners(request: dg.RunRequest, instance: dg.DagsterInstance) -> list[str]:

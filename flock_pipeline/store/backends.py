@@ -3,8 +3,9 @@
 Both take SQL written once with `?` placeholders and the types of `migrations.TYPES`. A backend runs reads, runs a
 transaction (commit on success, rollback on any error) and brings the schema up to date on first use.
 
-DuckDB allows one writing process per file: a connection is opened per operation and retried while another process
-holds the file's lock (up to LOCK_WAIT_S). PostgreSQL takes any number of processes on any number of hosts: each
+DuckDB allows one writing process per file: a connection is opened per operation (or held for a `session`, a step's
+batch of miners, and let go during training) and retried while another process holds the file's lock (up to
+LOCK_WAIT_S). PostgreSQL takes any number of processes on any number of hosts: each
 process keeps a small connection pool (psycopg_pool), made again after a fork, and writers of one scope (an epoch's
 commitments, one cache key) are serialised with a transaction-level advisory lock, so a retried or racing write
 replaces rows instead of duplicating or failing on them.

@@ -54,12 +54,14 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
     if known is not None and known.status in ("ok", "invalid") and known.verdict_key == verdict_key(limits):
         return _outcome(hotkey, known, cached=True)  # decided by the content under the same limits and rules
     try:
-        info = hub.file_info(repo, revision)
-        if info.size > limits.max_file_bytes:
+        with warehouse.released():  # the hub may be slow: other processes may use the store meanwhile
+            info = hub.file_info(repo, revision)
+            data = hub.download(repo, revision, max_bytes=limits.max_file_bytes) \
+                if info.size <= limits.max_file_bytes else None
+        if data is None:
             return _record(warehouse, hotkey, repo, revision, "invalid",
                            f"data.jsonl is {info.size} bytes, limit {limits.max_file_bytes}", size=info.size,
                            key=verdict_key(limits))
-        data = hub.download(repo, revision, max_bytes=limits.max_file_bytes)
     except HubNotFound as exc:
         return _record(warehouse, hotkey, repo, revision, "unavailable", str(exc))
     except HubError as exc:

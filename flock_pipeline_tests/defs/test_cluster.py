@@ -78,6 +78,7 @@ def test_an_epoch_on_postgres_and_celery_workers_equals_the_embedded_run(tmp_pat
            "FLOCK_CELERY_BROKER": redis_server, "DAGSTER_HOME": str(dagster_home),
            "FLOCK_DAGSTER_POSTGRES_URL": dagster_url, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "FLOCK_CELERY_VISIBILITY_TIMEOUT_S": "60",  # a dead worker's step is handed out again after 60 s
+           "FLOCK_MINER_BATCH": "2",  # three evaluation runs (two miners each): one is killed, another's worker dies
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     workers = [_start([str(BIN / "flock"), "worker", "--name", f"w{i}", "--queues", "dagster,gpu"], env,
                       tmp_path / f"worker{i}.log") for i in (1, 2)]

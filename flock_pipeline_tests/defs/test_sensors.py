@@ -266,3 +266,23 @@ def test_a_batch_that_keeps_dying_comes_apart_into_runs_of_one_miner(demo):
     evaluations, stage = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance, batch=4)
     assert [request_miners(r, instance) for r in evaluations] == [hotkeys[:4], hotkeys[4:]]
     assert stage == "deduplicating + evaluating 6 miner(s) in 2 run(s)"
+
+
+def test_the_epoch_sensor_waits_for_the_commitment_sensors_downloads(demo):
+    """While a prefetch run of the commitment sensor is in progress, the epoch sensor requests no download of its
+    own (the same files would be fetched twice); once it has ended, the missing datasets are requested."""
+    from flock_pipeline.defs.sensors import PREFETCH_TAG, next_epoch_requests
+
+    _, resources, instance, epoch = demo
+    instance.add_dynamic_partitions(epochs_partitions.name, [str(epoch)])
+    _run([chain_commitments], str(epoch), resources, instance)
+    provenance = resources["evaluator"].provenance()
+    instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id="prefetching", status=dg.DagsterRunStatus.STARTED,
+                                   tags={PREFETCH_TAG: "true"}))
+    requests, stage = next_epoch_requests(epoch, resources["warehouse"], instance, lambda _c: provenance)
+    assert requests == [] and stage == "waiting for the commitment sensor's downloads (6 dataset(s) missing)"
+    instance.delete_run("prefetching")  # it ended (here: failed, so nothing was recorded)
+    instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id="prefetched", status=dg.DagsterRunStatus.FAILURE,
+                                   tags={PREFETCH_TAG: "true"}))
+    requests, stage = next_epoch_requests(epoch, resources["warehouse"], instance, lambda _c: provenance)
+    assert len(requests) == 1 and stage == "downloading 6 dataset(s) in 1 run(s)"
