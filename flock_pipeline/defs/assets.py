@@ -260,7 +260,7 @@ def win_rates(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, s
     advantage), win rate = wins / (n - 1), weights = softmax(win rate / temperature) blended with the previous
     epoch's weights (or the curve / top-k mode the settings select). A miner whose loss does not beat the base
     model's scores nothing. Every other miner is listed with weight 0 and the reason."""
-    with validator_faults_stop_the_step():
+    with validator_faults_stop_the_step(), warehouse.session():
         frame = records_frame(compute_epoch_scores(int(context.partition_key), evaluator, settings, warehouse, hub,
                                                    chain), ScoreRecord)
     return dg.MaterializeResult(metadata={
@@ -310,7 +310,8 @@ def final_corpus(context: dg.AssetExecutionContext, settings: ValidatorSettingsR
     """The scored miners' deduplicated rows merged into one SFT corpus, best miner first, with provenance columns
     (hotkey, uid, repo, revision, commit block, row hash, miner score, eval loss); JSONL, Parquet and a Hugging
     Face `datasets` dataset."""
-    corpus = build_epoch_corpus(int(context.partition_key), settings, warehouse)
+    with warehouse.session():
+        corpus = build_epoch_corpus(int(context.partition_key), settings, warehouse)
     return dg.MaterializeResult(metadata={
         "rows": corpus.rows, "miners": corpus.miners, "sha256": corpus.sha256,
         "jsonl": dg.MetadataValue.path(corpus.jsonl_path), "parquet": dg.MetadataValue.path(corpus.parquet_path),

@@ -39,8 +39,10 @@ def eval_loss_is_finite(context: dg.AssetCheckExecutionContext, evaluator: Evalu
     problems: dict[str, str] = {}
     losses: dict[str, float] = {}
     hotkeys = _miner_partitions(context)
+    with warehouse.session():
+        found = {h: _finite_problem(h, epoch, evaluator, settings, warehouse) for h in hotkeys}
     for hotkey in hotkeys:
-        problem, loss = _finite_problem(hotkey, epoch, evaluator, settings, warehouse)
+        problem, loss = found[hotkey]
         if problem is not None:
             problems[hotkey] = problem
         elif loss is not None:

@@ -102,7 +102,7 @@ def build_resources(home: Path | None = None) -> dict:
                                   multi_lora=os.environ.get("FLOCK_MULTI_LORA", "auto") or "auto",
                                   cache_dir=str(home / "models"))
     try:
-        evaluator.multi_lora_enabled()
+        evaluator.check_multi_lora()
     except ValueError as exc:
         raise ConfigError(f"FLOCK_MULTI_LORA: {exc}") from exc
     try:

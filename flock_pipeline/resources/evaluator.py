@@ -45,12 +45,16 @@ class EvaluatorResource(dg.ConfigurableResource):
     multi_lora: str = "auto"  # train a batch's miners side by side (core/multilora.py): auto (on CUDA) | on | off
     multi_lora_max: int = 8  # adapters trained together in one pass
 
+    def check_multi_lora(self) -> None:
+        """ValueError unless `multi_lora` is auto, on or off (checked without importing torch)."""
+        if self.multi_lora not in ("auto", "on", "off"):
+            raise ValueError(f"multi_lora must be auto, on or off, got {self.multi_lora!r}")
+
     def multi_lora_enabled(self) -> bool:
         """Whether evaluations train through multi-LoRA: "on", or "auto" on a CUDA device. On CUDA the adapters'
         dropout masks come from per-row device generators (so a result never depends on the batch), which the
         single-miner trainer's torch dropout does not use: the provenance tells the two apart."""
-        if self.multi_lora not in ("auto", "on", "off"):
-            raise ValueError(f"multi_lora must be auto, on or off, got {self.multi_lora!r}")
+        self.check_multi_lora()
         if self.multi_lora == "auto":
             from flock_pipeline.core.evaluator import resolve_device
 
@@ -139,7 +143,8 @@ class EvaluatorResource(dg.ConfigurableResource):
 
     def evaluate_many(self, train_sets: list[list[ChatRow]], eval_rows: list[ChatRow],
                       recipe: dict | None = None) -> list["EvalOutcome | Exception"]:
-        """One outcome per training set (or the exception its evaluation raised), on the same eval rows and recipe.
+        """One outcome per training set (or the exception its evaluation raised), on the same eval rows and recipe;
+        the eval rows are tokenised once for all of them.
 
         With multi-LoRA, up to `multi_lora_max` sets train side by side; a pass that fails as a whole (out of
         memory at the smallest micro-batch, say) is redone one set at a time, so one miner's failure is its own.
@@ -147,18 +152,24 @@ class EvaluatorResource(dg.ConfigurableResource):
         from flock_pipeline.core import evaluator as core_eval
 
         recipe_ = self.train_recipe(recipe)
+        base = self.load()
+        if recipe_.strip_whitespace:
+            train_sets = [[r.stripped() for r in s] for s in train_sets]
+            eval_rows = [r.stripped() for r in eval_rows]
         results: list = [None] * len(train_sets)
+        train_tok: list = [[] for _ in train_sets]
+        with _LOCK:
+            eval_tok = core_eval.tokenize_rows(eval_rows, base.tokenizer, recipe_.max_seq_len)
+            for i, rows in enumerate(train_sets):
+                try:
+                    train_tok[i] = core_eval.tokenize_rows(rows[: recipe_.max_train_rows], base.tokenizer,
+                                                           recipe_.max_seq_len)
+                except Exception as exc:  # noqa: BLE001 - that miner's failure, recorded by the caller
+                    results[i] = exc
         if self.multi_lora_enabled() and recipe_.quantization == "none" and recipe_.optimizer == "adamw":
             from flock_pipeline.core.multilora import train_and_evaluate_many
 
-            base = self.load()
-            rows = [[r.stripped() for r in s] if recipe_.strip_whitespace else list(s) for s in train_sets]
-            evals = [r.stripped() for r in eval_rows] if recipe_.strip_whitespace else list(eval_rows)
-            with _LOCK:
-                eval_tok = core_eval.tokenize_rows(evals, base.tokenizer, recipe_.max_seq_len)
-                train_tok = [core_eval.tokenize_rows(s[: recipe_.max_train_rows], base.tokenizer,
-                                                     recipe_.max_seq_len) for s in rows]
-            todo = [i for i, t in enumerate(train_tok) if t]
+            todo = [i for i, t in enumerate(train_tok) if t and results[i] is None]
             for start in range(0, len(todo), self.multi_lora_max):
                 chunk = todo[start:start + self.multi_lora_max]
                 try:
@@ -168,10 +179,11 @@ class EvaluatorResource(dg.ConfigurableResource):
                     continue
                 for i, outcome in zip(chunk, outcomes):
                     results[i] = outcome
-        for i, rows in enumerate(train_sets):
+        for i, tokens in enumerate(train_tok):
             if results[i] is None:
                 try:
-                    results[i] = self.evaluate(rows, eval_rows, recipe=recipe)
+                    with _LOCK:  # one training at a time per process: the base model is shared
+                        results[i] = core_eval.train_and_evaluate_tokens(base, tokens, eval_tok, recipe_)
                 except Exception as exc:  # noqa: BLE001 - returned: the caller records it for that miner
                     results[i] = exc
         return results

@@ -134,6 +134,7 @@ class DuckDBBackend(Backend):
         self.path = str(Path(path))
         self._held: tuple[int, object] | None = None  # (pid, connection) kept open by a session
         self._sessions = 0
+        self._session_pid = 0
 
     @contextlib.contextmanager
     def session(self):
@@ -142,37 +143,34 @@ class DuckDBBackend(Backend):
 
         The file stays locked for other processes while the block runs, except inside `released()`, which the
         evaluation step wraps around training. Nested sessions share the outer one's connection."""
-        if self._sessions and self._held is not None and self._held[0] == os.getpid():
+        if self._sessions and self._session_pid == os.getpid():
             self._sessions += 1
             try:
                 yield
             finally:
                 self._sessions -= 1
             return
-        self._held, self._sessions = None, 1
+        self._held, self._sessions, self._session_pid = None, 1, os.getpid()
         try:
-            self._hold()
-            yield
+            yield  # the connection opens with the first operation
         finally:
             self._sessions = 0
             self._drop()
 
     @contextlib.contextmanager
     def released(self):
-        """Close the session's connection for the block (other processes may use the file) and open it again
-        after; outside a session nothing happens."""
+        """Close the session's connection for the block (other processes may use the file); the session's next
+        operation opens it again. Outside a session nothing happens."""
         if not self._sessions or self._held is None or self._held[0] != os.getpid():
             yield
             return
         self._drop()
-        try:
-            yield
-        finally:
-            self._hold()
+        yield  # the session's next operation opens the file again (`_connect`)
 
     def _hold(self) -> None:
-        self._ensure_migrated()
-        self._held = (os.getpid(), self._open(read_only=False))
+        self._ensure_migrated()  # (a first migration already takes the session's connection)
+        if self._held is None or self._held[0] != os.getpid():
+            self._held = (os.getpid(), self._open(read_only=False))
 
     def _drop(self) -> None:
         held, self._held = self._held, None
@@ -182,6 +180,9 @@ class DuckDBBackend(Backend):
     @contextlib.contextmanager
     def _connect(self, read_only: bool = False):
         held = self._held
+        if held is None and self._sessions and self._session_pid == os.getpid():
+            self._hold()  # a session whose connection was released: take it again
+            held = self._held
         if held is not None and held[0] == os.getpid():  # the session's connection (read-write serves reads too)
             yield held[1]
             return

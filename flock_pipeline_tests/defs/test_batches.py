@@ -57,7 +57,8 @@ def test_a_miner_that_fails_inside_a_batch_is_recorded_and_the_others_succeed(de
     once) and weak-offdomain crashes once with a RuntimeError (the step is retried; the miners already evaluated
     come from the store). Every miner gets its own materialization with its own status."""
     from flock_pipeline.defs.sensors import next_epoch_requests, request_miners
-    from flock_pipeline.resources import EvaluatorResource
+    from flock_pipeline.core import evaluator as core_eval
+    from flock_pipeline.core.chat import tokenize_row
     from flock_pipeline.validator.datasets import rows_from_json
     from flock_pipeline.validator.shards import build_miner_shard
 
@@ -71,24 +72,27 @@ def test_a_miner_that_fails_inside_a_batch_is_recorded_and_the_others_succeed(de
     _run([miner_datasets], None, resources, instance, epoch, tags=dict(download.tags))
     [batch], _ = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance, batch=32)
     assert request_miners(batch, instance) == hotkeys
-    owner = {}  # a training set's first row -> its miner
+    base = resources["evaluator"].load()
+    recipe = resources["evaluator"].train_recipe()
+    owner = {}  # a training set's first tokenised row -> its miner
     for hotkey in hotkeys:
         shard = build_miner_shard(hotkey, resources["hub"], resources["settings"], warehouse, epoch)
         if shard.status == "eligible":
-            owner[rows_from_json(warehouse.shard_rows(shard.shard_hash))[0]] = hotkey
+            first = rows_from_json(warehouse.shard_rows(shard.shard_hash))[0]
+            owner[tokenize_row(first, base.tokenizer, recipe.max_seq_len).input_ids] = hotkey
     assert len(owner) == 3
-    real, crashed = EvaluatorResource.evaluate, []
+    real, crashed = core_eval.train_and_evaluate_tokens, []
 
-    def flaky(self, train_rows, eval_rows, on_step=None, recipe=None):
-        miner = owner[train_rows[0]]
+    def flaky(base, train_tok, eval_tok, recipe, on_step=None):
+        miner = owner[train_tok[0].input_ids]
         if miner == "hk-honest-fair":
             raise ValueError("poisoned rows")
         if miner == "hk-weak-offdomain" and not crashed:
             crashed.append(miner)
             raise RuntimeError("the process lost its worker")
-        return real(self, train_rows, eval_rows, on_step=on_step, recipe=recipe)
+        return real(base, train_tok, eval_tok, recipe, on_step)
 
-    monkeypatch.setattr(EvaluatorResource, "evaluate", flaky)
+    monkeypatch.setattr(core_eval, "train_and_evaluate_tokens", flaky)
     _run([deduplicated_shards, miner_eval_losses], None, resources, instance, epoch, tags=dict(batch.tags))
     results = {r.shard_hash: r for r in warehouse.rows(EvalResultRecord)}
     shards = {s.hotkey: s for s in warehouse.epoch_shards(epoch)}

@@ -1,5 +1,7 @@
 """build_resources: the environment decides the backends; nothing connects until a call needs it."""
 
+import os
+
 import pytest
 
 from flock_pipeline.resources import ConfigError, LocalChainResource, LocalHubResource, build_resources
@@ -99,3 +101,16 @@ def test_the_default_store_is_the_duckdb_file_in_the_home(tmp_path, monkeypatch)
     monkeypatch.delenv("FLOCK_STORE", raising=False)
     res = build_resources(tmp_path)
     assert res["warehouse"].dialect == "duckdb" and res["warehouse"].local_dir() == tmp_path
+
+
+def test_loading_the_definitions_imports_no_training_library(tmp_path):
+    """Every sensor tick, UI load and run start loads the code location: torch, transformers and peft stay unloaded
+    until a step needs them (importing them costs seconds per process)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, flock_pipeline.definitions; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "FLOCK_HOME": str(tmp_path)})
+    assert out.stdout.strip() == "[]"
