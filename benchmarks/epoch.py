@@ -108,7 +108,8 @@ def run_in_process(workdir: Path, miners: int, rows: int, models: Path | None) -
     from flock_pipeline.resources import build_resources
 
     resources = build_resources(home)
-    resources["evaluator"].load()  # the tiny model is built (or copied) before the clock starts
+    resources["evaluator"].model_path()  # the tiny model is built (or copied) before the clock starts; importing
+    # torch and loading the model are part of the epoch, as for `flock epoch run`
     instance = dg.DagsterInstance.get()
     runs_before = len(instance.get_run_records())
     started = time.perf_counter()
@@ -136,10 +137,12 @@ def run_dagster(workdir: Path, miners: int, rows: int, models: Path | None) -> d
     env = _environment(home, workdir / "dagster-dagster")
     # the tiny model is built before the clock starts, in a process of its own
     subprocess.run([sys.executable, "-c", "from flock_pipeline.resources import build_resources; "
-                    "build_resources()['evaluator'].load()"], env=env, cwd=ROOT, check=True)
+                    "build_resources()['evaluator'].model_path()"], env=env, cwd=ROOT, check=True)
+    import dagster as dg
+
     started = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).parent / "flock"), "epoch", "open", str(epoch)], env=env, cwd=ROOT,
-                   check=True, stdout=subprocess.DEVNULL)
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:  # what new_block_sensor does
+        instance.add_dynamic_partitions("epochs", [str(epoch)])
     first = time.perf_counter()
     subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m",
                     "flock_pipeline.definitions", "--select", "chain_commitments", "--partition", str(epoch)],

@@ -462,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     batches = epoch.add_parser("batches", help="the epoch's miners as partition ranges (FIRST...LAST) of at most "
                                "--size miners, for dagster asset materialize --partition-range")
     batches.add_argument("epoch", type=int)
-    batches.add_argument("--size", type=int, default=0, help="miners per range (default: FLOCK_MINER_BATCH, 32)")
+    batches.add_argument("--size", type=int, default=0, help="miners per range (default: FLOCK_MINER_BATCH, 64)")
     batches.set_defaults(func=cmd_epoch_batches)
     report = epoch.add_parser("report", help="the epoch's table (or --json)")
     report.add_argument("epoch", type=int)

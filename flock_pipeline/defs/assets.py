@@ -30,7 +30,7 @@ from flock_pipeline.validator.evaluation import evaluate_miners
 from flock_pipeline.validator.faults import ValidatorFault
 from flock_pipeline.validator.scoring import build_epoch_corpus, compute_epoch_scores, submit_epoch_weights
 from flock_pipeline.validator.reports import publish_epoch_report
-from flock_pipeline.validator.shards import build_miner_shard
+from flock_pipeline.validator.shards import build_miner_shards
 
 epochs_partitions = dg.DynamicPartitionsDefinition(name="epochs")
 miners_partitions = dg.DynamicPartitionsDefinition(name="miners")
@@ -207,9 +207,11 @@ def deduplicated_shards(context: dg.AssetExecutionContext, hub: HubResource, set
     with the reason. Depends on every miner's dataset: who keeps a row depends on all commitments of the epoch
     (the epoch's plan is made once and reused by every miner of it)."""
     epoch = epoch_of_run(context)
+    with validator_faults_stop_the_step(), warehouse.session():
+        shards = build_miner_shards(list(context.partition_keys), hub, settings, warehouse, epoch=epoch)
 
     def shard_of(hotkey: str) -> dict:
-        shard = build_miner_shard(hotkey, hub, settings, warehouse, epoch=epoch)
+        shard = shards[hotkey]
         if shard is None:
             return {"status": "no_commitment", "reason": "no recorded commitment"}
         return {

@@ -28,7 +28,7 @@
                       base model loaded once) | multiprocess (one process per step) | celery (steps go to Celery
                       workers; evaluations to the `gpu` queue)
     FLOCK_MINER_BATCH  miners per run of a per-miner stage that the sensors and `flock epoch run` request
-                      (default 32; datasets are fetched up to DATASET_BATCH per run)
+                      (default 64; datasets are fetched up to DATASET_BATCH per run)
     FLOCK_BACKFILL    single_run (default: a backfill of per-miner partitions from the UI is one run, and
                       `dagster asset materialize --partition-range` works) | multi_run (UI backfills split into runs
                       of FLOCK_MINER_BATCH miners; Dagster's CLI then refuses partition ranges)
@@ -144,7 +144,7 @@ def store_url(home: Path | None = None) -> str:
 
 EXECUTORS = ("in_process", "multiprocess", "celery")
 BACKFILLS = ("single_run", "multi_run")
-DEFAULT_MINER_BATCH = 32
+DEFAULT_MINER_BATCH = 64  # a run's fixed cost (process, imports, CUDA, loading the base model) over 64 miners
 DATASET_BATCH = 256  # dataset downloads per run: no GPU, mostly waiting on the hub
 
 

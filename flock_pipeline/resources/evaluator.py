@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -26,6 +27,14 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+@functools.lru_cache(maxsize=1)
+def _library_versions() -> dict[str, str]:
+    """The versions of the libraries that compute a loss (part of every cache key), read once per process."""
+    from importlib.metadata import version
+
+    return {lib: version(lib) for lib in ("torch", "transformers", "peft")}
 
 
 class EvaluatorResource(dg.ConfigurableResource):
@@ -203,7 +212,6 @@ class EvaluatorResource(dg.ConfigurableResource):
         the embedded model is not built: None when it does not exist yet.
         """
         import hashlib
-        from importlib.metadata import version
 
         from flock_pipeline.core.evaluator import resolve_device, resolve_dtype
 
@@ -218,4 +226,4 @@ class EvaluatorResource(dg.ConfigurableResource):
         numerics = hashlib.sha256(f"{recipe.recipe_hash()}|{device.type}|{dtype}{trainer}".encode()).hexdigest()[:16]
         return {"base_model": self.model_name(), "base_revision": model_revision(path),
                 "recipe_hash": numerics, "recipe": recipe.to_dict(), "device": device.type, "dtype": dtype,
-                "versions": {lib: version(lib) for lib in ("torch", "transformers", "peft")}}
+                "versions": dict(_library_versions())}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -84,7 +85,9 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
 
 
 @lru_cache(maxsize=4)
+@lru_cache(maxsize=4)
 def load_tokenizer(path: str):
+    """The base model's tokenizer, loaded once per process (a Qwen tokenizer takes about a second to load)."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False)

@@ -205,18 +205,31 @@ def _cached_plans(warehouse: WarehouseResource, epoch: int, fingerprint: str, ho
 def build_miner_shard(hotkey: str, hub: HubResource, settings: ValidatorSettingsResource,
                       warehouse: WarehouseResource, epoch: int | None = None) -> ShardRecord | None:
     """Record `hotkey`'s shard for `epoch` (default: the latest epoch it committed in); returns its shard record
-    (None: the hotkey has no commitment in that epoch).
+    (None: the hotkey has no commitment in that epoch)."""
+    return build_miner_shards([hotkey], hub, settings, warehouse, epoch)[hotkey]
+
+
+def build_miner_shards(hotkeys: list[str], hub: HubResource, settings: ValidatorSettingsResource,
+                       warehouse: WarehouseResource, epoch: int | None = None) -> dict[str, ShardRecord | None]:
+    """Record the shards of several miners for `epoch` (default: each one's latest epoch): hotkey -> its shard
+    record, None for a hotkey without a commitment in that epoch.
 
     Who keeps a row depends on every miner of the epoch, so the whole epoch is planned (once per set of inputs,
-    then reused) and only this miner's shard is written.
-    """
-    if epoch is None:
-        epoch = warehouse.latest_epoch_of(hotkey)
-    if epoch is None or warehouse.miner_commitment(hotkey, epoch) is None:
-        return None
-    plans, kept_rows = plan_epoch_shards(epoch, hub, settings, warehouse, [hotkey])
-    shard = plans[hotkey]
-    kept = kept_rows.get(hotkey)
-    rows = None if kept is None else [ShardRowRecord(shard.shard_hash, pos, h, j) for pos, (h, j) in enumerate(kept)]
-    warehouse.record_shard(shard, rows)
-    return shard
+    then reused) and each miner's shard is written from the plan: a batch of miners reads the epoch's rows once."""
+    out: dict[str, ShardRecord | None] = {}
+    by_epoch: dict[int, list[str]] = {}
+    for hotkey in hotkeys:
+        e = epoch if epoch is not None else warehouse.latest_epoch_of(hotkey)
+        if e is None or warehouse.miner_commitment(hotkey, e) is None:
+            out[hotkey] = None
+        else:
+            by_epoch.setdefault(e, []).append(hotkey)
+    for e, members in by_epoch.items():
+        plans, kept_rows = plan_epoch_shards(e, hub, settings, warehouse, members)
+        for hotkey in members:
+            shard, kept = plans[hotkey], kept_rows.get(hotkey)
+            rows = None if kept is None else [ShardRowRecord(shard.shard_hash, pos, h, j)
+                                              for pos, (h, j) in enumerate(kept)]
+            warehouse.record_shard(shard, rows)
+            out[hotkey] = shard
+    return out

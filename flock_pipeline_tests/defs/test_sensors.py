@@ -83,7 +83,7 @@ def test_epoch_progress_sensor_walks_the_epoch(demo):
     assert [k.to_user_string() for k in downloads.asset_selection] == ["miner_datasets"]
     assert downloads.tags["flock/epoch"] == key and request_miners(downloads, instance) == hotkeys
     _run_request(downloads, resources, instance)
-    [batch] = tick().run_requests  # shards + evaluations: 6 miners, one batch (FLOCK_MINER_BATCH is 32)
+    [batch] = tick().run_requests  # shards + evaluations: 6 miners, one batch (FLOCK_MINER_BATCH is 64)
     assert [k.to_user_string() for k in batch.asset_selection] == ["deduplicated_shards", "miner_eval_losses"]
     assert batch.run_key.startswith(f"miners:{key}:") and request_miners(batch, instance) == hotkeys
     _run_request(batch, resources, instance)
