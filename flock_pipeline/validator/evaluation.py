@@ -129,8 +129,12 @@ def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubRe
         train_sets = [rows_from_json(warehouse.shard_rows(p.found.shard.shard_hash)) for p in pending]
         with warehouse.released():  # training takes a while: other processes may use the store meanwhile
             outcomes = evaluator.evaluate_many(train_sets, eval_rows, recipe=pending[0].recipe)
-        for p, outcome in zip(pending, outcomes):
-            results[p.hotkey] = _record_outcome(p, outcome, warehouse)
+        faults = [(p, o) for p, o in zip(pending, outcomes) if isinstance(o, Exception) and is_validator_fault(o)]
+        for p, outcome in zip(pending, outcomes):  # every real outcome is kept before a fault stops the batch
+            if not any(p is q for q, _ in faults):
+                results[p.hotkey] = _record_outcome(p, outcome, warehouse)
+        if faults:
+            _record_outcome(*faults[0], warehouse)  # raises the ValidatorFault; nothing is recorded for it
     return results
 
 
