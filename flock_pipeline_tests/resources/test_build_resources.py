@@ -114,3 +114,20 @@ def test_loading_the_definitions_imports_no_training_library(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "FLOCK_HOME": str(tmp_path)})
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("env, kind, per_run", [({}, "SINGLE_RUN", None),
+                                                ({"FLOCK_BACKFILL": "multi_run"}, "MULTI_RUN", 64),
+                                                ({"FLOCK_BACKFILL": "multi_run", "FLOCK_MINER_BATCH": "16"},
+                                                 "MULTI_RUN", 16)])
+def test_the_miner_assets_backfill_policy_comes_from_the_environment(monkeypatch, env, kind, per_run):
+    """single_run by default (Dagster's CLI accepts partition ranges only then); multi_run splits UI backfills into
+    runs of FLOCK_MINER_BATCH miners."""
+    from flock_pipeline.defs.assets import _backfill_policy
+
+    for name in ("FLOCK_BACKFILL", "FLOCK_MINER_BATCH"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    policy = _backfill_policy()
+    assert policy.policy_type.value == kind and policy.max_partitions_per_run == per_run
