@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Materialize one epoch with `dagster asset materialize`, stage by stage -- what the sensors do over time, in the
-# same batches: the per-miner stages run over partition ranges of up to FLOCK_MINER_BATCH miners (default 32).
+# same batches: the per-miner stages run over partition ranges of up to FLOCK_MINER_BATCH miners (default 64).
 # Usage: scripts/materialize_epoch.sh [EPOCH]   (default: the chain's current epoch)
 # Needs DAGSTER_HOME (the Makefile sets it to the repo root) and the same FLOCK_* environment as the validator.
 set -euo pipefail
