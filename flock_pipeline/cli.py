@@ -130,16 +130,13 @@ def cmd_epoch_batches(args) -> int:
     """The epoch's accepted miners as `miners` partition ranges of at most --size miners (FLOCK_MINER_BATCH), one
     `FIRST...LAST` per line: what `dagster asset materialize --partition-range` takes, in the batches the sensors
     launch."""
-    import dagster as dg
-
     from flock_pipeline.defs.sensors import miner_batches
     from flock_pipeline.resources import batch_settings, build_resources
 
     size = args.size or batch_settings()[0]
     commitments = build_resources()["warehouse"].epoch_commitments(args.epoch)
     hotkeys = [c.hotkey for c in commitments if c.status == "ok"]
-    for batch in miner_batches(_instance() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral(),
-                               hotkeys, size):
+    for batch in miner_batches(_instance(), hotkeys, size):
         print(f"{batch[0]}...{batch[-1]}")
     return 0
 

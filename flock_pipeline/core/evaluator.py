@@ -220,6 +220,14 @@ def mean_loss(per_row: Sequence[float]) -> float:
     return sum(finite) / len(finite)
 
 
+def recipe_tokens(rows: Sequence[ChatRow], tokenizer, recipe: TrainRecipe, *, train: bool) -> list[TokenizedRow]:
+    """Rows as the recipe trains or evaluates them: stripped when it says so, training rows capped at
+    `max_train_rows`, truncated at `max_seq_len`."""
+    if recipe.strip_whitespace:
+        rows = [r.stripped() for r in rows]
+    return tokenize_rows(rows[: recipe.max_train_rows] if train else rows, tokenizer, recipe.max_seq_len)
+
+
 def tokenize_rows(rows: Sequence[ChatRow], tokenizer, max_seq_len: int) -> list[TokenizedRow]:
     return [tokenize_row(r, tokenizer, max_seq_len) for r in rows]
 
@@ -425,10 +433,8 @@ def train_and_evaluate(base: BaseModel, train_rows: Sequence[ChatRow], eval_rows
         raise ValueError("no training rows")
     if not eval_rows:
         raise ValueError("no eval rows")
-    if recipe.strip_whitespace:
-        train_rows, eval_rows = [r.stripped() for r in train_rows], [r.stripped() for r in eval_rows]
-    train_tok = tokenize_rows(train_rows[: recipe.max_train_rows], base.tokenizer, recipe.max_seq_len)
-    eval_tok = tokenize_rows(eval_rows, base.tokenizer, recipe.max_seq_len)
+    train_tok = recipe_tokens(train_rows, base.tokenizer, recipe, train=True)
+    eval_tok = recipe_tokens(eval_rows, base.tokenizer, recipe, train=False)
     return train_and_evaluate_tokens(base, train_tok, eval_tok, recipe, on_step)
 
 
@@ -473,9 +479,7 @@ def train_and_evaluate_tokens(base: BaseModel, train_tok: Sequence[TokenizedRow]
 def base_eval_loss(base: BaseModel, eval_rows: Sequence[ChatRow], recipe: TrainRecipe) -> EvalOutcome:
     """The eval loss of the base model without fine-tuning (the floor every miner is compared to)."""
     set_determinism(recipe.deterministic)
-    if recipe.strip_whitespace:
-        eval_rows = [r.stripped() for r in eval_rows]
-    eval_tok = tokenize_rows(eval_rows, base.tokenizer, recipe.max_seq_len)
+    eval_tok = recipe_tokens(eval_rows, base.tokenizer, recipe, train=False)
     t0 = time.perf_counter()
     per_row = evaluate_loss(base.model, eval_tok, pad_id=_pad_id(base.tokenizer), device=base.device,
                             batch_tokens=recipe.eval_batch_tokens, chunk=recipe.logits_chunk)

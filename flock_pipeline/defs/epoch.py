@@ -3,8 +3,9 @@
 Used by `flock epoch run` and `flock demo`, and by the tests. The runner asks the epoch sensor's own request logic
 (`sensors.next_epoch_requests`) for the next stage and executes exactly those runs (per-miner stages in batches of
 miners), each a `dg.materialize` of the same asset definitions with the given resources and instance, so the runs,
-materializations and check results are recorded in that Dagster instance exactly as when the sensors launch them. With FLOCK_EXECUTOR=celery each stage is instead a
-run of the stage job on the (persistent) instance, and its steps execute on the Celery workers.
+materializations and check results are recorded in that Dagster instance exactly as when the sensors launch them.
+With FLOCK_EXECUTOR=celery each stage is instead a run of the stage job on the (persistent) instance, and its steps
+execute on the Celery workers.
 """
 
 from __future__ import annotations
@@ -122,9 +123,8 @@ ASSET_BY_KEY = {a.key: a for a in ASSETS}
 def _run_stages(epoch: int, resources: dict, instance: dg.DagsterInstance, progress: Callable[[str], None],
                 batch: int | None = None) -> None:
     from flock_pipeline.core.schema import verdict_key
-    from flock_pipeline.defs.sensors import next_epoch_requests
+    from flock_pipeline.defs.sensors import next_epoch_requests, provenance_lookup
     from flock_pipeline.resources import batch_settings
-    from flock_pipeline.validator.evaluation import competition_recipe
 
     key = str(epoch)
     if not instance.has_dynamic_partition(epochs_partitions.name, key):
@@ -132,13 +132,7 @@ def _run_stages(epoch: int, resources: dict, instance: dg.DagsterInstance, progr
     warehouse, evaluator, settings = resources["warehouse"], resources["evaluator"], resources["settings"]
     progress(f"epoch {epoch}: reading commitments")
     _run([chain_commitments], key, resources, instance)
-    provenance: dict = {}
-
-    def provenance_of(competition: str | None) -> dict | None:
-        if competition not in provenance:
-            provenance[competition] = evaluator.provenance(recipe=competition_recipe(settings, competition))
-        return provenance[competition]
-
+    provenance_of = provenance_lookup(evaluator, settings)
     launched: set[str] = set()
     size = batch or batch_settings()[0]
     while True:

@@ -99,6 +99,20 @@ def commitment_sensor(context: dg.SensorEvaluationContext, chain: ChainResource,
 MAX_RUN_ATTEMPTS = 3  # runs of one stage of one miner that may fail (crash without a record) before it is given up
 
 
+def provenance_lookup(evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
+                      build: bool = True) -> ProvenanceOf:
+    """competition -> what its evaluations depend on (model, recipe), asked once per competition. With
+    build=False (sensors) None for a model never built here."""
+    cache: dict = {}
+
+    def provenance_of(competition: str | None) -> dict | None:
+        if competition not in cache:
+            cache[competition] = evaluator.provenance(build=build, recipe=competition_recipe(settings, competition))
+        return cache[competition]
+
+    return provenance_of
+
+
 def _final_results(warehouse: WarehouseResource, shards: list[ShardRecord], provenance_of: ProvenanceOf,
                    revisions: dict[str | None, str]) -> set[str]:
     """Shard hashes that have a final result under their competition's model/recipe and eval set (a success or a
@@ -313,14 +327,7 @@ def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: Wareho
     latest = warehouse.latest_epoch()
     if latest is None:
         return dg.SkipReason("no epoch recorded yet")
-    cache: dict = {}
-
-    def provenance_of(competition: str | None) -> dict | None:
-        if competition not in cache:
-            cache[competition] = evaluator.provenance(build=False,
-                                                      recipe=competition_recipe(settings, competition))
-        return cache[competition]
-
+    provenance_of = provenance_lookup(evaluator, settings, build=False)
     block = chain.current_block()
     confirmations = confirmation_requests(warehouse, lambda: chain.epoch_of(block))
     requests, stage = next_epoch_requests(latest, warehouse, context.instance, provenance_of,

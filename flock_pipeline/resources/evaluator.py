@@ -162,17 +162,13 @@ class EvaluatorResource(dg.ConfigurableResource):
 
         recipe_ = self.train_recipe(recipe)
         base = self.load()
-        if recipe_.strip_whitespace:
-            train_sets = [[r.stripped() for r in s] for s in train_sets]
-            eval_rows = [r.stripped() for r in eval_rows]
         results: list = [None] * len(train_sets)
         train_tok: list = [[] for _ in train_sets]
         with _LOCK:
-            eval_tok = core_eval.tokenize_rows(eval_rows, base.tokenizer, recipe_.max_seq_len)
+            eval_tok = core_eval.recipe_tokens(eval_rows, base.tokenizer, recipe_, train=False)
             for i, rows in enumerate(train_sets):
                 try:
-                    train_tok[i] = core_eval.tokenize_rows(rows[: recipe_.max_train_rows], base.tokenizer,
-                                                           recipe_.max_seq_len)
+                    train_tok[i] = core_eval.recipe_tokens(rows, base.tokenizer, recipe_, train=True)
                 except Exception as exc:  # noqa: BLE001 - that miner's failure, recorded by the caller
                     results[i] = exc
         if self.multi_lora_enabled() and recipe_.quantization == "none" and recipe_.optimizer == "adamw":
