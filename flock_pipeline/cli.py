@@ -38,7 +38,8 @@ def _quiet_torch() -> None:
 
 def cmd_demo(args) -> int:
     from flock_pipeline.defs.epoch import run_epoch
-    from flock_pipeline.demo import DemoHomeError, check_demo_home, epoch_report, format_report, run_cycle, seed_demo_network
+    from flock_pipeline.demo import (DemoHomeError, check_demo_home, epoch_report, format_report, quality_spearman,
+                                     run_cycle, seed_demo_network)
     from flock_pipeline.resources import ConfigError, build_resources
 
     _quiet_torch()
@@ -71,6 +72,8 @@ def cmd_demo(args) -> int:
     if args.json:
         doc = {"network": args.network, "epoch": epoch, "miners": report, "wall_s": round(elapsed, 2),
                "peak_rss_mib": round(peak_mib, 1)}
+        if quality_spearman(report) is not None:
+            doc["honest_spearman"] = quality_spearman(report)
         if daily:
             doc["cycle"] = cycle
         print(json.dumps(doc, indent=1))
@@ -247,7 +250,7 @@ def _eval_rows(resources, competition=None):
 
     competition = competition or _competition(resources, None)
     try:
-        return load_eval_rows(resources["hub"], *_eval_source(resources, competition))
+        return load_eval_rows(resources["hub"], *_eval_source(resources, competition), competition.row_format)
     except (HubError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"cannot load the eval set {competition.eval_repo}: {exc} (seed the local network with "
                           "`flock demo --no-run`, or set FLOCK_EVAL_REPO; --no-eval-check skips the eval-set "
@@ -267,8 +270,14 @@ def _validate(path, resources, with_tokens=True, eval_check=True, competition=No
     eval_rows = _eval_rows(resources, competition) if eval_check or selection else None
     tokenizer = load_tokenizer(str(resources["evaluator"].model_path())) if with_tokens else None
     limits = resources["settings"].limits()
-    report, rows = validate_file(path, limits, tokenizer, None if selection else eval_rows)
+    report, rows = validate_file(path, limits, tokenizer, None if selection else eval_rows, competition.row_format)
     report.competition = competition.name
+    if competition.row_format == "preference" and report.reason is None:
+        from flock_pipeline.miner import check_pairs
+
+        reason = check_pairs(rows, competition)
+        if reason is not None:
+            report.valid, report.reason = False, reason
     if selection:
         pool = load_eval_set(resources["hub"], *_eval_source(resources, competition))
         reason = check_selection(path, limits, competition, pool)
@@ -303,12 +312,12 @@ def cmd_miner_score(args) -> int:
     resources = build_resources()
     competition = _competition(resources, args.competition)
     eval_rows = _eval_rows(resources, competition)
-    recipe = dict(competition.recipe)
+    recipe = competition.recipe_overrides()
     evaluator = resources["evaluator"]
     results, losses = [], {}
     for path in [args.file, *args.against]:
         try:
-            report, train_rows = _validate(path, resources, with_tokens=False)
+            report, train_rows = _validate(path, resources, with_tokens=False, competition=competition)
         except MinerInputError as exc:
             print(f"flock: {exc}", file=sys.stderr)
             return 1
@@ -437,10 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--home", help="where the demo network lives (default: $FLOCK_HOME or ./.flock); wiped first "
                       "when the demo created it")
     demo.add_argument("--seed", type=int, default=7, help="seed of the synthetic data")
-    demo.add_argument("--network", choices=["default", "adversarial", "selection", "mixed"], default="default",
+    demo.add_argument("--network", choices=["default", "adversarial", "selection", "mixed", "dpo"], default="default",
                       help="default: six miners; adversarial: honest miners at five quality levels and every kind "
                       "of attacker; selection: the live SN96 selection game over a daily cycle; mixed: curation "
-                      "and selection side by side (shares 0.5 / 0.5)")
+                      "and selection side by side (shares 0.5 / 0.5); dpo: the DPO game with honest miners at three "
+                      "label-quality levels, swapped labels, trivial rejected answers, a copier and a leaker")
     demo.add_argument("--no-run", action="store_true", help="only seed the network (then run the epoch yourself)")
     demo.add_argument("--force", action="store_true", help="wipe the home even if the demo did not create it")
     demo.set_defaults(func=cmd_demo)

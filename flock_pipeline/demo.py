@@ -35,6 +35,18 @@ report), day 1 12:40 (the pool did not change: the winner keeps the reward, noth
 
 `mixed` network: the default network's miners in the curation game (commitment id "1", share 0.5) beside the
 selection network's in the selection game (commitment id "2", share 0.5): one weight vector from both.
+
+`dpo` network (`dpo_miners`): the DPO game alone (commitment id "3"). The eval pairs `flock/eval-atlas-pairs` are
+150 questions about 10 atlas countries no miner is given (every fact, three wordings); chosen: the answer, rejected:
+a true statement about the same country that answers another question. What a miner can teach is that preference
+(answer what was asked), so its quality is the share of its 80 pairs labelled the right way round:
+    honest-q85        15 % of its pairs labelled the wrong way round -> second
+    honest-q100       every pair labelled right                      -> the most weight
+    honest-q70        30 % labelled the wrong way round              -> third
+    swapped-labels    every pair the wrong way round                 -> 0, its DPO loss is above the base's ln 2
+    trivial-rejected  empty rejected answers (invalid rows), the rest "I don't know." -> 0, trivial rejected answers
+    copier            honest-q100's file, committed later            -> 0, duplicate
+    leaker            80 of the eval pairs                           -> 0, eval-set leak
 """
 
 from __future__ import annotations
@@ -48,7 +60,7 @@ from pathlib import Path
 
 from flock_pipeline.core import synthetic
 from flock_pipeline.core.commitment import DEFAULT_COMPETITION_ID, Commitment
-from flock_pipeline.core.schema import ChatRow, DatasetLimits, Turn, rows_to_jsonl
+from flock_pipeline.core.schema import ChatRow, DatasetLimits, PreferenceRow, Turn, rows_to_jsonl
 from flock_pipeline.resources.chain import LocalChainResource
 from flock_pipeline.resources.hub import LocalHubResource
 from flock_pipeline.resources.warehouse import WarehouseResource
@@ -73,7 +85,12 @@ MIXED_COMPETITIONS = [{"kind": "curation", "name": "curation", "share": 0.5, "co
                        "eval_repo": POOL_REPO, "recipe": {"strip_whitespace": True}}]
 
 
-NETWORKS = ("default", "adversarial", "selection", "mixed")
+DPO_EVAL_REPO = "flock/eval-atlas-pairs"
+DPO_COMPETITION_ID = "3"
+DPO_COMPETITIONS = [{"kind": "dpo", "name": "dpo", "commitment_id": DPO_COMPETITION_ID, "eval_repo": DPO_EVAL_REPO}]
+DPO_LEVELS = (0.85, 1.0, 0.7)  # commitment order of the DPO network's honest miners (quality: share labelled right)
+
+NETWORKS = ("default", "adversarial", "selection", "mixed", "dpo")
 
 
 @dataclass(frozen=True)
@@ -164,6 +181,47 @@ def adversarial_miners(seed: int = 7, max_file_bytes: int = DatasetLimits().max_
     miners += [DemoMiner("packer", "hk-packer", "packer/atlas", rows_to_jsonl(synthetic.pack(best)).encode()),
                DemoMiner("merger", "hk-merger", "merger/atlas", rows_to_jsonl(merged).encode())]
     return miners
+
+
+def dpo_eval_pairs(seed: int = 7) -> list[PreferenceRow]:
+    """The DPO network's eval pairs: every atlas fact in the eval wording (200 pairs)."""
+    return synthetic.eval_pairs(synthetic.make_atlas(seed), seed + 300)
+
+
+def dpo_miners(seed: int = 7) -> list[DemoMiner]:
+    """The DPO network's miners in commitment order (the copier commits after the miner it copies).
+
+    A rejected answer is a true statement about the same country, so a pair labelled the wrong way round has another
+    question's right answer as its chosen one: the swapped-labels miner gets whole (country, wording) groups, so
+    its chosen answers are answers to its own questions, never another miner's."""
+    import random
+
+    atlas = synthetic.make_atlas(seed)
+    groups = synthetic.answer_groups(atlas, seed + 301)
+    swapped_entries = [e for g in groups[:16] for e in g]
+    rest = [e for g in groups[16:] for e in g]
+    random.Random(seed + 302).shuffle(rest)
+    slices = {name: rest[i * 80:(i + 1) * 80] for i, name in enumerate((1.0, 0.85, 0.7, "trivial"))}
+
+    def miner(label, rows, **kw):
+        return DemoMiner(label, f"hk-{label}", f"{label.split('-')[0]}/pairs", rows_to_jsonl(rows).encode(),
+                         competition_id=DPO_COMPETITION_ID, **kw)
+
+    honest = {q: synthetic.pairs_of(slices[q], seed + 310 + i, swapped_share=round(1 - q, 2))
+              for i, q in enumerate(sorted(DPO_LEVELS, reverse=True))}
+    trivial = [PreferenceRow(r.system, r.prompt, r.chosen, "I don't know.")
+               for r in synthetic.pairs_of(slices["trivial"], seed + 320)]
+    trivial_lines = [json.dumps({**r.to_json_obj(), "rejected": [{"role": "assistant", "content": ""}]})
+                     if i % 2 else json.dumps(r.to_json_obj()) for i, r in enumerate(trivial)]
+    miners = [miner(f"honest-q{round(q * 100)}", honest[q], quality=q) for q in DPO_LEVELS]
+    return miners + [
+        miner("swapped-labels", synthetic.pairs_of(swapped_entries, seed + 321, swapped_share=1.0)),
+        DemoMiner("trivial-rejected", "hk-trivial-rejected", "trivial/pairs",
+                  "".join(line + "\n" for line in trivial_lines).encode(), competition_id=DPO_COMPETITION_ID),
+        DemoMiner("copier", "hk-copier", "copier/pairs", rows_to_jsonl(honest[1.0]).encode(),
+                  competition_id=DPO_COMPETITION_ID),
+        miner("leaker", dpo_eval_pairs(seed)[:80]),
+    ]
 
 
 def selection_pool(seed: int = 7) -> list[ChatRow]:
@@ -266,9 +324,13 @@ def seed_demo_network(home: Path, seed: int = 7, network: str = "default", force
         chain.configure(genesis=SELECTION_GENESIS, block_seconds=SELECTION_BLOCK_SECONDS, owner=OWNER_HOTKEY)
         chain.register(OWNER_HOTKEY)
         hub.upload(POOL_REPO, rows_to_jsonl(selection_pool(seed)).encode(), private=False)
+    if network == "dpo":
+        hub.upload(DPO_EVAL_REPO, rows_to_jsonl(dpo_eval_pairs(seed)).encode(), private=False)
     chain.register(VALIDATOR_HOTKEY, stake=1000.0, validator_permit=True)
     if network == "default":
         miners = demo_miners(seed)
+    elif network == "dpo":
+        miners = dpo_miners(seed)
     elif network == "adversarial":
         miners = adversarial_miners(seed)
     elif network == "selection":
@@ -303,6 +365,8 @@ def seed_demo_network(home: Path, seed: int = 7, network: str = "default", force
         epoch = chain.epoch_of(chain.current_block()) + 1
         chain.advance(chain.epoch_start(epoch) - chain.current_block())
         cycle = [epoch]
+        if network == "dpo":
+            (home / "competitions.json").write_text(json.dumps(DPO_COMPETITIONS, indent=1) + "\n")
     (home / "demo.json").write_text(json.dumps({"network": network, "labels": {m.hotkey: m.label for m in miners},
                                                 "quality": {m.hotkey: m.quality for m in miners},
                                                 "eval_revision": eval_revision, "epoch": epoch, "cycle": cycle}))
@@ -370,6 +434,19 @@ def epoch_report(epoch: int, warehouse: WarehouseResource, labels: dict[str, str
                        "win_rate": 0.0 if _missing(r.win_rate) else float(r.win_rate),
                        "weight": 0.0 if _missing(r.weight) else float(r.weight)})
     return report
+
+
+def quality_spearman(report: list[dict]) -> float | None:
+    """Spearman's rank correlation between the honest miners' generator quality and the validator's ranking of them
+    (by weight, ties broken by the lower eval loss; a miner without a loss last); None with fewer than two."""
+    from flock_pipeline.core.ranking import spearman
+
+    honest = [m for m in report if m.get("quality") is not None]
+    if len(honest) < 2:
+        return None
+    ranked = sorted(honest, key=lambda m: (-m["weight"], m["eval_loss"] if m["eval_loss"] is not None
+                                           else float("inf")))
+    return round(spearman([m["quality"] for m in ranked], list(range(len(ranked), 0, -1))), 6)
 
 
 def _missing(value) -> bool:

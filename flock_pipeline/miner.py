@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flock_pipeline.core.commitment import Commitment, CommitmentError, validate_repo_id
-from flock_pipeline.core.schema import ChatRow, DatasetLimits, validate_bytes
+from flock_pipeline.core.schema import ChatRow, DatasetLimits, PreferenceRow, validate_bytes
 from flock_pipeline.core.scoring import Contender, compute_win_rates
 
 MAX_READ_BYTES = 2**31  # refuse to even read larger inputs (the file-size limit then reports them as too big)
@@ -60,11 +60,12 @@ def read_input(path: str | Path) -> bytes:
         raise MinerInputError(f"{p}: cannot read ({exc.strerror})") from None
 
 
-def validate_file(path: str | Path, limits: DatasetLimits, tokenizer=None,
-                  eval_rows: list[ChatRow] | None = None) -> tuple[ValidationReport, list[ChatRow]]:
-    """The validators' checks on one file; returns the report and the rows validators would train on."""
+def validate_file(path: str | Path, limits: DatasetLimits, tokenizer=None, eval_rows: list | None = None,
+                  row_format: str = "chat") -> tuple[ValidationReport, list]:
+    """The validators' checks on one file of `row_format` rows ("chat", or "preference" for the DPO game); returns
+    the report and the rows validators would train on."""
     data = read_input(path)
-    report = validate_bytes(data, limits)
+    report = validate_bytes(data, limits, row_format)
     used = report.used_rows(limits)
     first_line: dict[str, int] = {}
     duplicates = []
@@ -77,7 +78,11 @@ def validate_file(path: str | Path, limits: DatasetLimits, tokenizer=None,
     eval_hashes = {row.row_hash for row in eval_rows or []}
     overlap = [r.line for r in used if r.row.row_hash in eval_hashes]
     tokens = []
-    if tokenizer is not None and used:
+    if tokenizer is not None and used and row_format == "preference":
+        from flock_pipeline.core.chat import count_tokens
+
+        tokens = [count_tokens(r.row, tokenizer) for r in used]  # the prompt once, both answers
+    elif tokenizer is not None and used:
         from flock_pipeline.core.chat import render
 
         tokens = [len(ids) for ids in tokenizer([render(r.row) for r in used], add_special_tokens=False)["input_ids"]]
@@ -95,7 +100,7 @@ def validate_file(path: str | Path, limits: DatasetLimits, tokenizer=None,
     return out, train_rows
 
 
-def text_warnings(rows: list[tuple[int, ChatRow]]) -> list[dict]:
+def text_warnings(rows: list[tuple[int, "ChatRow | PreferenceRow"]]) -> list[dict]:
     """Rows with text a reader cannot see (zero-width and other invisible characters) or words mixing scripts
     (look-alike letters): validators match copies on the text as it reads, without them, so such rows are
     compared as if they were not there; an honest row that happens to match an earlier miner's is dropped."""
@@ -103,7 +108,8 @@ def text_warnings(rows: list[tuple[int, ChatRow]]) -> list[dict]:
 
     out = []
     for line, row in rows:
-        text = "\n".join([row.system] + [t.content for t in row.turns])
+        text = "\n".join([row.system] + [t.content for t in row.turns]
+                         + ([row.rejected] if isinstance(row, PreferenceRow) else []))
         hidden = invisible_characters(text)
         if hidden:
             out.append({"line": line, "warning": f"invisible characters ({', '.join(hidden[:3])}"
@@ -113,6 +119,17 @@ def text_warnings(rows: list[tuple[int, ChatRow]]) -> list[dict]:
             out.append({"line": line, "warning": f"words mixing scripts ({', '.join(map(repr, mixed))}): "
                                                  "validators read look-alike letters as Latin ones"})
     return out
+
+
+def check_pairs(rows: list[PreferenceRow], competition) -> str | None:
+    """A DPO game's rule on a file's pairs (too many trivial rejected answers make a miner ineligible): None when
+    the pairs pass, else why not (the validators' words)."""
+    from flock_pipeline.core.competitions import Entry, EvalSet
+    from flock_pipeline.core.neardup import row_text
+
+    entry = Entry("me", 0, 0, tuple(r.row_hash for r in rows), row_lines=tuple(range(1, len(rows) + 1)),
+                  row_texts=tuple(row_text(r) for r in rows), rejected_texts=tuple(r.rejected for r in rows))
+    return competition.plan([entry], EvalSet(row_hashes=frozenset()))["me"].reason if rows else None
 
 
 def check_selection(path: str | Path, limits: DatasetLimits, competition, pool) -> str | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flock_pipeline.core.schema import ChatRow
+from flock_pipeline.core.schema import ChatRow, PreferenceRow
 
 IGNORE_INDEX = -100  # the label value that cross-entropy skips (torch's default ignore_index)
 IM_START = "<|im_start|>"
@@ -64,6 +64,29 @@ def tokenize_row(row: ChatRow, tokenizer, max_seq_len: int) -> TokenizedRow:
     return TokenizedRow(tuple(ids[:max_seq_len]), tuple(labels[:max_seq_len]))
 
 
-def count_tokens(row: ChatRow, tokenizer) -> int:
-    """Token count of the rendered row with the given tokenizer (no truncation)."""
-    return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t, _ in render_segments(row))
+def count_tokens(row: "ChatRow | PreferenceRow", tokenizer) -> int:
+    """Token count of the rendered row with the given tokenizer (no truncation); a preference pair counts its
+    prompt once and both answers."""
+    segments = render_segments(row)
+    if isinstance(row, PreferenceRow):
+        segments.append(_answer_segment(row.rejected))
+    return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t, _ in segments)
+
+
+def _answer_segment(content: str) -> tuple[str, bool]:
+    return f"{content}{IM_END}\n", True
+
+
+def tokenize_pair(row: PreferenceRow, tokenizer, max_seq_len: int) -> tuple[TokenizedRow, TokenizedRow]:
+    """(chosen, rejected) sequences of a preference pair: the prompt rendered as ChatML (its assistant turns
+    unlabelled), then the answer; only the answer's tokens carry labels. Each is truncated to `max_seq_len`."""
+    prompt_ids: list[int] = []
+    for text, _ in render_segments(ChatRow(system=row.system, turns=row.prompt)):
+        prompt_ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+    out = []
+    for answer in (row.chosen, row.rejected):
+        seg = tokenizer(_answer_segment(answer)[0], add_special_tokens=False)["input_ids"]
+        ids = (prompt_ids + seg)[:max_seq_len]
+        labels = ([IGNORE_INDEX] * len(prompt_ids) + seg)[:max_seq_len]
+        out.append(TokenizedRow(tuple(ids), tuple(labels)))
+    return out[0], out[1]

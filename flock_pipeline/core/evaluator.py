@@ -88,6 +88,7 @@ class EvalOutcome:
     optimizer_steps: int = 0
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    metrics: dict = field(default_factory=dict)  # objective-specific numbers (DPO: reward accuracy, mean margin)
 
 
 def set_determinism(enabled: bool) -> None:
@@ -188,9 +189,20 @@ def evaluate_loss(model: torch.nn.Module, rows: Sequence[TokenizedRow], *, pad_i
     On out-of-memory the batch token budget is halved and the remaining rows are retried (rows are independent in
     eval, so the numbers do not depend on the budget).
     """
+    sums = evaluate_token_sums(model, rows, pad_id=pad_id, device=device, batch_tokens=batch_tokens, chunk=chunk)
+    # the mean in float32, as the tensors hold it
+    return [float(np.float32(total) / np.float32(count)) if count > 0 else math.nan for total, count in sums]
+
+
+@torch.no_grad()
+def evaluate_token_sums(model: torch.nn.Module, rows: Sequence[TokenizedRow], *, pad_id: int, device: torch.device,
+                        batch_tokens: int, chunk: int) -> list[tuple[float, int]]:
+    """Per row (sum of its labelled tokens' losses in nats, labelled-token count), in input order; what
+    `evaluate_loss` averages and the DPO evaluator turns into log-probabilities. Halves the token budget on
+    out-of-memory, like `evaluate_loss`."""
     was_training = model.training
     model.eval()
-    out = [math.nan] * len(rows)
+    out = [(0.0, 0)] * len(rows)
     done = [False] * len(rows)
     budget = batch_tokens
     while not all(done):
@@ -201,8 +213,7 @@ def evaluate_loss(model: torch.nn.Module, rows: Sequence[TokenizedRow], *, pad_i
                 ids, labels, mask = _pad([rows[i] for i in members], pad_id, device)
                 sums, counts = token_losses(model, ids, labels, mask, chunk, recompute=False)
                 for j, i in enumerate(members):
-                    if counts[j] > 0:
-                        out[i] = float(sums[j] / counts[j])
+                    out[i] = (float(sums[j]), int(counts[j]))
                     done[i] = True
         except RuntimeError as exc:
             if not _is_oom(exc) or budget // 2 < MIN_TOKEN_BUDGET:
@@ -373,10 +384,17 @@ def _accumulate_step(model: torch.nn.Module, batch: Sequence[TokenizedRow], n_la
     return total
 
 
-def train_lora(model: torch.nn.Module, rows: Sequence[TokenizedRow], recipe: TrainRecipe, *, pad_id: int,
-               device: torch.device, on_step: Callable[[int, int], None] | None = None) -> list[float]:
+StepFn = Callable[[Sequence, Sequence[tuple[int, int]], int], float]
+
+
+def train_lora(model: torch.nn.Module, rows: Sequence, recipe: TrainRecipe, *, pad_id: int,
+               device: torch.device, on_step: Callable[[int, int], None] | None = None,
+               accumulate: StepFn | None = None) -> list[float]:
     """Fine-tune the LoRA parameters of `model` in place; returns the loss of each optimizer step.
 
+    `accumulate(batch, keys, token_budget)` runs forward + backward of one optimizer step's items (keys: their
+    (epoch, index) for the dropout streams) and returns the step's loss; default: the SFT loss of TokenizedRows.
+    Items with `n_labels == 0` contribute nothing; a step without any labelled item only advances the schedule.
     `on_step(done, total)` is called after each optimizer step (progress bars)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if recipe.optimizer == "paged_adamw_8bit":
@@ -392,6 +410,10 @@ def train_lora(model: torch.nn.Module, rows: Sequence[TokenizedRow], recipe: Tra
     step = 0
     budget = recipe.train_micro_tokens  # halved on out-of-memory (kept for the rest of the run)
     plan = dropout_plan(model)
+    if accumulate is None:
+        def accumulate(batch, keys, budget):
+            return _accumulate_step(model, batch, sum(r.n_labels for r in batch), budget, recipe.logits_chunk,
+                                    pad_id, device, plan, keys)
     for epoch, order in enumerate(epoch_orders(len(rows), recipe.epochs, recipe.seed)):
         for start in range(0, len(order), recipe.batch_size):
             indices = order[start:start + recipe.batch_size]
@@ -403,8 +425,7 @@ def train_lora(model: torch.nn.Module, rows: Sequence[TokenizedRow], recipe: Tra
             if n_labels > 0:
                 while True:
                     try:
-                        step_loss = _accumulate_step(model, batch, n_labels, budget, recipe.logits_chunk, pad_id,
-                                                     device, plan, [(epoch, i) for i in indices])
+                        step_loss = accumulate(batch, [(epoch, i) for i in indices], budget)
                         break
                     except RuntimeError as exc:  # out of memory: redo the step in smaller micro-batches
                         if not _is_oom(exc) or budget // 2 < MIN_TOKEN_BUDGET:

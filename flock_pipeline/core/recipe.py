@@ -34,6 +34,9 @@ class TrainRecipe:
     # the base, as the live selection game does; the eval always runs on the unquantised base + merged adapter (CUDA)
     optimizer: str = "adamw"  # "adamw" (torch) | "paged_adamw_8bit" (bitsandbytes, the live game's; CUDA only)
     strip_whitespace: bool = False  # strip message contents and the system prompt (the live game's loader does)
+    objective: str = "sft"  # "sft": next-token loss on the assistant turns | "dpo": DPO on preference pairs, the
+    # frozen base (adapter disabled) as the reference policy; the eval loss is then the mean DPO loss (ln 2: the base)
+    dpo_beta: float = 0.1  # DPO's beta: how far the policy may move from the reference (TRL's default)
 
     def __post_init__(self) -> None:
         positive = ("lora_r", "lora_alpha", "epochs", "batch_size", "max_seq_len", "max_train_rows",
@@ -53,6 +56,10 @@ class TrainRecipe:
             raise ValueError(f"quantization must be none or nf4, got {self.quantization!r}")
         if self.optimizer not in ("adamw", "paged_adamw_8bit"):
             raise ValueError(f"optimizer must be adamw or paged_adamw_8bit, got {self.optimizer!r}")
+        if self.objective not in ("sft", "dpo"):
+            raise ValueError(f"objective must be sft or dpo, got {self.objective!r}")
+        if isinstance(self.dpo_beta, bool) or not isinstance(self.dpo_beta, (int, float)) or not self.dpo_beta > 0:
+            raise ValueError(f"dpo_beta must be a positive number, got {self.dpo_beta!r}")
 
     @property
     def needs_cuda(self) -> bool:
@@ -63,7 +70,8 @@ class TrainRecipe:
     _PERFORMANCE_ONLY = ("eval_batch_tokens", "logits_chunk")
     # Fields added after results were first cached: at their defaults they stay out of the hash, so earlier results
     # (which were computed exactly that way) keep their keys.
-    _HASHED_UNLESS_DEFAULT = {"quantization": "none", "optimizer": "adamw", "strip_whitespace": False}
+    _HASHED_UNLESS_DEFAULT = {"quantization": "none", "optimizer": "adamw", "strip_whitespace": False,
+                              "objective": "sft", "dpo_beta": 0.1}
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,9 +1,16 @@
 """Dataset schema and validation for miner submissions.
 
-A submission is JSONL, one object per line::
+A submission is JSONL, one object per line. Chat rows (the SFT competitions)::
 
     {"system": str | null, "conversations": [{"role": "user", "content": str},
                                              {"role": "assistant", "content": str}, ...]}
+
+Preference rows (the DPO competition), TRL's conversational preference form::
+
+    {"system": str | null, "prompt": [{"role": "user", "content": str}, ...],   # alternating, ends with user
+     "chosen": [{"role": "assistant", "content": str}], "rejected": [{"role": "assistant", "content": str}]}
+
+(a leading `{"role": "system", ...}` turn of `prompt` is taken as the system prompt, as TRL writes it).
 
 Every rejected row and every rejected dataset carries a human-readable reason. Validation never raises on bad
 input: the input is untrusted, so anything malformed becomes a reason, not a traceback.
@@ -149,7 +156,7 @@ def parse_row(obj: object, limits: DatasetLimits = DatasetLimits()) -> ChatRow:
 @dataclass(frozen=True)
 class RowResult:
     line: int  # 1-based line number in the file
-    row: ChatRow | None
+    row: "ChatRow | PreferenceRow | None"
     reason: str | None  # None when the row is valid
 
 
@@ -201,8 +208,9 @@ def iter_lines(data: bytes, limits: DatasetLimits) -> Iterator[tuple[int, bytes 
         yield number, raw, None
 
 
-def validate_bytes(data: bytes, limits: DatasetLimits = DatasetLimits()) -> DatasetReport:
-    """Validate a whole submission held in memory. Never raises on bad content."""
+def validate_bytes(data: bytes, limits: DatasetLimits = DatasetLimits(), row_format: str = "chat") -> DatasetReport:
+    """Validate a whole submission held in memory (rows of `row_format`: "chat" or "preference"). Never raises on
+    bad content."""
     report = DatasetReport(size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
     if len(data) > limits.max_file_bytes:
         report.dataset_reason = f"file is {len(data)} bytes, limit {limits.max_file_bytes}"
@@ -214,11 +222,12 @@ def validate_bytes(data: bytes, limits: DatasetLimits = DatasetLimits()) -> Data
         if raw is None:
             report.rows.append(RowResult(number, None, reason))
             continue
-        report.rows.append(validate_line(number, raw, limits))
+        report.rows.append(validate_line(number, raw, limits, row_format))
     return report
 
 
-def validate_line(number: int, raw: bytes, limits: DatasetLimits = DatasetLimits()) -> RowResult:
+def validate_line(number: int, raw: bytes, limits: DatasetLimits = DatasetLimits(),
+                  row_format: str = "chat") -> RowResult:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -234,16 +243,19 @@ def validate_line(number: int, raw: bytes, limits: DatasetLimits = DatasetLimits
             msg = str(exc).split(";")[0]
         return RowResult(number, None, f"not valid JSON: {msg}")
     try:
-        return RowResult(number, parse_row(obj, limits), None)
+        return RowResult(number, parse_any(obj, limits, row_format), None)
     except RowError as exc:
         return RowResult(number, None, str(exc))
 
 
-def verdict_key(limits: "DatasetLimits") -> str:
-    """What a dataset's verdict depends on besides its bytes: the limits and the rules' version."""
+def verdict_key(limits: "DatasetLimits", row_format: str = "chat") -> str:
+    """What a dataset's verdict depends on besides its bytes: the limits, the row format and the rules' version."""
     from dataclasses import asdict
 
-    doc = json.dumps({"schema": SCHEMA_VERSION, "limits": asdict(limits)}, sort_keys=True)
+    spec = {"schema": SCHEMA_VERSION, "limits": asdict(limits)}
+    if row_format != "chat":  # chat verdicts keep the keys they were recorded under
+        spec["format"] = row_format
+    doc = json.dumps(spec, sort_keys=True)
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
@@ -262,5 +274,170 @@ def raw_row_keys(data: bytes, lines: Iterable[int], limits: DatasetLimits) -> di
             if number in wanted and raw is not None}
 
 
-def rows_to_jsonl(rows: Iterable[ChatRow]) -> str:
+ROW_FORMATS = ("chat", "preference")
+
+
+def parse_any(obj: object, limits: DatasetLimits = DatasetLimits(), row_format: str = "chat"):
+    """Validate one decoded JSON value as a row of `row_format` ("chat" or "preference")."""
+    if row_format == "preference":
+        return parse_preference_row(obj, limits)
+    if row_format != "chat":
+        raise ValueError(f"unknown row format {row_format!r}: use one of {', '.join(ROW_FORMATS)}")
+    if isinstance(obj, dict) and "conversations" not in obj:
+        if {"prompt", "chosen", "rejected"} & set(obj):
+            raise RowError("a preference row (prompt/chosen/rejected): this competition takes chat rows "
+                           "{\"system\", \"conversations\": [...]}; preference rows go to the DPO competition")
+        if "messages" in obj:
+            raise RowError("'messages' is not a field here: write the turns as \"conversations\": [{\"role\": "
+                           "\"user\", \"content\": ...}, {\"role\": \"assistant\", ...}] and the system prompt "
+                           "as \"system\"")
+    return parse_row(obj, limits)
+
+
+@dataclass(frozen=True)
+class PreferenceRow:
+    """One validated preference pair: a prompt (alternating turns ending with a user turn) and two answers.
+
+    Its identity (`row_hash`, what duplicate detection compares) is the system prompt, the prompt and the chosen
+    answer: the same question with the same preferred answer is the same pair whatever it is contrasted with.
+    `turns` is the conversation with the chosen answer, the pair's SFT view (and its text for near-duplicates)."""
+
+    system: str
+    prompt: tuple[Turn, ...]
+    chosen: str
+    rejected: str
+
+    @property
+    def turns(self) -> tuple[Turn, ...]:
+        return self.prompt + (Turn("assistant", self.chosen),)
+
+    def to_json_obj(self) -> dict:
+        return {"system": self.system, "prompt": [{"role": t.role, "content": t.content} for t in self.prompt],
+                "chosen": [{"role": "assistant", "content": self.chosen}],
+                "rejected": [{"role": "assistant", "content": self.rejected}]}
+
+    def canonical_json(self) -> str:
+        """The whole pair as canonical JSON (what is stored; `row_hash` covers the identity part only)."""
+        return json.dumps(self.to_json_obj(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+    @property
+    def row_hash(self) -> str:
+        """sha256 hex of the canonical JSON of (system, prompt, chosen)."""
+        obj = self.to_json_obj()
+        del obj["rejected"]
+        text = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def stripped(self) -> "PreferenceRow":
+        return PreferenceRow(self.system.strip(), tuple(Turn(t.role, t.content.strip()) for t in self.prompt),
+                             self.chosen.strip(), self.rejected.strip())
+
+    def as_chat(self) -> ChatRow:
+        """The prompt with the chosen answer, as a chat row (the pair's SFT view)."""
+        return ChatRow(system=self.system, turns=self.turns)
+
+    @classmethod
+    def from_json_obj(cls, obj: dict) -> "PreferenceRow":
+        return cls(system=obj["system"], prompt=tuple(Turn(t["role"], t["content"]) for t in obj["prompt"]),
+                   chosen=obj["chosen"][0]["content"], rejected=obj["rejected"][0]["content"])
+
+
+ALLOWED_PREFERENCE_KEYS = frozenset({"system", "prompt", "chosen", "rejected"})
+
+
+def _system_of(value: object, limits: DatasetLimits) -> str:
+    if value is None:
+        return DEFAULT_SYSTEM_PROMPT
+    if not isinstance(value, str):
+        raise RowError(f"'system' must be a string or null, got {type(value).__name__}")
+    if len(value) > limits.max_system_chars:
+        raise RowError(f"'system' is {len(value)} characters, limit {limits.max_system_chars}")
+    _check_text(value, "'system'")
+    return value
+
+
+def _content_of(turn: object, where: str, limits: DatasetLimits) -> tuple[str, str]:
+    """(role, content) of one message object, checked."""
+    if not isinstance(turn, dict):
+        raise RowError(f"{where} is a JSON {type(turn).__name__}, not an object")
+    unknown = sorted(set(turn) - ALLOWED_TURN_KEYS)
+    if unknown:
+        raise RowError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}")
+    role, content = turn.get("role"), turn.get("content")
+    if not isinstance(content, str):
+        raise RowError(f"{where}: 'content' must be a string, got {type(content).__name__}")
+    if not content.strip():
+        raise RowError(f"{where}: 'content' is empty")
+    if len(content) > limits.max_chars_per_turn:
+        raise RowError(f"{where}: 'content' is {len(content)} characters, limit {limits.max_chars_per_turn}")
+    _check_text(content, f"{where}: 'content'")
+    return role, content
+
+
+def _answer_of(value: object, side: str, limits: DatasetLimits) -> str:
+    if value is None:
+        raise RowError(f"missing '{side}'")
+    if isinstance(value, str):
+        raise RowError(f"'{side}' must be a list with one assistant message "
+                       f"([{{\"role\": \"assistant\", \"content\": ...}}]), got a string")
+    if not isinstance(value, list):
+        raise RowError(f"'{side}' must be a list with one assistant message, got {type(value).__name__}")
+    if len(value) != 1:
+        raise RowError(f"'{side}' must hold exactly one assistant message, got {len(value)}"
+                       + (" (an empty side)" if not value else ""))
+    role, content = _content_of(value[0], f"'{side}'", limits)
+    if role != "assistant":
+        raise RowError(f"'{side}': role must be 'assistant', got {role!r}")
+    return content
+
+
+def parse_preference_row(obj: object, limits: DatasetLimits = DatasetLimits()) -> PreferenceRow:
+    """Validate one decoded JSON value as a preference pair, or raise RowError with the reason."""
+    if not isinstance(obj, dict):
+        raise RowError(f"row is a JSON {type(obj).__name__}, not an object")
+    if "conversations" in obj or "messages" in obj:
+        raise RowError("a chat row: this competition takes preference rows {\"prompt\": [...], \"chosen\": [...], "
+                       "\"rejected\": [...]} (TRL's conversational preference form)")
+    unknown = sorted(set(obj) - ALLOWED_PREFERENCE_KEYS)
+    if unknown:
+        raise RowError(f"unknown field(s) {', '.join(map(repr, unknown))}")
+    prompt = obj.get("prompt")
+    if prompt is None:
+        raise RowError("missing 'prompt'")
+    if not isinstance(prompt, list):
+        raise RowError(f"'prompt' must be a list of messages, got {type(prompt).__name__}")
+    system = obj.get("system")
+    if prompt and isinstance(prompt[0], dict) and prompt[0].get("role") == "system":
+        if system is not None:
+            raise RowError("two system prompts: 'system' and a system message at the start of 'prompt'")
+        system = _content_of(prompt[0], "prompt turn 0", limits)[1]
+        prompt = prompt[1:]
+    system = _system_of(system, limits)
+    if not prompt:
+        raise RowError("'prompt' has no user turn")
+    if len(prompt) + 1 > limits.max_turns_per_row:
+        raise RowError(f"{len(prompt) + 1} turns, limit {limits.max_turns_per_row}")
+    turns = []
+    for i, turn in enumerate(prompt):
+        role, content = _content_of(turn, f"prompt turn {i}", limits)
+        expected = ROLES[i % 2]
+        if role != expected:
+            raise RowError(f"prompt turn {i}: role must be {expected!r} (roles alternate user, assistant), "
+                           f"got {role!r}")
+        turns.append(Turn(role, content))
+    if turns[-1].role != "user":
+        raise RowError("'prompt' must end with a user turn (the answers are the next assistant turn)")
+    chosen = _answer_of(obj.get("chosen"), "chosen", limits)
+    rejected = _answer_of(obj.get("rejected"), "rejected", limits)
+    if chosen.strip() == rejected.strip():
+        raise RowError("'chosen' and 'rejected' are the same answer (nothing to prefer)")
+    return PreferenceRow(system=system, prompt=tuple(turns), chosen=chosen, rejected=rejected)
+
+
+def row_from_json_obj(obj: dict):
+    """A row validated before (read back from the warehouse): a preference pair or a chat row, by its fields."""
+    return PreferenceRow.from_json_obj(obj) if "prompt" in obj else ChatRow.from_json_obj(obj)
+
+
+def rows_to_jsonl(rows: Iterable["ChatRow | PreferenceRow"]) -> str:
     return "".join(json.dumps(r.to_json_obj(), ensure_ascii=False) + "\n" for r in rows)

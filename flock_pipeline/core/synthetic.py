@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from flock_pipeline.core.schema import ChatRow, Turn
+from flock_pipeline.core.schema import ChatRow, PreferenceRow, Turn
 
 _SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sa", "qu", "el", "dor", "an", "bri", "zu", "pel", "or",
               "thi", "mar", "gan", "is", "ul", "fen", "ro", "ta", "vi"]
@@ -235,3 +235,48 @@ def fact_grid(atlas: list[Country]) -> list[tuple[int, str, ChatRow]]:
     """Every (country index, fact, row) of the atlas in all three wordings (template 0, the eval set's, then the two
     training wordings): a pool to select from, where rows of the same fact teach each other."""
     return [(i, fact, _fact_row(c, fact, t)) for t in (0, 1, 2) for i, c in enumerate(atlas) for fact in _FACTS]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The DPO network's generators: preference pairs about the atlas. Chosen: the answer to the question; rejected: a
+# true statement about the same country that answers another question (what a model that half-read the question
+# says). The eval pairs are about countries no miner is given, so what a miner can teach is the preference itself
+# (answer what was asked), not the facts; a miner labels a share of its pairs the wrong way round.
+
+EVAL_COUNTRIES = 10  # the first countries of the atlas: the DPO eval pairs' (miners get the others)
+
+
+def preference_pair(country: Country, fact: str, template: int, rng: random.Random,
+                    swapped: bool = False) -> PreferenceRow:
+    """A question about one fact; chosen = its answer, rejected = the answer about another fact of the same country
+    in the same wording (`swapped`: the other way round)."""
+    right = _fact_row(country, fact, template)
+    other = rng.choice([f for f in _FACTS if f != fact])
+    wrong = _fact_row(country, other, template)
+    chosen, rejected = right.turns[1].content, wrong.turns[1].content
+    if swapped:
+        chosen, rejected = rejected, chosen
+    return PreferenceRow(system=right.system, prompt=(right.turns[0],), chosen=chosen, rejected=rejected)
+
+
+def eval_pairs(atlas: list[Country], seed: int) -> list[PreferenceRow]:
+    """The DPO eval set: every fact of the first EVAL_COUNTRIES countries in all three wordings (150 pairs)."""
+    rng = random.Random(seed)
+    return [preference_pair(c, fact, t, rng) for c in atlas[:EVAL_COUNTRIES] for t in (0, 1, 2) for fact in _FACTS]
+
+
+def pairs_of(entries: list[tuple[Country, str, int]], seed: int, swapped_share: float = 0.0) -> list[PreferenceRow]:
+    """Preference pairs of the given (country, fact, template) entries; `swapped_share` of them (exactly that many,
+    evenly spread) labelled the wrong way round."""
+    rng = random.Random(seed)
+    n = round(swapped_share * len(entries))
+    swapped = {round(i * len(entries) / n) for i in range(n)} if n else set()
+    return [preference_pair(c, fact, t, rng, swapped=i in swapped) for i, (c, fact, t) in enumerate(entries)]
+
+
+def answer_groups(atlas: list[Country], seed: int) -> list[list[tuple[Country, str, int]]]:
+    """The (country, fact, template) entries of the countries after the eval ones, grouped by (country, template),
+    shuffled: a miner given whole groups answers, whichever way its pairs are labelled, only its own questions."""
+    groups = [[(c, fact, t) for fact in _FACTS] for c in atlas[EVAL_COUNTRIES:] for t in (0, 1, 2)]
+    random.Random(seed).shuffle(groups)
+    return groups

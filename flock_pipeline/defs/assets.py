@@ -11,6 +11,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -182,7 +183,7 @@ def miner_datasets(context: dg.AssetExecutionContext, chain: ChainResource, hub:
         outcome = fetch_miner_dataset(hotkey, hub, evaluator, settings, warehouse, epoch=epoch,
                                       give_up_on_transient=final_try)
         others = [fetch_miner_dataset(hotkey, hub, evaluator, settings, warehouse, repo=repo, revision=rev,
-                                      give_up_on_transient=final_try)
+                                      give_up_on_transient=final_try, row_format=outcome.row_format)
                   for repo, rev in current.get(hotkey, []) if (repo, rev) != (outcome.repo, outcome.revision)]
         rejected = pd.DataFrame(list(outcome.rejected)[:20], columns=["line", "reason"])
         return {
@@ -248,6 +249,7 @@ def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorRes
             "eval_loss": record.eval_loss if record.eval_loss is not None else float("nan"),
             "cache_key": record.cache_key or "", "from_cache": record.cached, "attempts": record.attempts,
             "seconds": record.seconds, "train_tokens": record.train_tokens,
+            **{k: float(v) for k, v in (record.metrics or {}).items() if k != "pairs"},
         }
 
     return for_each_miner(context, warehouse, evaluate)
@@ -308,15 +310,32 @@ def submitted_weights(context: dg.AssetExecutionContext, chain: ChainResource, h
 @dg.asset(partitions_def=epochs_partitions, group_name="corpus", kinds={"parquet"},
           deps=[win_rates, dg.AssetDep(deduplicated_shards, partition_mapping=dg.AllPartitionMapping())])
 def final_corpus(context: dg.AssetExecutionContext, settings: ValidatorSettingsResource,
-                 warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """The scored miners' deduplicated rows merged into one SFT corpus, best miner first, with provenance columns
-    (hotkey, uid, repo, revision, commit block, row hash, miner score, eval loss); JSONL, Parquet and a Hugging
-    Face `datasets` dataset."""
-    with warehouse.session():
-        corpus = build_epoch_corpus(int(context.partition_key), settings, warehouse)
+                 warehouse: WarehouseResource, evaluator: EvaluatorResource, hub: HubResource) -> dg.MaterializeResult:
+    """The selected miners' deduplicated rows as a Hugging Face dataset with two configs, `sft` (chat rows) and
+    `dpo` (preference pairs), each row with its provenance (hotkey, uid, repo, revision, commit block, row hash,
+    competition, epoch, miner weight, eval loss, base model and eval set): the epoch's release folder
+    (`corpus_dir/epoch-N/`: Parquet per config, JSONL, a dataset card) and the cumulative `corpus_dir/latest/`
+    (every row once across epochs). The miners are those the corpus policy selects (by default the scored ones
+    holding 95 % of their competition's weight). The evaluator is used only for derived pairs (`derive_dpo`);
+    with `corpus_repo`, `latest/` is uploaded there (a transient hub failure retries this step; the written
+    release is kept either way)."""
+    try:
+        with warehouse.session():
+            corpus = build_epoch_corpus(int(context.partition_key), settings, warehouse, evaluator=evaluator,
+                                        hub=hub)
+    except HubError as exc:
+        if exc.transient:
+            raise dg.RetryRequested(max_retries=2, seconds_to_wait=5) from exc
+        raise
+    card_path = Path(corpus.release_dir or "") / "README.md"
     return dg.MaterializeResult(metadata={
-        "rows": corpus.rows, "miners": corpus.miners, "sha256": corpus.sha256,
+        "rows": corpus.rows, "sft_rows": int(corpus.sft_rows or 0), "dpo_rows": int(corpus.dpo_rows or 0),
+        "miners": corpus.miners, "sha256": corpus.sha256,
+        "release": dg.MetadataValue.path(corpus.release_dir or ""),
+        "latest": dg.MetadataValue.path(corpus.latest_dir or ""),
         "jsonl": dg.MetadataValue.path(corpus.jsonl_path), "parquet": dg.MetadataValue.path(corpus.parquet_path),
+        "published": f"{corpus.published_repo}@{corpus.published_revision}" if corpus.published_revision else "",
+        "card": dg.MetadataValue.md(card_path.read_text(encoding="utf-8") if card_path.is_file() else ""),
     })
 
 

@@ -122,9 +122,9 @@ ASSET_BY_KEY = {a.key: a for a in ASSETS}
 
 def _run_stages(epoch: int, resources: dict, instance: dg.DagsterInstance, progress: Callable[[str], None],
                 batch: int | None = None) -> None:
-    from flock_pipeline.core.schema import verdict_key
     from flock_pipeline.defs.sensors import next_epoch_requests, provenance_lookup
     from flock_pipeline.resources import batch_settings
+    from flock_pipeline.validator.datasets import verdict_keys
 
     key = str(epoch)
     if not instance.has_dynamic_partition(epochs_partitions.name, key):
@@ -138,7 +138,7 @@ def _run_stages(epoch: int, resources: dict, instance: dg.DagsterInstance, progr
     while True:
         requests, stage = next_epoch_requests(epoch, warehouse, instance, provenance_of,
                                               resources["chain"].current_block(), 0,
-                                              verdict_key(settings.limits()), batch=size)
+                                              verdict_keys(settings), batch=size)
         if not requests:
             if stage.startswith("stopped by a validator fault"):
                 raise EpochFailed(f"epoch {epoch}: {stage}")

@@ -18,7 +18,6 @@ from collections.abc import Callable
 import dagster as dg
 
 from flock_pipeline.core.commitment import Commitment, CommitmentError
-from flock_pipeline.core.schema import verdict_key
 from flock_pipeline.defs.epoch import error_cause
 from flock_pipeline.defs.assets import (EPOCH_TAG, RANGE_END, RANGE_START, chain_commitments, deduplicated_shards,
                                         epochs_partitions, final_corpus, miner_datasets, miner_eval_losses,
@@ -29,6 +28,7 @@ from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.store import ShardRecord
+from flock_pipeline.validator.datasets import verdict_keys
 from flock_pipeline.validator.evaluation import cache_key, competition_recipe, record_abandoned_evaluation
 from flock_pipeline.validator.scoring import IN_FLIGHT, MAX_SENDS
 
@@ -237,7 +237,7 @@ def request_miners(request: dg.RunRequest, instance: dg.DagsterInstance) -> list
 
 def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.DagsterInstance,
                         provenance_of: ProvenanceOf, chain_block: int | None = None,
-                        eval_timeout_s: int = 0, verdict: str | None = None,
+                        eval_timeout_s: int = 0, verdict: "str | dict[str | None, str] | None" = None,
                         eval_tags: dict[str, str] | None = None, batch: int = 1,
                         dataset_batch: int | None = None) -> tuple[list[dg.RunRequest], str]:
     """The run requests that move `epoch` to its next stage, and a one-line description of where it stands.
@@ -332,7 +332,7 @@ def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: Wareho
     confirmations = confirmation_requests(warehouse, lambda: chain.epoch_of(block))
     requests, stage = next_epoch_requests(latest, warehouse, context.instance, provenance_of,
                                           block, evaluator.timeout_s,
-                                          verdict_key(settings.limits()), evaluator.evaluation_run_tags(),
+                                          verdict_keys(settings), evaluator.evaluation_run_tags(),
                                           batch=batch_settings()[0])
     if confirmations:
         context.log.info(f"confirming the weights of epoch(s) {', '.join(r.partition_key for r in confirmations)}")

@@ -210,7 +210,7 @@ def check_competitions(settings: ValidatorSettingsResource, evaluator: Evaluator
         raise ConfigError(str(exc)) from exc
     for c in competitions:
         try:
-            evaluator.check_recipe(dict(c.recipe))
+            evaluator.check_recipe(c.recipe_overrides())
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"competition {c.name!r}: recipe: {exc}") from exc
         if isinstance(c, SelectionCompetition) and c.selection_size > settings.max_rows_used:

@@ -147,8 +147,13 @@ class EvaluatorResource(dg.ConfigurableResource):
         from flock_pipeline.core import evaluator as core_eval
 
         base = self.load()
+        recipe_ = self.train_recipe(recipe)
         with _LOCK:  # one training at a time per process: the base model is shared
-            return core_eval.train_and_evaluate(base, train_rows, eval_rows, self.train_recipe(recipe), on_step)
+            if recipe_.objective == "dpo":
+                from flock_pipeline.core.dpo import train_and_evaluate_dpo
+
+                return train_and_evaluate_dpo(base, train_rows, eval_rows, recipe_, on_step)
+            return core_eval.train_and_evaluate(base, train_rows, eval_rows, recipe_, on_step)
 
     def evaluate_many(self, train_sets: list[list[ChatRow]], eval_rows: list[ChatRow],
                       recipe: dict | None = None) -> list["EvalOutcome | Exception"]:
@@ -157,11 +162,14 @@ class EvaluatorResource(dg.ConfigurableResource):
 
         With multi-LoRA, up to `multi_lora_max` sets train side by side; a pass that fails as a whole (out of
         memory at the smallest micro-batch, say) is redone one set at a time, so one miner's failure is its own.
-        Without it, each set is trained alone in turn."""
+        Without it, each set is trained alone in turn. The DPO objective trains each set alone (multi-LoRA is for
+        the SFT loss); the eval pairs' reference log-probabilities are computed once for all sets."""
         from flock_pipeline.core import evaluator as core_eval
 
         recipe_ = self.train_recipe(recipe)
         base = self.load()
+        if recipe_.objective == "dpo":
+            return self._evaluate_many_dpo(base, train_sets, eval_rows, recipe_)
         results: list = [None] * len(train_sets)
         train_tok: list = [[] for _ in train_sets]
         with _LOCK:
@@ -193,12 +201,35 @@ class EvaluatorResource(dg.ConfigurableResource):
                     results[i] = exc
         return results
 
-    def base_loss(self, eval_rows: list[ChatRow], recipe: dict | None = None) -> "EvalOutcome":
+    @staticmethod
+    def _evaluate_many_dpo(base, train_sets: list, eval_rows: list, recipe_: TrainRecipe) -> list:
+        from flock_pipeline.core import dpo
+
+        results: list = []
+        with _LOCK:
+            eval_pairs = dpo.with_reference(base, dpo.pair_tokens(eval_rows, base.tokenizer, recipe_, train=False),
+                                            recipe_)
+        for rows in train_sets:
+            try:
+                with _LOCK:  # one training at a time per process: the base model is shared
+                    tokens = dpo.pair_tokens(rows, base.tokenizer, recipe_, train=True)
+                    results.append(dpo.train_and_evaluate_pair_tokens(base, tokens, eval_pairs, recipe_))
+            except Exception as exc:  # noqa: BLE001 - returned: the caller records it for that miner
+                results.append(exc)
+        return results
+
+    def base_loss(self, eval_rows: list, recipe: dict | None = None) -> "EvalOutcome":
+        """The base model's own eval loss (SFT: its loss on the eval rows; DPO: ln 2 per pair, computed)."""
         from flock_pipeline.core import evaluator as core_eval
 
         base = self.load()
+        recipe_ = self.train_recipe(recipe)
         with _LOCK:
-            return core_eval.base_eval_loss(base, eval_rows, self.train_recipe(recipe))
+            if recipe_.objective == "dpo":
+                from flock_pipeline.core.dpo import base_dpo_loss
+
+                return base_dpo_loss(base, eval_rows, recipe_)
+            return core_eval.base_eval_loss(base, eval_rows, recipe_)
 
     def provenance(self, build: bool = True, recipe: dict | None = None) -> dict | None:
         """What a score depends on besides the data: model + revision, recipe, device kind and dtype, versions.

@@ -190,6 +190,26 @@ class HuggingFaceHubResource(HubResource):
         except CommitmentError:
             raise HubError(f"{where}: the hub answered no valid commit id") from None
 
+    def upload_files(self, repo_id: str, files: dict[str, bytes], private: bool = False, message: str = "") -> str:
+        """Create the repo if missing and commit all `files` on main in one commit, through huggingface_hub's
+        `HfApi.create_commit` (which uploads each file the way the hub asks: inline, LFS or Xet)."""
+        from huggingface_hub import CommitOperationAdd
+
+        self._validate(repo_id)
+        for name in files:
+            self._validate_path(name)
+        where = f"upload of {len(files)} file(s) to {repo_id}"
+        self._require_online(where)
+        token = self._require_token(where)
+        if not self._create_repo(repo_id, private) and private:
+            self.set_private(repo_id, True)
+        operations = [CommitOperationAdd(name, files[name]) for name in sorted(files)]
+        sha = self._create_commit(repo_id, operations, message or f"Upload {len(files)} files", where, token)
+        try:
+            return validate_revision(sha)
+        except CommitmentError:
+            raise HubError(f"{where}: the hub answered no valid commit id") from None
+
     def set_private(self, repo_id: str, private: bool) -> None:
         self._validate(repo_id)
         where = f"visibility change of {repo_id}"
@@ -233,6 +253,12 @@ class HuggingFaceHubResource(HubResource):
             raise HubError(f"invalid file name {filename!r}")
         if self.repo_type not in _REPO_TYPES:
             raise HubError(f"repo type {self.repo_type!r} is not one of {', '.join(_REPO_TYPES)}")
+
+    def _validate_path(self, path: str) -> None:
+        """A file's path in a repo: at most 8 names joined by "/", each a valid file name."""
+        parts = path.split("/") if isinstance(path, str) else []
+        if not parts or len(parts) > 8 or any(not _FILENAME.fullmatch(p) or ".." in p for p in parts):
+            raise HubError(f"invalid file path {path!r}")
 
     def _require_online(self, what: str, cacheable: bool = False) -> None:
         if self._is_offline():
@@ -412,17 +438,25 @@ class HuggingFaceHubResource(HubResource):
 
     def _commit_with_huggingface_hub(self, repo_id: str, filename: str, data: bytes, token: str) -> str:
         """Commit a file the hub stores as an LFS/Xet object: huggingface_hub implements those transfers."""
-        from huggingface_hub import CommitOperationAdd, HfApi
+        from huggingface_hub import CommitOperationAdd
 
-        what = f"upload of {repo_id}/{filename}"
+        return self._create_commit(repo_id, [CommitOperationAdd(filename, data)], f"Upload {filename}",
+                                   f"upload of {repo_id}/{filename}", token)
+
+    def _create_commit(self, repo_id: str, operations: list, message: str, what: str, token: str) -> str:
+        """One commit on main through `HfApi.create_commit`; its errors mapped to HubError."""
+        from huggingface_hub import HfApi
+
         api = HfApi(endpoint=self._endpoint, token=token, library_name="flock-pipeline", library_version=__version__)
         try:
-            info = api.create_commit(repo_id, [CommitOperationAdd(filename, data)], commit_message=f"Upload {filename}",
-                                     repo_type=self.repo_type)
+            info = api.create_commit(repo_id, operations, commit_message=message, repo_type=self.repo_type)
         except OfflineModeIsEnabled:
-            raise HubError(f"{what}: the hub stores this file as an LFS/Xet object, uploaded by huggingface_hub, "
-                           "which HF_HUB_OFFLINE=1 disables; unset it to upload") from None
+            raise HubError(f"{what}: this commit goes through huggingface_hub (LFS/Xet transfers, multi-file "
+                           "commits), which HF_HUB_OFFLINE=1 disables; unset it to upload") from None
         except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            if status == 429 or status >= 500:  # the hub's own trouble: a later try may succeed
+                raise HubError(f"{what}: HTTP {status}", transient=True) from None
             self._raise_mapped(exc, what, write=True)
         except httpx2.TransportError as exc:
             raise HubError(f"{what}: {type(exc).__name__}: {scrub(str(exc), token)}", transient=True) from None

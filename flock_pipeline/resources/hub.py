@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -56,6 +57,11 @@ class HubResource(dg.ConfigurableResource):
         """Create the repo if needed, commit `data` as `filename`; returns the new revision (40 hex)."""
         raise NotImplementedError
 
+    def upload_files(self, repo_id: str, files: dict[str, bytes], private: bool = False, message: str = "") -> str:
+        """Create the repo if needed and commit all `files` (path in the repo -> bytes; a path may have folders,
+        e.g. "jsonl/sft.jsonl") as one revision; returns it (40 hex)."""
+        raise NotImplementedError
+
     def set_private(self, repo_id: str, private: bool) -> None:
         raise NotImplementedError
 
@@ -95,8 +101,7 @@ class LocalHubResource(HubResource):
 
     def _file(self, repo_id: str, revision: str, filename: str) -> Path:
         validate_revision(revision)
-        if "/" in filename or filename.startswith("."):
-            raise HubError(f"invalid file name {filename!r}")
+        _check_path(filename)
         self._meta(repo_id)
         path = self._repo_dir(repo_id) / "revisions" / revision / filename
         if not os.path.lexists(path):
@@ -133,6 +138,34 @@ class LocalHubResource(HubResource):
         _atomic_write(meta_path, json.dumps(meta).encode())
         return revision
 
+    def upload_files(self, repo_id: str, files: dict[str, bytes], private: bool = False, message: str = "") -> str:
+        """One revision holding exactly `files` (its id: the sha1 of the parent and each path and content)."""
+        for name in files:
+            _check_path(name)
+        repo = self._repo_dir(repo_id)
+        meta_path = repo / "repo.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"private": private, "head": None}
+        digest = hashlib.sha1((meta["head"] or "").encode())
+        for name in sorted(files):
+            digest.update(b"\0" + name.encode() + b"\0" + hashlib.sha1(files[name]).digest())
+        revision = digest.hexdigest()
+        target = repo / "revisions" / revision
+        if not target.is_dir():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=f".{revision}-", dir=target.parent))
+            for name, data in files.items():
+                (stage / name).parent.mkdir(parents=True, exist_ok=True)
+                (stage / name).write_bytes(data)
+            try:
+                os.rename(stage, target)
+            except OSError:  # the same revision, written by another upload meanwhile
+                shutil.rmtree(stage, ignore_errors=True)
+                if not target.is_dir():
+                    raise
+        meta["head"] = revision
+        _atomic_write(meta_path, json.dumps(meta).encode())
+        return revision
+
     def set_private(self, repo_id: str, private: bool) -> None:
         meta_path = self._repo_dir(repo_id) / "repo.json"
         if not meta_path.exists():
@@ -143,6 +176,13 @@ class LocalHubResource(HubResource):
 
 
 MAX_RECORD_BYTES = 64 * 2**10  # a repo record is a few dozen bytes
+
+
+def _check_path(filename: str) -> None:
+    """A file's path in a repo: names joined by "/", none empty or starting with "." (no "..", no hidden files)."""
+    if not isinstance(filename, str) or not filename or any(
+            not part or part.startswith(".") for part in filename.split("/")):
+        raise HubError(f"invalid file name {filename!r}")
 
 
 def _inside(path: Path, root: str) -> None:

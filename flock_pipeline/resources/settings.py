@@ -6,9 +6,11 @@ import json
 from functools import lru_cache
 
 import dagster as dg
+import pydantic
 
 from flock_pipeline.core.competitions import CompetitionSet, build_competitions, load_document
 
+from flock_pipeline.core.corpus import CorpusPolicy
 from flock_pipeline.core.dedup import DedupConfig
 from flock_pipeline.core.neardup import NearDupConfig
 from flock_pipeline.core.schema import DatasetLimits
@@ -53,6 +55,31 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
     replace_results: bool = False  # let a run that did less (fewer scored miners, a smaller corpus) replace an epoch's
     # recorded scores and corpus release; without it such a run stops with an error and nothing recorded changes
     corpus_dir: str = ".flock/corpus"
+    corpus_policy: str = "{}"  # JSON object of CorpusPolicy fields (core/corpus.py): which miners' rows enter the
+    # corpus, the card's license, derived DPO pairs; checked when the settings are read
+    corpus_repo: str = ""  # a dataset repo the cumulative corpus release is uploaded to (empty: not published)
+
+    @pydantic.field_validator("corpus_policy")
+    @classmethod
+    def _check_corpus_policy(cls, value: str) -> str:
+        CorpusPolicy.from_json(value)  # ValueError naming the field: a bad policy stops before any work
+        return value
+
+    @pydantic.field_validator("corpus_repo")
+    @classmethod
+    def _check_corpus_repo(cls, value: str) -> str:
+        if value:
+            from flock_pipeline.core.commitment import CommitmentError, validate_repo_id
+
+            try:
+                validate_repo_id(value)
+            except CommitmentError as exc:
+                raise ValueError(f"corpus_repo: {exc}") from None
+        return value
+
+    def corpus_policy_config(self) -> CorpusPolicy:
+        """The corpus selection policy (`corpus_policy` parsed and checked)."""
+        return CorpusPolicy.from_json(self.corpus_policy)
 
     def competition_set(self) -> CompetitionSet:
         """The validator's competitions, built and checked (CompetitionConfigError names the bad field)."""

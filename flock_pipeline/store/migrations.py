@@ -75,6 +75,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "state VARCHAR", "hotkey VARCHAR", "version_key BIGINT", "commit_reveal BOOLEAN", "chain_epoch BIGINT",
             "reveal_epoch BIGINT", "reveal_round BIGINT", "confirmed_block BIGINT", "detail VARCHAR",
             "attempts INTEGER"))),
+    Migration(5, "corpus releases: rows per config, release folders, publication", tuple(
+        f"ALTER TABLE corpora ADD COLUMN IF NOT EXISTS {column}" for column in (
+            "sft_rows INTEGER", "dpo_rows INTEGER", "release_dir VARCHAR", "latest_dir VARCHAR",
+            "published_repo VARCHAR", "published_revision VARCHAR"))),
+    Migration(6, "evaluation metrics besides the loss (DPO: reward accuracy, mean margin)",
+              ("ALTER TABLE eval_results ADD COLUMN IF NOT EXISTS metrics VARCHAR",)),
 )
 # Older rows have NULL in the columns added by migrations 2 and 3: `competition` NULL reads as "the one curation
 # competition" and `competition_weight` NULL as "same as weight".

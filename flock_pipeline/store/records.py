@@ -180,7 +180,7 @@ class ShardRowRecord(Record):
 class EvalResultRecord(Record):
     TABLE: ClassVar[str] = "eval_results"
     KEY: ClassVar[tuple[str, ...]] = ("cache_key",)
-    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("provenance",)
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("provenance", "metrics")
     LIST_FIELDS: ClassVar[tuple[str, ...]] = ("per_row_losses", "train_losses")
     cache_key: str
     shard_hash: str
@@ -196,6 +196,7 @@ class EvalResultRecord(Record):
     provenance: dict | None = None
     attempts: int = 1
     created_at: datetime | None = None
+    metrics: dict | None = None  # objective-specific numbers (DPO: reward_accuracy, mean_margin, pairs)
 
 
 @dataclass(frozen=True)
@@ -247,10 +248,16 @@ class CorpusRecord(Record):
     epoch: int
     rows: int
     miners: int
-    sha256: str
-    jsonl_path: str
-    parquet_path: str
+    sha256: str  # the release's identity: over both configs' rows (core/corpus.py `release_sha256`)
+    jsonl_path: str  # the SFT rows' JSONL
+    parquet_path: str  # the SFT rows' Parquet
     created_at: datetime | None = None
+    sft_rows: int | None = None  # None on releases written before the release folder layout
+    dpo_rows: int | None = None
+    release_dir: str | None = None  # the epoch's release folder (sft.parquet, dpo.parquet, jsonl/, README.md)
+    latest_dir: str | None = None  # the cumulative release as of this epoch (`corpus_dir/latest`)
+    published_repo: str | None = None  # the dataset repo the cumulative release went to (None: not published)
+    published_revision: str | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ repeated step never duplicates anything and a failed one leaves what was there. 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -205,14 +207,18 @@ class StoreOps:
     def dataset_rows(self, repo: str, revision: str) -> list[DatasetRowRecord]:
         return self._select(DatasetRowRecord, "repo = ? AND revision = ?", [repo, revision], "idx")
 
-    def hotkeys_with_dataset(self, epoch: int, verdict_key: str | None) -> set[str]:
+    def hotkeys_with_dataset(self, epoch: int, verdict_key: "str | Mapping[str | None, str] | None") -> set[str]:
         """Hotkeys of `epoch` whose committed dataset is recorded (under `verdict_key`'s limits and rules when
-        given; an unavailable one counts whatever the key)."""
+        given: one key, or the key of each competition by name, None standing for commitments recorded without
+        one; an unavailable dataset counts whatever the key)."""
         rows = self._backend().read(
-            "SELECT c.hotkey FROM commitments c JOIN datasets d USING (repo, revision) WHERE c.epoch = ? "
-            "AND (CAST(? AS VARCHAR) IS NULL OR d.status = 'unavailable' OR d.verdict_key = ?)",
-            [epoch, verdict_key, verdict_key])
-        return {r["hotkey"] for r in rows}
+            "SELECT c.hotkey, c.competition, d.status, d.verdict_key FROM commitments c "
+            "JOIN datasets d USING (repo, revision) WHERE c.epoch = ?", [epoch])
+        if verdict_key is None:
+            return {r["hotkey"] for r in rows}
+        keys = verdict_key if isinstance(verdict_key, Mapping) else None
+        return {r["hotkey"] for r in rows if r["status"] == "unavailable" or r["verdict_key"] == (
+            verdict_key if keys is None else keys.get(r["competition"], keys.get(None)))}
 
     # -- dedup inputs and plans ------------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from flock_pipeline.core.chat import count_tokens
-from flock_pipeline.core.schema import ChatRow, raw_row_keys, validate_bytes, verdict_key
+from flock_pipeline.core.schema import ChatRow, PreferenceRow, raw_row_keys, row_from_json_obj, validate_bytes, \
+    verdict_key
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubError, HubNotFound, HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
@@ -32,14 +33,16 @@ class DatasetOutcome:
     sha256: str = ""
     cached: bool = False
     rejected: tuple = ()
+    row_format: str = "chat"
 
 
 def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResource,
                         settings: ValidatorSettingsResource, warehouse: WarehouseResource, *,
                         repo: str | None = None, revision: str | None = None, epoch: int | None = None,
-                        give_up_on_transient: bool = False) -> DatasetOutcome:
+                        give_up_on_transient: bool = False, row_format: str | None = None) -> DatasetOutcome:
     """Download + validate one dataset revision (default: the one of `hotkey`'s commitment recorded for `epoch`,
-    or for the latest epoch it appears in).
+    or for the latest epoch it appears in) as rows of `row_format` (default: the format of the competition the
+    commitment names; "chat" for a revision given without one).
 
     Never raises for bad data. A missing repo or file is recorded as "unavailable" and the epoch goes on;
     transient hub errors are raised for a retry, unless `give_up_on_transient` (the last try) records them too.
@@ -50,10 +53,14 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
             reason = commitment.reason if commitment is not None else "no commitment recorded for this hotkey"
             return DatasetOutcome(hotkey, None, None, "no_commitment", reason)
         repo, revision = commitment.repo, commitment.revision
+        if row_format is None:
+            row_format = commitment_row_format(commitment, settings)
+    row_format = row_format or "chat"
     limits = settings.limits()
+    key = verdict_key(limits, row_format)
     known = warehouse.dataset(repo, revision)
-    if known is not None and known.status in ("ok", "invalid") and known.verdict_key == verdict_key(limits):
-        return _outcome(hotkey, known, cached=True)  # decided by the content under the same limits and rules
+    if known is not None and known.status in ("ok", "invalid") and known.verdict_key == key:
+        return _outcome(hotkey, known, cached=True, row_format=row_format)  # decided by the content, same rules
     try:
         with warehouse.released():  # the hub may be slow: other processes may use the store meanwhile
             info = hub.file_info(repo, revision)
@@ -62,14 +69,14 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
         if data is None:
             return _record(warehouse, hotkey, repo, revision, "invalid",
                            f"data.jsonl is {info.size} bytes, limit {limits.max_file_bytes}", size=info.size,
-                           key=verdict_key(limits))
+                           key=key, row_format=row_format)
     except HubNotFound as exc:
-        return _record(warehouse, hotkey, repo, revision, "unavailable", str(exc))
+        return _record(warehouse, hotkey, repo, revision, "unavailable", str(exc), row_format=row_format)
     except HubError as exc:
         if exc.transient and not give_up_on_transient:
             raise
-        return _record(warehouse, hotkey, repo, revision, "unavailable", str(exc))
-    report = validate_bytes(data, limits)
+        return _record(warehouse, hotkey, repo, revision, "unavailable", str(exc), row_format=row_format)
+    report = validate_bytes(data, limits, row_format)
     used = report.used_rows(limits)
     tokenizer = load_tokenizer(str(evaluator.model_path()))
     raw_keys = raw_row_keys(data, [r.line for r in used], limits)
@@ -80,11 +87,27 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
     rejected = [{"line": r.line, "reason": r.reason} for r in report.rejected_rows[:MAX_RECORDED_REJECTIONS]]
     return _record(warehouse, hotkey, repo, revision, "ok" if reason is None else "invalid", reason,
                    size=report.size_bytes, sha256=report.sha256, rows_total=len(report.rows),
-                   rows_valid=len(report.valid_rows), rows_used=len(used), rejected=rejected, key=verdict_key(limits),
-                   rows=rows)
+                   rows_valid=len(report.valid_rows), rows_used=len(used), rejected=rejected, key=key,
+                   rows=rows, row_format=row_format)
 
 
-@lru_cache(maxsize=4)
+def verdict_keys(settings: ValidatorSettingsResource) -> dict[str | None, str]:
+    """competition name -> the verdict key its datasets are decided under (its row format, today's limits); None:
+    commitments recorded before competitions existed (the first competition's)."""
+    limits, competitions = settings.limits(), settings.competition_set()
+    keys: dict[str | None, str] = {c.name: verdict_key(limits, c.row_format) for c in competitions}
+    keys[None] = keys[competitions.competitions[0].name]
+    return keys
+
+
+def commitment_row_format(commitment, settings: ValidatorSettingsResource) -> str:
+    """The row format of the competition a recorded commitment belongs to."""
+    from flock_pipeline.validator.shards import competition_of
+
+    competitions = settings.competition_set()
+    return competitions.by_name(competition_of(commitment, competitions)).row_format
+
+
 @lru_cache(maxsize=4)
 def load_tokenizer(path: str):
     """The base model's tokenizer, loaded once per process (a Qwen tokenizer takes about a second to load)."""
@@ -96,23 +119,24 @@ def load_tokenizer(path: str):
 def _record(warehouse: WarehouseResource, hotkey: str, repo: str, revision: str, status: str, reason: str | None,
             size: int = 0, sha256: str = "", rows_total: int = 0, rows_valid: int = 0, rows_used: int = 0,
             rejected: list | None = None, key: str | None = None,
-            rows: list[DatasetRowRecord] | None = None) -> DatasetOutcome:
+            rows: list[DatasetRowRecord] | None = None, row_format: str = "chat") -> DatasetOutcome:
     """Record a revision's verdict (and its used rows, in the same transaction)."""
     record = DatasetRecord(repo=repo, revision=revision, status=status, reason=reason, size_bytes=size,
                            sha256=sha256, rows_total=rows_total, rows_valid=rows_valid, rows_used=rows_used,
                            rejected=tuple(rejected or ()), created_at=utcnow(), verdict_key=key)
     warehouse.record_dataset(record, rows)
-    return _outcome(hotkey, record, cached=False)
+    return _outcome(hotkey, record, cached=False, row_format=row_format)
 
 
-def _outcome(hotkey: str, record: DatasetRecord, cached: bool) -> DatasetOutcome:
+def _outcome(hotkey: str, record: DatasetRecord, cached: bool, row_format: str = "chat") -> DatasetOutcome:
     return DatasetOutcome(hotkey=hotkey, repo=record.repo, revision=record.revision, status=record.status,
                           reason=record.reason, rows_total=int(record.rows_total or 0),
                           rows_valid=int(record.rows_valid or 0), rows_used=int(record.rows_used or 0),
                           size_bytes=int(record.size_bytes or 0), sha256=record.sha256 or "", cached=cached,
-                          rejected=tuple(record.rejected or ()))
+                          rejected=tuple(record.rejected or ()), row_format=row_format)
 
 
-def rows_from_json(texts) -> list[ChatRow]:
-    """Chat rows from their canonical JSON (strings, or records with a `row_json` field)."""
-    return [ChatRow.from_json_obj(json.loads(t if isinstance(t, str) else t.row_json)) for t in texts]
+def rows_from_json(texts) -> list[ChatRow | PreferenceRow]:
+    """Rows (chat rows or preference pairs) from their canonical JSON (strings, or records with a `row_json`
+    field)."""
+    return [row_from_json_obj(json.loads(t if isinstance(t, str) else t.row_json)) for t in texts]

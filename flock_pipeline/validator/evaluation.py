@@ -35,6 +35,7 @@ class EvalRecord:
     attempts: int = 0
     seconds: float = 0.0
     train_tokens: int = 0
+    metrics: dict | None = None  # objective-specific numbers (DPO: reward_accuracy, mean_margin)
 
 
 class TransientEvalError(RuntimeError):
@@ -61,9 +62,19 @@ def competition_recipe(settings: ValidatorSettingsResource, competition: str | N
     if competition is None:
         return {}
     try:
-        return dict(settings.competition_set().by_name(competition).recipe)
+        return settings.competition_set().by_name(competition).recipe_overrides()
     except KeyError:
         return {}
+
+
+def competition_row_format(settings: ValidatorSettingsResource, competition: str | None) -> str:
+    """The row format of a competition's data and eval set ("chat" for a shard without one)."""
+    if competition is None:
+        return "chat"
+    try:
+        return settings.competition_set().by_name(competition).row_format
+    except KeyError:
+        return "chat"
 
 
 def shard_cache_key(shard: ShardRecord, eval_revision: str, evaluator: EvaluatorResource,
@@ -121,11 +132,12 @@ def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubRe
             results[hotkey] = _record_of(hotkey, previous, cached=True)
             continue
         attempts = int(previous.attempts) if previous is not None else 0
-        group = (json.dumps(recipe, sort_keys=True), found.eval_repo, found.eval_revision)
+        group = (json.dumps(recipe, sort_keys=True), found.eval_repo, found.eval_revision,
+                 competition_row_format(settings, found.shard.competition))
         groups.setdefault(group, []).append(_Pending(hotkey, found, recipe, provenance, key, attempts))
-    for (_, eval_repo, eval_revision), pending in groups.items():
-        preflight(evaluator, hub, eval_repo, eval_revision, pending[0].recipe)  # the validator's own faults
-        eval_rows = load_eval_rows(hub, eval_repo, eval_revision)
+    for (_, eval_repo, eval_revision, row_format), pending in groups.items():
+        preflight(evaluator, hub, eval_repo, eval_revision, pending[0].recipe, row_format)  # the validator's faults
+        eval_rows = load_eval_rows(hub, eval_repo, eval_revision, row_format)
         train_sets = [rows_from_json(warehouse.shard_rows(p.found.shard.shard_hash)) for p in pending]
         with warehouse.released():  # training takes a while: other processes may use the store meanwhile
             outcomes = evaluator.evaluate_many(train_sets, eval_rows, recipe=pending[0].recipe)
@@ -160,19 +172,19 @@ def _record_outcome(p: _Pending, outcome, warehouse: WarehouseResource) -> EvalR
         return EvalRecord(p.hotkey, "failed", error, p.key, attempts=attempts)
     result = _row(p.key, shard.shard_hash, "ok", None, outcome.eval_loss, outcome.per_row_losses,
                   outcome.train_losses, outcome.train_tokens, outcome.eval_tokens,
-                  outcome.train_seconds + outcome.eval_seconds, p.provenance, attempts)
+                  outcome.train_seconds + outcome.eval_seconds, p.provenance, attempts, metrics=outcome.metrics)
     warehouse.record_eval_result(result)
     return _record_of(p.hotkey, result, cached=False)
 
 
 def _row(key, shard, status, error, loss, per_row, train_losses, train_tokens, eval_tokens, seconds, provenance,
-         attempts, final: bool = True) -> EvalResultRecord:
+         attempts, final: bool = True, metrics: dict | None = None) -> EvalResultRecord:
     return EvalResultRecord(cache_key=key, shard_hash=shard, status=status, final=final, error=error,
                             eval_loss=None if loss is None else float(loss),
                             per_row_losses=tuple(float(x) for x in per_row),
                             train_losses=tuple(float(x) for x in train_losses), train_tokens=int(train_tokens),
                             eval_tokens=int(eval_tokens), seconds=float(seconds), provenance=provenance,
-                            attempts=int(attempts), created_at=utcnow())
+                            attempts=int(attempts), created_at=utcnow(), metrics=dict(metrics) if metrics else None)
 
 
 def _record_of(hotkey: str, row: EvalResultRecord, cached: bool) -> EvalRecord:
@@ -180,14 +192,14 @@ def _record_of(hotkey: str, row: EvalResultRecord, cached: bool) -> EvalRecord:
     return EvalRecord(hotkey=hotkey, status=row.status, reason=None if ok else row.error,
                       cache_key=row.cache_key, eval_loss=float(row.eval_loss) if ok else None, cached=cached,
                       attempts=int(row.attempts), seconds=float(row.seconds or 0.0),
-                      train_tokens=int(row.train_tokens or 0))
+                      train_tokens=int(row.train_tokens or 0), metrics=row.metrics if ok else None)
 
 
 BASE_SHARD = "base-model"  # the cache entry of the base model's own eval loss (no training)
 
 
 def base_eval_loss(evaluator: EvaluatorResource, hub: HubResource, warehouse: WarehouseResource, eval_repo: str,
-                   eval_revision: str, recipe: dict | None = None) -> float:
+                   eval_revision: str, recipe: dict | None = None, row_format: str = "chat") -> float:
     """The base model's eval loss on the epoch's eval set (the bar a miner's data must beat), cached like a
     miner's result under (base model, recipe, eval revision)."""
     provenance = evaluator.provenance(recipe=recipe)
@@ -195,7 +207,7 @@ def base_eval_loss(evaluator: EvaluatorResource, hub: HubResource, warehouse: Wa
     cached = warehouse.eval_result(key)
     if cached is not None and cached.status == "ok":
         return float(cached.eval_loss)
-    outcome = evaluator.base_loss(load_eval_rows(hub, eval_repo, eval_revision), recipe=recipe)
+    outcome = evaluator.base_loss(load_eval_rows(hub, eval_repo, eval_revision, row_format), recipe=recipe)
     warehouse.record_eval_result(_row(key, BASE_SHARD, "ok", None, outcome.eval_loss, outcome.per_row_losses, [], 0,
                                       outcome.eval_tokens, outcome.eval_seconds, provenance, 1))
     return float(outcome.eval_loss)

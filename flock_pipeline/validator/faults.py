@@ -40,12 +40,12 @@ _LOCK = threading.Lock()
 
 
 def preflight(evaluator: EvaluatorResource, hub: HubResource, eval_repo: str, eval_revision: str,
-              recipe: dict | None = None) -> None:
+              recipe: dict | None = None, row_format: str = "chat") -> None:
     """Check the device, the base model (its files against their digest, and that it loads) and the eval set before
     the first miner is trained; raises ValidatorFault with what to fix. Once per process per configuration."""
     from flock_pipeline.validator.shards import load_eval_rows
 
-    key = (evaluator.device, evaluator.base_model, evaluator.cache_dir, eval_repo, eval_revision,
+    key = (evaluator.device, evaluator.base_model, evaluator.cache_dir, eval_repo, eval_revision, row_format,
            repr(sorted((recipe or {}).items())))
     with _LOCK:
         if key in _CHECKED:
@@ -61,7 +61,7 @@ def preflight(evaluator: EvaluatorResource, hub: HubResource, eval_repo: str, ev
                              f"{exc} (fix FLOCK_BASE_MODEL or the model files; for the embedded model delete its "
                              "directory under $FLOCK_HOME/models to rebuild it)") from exc
     try:
-        rows = load_eval_rows(hub, eval_repo, eval_revision)
+        rows = load_eval_rows(hub, eval_repo, eval_revision, row_format)
     except (HubError, RuntimeError, ValueError) as exc:
         raise ValidatorFault(f"the eval set {eval_repo}@{eval_revision} cannot be loaded: {exc}") from exc
     if not rows:

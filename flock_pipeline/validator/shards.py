@@ -13,7 +13,7 @@ from dataclasses import replace
 from flock_pipeline.core.competitions import Competition, CurationCompetition, Entry, EvalSet
 from flock_pipeline.core.dedup import MATCHING_VERSION
 from flock_pipeline.core.neardup import row_text
-from flock_pipeline.core.schema import ChatRow, DatasetLimits, raw_row_keys, validate_bytes
+from flock_pipeline.core.schema import ChatRow, DatasetLimits, PreferenceRow, raw_row_keys, validate_bytes
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
@@ -26,32 +26,33 @@ class EvalSetError(ValidatorFault):
     """The validator's own eval set is unusable: the epoch stops, nothing is recorded against a miner."""
 
 
-_EVAL_SETS: dict[tuple[str, str], tuple[tuple[ChatRow, ...], frozenset[str]]] = {}  # revisions are immutable
+_EVAL_SETS: dict[tuple[str, str, str], tuple[tuple, frozenset[str]]] = {}  # revisions are immutable
 
 
-def load_eval_rows(hub: HubResource, repo: str, revision: str) -> list[ChatRow]:
-    """The validated eval set at a full revision (cached in-process)."""
-    return list(_eval_set(hub, repo, revision)[0])
+def load_eval_rows(hub: HubResource, repo: str, revision: str,
+                   row_format: str = "chat") -> list[ChatRow | PreferenceRow]:
+    """The validated eval set at a full revision, rows of `row_format` (cached in-process)."""
+    return list(_eval_set(hub, repo, revision, row_format)[0])
 
 
-def load_eval_set(hub: HubResource, repo: str, revision: str) -> EvalSet:
+def load_eval_set(hub: HubResource, repo: str, revision: str, row_format: str = "chat") -> EvalSet:
     """The eval set as the eligibility rules see it: row hashes, the rows' live keys (JSON as written, keys sorted)
     and their texts."""
-    rows, raw_keys = _eval_set(hub, repo, revision)
+    rows, raw_keys = _eval_set(hub, repo, revision, row_format)
     return EvalSet(row_hashes=frozenset(r.row_hash for r in rows), raw_keys=raw_keys,
                    texts=tuple(row_text(r) for r in rows))
 
 
-def _eval_set(hub: HubResource, repo: str, revision: str) -> tuple[tuple[ChatRow, ...], frozenset[str]]:
-    if (repo, revision) not in _EVAL_SETS:
-        _EVAL_SETS[(repo, revision)] = _load_eval_rows(hub, repo, revision)
-    return _EVAL_SETS[(repo, revision)]
+def _eval_set(hub: HubResource, repo: str, revision: str, row_format: str) -> tuple[tuple, frozenset[str]]:
+    if (repo, revision, row_format) not in _EVAL_SETS:
+        _EVAL_SETS[(repo, revision, row_format)] = _load_eval_rows(hub, repo, revision, row_format)
+    return _EVAL_SETS[(repo, revision, row_format)]
 
 
-def _load_eval_rows(hub: HubResource, repo: str, revision: str) -> tuple[tuple[ChatRow, ...], frozenset[str]]:
+def _load_eval_rows(hub: HubResource, repo: str, revision: str, row_format: str) -> tuple[tuple, frozenset[str]]:
     data = hub.download(repo, revision)
     limits = DatasetLimits(max_rows_used=10**9, max_file_bytes=2**31)
-    report = validate_bytes(data, limits)
+    report = validate_bytes(data, limits, row_format)
     if report.rejected_rows or not report.valid_rows:
         bad = report.rejected_rows[0] if report.rejected_rows else None
         raise EvalSetError(f"eval set {repo}@{revision} is invalid"
@@ -130,8 +131,13 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
         row.update({k: v for k, v in plan.items() if k != "kept_indices"},
                    status="eligible" if eligible else "ineligible")
         if eligible:
-            kept = [rows_by_hotkey[hotkey][i].row_hash for i in plan["kept_indices"]]
-            row["shard_hash"] = shard_hash(kept)
+            used = rows_by_hotkey[hotkey]
+            kept = [used[i].row_hash for i in plan["kept_indices"]]
+            if competitions.by_name(row["competition"]).row_format == "preference":
+                # a pair's identity leaves its rejected answer out; what it trains on does not
+                row["shard_hash"] = shard_hash([f"{h}:{used[i].raw_hash}" for h, i in zip(kept, plan["kept_indices"])])
+            else:
+                row["shard_hash"] = shard_hash(kept)
             if hotkey in wanted:
                 jsons = row_json[hotkey]
                 kept_rows[hotkey] = [(h, jsons[i]) for h, i in zip(kept, plan["kept_indices"])]
@@ -170,10 +176,14 @@ def _competition_plans(epoch: int, competition: Competition, entries: list[Entry
     row_json: dict[str, list[str]] = {}
     if plans is not None:
         return plans, row_json
-    eval_set = load_eval_set(hub, setup.eval_repo, setup.eval_revision)
-    if isinstance(competition, CurationCompetition) and competition.dedup.near is not None:
+    eval_set = load_eval_set(hub, setup.eval_repo, setup.eval_revision, competition.row_format)
+    near = isinstance(competition, CurationCompetition) and competition.dedup.near is not None
+    pairs = competition.row_format == "preference"
+    if near or pairs:  # the rows themselves: their texts for near-duplicates, the pairs' rejected answers
         row_json = warehouse.epoch_row_json(epoch, [e.hotkey for e in entries])
-        entries = [replace(e, row_texts=tuple(row_text(r) for r in rows_from_json(row_json.get(e.hotkey, []))))
+        rows_of = {e.hotkey: rows_from_json(row_json.get(e.hotkey, [])) for e in entries}
+        entries = [replace(e, row_texts=tuple(row_text(r) for r in rows_of[e.hotkey]),
+                           rejected_texts=tuple(r.rejected for r in rows_of[e.hotkey]) if pairs else None)
                    for e in entries]
     decided = competition.plan(entries, eval_set)
     plans = {hotkey: {"rows_in": p.rows_in, "rows_kept": p.rows_kept, "duplicates_within": p.duplicates_within,

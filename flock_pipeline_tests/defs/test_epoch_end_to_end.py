@@ -42,17 +42,26 @@ def test_weights_reached_the_chain(demo_epoch):
 
 
 def test_corpus_has_provenance_and_best_first(demo_epoch):
-    home, resources, _, epoch, report = demo_epoch
+    home, resources, instance, epoch, report = demo_epoch
     row = resources["warehouse"].corpus(epoch)
     frame = pd.read_parquet(row.parquet_path)
-    # the scored miners' rows; off-domain data that does not beat the base model stays out of the corpus
-    assert len(frame) == report["honest-good"]["rows_kept"] + report["honest-fair"]["rows_kept"]
-    assert set(frame["hotkey"]) == {"hk-honest-good", "hk-honest-fair"}
-    assert frame["hotkey"].iloc[0] == "hk-honest-good"
-    assert list(frame["miner_score"]) == sorted(frame["miner_score"], reverse=True)
+    # the scored miners holding 95 % of the weight: honest-fair (scored, weight 0.000004) stays out, and so does
+    # off-domain data that does not beat the base model
+    assert report["honest-fair"]["status"] == "scored" and 0 < report["honest-fair"]["weight"] < 1e-4
+    assert len(frame) == report["honest-good"]["rows_kept"] == row.rows == row.sft_rows and row.dpo_rows == 0
+    assert set(frame["hotkey"]) == {"hk-honest-good"} and row.miners == 1
+    assert frame["miner_weight"].eq(report["honest-good"]["weight"]).all()
     assert frame["revision"].str.len().eq(40).all() and frame["row_hash"].is_unique
+    assert frame["competition"].eq("curation").all() and frame["epoch"].eq(epoch).all()
+    assert frame["base_model"].eq("flock/tiny-qwen2").all() and frame["base_revision"].str.len().eq(40).all()
+    assert frame["eval_repo"].eq("flock/eval-atlas").all() and frame["eval_revision"].str.len().eq(40).all()
     first = json.loads(open(row.jsonl_path).readline())
     assert first["conversations"][0]["role"] == "user" and first["uid"] == report["honest-good"]["uid"]
+    assert pd.read_parquet(home / "corpus" / "latest" / "sft.parquet").equals(frame)
+    meta = instance.get_latest_materialization_event(dg.AssetKey("final_corpus")).asset_materialization.metadata
+    assert meta["rows"].value == row.rows and meta["sha256"].value == row.sha256 and meta["miners"].value == 1
+    assert meta["release"].value == row.release_dir and meta["latest"].value == str(home / "corpus" / "latest")
+    assert "config_name: dpo" in meta["card"].value and meta["published"].value == ""
 
 
 def test_rerun_is_reproducible_and_resumes_from_cache(demo_epoch):

@@ -149,7 +149,8 @@ def test_a_smaller_corpus_never_replaces_a_published_release(copy):
     warehouse = resources["warehouse"]
     published_rows, _, published_path = before["corpus"][0]
     text = open(published_path, "rb").read()
-    rows = [r.replace(status="failed") if r.hotkey == "hk-honest-fair" else r for r in warehouse.win_rates(epoch)]
+    # the best miner's evaluation failed: only honest-fair's rows (49, not 100) would be left
+    rows = [r.replace(status="failed") if r.hotkey == "hk-honest-good" else r for r in warehouse.win_rates(epoch)]
     warehouse.record_scores(epoch, rows)
     with pytest.raises(ResultsKept, match="published corpus has"):
         build_epoch_corpus(epoch, resources["settings"], warehouse)

@@ -13,6 +13,7 @@ Endpoints (`{t}` is models / datasets / spaces; `{rev}` a branch ("main") or a 4
     POST /api/repos/create                         JSON {name, organization, visibility|private, type}
     POST /api/{t}/{ns}/{name}/preupload/{rev}      JSON {files: [{path, sample, size}]} -> upload modes
     POST /api/{t}/{ns}/{name}/commit/{rev}         NDJSON: header, file (base64) / deletedFile lines
+    POST /api/validate-yaml                        JSON {content, repoType}: a README's metadata, checked
     PUT  /api/{t}/{ns}/{name}/settings             JSON {visibility | private}
 
 Repos are private to their namespace's user: without that user's bearer token a private repo answers 404
@@ -322,6 +323,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, method: str, raw_path: str, query: str, body: bytes) -> None:
         if raw_path == "/api/repos/create" and method == "POST":
             return self._create_repo(_json_body(body))
+        if raw_path == "/api/validate-yaml" and method == "POST":
+            return self._validate_yaml(_json_body(body))
         api = _API.match(raw_path)
         if api is not None:
             repo_type, repo_id = _PLURAL[api.group(1)], f"{unquote(api.group(2))}/{unquote(api.group(3))}"
@@ -467,6 +470,31 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _HubError(409, f"You already created this {repo_type} repo", body={"url": url})
             self.hub.add_repo(repo_id, private=private, repo_type=repo_type)
         self._send_json(200, {"url": url, "name": repo_id, "id": hashlib.sha1(repo_id.encode()).hexdigest()[:24]})
+
+    def _validate_yaml(self, payload: dict) -> None:
+        """A README's metadata (the YAML front matter between `---` lines), as the hub checks it before a commit
+        that adds a README.md: it must be a YAML mapping; `configs` entries need a `config_name` and `data_files`.
+        Answers {"errors": [...], "warnings": [...]}, 400 when there are errors."""
+        import yaml
+
+        content = payload.get("content")
+        errors: list[dict] = []
+        if not isinstance(content, str):
+            errors.append({"message": "content must be a string"})
+        elif content.startswith("---\n") and "\n---" in content[4:]:
+            try:
+                meta = yaml.safe_load(content[4:content.index("\n---", 4)])
+            except yaml.YAMLError as exc:
+                meta, errors = None, [{"message": f"invalid YAML: {exc}"}]
+            if not errors and not isinstance(meta, dict):
+                errors.append({"message": "the metadata must be a YAML mapping"})
+            for entry in (meta or {}).get("configs", []) if isinstance(meta, dict) else []:
+                if not isinstance(entry, dict) or not isinstance(entry.get("config_name"), str) \
+                        or "data_files" not in entry:
+                    errors.append({"message": f"configs: an entry needs config_name and data_files: {entry!r}"})
+        if errors:
+            raise _HubError(400, errors[0]["message"], body={"errors": errors, "warnings": []})
+        self._send_json(200, {"errors": [], "warnings": []})
 
     def _preupload(self, repo_type: str, repo_id: str, revision: str, payload: dict) -> None:
         files = payload.get("files")

@@ -7,7 +7,7 @@ daily rounds), and its `share` of the validator's weight vector. Several competi
 each miner is scored in the competition its commitment names, and the epoch's weight vector is the share-weighted
 sum of the competitions' vectors.
 
-Pure code: no dagster, no I/O. One module per game (`curation`, `selection`); `config` builds them from one
+Pure code: no dagster, no I/O. One module per game (`curation`, `selection`, `dpo`); `config` builds them from one
 validated document.
 """
 
@@ -84,6 +84,7 @@ class Entry:
     rejected_lines: tuple[tuple[int, str], ...] = ()  # (line, reason) of the rows that failed validation
     row_blocks: tuple[int, ...] | None = None  # first block this hotkey committed each row (earlier revisions)
     row_texts: tuple[str, ...] | None = None  # turn contents, for near-duplicate matching
+    rejected_texts: tuple[str, ...] | None = None  # preference rows: each row's rejected answer
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,7 @@ class Competition(ABC):
     recipe: Mapping[str, Any] = field(default_factory=dict)  # TrainRecipe overrides for this competition
 
     kind: ClassVar[str] = ""
+    row_format: ClassVar[str] = "chat"  # the rows it takes: "chat" (conversations) | "preference" (DPO pairs)
     needs_base_loss: ClassVar[bool] = False  # scoring compares with the base model's eval loss
     in_corpus: ClassVar[bool] = True  # its eligible rows go into the final corpus
 
@@ -180,6 +182,10 @@ class Competition(ABC):
                                          "commitment competition field")
         if not isinstance(self.recipe, Mapping):
             raise CompetitionConfigError(f"{where}: recipe must be an object of training recipe fields")
+
+    def recipe_overrides(self) -> dict:
+        """The training-recipe fields this competition sets on top of the validator's recipe."""
+        return dict(self.recipe)
 
     # -- cadence -------------------------------------------------------------------------------------------
 

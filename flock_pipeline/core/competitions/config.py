@@ -1,13 +1,15 @@
 """The validator's competitions from one document (JSON text, a preset name or `@file`), checked before any work.
 
-Document: a JSON list of competition objects (or `{"competitions": [...]}`), each with `kind` ("curation" or
-"selection"), a `name`, a `share` and the kind's own fields; unknown fields are errors. Shares must sum to 1, names
+Document: a JSON list of competition objects (or `{"competitions": [...]}`), each with `kind` ("curation",
+"selection" or "dpo"), a `name`, a `share` and the kind's own fields; unknown fields are errors. Shares must sum to 1, names
 and commitment ids must be unique. Presets:
 
 - "curation": the default, one curation game on every chain epoch (commitment id "1").
 - "sn96": the live subnet 96 configuration: one selection game over `flock-io/flock-off-s1-competition` with the
   live QLoRA recipe (CUDA only).
 - "selection-local": the selection game on the embedded network's pool (the demo), plain LoRA.
+- "dpo-local": the DPO game alone (commitment id "3") on the embedded network's eval pairs `flock/eval-atlas-pairs`.
+- "curation+dpo": the curation game (id "1") and the DPO game (id "3"), half of the weight each.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from typing import Any
 
 from flock_pipeline.core.competitions.base import Competition, CompetitionConfigError
 from flock_pipeline.core.competitions.curation import CurationCompetition
+from flock_pipeline.core.competitions.dpo import DpoCompetition
 from flock_pipeline.core.competitions.selection import SelectionCompetition
 from flock_pipeline.core.dedup import DedupConfig
 from flock_pipeline.core.neardup import NearDupConfig
 from flock_pipeline.core.scoring import ScoringConfig
 
-KINDS: dict[str, type[Competition]] = {"curation": CurationCompetition, "selection": SelectionCompetition}
+KINDS: dict[str, type[Competition]] = {"curation": CurationCompetition, "selection": SelectionCompetition,
+                                       "dpo": DpoCompetition}
 
 # The live game's training recipe on top of the reference one: 4-bit nf4 base with paged 8-bit AdamW while training
 # (the evaluation always runs on the unquantised base plus the merged adapter), whitespace stripped as the live
@@ -37,6 +41,9 @@ PRESETS: dict[str, list[dict]] = {
     "sn96": [{"kind": "selection", "name": "selection", "recipe": LIVE_SELECTION_RECIPE}],
     "selection-local": [{"kind": "selection", "name": "selection", "eval_repo": "flock/selection-pool",
                          "recipe": {"strip_whitespace": True}}],
+    "dpo-local": [{"kind": "dpo", "name": "dpo"}],
+    "curation+dpo": [{"kind": "curation", "name": "curation", "share": 0.5},
+                     {"kind": "dpo", "name": "dpo", "share": 0.5}],
 }
 
 
@@ -126,7 +133,7 @@ def _build(cls: type[Competition], values: dict, where: str) -> Competition:
         raise CompetitionConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
     if "name" not in values:
         values = {**values, "name": cls.kind}
-    if cls is CurationCompetition:
+    if issubclass(cls, CurationCompetition):
         values = dict(values)
         values["dedup"] = _sub(DedupConfig, values.get("dedup", {}), f"{where}.dedup")
         values["scoring"] = _sub(ScoringConfig, values.get("scoring", {}), f"{where}.scoring")
