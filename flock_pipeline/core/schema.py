@@ -111,14 +111,7 @@ def parse_row(obj: object, limits: DatasetLimits = DatasetLimits()) -> ChatRow:
     unknown = sorted(set(obj) - ALLOWED_ROW_KEYS)
     if unknown:
         raise RowError(f"unknown field(s) {', '.join(map(repr, unknown))}")
-    system = obj.get("system")
-    if system is None:
-        system = DEFAULT_SYSTEM_PROMPT
-    elif not isinstance(system, str):
-        raise RowError(f"'system' must be a string or null, got {type(system).__name__}")
-    if len(system) > limits.max_system_chars:
-        raise RowError(f"'system' is {len(system)} characters, limit {limits.max_system_chars}")
-    _check_text(system, "'system'")
+    system = _system_of(obj.get("system"), limits)
     conv = obj.get("conversations")
     if conv is None:
         raise RowError("missing 'conversations'")
@@ -128,25 +121,7 @@ def parse_row(obj: object, limits: DatasetLimits = DatasetLimits()) -> ChatRow:
         raise RowError("'conversations' is empty")
     if len(conv) > limits.max_turns_per_row:
         raise RowError(f"{len(conv)} turns, limit {limits.max_turns_per_row}")
-    turns = []
-    for i, turn in enumerate(conv):
-        if not isinstance(turn, dict):
-            raise RowError(f"turn {i} is a JSON {type(turn).__name__}, not an object")
-        unknown = sorted(set(turn) - ALLOWED_TURN_KEYS)
-        if unknown:
-            raise RowError(f"turn {i}: unknown field(s) {', '.join(map(repr, unknown))}")
-        role, content = turn.get("role"), turn.get("content")
-        expected = ROLES[i % 2]
-        if role != expected:
-            raise RowError(f"turn {i}: role must be {expected!r} (roles alternate user, assistant), got {role!r}")
-        if not isinstance(content, str):
-            raise RowError(f"turn {i}: 'content' must be a string, got {type(content).__name__}")
-        if not content.strip():
-            raise RowError(f"turn {i}: 'content' is empty")
-        if len(content) > limits.max_chars_per_turn:
-            raise RowError(f"turn {i}: 'content' is {len(content)} characters, limit {limits.max_chars_per_turn}")
-        _check_text(content, f"turn {i}: 'content'")
-        turns.append(Turn(role, content))
+    turns = [_turn_of(turn, f"turn {i}", limits, ROLES[i % 2], ALTERNATE) for i, turn in enumerate(conv)]
     if len(turns) % 2:
         # The reference validator silently drops this turn; we reject the row so the miner learns why.
         raise RowError("trailing user turn without an assistant answer")
@@ -346,8 +321,9 @@ ALLOWED_PREFERENCE_KEYS = frozenset({"system", "prompt", "chosen", "rejected"})
 
 
 def _system_of(value: object, limits: DatasetLimits) -> str:
+    """The row's system prompt (the default one when null or absent), checked against the limits."""
     if value is None:
-        return DEFAULT_SYSTEM_PROMPT
+        value = DEFAULT_SYSTEM_PROMPT
     if not isinstance(value, str):
         raise RowError(f"'system' must be a string or null, got {type(value).__name__}")
     if len(value) > limits.max_system_chars:
@@ -356,14 +332,20 @@ def _system_of(value: object, limits: DatasetLimits) -> str:
     return value
 
 
-def _content_of(turn: object, where: str, limits: DatasetLimits) -> tuple[str, str]:
-    """(role, content) of one message object, checked."""
+ALTERNATE = " (roles alternate user, assistant)"
+
+
+def _turn_of(turn: object, where: str, limits: DatasetLimits, role: str | None, hint: str = "") -> Turn:
+    """One message object, checked: its fields, its role (when `role` is given: the one expected here), its
+    content."""
     if not isinstance(turn, dict):
         raise RowError(f"{where} is a JSON {type(turn).__name__}, not an object")
     unknown = sorted(set(turn) - ALLOWED_TURN_KEYS)
     if unknown:
         raise RowError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}")
-    role, content = turn.get("role"), turn.get("content")
+    found, content = turn.get("role"), turn.get("content")
+    if role is not None and found != role:
+        raise RowError(f"{where}: role must be {role!r}{hint}, got {found!r}")
     if not isinstance(content, str):
         raise RowError(f"{where}: 'content' must be a string, got {type(content).__name__}")
     if not content.strip():
@@ -371,7 +353,7 @@ def _content_of(turn: object, where: str, limits: DatasetLimits) -> tuple[str, s
     if len(content) > limits.max_chars_per_turn:
         raise RowError(f"{where}: 'content' is {len(content)} characters, limit {limits.max_chars_per_turn}")
     _check_text(content, f"{where}: 'content'")
-    return role, content
+    return Turn(found, content)
 
 
 def _answer_of(value: object, side: str, limits: DatasetLimits) -> str:
@@ -385,10 +367,7 @@ def _answer_of(value: object, side: str, limits: DatasetLimits) -> str:
     if len(value) != 1:
         raise RowError(f"'{side}' must hold exactly one assistant message, got {len(value)}"
                        + (" (an empty side)" if not value else ""))
-    role, content = _content_of(value[0], f"'{side}'", limits)
-    if role != "assistant":
-        raise RowError(f"'{side}': role must be 'assistant', got {role!r}")
-    return content
+    return _turn_of(value[0], f"'{side}'", limits, "assistant").content
 
 
 def parse_preference_row(obj: object, limits: DatasetLimits = DatasetLimits()) -> PreferenceRow:
@@ -410,21 +389,14 @@ def parse_preference_row(obj: object, limits: DatasetLimits = DatasetLimits()) -
     if prompt and isinstance(prompt[0], dict) and prompt[0].get("role") == "system":
         if system is not None:
             raise RowError("two system prompts: 'system' and a system message at the start of 'prompt'")
-        system = _content_of(prompt[0], "prompt turn 0", limits)[1]
+        system = _turn_of(prompt[0], "prompt turn 0", limits, "system").content
         prompt = prompt[1:]
     system = _system_of(system, limits)
     if not prompt:
         raise RowError("'prompt' has no user turn")
     if len(prompt) + 1 > limits.max_turns_per_row:
         raise RowError(f"{len(prompt) + 1} turns, limit {limits.max_turns_per_row}")
-    turns = []
-    for i, turn in enumerate(prompt):
-        role, content = _content_of(turn, f"prompt turn {i}", limits)
-        expected = ROLES[i % 2]
-        if role != expected:
-            raise RowError(f"prompt turn {i}: role must be {expected!r} (roles alternate user, assistant), "
-                           f"got {role!r}")
-        turns.append(Turn(role, content))
+    turns = [_turn_of(turn, f"prompt turn {i}", limits, ROLES[i % 2], ALTERNATE) for i, turn in enumerate(prompt)]
     if turns[-1].role != "user":
         raise RowError("'prompt' must end with a user turn (the answers are the next assistant turn)")
     chosen = _answer_of(obj.get("chosen"), "chosen", limits)

@@ -20,6 +20,7 @@ from flock_pipeline.core.dpo import (TokenizedPair, _pair_groups, base_dpo_loss,
 from flock_pipeline.core.evaluator import _pad_id, fresh_lora, load_base_model, merged_weights  # noqa: E402
 from flock_pipeline.core.recipe import TINY_RECIPE, TrainRecipe  # noqa: E402
 from flock_pipeline.core.schema import PreferenceRow, Turn  # noqa: E402
+from flock_pipeline_tests.core.test_evaluator import _perturb_lora_b  # noqa: E402 - LoRA B away from zero
 
 CPU = torch.device("cpu")
 ATLAS = synthetic.make_atlas(7)
@@ -38,15 +39,6 @@ def _pairs(n: int = 6) -> list[PreferenceRow]:
                                                  Turn("user", f"In {ATLAS[2].name}.")),
                               f"The {ATLAS[2].river}.", f"I think the capital is {ATLAS[5].capital}, not a river."))
     return rows
-
-
-def _perturb_lora_b(model, seed: int = 0) -> None:
-    """LoRA B starts at zero (policy = reference, and A gets no gradient): small random values test every gradient."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
 
 
 def plain_logp(model, seq) -> torch.Tensor:
