@@ -54,8 +54,7 @@ def cmd_demo(args) -> int:
         raise ConfigError(str(exc)) from exc
     os.environ["FLOCK_HOME"] = str(home)
     started = time.perf_counter()
-    if os.environ.get("FLOCK_COMPETITIONS") or os.environ.get("FLOCK_SETTINGS"):
-        build_resources(home)  # a configuration error exits 2 here, before the home is wiped
+    build_resources(home)  # a configuration error exits 2 here, before the home is wiped (this creates nothing)
     epoch = seed_demo_network(home, seed=args.seed, network=args.network, force=args.force)
     if args.no_run:
         print(json.dumps({"epoch": epoch, "home": str(home)}) if args.json else
@@ -289,23 +288,28 @@ def _validate(path, resources, with_tokens=True, eval_check=True, competition=No
 
 
 def cmd_miner_validate(args) -> int:
-    from flock_pipeline.miner import MinerInputError, ValidationReport, dumps, format_validation
+    from flock_pipeline.miner import dumps, format_validation, read_input
     from flock_pipeline.resources import build_resources
 
     _quiet_torch()
-    try:
-        resources = build_resources()
-        report, _ = _validate(args.file, resources, eval_check=not args.no_eval_check,
-                              competition=_competition(resources, args.competition))
-    except MinerInputError as exc:
-        report = ValidationReport(path=args.file, valid=False, reason=str(exc), rows_total=0, rows_valid=0,
-                                  rows_used=0)
+    read_input(args.file)  # missing, a directory, unreadable: a usage error (exit 2) before anything loads
+    resources = build_resources()
+    report, _ = _validate(args.file, resources, eval_check=not args.no_eval_check,
+                          competition=_competition(resources, args.competition))
     print(dumps(report.to_json()) if args.json else format_validation(report))
     return 0 if report.valid else 1
 
 
+def _first_rejection(report) -> str:
+    """The first rejected row of a validation report, as text."""
+    first = report.rejected[0] if report.rejected else None
+    return (f"{len(report.rejected)} rejected row(s); line {first['line']}: {first['reason']}" if first
+            else "it fails the validators' checks")
+
+
 def cmd_miner_score(args) -> int:
-    from flock_pipeline.miner import MinerInputError, dumps, win_rates_among
+    from flock_pipeline.errors import FlockError
+    from flock_pipeline.miner import dumps, win_rates_among
     from flock_pipeline.resources import build_resources
 
     _quiet_torch()
@@ -315,12 +319,15 @@ def cmd_miner_score(args) -> int:
     recipe = competition.recipe_overrides()
     evaluator = resources["evaluator"]
     results, losses = [], {}
-    for path in [args.file, *args.against]:
-        try:
-            report, train_rows = _validate(path, resources, with_tokens=False, competition=competition)
-        except MinerInputError as exc:
-            print(f"flock: {exc}", file=sys.stderr)
-            return 1
+    checked = [(path, *_validate(path, resources, with_tokens=False, competition=competition))
+               for path in [args.file, *args.against]]  # a missing or unreadable file: exit 2 before any training
+    invalid = [(path, report) for path, report, _ in checked if not report.valid]
+    if invalid and not args.force:
+        path, report = invalid[0]
+        raise FlockError(f"{path} is invalid: {report.reason or _first_rejection(report)}",
+                         hint="fix it (flock miner validate shows every row's reason), or pass --force to score "
+                              "its valid rows anyway")
+    for path, report, train_rows in checked:
         if not train_rows:
             results.append({"file": path, "eval_loss": None, "reason": report.reason})
             continue
@@ -355,21 +362,19 @@ def cmd_miner_score(args) -> int:
 
 
 def cmd_miner_submit(args) -> int:
-    from flock_pipeline.miner import MinerInputError, dumps, format_validation, miner_hotkey, read_input, submit
+    from flock_pipeline.core.commitment import validate_repo_id
+    from flock_pipeline.miner import dumps, format_validation, miner_hotkey, read_input, submit
     from flock_pipeline.resources import LocalHubResource, build_resources
     from flock_pipeline.resources.chain import ChainError
     from flock_pipeline.resources.hub import HubError
 
     _quiet_torch()
-    resources = build_resources()
+    validate_repo_id(args.repo)  # a usage error (exit 2) before anything is read or sent
     hotkey = args.hotkey or miner_hotkey()
-    try:
-        competition = _competition(resources, args.competition)
-        report, _ = _validate(args.file, resources, eval_check=not args.no_eval_check, competition=competition)
-        data = read_input(args.file)
-    except MinerInputError as exc:
-        print(f"flock: {exc}", file=sys.stderr)
-        return 1
+    resources = build_resources()
+    competition = _competition(resources, args.competition)
+    report, _ = _validate(args.file, resources, eval_check=not args.no_eval_check, competition=competition)
+    data = read_input(args.file)
     if not report.valid and not args.force:
         print(format_validation(report), file=sys.stderr)
         print("flock: refusing to submit invalid data (--force submits it anyway)", file=sys.stderr)
@@ -380,12 +385,17 @@ def cmd_miner_submit(args) -> int:
     try:
         result = submit(data, args.repo, hotkey, competition.commitment_id, hub, resources["chain"])
     except ChainError as exc:
-        print(f"flock: the chain refused the commitment: {exc} (the data stays private; re-run to retry)",
-              file=sys.stderr)
-        return 1
+        if "not registered" in str(exc):
+            raise ChainError(f"the chain refused the commitment: {exc}",
+                             hint="register the hotkey on the subnet first (btcli subnet register; on the local "
+                                  "network: flock chain register HOTKEY), then submit again; the data stays "
+                                  "private") from exc
+        raise ChainError(f"the chain refused the commitment: {exc}",
+                         hint="the data stays private; run the same command again to retry") from exc
     except HubError as exc:
-        print(f"flock: the hub failed: {exc} (nothing was committed; re-run to retry)", file=sys.stderr)
-        return 1
+        failed = HubError(f"the hub failed: {exc}", transient=exc.transient)
+        failed.hint = exc.hint or "run the same command again: a commitment already made to this content is reused"
+        raise failed from exc
     doc = {**result.__dict__, "hotkey": hotkey}
     if args.json:
         print(dumps(doc))
@@ -436,9 +446,60 @@ def _report_line(report: dict) -> str:
             f"rank {report['rank']} of {report['of']}{why}")
 
 
+EXAMPLES = {
+    "": ["flock demo                          # seed the embedded network and run one epoch",
+         "flock demo --network dpo --json     # the DPO game's demo, as JSON",
+         "flock miner validate data.jsonl     # the validators' checks on a file",
+         "flock epoch run                     # the current epoch, in this process"],
+    "demo": ["flock demo", "flock demo --network adversarial --json",
+             "flock demo --no-run --home /tmp/net   # seed only; then: FLOCK_HOME=/tmp/net flock epoch run"],
+    "epoch run": ["flock epoch run", "flock epoch run 12 --json"],
+    "epoch open": ["flock epoch open", "flock epoch open 12"],
+    "epoch miners": ["flock epoch miners 12"],
+    "epoch batches": ["flock epoch batches 12 --size 16",
+                      "dagster asset materialize -m flock_pipeline.definitions --select "
+                      "deduplicated_shards,miner_eval_losses --partition-range FIRST...LAST"],
+    "epoch report": ["flock epoch report 12", "flock epoch report 12 --json"],
+    "miner validate": ["flock miner validate data.jsonl", "flock miner validate pairs.jsonl --competition dpo",
+                       "flock miner validate data.jsonl --no-eval-check --json"],
+    "miner score": ["flock miner score data.jsonl", "flock miner score data.jsonl --against other.jsonl",
+                    "flock miner score pairs.jsonl --competition dpo --json"],
+    "miner submit": ["FLOCK_MINER_HOTKEY=5F... flock miner submit data.jsonl --repo me/my-data",
+                     "flock miner submit pairs.jsonl --repo me/my-pairs --competition dpo --hotkey 5F..."],
+    "miner status": ["flock miner status --hotkey 5F...",
+                     "flock miner status --hotkey 5F... --reports some-validator/flock-reports --json"],
+    "worker": ["FLOCK_EXECUTOR=celery DAGSTER_HOME=/srv/dagster flock worker --name gpu0 --queues gpu"],
+    "chain status": ["flock chain status"],
+    "chain weights": ["flock chain weights"],
+    "chain register": ["flock chain register hk-alice", "flock chain register validator --validator"],
+    "chain advance": ["flock chain advance 10", "flock chain advance --to-next-epoch"],
+}
+
+
+def _with_examples(parser: argparse.ArgumentParser, path: str = "") -> argparse.ArgumentParser:
+    """Every command's help: its one-line help as the description, and its examples."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    if path in EXAMPLES:
+        parser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[path])
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, child in action.choices.items():
+                child.description = child.description or helps.get(name)
+                _with_examples(child, f"{path} {name}".strip())
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
+    return _with_examples(_build_parser())
+
+
+def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flock", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="show the libraries' and our own log lines: -v warnings and progress notes (retries, "
+                             "steps), -vv everything down to debug (default: errors only)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="seed the local demo network and run one epoch through the assets")
@@ -489,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("file")
     score.add_argument("--against", nargs="*", default=[], help="other data files to compare with")
     score.add_argument("--competition", help="whose eval set and recipe (default: the first configured)")
+    score.add_argument("--force", action="store_true",
+                       help="score a file validation calls invalid (its valid rows), instead of refusing it")
     score.add_argument("--json", action="store_true")
     score.set_defaults(func=cmd_miner_score)
     submitp = miner.add_parser("submit", help="upload privately, commit on-chain, then make the repo public")
@@ -560,23 +623,37 @@ def cmd_worker(args) -> int:
     return 0  # not reached
 
 
+def _log_level(verbose: int) -> None:
+    """Quiet by default: log records below ERROR (retry notes, library warnings, debug lines) and the libraries'
+    progress bars stay off the console; -v shows warnings and info, -vv debug."""
+    import logging
+
+    level = logging.ERROR if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.disable(level - 10)  # records at or below this level are dropped, whatever their logger
+    if verbose <= 0:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
-    from flock_pipeline.miner import MinerInputError
-    from flock_pipeline.resources import ConfigError
+    """Parse, run, and turn every FlockError into one line on stderr and its exit code (nothing heavy is imported
+    before the command runs: `flock --help` answers at once)."""
+    from flock_pipeline.errors import FlockError
+
+    import logging
 
     args = build_parser().parse_args(argv)
+    before = logging.root.manager.disable
+    _log_level(args.verbose)
     try:
         return args.func(args)
-    except (ConfigError, MinerInputError) as exc:
-        print(f"flock: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # the top of the CLI: one line for the user, not a traceback
-        from flock_pipeline.defs.epoch import EpochFailed
-
-        if isinstance(exc, EpochFailed):
-            print(f"flock: {exc}", file=sys.stderr)
-            return 1
-        raise
+    except FlockError as exc:  # the top of the CLI: one line for the user, not a traceback
+        kind = "configuration error: " if type(exc).__name__ == "ConfigError" else ""
+        print(f"flock: {kind}{exc.line()}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        logging.disable(before)  # main() may run inside another program (the tests): leave its logging as it was
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ from pathlib import Path
 
 
 from flock_pipeline.core import synthetic
+from flock_pipeline.errors import UsageError
 from flock_pipeline.core.commitment import DEFAULT_COMPETITION_ID, Commitment
 from flock_pipeline.core.schema import ChatRow, DatasetLimits, PreferenceRow, Turn, rows_to_jsonl
 from flock_pipeline.resources.chain import LocalChainResource
@@ -282,7 +283,7 @@ DEMO_FILES = ("chain.json", "chain.json.lock", "hub", "warehouse.duckdb", "wareh
               "demo.json", "competitions.json")
 
 
-class DemoHomeError(ValueError):
+class DemoHomeError(UsageError, ValueError):
     """The home holds a network the demo did not create; nothing was deleted."""
 
 

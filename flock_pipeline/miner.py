@@ -15,12 +15,13 @@ from pathlib import Path
 from flock_pipeline.core.commitment import Commitment, CommitmentError, validate_repo_id
 from flock_pipeline.core.schema import ChatRow, DatasetLimits, PreferenceRow, validate_bytes
 from flock_pipeline.core.scoring import Contender, compute_win_rates
+from flock_pipeline.errors import UsageError
 
 MAX_READ_BYTES = 2**31  # refuse to even read larger inputs (the file-size limit then reports them as too big)
 
 
-class MinerInputError(ValueError):
-    """The input cannot be read at all (missing, a directory, unreadable); the message says why."""
+class MinerInputError(UsageError, ValueError):
+    """The input cannot be read at all (missing, a directory, unreadable); the message says why (exit 2)."""
 
 
 @dataclass
@@ -207,10 +208,21 @@ def submit(data: bytes, repo: str, hotkey: str, competition_id: str, hub, chain)
             if same:
                 hub.set_private(repo, False)
                 return SubmitResult(repo, committed.revision, current.data, current.block, False, True)
-    revision = hub.upload(repo, data, private=True)
+    from flock_pipeline.resources.hub import HubError
+
+    try:
+        revision = hub.upload(repo, data, private=True)
+    except HubError as exc:
+        exc.hint = "nothing was committed; run the same command again"
+        raise
     text = Commitment(repo, competition_id, revision).to_compressed_str()
     block = chain.set_commitment(hotkey, text)  # the data stays private until this exists
-    hub.set_private(repo, False)
+    try:
+        hub.set_private(repo, False)
+    except HubError as exc:
+        exc.hint = (f"committed at block {block}, but the repo is still private and validators cannot read it: run "
+                    "the same command again to make it public (the commitment is reused)")
+        raise
     return SubmitResult(repo, revision, text, block, True, True)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from flock_pipeline.errors import UsageError
+
 MAX_COMMITMENT_BYTES = 128  # the chain's raw commitment field limit on the live subnet
 DEFAULT_COMPETITION_ID = "1"
 
@@ -19,7 +21,7 @@ _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _COMPETITION = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
-class CommitmentError(ValueError):
+class CommitmentError(UsageError, ValueError):
     """A commitment string (or one of its parts) is not acceptable; the message says why."""
 
 

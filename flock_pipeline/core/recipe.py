@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,12 @@ class TrainRecipe:
     dpo_beta: float = 0.1  # DPO's beta: how far the policy may move from the reference (TRL's default)
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # each field has its default's type (JSON gives strings and numbers)
+            value, default = getattr(self, f.name), f.default
+            kind = bool if isinstance(default, bool) else (int, float) if isinstance(default, float) else type(default)
+            if not isinstance(value, kind) or (isinstance(value, bool) and not isinstance(default, bool)):
+                what = {bool: "true or false", int: "a whole number", str: "a string"}.get(kind, "a number")
+                raise ValueError(f"{f.name} must be {what}, got {value!r}")
         positive = ("lora_r", "lora_alpha", "epochs", "batch_size", "max_seq_len", "max_train_rows",
                     "train_micro_tokens", "eval_batch_tokens", "logits_chunk")
         for name in positive:

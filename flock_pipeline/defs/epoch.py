@@ -21,9 +21,10 @@ import dagster as dg
 from flock_pipeline.defs.assets import (ASSETS, EPOCH_TAG, RANGE_END, RANGE_START, chain_commitments, epochs_partitions,
                                         final_corpus, submitted_weights, win_rates)
 from flock_pipeline.defs.checks import CHECKS
+from flock_pipeline.errors import FlockError
 
-class EpochFailed(RuntimeError):
-    pass
+class EpochFailed(FlockError, RuntimeError):
+    """An epoch stopped before its end; the message says at which stage and why (what was recorded is kept)."""
 
 
 class RunnerBusy(EpochFailed):

@@ -46,6 +46,7 @@ import json
 import os
 from pathlib import Path
 
+from flock_pipeline.errors import FlockError
 from flock_pipeline.resources.chain import ChainResource, LocalChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubResource, LocalHubResource
@@ -57,8 +58,10 @@ __all__ = ["ChainResource", "LocalChainResource", "HubResource", "LocalHubResour
            "store_url", "executor_settings", "celery_settings", "batch_settings"]
 
 
-class ConfigError(ValueError):
-    """The configuration (environment) is invalid; the message says what to change."""
+class ConfigError(FlockError, ValueError):
+    """The configuration (environment) is invalid; the message says what to change (exit 2, before any work)."""
+
+    exit_code = 2
 
 
 def flock_home() -> Path:
@@ -107,8 +110,8 @@ def build_resources(home: Path | None = None) -> dict:
         raise ConfigError(f"FLOCK_MULTI_LORA: {exc}") from exc
     try:
         validator_settings = ValidatorSettingsResource(corpus_dir=str(home / "corpus"), **settings)
-    except Exception as exc:  # pydantic's ValidationError: a wrong type in FLOCK_SETTINGS
-        raise ConfigError(f"FLOCK_SETTINGS: {exc}") from exc
+    except Exception as exc:  # pydantic's ValidationError: a wrong type or value in FLOCK_SETTINGS
+        raise ConfigError(f"FLOCK_SETTINGS: {validation_text(exc)}") from exc
     if validator_settings.report_repo:
         from flock_pipeline.core.commitment import CommitmentError, validate_repo_id
 
@@ -252,6 +255,19 @@ def _json_object(variable: str, text: str, what: str) -> dict:
 def _eval_run_tags(text: str) -> str:
     """FLOCK_EVAL_RUN_TAGS: a JSON object (tag -> text, or a JSON value written as text)."""
     return json.dumps(_json_object("FLOCK_EVAL_RUN_TAGS", text, "run tags"), sort_keys=True)
+
+
+def validation_text(exc: Exception) -> str:
+    """A pydantic ValidationError as one line ("field: what is wrong; ..."); any other error as it is."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    parts = []
+    for e in errors():
+        where = ".".join(str(x) for x in e.get("loc", ()))
+        msg = str(e.get("msg", "")).removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where and not msg.startswith(f"{where}:") else msg)
+    return "; ".join(parts) or str(exc)
 
 
 def _settings_overrides(text: str) -> dict:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from flock_pipeline.core.weights import U16_MAX, WeightRules, WeightsPlan, plan_weights, runtime_error
+from flock_pipeline.errors import FlockError
 
 if TYPE_CHECKING:
     from flock_pipeline.core.competitions import Clock
@@ -110,8 +111,10 @@ def epoch_containing(epochs: list[list[int]], block: int) -> tuple[int, int]:
     return int(found[0]), int(found[1])
 
 
-class ChainError(RuntimeError):
+class ChainError(FlockError, RuntimeError):
     """The chain refused or could not answer; the message is safe to show (no secrets)."""
+
+    hint = "check FLOCK_NETWORK and the chain endpoint (FLOCK_CHAIN_ENDPOINT), then try again"
 
 
 class ChainResource(dg.ConfigurableResource):

@@ -19,6 +19,7 @@ from pathlib import Path
 import dagster as dg
 
 from flock_pipeline.core.commitment import validate_repo_id, validate_revision
+from flock_pipeline.errors import FlockError
 
 DATA_FILE = "data.jsonl"
 
@@ -31,11 +32,11 @@ class HubFile:
     size: int  # bytes, as the hub reports it before any download
 
 
-class HubError(RuntimeError):
+class HubError(FlockError, RuntimeError):
     """The hub could not serve a request; `transient` says whether a retry may succeed."""
 
     def __init__(self, message: str, transient: bool = False):
-        super().__init__(message)
+        super().__init__(message, hint="try again in a while" if transient else None)
         self.transient = transient
 
 

@@ -24,32 +24,36 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
     competition_id: str = "1"  # the curation game's commitment id (commitments for no competition are rejected)
     eval_repo: str = "flock/eval-atlas"  # the held-out eval set's dataset repo
     eval_revision: str = ""  # a full commit id; empty = the repo's head when the epoch opens (then recorded)
-    max_rows_used: int = 100  # the size cap: only the first N valid rows are used
-    max_file_bytes: int = 64 * 2**20
-    max_line_bytes: int = 1 * 2**20
-    max_turns_per_row: int = 64
-    max_chars_per_turn: int = 16_000
-    max_system_chars: int = 4_000
+    # Defaults come from the core configs themselves (DatasetLimits, DedupConfig / NearDupConfig, ScoringConfig):
+    # one source of truth. Every knob of those configs is also settable per competition in the competitions
+    # document (a curation entry's "dedup", "dedup.near" and "scoring" objects).
+    max_rows_used: int = DatasetLimits.max_rows_used  # the size cap: only the first N valid rows are used
+    max_file_bytes: int = DatasetLimits.max_file_bytes
+    max_line_bytes: int = DatasetLimits.max_line_bytes
+    max_turns_per_row: int = DatasetLimits.max_turns_per_row
+    max_chars_per_turn: int = DatasetLimits.max_chars_per_turn
+    max_system_chars: int = DatasetLimits.max_system_chars
     min_commitment_age: int = 0  # blocks a commitment must have aged at the epoch's block to be evaluated
-    max_duplicate_fraction: float = 0.2  # a miner with a larger share of earlier miners' rows is ineligible
-    max_leak_fraction: float = 0.5  # ... or with a larger share of eval-set rows
+    max_duplicate_fraction: float = DedupConfig.max_duplicate_fraction  # more earlier miners' rows: ineligible
+    max_leak_fraction: float = DedupConfig.max_leak_fraction  # ... or a larger share of eval-set rows
     near_duplicates: bool = True  # MinHash + LSH near-duplicate matching on top of exact matching
-    near_duplicate_threshold: float = 0.65  # estimated Jaccard similarity of two rows' word shingles
-    scoring_mode: str = "win_rate"  # win_rate | curve | top_k
-    epsilon: float = 0.04
-    epsilon_decay_blocks: int = 0  # 0: constant epsilon (the reference)
-    significance: str = "none"  # none | bootstrap (paired, over eval rows)
-    bootstrap_samples: int = 1000
-    bootstrap_confidence: float = 0.95
-    require_improvement: bool = True  # a miner must beat the base model's eval loss to earn anything
-    temperature: float = 0.08
-    alpha: float = 0.8
-    curve_full: float = 2.40
-    curve_mid: float = 2.60
-    curve_mid_score: float = 0.05
-    curve_zero: float = 2.80
-    curve_power: float = 2.0
-    top_fraction: float = 0.05
+    near_duplicate_threshold: float = NearDupConfig.threshold  # estimated Jaccard similarity of word shingles
+    scoring_mode: str = ScoringConfig.mode  # win_rate | curve | top_k
+    epsilon: float = ScoringConfig.epsilon
+    epsilon_decay_blocks: int = ScoringConfig.epsilon_decay_blocks  # 0: constant epsilon (the reference)
+    significance: str = ScoringConfig.significance  # none | bootstrap (paired, over eval rows)
+    bootstrap_samples: int = ScoringConfig.bootstrap_samples
+    bootstrap_confidence: float = ScoringConfig.bootstrap_confidence
+    bootstrap_seed: int = ScoringConfig.bootstrap_seed
+    require_improvement: bool = ScoringConfig.require_improvement  # a miner must beat the base model's eval loss
+    temperature: float = ScoringConfig.temperature
+    alpha: float = ScoringConfig.alpha
+    curve_full: float = ScoringConfig.curve_full
+    curve_mid: float = ScoringConfig.curve_mid
+    curve_mid_score: float = ScoringConfig.curve_mid_score
+    curve_zero: float = ScoringConfig.curve_zero
+    curve_power: float = ScoringConfig.curve_power
+    top_fraction: float = ScoringConfig.top_fraction
     weights_version_key: int = 0  # 0: the subnet's WeightsVersionKey, read from the chain before each submission
     report_repo: str = ""  # a public dataset repo for the per-epoch score tables miners read (empty: not published)
     replace_results: bool = False  # let a run that did less (fewer scored miners, a smaller corpus) replace an epoch's
@@ -88,10 +92,21 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
                     "scoring": self.scoring_config()}
         return _competition_set(self.competitions or "curation", _Frozen(curation))
 
+    @pydantic.model_validator(mode="after")
+    def _check_configs(self) -> "ValidatorSettingsResource":
+        """Build the limits, dedup and scoring configs now: a wrong value fails when the settings are read, naming
+        the setting, before any download or training."""
+        for build, names in ((self.limits, _LIMITS), (self.dedup_config, _DEDUP), (self.scoring_config, _SCORING)):
+            try:
+                build()
+            except (TypeError, ValueError) as exc:
+                text = str(exc)
+                field = next((setting for setting, name in names.items() if text.startswith(f"{name} ")), None)
+                raise ValueError(f"{field}: {text}" if field else text) from None
+        return self
+
     def limits(self) -> DatasetLimits:
-        return DatasetLimits(max_rows_used=self.max_rows_used, max_file_bytes=self.max_file_bytes,
-                             max_line_bytes=self.max_line_bytes, max_turns_per_row=self.max_turns_per_row,
-                             max_chars_per_turn=self.max_chars_per_turn, max_system_chars=self.max_system_chars)
+        return DatasetLimits(**{name: getattr(self, setting) for setting, name in _LIMITS.items()})
 
     def dedup_config(self) -> DedupConfig:
         near = NearDupConfig(threshold=self.near_duplicate_threshold) if self.near_duplicates else None
@@ -99,13 +114,18 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
                            max_leak_fraction=self.max_leak_fraction, near=near)
 
     def scoring_config(self) -> ScoringConfig:
-        return ScoringConfig(
-            epsilon=self.epsilon, temperature=self.temperature, alpha=self.alpha, mode=self.scoring_mode,
-            epsilon_decay_blocks=self.epsilon_decay_blocks, significance=self.significance,
-            bootstrap_samples=self.bootstrap_samples, bootstrap_confidence=self.bootstrap_confidence,
-            require_improvement=self.require_improvement, curve_full=self.curve_full, curve_mid=self.curve_mid,
-            curve_mid_score=self.curve_mid_score, curve_zero=self.curve_zero, curve_power=self.curve_power,
-            top_fraction=self.top_fraction)
+        return ScoringConfig(**{name: getattr(self, setting) for setting, name in _SCORING.items()})
+
+
+# setting -> the field of the core config it sets
+_LIMITS = {name: name for name in ("max_rows_used", "max_file_bytes", "max_line_bytes", "max_turns_per_row",
+                                   "max_chars_per_turn", "max_system_chars")}
+_DEDUP = {"max_duplicate_fraction": "max_duplicate_fraction", "max_leak_fraction": "max_leak_fraction",
+          "near_duplicate_threshold": "threshold"}
+_SCORING = {"scoring_mode": "mode", **{name: name for name in (
+    "epsilon", "temperature", "alpha", "epsilon_decay_blocks", "significance", "bootstrap_samples",
+    "bootstrap_confidence", "bootstrap_seed", "require_improvement", "curve_full", "curve_mid", "curve_mid_score",
+    "curve_zero", "curve_power", "top_fraction")}}
 
 
 class _Frozen(dict):

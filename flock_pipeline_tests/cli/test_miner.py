@@ -53,9 +53,10 @@ def test_validate_reports_bad_input_without_traceback(network, tmp_path, capsys,
 
 
 def test_validate_a_directory_and_a_missing_file(network, tmp_path, capsys):
-    for target in (str(tmp_path), str(tmp_path / "missing.jsonl")):
-        code, out, _ = _run(capsys, "miner", "validate", target, "--json")
-        assert code == 1 and json.loads(out)["valid"] is False
+    """Not a file to validate at all: a usage error (exit 2, one line), not an invalid dataset (exit 1)."""
+    for target, why in ((str(tmp_path), "is a directory"), (str(tmp_path / "missing.jsonl"), "no such file")):
+        code, out, err = _run(capsys, "miner", "validate", target, "--json")
+        assert code == 2 and out == "" and why in err and err.count("\n") == 1
 
 
 def test_validate_lines_duplicates_eval_overlap_and_size_cap(network, tmp_path, capsys):

@@ -1,0 +1,123 @@
+"""Every failure of the command line is one line on stderr with the next step and the right exit code (2: usage,
+input or configuration, nothing done; 1: a check failed or a service did not answer), never a traceback; bad
+settings stop before any dataset is fetched; `--help` answers at once, with examples."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flock_pipeline.cli import EXAMPLES, build_parser, main
+from flock_pipeline.core import synthetic
+from flock_pipeline.core.schema import rows_to_jsonl
+from flock_pipeline.demo import seed_demo_network
+
+BIN = Path(sys.executable).parent
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _one_line(err: str) -> str:
+    assert err.startswith("flock: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def network(flock_home, monkeypatch):
+    seed_demo_network(flock_home)
+    monkeypatch.setenv("FLOCK_HOME", str(flock_home))
+    return flock_home
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"scoring_mode": "curvy"}, "scoring_mode: mode must be one of win_rate, curve, top_k, got 'curvy'"),
+    ({"max_leak_fraction": 3}, "max_leak_fraction: max_leak_fraction must be in [0, 1]"),
+    ({"near_duplicate_threshold": 0}, "near_duplicate_threshold: threshold must be in (0, 1]"),
+    ({"max_turns_per_row": 3}, "max_turns_per_row: max_turns_per_row must be even"),
+    ({"epsilon": "lots"}, "epsilon: Input should be a valid number"),
+    ({"corpus_policy": '{"weight_coverage": 2}'}, "corpus_policy.weight_coverage must be in (0, 1]"),
+    ({"scoring_mod": "win_rate"}, "unknown setting(s) scoring_mod"),
+])
+def test_a_bad_setting_exits_2_before_any_dataset_is_fetched(network, monkeypatch, capsys, settings, message):
+    monkeypatch.setenv("FLOCK_SETTINGS", json.dumps(settings))
+    code, _, err = _run(capsys, "epoch", "run")
+    assert code == 2 and message in _one_line(err) and err.startswith("flock: configuration error: FLOCK_SETTINGS")
+    assert not (network / "warehouse.duckdb").exists()  # nothing recorded, nothing downloaded
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ({"learning_rate": "fast"}, "learning_rate must be a number, got 'fast'"),
+    ({"lora_r": 2.5}, "lora_r must be a whole number, got 2.5"),
+    ({"deterministic": 1}, "deterministic must be true or false, got 1"),
+    ({"objective": "ppo"}, "objective must be sft or dpo"),
+])
+def test_a_bad_recipe_field_exits_2_naming_it(network, monkeypatch, capsys, recipe, message):
+    monkeypatch.setenv("FLOCK_RECIPE", json.dumps(recipe))
+    code, _, err = _run(capsys, "demo", "--no-run", "--home", str(network))
+    assert code == 2 and message in _one_line(err)
+
+
+def test_miner_failures_are_one_line_with_the_right_exit_code(network, tmp_path, monkeypatch, capsys):
+    good = tmp_path / "data.jsonl"
+    good.write_text(rows_to_jsonl(synthetic.honest_rows(synthetic.make_atlas(7), 20, 3)))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(good.read_text() + "not json\n")
+    missing = str(tmp_path / "nope.jsonl")
+    for argv in (["miner", "validate", missing], ["miner", "score", missing],
+                 ["miner", "submit", str(good), "--repo", "me/data", "--hotkey", "hk-x", "--competition", "nope"]):
+        code, _, err = _run(capsys, *argv)
+        assert code == 2, (argv, err)
+        _one_line(err)
+    code, _, err = _run(capsys, "miner", "submit", str(good), "--repo", "not a repo", "--hotkey", "hk-x")
+    assert code == 2 and "repo id 'not a repo' must be 'namespace/name'" in _one_line(err)
+    # an unregistered hotkey is told to register, not to run the same command again
+    code, _, err = _run(capsys, "miner", "submit", str(good), "--repo", "me/data", "--hotkey", "hk-nobody")
+    assert code == 1 and "not registered" in _one_line(err) and "flock chain register" in err
+    # an invalid file is refused by score unless --force
+    code, _, err = _run(capsys, "miner", "score", str(bad))
+    assert code == 1 and "is invalid" in _one_line(err) and "--force" in err
+    code, out, err = _run(capsys, "miner", "score", str(bad), "--force", "--json")
+    assert code == 0 and json.loads(out)["results"][0]["eval_loss"] > 0
+    # the common {"messages": ...} layout is told the expected one
+    messages = tmp_path / "messages.jsonl"
+    messages.write_text(json.dumps({"messages": [{"role": "user", "content": "q"},
+                                                 {"role": "assistant", "content": "a"}]}) + "\n")
+    code, out, _ = _run(capsys, "miner", "validate", str(messages), "--json")
+    assert code == 1 and "'messages' is not a field here" in json.loads(out)["rejected"][0]["reason"]
+
+
+def test_an_unreachable_chain_is_one_line_with_the_next_step(tmp_path):
+    env = {**os.environ, "FLOCK_HOME": str(tmp_path), "FLOCK_NETWORK": "test", "FLOCK_EVAL_REPO": "a/b",
+           "FLOCK_CHAIN_ENDPOINT": "ws://127.0.0.1:9"}  # nothing listens on the discard port
+    for argv in (["chain", "status"], ["miner", "status", "--hotkey", "hk-x"]):
+        run = subprocess.run([str(BIN / "flock"), *argv], env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 1, run.stderr
+        assert "no answer from ws://127.0.0.1:9" in _one_line(run.stderr) and "FLOCK_CHAIN_ENDPOINT" in run.stderr
+
+
+def test_help_is_fast_and_every_command_has_examples():
+    best = min(_timed([str(BIN / "flock"), "--help"]) for _ in range(3))
+    assert best < 0.5, f"flock --help took {best:.2f} s"
+    parser = build_parser()
+    assert "examples:" in parser.format_help()
+    commands = [k for k in EXAMPLES if k]
+    for path in commands:
+        node = parser
+        for word in path.split():
+            node = next(a for a in node._actions if a.__class__.__name__ == "_SubParsersAction").choices[word]
+        text = node.format_help()
+        assert "examples:" in text and node.description, path
+
+
+def _timed(argv) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    return time.perf_counter() - start
