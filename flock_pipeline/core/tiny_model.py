@@ -1,8 +1,14 @@
 """The embedded tiny base model: a Qwen2-architecture causal LM with a byte-level BPE tokenizer and ChatML.
 
-Nothing can be downloaded here, so the default base model is built offline: the tokenizer's merges are learned from
-the synthetic corpus, the weights are a seeded random initialisation. The same library versions give the same files;
-the build is cached and written atomically (temporary directory, then rename).
+Nothing can be downloaded here, so the default base model is made offline: the tokenizer's merges are learned from
+the synthetic corpus, the weights are a seeded random initialisation pre-trained briefly on another atlas. That
+build is reproducible on one machine but not across machines (300 optimizer steps of float32 arithmetic whose
+rounding depends on the CPU's vector instructions), so the built files ship with the package
+(`flock_pipeline/embedded/tiny-qwen2-v1/`, 472 KB, their digest recorded in its `flock_build.json`): every machine
+copies the same model into its cache and gets the same losses. `python -m flock_pipeline.core.tiny_model build DIR`
+rebuilds it (to ship a new version: bump TINY_MODEL_VERSION, build into `flock_pipeline/embedded/`, regenerate the
+README's numbers with `scripts/readme_numbers.py`). Copies and builds are written atomically (a temporary
+directory, then rename) under a file lock.
 """
 
 from __future__ import annotations
@@ -111,20 +117,55 @@ def build_tiny_model(dest: Path, seed: int = 0) -> Path:
     return dest
 
 
+SHIPPED = Path(__file__).resolve().parents[1] / "embedded" / f"tiny-qwen2-{TINY_MODEL_VERSION}"
+
+
+def shipped_model() -> Path | None:
+    """The model files shipped with the package, when they are there and match the digest recorded with them."""
+    if not (SHIPPED / "flock_build.json").is_file():
+        return None
+    return SHIPPED if recorded_revision(SHIPPED) == _dir_digest(SHIPPED) else None
+
+
+def copy_tiny_model(source: Path, dest: Path) -> Path:
+    """Copy a built model directory into `dest` atomically (files readable by everyone); returns `dest`."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=dest.parent))
+    try:
+        for f in sorted(Path(source).iterdir()):
+            if f.is_file():
+                shutil.copyfile(f, tmp / f.name)
+                os.chmod(tmp / f.name, 0o644)
+        os.chmod(tmp, 0o755)
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process finished first; its copy is identical
+            if not (dest / "flock_build.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 def ensure_tiny_model(cache_dir: Path) -> Path:
-    """The cached tiny model directory, built on first use: by one process, under a file lock (the others wait
-    for it and use its build)."""
+    """The cached tiny model directory, made on first use by one process under a file lock (the others wait for
+    it): a copy of the shipped files, or a build where the package has none (or a damaged one)."""
     dest = Path(cache_dir) / f"tiny-qwen2-{TINY_MODEL_VERSION}"
     if (dest / "flock_build.json").exists():
         return dest
     import fcntl
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest.parent / f".{dest.name}.lock", "a") as lock:  # runs started together build it once
+    with open(dest.parent / f".{dest.name}.lock", "a") as lock:  # runs started together make it once
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not (dest / "flock_build.json").exists():
-                build_tiny_model(dest)
+                shipped = shipped_model()
+                if shipped is not None:
+                    copy_tiny_model(shipped, dest)
+                else:
+                    build_tiny_model(dest)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return dest
@@ -163,3 +204,30 @@ def _dir_digest(path: Path) -> str:
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:40]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m flock_pipeline.core.tiny_model build DIR`: build the embedded model from scratch into DIR (and
+    print its digest); `... check`: whether the shipped files match their recorded digest."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m flock_pipeline.core.tiny_model", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build the model into DIR (it must not exist)")
+    build.add_argument("dir")
+    sub.add_parser("check", help="check the shipped model's files against their recorded digest")
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        import torch
+
+        torch.set_num_threads(1)
+        out = build_tiny_model(Path(args.dir))
+        print(f"{out}: revision {recorded_revision(out)}")
+        return 0
+    ok = shipped_model() is not None
+    print(f"{SHIPPED}: " + ("ok, revision " + str(recorded_revision(SHIPPED)) if ok else "missing or damaged"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -118,3 +118,12 @@ def test_chain_commands_and_config_errors(flock_home):
         assert message in bad.stderr
     usage = _flock("epoch", env=env, check=False)
     assert usage.returncode == 2
+
+
+@pytest.mark.slow
+def test_the_readme_tables_are_what_the_demo_prints():
+    """`make demo` (`flock demo`) and `flock demo --network dpo` print exactly the README's tables: the shipped
+    model makes them the same on every machine of this kind; scripts/readme_numbers.py regenerates them."""
+    run = subprocess.run([sys.executable, str(REPO / "scripts" / "readme_numbers.py"), "--check"], cwd=REPO,
+                         capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]

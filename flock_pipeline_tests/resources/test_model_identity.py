@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+
+import pytest
 
 from flock_pipeline.core import tiny_model
 from flock_pipeline.resources import EvaluatorResource
@@ -42,6 +45,7 @@ def test_the_embedded_model_is_built_once_when_many_ask_at_once(tmp_path, monkey
         return dest
 
     monkeypatch.setattr(tiny_model, "build_tiny_model", fake_build)
+    monkeypatch.setattr(tiny_model, "shipped_model", lambda: None)  # a package without the built files
     paths = []
     threads = [threading.Thread(target=lambda: paths.append(tiny_model.ensure_tiny_model(tmp_path)))
                for _ in range(4)]
@@ -50,3 +54,22 @@ def test_the_embedded_model_is_built_once_when_many_ask_at_once(tmp_path, monkey
     for t in threads:
         t.join()
     assert len(builds) == 1 and len(set(paths)) == 1
+
+
+def test_the_shipped_model_is_copied_not_built(tmp_path, monkeypatch):
+    """The package ships the built model with its digest: a fresh cache gets a copy with that very revision (the
+    same files, hence the same losses, on every machine), once, readable by everyone; damaged shipped files are
+    not used."""
+    monkeypatch.setattr(tiny_model, "build_tiny_model", lambda dest: pytest.fail("built instead of copied"))
+    shipped = tiny_model.shipped_model()
+    assert shipped is not None
+    recorded = tiny_model.recorded_revision(shipped)
+    dest = tiny_model.ensure_tiny_model(tmp_path)
+    assert tiny_model.model_revision(dest) == recorded == tiny_model.recorded_revision(dest)
+    assert all(f.stat().st_mode & 0o777 == 0o644 for f in dest.iterdir())
+    assert tiny_model.ensure_tiny_model(tmp_path) == dest
+    damaged = tmp_path / "damaged"
+    shutil.copytree(shipped, damaged)
+    (damaged / "config.json").write_text("{}")
+    monkeypatch.setattr(tiny_model, "SHIPPED", damaged)
+    assert tiny_model.shipped_model() is None
