@@ -149,7 +149,16 @@ def cmd_epoch_report(args) -> int:
 
     labels_file = flock_home() / "demo.json"
     demo = json.loads(labels_file.read_text()) if labels_file.exists() else {}
-    report = epoch_report(args.epoch, build_resources()["warehouse"], demo.get("labels"), demo.get("quality"))
+    resources = build_resources()
+    if args.html:
+        from flock_pipeline.validator.epoch_report import build_epoch_report
+
+        _quiet_torch()
+        paths, _ = build_epoch_report(args.epoch, resources["settings"], resources["warehouse"],
+                                      resources["evaluator"], labels=demo.get("labels"))
+        print(paths["html"])
+        return 0
+    report = epoch_report(args.epoch, resources["warehouse"], demo.get("labels"), demo.get("quality"))
     print(json.dumps({"epoch": args.epoch, "miners": report}, indent=1) if args.json else format_report(report))
     return 0
 
@@ -459,7 +468,8 @@ EXAMPLES = {
     "epoch batches": ["flock epoch batches 12 --size 16",
                       "dagster asset materialize -m flock_pipeline.definitions --select "
                       "deduplicated_shards,miner_eval_losses --partition-range FIRST...LAST"],
-    "epoch report": ["flock epoch report 12", "flock epoch report 12 --json"],
+    "epoch report": ["flock epoch report 12", "flock epoch report 12 --json",
+                     "xdg-open $(flock epoch report 12 --html)"],
     "miner validate": ["flock miner validate data.jsonl", "flock miner validate pairs.jsonl --competition dpo",
                        "flock miner validate data.jsonl --no-eval-check --json"],
     "miner score": ["flock miner score data.jsonl", "flock miner score data.jsonl --against other.jsonl",
@@ -532,9 +542,12 @@ def _build_parser() -> argparse.ArgumentParser:
     batches.add_argument("epoch", type=int)
     batches.add_argument("--size", type=int, default=0, help="miners per range (default: FLOCK_MINER_BATCH, 64)")
     batches.set_defaults(func=cmd_epoch_batches)
-    report = epoch.add_parser("report", help="the epoch's table (or --json)")
+    report = epoch.add_parser("report", help="the epoch's table (or --json), or its HTML report with figures (--html)")
     report.add_argument("epoch", type=int)
     report.add_argument("--json", action="store_true")
+    report.add_argument("--html", action="store_true",
+                        help="write the epoch's report (HTML + one PNG per competition, next to the corpus) and "
+                             "print the HTML's path")
     report.set_defaults(func=cmd_epoch_report)
 
     miner = sub.add_parser("miner", help="miner tools: validate, score, submit, status").add_subparsers(

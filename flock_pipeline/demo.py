@@ -433,7 +433,8 @@ def epoch_report(epoch: int, warehouse: WarehouseResource, labels: dict[str, str
                        "rows_kept": 0 if r.rows_kept is None else int(r.rows_kept),
                        "eval_loss": None if _missing(r.eval_loss) else round(float(r.eval_loss), 6),
                        "win_rate": 0.0 if _missing(r.win_rate) else float(r.win_rate),
-                       "weight": 0.0 if _missing(r.weight) else float(r.weight)})
+                       "weight": 0.0 if _missing(r.weight) else float(r.weight),
+                       "explanation": r.explanation or r.reason})
     return report
 
 

@@ -245,7 +245,7 @@ def status(hotkey: str, chain, warehouse, hub=None, report_repos: tuple[str, ...
            "commitment": current.data if current else None, "commit_block": current.block if current else None,
            "weight": None, "incentive": neuron.incentive if neuron else None, "validators": [],
            "latest_epoch": None, "status": None, "reason": None, "eval_loss": None, "win_rate": None,
-           "recorded_weight": None}
+           "recorded_weight": None, "explanation": None}
     if neuron is not None:
         rows = chain.validator_weights(neuron.uid)
         out["validators"] = [{"hotkey": v.hotkey, "uid": v.uid, "stake": v.stake, "value_u16": v.value,
@@ -258,7 +258,7 @@ def status(hotkey: str, chain, warehouse, hub=None, report_repos: tuple[str, ...
     if r is not None:
         loss = None if r.eval_loss is None or r.eval_loss != r.eval_loss else float(r.eval_loss)
         out.update(latest_epoch=r.epoch, status=r.status, reason=r.reason, eval_loss=loss,
-                   win_rate=float(r.win_rate), recorded_weight=float(r.weight))
+                   win_rate=float(r.win_rate), recorded_weight=float(r.weight), explanation=r.explanation)
     if report_repos:
         from flock_pipeline.validator.reports import read_miner_report
 

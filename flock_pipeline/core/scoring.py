@@ -105,18 +105,25 @@ def compute_win_rates(contenders: list[Contender], epsilon: float | ScoringConfi
     n = len(contenders)
     if n == 1:
         return {contenders[0].uid: 1.0}
-    if config.significance == "bootstrap":
-        wins = _bootstrap_wins(contenders, config, now_block)
-        return {uid: w / (n - 1) for uid, w in wins.items()}
     wins = {c.uid: 0 for c in contenders}
+    for (a, b), verdict in pairwise_verdicts(contenders, config, now_block).items():
+        if verdict:
+            wins[a if verdict > 0 else b] += 1
+    return {uid: w / (n - 1) for uid, w in wins.items()}
+
+
+def pairwise_verdicts(contenders: list[Contender], config: ScoringConfig,
+                      now_block: int | None = None) -> dict[tuple[int, int], int]:
+    """(uid a, uid b) -> 1 when a wins, -1 when b wins, 0 when neither does, for every pair (a before b in the
+    given order): the comparisons the win rates count."""
+    if config.significance == "bootstrap":
+        return _bootstrap_verdicts(contenders, config, now_block)
+    out = {}
     for i, a in enumerate(contenders):
         for b in contenders[i + 1:]:
             eps = epsilon_at(config, min(a.block, b.block), now_block)
-            if beats(a, b, eps):
-                wins[a.uid] += 1
-            elif beats(b, a, eps):
-                wins[b.uid] += 1
-    return {uid: w / (n - 1) for uid, w in wins.items()}
+            out[(a.uid, b.uid)] = 1 if beats(a, b, eps) else -1 if beats(b, a, eps) else 0
+    return out
 
 
 def _bootstrap_indices(contenders: list[Contender], config: ScoringConfig) -> np.ndarray:
@@ -128,8 +135,9 @@ def _bootstrap_indices(contenders: list[Contender], config: ScoringConfig) -> np
     return rng.integers(0, rows, size=(config.bootstrap_samples, rows))
 
 
-def _bootstrap_wins(contenders: list[Contender], config: ScoringConfig, now_block: int | None) -> dict[int, int]:
-    """Pairwise wins under a paired bootstrap over eval rows: a beats b when the lower `bootstrap_confidence`
+def _bootstrap_verdicts(contenders: list[Contender], config: ScoringConfig,
+                        now_block: int | None) -> dict[tuple[int, int], int]:
+    """Pairwise verdicts under a paired bootstrap over eval rows: a beats b when the lower `bootstrap_confidence`
     quantile of the resampled mean advantage is above 0 (b beats a when the upper one is below 0).
 
     Per row, the difference of the two (epsilon-adjusted) losses; rows whose loss is NaN in either are left out of
@@ -145,7 +153,7 @@ def _bootstrap_wins(contenders: list[Contender], config: ScoringConfig, now_bloc
     finite = np.isfinite(losses)
     losses = np.where(finite, losses, 0.0)
     blocks = np.array([c.block for c in contenders])
-    wins = {c.uid: 0 for c in contenders}
+    verdicts: dict[tuple[int, int], int] = {}
     low_q, high_q = 1 - config.bootstrap_confidence, config.bootstrap_confidence
     for i, a in enumerate(contenders[:-1]):
         later = slice(i + 1, len(contenders))
@@ -157,11 +165,8 @@ def _bootstrap_wins(contenders: list[Contender], config: ScoringConfig, now_bloc
         means = (diff @ counts.T) / np.maximum(valid.astype(np.float64) @ counts.T, 1.0)
         low, high = np.quantile(means, [low_q, high_q], axis=1)
         for j, b in enumerate(contenders[i + 1:]):
-            if low[j] > 0:
-                wins[a.uid] += 1
-            elif high[j] < 0:
-                wins[b.uid] += 1
-    return wins
+            verdicts[(a.uid, b.uid)] = 1 if low[j] > 0 else -1 if high[j] < 0 else 0
+    return verdicts
 
 
 def curve_score(loss: float, config: ScoringConfig) -> float:
@@ -242,6 +247,83 @@ def score_epoch(contenders: list[Contender], previous: Mapping[int, float],
     weights = blend_weights(fresh, previous, config.alpha, eligible)
     weights.update({c.uid: 0.0 for c in contenders if c.uid not in eligible})
     return scores, weights
+
+
+def explain_scores(contenders: list[Contender], previous: Mapping[int, float], config: ScoringConfig,
+                   scores: Mapping[int, float], weights: Mapping[int, float], *, base_loss: float | None = None,
+                   now_block: int | None = None) -> dict[int, str]:
+    """uid -> how its score and weight came about, in words, with the numbers `score_epoch` used: the base model's
+    bar; in win_rate mode every comparison (whom it beat, lost to or tied with, each loss as compared, the earlier
+    commitment's advantage spelled out), the softmax and the blend with the previous epoch; the curve score; or
+    the top-k rule."""
+    improving = [c for c in contenders if not (config.require_improvement and base_loss is not None
+                                               and c.loss >= base_loss)]
+    out = {c.uid: f"eval loss {c.loss:.4f} is not below the base model's {base_loss:.4f}: weight 0"
+           for c in contenders if c not in improving}
+    bar = f" (below the base model's {base_loss:.4f})" if config.require_improvement and base_loss is not None else ""
+    if config.mode == "win_rate":
+        verdicts = pairwise_verdicts(improving, config, now_block) if len(improving) > 1 else {}
+        fresh = softmax_weights({c.uid: scores.get(c.uid, 0.0) for c in improving}, config.temperature)
+        for c in improving:
+            parts = []
+            for o in improving:
+                if o.uid == c.uid:
+                    continue
+                verdict = verdicts.get((c.uid, o.uid), -verdicts.get((o.uid, c.uid), 0))
+                verb = "beat" if verdict > 0 else "lost to" if verdict < 0 else "tied with"
+                eps = epsilon_at(config, min(c.block, o.block), now_block)
+                parts.append(f"{verb} uid {o.uid} ({_as_compared(c, o, eps)} against its {_as_compared(o, c, eps)})")
+            wins = sum(p.startswith("beat") for p in parts)
+            rule = ("a win needs the lower bound of the paired bootstrap's per-row advantage above 0"
+                    if config.significance == "bootstrap" else "lower loss wins")
+            text = (f"eval loss {c.loss:.4f}{bar}; win rate {scores.get(c.uid, 0.0):.3f} = {wins} of {len(parts)} "
+                    f"comparisons won ({rule}; the earlier commitment's loss counts x (1 - epsilon), epsilon "
+                    f"{config.epsilon:g}" + (" decaying with its age" if config.epsilon_decay_blocks else "")
+                    + "): " + "; ".join(parts) if parts else
+                    f"eval loss {c.loss:.4f}{bar}; the only contender: win rate 1.000")
+            out[c.uid] = text + f"; softmax of the win rates at temperature {config.temperature:g}: " \
+                f"{fresh.get(c.uid, 0.0):.6f}" + _blend_text(c.uid, fresh, previous, config, weights)
+    elif config.mode == "curve":
+        total = sum(scores.get(c.uid, 0.0) for c in improving)
+        for c in improving:
+            score = scores.get(c.uid, 0.0)
+            out[c.uid] = (f"eval loss {c.loss:.4f}{bar}; curve score {score:.4f} (1 at {config.curve_full:g} or "
+                          f"below, {config.curve_mid_score:g} at {config.curve_mid:g}, 0 at {config.curve_zero:g} or "
+                          f"above); its share of the curve scores: {score / total if total else 0.0:.6f}"
+                          + _blend_text(c.uid, {u.uid: scores.get(u.uid, 0.0) / total for u in improving}
+                                        if total else {}, previous, config, weights))
+    else:
+        k = max(1, math.floor(len(improving) * config.top_fraction)) if improving else 0
+        best = sorted(improving, key=lambda x: (x.loss, x.block, x.uid))[:k]
+        for c in improving:
+            where = (f"among the {k} lowest eval losses" if c in best else f"not among the {k} lowest eval losses")
+            won = scores.get(c.uid, 0.0) > 0
+            out[c.uid] = (f"eval loss {c.loss:.4f}{bar}; {where}" + ("; the earliest commitment of them: the winner"
+                                                                        if won else "")
+                          + _blend_text(c.uid, {u: 1.0 for u, v in scores.items() if v > 0}, previous, config,
+                                        weights))
+    return out
+
+
+def _as_compared(c: Contender, other: Contender, eps: float) -> str:
+    """A contender's loss as the comparison with `other` saw it."""
+    if c.block < other.block and eps > 0:
+        return f"{c.loss:.4f} x {1 - eps:g} = {c.loss * (1 - eps):.4f} for committing earlier"
+    return f"{c.loss:.4f}"
+
+
+def _blend_text(uid: int, fresh: Mapping[int, float], previous: Mapping[int, float], config: ScoringConfig,
+                weights: Mapping[int, float]) -> str:
+    eligible = {u for u, w in fresh.items() if w > 0}
+    prev = {u: w for u, w in previous.items() if u in eligible and w > 0}
+    final = weights.get(uid, 0.0)
+    if uid not in eligible:
+        return f"; weight {final:.6f}"
+    if not prev:
+        return f"; no earlier weights to blend with: weight {final:.6f}"
+    return (f"; blended with the previous epoch's weights ({config.alpha:g} x {prev.get(uid, 0.0):.6f} + "
+            f"{1 - config.alpha:g} x {fresh.get(uid, 0.0):.6f}, renormalised over this epoch's miners): "
+            f"weight {final:.6f}")
 
 
 def validate_weights(weights: Mapping[int, float], eligible: set[int] | None = None) -> None:

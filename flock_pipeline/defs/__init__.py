@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from flock_pipeline.defs.assets import ASSETS, chain_commitments, deduplicated_shards, final_corpus, \
-    miner_datasets, miner_eval_losses, submitted_weights, win_rates
+from flock_pipeline.defs.assets import ASSETS, SCORING_STAGE, chain_commitments, deduplicated_shards, \
+    miner_datasets, miner_eval_losses
 from flock_pipeline.defs.checks import CHECKS
 from flock_pipeline.defs.sensors import SENSORS
 from flock_pipeline.resources import build_resources, executor_settings
@@ -16,8 +16,8 @@ from flock_pipeline.resources import build_resources, executor_settings
 EPOCH_STAGE_JOB = "epoch_stage"
 MINER_STAGE_JOB = "miner_stage"
 JOBS = [
-    dg.define_asset_job(EPOCH_STAGE_JOB, selection=[chain_commitments, win_rates, submitted_weights, final_corpus],
-                        description="An epoch-partitioned stage: commitments, or scores + weights + corpus."),
+    dg.define_asset_job(EPOCH_STAGE_JOB, selection=[chain_commitments, *SCORING_STAGE],
+                        description="An epoch-partitioned stage: commitments, or scores + weights + corpus + report."),
     dg.define_asset_job(MINER_STAGE_JOB, selection=[miner_datasets, deduplicated_shards, miner_eval_losses],
                         description="A miner-partitioned stage: its dataset, or its shard + evaluation."),
 ]

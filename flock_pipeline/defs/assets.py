@@ -272,7 +272,7 @@ def win_rates(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, s
         "competitions": ", ".join(sorted({c for c in frame["competition"] if isinstance(c, str)})),
         "scores_table": _table(frame.sort_values("weight", ascending=False),
                                ["uid", "hotkey", "competition", "status", "eval_loss", "win_rate", "weight",
-                                "reason"]),
+                                "reason", "explanation"]),
     })
 
 
@@ -339,5 +339,25 @@ def final_corpus(context: dg.AssetExecutionContext, settings: ValidatorSettingsR
     })
 
 
+@dg.asset(partitions_def=epochs_partitions, group_name="corpus", kinds={"html"},
+          deps=[win_rates, submitted_weights, final_corpus])
+def epoch_report(context: dg.AssetExecutionContext, settings: ValidatorSettingsResource,
+                 warehouse: WarehouseResource, evaluator: EvaluatorResource) -> dg.MaterializeResult:
+    """Per competition, what the validator decided and why: every miner's eval loss against the base model's, the
+    weights, the pairwise win matrix, rows kept and dropped by reason, each miner's loss and weight over the last
+    epochs (one PNG per competition, matplotlib), and every miner's status and the explanation of its weight; one
+    self-contained HTML page in `corpus_dir/reports/epoch-N/`."""
+    from flock_pipeline.validator.epoch_report import build_epoch_report
+
+    with warehouse.session():
+        paths, summary = build_epoch_report(int(context.partition_key), settings, warehouse, evaluator)
+    return dg.MaterializeResult(metadata={
+        "epoch": int(context.partition_key), "html": dg.MetadataValue.path(paths["html"]),
+        **{f"figure {k.split(':', 1)[1]}": dg.MetadataValue.path(v) for k, v in paths.items() if k.startswith("png:")},
+        "report": dg.MetadataValue.md(summary),
+    })
+
+
 ASSETS = [chain_commitments, miner_datasets, deduplicated_shards, miner_eval_losses, win_rates, submitted_weights,
-          final_corpus]
+          final_corpus, epoch_report]
+SCORING_STAGE = [win_rates, submitted_weights, final_corpus, epoch_report]  # an epoch's own stage, in one run

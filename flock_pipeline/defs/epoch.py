@@ -18,8 +18,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from flock_pipeline.defs.assets import (ASSETS, EPOCH_TAG, RANGE_END, RANGE_START, chain_commitments, epochs_partitions,
-                                        final_corpus, submitted_weights, win_rates)
+from flock_pipeline.defs.assets import (ASSETS, EPOCH_TAG, RANGE_END, RANGE_START, SCORING_STAGE, chain_commitments,
+                                        epochs_partitions)
 from flock_pipeline.defs.checks import CHECKS
 from flock_pipeline.errors import FlockError
 
@@ -146,7 +146,7 @@ def _run_stages(epoch: int, resources: dict, instance: dg.DagsterInstance, progr
             # every miner's work is recorded (this run or an earlier one): the epoch's own stage runs again, so
             # a re-run applies today's scoring settings (weights already sent are confirmed, never sent twice)
             progress(f"epoch {epoch}: scoring (every miner's work was already recorded)")
-            _run([win_rates, submitted_weights, final_corpus], key, resources, instance)
+            _run(SCORING_STAGE, key, resources, instance)
             return
         if launched & {r.run_key for r in requests}:
             raise EpochFailed(f"epoch {epoch}: no progress at stage {stage!r}: its runs succeeded but recorded "

@@ -19,9 +19,9 @@ import dagster as dg
 
 from flock_pipeline.core.commitment import Commitment, CommitmentError
 from flock_pipeline.defs.epoch import error_cause
-from flock_pipeline.defs.assets import (EPOCH_TAG, RANGE_END, RANGE_START, chain_commitments, deduplicated_shards,
-                                        epochs_partitions, final_corpus, miner_datasets, miner_eval_losses,
-                                        miners_in_range, miners_partitions, submitted_weights, win_rates)
+from flock_pipeline.defs.assets import (EPOCH_TAG, RANGE_END, RANGE_START, SCORING_STAGE, chain_commitments,
+                                        deduplicated_shards, epochs_partitions, miner_datasets, miner_eval_losses,
+                                        miners_in_range, miners_partitions, submitted_weights)
 from flock_pipeline.resources import batch_settings
 from flock_pipeline.resources.chain import ChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
@@ -299,7 +299,7 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
         return [], f"stopped by a validator fault (fix it, then re-execute the failed runs): {faults[0]}"
     if not warehouse.win_rates(epoch):
         return [dg.RunRequest(run_key=f"score:{key}", partition_key=key,
-                              asset_selection=[win_rates.key, submitted_weights.key, final_corpus.key])], "scoring"
+                              asset_selection=[a.key for a in SCORING_STAGE])], "scoring"
     sent = warehouse.weight_submission(epoch)
     if sent is not None and sent.state == IN_FLIGHT:
         # a run died between sending and recording: re-run it, it asks the chain before sending again
@@ -317,8 +317,7 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
 
 
 @dg.sensor(minimum_interval_seconds=SENSOR_INTERVAL_S,
-           asset_selection=[miner_datasets, deduplicated_shards, miner_eval_losses, win_rates, submitted_weights,
-                            final_corpus],
+           asset_selection=[miner_datasets, deduplicated_shards, miner_eval_losses, *SCORING_STAGE],
            default_status=dg.DefaultSensorStatus.STOPPED)
 def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource,
                           evaluator: EvaluatorResource, chain: ChainResource,

@@ -81,6 +81,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             "published_repo VARCHAR", "published_revision VARCHAR"))),
     Migration(6, "evaluation metrics besides the loss (DPO: reward accuracy, mean margin)",
               ("ALTER TABLE eval_results ADD COLUMN IF NOT EXISTS metrics VARCHAR",)),
+    Migration(7, "each score's explanation in words",
+              ("ALTER TABLE win_rates ADD COLUMN IF NOT EXISTS explanation VARCHAR",)),
 )
 # Older rows have NULL in the columns added by migrations 2 and 3: `competition` NULL reads as "the one curation
 # competition" and `competition_weight` NULL as "same as weight".

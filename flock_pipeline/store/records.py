@@ -213,6 +213,7 @@ class ScoreRecord(Record):
     weight: float
     competition: str | None = None
     competition_weight: float | None = None
+    explanation: str | None = None  # in words, how the weight came about (comparisons, blend, dropped rows, share)
 
 
 @dataclass(frozen=True)

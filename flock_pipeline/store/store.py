@@ -57,6 +57,7 @@ class ReportRow:
     win_rate: float | None
     weight: float | None
     competition: str | None
+    explanation: str | None = None
 
 
 def _marks(n: int) -> str:
@@ -387,7 +388,7 @@ class StoreOps:
             "SELECT coalesce(c.uid, w.uid) AS uid, coalesce(c.hotkey, w.hotkey) AS hotkey, "
             "w.status AS score_status, c.status AS commitment_status, coalesce(w.reason, c.reason) AS reason, "
             "s.rows_kept, w.eval_loss, w.win_rate, w.weight, "
-            "coalesce(w.competition, c.competition, s.competition) AS competition "
+            "coalesce(w.competition, c.competition, s.competition) AS competition, w.explanation "
             "FROM commitments c FULL OUTER JOIN (SELECT * FROM win_rates WHERE epoch = ?) w "
             "ON w.epoch = c.epoch AND w.hotkey = c.hotkey "
             "LEFT JOIN shards s ON s.epoch = c.epoch AND s.hotkey = c.hotkey "

@@ -107,7 +107,11 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
                        status=outcome.statuses.get(uid, "scored"))
             if uid in outcome.reasons:
                 row["reason"] = outcome.reasons[uid]
+            if uid in outcome.explanations:
+                row["explanation"] = outcome.explanations[uid]
     _combine(rows, competitions, outcomes, epoch)
+    for row in rows:
+        row["explanation"] = explanation(row, shards.get(row["hotkey"]), competitions, outcomes)
     scores = [ScoreRecord(**row) for row in rows]
     _keep_what_was_recorded(epoch, warehouse.win_rates(epoch), scores, settings.replace_results)
     for name, decided, hotkeys in decisions:  # a round is decided only by a run whose scores are kept
@@ -262,6 +266,36 @@ def _combine(rows: list[dict], competitions, outcomes: dict, epoch: int) -> None
                 if row["competition"] == c.name:
                     row["competition_weight"] = w
             row["weight"] += float(c.share) / total_share * w
+
+
+def explanation(row: dict, shard, competitions, outcomes: dict) -> str:
+    """How a uid's weight in the epoch came about, in words: what its data kept and dropped (and why), the
+    competition's own account of its score (the comparisons, the blend) or why it has none, and its competition's
+    share of the epoch's weight vector."""
+    parts = []
+    if shard is not None and int(shard.rows_in or 0):
+        dropped = [(int(shard.duplicates_within or 0), "repeated within its own file"),
+                   (int(shard.duplicates_earlier or 0), "copied from an earlier commitment"),
+                   (int(shard.eval_leaks or 0), "in the eval set")]
+        gone = ", ".join(f"{n} {'row' if n == 1 else 'rows'} {why}" for n, why in dropped if n)
+        parts.append(f"{int(shard.rows_kept or 0)} of {int(shard.rows_in)} rows kept"
+                     + (f" (dropped: {gone})" if gone else ""))
+    told = row.get("explanation")
+    if told:
+        parts.append(told)
+    elif row.get("reason"):
+        parts.append(f"{row['status']}: {row['reason']}")
+    else:
+        parts.append(row["status"])
+    awarding = [c for c in competitions if outcomes.get(c.name) is not None and outcomes[c.name].weights]
+    total = sum(float(c.share) for c in awarding)
+    game = next((c for c in awarding if c.name == row.get("competition")), None)
+    if game is not None and len(competitions) > 1 and float(row.get("competition_weight") or 0.0) > 0:
+        parts.append(f"competition {game.name!r} holds {float(game.share) / total:.4g} of the epoch's weights "
+                     f"(its share {float(game.share):g}" + (", the others awarding nothing" if total < 1 else "")
+                     + f"): {float(row.get('competition_weight') or 0.0):.6f} x {float(game.share) / total:.4g} = "
+                     f"{float(row['weight']):.6f}")
+    return "; ".join(parts)
 
 
 def weighted_uids(scores: list[ScoreRecord]) -> set[int]:

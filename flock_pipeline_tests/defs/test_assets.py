@@ -21,12 +21,12 @@ def _metadata(result, asset):
     return {k: v.value for k, v in mat.metadata.items()}
 
 
-def test_definitions_have_the_seven_assets_documented(demo):
+def test_definitions_have_the_eight_assets_documented(demo):
     _, resources, _, _ = demo
     defs = build_definitions(resources)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {"chain_commitments", "miner_datasets", "deduplicated_shards", "miner_eval_losses", "win_rates",
-                    "submitted_weights", "final_corpus"}
+                    "submitted_weights", "final_corpus", "epoch_report"}
     for asset in ASSETS:
         assert asset.descriptions_by_key[asset.key], asset.key
     blocking = [c for c in CHECKS if any(spec.blocking for spec in c.check_specs)]

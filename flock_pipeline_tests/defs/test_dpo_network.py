@@ -113,3 +113,55 @@ def test_the_corpus_release_holds_the_selected_miners_pairs(dpo_home, doc, repor
     assert {r["hotkey"] for r in pairs} == {best["hotkey"]}
     assert all(r["competition"] == "dpo" and r["epoch"] == doc["epoch"] and r["eval_repo"] == "flock/eval-atlas-pairs"
                and len(r["chosen"]) == len(r["rejected"]) == 1 for r in pairs)
+
+
+def test_each_explanation_matches_the_numbers_it_explains(report):
+    """Every miner's record says in words how its weight came about, with the numbers the validator used."""
+    import re
+
+    by_uid = {m["uid"]: m for m in report.values()}
+    for m in report.values():
+        text = m["explanation"]
+        assert text, m
+        if m["status"] != "scored":
+            assert m["reason"] in text
+            continue
+        assert f"eval loss {m['eval_loss']:.4f}" in text and f"win rate {m['win_rate']:.3f}" in text
+        assert text.endswith(f"weight {m['weight']:.6f}")
+        verdicts = re.findall(r"(beat|lost to) uid (\d+) \(([\d.]+)(?: x ([\d.]+) = ([\d.]+))?[^;]*? against its "
+                              r"([\d.]+)(?: x ([\d.]+) = ([\d.]+))?", text)
+        others = [o for o in report.values() if o["status"] == "scored" and o["uid"] != m["uid"]]
+        assert len(verdicts) == len(others)
+        wins = 0
+        for verb, uid, mine, _, mine_adj, theirs, _, theirs_adj in verdicts:
+            other = by_uid[int(uid)]
+            assert float(mine) == round(m["eval_loss"], 4) and float(theirs) == round(other["eval_loss"], 4)
+            compared_mine = float(mine_adj or mine)
+            compared_theirs = float(theirs_adj or theirs)
+            assert (verb == "beat") == (compared_mine < compared_theirs)  # the numbers decide the verdict
+            wins += verb == "beat"
+        assert f"= {wins} of {len(others)} comparisons won" in text
+        assert abs(wins / len(others) - m["win_rate"]) < 1e-9
+    q85 = report["honest-q85"]["explanation"]
+    assert "for committing earlier" in q85 and "lost to uid 2" in q85  # the advantage is spelled out where it applies
+    assert "5 rows copied from an earlier commitment" in report["honest-q100"]["explanation"]
+
+
+def test_the_epoch_report_is_written_with_figures_and_explanations(dpo_home, doc, report, capsys, monkeypatch):
+    """The epoch's stage writes the report next to the corpus: one self-contained HTML page (the figure inline,
+    every miner's explanation) and the competition's PNG; `flock epoch report N --html` rewrites it and prints
+    its path."""
+    import html
+
+    folder = dpo_home / "corpus" / "reports" / f"epoch-{doc['epoch']}"
+    png, page = folder / "dpo.png", folder / "report.html"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_mode & 0o777 == 0o644
+    text = page.read_text()
+    assert "data:image/png;base64," in text and "base model's eval loss: 0.6931" in text
+    for m in report.values():
+        assert html.escape(m["explanation"]) in text, m["label"]
+    monkeypatch.setenv("FLOCK_HOME", str(dpo_home))
+    page.unlink()
+    assert main(["epoch", "report", str(doc["epoch"]), "--html"]) == 0
+    assert capsys.readouterr().out.strip() == str(page) and page.is_file()
+    assert "honest-q100" in page.read_text()  # the demo's labels name the miners

@@ -88,7 +88,8 @@ def test_epoch_progress_sensor_walks_the_epoch(demo):
     assert batch.run_key.startswith(f"miners:{key}:") and request_miners(batch, instance) == hotkeys
     _run_request(batch, resources, instance)
     [(run_key, partition, selection)] = _keys(tick())
-    assert run_key == f"score:{key}" and set(selection) == {"win_rates", "submitted_weights", "final_corpus"}
+    assert run_key == f"score:{key}" and set(selection) == {"win_rates", "submitted_weights", "final_corpus",
+                                                            "epoch_report"}
     from flock_pipeline.defs.assets import final_corpus, submitted_weights, win_rates
 
     _run([win_rates, submitted_weights, final_corpus], key, resources, instance)

@@ -142,6 +142,7 @@ class CompetitionScores:
     weights: uid -> weight within the competition (sum 1, or empty when nobody earned anything).
     reasons: uid -> why a contender got what it got (e.g. "not below the base model's loss").
     statuses: uid -> a status other than "scored" for a contender (e.g. "no_improvement").
+    explanations: uid -> in words, how a contender's score and weight came about (the comparisons and numbers).
     extra: uid -> (hotkey, status, reason) for uids that receive weight without being contenders this epoch (the
     burn uid, the previous round's winner).
     """
@@ -151,6 +152,7 @@ class CompetitionScores:
     reasons: dict[int, str] = field(default_factory=dict)
     statuses: dict[int, str] = field(default_factory=dict)
     extra: dict[int, tuple[str, str, str]] = field(default_factory=dict)
+    explanations: dict[int, str] = field(default_factory=dict)  # uid -> how its score and weight came about
     decided: tuple[str, int | None, float | None] | None = None  # (round id, winner uid, winner loss) decided now
     note: str = ""
 

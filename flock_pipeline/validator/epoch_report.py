@@ -1,0 +1,261 @@
+"""The epoch report: per competition, what the validator decided and why, as figures (PNG, matplotlib) and one
+self-contained HTML page, written next to the corpus releases (`corpus_dir/reports/epoch-N/`).
+
+Per competition: every evaluated miner's eval loss against the base model's, the weights, the pairwise win matrix
+(the comparisons the win rates count, with the earlier commitment's advantage), every miner's rows kept and dropped
+by reason, and each miner's loss and weight over the last epochs; then the table of every miner with its status,
+reason and the explanation of its weight.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flock_pipeline.core.competitions import CurationCompetition
+from flock_pipeline.core.scoring import Contender, pairwise_verdicts
+
+TREND_EPOCHS = 8  # epochs shown in the trends
+
+
+@dataclass
+class CompetitionReport:
+    name: str
+    kind: str
+    rows: list[dict]  # the epoch report's entries of this competition
+    base_loss: float | None
+    verdicts: dict[tuple[int, int], int] = field(default_factory=dict)
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)  # hotkey -> reason -> rows
+    trends: dict[str, list[tuple[int, float | None, float]]] = field(default_factory=dict)  # hotkey -> (epoch,
+    # loss, weight)
+    png: bytes = b""
+
+
+def collect(epoch: int, settings, warehouse, base_losses: dict[str, float | None],
+            labels: dict[str, str] | None = None) -> list[CompetitionReport]:
+    """What the report shows, from the warehouse (no model, no chain); `labels`: hotkey -> a name to show."""
+    from flock_pipeline.demo import epoch_report
+
+    competitions = settings.competition_set()
+    entries = epoch_report(epoch, warehouse, labels)
+    shards = {s.hotkey: s for s in warehouse.epoch_shards(epoch)}
+    blocks = {c.hotkey: int(c.commit_block) for c in warehouse.epoch_commitments(epoch)}
+    recent = [e for e in range(epoch - TREND_EPOCHS + 1, epoch + 1) if e >= 0 and warehouse.win_rates(e)]
+    history = {e: {r.hotkey: r for r in warehouse.win_rates(e)} for e in recent}
+    out = []
+    for c in competitions:
+        rows = [m for m in entries if (m["competition"] or competitions.competitions[0].name) == c.name]
+        if not rows:
+            continue
+        report = CompetitionReport(c.name, c.kind, rows, base_losses.get(c.name))
+        scored = [m for m in rows if m["status"] == "scored" and m["eval_loss"] is not None]
+        if isinstance(c, CurationCompetition) and len(scored) > 1:
+            contenders = [Contender(m["uid"], m["eval_loss"], blocks.get(m["hotkey"], 0)) for m in scored]
+            config = c.scoring if c.scoring.significance == "none" else _no_bootstrap(c.scoring)
+            report.verdicts = pairwise_verdicts(contenders, config, None)
+        for m in rows:
+            s = shards.get(m["hotkey"])
+            if s is not None and int(s.rows_in or 0):
+                counted = int(s.duplicates_within or 0) + int(s.duplicates_earlier or 0) + int(s.eval_leaks or 0)
+                report.dropped[m["hotkey"]] = {
+                    "kept": int(s.rows_kept or 0), "repeated in its file": int(s.duplicates_within or 0),
+                    "copied from an earlier miner": int(s.duplicates_earlier or 0),
+                    "eval-set rows": int(s.eval_leaks or 0),
+                    "ineligible miner": max(0, int(s.rows_in) - int(s.rows_kept or 0) - counted)}
+            report.trends[m["hotkey"]] = [
+                (e, _finite(history[e][m["hotkey"]].eval_loss), float(history[e][m["hotkey"]].weight or 0.0))
+                for e in recent if m["hotkey"] in history[e]]
+        out.append(report)
+    return out
+
+
+def _no_bootstrap(config):
+    """The matrix shows the plain comparisons (the bootstrap needs per-row losses the report does not read)."""
+    from dataclasses import replace
+
+    return replace(config, significance="none")
+
+
+def _finite(value) -> float | None:
+    return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
+def figure(report: CompetitionReport, epoch: int) -> bytes:
+    """The competition's six panels as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    labels = [_label(m) for m in report.rows]
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9.5))
+    fig.suptitle(f"epoch {epoch}: competition {report.name!r} ({report.kind})", fontsize=14)
+    ax = axes[0][0]
+    losses = [m["eval_loss"] if m["eval_loss"] is not None else 0.0 for m in report.rows]
+    colours = [_colour(m["status"]) for m in report.rows]
+    ax.bar(range(len(labels)), losses, color=colours)
+    if report.base_loss is not None:
+        ax.axhline(report.base_loss, color="black", linestyle="--", label=f"base model {report.base_loss:.4f}")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("eval loss (no bar: not evaluated)")
+    _ticks(ax, labels)
+    ax = axes[0][1]
+    ax.bar(range(len(labels)), [m["weight"] for m in report.rows], color=colours)
+    ax.set_title("weight")
+    _ticks(ax, labels)
+    ax = axes[0][2]
+    scored = [m for m in report.rows if m["status"] == "scored" and m["eval_loss"] is not None]
+    if report.verdicts:
+        uids = [m["uid"] for m in scored]
+        grid = [[math.nan if a == b else report.verdicts.get((a, b), -report.verdicts.get((b, a), 0))
+                 for b in uids] for a in uids]
+        ax.imshow(grid, cmap="RdYlGn", vmin=-1, vmax=1)
+        ax.set_xticks(range(len(uids)), [f"uid {u}" for u in uids], rotation=60, fontsize=8)
+        ax.set_yticks(range(len(uids)), [f"uid {u}" for u in uids], fontsize=8)
+        ax.set_title("pairwise: row beat column (green), lost (red)")
+    else:
+        ax.text(0.5, 0.5, "no pairwise comparisons\n(fewer than two scored miners,\nor not a win-rate game)",
+                ha="center", va="center")
+        ax.set_axis_off()
+    ax = axes[1][0]
+    reasons = ["kept", "repeated in its file", "copied from an earlier miner", "eval-set rows", "ineligible miner"]
+    bottom = [0] * len(labels)
+    for reason, colour in zip(reasons, ["#4caf50", "#ffb74d", "#e57373", "#ba68c8", "#9e9e9e"]):
+        values = [report.dropped.get(m["hotkey"], {}).get(reason, 0) for m in report.rows]
+        ax.bar(range(len(labels)), values, bottom=bottom, color=colour, label=reason)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_title("rows kept and dropped, by reason")
+    ax.legend(fontsize=7, loc="upper right")
+    _ticks(ax, labels)
+    for ax, index, title in ((axes[1][1], 1, "eval loss over epochs"), (axes[1][2], 2, "weight over epochs")):
+        drawn = False
+        for m in report.rows:
+            points = [(p[0], p[index]) for p in report.trends.get(m["hotkey"], []) if p[index] is not None]
+            if points:
+                ax.plot([e for e, _ in points], [v for _, v in points], marker="o", label=_label(m))
+                drawn = True
+        if index == 1 and report.base_loss is not None:
+            ax.axhline(report.base_loss, color="black", linestyle="--", linewidth=0.8)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        shown = [p[0] for m in report.rows for p in report.trends.get(m["hotkey"], [])]
+        if shown:
+            ax.set_xlim(min(shown) - 0.5, max(shown) + 0.5)
+        if drawn:
+            ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _label(m: dict) -> str:
+    return f"{m['uid']} {m.get('label') or m['hotkey']}"[:22]
+
+
+def _ticks(ax, labels: list[str]) -> None:
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+
+
+STATUS_COLOURS = {"scored": "#2e7d32", "reward": "#2e7d32", "burn": "#757575", "no_improvement": "#f9a825",
+                  "ineligible": "#ef6c00", "rejected": "#ef6c00", "pending": "#90a4ae", "failed": "#c62828"}
+
+
+def _colour(status: str) -> str:
+    return STATUS_COLOURS.get(status, "#90a4ae")
+
+
+def page(epoch: int, reports: list[CompetitionReport]) -> str:
+    """One self-contained HTML page (figures inline)."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>FLock OFF epoch {epoch}</title>",
+             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top}th{background:#eee}"
+             ".scored{color:#2e7d32}.failed{color:#c62828}.ineligible,.rejected,.no_improvement{color:#ef6c00}"
+             "</style></head><body>", f"<h1>FLock OFF: epoch {epoch}</h1>"]
+    for r in reports:
+        parts.append(f"<h2>competition {html.escape(r.name)} ({html.escape(r.kind)})</h2>")
+        if r.base_loss is not None:
+            parts.append(f"<p>base model's eval loss: {r.base_loss:.4f}</p>")
+        parts.append(f"<img alt='epoch {epoch} {html.escape(r.name)}' style='max-width:100%' "
+                     f"src='data:image/png;base64,{base64.b64encode(r.png).decode()}'>")
+        parts.append("<table><tr><th>uid</th><th>hotkey</th><th>status</th><th>rows</th><th>eval loss</th>"
+                     "<th>win rate</th><th>weight</th><th>how the weight came about</th></tr>")
+        for m in r.rows:
+            loss = "" if m["eval_loss"] is None else f"{m['eval_loss']:.4f}"
+            parts.append(f"<tr><td>{m['uid']}</td><td>{html.escape(m['hotkey'])}</td>"
+                         f"<td class='{html.escape(m['status'])}'>{html.escape(m['status'])}</td>"
+                         f"<td>{m['rows_kept']}</td><td>{loss}</td><td>{m['win_rate']:.3f}</td>"
+                         f"<td>{m['weight']:.6f}</td><td>{html.escape(m.get('explanation') or '')}</td></tr>")
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def markdown(epoch: int, reports: list[CompetitionReport]) -> str:
+    """The report's tables as Markdown (the Dagster UI shows it beside the materialization)."""
+    lines = [f"# Epoch {epoch}"]
+    for r in reports:
+        base = f" (base model {r.base_loss:.4f})" if r.base_loss is not None else ""
+        lines += ["", f"## {r.name}{base}", "", "| uid | hotkey | status | eval loss | weight | why |",
+                  "|---|---|---|---|---|---|"]
+        for m in r.rows:
+            loss = "" if m["eval_loss"] is None else f"{m['eval_loss']:.4f}"
+            why = (m.get("explanation") or "").replace("|", "/")
+            lines.append(f"| {m['uid']} | {m['hotkey']} | {m['status']} | {loss} | {m['weight']:.6f} | {why} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(epoch: int, reports: list[CompetitionReport], out_dir: Path) -> dict[str, str]:
+    """report.html and one PNG per competition into out_dir (atomically, readable by everyone); returns paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(out_dir, 0o755)
+    paths = {}
+    for r in reports:
+        r.png = r.png or figure(r, epoch)
+        paths[f"png:{r.name}"] = str(_atomic(out_dir / f"{r.name}.png", r.png))
+    paths["html"] = str(_atomic(out_dir / "report.html", page(epoch, reports).encode()))
+    return paths
+
+
+def _atomic(path: Path, data: bytes) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    os.fchmod(fd, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return path
+
+
+def recorded_base_losses(epoch: int, settings, warehouse, evaluator) -> dict[str, float | None]:
+    """competition -> the base model's eval loss recorded for its eval set and recipe (None when not computed)."""
+    from flock_pipeline.validator.evaluation import BASE_SHARD, cache_key, competition_recipe
+    from flock_pipeline.validator.shards import epoch_setups
+
+    out: dict[str, float | None] = {}
+    setups = epoch_setups(warehouse, epoch, settings.competition_set())
+    for c in settings.competition_set():
+        setup = setups.get(c.name)
+        provenance = evaluator.provenance(build=False, recipe=competition_recipe(settings, c.name))
+        result = None
+        if setup is not None and provenance is not None:
+            result = warehouse.eval_result(cache_key(BASE_SHARD, provenance, setup.eval_revision))
+        out[c.name] = float(result.eval_loss) if result is not None and result.status == "ok" else None
+    return out
+
+
+def build_epoch_report(epoch: int, settings, warehouse, evaluator,
+                       labels: dict[str, str] | None = None) -> tuple[dict[str, str], str]:
+    """Write the epoch's report; returns (paths, the Markdown summary)."""
+    reports = collect(epoch, settings, warehouse, recorded_base_losses(epoch, settings, warehouse, evaluator), labels)
+    paths = write_report(epoch, reports, Path(settings.corpus_dir) / "reports" / f"epoch-{epoch}")
+    return paths, markdown(epoch, reports)
