@@ -29,3 +29,27 @@ def demo_epoch(tmp_path_factory, tiny_model_dir):
     labels = json.loads((home / "demo.json").read_text())["labels"]
     report = {m["label"]: m for m in epoch_report(epoch, resources["warehouse"], labels)}
     return home, resources, instance, epoch, report
+
+
+def demo_home(tmp_path_factory, tiny_model_dir, name: str):
+    """A fresh home holding a copy of the session's tiny model."""
+    import shutil
+
+    home = tmp_path_factory.mktemp(name)
+    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    return home
+
+
+def demo_json(home, network: str) -> dict:
+    """`flock demo --network NETWORK --json --home HOME`, run in this process: its JSON document."""
+    import contextlib
+    import io
+
+    from flock_pipeline.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["demo", "--network", network, "--json", "--home", str(home)]) == 0
+    doc = json.loads(out.getvalue())
+    assert doc["network"] == network
+    return doc

@@ -5,12 +5,10 @@ other scoring modes re-score the same epoch from its recorded evaluations (dedup
 scoring mode).
 """
 
-import json
-
 import pytest
 
-from flock_pipeline.cli import main
 from flock_pipeline.core.ranking import spearman
+from flock_pipeline_tests.defs.conftest import demo_home, demo_json
 
 # label -> (status, a piece of the reason)
 ATTACKERS = {
@@ -45,24 +43,12 @@ SCORING_MODES = {"win_rate": {}, "decaying epsilon + bootstrap": {"epsilon_decay
 
 @pytest.fixture(scope="module")
 def adversarial(tmp_path_factory, tiny_model_dir):
-    import shutil
-
-    home = tmp_path_factory.mktemp("adversarial")
-    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
-    return home
+    return demo_home(tmp_path_factory, tiny_model_dir, "adversarial")
 
 
 @pytest.fixture(scope="module")
 def report(adversarial):
-    import contextlib
-    import io
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["demo", "--network", "adversarial", "--json", "--home", str(adversarial)]) == 0
-    doc = json.loads(out.getvalue())
-    assert doc["network"] == "adversarial"
-    return {m["label"]: m for m in doc["miners"]}
+    return {m["label"]: m for m in demo_json(adversarial, "adversarial")["miners"]}
 
 
 def test_report_lists_every_miner_with_quality(report):

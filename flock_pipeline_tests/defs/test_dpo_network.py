@@ -2,15 +2,12 @@
 swapped-labels, trivial-rejected, copier and leaker miners at weight 0 with their reasons (one epoch through the
 assets, about 20 s on one core, shared by the tests)."""
 
-import contextlib
-import io
-import json
 import math
-import shutil
 
 import pytest
 
 from flock_pipeline.cli import main
+from flock_pipeline_tests.defs.conftest import demo_home, demo_json
 
 ATTACKERS = {
     "swapped-labels": ("no_improvement", "is not below the base model's 0.6931"),
@@ -22,17 +19,12 @@ ATTACKERS = {
 
 @pytest.fixture(scope="module")
 def dpo_home(tmp_path_factory, tiny_model_dir):
-    home = tmp_path_factory.mktemp("dpo-network")
-    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
-    return home
+    return demo_home(tmp_path_factory, tiny_model_dir, "dpo-network")
 
 
 @pytest.fixture(scope="module")
 def doc(dpo_home):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["demo", "--network", "dpo", "--json", "--home", str(dpo_home)]) == 0
-    return json.loads(out.getvalue())
+    return demo_json(dpo_home, "dpo")
 
 
 @pytest.fixture(scope="module")
