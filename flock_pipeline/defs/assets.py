@@ -216,7 +216,8 @@ def deduplicated_shards(context: dg.AssetExecutionContext, hub: HubResource, set
         if shard is None:
             return {"status": "no_commitment", "reason": "no recorded commitment"}
         return {
-            "epoch": shard.epoch, "status": shard.status, "reason": shard.reason or "", "rows_in": shard.rows_in,
+            "epoch": shard.epoch, "competition": shard.competition or "", "status": shard.status,
+            "reason": shard.reason or "", "rows_in": shard.rows_in,
             "rows_kept": shard.rows_kept, "duplicates_within": shard.duplicates_within,
             "duplicates_earlier": shard.duplicates_earlier, "eval_leaks": shard.eval_leaks,
             "shard_hash": shard.shard_hash or "",
@@ -249,6 +250,8 @@ def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorRes
             "eval_loss": record.eval_loss if record.eval_loss is not None else float("nan"),
             "cache_key": record.cache_key or "", "from_cache": record.cached, "attempts": record.attempts,
             "seconds": record.seconds, "train_tokens": record.train_tokens,
+            "competition": record.competition or "",
+            "base_loss": record.base_loss if record.base_loss is not None else float("nan"),
             **{k: float(v) for k, v in (record.metrics or {}).items() if k != "pairs"},
         }
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubResource
@@ -36,6 +36,8 @@ class EvalRecord:
     seconds: float = 0.0
     train_tokens: int = 0
     metrics: dict | None = None  # objective-specific numbers (DPO: reward_accuracy, mean_margin)
+    competition: str | None = None  # the competition the shard was evaluated in
+    base_loss: float | None = None  # the base model's own eval loss on that eval set (the bar)
 
 
 class TransientEvalError(RuntimeError):
@@ -147,6 +149,27 @@ def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubRe
                 results[p.hotkey] = _record_outcome(p, outcome, warehouse)
         if faults:
             _record_outcome(*faults[0], warehouse)  # raises the ValidatorFault; nothing is recorded for it
+    return _with_base_losses(results, hotkeys, evaluator, hub, warehouse, settings, epoch)
+
+
+def _with_base_losses(results: dict, hotkeys: list[str], evaluator: EvaluatorResource, hub: HubResource,
+                      warehouse: WarehouseResource, settings: ValidatorSettingsResource,
+                      epoch: int | None) -> dict[str, EvalRecord | Exception]:
+    """Each evaluated miner's record with its competition and the base model's loss on the same eval set (computed
+    once per eval set and recipe, and cached: the scoring step reads the same entry)."""
+    bars: dict[tuple, float] = {}
+    for hotkey in hotkeys:
+        record = results.get(hotkey)
+        found = miner_shard(warehouse, hotkey, epoch) if isinstance(record, EvalRecord) else None
+        if found is None or record.status != "ok":
+            continue
+        competition = found.shard.competition
+        key = (competition, found.eval_repo, found.eval_revision)
+        if key not in bars:
+            bars[key] = base_eval_loss(evaluator, hub, warehouse, found.eval_repo, found.eval_revision,
+                                       recipe=competition_recipe(settings, competition),
+                                       row_format=competition_row_format(settings, competition))
+        results[hotkey] = replace(record, competition=competition, base_loss=bars[key])
     return results
 
 

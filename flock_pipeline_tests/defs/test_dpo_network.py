@@ -157,3 +157,19 @@ def test_the_epoch_report_is_written_with_figures_and_explanations(dpo_home, doc
     assert main(["epoch", "report", str(doc["epoch"]), "--html"]) == 0
     assert capsys.readouterr().out.strip() == str(page) and page.is_file()
     assert "honest-q100" in page.read_text()  # the demo's labels name the miners
+
+
+def test_an_evaluation_names_its_competition_and_the_base_models_bar(dpo_home, doc, report):
+    """What the miner_eval_losses materialization shows beside the loss: the competition and the base model's own
+    loss on the same eval set (from the cache the scoring step filled: nothing is trained again)."""
+    from flock_pipeline.resources import build_resources
+    from flock_pipeline.validator.evaluation import evaluate_miners
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLOCK_HOME", str(dpo_home))
+        r = build_resources()
+    hotkeys = [report["honest-q100"]["hotkey"], report["copier"]["hotkey"]]
+    records = evaluate_miners(hotkeys, r["evaluator"], r["hub"], r["warehouse"], r["settings"], doc["epoch"])
+    best, copier = (records[h] for h in hotkeys)
+    assert best.cached and best.competition == "dpo" and best.base_loss == pytest.approx(math.log(2), abs=1e-12)
+    assert copier.status == "skipped" and copier.base_loss is None
