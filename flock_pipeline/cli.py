@@ -643,6 +643,8 @@ def _log_level(verbose: int) -> None:
 
     level = logging.ERROR if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.disable(level - 10)  # records at or below this level are dropped, whatever their logger
+    if verbose > 0:
+        os.environ.setdefault("FLOCK_VERBOSE", str(verbose))  # the libraries' progress bars are shown again
     if verbose <= 0:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -63,8 +63,15 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 def load_base_model(path: str, *, device: str = "auto", precision: str = "auto", revision: str = "local",
                     name: str | None = None) -> BaseModel:
-    """Load a causal LM from a local directory (safetensors only, never remote code)."""
+    """Load a causal LM from a local directory (safetensors only, never remote code). transformers' progress bar
+    ("Loading weights") stays off unless FLOCK_VERBOSE is set: a validator's console is for its own lines."""
+    import os
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if not os.environ.get("FLOCK_VERBOSE"):
+        hf_logging.disable_progress_bar()
 
     dev = resolve_device(device)
     dtype = resolve_dtype(precision, dev)
