@@ -46,8 +46,9 @@ def collect(epoch: int, settings, warehouse, base_losses: dict[str, float | None
     entries = epoch_report(epoch, warehouse, labels)
     shards = {s.hotkey: s for s in warehouse.epoch_shards(epoch)}
     blocks = {c.hotkey: int(c.commit_block) for c in warehouse.epoch_commitments(epoch)}
-    recent = [e for e in range(epoch - TREND_EPOCHS + 1, epoch + 1) if e >= 0 and warehouse.win_rates(e)]
-    history = {e: {r.hotkey: r for r in warehouse.win_rates(e)} for e in recent}
+    history = {e: {r.hotkey: r for r in warehouse.win_rates(e)} for e in range(max(0, epoch - TREND_EPOCHS + 1),
+                                                                                 epoch + 1)}
+    recent = [e for e, rows in history.items() if rows]
     out = []
     for c in competitions:
         rows = [m for m in entries if (m["competition"] or competitions.competitions[0].name) == c.name]

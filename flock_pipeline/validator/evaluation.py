@@ -59,24 +59,26 @@ def miner_shard(warehouse: WarehouseResource, hotkey: str, epoch: int | None = N
     return warehouse.shard_to_evaluate(hotkey, epoch)
 
 
+def _configured(settings: ValidatorSettingsResource, competition: str | None):
+    """The configured competition of that name, or None (a shard without one, or one no longer configured)."""
+    if competition is None:
+        return None
+    try:
+        return settings.competition_set().by_name(competition)
+    except KeyError:
+        return None
+
+
 def competition_recipe(settings: ValidatorSettingsResource, competition: str | None) -> dict:
     """The training-recipe overrides of a competition (none for a shard without one)."""
-    if competition is None:
-        return {}
-    try:
-        return settings.competition_set().by_name(competition).recipe_overrides()
-    except KeyError:
-        return {}
+    found = _configured(settings, competition)
+    return found.recipe_overrides() if found is not None else {}
 
 
 def competition_row_format(settings: ValidatorSettingsResource, competition: str | None) -> str:
     """The row format of a competition's data and eval set ("chat" for a shard without one)."""
-    if competition is None:
-        return "chat"
-    try:
-        return settings.competition_set().by_name(competition).row_format
-    except KeyError:
-        return "chat"
+    found = _configured(settings, competition)
+    return found.row_format if found is not None else "chat"
 
 
 def shard_cache_key(shard: ShardRecord, eval_revision: str, evaluator: EvaluatorResource,
@@ -118,8 +120,11 @@ def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubRe
     (the device, the model, the eval set) is raised at once, and nothing is recorded against any miner."""
     results: dict[str, EvalRecord | Exception] = {}
     groups: dict[tuple, list[_Pending]] = {}
+    shards: dict[str, ShardToEvaluate] = {}
     for hotkey in hotkeys:
         found = miner_shard(warehouse, hotkey, epoch)
+        if found is not None:
+            shards[hotkey] = found
         if found is None:
             results[hotkey] = EvalRecord(hotkey, "skipped", "no shard: deduplicated_shards has not run for this miner")
             continue
@@ -149,19 +154,18 @@ def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubRe
                 results[p.hotkey] = _record_outcome(p, outcome, warehouse)
         if faults:
             _record_outcome(*faults[0], warehouse)  # raises the ValidatorFault; nothing is recorded for it
-    return _with_base_losses(results, hotkeys, evaluator, hub, warehouse, settings, epoch)
+    return _with_base_losses(results, shards, evaluator, hub, warehouse, settings)
 
 
-def _with_base_losses(results: dict, hotkeys: list[str], evaluator: EvaluatorResource, hub: HubResource,
-                      warehouse: WarehouseResource, settings: ValidatorSettingsResource,
-                      epoch: int | None) -> dict[str, EvalRecord | Exception]:
+def _with_base_losses(results: dict, shards: dict[str, ShardToEvaluate], evaluator: EvaluatorResource,
+                      hub: HubResource, warehouse: WarehouseResource,
+                      settings: ValidatorSettingsResource) -> dict[str, EvalRecord | Exception]:
     """Each evaluated miner's record with its competition and the base model's loss on the same eval set (computed
     once per eval set and recipe, and cached: the scoring step reads the same entry)."""
     bars: dict[tuple, float] = {}
-    for hotkey in hotkeys:
+    for hotkey, found in shards.items():
         record = results.get(hotkey)
-        found = miner_shard(warehouse, hotkey, epoch) if isinstance(record, EvalRecord) else None
-        if found is None or record.status != "ok":
+        if not isinstance(record, EvalRecord) or record.status != "ok":
             continue
         competition = found.shard.competition
         key = (competition, found.eval_repo, found.eval_revision)

@@ -53,3 +53,10 @@ def demo_json(home, network: str) -> dict:
     doc = json.loads(out.getvalue())
     assert doc["network"] == network
     return doc
+
+
+def assert_zero_with_reason(m: dict, status: str, reason: str) -> None:
+    """A demo report entry of an attacker: weight 0, the expected status, and its reason."""
+    assert m["weight"] == 0.0
+    assert m["status"] == status, m
+    assert reason in (m["reason"] or ""), m

@@ -8,7 +8,7 @@ scoring mode).
 import pytest
 
 from flock_pipeline.core.ranking import spearman
-from flock_pipeline_tests.defs.conftest import demo_home, demo_json
+from flock_pipeline_tests.defs.conftest import assert_zero_with_reason, demo_home, demo_json
 
 # label -> (status, a piece of the reason)
 ATTACKERS = {
@@ -62,9 +62,7 @@ def test_report_lists_every_miner_with_quality(report):
 def test_every_attacker_gets_zero_with_its_reason(report, label):
     status, reason = ATTACKERS[label]
     m = report[label]
-    assert m["weight"] == 0.0
-    assert m["status"] == status, m
-    assert reason in (m["reason"] or ""), m
+    assert_zero_with_reason(m, status, reason)
     if status != "no_improvement":
         assert m["eval_loss"] is None  # never trained, never a made-up loss
     for original in ORIGINALS.get(label, []):

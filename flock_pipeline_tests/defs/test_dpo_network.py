@@ -7,7 +7,7 @@ import math
 import pytest
 
 from flock_pipeline.cli import main
-from flock_pipeline_tests.defs.conftest import demo_home, demo_json
+from flock_pipeline_tests.defs.conftest import assert_zero_with_reason, demo_home, demo_json
 
 ATTACKERS = {
     "swapped-labels": ("no_improvement", "is not below the base model's 0.6931"),
@@ -44,11 +44,8 @@ def test_honest_miners_are_ranked_by_quality(doc, report):
 
 @pytest.mark.parametrize("label", sorted(ATTACKERS))
 def test_every_attacker_gets_zero_with_its_reason(report, label):
-    status, reason = ATTACKERS[label]
     m = report[label]
-    assert m["weight"] == 0.0
-    assert m["status"] == status, m
-    assert reason in (m["reason"] or ""), m
+    assert_zero_with_reason(m, *ATTACKERS[label])
     if label == "copier":
         assert f"uid {report['honest-q100']['uid']}: 80" in m["reason"]
 
