@@ -10,7 +10,7 @@ export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test epoch dev clean
+.PHONY: install demo test epoch dev screenshots clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,11 @@ epoch: install
 
 dev: install
 	$(BIN)/python scripts/dagster_dev.py
+
+# The README's UI pictures (docs/screenshots/): needs Debian's chromium (`apt-get install -y chromium`).
+screenshots: install
+	$(BIN)/pip install -q -e ".[ui]"
+	$(BIN)/python scripts/screenshots.py --out docs/screenshots
 
 clean:
 	rm -rf .flock storage history schedules logs .logs_queue .telemetry

@@ -24,5 +24,5 @@ for RANGE in $BATCHES; do
   dagster asset materialize "${M[@]}" --select deduplicated_shards,miner_eval_losses --partition-range "$RANGE"
 done
 echo "== scores, weights, corpus, report" >&2
-dagster asset materialize "${M[@]}" --select win_rates,submitted_weights,final_corpus,epoch_report --partition "$EPOCH"
+dagster asset materialize "${M[@]}" --select win_rates,submitted_weights,miner_history,final_corpus,epoch_report --partition "$EPOCH"
 flock epoch report "$EPOCH"

@@ -1,4 +1,4 @@
-"""The seven software-defined assets of an epoch. Each reads its resources, calls one validator step
+"""The nine software-defined assets of an epoch. Each reads its resources, calls one validator step
 and reports metadata; the results themselves live in the warehouse, so nothing computed is lost on failure.
 
 Partitions: epoch-level assets use the dynamic `epochs` partitions (key = epoch number); per-miner assets use the
@@ -74,7 +74,7 @@ def validator_faults_stop_the_step():
 def _table(frame: pd.DataFrame, columns: list[str]) -> dg.MetadataValue:
     def fmt(v):
         if isinstance(v, float):
-            return "" if math.isnan(v) else f"{v:.4f}"
+            return "" if math.isnan(v) else f"{v:.6g}"  # 6 significant digits: a weight of 0.000004 shows
         return "" if v is None else str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -310,6 +310,28 @@ def submitted_weights(context: dg.AssetExecutionContext, chain: ChainResource, h
     })
 
 
+@dg.asset(partitions_def=epochs_partitions, group_name="scoring", kinds={"python"}, deps=[win_rates])
+def miner_history(context: dg.AssetExecutionContext, settings: ValidatorSettingsResource,
+                  warehouse: WarehouseResource, evaluator: EvaluatorResource) -> dg.MaterializeResult:
+    """Every miner of the epoch side by side (the table) and as series: one metadata value per miner and measure
+    (eval loss, rank in its competition, weight at full precision), under the same key in every epoch, and the
+    base model's loss per competition. The UI's plots of its metadata (Overview, Metadata, Plots, by Partitions)
+    draw each as a line over the epochs: one miner's loss, rank and weight over time. (The per-miner assets are partitioned by miner alone, so
+    that a later epoch's result supersedes an earlier failure; the epoch dimension of their history is here.)"""
+    from flock_pipeline.validator.history import epoch_history
+
+    epoch = int(context.partition_key)
+    with warehouse.session():
+        series, table = epoch_history(epoch, settings, warehouse, evaluator)
+    return dg.MaterializeResult(metadata={
+        # as text, so that the plots are the series
+        "epoch": dg.MetadataValue.text(str(epoch)), "miners": dg.MetadataValue.text(str(len(table))),
+        "competitions": ", ".join(sorted({c for c in table["competition"] if isinstance(c, str)})),
+        "miners_table": _table(table, list(table.columns)),
+        **series,
+    })
+
+
 @dg.asset(partitions_def=epochs_partitions, group_name="corpus", kinds={"parquet"},
           deps=[win_rates, dg.AssetDep(deduplicated_shards, partition_mapping=dg.AllPartitionMapping())])
 def final_corpus(context: dg.AssetExecutionContext, settings: ValidatorSettingsResource,
@@ -343,7 +365,7 @@ def final_corpus(context: dg.AssetExecutionContext, settings: ValidatorSettingsR
 
 
 @dg.asset(partitions_def=epochs_partitions, group_name="corpus", kinds={"html"},
-          deps=[win_rates, submitted_weights, final_corpus])
+          deps=[win_rates, submitted_weights, final_corpus, miner_history])
 def epoch_report(context: dg.AssetExecutionContext, settings: ValidatorSettingsResource,
                  warehouse: WarehouseResource, evaluator: EvaluatorResource) -> dg.MaterializeResult:
     """Per competition, what the validator decided and why: every miner's eval loss against the base model's, the
@@ -362,5 +384,5 @@ def epoch_report(context: dg.AssetExecutionContext, settings: ValidatorSettingsR
 
 
 ASSETS = [chain_commitments, miner_datasets, deduplicated_shards, miner_eval_losses, win_rates, submitted_weights,
-          final_corpus, epoch_report]
-SCORING_STAGE = [win_rates, submitted_weights, final_corpus, epoch_report]  # an epoch's own stage, in one run
+          miner_history, final_corpus, epoch_report]
+SCORING_STAGE = [win_rates, submitted_weights, miner_history, final_corpus, epoch_report]  # an epoch's own stage, in one run

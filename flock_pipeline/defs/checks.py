@@ -1,16 +1,24 @@
-"""Asset checks: the invariants between evaluation and the irreversible weight submission."""
+"""Asset checks: each miner's standing after its evaluation (per miner partition: the UI's status colours, red
+for a real failure, yellow for a miner whose data earns nothing) and the invariants before the irreversible weight
+submission."""
 
-import math
+import warnings
+from collections.abc import Callable
 
 import dagster as dg
+# not exported by dagster 1.13 (pinned), yet the only way to tie a check evaluation logged per partition to the
+# materialization it judges
+from dagster._core.definitions.asset_checks.asset_check_evaluation import \
+    AssetCheckEvaluationTargetMaterializationData
 
 from flock_pipeline.core.scoring import validate_weights
-from flock_pipeline.defs.assets import epoch_of_run, miner_eval_losses, miners_in_range, win_rates
+from flock_pipeline.defs.assets import epoch_of_run, miner_eval_losses, miners_in_range, miners_partitions, win_rates
 from flock_pipeline.resources.evaluator import EvaluatorResource
+from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
-from flock_pipeline.validator.evaluation import miner_shard, shard_cache_key
 from flock_pipeline.validator.scoring import weighted_uids, weights_of
+from flock_pipeline.validator.standing import Standing, miner_standing
 
 
 def _partition(context: dg.AssetCheckExecutionContext) -> str:
@@ -28,48 +36,6 @@ def _miner_partitions(context: dg.AssetCheckExecutionContext) -> list[str]:
     if start is not None and end is not None:
         return miners_in_range(context.instance, start, end)
     return [_partition(context)]
-
-
-@dg.asset_check(asset=miner_eval_losses,
-                description="A recorded eval loss is finite; a failed evaluation carries an error, not a loss. "
-                            "Covers every miner of the run (a batch); the metadata names each one that fails.")
-def eval_loss_is_finite(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorResource,
-                        settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    epoch = epoch_of_run(context)
-    problems: dict[str, str] = {}
-    losses: dict[str, float] = {}
-    hotkeys = _miner_partitions(context)
-    with warehouse.session():
-        found = {h: _finite_problem(h, epoch, evaluator, settings, warehouse) for h in hotkeys}
-    for hotkey in hotkeys:
-        problem, loss = found[hotkey]
-        if problem is not None:
-            problems[hotkey] = problem
-        elif loss is not None:
-            losses[hotkey] = loss
-    metadata: dict = {"miners": len(hotkeys), "evaluated": len(losses) + len(problems)}
-    if len(losses) == 1 and not problems:
-        metadata["eval_loss"] = next(iter(losses.values()))
-    if problems:
-        metadata["problems"] = dg.MetadataValue.json(problems)
-    return dg.AssetCheckResult(passed=not problems, metadata=metadata)
-
-
-def _finite_problem(hotkey: str, epoch: int | None, evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
-                    warehouse: WarehouseResource) -> tuple[str | None, float | None]:
-    """(what is wrong with the miner's recorded result, its finite loss): (None, None) when it was not evaluated."""
-    found = miner_shard(warehouse, hotkey, epoch)
-    if found is None or found.shard.status != "eligible":
-        return None, None
-    result = warehouse.eval_result(shard_cache_key(found.shard, found.eval_revision, evaluator, settings))
-    if result is None:
-        return "no result recorded", None
-    if result.status == "ok":
-        finite = math.isfinite(result.eval_loss) and any(math.isfinite(x) for x in result.per_row_losses)
-        return (None, float(result.eval_loss)) if finite else (f"non-finite loss {result.eval_loss}", None)
-    if result.eval_loss is None or math.isnan(result.eval_loss):
-        return None, None  # a failure recorded with its error and no loss: as it should be
-    return f"status {result.status} carries a loss {result.eval_loss}", None
 
 
 @dg.asset_check(asset=win_rates, blocking=True,
@@ -94,4 +60,62 @@ def weights_are_valid(context: dg.AssetCheckExecutionContext, warehouse: Warehou
     return dg.AssetCheckResult(passed=True, metadata={"scored": len(eligible), "sum": sum(weights.values())})
 
 
-CHECKS = [eval_loss_is_finite, weights_are_valid]
+# Partitioned asset checks are a preview feature of Dagster 1.13 (pinned): the warning is known and accepted here.
+warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec",
+                        category=dg.PreviewWarning)
+
+
+MINER_EVALUATED, MINER_DATA_ACCEPTED = "miner_evaluated", "miner_data_accepted"
+
+
+def _target(instance: dg.DagsterInstance, hotkey: str) -> AssetCheckEvaluationTargetMaterializationData | None:
+    """The partition's latest materialization: the one its check evaluation is about."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=miner_eval_losses.key, asset_partitions=[hotkey]), limit=1).records
+    if not records:
+        return None
+    return AssetCheckEvaluationTargetMaterializationData(storage_id=records[0].storage_id,
+                                                         run_id=records[0].run_id, timestamp=records[0].timestamp)
+
+
+def _per_miner(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorResource, hub: HubResource,
+               settings: ValidatorSettingsResource, warehouse: WarehouseResource, check_name: str,
+               passed: Callable[[Standing], bool], severity: dg.AssetCheckSeverity):
+    """One evaluation per miner partition of the run, also in a batch run (a range, where a returned
+    AssetCheckResult would carry no partition): the events, then the check's (empty) output."""
+    epoch = epoch_of_run(context)
+    with warehouse.session():
+        standings = {h: miner_standing(h, epoch, evaluator, hub, settings, warehouse)
+                     for h in _miner_partitions(context)}
+    for hotkey, standing in standings.items():
+        yield dg.AssetCheckEvaluation(
+            asset_key=miner_eval_losses.key, check_name=check_name, passed=passed(standing),
+            metadata={"verdict": standing.verdict, "summary": standing.summary, **standing.metadata},
+            severity=severity, description=standing.summary, partition=hotkey,
+            target_materialization_data=_target(context.instance, hotkey))
+    yield dg.Output(None)
+
+
+@dg.asset_check(asset=miner_eval_losses, partitions_def=miners_partitions, name=MINER_EVALUATED,
+                description="Per miner: the validator judged it without an evaluation failure. ERROR (red) when its "
+                            "evaluation failed for good (a crash that persisted through the retries), its loss is "
+                            "not finite, or an eligible miner has no result; a rejected or copied miner passes "
+                            "(the judgement is the rejection). A later epoch's evaluation supersedes it.")
+def miner_evaluated(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorResource, hub: HubResource,
+                    settings: ValidatorSettingsResource, warehouse: WarehouseResource):
+    yield from _per_miner(context, evaluator, hub, settings, warehouse, MINER_EVALUATED, lambda s: s.judged,
+                          dg.AssetCheckSeverity.ERROR)
+
+
+@dg.asset_check(asset=miner_eval_losses, partitions_def=miners_partitions, name=MINER_DATA_ACCEPTED,
+                description="Per miner: its data was evaluated and beats the base model (in a game without that "
+                            "bar: was evaluated). A WARN (yellow) when its dataset was rejected, its rows were "
+                            "copies or eval-set leaks, or its loss is not below the base model's: the miner's "
+                            "outcome, not a failure of the run. A later epoch's evaluation supersedes it.")
+def miner_data_accepted(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorResource, hub: HubResource,
+                        settings: ValidatorSettingsResource, warehouse: WarehouseResource):
+    yield from _per_miner(context, evaluator, hub, settings, warehouse, MINER_DATA_ACCEPTED, lambda s: s.accepted,
+                          dg.AssetCheckSeverity.WARN)
+
+
+CHECKS = [miner_evaluated, miner_data_accepted, weights_are_valid]

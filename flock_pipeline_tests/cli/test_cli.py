@@ -67,12 +67,16 @@ def test_epoch_through_dagster_asset_materialize(flock_home, tmp_path):
     assert "== scores, weights, corpus, report" in run.stderr
     import dagster as dg
 
-    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:  # the checks ran, and passed
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:  # the checks ran, one per miner
         records = instance.get_event_records(
             dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION), limit=50)
-    checks = {(r.event_log_entry.dagster_event.event_specific_data.check_name,
-               r.event_log_entry.dagster_event.event_specific_data.passed) for r in records}
-    assert checks == {("weights_are_valid", True), ("eval_loss_is_finite", True)}
+    checks = {(e.check_name, e.partition, e.passed)
+              for e in (r.event_log_entry.dagster_event.event_specific_data for r in records)}
+    labels = {m["hotkey"]: label for label, m in miners.items()}
+    assert {(name, labels.get(p, p), passed) for name, p, passed in checks} == {
+        ("weights_are_valid", None, True),
+        *(("miner_evaluated", label, True) for label in miners),
+        *(("miner_data_accepted", label, label in ("honest-good", "honest-fair")) for label in miners)}
 
 
 def _free_port() -> int:
@@ -109,7 +113,7 @@ def test_dagster_dev_serves_the_eight_assets(flock_home, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
     assert keys == {"chain_commitments", "miner_datasets", "deduplicated_shards", "miner_eval_losses", "win_rates",
-                    "submitted_weights", "final_corpus", "epoch_report"}
+                    "submitted_weights", "miner_history", "final_corpus", "epoch_report"}
 
 
 def test_chain_commands_and_config_errors(flock_home):

@@ -21,12 +21,12 @@ def _metadata(result, asset):
     return {k: v.value for k, v in mat.metadata.items()}
 
 
-def test_definitions_have_the_eight_assets_documented(demo):
+def test_definitions_have_the_nine_assets_documented(demo):
     _, resources, _, _ = demo
     defs = build_definitions(resources)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {"chain_commitments", "miner_datasets", "deduplicated_shards", "miner_eval_losses", "win_rates",
-                    "submitted_weights", "final_corpus", "epoch_report"}
+                    "submitted_weights", "miner_history", "final_corpus", "epoch_report"}
     for asset in ASSETS:
         assert asset.descriptions_by_key[asset.key], asset.key
     blocking = [c for c in CHECKS if any(spec.blocking for spec in c.check_specs)]
@@ -62,8 +62,9 @@ def test_asset_by_asset(demo):
     result = _materialize([miner_eval_losses], "hk-honest-good", resources, instance)
     meta = _metadata(result, miner_eval_losses)
     assert meta["status"] == "ok" and 0 < meta["eval_loss"] < 3 and meta["from_cache"] is False
-    [check] = result.get_asset_check_evaluations()
-    assert check.passed and check.check_name == "eval_loss_is_finite"
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks.keys() == {"miner_evaluated", "miner_data_accepted"}
+    assert all(c.passed and c.partition == "hk-honest-good" for c in checks.values())
     meta = _metadata(_materialize([miner_eval_losses], "hk-copier", resources, instance), miner_eval_losses)
     assert meta["status"] == "skipped" and meta["reason"].startswith("duplicate")
 

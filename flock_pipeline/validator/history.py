@@ -1,0 +1,69 @@
+"""An epoch's per-miner numbers as series: one value per miner and measure, keyed so that the same miner gets the
+same key in every epoch. On an epoch-partitioned asset these become the UI's plots with the epochs on the x-axis:
+one miner's eval loss, rank and weight over epochs, beside the base model's loss of its competition.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from flock_pipeline.resources.evaluator import EvaluatorResource
+from flock_pipeline.resources.settings import ValidatorSettingsResource
+from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.store import ScoreRecord, frame as records_frame
+from flock_pipeline.validator.epoch_report import recorded_base_losses
+from flock_pipeline.validator.scoring import WEIGHTED
+
+MEASURES = ("eval loss", "rank", "weight")
+COLUMNS = ["uid", "hotkey", "competition", "status", "eval_loss", "base_loss", "rank", "win_rate", "weight",
+           "reason"]
+
+
+def series_key(uid: int, hotkey: str, measure: str) -> str:
+    """The metadata key of one miner's measure: the uid first (how operators and miners name a miner), then the
+    hotkey (its start, for an SS58 address), so a uid re-registered by another hotkey starts a new series."""
+    short = hotkey if len(hotkey) <= 18 else hotkey[:8] + "…"
+    return f"uid {uid} {short} · {measure}"
+
+
+def ranks(scores: list[ScoreRecord]) -> dict[str, int]:
+    """hotkey -> rank in its competition (1 = the largest weight; ties by the lower loss, then the uid) among the
+    miners that hold or could hold weight."""
+    out: dict[str, int] = {}
+    by_competition: dict[str | None, list[ScoreRecord]] = {}
+    for r in scores:
+        if r.status in WEIGHTED:
+            by_competition.setdefault(r.competition, []).append(r)
+    for rows in by_competition.values():
+        def order(r: ScoreRecord):
+            loss = r.eval_loss if r.eval_loss is not None and math.isfinite(r.eval_loss) else math.inf
+            return -float(r.competition_weight if r.competition_weight is not None else r.weight), loss, int(r.uid)
+
+        for i, r in enumerate(sorted(rows, key=order), start=1):
+            out[r.hotkey] = i
+    return out
+
+
+def epoch_history(epoch: int, settings: ValidatorSettingsResource, warehouse: WarehouseResource,
+                  evaluator: EvaluatorResource) -> tuple[dict[str, float | int], pd.DataFrame]:
+    """(series, table): the epoch's series (the base model's loss per competition, then per miner its eval loss
+    when it has one, its rank when it is ranked, and its weight, full precision) and every miner's row."""
+    scores = warehouse.win_rates(epoch)
+    if not scores:
+        raise RuntimeError(f"epoch {epoch} has no scores: materialize win_rates first")
+    bases = recorded_base_losses(epoch, settings, warehouse, evaluator)
+    rank = ranks(scores)
+    series: dict[str, float | int] = {f"base loss · {name}": float(loss) for name, loss in sorted(bases.items())
+                                if loss is not None and any(r.competition == name for r in scores)}
+    for r in sorted(scores, key=lambda r: (int(r.uid), r.hotkey)):
+        if r.eval_loss is not None and math.isfinite(r.eval_loss):
+            series[series_key(int(r.uid), r.hotkey, "eval loss")] = float(r.eval_loss)
+        if r.hotkey in rank:
+            series[series_key(int(r.uid), r.hotkey, "rank")] = rank[r.hotkey]
+        series[series_key(int(r.uid), r.hotkey, "weight")] = float(r.weight)
+    table = records_frame(scores, ScoreRecord)
+    table["base_loss"] = [bases.get(c) if isinstance(c, str) else None for c in table["competition"]]
+    table["rank"] = [rank.get(h) for h in table["hotkey"]]
+    return series, table.sort_values(["competition", "rank", "uid"], na_position="last")[COLUMNS]

@@ -1,0 +1,94 @@
+"""A miner's standing after its evaluation, in two halves that the UI colours apart (the `miner_evaluated` and
+`miner_data_accepted` asset checks, one evaluation per miner partition):
+
+- was the miner judged soundly? A recorded evaluation failure (a crash that persisted through its retries), a
+  non-finite loss or a missing result is a real failure (red). A miner whose dataset was rejected was judged: the
+  judgement is the rejection.
+- does its data earn? A rejected dataset, rows that were copies or eval-set leaks, or a loss that does not beat the
+  base model is the miner's own outcome: a warning (yellow), never a failure of the validator's run.
+
+Both are read from what the store recorded, so they can be recomputed for any epoch; a later epoch's evaluation
+supersedes an earlier one's standing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from flock_pipeline.resources.evaluator import EvaluatorResource
+from flock_pipeline.resources.hub import HubResource
+from flock_pipeline.resources.settings import ValidatorSettingsResource
+from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.validator.evaluation import (base_eval_loss, competition_recipe, competition_row_format,
+                                                 miner_shard, shard_cache_key)
+
+JUDGED = ("improving", "no_improvement", "rejected", "copied", "ineligible")  # verdicts of a sound judgement
+
+
+@dataclass(frozen=True)
+class Standing:
+    verdict: str  # improving | no_improvement | rejected | copied | ineligible | failed | non_finite | not_evaluated
+    summary: str  # one line, with the numbers
+    metadata: dict = field(default_factory=dict)  # epoch, competition, rows kept / dropped, losses (as text)
+
+    @property
+    def judged(self) -> bool:
+        """The validator judged this miner without an evaluation failure."""
+        return self.verdict in JUDGED
+
+    @property
+    def accepted(self) -> bool:
+        """The miner's data was evaluated and beats the base model (or, in a game without that bar, was
+        evaluated)."""
+        return self.verdict == "improving"
+
+
+def _ineligible(reason: str) -> str:
+    if reason.startswith("dataset "):
+        return "rejected"
+    if reason.startswith("duplicate"):
+        return "copied"
+    return "ineligible"
+
+
+def miner_standing(hotkey: str, epoch: int | None, evaluator: EvaluatorResource, hub: HubResource,
+                   settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> Standing:
+    """The standing of `hotkey` in `epoch` (None: its latest epoch with a shard)."""
+    found = miner_shard(warehouse, hotkey, epoch)
+    if found is None:
+        where = f"epoch {epoch}" if epoch is not None else "any epoch"
+        return Standing("not_evaluated", f"not judged: no shard recorded for {where}")
+    shard = found.shard
+    meta = {"epoch": str(shard.epoch), "competition": shard.competition or "",
+            "rows_kept": str(int(shard.rows_kept or 0)),
+            "rows_dropped": f"{int(shard.duplicates_within or 0)} repeated, {int(shard.duplicates_earlier or 0)} "
+                            f"copied from earlier miners, {int(shard.eval_leaks or 0)} eval-set rows"}
+    if shard.status != "eligible":
+        reason = shard.reason or "ineligible"
+        verdict = _ineligible(reason)
+        return Standing(verdict, f"{verdict}: {reason}", meta)
+    result = warehouse.eval_result(shard_cache_key(shard, found.eval_revision, evaluator, settings))
+    if result is None or (result.status != "ok" and not result.final):
+        return Standing("not_evaluated", "eligible, but no final evaluation result is recorded", meta)
+    if result.status != "ok":
+        if result.eval_loss is not None and not math.isnan(result.eval_loss):
+            return Standing("failed", f"status {result.status} carries a loss {result.eval_loss}", meta)
+        error = (result.error or "").strip().splitlines()
+        return Standing("failed", f"evaluation failed after {result.attempts} attempt(s): "
+                                  f"{error[0] if error else 'no error recorded'}", meta)
+    loss = float(result.eval_loss)
+    meta["eval_loss"] = f"{loss:.6f}"
+    if not math.isfinite(loss) or not any(math.isfinite(x) for x in result.per_row_losses):
+        return Standing("non_finite", f"non-finite loss {result.eval_loss}", meta)
+    competition = next((c for c in settings.competition_set() if c.name == shard.competition), None)
+    if competition is None or not competition.needs_base_loss:
+        return Standing("improving", f"evaluated: eval loss {loss:.4f}", meta)
+    base = base_eval_loss(evaluator, hub, warehouse, found.eval_repo, found.eval_revision,
+                          recipe=competition_recipe(settings, shard.competition),
+                          row_format=competition_row_format(settings, shard.competition))
+    meta["base_loss"] = f"{base:.6f}"
+    if loss >= base:
+        return Standing("no_improvement",
+                        f"no improvement: eval loss {loss:.4f} is not below the base model's {base:.4f}", meta)
+    return Standing("improving", f"improves on the base model: eval loss {loss:.4f} < {base:.4f}", meta)
