@@ -3,7 +3,6 @@ for a real failure, yellow for a miner whose data earns nothing) and the invaria
 submission."""
 
 import warnings
-from collections.abc import Callable
 
 import dagster as dg
 # not exported by dagster 1.13 (pinned), yet the only way to tie a check evaluation logged per partition to the
@@ -18,7 +17,7 @@ from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.validator.scoring import weighted_uids, weights_of
-from flock_pipeline.validator.standing import Standing, miner_standing
+from flock_pipeline.validator.standing import miner_standing as miner_standing_of
 
 
 def _partition(context: dg.AssetCheckExecutionContext) -> str:
@@ -78,44 +77,44 @@ def _target(instance: dg.DagsterInstance, hotkey: str) -> AssetCheckEvaluationTa
                                                          run_id=records[0].run_id, timestamp=records[0].timestamp)
 
 
-def _per_miner(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorResource, hub: HubResource,
-               settings: ValidatorSettingsResource, warehouse: WarehouseResource, check_name: str,
-               passed: Callable[[Standing], bool], severity: dg.AssetCheckSeverity):
-    """One evaluation per miner partition of the run, also in a batch run (a range, where a returned
-    AssetCheckResult would carry no partition): the events, then the check's (empty) output."""
+STANDING_CHECKS = {  # check name -> (does a standing pass it, its severity when not)
+    MINER_EVALUATED: (lambda s: s.judged, dg.AssetCheckSeverity.ERROR),
+    MINER_DATA_ACCEPTED: (lambda s: s.accepted, dg.AssetCheckSeverity.WARN),
+}
+
+
+@dg.multi_asset_check(name="miner_standing", specs=[
+    dg.AssetCheckSpec(MINER_EVALUATED, asset=miner_eval_losses, partitions_def=miners_partitions,
+                      description="Per miner: the validator judged it without an evaluation failure. ERROR (red) "
+                                  "when its evaluation failed for good (a crash that persisted through the "
+                                  "retries), its loss is not finite, or an eligible miner has no result; a "
+                                  "rejected or copied miner passes (the judgement is the rejection). A later "
+                                  "epoch's evaluation supersedes it."),
+    dg.AssetCheckSpec(MINER_DATA_ACCEPTED, asset=miner_eval_losses, partitions_def=miners_partitions,
+                      description="Per miner: its data was evaluated and beats the base model (in a game without "
+                                  "that bar: was evaluated). A WARN (yellow) when its dataset was rejected, its "
+                                  "rows were copies or eval-set leaks, or its loss is not below the base model's: "
+                                  "the miner's outcome, not a failure of the run. A later epoch's evaluation "
+                                  "supersedes it."),
+])
+def miner_standing(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorResource, hub: HubResource,
+                   settings: ValidatorSettingsResource, warehouse: WarehouseResource):
+    """Both standing checks, from one reading of each miner's standing: one evaluation per check and miner
+    partition of the run, also in a batch run (a range, where a returned AssetCheckResult would carry no
+    partition), then the checks' (empty) outputs."""
     epoch = epoch_of_run(context)
     with warehouse.session():
-        standings = {h: miner_standing(h, epoch, evaluator, hub, settings, warehouse)
+        standings = {h: miner_standing_of(h, epoch, evaluator, hub, settings, warehouse)
                      for h in _miner_partitions(context)}
     for hotkey, standing in standings.items():
-        yield dg.AssetCheckEvaluation(
-            asset_key=miner_eval_losses.key, check_name=check_name, passed=passed(standing),
-            metadata={"verdict": standing.verdict, "summary": standing.summary, **standing.metadata},
-            severity=severity, description=standing.summary, partition=hotkey,
-            target_materialization_data=_target(context.instance, hotkey))
-    yield dg.Output(None)
+        target = _target(context.instance, hotkey)
+        for name, (passes, severity) in STANDING_CHECKS.items():
+            yield dg.AssetCheckEvaluation(
+                asset_key=miner_eval_losses.key, check_name=name, passed=passes(standing),
+                metadata={"verdict": standing.verdict, "summary": standing.summary, **standing.metadata},
+                severity=severity, description=standing.summary, partition=hotkey, target_materialization_data=target)
+    for output in context.op_def.output_defs:
+        yield dg.Output(None, output_name=output.name)
 
 
-@dg.asset_check(asset=miner_eval_losses, partitions_def=miners_partitions, name=MINER_EVALUATED,
-                description="Per miner: the validator judged it without an evaluation failure. ERROR (red) when its "
-                            "evaluation failed for good (a crash that persisted through the retries), its loss is "
-                            "not finite, or an eligible miner has no result; a rejected or copied miner passes "
-                            "(the judgement is the rejection). A later epoch's evaluation supersedes it.")
-def miner_evaluated(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorResource, hub: HubResource,
-                    settings: ValidatorSettingsResource, warehouse: WarehouseResource):
-    yield from _per_miner(context, evaluator, hub, settings, warehouse, MINER_EVALUATED, lambda s: s.judged,
-                          dg.AssetCheckSeverity.ERROR)
-
-
-@dg.asset_check(asset=miner_eval_losses, partitions_def=miners_partitions, name=MINER_DATA_ACCEPTED,
-                description="Per miner: its data was evaluated and beats the base model (in a game without that "
-                            "bar: was evaluated). A WARN (yellow) when its dataset was rejected, its rows were "
-                            "copies or eval-set leaks, or its loss is not below the base model's: the miner's "
-                            "outcome, not a failure of the run. A later epoch's evaluation supersedes it.")
-def miner_data_accepted(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorResource, hub: HubResource,
-                        settings: ValidatorSettingsResource, warehouse: WarehouseResource):
-    yield from _per_miner(context, evaluator, hub, settings, warehouse, MINER_DATA_ACCEPTED, lambda s: s.accepted,
-                          dg.AssetCheckSeverity.WARN)
-
-
-CHECKS = [miner_evaluated, miner_data_accepted, weights_are_valid]
+CHECKS = [miner_standing, weights_are_valid]
