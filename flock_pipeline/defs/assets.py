@@ -316,8 +316,9 @@ def miner_history(context: dg.AssetExecutionContext, settings: ValidatorSettings
     """Every miner of the epoch side by side (the table) and as series: one metadata value per miner and measure
     (eval loss, rank in its competition, weight at full precision), under the same key in every epoch, and the
     base model's loss per competition. The UI's plots of its metadata (Overview, Metadata, Plots, by Partitions)
-    draw each as a line over the epochs: one miner's loss, rank and weight over time. (The per-miner assets are partitioned by miner alone, so
-    that a later epoch's result supersedes an earlier failure; the epoch dimension of their history is here.)"""
+    draw each as a line over the epochs: one miner's loss, rank and weight over time. (The per-miner assets are
+    partitioned by miner alone, so that a later epoch's result supersedes an earlier failure; the epoch dimension
+    of their history is here.)"""
     from flock_pipeline.validator.history import epoch_history
 
     epoch = int(context.partition_key)
@@ -385,4 +386,5 @@ def epoch_report(context: dg.AssetExecutionContext, settings: ValidatorSettingsR
 
 ASSETS = [chain_commitments, miner_datasets, deduplicated_shards, miner_eval_losses, win_rates, submitted_weights,
           miner_history, final_corpus, epoch_report]
-SCORING_STAGE = [win_rates, submitted_weights, miner_history, final_corpus, epoch_report]  # an epoch's own stage, in one run
+# an epoch's own stage, in one run
+SCORING_STAGE = [win_rates, submitted_weights, miner_history, final_corpus, epoch_report]

@@ -112,7 +112,8 @@ def miner_standing(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorR
             yield dg.AssetCheckEvaluation(
                 asset_key=miner_eval_losses.key, check_name=name, passed=passes(standing),
                 metadata={"verdict": standing.verdict, "summary": standing.summary, **standing.metadata},
-                severity=severity, description=standing.summary, partition=hotkey, target_materialization_data=target)
+                severity=severity, description=standing.summary, partition=hotkey,
+                target_materialization_data=target)
     for output in context.op_def.output_defs:
         yield dg.Output(None, output_name=output.name)
 

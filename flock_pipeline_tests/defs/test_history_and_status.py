@@ -89,8 +89,9 @@ def test_status_colours_warn_for_the_miners_data_and_a_later_success_supersedes_
     status = instance.get_status_by_partition(miner_eval_losses.key, keys, miners_partitions)
     assert {k: s.value for k, s in status.items()} == {k: "MATERIALIZED" for k in keys}
     # the failure in epoch 2 was a real one: the evaluation step failed twice in that epoch's run, and was retried
+    retry = dg.DagsterEventType.STEP_UP_FOR_RETRY
     failures = [r.event_log_entry for run in instance.get_runs() if run.tags.get("flock/epoch") == str(epochs[1])
-                for r in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY).records]
+                for r in instance.get_records_for_run(run.run_id, of_type=retry).records]
     assert len(failures) == 2  # attempts 1 and 2; the third is recorded as the miner's failure
     for e in failures:
         assert e.step_key == "miner_eval_losses", e.step_key
