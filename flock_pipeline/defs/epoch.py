@@ -139,7 +139,8 @@ def _run_stages(epoch: int, resources: dict, instance: dg.DagsterInstance, progr
     while True:
         requests, stage = next_epoch_requests(epoch, warehouse, instance, provenance_of,
                                               resources["chain"].current_block(), 0,
-                                              verdict_keys(settings), batch=size)
+                                              verdict_keys(settings), batch=size,
+                                              network=resources["chain"].network_id())
         if not requests:
             if stage.startswith("stopped by a validator fault"):
                 raise EpochFailed(f"epoch {epoch}: {stage}")

@@ -37,21 +37,40 @@ FAULT_CLASSES = ("ValidatorFault", "EvalSetError")  # the validator's own faults
 ProvenanceOf = Callable[[str | None], dict | None]  # competition -> what its evaluations depend on
 
 
+def scoped(network: str, key: str) -> str:
+    """A run key of `network` (a chain's `network_id`): a re-seeded local chain repeats epochs, blocks and
+    revisions, and Dagster never launches a sensor's run key twice."""
+    return f"{network}/{key}" if network else key
+
+
+def _cursor(raw: str | None, default):
+    """(network, state) of a sensor cursor; a cursor written before cursors named their network: (None, it)."""
+    if not raw:
+        return None, default
+    value = json.loads(raw)
+    if isinstance(value, dict) and set(value) == {"network", "state"}:
+        return value["network"], value["state"]
+    return None, value
+
+
 @dg.sensor(minimum_interval_seconds=SENSOR_INTERVAL_S, asset_selection=[chain_commitments],
            default_status=dg.DefaultSensorStatus.STOPPED)
 def new_block_sensor(context: dg.SensorEvaluationContext, chain: ChainResource) -> dg.SensorResult | dg.SkipReason:
-    """Opens epoch N when the chain reaches block N * tempo."""
+    """Opens epoch N when the chain reaches block N * tempo (once per network: a re-seeded chain starts again)."""
+    network = chain.network_id()
     block = chain.current_block()
     epoch = chain.epoch_of(block)
-    last = int(context.cursor) if context.cursor else -1
-    if epoch <= last:
+    seen_network, last = _cursor(context.cursor, -1)
+    if seen_network not in (None, network):
+        last = -1
+    if epoch <= int(last):
         return dg.SkipReason(f"block {block}: epoch {epoch} already opened")
     key = str(epoch)
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"epoch:{key}", partition_key=key,
+        run_requests=[dg.RunRequest(run_key=scoped(network, f"epoch:{key}"), partition_key=key,
                                     asset_selection=[chain_commitments.key])],
         dynamic_partitions_requests=[epochs_partitions.build_add_request([key])],
-        cursor=key,
+        cursor=json.dumps({"network": network, "state": epoch}),
     )
 
 
@@ -69,7 +88,10 @@ def commitment_sensor(context: dg.SensorEvaluationContext, chain: ChainResource,
     progress the epoch sensor waits for it instead of downloading the same files again."""
     from flock_pipeline.resources import DATASET_BATCH
 
-    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    network = chain.network_id()
+    seen_network, seen = _cursor(context.cursor, {})
+    if seen_network not in (None, network):
+        seen = {}  # another network's commitments
     changed: dict[str, str] = {}
     new_hotkeys: list[str] = []
     for raw in chain.commitments():
@@ -85,13 +107,15 @@ def commitment_sensor(context: dg.SensorEvaluationContext, chain: ChainResource,
             continue
         if not context.instance.has_dynamic_partition(miners_partitions.name, raw.hotkey):
             new_hotkeys.append(raw.hotkey)
-        changed[raw.hotkey] = f"{raw.hotkey}:{c.revision}"
+        changed[raw.hotkey] = scoped(network, f"{raw.hotkey}:{c.revision}")
     if not changed:
         return dg.SkipReason("no new commitments")
-    requests = [_batch_request(changed[batch[0]] if len(batch) == 1 else _batch_key("prefetch", batch, changed),
+    requests = [_batch_request(changed[batch[0]] if len(batch) == 1 else
+                               _batch_key(scoped(network, "prefetch"), batch, changed),
                                batch, {PREFETCH_TAG: "true"}, [miner_datasets.key])
                 for batch in miner_batches(context.instance, list(changed), DATASET_BATCH, appended=new_hotkeys)]
-    return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True),
+    return dg.SensorResult(run_requests=requests,
+                           cursor=json.dumps({"network": network, "state": seen}, sort_keys=True),
                            dynamic_partitions_requests=[miners_partitions.build_add_request(new_hotkeys)]
                            if new_hotkeys else [])
 
@@ -239,7 +263,7 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
                         provenance_of: ProvenanceOf, chain_block: int | None = None,
                         eval_timeout_s: int = 0, verdict: "str | dict[str | None, str] | None" = None,
                         eval_tags: dict[str, str] | None = None, batch: int = 1,
-                        dataset_batch: int | None = None) -> tuple[list[dg.RunRequest], str]:
+                        dataset_batch: int | None = None, network: str = "") -> tuple[list[dg.RunRequest], str]:
     """The run requests that move `epoch` to its next stage, and a one-line description of where it stands.
 
     This is the one description of an epoch's stages: the epoch sensor launches what it returns, and `flock epoch
@@ -253,7 +277,8 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
     Miners whose runs failed MAX_RUN_ATTEMPTS times are left behind so that one miner never stops the epoch; an
     evaluation given up that way is recorded as failed with the last run's error (it scores 0 with that reason).
     With `eval_timeout_s`, evaluation runs carry Dagster's `dagster/max_runtime` tag: run monitoring fails a run
-    that takes longer, which then counts as one of its attempts.
+    that takes longer, which then counts as one of its attempts. Run keys are scoped by `network` (the chain's
+    `network_id`).
     """
     from flock_pipeline.resources import DATASET_BATCH
 
@@ -261,10 +286,12 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
     tags = {EPOCH_TAG: key}
     accepted = [c for c in warehouse.epoch_commitments(epoch) if c.status == "ok"]
     recorded = warehouse.hotkeys_with_dataset(epoch, verdict)  # under today's limits and rules, one query per tick
-    missing = {c.hotkey: f"dataset:{key}:{c.hotkey}:{c.revision}" for c in accepted if c.hotkey not in recorded}
+    missing = {c.hotkey: scoped(network, f"dataset:{key}:{c.hotkey}:{c.revision}") for c in accepted
+               if c.hotkey not in recorded}
     if missing and instance.get_run_ids(dg.RunsFilter(tags={PREFETCH_TAG: "true"}, statuses=IN_PROGRESS), limit=1):
         return [], f"waiting for the commitment sensor's downloads ({len(missing)} dataset(s) missing)"
-    downloads, _ = _miner_requests(instance, missing, dataset_batch or DATASET_BATCH, f"datasets:{key}", tags,
+    downloads, _ = _miner_requests(instance, missing, dataset_batch or DATASET_BATCH,
+                                   scoped(network, f"datasets:{key}"), tags,
                                    [miner_datasets.key])
     if downloads:
         return downloads, f"downloading {len(missing)} dataset(s) in {len(downloads)} run(s)"
@@ -280,8 +307,9 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
     for c in accepted:
         shard = shards.get(c.hotkey)
         if shard is None or (shard.status == "eligible" and shard.shard_hash not in evaluated):
-            todo[c.hotkey] = f"miner:{key}:{c.hotkey}:{c.revision}"
-    pending, given_up = _miner_requests(instance, todo, batch, f"miners:{key}", {**(eval_tags or {}), **tags},
+            todo[c.hotkey] = scoped(network, f"miner:{key}:{c.hotkey}:{c.revision}")
+    pending, given_up = _miner_requests(instance, todo, batch, scoped(network, f"miners:{key}"),
+                                        {**(eval_tags or {}), **tags},
                                         [deduplicated_shards.key, miner_eval_losses.key], eval_timeout_s)
     faults = []
     for hotkey in given_up:
@@ -298,19 +326,19 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
     if faults:
         return [], f"stopped by a validator fault (fix it, then re-execute the failed runs): {faults[0]}"
     if not warehouse.win_rates(epoch):
-        return [dg.RunRequest(run_key=f"score:{key}", partition_key=key,
+        return [dg.RunRequest(run_key=scoped(network, f"score:{key}"), partition_key=key,
                               asset_selection=[a.key for a in SCORING_STAGE])], "scoring"
     sent = warehouse.weight_submission(epoch)
     if sent is not None and sent.state == IN_FLIGHT:
         # a run died between sending and recording: re-run it, it asks the chain before sending again
-        run_key = _run_key(instance, f"weights:{key}:in-flight:{int(sent.block)}")
+        run_key = _run_key(instance, scoped(network, f"weights:{key}:in-flight:{int(sent.block)}"))
         if run_key is not None:
             return [dg.RunRequest(run_key=run_key, partition_key=key, asset_selection=[submitted_weights.key])], \
                 "confirming weights whose answer was not recorded"
     if sent is not None and sent.state == "rate limited" and sent.retry_after_block is not None:
         retry_at = int(sent.retry_after_block)
         if chain_block is not None and chain_block >= retry_at:
-            return [dg.RunRequest(run_key=f"weights:{key}:{retry_at}", partition_key=key,
+            return [dg.RunRequest(run_key=scoped(network, f"weights:{key}:{retry_at}"), partition_key=key,
                                   asset_selection=[submitted_weights.key])], "re-sending rate-limited weights"
         return [], f"weights rate-limited until block {retry_at}"
     return [], "done"
@@ -328,11 +356,12 @@ def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: Wareho
         return dg.SkipReason("no epoch recorded yet")
     provenance_of = provenance_lookup(evaluator, settings, build=False)
     block = chain.current_block()
-    confirmations = confirmation_requests(warehouse, lambda: chain.epoch_of(block))
+    network = chain.network_id()
+    confirmations = confirmation_requests(warehouse, lambda: chain.epoch_of(block), network)
     requests, stage = next_epoch_requests(latest, warehouse, context.instance, provenance_of,
                                           block, evaluator.timeout_s,
                                           verdict_keys(settings), evaluator.evaluation_run_tags(),
-                                          batch=batch_settings()[0])
+                                          batch=batch_settings()[0], network=network)
     if confirmations:
         context.log.info(f"confirming the weights of epoch(s) {', '.join(r.partition_key for r in confirmations)}")
     if not requests and not confirmations:
@@ -341,7 +370,8 @@ def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: Wareho
     return dg.SensorResult(run_requests=confirmations + requests)
 
 
-def confirmation_requests(warehouse: WarehouseResource, chain_epoch_now: Callable[[], int]) -> list[dg.RunRequest]:
+def confirmation_requests(warehouse: WarehouseResource, chain_epoch_now: Callable[[], int],
+                          network: str = "") -> list[dg.RunRequest]:
     """`submitted_weights` runs that follow a sent submission up: one for each commit-reveal submission whose reveal
     epoch has started (it reads the chain's stored weights and records "applied" or "not applied"; one run per
     submission and chain epoch), and one that sends again a submission found "not applied" while its chain epoch
@@ -351,11 +381,12 @@ def confirmation_requests(warehouse: WarehouseResource, chain_epoch_now: Callabl
     chain_epoch = chain_epoch_now() if following else 0
     for sent in following:
         if sent.state == "committed" and sent.reveal_epoch is not None and chain_epoch >= int(sent.reveal_epoch):
-            out.append(dg.RunRequest(run_key=f"weights:{sent.epoch}:confirm:{int(sent.block)}:{chain_epoch}",
+            out.append(dg.RunRequest(run_key=scoped(network, f"weights:{sent.epoch}:confirm:{int(sent.block)}:"
+                                                             f"{chain_epoch}"),
                                      partition_key=str(sent.epoch), asset_selection=[submitted_weights.key]))
         elif (sent.state == "not applied" and sent.chain_epoch is not None and chain_epoch == int(sent.chain_epoch)
               and int(sent.attempts or 0) < MAX_SENDS):
-            out.append(dg.RunRequest(run_key=f"weights:{sent.epoch}:resend:{int(sent.attempts or 0)}",
+            out.append(dg.RunRequest(run_key=scoped(network, f"weights:{sent.epoch}:resend:{int(sent.attempts or 0)}"),
                                      partition_key=str(sent.epoch), asset_selection=[submitted_weights.key]))
     return out
 

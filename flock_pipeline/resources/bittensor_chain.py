@@ -144,9 +144,9 @@ async def _open(subtensor: bt.Subtensor) -> Any:
 
 
 def _safe_endpoint(url: str) -> str:
-    """scheme://host[:port] only: a path or query string may carry an API key."""
-    match = re.match(r"^(wss?://[^/?#\s]+)", url)
-    return match.group(1) if match else "<endpoint>"
+    """scheme://host[:port] only: user info, a path or a query string may carry an API key."""
+    match = re.match(r"^(wss?://)(?:[^@/?#\s]*@)?([^@/?#\s]+)", url)
+    return match.group(1) + match.group(2) if match else "<endpoint>"
 
 
 def decode_commitment_fields(fields: list) -> str | None:
@@ -287,6 +287,12 @@ class BittensorChainResource(ChainResource):
 
     def current_block(self) -> int:
         return int(self._call("current block", lambda client, _attempt: client.block()))
+
+    def network_id(self) -> str:
+        """The network as configured (finney, test, or the endpoint without credentials) and the netuid. A
+        development chain restarted from genesis on the same endpoint keeps its name: give it a new netuid or
+        endpoint, or clear the sensors' cursors."""
+        return f"{self._network_label()}-{self.netuid}"
 
     def seconds_per_block(self) -> float:
         """The chain's block time (12 s on finney), from its `Aura.SlotDuration`."""

@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -124,6 +125,12 @@ class ChainResource(dg.ConfigurableResource):
     tempo: int = 360  # blocks per epoch (the live subnet's tempo)
 
     def current_block(self) -> int:
+        raise NotImplementedError
+
+    def network_id(self) -> str:
+        """A short name of this chain and subnet that differs between two chains whose block and epoch numbers may
+        repeat (a re-seeded local chain): the sensors' run keys and cursors are scoped by it, so they never take
+        one network's runs for another's."""
         raise NotImplementedError
 
     def metagraph(self) -> list[Neuron]:
@@ -260,6 +267,16 @@ class LocalChainResource(ChainResource):
         return int(changes[-1][1]) if changes else self.tempo
 
     # -- reads -----------------------------------------------------------------------------------------------
+
+    def network_id(self) -> str:
+        """`local-<id>`: a random id written into the chain file when it is first asked (a new file, as `flock demo`
+        seeds one, gets a new id)."""
+        with self._state(write=False) as s:
+            found = s.get("network_id")
+        if not found:
+            with self._state(write=True) as s:
+                found = s.setdefault("network_id", uuid.uuid4().hex[:8])
+        return f"local-{found}"
 
     def current_block(self) -> int:
         with self._state(write=False) as s:

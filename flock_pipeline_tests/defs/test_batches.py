@@ -25,8 +25,10 @@ def _losses(home) -> dict[str, float]:
 
 
 def _eval_runs(instance) -> list:
-    """The shard + evaluation runs (their run keys: `miner:` one miner, `miners:` a batch)."""
-    return [r for r in instance.get_runs() if r.tags.get("dagster/run_key", "").startswith(("miner:", "miners:"))]
+    """The shard + evaluation runs (their run keys, after the network's scope: `miner:` one miner, `miners:` a
+    batch)."""
+    return [r for r in instance.get_runs()
+            if r.tags.get("dagster/run_key", "").split("/", 1)[-1].startswith(("miner:", "miners:"))]
 
 
 def test_a_batch_gives_the_same_losses_as_one_run_per_miner_and_as_multi_lora(demo_pair, tmp_path):

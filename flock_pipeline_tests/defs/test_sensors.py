@@ -23,16 +23,46 @@ def test_new_block_sensor_opens_each_epoch_once(demo):
     chain = resources["chain"]
     ctx = dg.build_sensor_context(instance=instance, resources={"chain": chain})
     result = new_block_sensor(ctx)
-    assert _keys(result) == [(f"epoch:{epoch}", str(epoch), ["chain_commitments"])]
+    net = chain.network_id()
+    assert net.startswith("local-") and chain.network_id() == net
+    assert _keys(result) == [(f"{net}/epoch:{epoch}", str(epoch), ["chain_commitments"])]
     assert result.dynamic_partitions_requests[0].partition_keys == [str(epoch)]
-    assert result.cursor == str(epoch)
+    assert json.loads(result.cursor) == {"network": net, "state": epoch}
     again = new_block_sensor(dg.build_sensor_context(instance=instance, resources={"chain": chain},
                                                      cursor=result.cursor))
     assert isinstance(again, dg.SkipReason)
+    legacy = new_block_sensor(dg.build_sensor_context(instance=instance, resources={"chain": chain},
+                                                      cursor=str(epoch)))  # a cursor from before networks
+    assert isinstance(legacy, dg.SkipReason)
     chain.advance(chain.tempo)
     later = new_block_sensor(dg.build_sensor_context(instance=instance, resources={"chain": chain},
                                                      cursor=result.cursor))
     assert _keys(later)[0][1] == str(epoch + 1)
+
+
+def test_sensors_start_again_on_a_reseeded_network(demo):
+    """`flock demo` seeds a new local chain whose epochs, blocks and revisions repeat the old one's: the sensors'
+    cursors and run keys name the network, so the new network's epoch opens and its datasets are fetched (Dagster
+    never launches a run key twice, so the old keys would leave the sensors stuck)."""
+    from flock_pipeline.demo import seed_demo_network
+    from flock_pipeline.resources import build_resources
+
+    home, resources, instance, epoch = demo
+    res = {"chain": resources["chain"], "settings": resources["settings"]}
+    opened = new_block_sensor(dg.build_sensor_context(instance=instance, resources=res))
+    fetched = commitment_sensor(dg.build_sensor_context(instance=instance, resources=res))
+    old = resources["chain"].network_id()
+    assert seed_demo_network(home) == epoch
+    again = build_resources(home)
+    res = {"chain": again["chain"], "settings": again["settings"]}
+    assert again["chain"].network_id() != old
+    reopened = new_block_sensor(dg.build_sensor_context(instance=instance, resources=res, cursor=opened.cursor))
+    assert [r.partition_key for r in reopened.run_requests] == [str(epoch)]
+    assert reopened.run_requests[0].run_key != opened.run_requests[0].run_key
+    refetched = commitment_sensor(dg.build_sensor_context(instance=instance, resources=res, cursor=fetched.cursor))
+    assert [request_miners(r, instance) for r in refetched.run_requests] == \
+        [request_miners(r, instance) for r in fetched.run_requests]
+    assert {r.run_key for r in refetched.run_requests}.isdisjoint(r.run_key for r in fetched.run_requests)
 
 
 def test_commitment_sensor_downloads_new_revisions_in_one_batch(demo):
@@ -50,7 +80,9 @@ def test_commitment_sensor_downloads_new_revisions_in_one_batch(demo):
     [run] = result.run_requests
     assert [k.to_user_string() for k in run.asset_selection] == ["miner_datasets"]
     assert (run.tags[RANGE_START], run.tags[RANGE_END]) == (hotkeys[0], hotkeys[-1])
-    assert run.tags[PREFETCH_TAG] == "true" and run.run_key.startswith(f"prefetch:{hotkeys[0]}..{hotkeys[-1]}:6:")
+    net = chain.network_id()
+    assert run.tags[PREFETCH_TAG] == "true"
+    assert run.run_key.startswith(f"{net}/prefetch:{hotkeys[0]}..{hotkeys[-1]}:6:")
     quiet = commitment_sensor(dg.build_sensor_context(instance=instance, resources=res, cursor=result.cursor))
     assert isinstance(quiet, dg.SkipReason)
     # a miner changes its commitment: one new run, keyed by the new revision; junk commitments are ignored
@@ -61,7 +93,7 @@ def test_commitment_sensor_downloads_new_revisions_in_one_batch(demo):
     chain.register("hk-junk")
     chain.set_commitment("hk-junk", "not a commitment")
     changed = commitment_sensor(dg.build_sensor_context(instance=instance, resources=res, cursor=result.cursor))
-    assert _keys(changed) == [(f"hk-honest-fair:{revision}", "hk-honest-fair", ["miner_datasets"])]
+    assert _keys(changed) == [(f"{net}/hk-honest-fair:{revision}", "hk-honest-fair", ["miner_datasets"])]
 
 
 def test_epoch_progress_sensor_walks_the_epoch(demo):
@@ -85,11 +117,12 @@ def test_epoch_progress_sensor_walks_the_epoch(demo):
     _run_request(downloads, resources, instance)
     [batch] = tick().run_requests  # shards + evaluations: 6 miners, one batch (FLOCK_MINER_BATCH is 64)
     assert [k.to_user_string() for k in batch.asset_selection] == ["deduplicated_shards", "miner_eval_losses"]
-    assert batch.run_key.startswith(f"miners:{key}:") and request_miners(batch, instance) == hotkeys
+    net = chain.network_id()
+    assert batch.run_key.startswith(f"{net}/miners:{key}:") and request_miners(batch, instance) == hotkeys
     _run_request(batch, resources, instance)
     [(run_key, partition, selection)] = _keys(tick())
-    assert run_key == f"score:{key}" and set(selection) == {"win_rates", "submitted_weights", "final_corpus",
-                                                            "epoch_report"}
+    assert run_key == f"{net}/score:{key}"
+    assert set(selection) == {"win_rates", "submitted_weights", "miner_history", "final_corpus", "epoch_report"}
     from flock_pipeline.defs.assets import final_corpus, submitted_weights, win_rates
 
     _run([win_rates, submitted_weights, final_corpus], key, resources, instance)
@@ -99,7 +132,7 @@ def test_epoch_progress_sensor_walks_the_epoch(demo):
     assert isinstance(waiting, dg.SkipReason) and "rate-limited until block" in waiting.skip_message
     chain.advance(chain.weights_rate_limit)
     [(run_key, _, selection)] = _keys(tick())
-    assert run_key == f"weights:{key}:{sent.retry_after_block}" and selection == ["submitted_weights"]
+    assert run_key == f"{net}/weights:{key}:{sent.retry_after_block}" and selection == ["submitted_weights"]
     _run([submitted_weights], key, resources, instance)
     assert resources["warehouse"].weight_submission(epoch).success
     assert isinstance(tick(), dg.SkipReason)
@@ -143,7 +176,7 @@ def test_a_run_that_crashes_is_retried_under_a_new_key_then_given_up(demo, tmp_p
     for attempt in range(3):
         request = next(r for r in tick().run_requests if r.partition_key == "hk-empty")
         suffix = "" if attempt == 0 else f"#retry{attempt}"
-        assert request.run_key.endswith(suffix) and request.run_key.startswith(f"dataset:{key}:hk-empty:")
+        assert request.run_key.endswith(suffix) and request.run_key.split("/", 1)[1].startswith(f"dataset:{key}:hk-empty:")
         tags = {"dagster/run_key": request.run_key, **request.tags}
         if attempt == 0:  # a real crash (the step fails through its retries and records nothing)
             failed = dg.materialize(ASSETS + CHECKS, selection=[miner_datasets], partition_key="hk-empty",

@@ -356,3 +356,15 @@ def test_the_block_clock_and_the_subnet_owner_come_from_the_chain(chain, sub):
     assert clock.time_of(sub.block) == datetime.fromtimestamp(
         (sub.genesis_ms + sub.block * sub.block_time_s * 1000) / 1000, tz=timezone.utc)
     assert chain.owner_hotkey() == MINER.ss58_address
+
+
+def test_network_id_names_the_network_and_subnet_without_credentials():
+    """The sensors' run keys are scoped by it, and run keys show in the UI: an endpoint's user info, path and
+    query (where API keys go) stay out."""
+    from flock_pipeline.resources.bittensor_chain import BittensorChainResource
+
+    assert BittensorChainResource(network="finney", netuid=96).network_id() == "finney-96"
+    assert BittensorChainResource(network="test", netuid=221).network_id() == "test-221"
+    private = BittensorChainResource(network="wss://alice:hunter2@node.example:443/rpc?api_key=k3y", netuid=96)
+    assert private.network_id() == "wss://node.example:443-96"
+    assert "hunter2" not in private._network_label() and "k3y" not in private._network_label()
