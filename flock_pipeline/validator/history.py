@@ -49,10 +49,9 @@ def ranks(scores: list[ScoreRecord]) -> dict[str, int]:
 def epoch_history(epoch: int, settings: ValidatorSettingsResource, warehouse: WarehouseResource,
                   evaluator: EvaluatorResource) -> tuple[dict[str, float | int], pd.DataFrame]:
     """(series, table): the epoch's series (the base model's loss per competition, then per miner its eval loss
-    when it has one, its rank when it is ranked, and its weight, full precision) and every miner's row."""
+    when it has one, its rank when it is ranked, and its weight, full precision) and every miner's row; an epoch
+    nobody committed in has neither."""
     scores = warehouse.win_rates(epoch)
-    if not scores:
-        raise RuntimeError(f"epoch {epoch} has no scores: materialize win_rates first")
     bases = recorded_base_losses(epoch, settings, warehouse, evaluator)
     rank = ranks(scores)
     series: dict[str, float | int] = {f"base loss · {name}": float(loss) for name, loss in sorted(bases.items())
@@ -64,6 +63,8 @@ def epoch_history(epoch: int, settings: ValidatorSettingsResource, warehouse: Wa
             series[series_key(int(r.uid), r.hotkey, "rank")] = rank[r.hotkey]
         series[series_key(int(r.uid), r.hotkey, "weight")] = float(r.weight)
     table = records_frame(scores, ScoreRecord)
+    if table.empty:
+        return series, pd.DataFrame(columns=COLUMNS)
     table["base_loss"] = [bases.get(c) if isinstance(c, str) else None for c in table["competition"]]
     table["rank"] = [rank.get(h) for h in table["hotkey"]]
     return series, table.sort_values(["competition", "rank", "uid"], na_position="last")[COLUMNS]
