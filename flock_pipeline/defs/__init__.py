@@ -5,22 +5,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from flock_pipeline.defs.assets import ASSETS, SCORING_STAGE, chain_commitments, deduplicated_shards, \
-    miner_datasets, miner_eval_losses
+from flock_pipeline.defs.assets import ASSETS
 from flock_pipeline.defs.checks import CHECKS
+from flock_pipeline.defs.jobs import EPOCH_STAGE_JOB, JOBS, MINER_STAGE_JOB  # noqa: F401 - the jobs' names
 from flock_pipeline.defs.sensors import SENSORS
 from flock_pipeline.resources import build_resources, executor_settings
-
-# The two partitioned halves of the graph as jobs: a run of one epoch's stage, or of one miner's stage. `flock
-# epoch run` launches them by name when steps execute elsewhere (Celery); the UI and the sensors can use them too.
-EPOCH_STAGE_JOB = "epoch_stage"
-MINER_STAGE_JOB = "miner_stage"
-JOBS = [
-    dg.define_asset_job(EPOCH_STAGE_JOB, selection=[chain_commitments, *SCORING_STAGE],
-                        description="An epoch-partitioned stage: commitments, or scores + weights + corpus + report."),
-    dg.define_asset_job(MINER_STAGE_JOB, selection=[miner_datasets, deduplicated_shards, miner_eval_losses],
-                        description="A miner-partitioned stage: its dataset, or its shard + evaluation."),
-]
 
 
 def build_executor() -> dg.ExecutorDefinition:

@@ -2,8 +2,9 @@
 
 Used by `flock epoch run` and `flock demo`, and by the tests. The runner asks the epoch sensor's own request logic
 (`sensors.next_epoch_requests`) for the next stage and executes exactly those runs (per-miner stages in batches of
-miners), each a `dg.materialize` of the same asset definitions with the given resources and instance, so the runs,
-materializations and check results are recorded in that Dagster instance exactly as when the sensors launch them.
+miners), each a run of the stage's job (`epoch_stage` or `miner_stage`, as the sensors launch them) with the given
+resources and instance, so the runs, materializations and check results are recorded in that Dagster instance
+exactly as when the sensors launch them.
 With FLOCK_EXECUTOR=celery each stage is instead a run of the stage job on the (persistent) instance, and its steps
 execute on the Celery workers.
 """
@@ -20,7 +21,7 @@ import dagster as dg
 
 from flock_pipeline.defs.assets import (ASSETS, EPOCH_TAG, RANGE_END, RANGE_START, SCORING_STAGE, chain_commitments,
                                         epochs_partitions)
-from flock_pipeline.defs.checks import CHECKS
+from flock_pipeline.defs.jobs import EPOCH_STAGE_JOB, stage_job
 from flock_pipeline.errors import FlockError
 
 class EpochFailed(FlockError, RuntimeError):
@@ -75,9 +76,13 @@ def _run(selection: list, partition_key: str | None, resources: dict, instance: 
     if _steps_elsewhere():
         events, success = _run_elsewhere(selection, partition_key, instance, tags)
     else:
-        result = dg.materialize(ASSETS + CHECKS, selection=selection, partition_key=partition_key,
-                                resources=resources, instance=instance, raise_on_error=False, run_config=QUIET,
-                                tags=tags or None)
+        from flock_pipeline.defs import build_definitions
+
+        # a run of the stage's job (as the sensors launch it), with these resources, in this process
+        job = build_definitions(resources).resolve_job_def(stage_job(selection))
+        result = job.execute_in_process(run_config=QUIET, instance=instance, partition_key=partition_key,
+                                        raise_on_error=False, tags=tags or None,
+                                        asset_selection=[a.key for a in selection])
         events, success = result.all_events, result.success
     if not success:
         errors = [error_cause(e.event_specific_data.error) for e in events
@@ -99,8 +104,7 @@ def _steps_elsewhere() -> bool:
 def _run_elsewhere(selection: list, partition_key: str | None, instance: dg.DagsterInstance, tags: dict):
     from flock_pipeline import definitions
 
-    epoch_stage = selection[0].partitions_def == epochs_partitions
-    factory = definitions.epoch_stage_job if epoch_stage else definitions.miner_stage_job
+    factory = definitions.epoch_stage_job if stage_job(selection) == EPOCH_STAGE_JOB else definitions.miner_stage_job
     where = {"dagster/partition": partition_key} if partition_key is not None else {}
     with dg.execute_job(dg.reconstructable(factory), instance=instance, run_config=QUIET,
                         tags={**tags, **where}, asset_selection=[a.key for a in selection]) as result:

@@ -19,6 +19,7 @@ import dagster as dg
 
 from flock_pipeline.core.commitment import Commitment, CommitmentError
 from flock_pipeline.defs.epoch import error_cause
+from flock_pipeline.defs.jobs import EPOCH_STAGE_JOB, MINER_STAGE_JOB, epoch_stage, miner_stage
 from flock_pipeline.defs.assets import (EPOCH_TAG, RANGE_END, RANGE_START, SCORING_STAGE, chain_commitments,
                                         deduplicated_shards, epochs_partitions, miner_datasets, miner_eval_losses,
                                         miners_in_range, miners_partitions, submitted_weights)
@@ -53,8 +54,7 @@ def _cursor(raw: str | None, default):
     return None, value
 
 
-@dg.sensor(minimum_interval_seconds=SENSOR_INTERVAL_S, asset_selection=[chain_commitments],
-           default_status=dg.DefaultSensorStatus.STOPPED)
+@dg.sensor(minimum_interval_seconds=SENSOR_INTERVAL_S, job=epoch_stage, default_status=dg.DefaultSensorStatus.STOPPED)
 def new_block_sensor(context: dg.SensorEvaluationContext, chain: ChainResource) -> dg.SensorResult | dg.SkipReason:
     """Opens epoch N when the chain reaches block N * tempo (once per network: a re-seeded chain starts again)."""
     network = chain.network_id()
@@ -68,7 +68,7 @@ def new_block_sensor(context: dg.SensorEvaluationContext, chain: ChainResource) 
     key = str(epoch)
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=scoped(network, f"epoch:{key}"), partition_key=key,
-                                    asset_selection=[chain_commitments.key])],
+                                    job_name=EPOCH_STAGE_JOB, asset_selection=[chain_commitments.key])],
         dynamic_partitions_requests=[epochs_partitions.build_add_request([key])],
         cursor=json.dumps({"network": network, "state": epoch}),
     )
@@ -79,8 +79,7 @@ IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.D
                dg.DagsterRunStatus.STARTED]
 
 
-@dg.sensor(minimum_interval_seconds=SENSOR_INTERVAL_S, asset_selection=[miner_datasets],
-           default_status=dg.DefaultSensorStatus.STOPPED)
+@dg.sensor(minimum_interval_seconds=SENSOR_INTERVAL_S, job=miner_stage, default_status=dg.DefaultSensorStatus.STOPPED)
 def commitment_sensor(context: dg.SensorEvaluationContext, chain: ChainResource,
                       settings: ValidatorSettingsResource) -> dg.SensorResult | dg.SkipReason:
     """A new hotkey gets a `miners` partition; the changed commitments are downloaded ahead of the epoch, in runs
@@ -244,11 +243,13 @@ def _batch_key(prefix: str, batch: list[str], bases: dict[str, str]) -> str:
 
 
 def _batch_request(run_key: str, batch: list[str], tags: dict, selection: list) -> dg.RunRequest:
-    """A run of `selection` for one miner's partition, or for the partition range of a batch."""
+    """A run of `selection` (of the miner stage's job) for one miner's partition, or for the partition range of a
+    batch."""
     if len(batch) == 1:
-        return dg.RunRequest(run_key=run_key, partition_key=batch[0], tags=tags, asset_selection=selection)
+        return dg.RunRequest(run_key=run_key, partition_key=batch[0], tags=tags, job_name=MINER_STAGE_JOB,
+                             asset_selection=selection)
     return dg.RunRequest(run_key=run_key, tags={**tags, RANGE_START: batch[0], RANGE_END: batch[-1]},
-                         asset_selection=selection)
+                         job_name=MINER_STAGE_JOB, asset_selection=selection)
 
 
 def request_miners(request: dg.RunRequest, instance: dg.DagsterInstance) -> list[str]:
@@ -326,26 +327,27 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
     if faults:
         return [], f"stopped by a validator fault (fix it, then re-execute the failed runs): {faults[0]}"
     if not warehouse.win_rates(epoch):
-        return [dg.RunRequest(run_key=scoped(network, f"score:{key}"), partition_key=key,
+        return [dg.RunRequest(run_key=scoped(network, f"score:{key}"), partition_key=key, job_name=EPOCH_STAGE_JOB,
                               asset_selection=[a.key for a in SCORING_STAGE])], "scoring"
     sent = warehouse.weight_submission(epoch)
     if sent is not None and sent.state == IN_FLIGHT:
         # a run died between sending and recording: re-run it, it asks the chain before sending again
         run_key = _run_key(instance, scoped(network, f"weights:{key}:in-flight:{int(sent.block)}"))
         if run_key is not None:
-            return [dg.RunRequest(run_key=run_key, partition_key=key, asset_selection=[submitted_weights.key])], \
+            return [dg.RunRequest(run_key=run_key, partition_key=key, job_name=EPOCH_STAGE_JOB,
+                                  asset_selection=[submitted_weights.key])], \
                 "confirming weights whose answer was not recorded"
     if sent is not None and sent.state == "rate limited" and sent.retry_after_block is not None:
         retry_at = int(sent.retry_after_block)
         if chain_block is not None and chain_block >= retry_at:
             return [dg.RunRequest(run_key=scoped(network, f"weights:{key}:{retry_at}"), partition_key=key,
-                                  asset_selection=[submitted_weights.key])], "re-sending rate-limited weights"
+                                  job_name=EPOCH_STAGE_JOB, asset_selection=[submitted_weights.key])], \
+                "re-sending rate-limited weights"
         return [], f"weights rate-limited until block {retry_at}"
     return [], "done"
 
 
-@dg.sensor(minimum_interval_seconds=SENSOR_INTERVAL_S,
-           asset_selection=[miner_datasets, deduplicated_shards, miner_eval_losses, *SCORING_STAGE],
+@dg.sensor(minimum_interval_seconds=SENSOR_INTERVAL_S, jobs=[epoch_stage, miner_stage],
            default_status=dg.DefaultSensorStatus.STOPPED)
 def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource,
                           evaluator: EvaluatorResource, chain: ChainResource,
@@ -382,12 +384,13 @@ def confirmation_requests(warehouse: WarehouseResource, chain_epoch_now: Callabl
     for sent in following:
         if sent.state == "committed" and sent.reveal_epoch is not None and chain_epoch >= int(sent.reveal_epoch):
             out.append(dg.RunRequest(run_key=scoped(network, f"weights:{sent.epoch}:confirm:{int(sent.block)}:"
-                                                             f"{chain_epoch}"),
+                                                             f"{chain_epoch}"), job_name=EPOCH_STAGE_JOB,
                                      partition_key=str(sent.epoch), asset_selection=[submitted_weights.key]))
         elif (sent.state == "not applied" and sent.chain_epoch is not None and chain_epoch == int(sent.chain_epoch)
               and int(sent.attempts or 0) < MAX_SENDS):
             out.append(dg.RunRequest(run_key=scoped(network, f"weights:{sent.epoch}:resend:{int(sent.attempts or 0)}"),
-                                     partition_key=str(sent.epoch), asset_selection=[submitted_weights.key]))
+                                     job_name=EPOCH_STAGE_JOB, partition_key=str(sent.epoch),
+                                     asset_selection=[submitted_weights.key]))
     return out
 
 

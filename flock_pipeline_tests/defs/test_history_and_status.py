@@ -88,6 +88,8 @@ def test_status_colours_warn_for_the_miners_data_and_a_later_success_supersedes_
     keys = instance.get_dynamic_partitions(miners_partitions.name)
     status = instance.get_status_by_partition(miner_eval_losses.key, keys, miners_partitions)
     assert {k: s.value for k, s in status.items()} == {k: "MATERIALIZED" for k in keys}
+    # every run names its stage (the jobs the sensors launch too), none is an anonymous asset job
+    assert {r.job_name for r in instance.get_runs()} == {"epoch_stage", "miner_stage"}
     # the failure in epoch 2 was a real one: the evaluation step failed twice in that epoch's run, and was retried
     retry = dg.DagsterEventType.STEP_UP_FOR_RETRY
     failures = [r.event_log_entry for run in instance.get_runs() if run.tags.get("flock/epoch") == str(epochs[1])

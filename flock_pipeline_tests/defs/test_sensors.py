@@ -26,6 +26,7 @@ def test_new_block_sensor_opens_each_epoch_once(demo):
     net = chain.network_id()
     assert net.startswith("local-") and chain.network_id() == net
     assert _keys(result) == [(f"{net}/epoch:{epoch}", str(epoch), ["chain_commitments"])]
+    assert result.run_requests[0].job_name == "epoch_stage"
     assert result.dynamic_partitions_requests[0].partition_keys == [str(epoch)]
     assert json.loads(result.cursor) == {"network": net, "state": epoch}
     again = new_block_sensor(dg.build_sensor_context(instance=instance, resources={"chain": chain},
@@ -119,9 +120,10 @@ def test_epoch_progress_sensor_walks_the_epoch(demo):
     assert [k.to_user_string() for k in batch.asset_selection] == ["deduplicated_shards", "miner_eval_losses"]
     net = chain.network_id()
     assert batch.run_key.startswith(f"{net}/miners:{key}:") and request_miners(batch, instance) == hotkeys
+    assert (downloads.job_name, batch.job_name) == ("miner_stage", "miner_stage")
     _run_request(batch, resources, instance)
     [(run_key, partition, selection)] = _keys(tick())
-    assert run_key == f"{net}/score:{key}"
+    assert run_key == f"{net}/score:{key}" and tick().run_requests[0].job_name == "epoch_stage"
     assert set(selection) == {"win_rates", "submitted_weights", "miner_history", "final_corpus", "epoch_report"}
     from flock_pipeline.defs.assets import final_corpus, submitted_weights, win_rates
 
