@@ -138,8 +138,9 @@ def figure(report: CompetitionReport, epoch: int) -> bytes:
     for ax, index, title in ((axes[1][1], 1, "eval loss over epochs"), (axes[1][2], 2, "weight over epochs")):
         drawn = False
         for m in report.rows:
-            points = [(p[0], p[index]) for p in report.trends.get(m["hotkey"], []) if p[index] is not None]
-            if points:
+            # an epoch without a value (a failed evaluation) is a gap in the line, not a straight segment over it
+            points = [(p[0], math.nan if p[index] is None else p[index]) for p in report.trends.get(m["hotkey"], [])]
+            if any(not math.isnan(v) for _, v in points):
                 ax.plot([e for e, _ in points], [v for _, v in points], marker="o", label=_label(m))
                 drawn = True
         if index == 1 and report.base_loss is not None:
