@@ -103,8 +103,9 @@ def miner_standing(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorR
     partition of the run, also in a batch run (a range, where a returned AssetCheckResult would carry no
     partition), then the checks' (empty) outputs."""
     epoch = epoch_of_run(context)
+    bars: dict = {}  # the base model's loss, looked up once per competition and eval set
     with warehouse.session():
-        standings = {h: miner_standing_of(h, epoch, evaluator, hub, settings, warehouse)
+        standings = {h: miner_standing_of(h, epoch, evaluator, hub, settings, warehouse, bars)
                      for h in _miner_partitions(context)}
     for hotkey, standing in standings.items():
         target = _target(context.instance, hotkey)

@@ -53,8 +53,10 @@ def _ineligible(reason: str) -> str:
 
 
 def miner_standing(hotkey: str, epoch: int | None, evaluator: EvaluatorResource, hub: HubResource,
-                   settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> Standing:
-    """The standing of `hotkey` in `epoch` (None: its latest epoch with a shard)."""
+                   settings: ValidatorSettingsResource, warehouse: WarehouseResource,
+                   bars: dict | None = None) -> Standing:
+    """The standing of `hotkey` in `epoch` (None: its latest epoch with a shard). `bars`: base losses already
+    looked up, by (competition, eval repo, eval revision), shared by the miners of one run."""
     found = miner_shard(warehouse, hotkey, epoch)
     if found is None:
         where = f"epoch {epoch}" if epoch is not None else "any epoch"
@@ -84,9 +86,13 @@ def miner_standing(hotkey: str, epoch: int | None, evaluator: EvaluatorResource,
     competition = next((c for c in settings.competition_set() if c.name == shard.competition), None)
     if competition is None or not competition.needs_base_loss:
         return Standing("improving", f"evaluated: eval loss {loss:.4f}", meta)
-    base = base_eval_loss(evaluator, hub, warehouse, found.eval_repo, found.eval_revision,
-                          recipe=competition_recipe(settings, shard.competition),
-                          row_format=competition_row_format(settings, shard.competition))
+    bars = {} if bars is None else bars
+    bar = (shard.competition, found.eval_repo, found.eval_revision)
+    if bar not in bars:
+        bars[bar] = base_eval_loss(evaluator, hub, warehouse, found.eval_repo, found.eval_revision,
+                                   recipe=competition_recipe(settings, shard.competition),
+                                   row_format=competition_row_format(settings, shard.competition))
+    base = bars[bar]
     meta["base_loss"] = f"{base:.6f}"
     if loss >= base:
         return Standing("no_improvement",
