@@ -30,11 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _pairs(seed: int):
+    from flock_pipeline.core.rowformats import PREFERENCE
     from flock_pipeline.core.schema import DatasetLimits, validate_bytes
     from flock_pipeline.demo import dpo_eval_pairs, dpo_miners
 
     best = next(m for m in dpo_miners(seed) if m.label == "honest-q100")
-    train = [r.row for r in validate_bytes(best.data, DatasetLimits(), "preference").valid_rows]
+    train = [r.row for r in validate_bytes(best.data, DatasetLimits(), PREFERENCE).valid_rows]
     return train, dpo_eval_pairs(seed)
 
 

@@ -91,7 +91,7 @@ def cmd_demo(args) -> int:
 
 def cmd_epoch_run(args) -> int:
     from flock_pipeline.defs.epoch import run_epoch
-    from flock_pipeline.demo import epoch_report, format_report
+    from flock_pipeline.validator.report_table import epoch_report, format_report
     from flock_pipeline.resources import build_resources
 
     _quiet_torch()
@@ -144,7 +144,7 @@ def cmd_epoch_batches(args) -> int:
 
 
 def cmd_epoch_report(args) -> int:
-    from flock_pipeline.demo import epoch_report, format_report
+    from flock_pipeline.validator.report_table import epoch_report, format_report
     from flock_pipeline.resources import build_resources, flock_home
 
     labels_file = flock_home() / "demo.json"
@@ -254,7 +254,7 @@ def _eval_rows(resources, competition=None):
     """The competition's eval set from the hub; a ConfigError (exit 2) saying why when it cannot be loaded."""
     from flock_pipeline.resources import ConfigError
     from flock_pipeline.resources.hub import HubError
-    from flock_pipeline.validator.shards import load_eval_rows
+    from flock_pipeline.validator.eval_sets import load_eval_rows
 
     competition = competition or _competition(resources, None)
     try:
@@ -266,29 +266,26 @@ def _eval_rows(resources, competition=None):
 
 
 def _validate(path, resources, with_tokens=True, eval_check=True, competition=None):
-    """The validators' checks on a file for a competition: the row rules, and the game's own (a selection game: the
-    rows must be distinct pool rows; the others: no eval-set rows)."""
-    from flock_pipeline.core.competitions import SelectionCompetition
+    """The validators' checks on a file for a competition: the row rules, the game's own rules on the file alone,
+    and its eval set's (held out: no eval-set rows; a pool: the rows must be distinct pool rows)."""
     from flock_pipeline.miner import check_selection, validate_file
     from flock_pipeline.validator.datasets import load_tokenizer
-    from flock_pipeline.validator.shards import load_eval_set
+    from flock_pipeline.validator.eval_sets import load_eval_set
 
     competition = competition or _competition(resources, None)
-    selection = isinstance(competition, SelectionCompetition)
-    eval_rows = _eval_rows(resources, competition) if eval_check or selection else None
+    pool = competition.eval_set_role == "pool"
+    eval_rows = _eval_rows(resources, competition) if eval_check or pool else None
     tokenizer = load_tokenizer(str(resources["evaluator"].model_path())) if with_tokens else None
     limits = resources["settings"].limits()
-    report, rows = validate_file(path, limits, tokenizer, None if selection else eval_rows, competition.row_format)
+    report, rows = validate_file(path, limits, tokenizer, None if pool else eval_rows, competition.row_format)
     report.competition = competition.name
-    if competition.row_format == "preference" and report.reason is None:
-        from flock_pipeline.miner import check_pairs
-
-        reason = check_pairs(rows, competition)
+    if report.reason is None:
+        reason = competition.rows_reason(rows)
         if reason is not None:
             report.valid, report.reason = False, reason
-    if selection:
-        pool = load_eval_set(resources["hub"], *_eval_source(resources, competition))
-        reason = check_selection(path, limits, competition, pool)
+    if pool:
+        pool_set = load_eval_set(resources["hub"], *_eval_source(resources, competition))
+        reason = check_selection(path, limits, competition, pool_set)
         report.selection = reason or "ok"
         if reason is not None:
             report.valid, report.reason = False, report.reason or reason
@@ -348,12 +345,14 @@ def cmd_miner_score(args) -> int:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            outcome = evaluator.evaluate(train_rows, eval_rows, on_step=on_step, recipe=recipe)
+            outcome = evaluator.evaluate(train_rows, eval_rows, on_step=on_step, recipe=recipe,
+                                         objective=competition.objective)
         losses[path] = outcome.eval_loss
         results.append({"file": path, "eval_loss": outcome.eval_loss, "rows_trained": outcome.train_rows,
                         "seconds": round(outcome.train_seconds + outcome.eval_seconds, 2)})
-    base = evaluator.base_loss(eval_rows, recipe=recipe).eval_loss
-    rates = win_rates_among(losses, resources["settings"].epsilon) if losses else {}
+    base = evaluator.base_loss(eval_rows, recipe=recipe, objective=competition.objective).eval_loss
+    sign = -1.0 if competition.objective.higher_is_better else 1.0  # win rates compare lower-is-better numbers
+    rates = win_rates_among({p: sign * v for p, v in losses.items()}, resources["settings"].epsilon) if losses else {}
     for r in results:
         r["win_rate"] = rates.get(r["file"])
     doc = {"competition": competition.name, "base_model": evaluator.model_name(), "base_eval_loss": base,
@@ -664,8 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except FlockError as exc:  # the top of the CLI: one line for the user, not a traceback
-        kind = "configuration error: " if type(exc).__name__ == "ConfigError" else ""
-        print(f"flock: {kind}{exc.line()}", file=sys.stderr)
+        print(f"flock: {exc.line()}", file=sys.stderr)
         return exc.exit_code
     finally:
         logging.disable(before)  # main() may run inside another program (the tests): leave its logging as it was

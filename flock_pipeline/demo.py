@@ -65,6 +65,7 @@ from flock_pipeline.core.schema import ChatRow, DatasetLimits, PreferenceRow, Tu
 from flock_pipeline.resources.chain import LocalChainResource
 from flock_pipeline.resources.hub import LocalHubResource
 from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.validator.report_table import epoch_report, format_report  # noqa: F401 - the demo's tables
 
 EVAL_REPO = "flock/eval-atlas"
 VALIDATOR_HOTKEY = "validator"
@@ -418,26 +419,6 @@ def cycle_entry(epoch: int, warehouse: WarehouseResource, chain: LocalChainResou
                                                                    else "") for r in weighted}}
 
 
-def epoch_report(epoch: int, warehouse: WarehouseResource, labels: dict[str, str] | None = None,
-                 quality: dict[str, float | None] | None = None) -> list[dict]:
-    """One entry per committing miner (and per uid rewarded without a submission: a kept winner, the burn uid):
-    uid, hotkey, label, quality, competition, status, reason, rows_kept, eval_loss, win_rate, weight (quality: the
-    demo generator's level for honest miners, None for the others and outside a demo)."""
-    labels, quality = labels or {}, quality or {}
-    report = []
-    for r in warehouse.epoch_report_rows(epoch):
-        report.append({"uid": int(r.uid), "hotkey": r.hotkey, "label": labels.get(r.hotkey),
-                       "quality": quality.get(r.hotkey), "competition": r.competition,
-                       "status": r.score_status if r.score_status is not None else r.commitment_status,
-                       "reason": r.reason,
-                       "rows_kept": 0 if r.rows_kept is None else int(r.rows_kept),
-                       "eval_loss": None if _missing(r.eval_loss) else round(float(r.eval_loss), 6),
-                       "win_rate": 0.0 if _missing(r.win_rate) else float(r.win_rate),
-                       "weight": 0.0 if _missing(r.weight) else float(r.weight),
-                       "explanation": r.explanation or r.reason})
-    return report
-
-
 def quality_spearman(report: list[dict]) -> float | None:
     """Spearman's rank correlation between the honest miners' generator quality and the validator's ranking of them
     (by weight, ties broken by the lower eval loss; a miner without a loss last); None with fewer than two."""
@@ -451,26 +432,3 @@ def quality_spearman(report: list[dict]) -> float | None:
     return round(spearman([m["quality"] for m in ranked], list(range(len(ranked), 0, -1))), 6)
 
 
-def _missing(value) -> bool:
-    return value is None or value != value  # NULL, or NaN (a row without a loss)
-
-
-def format_report(report: list[dict], competitions: bool | None = None) -> str:
-    """The report as a table; the competition column appears when the epoch ran anything but one curation game."""
-    if competitions is None:
-        competitions = {m.get("competition") for m in report} - {None} not in ({"curation"}, set())
-    header = ["uid", "hotkey", "label", "status", "rows", "eval_loss", "win_rate", "weight", "reason"]
-    if competitions:
-        header.insert(3, "competition")
-    rows = []
-    for m in report:
-        row = [str(m["uid"]), m["hotkey"], m["label"] or "", m["status"], str(m["rows_kept"]),
-               "" if m["eval_loss"] is None else f"{m['eval_loss']:.4f}", f"{m['win_rate']:.3f}",
-               f"{m['weight']:.6f}", m["reason"] or ""]
-        if competitions:
-            row.insert(3, m.get("competition") or "")
-        rows.append(row)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flock_pipeline.core.commitment import Commitment, CommitmentError, validate_repo_id
+from flock_pipeline.core.rowformats import CHAT, RowFormat
 from flock_pipeline.core.schema import ChatRow, DatasetLimits, PreferenceRow, validate_bytes
 from flock_pipeline.core.scoring import Contender, compute_win_rates
 from flock_pipeline.errors import UsageError
@@ -62,9 +63,9 @@ def read_input(path: str | Path) -> bytes:
 
 
 def validate_file(path: str | Path, limits: DatasetLimits, tokenizer=None, eval_rows: list | None = None,
-                  row_format: str = "chat") -> tuple[ValidationReport, list]:
-    """The validators' checks on one file of `row_format` rows ("chat", or "preference" for the DPO game); returns
-    the report and the rows validators would train on."""
+                  row_format: RowFormat = CHAT) -> tuple[ValidationReport, list]:
+    """The validators' checks on one file of `row_format` rows (a competition's `RowFormat`); returns the report and
+    the rows validators would train on."""
     data = read_input(path)
     report = validate_bytes(data, limits, row_format)
     used = report.used_rows(limits)
@@ -79,14 +80,8 @@ def validate_file(path: str | Path, limits: DatasetLimits, tokenizer=None, eval_
     eval_hashes = {row.row_hash for row in eval_rows or []}
     overlap = [r.line for r in used if r.row.row_hash in eval_hashes]
     tokens = []
-    if tokenizer is not None and used and row_format == "preference":
-        from flock_pipeline.core.chat import count_tokens
-
-        tokens = [count_tokens(r.row, tokenizer) for r in used]  # the prompt once, both answers
-    elif tokenizer is not None and used:
-        from flock_pipeline.core.chat import render
-
-        tokens = [len(ids) for ids in tokenizer([render(r.row) for r in used], add_special_tokens=False)["input_ids"]]
+    if tokenizer is not None and used:
+        tokens = [row_format.count_tokens(r.row, tokenizer) for r in used]
     dropped = {d["line"] for d in duplicates} | set(overlap)
     train_rows = [r.row for r in used if r.line not in dropped]
     reason = report.reason()
@@ -120,17 +115,6 @@ def text_warnings(rows: list[tuple[int, "ChatRow | PreferenceRow"]]) -> list[dic
             out.append({"line": line, "warning": f"words mixing scripts ({', '.join(map(repr, mixed))}): "
                                                  "validators read look-alike letters as Latin ones"})
     return out
-
-
-def check_pairs(rows: list[PreferenceRow], competition) -> str | None:
-    """A DPO game's rule on a file's pairs (too many trivial rejected answers make a miner ineligible): None when
-    the pairs pass, else why not (the validators' words)."""
-    from flock_pipeline.core.competitions import Entry, EvalSet
-    from flock_pipeline.core.neardup import row_text
-
-    entry = Entry("me", 0, 0, tuple(r.row_hash for r in rows), row_lines=tuple(range(1, len(rows) + 1)),
-                  row_texts=tuple(row_text(r) for r in rows), rejected_texts=tuple(r.rejected for r in rows))
-    return competition.plan([entry], EvalSet(row_hashes=frozenset()))["me"].reason if rows else None
 
 
 def check_selection(path: str | Path, limits: DatasetLimits, competition, pool) -> str | None:

@@ -19,7 +19,7 @@ def quantized_base(base):
     """The 4-bit (nf4, bf16 compute) copy of `base`'s model, loaded once per process."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from flock_pipeline.core.evaluator import BaseModel
+    from flock_pipeline.core.model import BaseModel
 
     if base.device.type != "cuda":
         raise ValueError("the nf4 quantized recipe needs a CUDA device (bitsandbytes 4-bit layers)")

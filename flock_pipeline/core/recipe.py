@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, fields, replace
 
 
@@ -34,8 +35,9 @@ class TrainRecipe:
     # the base, as the live selection game does; the eval always runs on the unquantised base + merged adapter (CUDA)
     optimizer: str = "adamw"  # "adamw" (torch) | "paged_adamw_8bit" (bitsandbytes, the live game's; CUDA only)
     strip_whitespace: bool = False  # strip message contents and the system prompt (the live game's loader does)
-    objective: str = "sft"  # "sft": next-token loss on the assistant turns | "dpo": DPO on preference pairs, the
-    # frozen base (adapter disabled) as the reference policy; the eval loss is then the mean DPO loss (ln 2: the base)
+    objective: str = "sft"  # the name of the competition's objective (core/objectives.py), set by the competition:
+    # "sft": next-token loss on the assistant turns | "dpo": DPO on preference pairs, the frozen base (adapter
+    # disabled) as the reference policy; the eval loss is then the mean DPO loss (ln 2: the base)
     dpo_beta: float = 0.1  # DPO's beta: how far the policy may move from the reference (TRL's default)
 
     def __post_init__(self) -> None:
@@ -62,8 +64,8 @@ class TrainRecipe:
             raise ValueError(f"quantization must be none or nf4, got {self.quantization!r}")
         if self.optimizer not in ("adamw", "paged_adamw_8bit"):
             raise ValueError(f"optimizer must be adamw or paged_adamw_8bit, got {self.optimizer!r}")
-        if self.objective not in ("sft", "dpo"):
-            raise ValueError(f"objective must be sft or dpo, got {self.objective!r}")
+        if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", self.objective):
+            raise ValueError(f"objective must be an objective's name (sft, dpo, ...), got {self.objective!r}")
         if isinstance(self.dpo_beta, bool) or not isinstance(self.dpo_beta, (int, float)) or not self.dpo_beta > 0:
             raise ValueError(f"dpo_beta must be a positive number, got {self.dpo_beta!r}")
 

@@ -23,6 +23,8 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from flock_pipeline.errors import DataError
+
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 SCHEMA_VERSION = 2  # raise whenever a validation rule changes: recorded dataset verdicts are then re-decided
 ROLES = ("user", "assistant")
@@ -100,7 +102,7 @@ class ChatRow:
                    turns=tuple(Turn(t["role"], t["content"]) for t in obj["conversations"]))
 
 
-class RowError(ValueError):
+class RowError(DataError):
     """A row failed validation; the message is the recorded reason."""
 
 
@@ -183,9 +185,9 @@ def iter_lines(data: bytes, limits: DatasetLimits) -> Iterator[tuple[int, bytes 
         yield number, raw, None
 
 
-def validate_bytes(data: bytes, limits: DatasetLimits = DatasetLimits(), row_format: str = "chat") -> DatasetReport:
-    """Validate a whole submission held in memory (rows of `row_format`: "chat" or "preference"). Never raises on
-    bad content."""
+def validate_bytes(data: bytes, limits: DatasetLimits = DatasetLimits(), row_format=None) -> DatasetReport:
+    """Validate a whole submission held in memory, rows of `row_format` (a `RowFormat` of core/rowformats.py; None:
+    chat rows). Never raises on bad content."""
     report = DatasetReport(size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
     if len(data) > limits.max_file_bytes:
         report.dataset_reason = f"file is {len(data)} bytes, limit {limits.max_file_bytes}"
@@ -201,8 +203,8 @@ def validate_bytes(data: bytes, limits: DatasetLimits = DatasetLimits(), row_for
     return report
 
 
-def validate_line(number: int, raw: bytes, limits: DatasetLimits = DatasetLimits(),
-                  row_format: str = "chat") -> RowResult:
+def validate_line(number: int, raw: bytes, limits: DatasetLimits = DatasetLimits(), row_format=None) -> RowResult:
+    """One line as a row of `row_format` (None: chat rows), or the reason it is not one."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -218,18 +220,20 @@ def validate_line(number: int, raw: bytes, limits: DatasetLimits = DatasetLimits
             msg = str(exc).split(";")[0]
         return RowResult(number, None, f"not valid JSON: {msg}")
     try:
-        return RowResult(number, parse_any(obj, limits, row_format), None)
+        row = row_format.parse(obj, limits) if row_format is not None else parse_chat_row(obj, limits)
+        return RowResult(number, row, None)
     except RowError as exc:
         return RowResult(number, None, str(exc))
 
 
-def verdict_key(limits: "DatasetLimits", row_format: str = "chat") -> str:
-    """What a dataset's verdict depends on besides its bytes: the limits, the row format and the rules' version."""
+def verdict_key(limits: "DatasetLimits", row_format=None) -> str:
+    """What a dataset's verdict depends on besides its bytes: the limits, the row format (its `verdict_spec`; chat
+    verdicts keep the keys they were first recorded under) and the rules' version."""
     from dataclasses import asdict
 
     spec = {"schema": SCHEMA_VERSION, "limits": asdict(limits)}
-    if row_format != "chat":  # chat verdicts keep the keys they were recorded under
-        spec["format"] = row_format
+    if row_format is not None:
+        spec.update(row_format.verdict_spec())
     doc = json.dumps(spec, sort_keys=True)
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
@@ -249,15 +253,8 @@ def raw_row_keys(data: bytes, lines: Iterable[int], limits: DatasetLimits) -> di
             if number in wanted and raw is not None}
 
 
-ROW_FORMATS = ("chat", "preference")
-
-
-def parse_any(obj: object, limits: DatasetLimits = DatasetLimits(), row_format: str = "chat"):
-    """Validate one decoded JSON value as a row of `row_format` ("chat" or "preference")."""
-    if row_format == "preference":
-        return parse_preference_row(obj, limits)
-    if row_format != "chat":
-        raise ValueError(f"unknown row format {row_format!r}: use one of {', '.join(ROW_FORMATS)}")
+def parse_chat_row(obj: object, limits: DatasetLimits = DatasetLimits()) -> ChatRow:
+    """`parse_row`, with a hint when the object is another game's row (a preference pair, `messages`)."""
     if isinstance(obj, dict) and "conversations" not in obj:
         if {"prompt", "chosen", "rejected"} & set(obj):
             raise RowError("a preference row (prompt/chosen/rejected): this competition takes chat rows "
@@ -404,11 +401,6 @@ def parse_preference_row(obj: object, limits: DatasetLimits = DatasetLimits()) -
     if chosen.strip() == rejected.strip():
         raise RowError("'chosen' and 'rejected' are the same answer (nothing to prefer)")
     return PreferenceRow(system=system, prompt=tuple(turns), chosen=chosen, rejected=rejected)
-
-
-def row_from_json_obj(obj: dict):
-    """A row validated before (read back from the warehouse): a preference pair or a chat row, by its fields."""
-    return PreferenceRow.from_json_obj(obj) if "prompt" in obj else ChatRow.from_json_obj(obj)
 
 
 def rows_to_jsonl(rows: Iterable["ChatRow | PreferenceRow"]) -> str:

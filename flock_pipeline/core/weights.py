@@ -18,7 +18,7 @@ limit holds without taking weight from the miners that earned it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 U16_MAX = 65535
@@ -68,11 +68,17 @@ class WeightsPlan:
         return self.refusal is None
 
 
-def plan_weights(rules: WeightRules, weights: Mapping[int, float], version_key: int = 0) -> WeightsPlan:
+Conform = Callable[[list[int], list[float], WeightRules], tuple[list[int], list[int]]]
+
+
+def plan_weights(rules: WeightRules, weights: Mapping[int, float], version_key: int = 0, *,
+                 conform: Conform) -> WeightsPlan:
     """The submission of `weights` (uid -> relative weight; uids not named get 0) under `rules`, over every uid of
     the subnet (0 .. subnet_n - 1, read with the rules at one block).
 
     `version_key` 0 means "the subnet's required one" (`WeightsVersionKey`); a configured key below that is refused.
+    `conform` turns relative weights into the u16 vector the chain client sends (the chain resource passes the
+    bittensor SDK's own step); ValueError from it is a refusal.
     """
     key = int(version_key) or int(rules.version_key)
     all_uids = list(range(rules.subnet_n))
@@ -139,22 +145,6 @@ def plan_weights(rules: WeightRules, weights: Mapping[int, float], version_key: 
     if len(uids) > rules.subnet_n:
         return refuse(f"{len(uids)} weights for a subnet of {rules.subnet_n} uids (UidsLengthExceedUidsInSubNet)")
     return plan
-
-
-def conform(uids: list[int], weights: list[float], rules: WeightRules) -> tuple[list[int], list[int]]:
-    """The u16 vector the bittensor SDK sends for these relative weights under these rules: its own conform step
-    (`bittensor.intents.weights._conform`, the one `SetWeights` runs), not a copy of it. ValueError: it refuses."""
-    from bittensor import BittensorError
-    from bittensor.intents.weights import _conform, _Preflight
-
-    preflight = _Preflight(uid=int(rules.uid if rules.uid is not None else -1), commit_reveal=rules.commit_reveal,
-                           min_allowed_weights=int(rules.min_allowed_weights),
-                           max_weight_limit=int(rules.max_weight_limit))
-    try:
-        out_uids, out_values = _conform(list(uids), list(weights), preflight, 0)
-    except BittensorError as exc:  # ChainError is a BittensorError too
-        raise ValueError(getattr(exc, "message", None) or str(exc)) from None
-    return [int(u) for u in out_uids], [int(v) for v in out_values]
 
 
 def max_upscaled(values: Sequence[int]) -> list[int]:

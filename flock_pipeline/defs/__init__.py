@@ -1,31 +1,8 @@
-"""The Dagster layer: assets, asset checks, partitions, sensors, jobs, the executor and resource wiring. Thin by
-design."""
+"""The Dagster layer: assets, asset checks, partitions, sensors, jobs, the stage planner, the executor and resource
+wiring. Thin by design."""
 
-from __future__ import annotations
+from flock_pipeline.defs.jobs import EPOCH_STAGE_JOB, MINER_STAGE_JOB
+from flock_pipeline.defs.wiring import build_definitions, build_executor, epoch_stage_job, miner_stage_job
 
-import dagster as dg
-
-from flock_pipeline.defs.assets import ASSETS
-from flock_pipeline.defs.checks import CHECKS
-from flock_pipeline.defs.jobs import EPOCH_STAGE_JOB, JOBS, MINER_STAGE_JOB  # noqa: F401 - the jobs' names
-from flock_pipeline.defs.sensors import SENSORS
-from flock_pipeline.resources import build_resources, executor_settings
-
-
-def build_executor() -> dg.ExecutorDefinition:
-    """FLOCK_EXECUTOR: in-process (the default: a run's steps share one process, so torch is imported and the base
-    model loaded once per run), Dagster's multiprocess executor (a run's config may still pick `in_process`), or
-    Celery workers."""
-    kind, celery = executor_settings()
-    if kind == "in_process":
-        return dg.in_process_executor
-    if kind == "celery":
-        from dagster_celery import celery_executor
-
-        return celery_executor.configured(celery, name="flock_celery_executor")
-    return dg.multi_or_in_process_executor
-
-
-def build_definitions(resources: dict | None = None) -> dg.Definitions:
-    return dg.Definitions(assets=ASSETS, asset_checks=CHECKS, sensors=SENSORS, jobs=JOBS, executor=build_executor(),
-                          resources=resources if resources is not None else build_resources())
+__all__ = ["EPOCH_STAGE_JOB", "MINER_STAGE_JOB", "build_definitions", "build_executor", "epoch_stage_job",
+           "miner_stage_job"]

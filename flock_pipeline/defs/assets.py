@@ -28,7 +28,7 @@ from flock_pipeline.store.backends import store_dialect
 from flock_pipeline.validator.commitments import snapshot_commitments
 from flock_pipeline.validator.datasets import fetch_miner_dataset
 from flock_pipeline.validator.evaluation import evaluate_miners
-from flock_pipeline.validator.faults import ValidatorFault
+from flock_pipeline.errors import FlockError, ValidatorFault
 from flock_pipeline.validator.scoring import build_epoch_corpus, compute_epoch_scores, submit_epoch_weights
 from flock_pipeline.validator.reports import publish_epoch_report
 from flock_pipeline.validator.shards import build_miner_shards
@@ -130,7 +130,7 @@ def _backfill_policy() -> dg.BackfillPolicy:
 MINER_BACKFILL = _backfill_policy()
 
 
-class BatchFailed(RuntimeError):
+class BatchFailed(FlockError, RuntimeError):
     """Some miners of a batch run failed without a record (a crash outside the evaluator's own recording); the
     others' results are recorded, and a retry redoes only these (the rest come from the store)."""
 

@@ -48,11 +48,9 @@ def weights_are_valid(context: dg.AssetCheckExecutionContext, warehouse: Warehou
     eligible = weighted_uids(scores)
     try:
         validate_weights(weights, eligible)
-        # win rates always give a scored miner some weight (softmax); the curve and top-k modes may give none
+        # some games always give a scored miner some weight (win rates: a softmax); others may give none
         scored = {int(r.uid) for r in scores if r.status == "scored"}
-        curation_win_rate = any(c.kind == "curation" and c.scoring.mode == "win_rate"
-                                for c in settings.competition_set())
-        if scored and not weights and curation_win_rate:
+        if scored and not weights and any(c.requires_weight_when_scored() for c in settings.competition_set()):
             raise ValueError("scored miners exist but every weight is 0")
     except ValueError as exc:
         return dg.AssetCheckResult(passed=False, metadata={"problem": str(exc)})

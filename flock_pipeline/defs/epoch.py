@@ -22,6 +22,7 @@ import dagster as dg
 from flock_pipeline.defs.assets import (ASSETS, EPOCH_TAG, RANGE_END, RANGE_START, SCORING_STAGE, chain_commitments,
                                         epochs_partitions)
 from flock_pipeline.defs.jobs import EPOCH_STAGE_JOB, stage_job
+from flock_pipeline.defs.planner import error_cause, next_epoch_requests, provenance_lookup
 from flock_pipeline.errors import FlockError
 
 class EpochFailed(FlockError, RuntimeError):
@@ -62,13 +63,6 @@ def runner_lock(home: Path):
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # per-event DEBUG lines off the console
 
 
-def error_cause(error) -> str:
-    """The asset's own error message (Dagster wraps it in its step-execution error)."""
-    while error.cause is not None and error.cls_name and error.cls_name.startswith("Dagster"):
-        error = error.cause
-    return str(error.message).strip()
-
-
 def _run(selection: list, partition_key: str | None, resources: dict, instance: dg.DagsterInstance,
          epoch: int | None = None, tags: dict | None = None) -> None:
     """One run of `selection` for one partition (or, with range tags and no `partition_key`, a range of them)."""
@@ -76,7 +70,7 @@ def _run(selection: list, partition_key: str | None, resources: dict, instance: 
     if _steps_elsewhere():
         events, success = _run_elsewhere(selection, partition_key, instance, tags)
     else:
-        from flock_pipeline.defs import build_definitions
+        from flock_pipeline.defs.wiring import build_definitions
 
         # a run of the stage's job (as the sensors launch it), with these resources, in this process
         job = build_definitions(resources).resolve_job_def(stage_job(selection))
@@ -102,9 +96,9 @@ def _steps_elsewhere() -> bool:
 
 
 def _run_elsewhere(selection: list, partition_key: str | None, instance: dg.DagsterInstance, tags: dict):
-    from flock_pipeline import definitions
+    from flock_pipeline.defs import wiring
 
-    factory = definitions.epoch_stage_job if stage_job(selection) == EPOCH_STAGE_JOB else definitions.miner_stage_job
+    factory = wiring.epoch_stage_job if stage_job(selection) == EPOCH_STAGE_JOB else wiring.miner_stage_job
     where = {"dagster/partition": partition_key} if partition_key is not None else {}
     with dg.execute_job(dg.reconstructable(factory), instance=instance, run_config=QUIET,
                         tags={**tags, **where}, asset_selection=[a.key for a in selection]) as result:
@@ -127,7 +121,6 @@ ASSET_BY_KEY = {a.key: a for a in ASSETS}
 
 def _run_stages(epoch: int, resources: dict, instance: dg.DagsterInstance, progress: Callable[[str], None],
                 batch: int | None = None) -> None:
-    from flock_pipeline.defs.sensors import next_epoch_requests, provenance_lookup
     from flock_pipeline.resources import batch_settings
     from flock_pipeline.validator.datasets import verdict_keys
 

@@ -46,7 +46,7 @@ import json
 import os
 from pathlib import Path
 
-from flock_pipeline.errors import FlockError
+from flock_pipeline.errors import ConfigError
 from flock_pipeline.resources.chain import ChainResource, LocalChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubResource, LocalHubResource
@@ -56,12 +56,6 @@ from flock_pipeline.resources.warehouse import WarehouseResource
 __all__ = ["ChainResource", "LocalChainResource", "HubResource", "LocalHubResource", "EvaluatorResource",
            "ValidatorSettingsResource", "WarehouseResource", "build_resources", "flock_home", "ConfigError",
            "store_url", "executor_settings", "celery_settings", "batch_settings"]
-
-
-class ConfigError(FlockError, ValueError):
-    """The configuration (environment) is invalid; the message says what to change (exit 2, before any work)."""
-
-    exit_code = 2
 
 
 def flock_home() -> Path:
@@ -205,7 +199,7 @@ def celery_settings() -> dict:
 def check_competitions(settings: ValidatorSettingsResource, evaluator: EvaluatorResource) -> None:
     """Build the competitions and each one's training recipe now, before any work: a wrong value is a
     ConfigError naming the competition and the field."""
-    from flock_pipeline.core.competitions import CompetitionConfigError, SelectionCompetition
+    from flock_pipeline.core.competitions import CompetitionConfigError
 
     try:
         competitions = settings.competition_set()
@@ -216,9 +210,9 @@ def check_competitions(settings: ValidatorSettingsResource, evaluator: Evaluator
             evaluator.check_recipe(c.recipe_overrides())
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"competition {c.name!r}: recipe: {exc}") from exc
-        if isinstance(c, SelectionCompetition) and c.selection_size > settings.max_rows_used:
-            raise ConfigError(f"competition {c.name!r}: selection_size {c.selection_size} is more than "
-                              f"max_rows_used {settings.max_rows_used} (the rows a validator reads of a file)")
+        problem = c.config_problem(settings.limits())
+        if problem is not None:
+            raise ConfigError(f"competition {c.name!r}: {problem}")
 
 
 NETWORKS = ("local", "test", "finney")

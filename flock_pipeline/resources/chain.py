@@ -112,6 +112,23 @@ def epoch_containing(epochs: list[list[int]], block: int) -> tuple[int, int]:
     return int(found[0]), int(found[1])
 
 
+def sdk_conform(uids: list[int], weights: list[float], rules: WeightRules) -> tuple[list[int], list[int]]:
+    """The u16 vector the bittensor SDK sends for these relative weights under these rules: its own conform step
+    (`bittensor.intents.weights._conform`, the one `SetWeights` runs; private in SDK 11.x, so it is reached here,
+    behind the chain resource, and nowhere else), not a copy of it. ValueError: it refuses."""
+    from bittensor import BittensorError
+    from bittensor.intents.weights import _conform, _Preflight
+
+    preflight = _Preflight(uid=int(rules.uid if rules.uid is not None else -1), commit_reveal=rules.commit_reveal,
+                           min_allowed_weights=int(rules.min_allowed_weights),
+                           max_weight_limit=int(rules.max_weight_limit))
+    try:
+        out_uids, out_values = _conform(list(uids), list(weights), preflight, 0)
+    except BittensorError as exc:  # ChainError is a BittensorError too
+        raise ValueError(getattr(exc, "message", None) or str(exc)) from None
+    return [int(u) for u in out_uids], [int(v) for v in out_values]
+
+
 class ChainError(FlockError, RuntimeError):
     """The chain refused or could not answer; the message is safe to show (no secrets)."""
 
@@ -154,7 +171,7 @@ class ChainResource(dg.ConfigurableResource):
 
     def plan_weights(self, hotkey: str, weights: Mapping[int, float], version_key: int = 0) -> WeightsPlan:
         """The submission of `weights` (uid -> relative weight) over every uid, checked against the chain's rules."""
-        return plan_weights(self.weight_rules(hotkey), weights, version_key=version_key)
+        return plan_weights(self.weight_rules(hotkey), weights, version_key=version_key, conform=sdk_conform)
 
     def set_weights(self, hotkey: str, uids: list[int], weights: list[int], version_key: int = 0) -> WeightsReceipt:
         """Plan and send relative weights from a validator hotkey; a refusal (before sending or by the chain) is a

@@ -7,13 +7,12 @@ import json
 import os
 import threading
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from flock_pipeline.core.objectives import SFT, Objective, Trainer
 from flock_pipeline.core.recipe import TINY_RECIPE, TrainRecipe
-from flock_pipeline.core.schema import ChatRow
 from flock_pipeline.core.tiny_model import TINY_MODEL_NAME, TINY_MODEL_VERSION, ensure_tiny_model, model_revision
 
 if TYPE_CHECKING:  # torch is imported only when a model is actually used (sensors and the UI never need it)
@@ -84,6 +83,9 @@ class EvaluatorResource(dg.ConfigurableResource):
         configured = json.loads(self.recipe or "{}")
         if not isinstance(configured, dict):
             raise ValueError("recipe must be a JSON object of TrainRecipe fields")
+        if "objective" in configured:
+            raise ValueError("objective is not a validator-wide setting: each competition trains with its own "
+                             "objective (drop it from FLOCK_RECIPE)")
         return base.with_overrides(**{**configured, **(overrides or {})})
 
     def check_recipe(self, overrides: dict | None = None) -> TrainRecipe:
@@ -111,7 +113,7 @@ class EvaluatorResource(dg.ConfigurableResource):
         """The model directory after checking the embedded model's files against the digest its build recorded
         (a truncated or altered file is a validator fault, never a different model under the same name)."""
         from flock_pipeline.core.tiny_model import recorded_revision
-        from flock_pipeline.validator.faults import ValidatorFault
+        from flock_pipeline.errors import ValidatorFault
 
         path = self.model_path()
         recorded = recorded_revision(path)
@@ -141,95 +143,35 @@ class EvaluatorResource(dg.ConfigurableResource):
                                                          revision=model_revision(path), name=self.model_name())
             return _MODELS[key]
 
-    def evaluate(self, train_rows: list[ChatRow], eval_rows: list[ChatRow], on_step=None,
-                 recipe: dict | None = None) -> "EvalOutcome":
-        """LoRA train + eval loss with the recipe (and a competition's `recipe` overrides)."""
-        from flock_pipeline.core import evaluator as core_eval
+    def trainer(self) -> Trainer:
+        """How objectives may train in this process: under the shared model's lock, with multi-LoRA when it is on."""
+        return Trainer(lock=_LOCK, multi_lora=self.multi_lora_max if self.multi_lora_enabled() else 0)
 
+    def evaluate(self, train_rows: list, eval_rows: list, on_step=None, recipe: dict | None = None,
+                 objective: Objective = SFT) -> "EvalOutcome":
+        """Train on `train_rows` and score the result on `eval_rows` with the objective (the recipe with a
+        competition's `recipe` overrides)."""
         base = self.load()
         recipe_ = self.train_recipe(recipe)
         with _LOCK:  # one training at a time per process: the base model is shared
-            if recipe_.objective == "dpo":
-                from flock_pipeline.core.dpo import train_and_evaluate_dpo
+            return objective.evaluate(base, train_rows, eval_rows, recipe_, on_step)
 
-                return train_and_evaluate_dpo(base, train_rows, eval_rows, recipe_, on_step)
-            return core_eval.train_and_evaluate(base, train_rows, eval_rows, recipe_, on_step)
-
-    def evaluate_many(self, train_sets: list[list[ChatRow]], eval_rows: list[ChatRow],
-                      recipe: dict | None = None) -> list["EvalOutcome | Exception"]:
-        """One outcome per training set (or the exception its evaluation raised), on the same eval rows and recipe;
-        the eval rows are tokenised once for all of them.
-
-        With multi-LoRA, up to `multi_lora_max` sets train side by side; a pass that fails as a whole (out of
-        memory at the smallest micro-batch, say) is redone one set at a time, so one miner's failure is its own.
-        Without it, each set is trained alone in turn. The DPO objective trains each set alone (multi-LoRA is for
-        the SFT loss); the eval pairs' reference log-probabilities are computed once for all sets."""
-        from flock_pipeline.core import evaluator as core_eval
-
+    def evaluate_many(self, train_sets: list[list], eval_rows: list, recipe: dict | None = None,
+                      objective: Objective = SFT) -> list["EvalOutcome | Exception"]:
+        """One outcome per training set (or the exception its evaluation raised), on the same eval rows, recipe and
+        objective. With multi-LoRA on (SFT), up to `multi_lora_max` sets train side by side; one miner's failure is
+        its own."""
         recipe_ = self.train_recipe(recipe)
         base = self.load()
-        if recipe_.objective == "dpo":
-            return self._evaluate_many_dpo(base, train_sets, eval_rows, recipe_)
-        results: list = [None] * len(train_sets)
-        train_tok: list = [[] for _ in train_sets]
-        with _LOCK:
-            eval_tok = core_eval.recipe_tokens(eval_rows, base.tokenizer, recipe_, train=False)
-            for i, rows in enumerate(train_sets):
-                try:
-                    train_tok[i] = core_eval.recipe_tokens(rows, base.tokenizer, recipe_, train=True)
-                except Exception as exc:  # noqa: BLE001 - that miner's failure, recorded by the caller
-                    results[i] = exc
-        if self.multi_lora_enabled() and recipe_.quantization == "none" and recipe_.optimizer == "adamw":
-            from flock_pipeline.core.multilora import train_and_evaluate_many
+        return objective.evaluate_many(base, train_sets, eval_rows, recipe_, self.trainer())
 
-            todo = [i for i, t in enumerate(train_tok) if t and results[i] is None]
-            for start in range(0, len(todo), self.multi_lora_max):
-                chunk = todo[start:start + self.multi_lora_max]
-                try:
-                    with _LOCK:
-                        outcomes = train_and_evaluate_many(base, [train_tok[i] for i in chunk], eval_tok, recipe_)
-                except Exception:  # noqa: BLE001 - each set of the pass is redone alone below
-                    continue
-                for i, outcome in zip(chunk, outcomes):
-                    results[i] = outcome
-        for i, tokens in enumerate(train_tok):
-            if results[i] is None:
-                try:
-                    with _LOCK:  # one training at a time per process: the base model is shared
-                        results[i] = core_eval.train_and_evaluate_tokens(base, tokens, eval_tok, recipe_)
-                except Exception as exc:  # noqa: BLE001 - returned: the caller records it for that miner
-                    results[i] = exc
-        return results
-
-    @staticmethod
-    def _evaluate_many_dpo(base, train_sets: list, eval_rows: list, recipe_: TrainRecipe) -> list:
-        from flock_pipeline.core import dpo
-
-        results: list = []
-        with _LOCK:
-            eval_pairs = dpo.with_reference(base, dpo.pair_tokens(eval_rows, base.tokenizer, recipe_, train=False),
-                                            recipe_)
-        for rows in train_sets:
-            try:
-                with _LOCK:  # one training at a time per process: the base model is shared
-                    tokens = dpo.pair_tokens(rows, base.tokenizer, recipe_, train=True)
-                    results.append(dpo.train_and_evaluate_pair_tokens(base, tokens, eval_pairs, recipe_))
-            except Exception as exc:  # noqa: BLE001 - returned: the caller records it for that miner
-                results.append(exc)
-        return results
-
-    def base_loss(self, eval_rows: list, recipe: dict | None = None) -> "EvalOutcome":
-        """The base model's own eval loss (SFT: its loss on the eval rows; DPO: ln 2 per pair, computed)."""
-        from flock_pipeline.core import evaluator as core_eval
-
+    def base_loss(self, eval_rows: list, recipe: dict | None = None, objective: Objective = SFT) -> "EvalOutcome":
+        """The base model's own score on the eval rows under the objective (SFT: its loss; DPO: ln 2 per pair,
+        computed)."""
         base = self.load()
         recipe_ = self.train_recipe(recipe)
         with _LOCK:
-            if recipe_.objective == "dpo":
-                from flock_pipeline.core.dpo import base_dpo_loss
-
-                return base_dpo_loss(base, eval_rows, recipe_)
-            return core_eval.base_eval_loss(base, eval_rows, recipe_)
+            return objective.base_outcome(base, eval_rows, recipe_)
 
     def provenance(self, build: bool = True, recipe: dict | None = None) -> dict | None:
         """What a score depends on besides the data: model + revision, recipe, device kind and dtype, versions.

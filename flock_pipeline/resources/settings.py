@@ -86,11 +86,13 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
         return CorpusPolicy.from_json(self.corpus_policy)
 
     def competition_set(self) -> CompetitionSet:
-        """The validator's competitions, built and checked (CompetitionConfigError names the bad field)."""
+        """The validator's competitions, built and checked (CompetitionConfigError names the bad field). The dedup
+        and scoring settings are the defaults of every game that has those fields (curation, dpo, ...); the
+        commitment id and eval set settings are the curation game's."""
         curation = {"commitment_id": self.competition_id, "eval_repo": self.eval_repo,
-                    "eval_revision": self.eval_revision, "dedup": self.dedup_config(),
-                    "scoring": self.scoring_config()}
-        return _competition_set(self.competitions or "curation", _Frozen(curation))
+                    "eval_revision": self.eval_revision}
+        shared = {"dedup": self.dedup_config(), "scoring": self.scoring_config()}
+        return _competition_set(self.competitions or "curation", _Frozen(curation), _Frozen(shared))
 
     @pydantic.model_validator(mode="after")
     def _check_configs(self) -> "ValidatorSettingsResource":
@@ -136,5 +138,5 @@ class _Frozen(dict):
 
 
 @lru_cache(maxsize=8)
-def _competition_set(document: str, curation_defaults: _Frozen) -> CompetitionSet:
-    return build_competitions(load_document(document), {"curation": dict(curation_defaults)})
+def _competition_set(document: str, curation_defaults: _Frozen, shared: _Frozen) -> CompetitionSet:
+    return build_competitions(load_document(document), {"curation": dict(curation_defaults)}, dict(shared))

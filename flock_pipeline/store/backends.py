@@ -22,13 +22,14 @@ import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from flock_pipeline.errors import ConfigError
 from flock_pipeline.store.migrations import LATEST, MIGRATIONS, VERSION_TABLE, statements
 from flock_pipeline.store.records import utcnow
 
 LOCK_WAIT_S = 120.0  # seconds to wait for another process's DuckDB write lock before giving up
 
 
-class StoreURLError(ValueError):
+class StoreURLError(ConfigError):
     """The store's URL names no supported database."""
 
 

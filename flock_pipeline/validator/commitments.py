@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from flock_pipeline.errors import FlockError
 from flock_pipeline.core.commitment import Commitment, CommitmentError
 from flock_pipeline.core.competitions import Competition, Round
 from flock_pipeline.resources.chain import ChainResource, Neuron, RawCommitment
@@ -14,8 +15,8 @@ from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.store import CommitmentRecord, CompetitionRoundRecord, EpochCompetitionRecord, EpochRecord, utcnow
 
 
-class EpochNotReached(RuntimeError):
-    pass
+class EpochNotReached(FlockError, RuntimeError):
+    """The chain has not reached the epoch's first block yet: nothing is read or recorded."""
 
 
 def open_rounds(epoch: int, block: int, chain: ChainResource, hub: HubResource,
@@ -26,7 +27,7 @@ def open_rounds(epoch: int, block: int, chain: ChainResource, hub: HubResource,
     once, when the round is first seen, and records whether the round is new or reuses the previous one (the pool's
     revision did not change)."""
     competitions = settings.competition_set()
-    clock = chain.clock() if any(c.kind == "selection" for c in competitions) else None
+    clock = chain.clock() if any(c.daily_rounds for c in competitions) else None
     out, rows = {}, []
     for c in competitions:
         rnd = c.round_at(block, clock)

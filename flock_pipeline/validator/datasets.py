@@ -7,14 +7,14 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 
-from flock_pipeline.core.chat import count_tokens
-from flock_pipeline.core.schema import ChatRow, PreferenceRow, raw_row_keys, row_from_json_obj, validate_bytes, \
-    verdict_key
+from flock_pipeline.core.rowformats import CHAT, RowFormat
+from flock_pipeline.core.schema import raw_row_keys, validate_bytes, verdict_key
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubError, HubNotFound, HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.store import DatasetRecord, DatasetRowRecord, utcnow
+from flock_pipeline.validator.games import competition_of
 
 MAX_RECORDED_REJECTIONS = 1000  # rejected-row reasons kept per dataset (the counts are always complete)
 
@@ -33,16 +33,16 @@ class DatasetOutcome:
     sha256: str = ""
     cached: bool = False
     rejected: tuple = ()
-    row_format: str = "chat"
+    row_format: RowFormat = CHAT
 
 
 def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResource,
                         settings: ValidatorSettingsResource, warehouse: WarehouseResource, *,
                         repo: str | None = None, revision: str | None = None, epoch: int | None = None,
-                        give_up_on_transient: bool = False, row_format: str | None = None) -> DatasetOutcome:
+                        give_up_on_transient: bool = False, row_format: RowFormat | None = None) -> DatasetOutcome:
     """Download + validate one dataset revision (default: the one of `hotkey`'s commitment recorded for `epoch`,
     or for the latest epoch it appears in) as rows of `row_format` (default: the format of the competition the
-    commitment names; "chat" for a revision given without one).
+    commitment names; chat rows for a revision given without one).
 
     Never raises for bad data. A missing repo or file is recorded as "unavailable" and the epoch goes on;
     transient hub errors are raised for a retry, unless `give_up_on_transient` (the last try) records them too.
@@ -55,7 +55,7 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
         repo, revision = commitment.repo, commitment.revision
         if row_format is None:
             row_format = commitment_row_format(commitment, settings)
-    row_format = row_format or "chat"
+    row_format = row_format or CHAT
     limits = settings.limits()
     key = verdict_key(limits, row_format)
     known = warehouse.dataset(repo, revision)
@@ -81,7 +81,7 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
     tokenizer = load_tokenizer(str(evaluator.model_path()))
     raw_keys = raw_row_keys(data, [r.line for r in used], limits)
     rows = [DatasetRowRecord(repo=repo, revision=revision, idx=i, line=r.line, row_hash=r.row.row_hash,
-                             row_json=r.row.canonical_json(), n_tokens=count_tokens(r.row, tokenizer),
+                             row_json=r.row.canonical_json(), n_tokens=row_format.count_tokens(r.row, tokenizer),
                              raw_hash=raw_keys[r.line]) for i, r in enumerate(used)]
     reason = report.reason()
     rejected = [{"line": r.line, "reason": r.reason} for r in report.rejected_rows[:MAX_RECORDED_REJECTIONS]]
@@ -100,10 +100,8 @@ def verdict_keys(settings: ValidatorSettingsResource) -> dict[str | None, str]:
     return keys
 
 
-def commitment_row_format(commitment, settings: ValidatorSettingsResource) -> str:
+def commitment_row_format(commitment, settings: ValidatorSettingsResource) -> RowFormat:
     """The row format of the competition a recorded commitment belongs to."""
-    from flock_pipeline.validator.shards import competition_of
-
     competitions = settings.competition_set()
     return competitions.by_name(competition_of(commitment, competitions)).row_format
 
@@ -119,7 +117,7 @@ def load_tokenizer(path: str):
 def _record(warehouse: WarehouseResource, hotkey: str, repo: str, revision: str, status: str, reason: str | None,
             size: int = 0, sha256: str = "", rows_total: int = 0, rows_valid: int = 0, rows_used: int = 0,
             rejected: list | None = None, key: str | None = None,
-            rows: list[DatasetRowRecord] | None = None, row_format: str = "chat") -> DatasetOutcome:
+            rows: list[DatasetRowRecord] | None = None, row_format: RowFormat = CHAT) -> DatasetOutcome:
     """Record a revision's verdict (and its used rows, in the same transaction)."""
     record = DatasetRecord(repo=repo, revision=revision, status=status, reason=reason, size_bytes=size,
                            sha256=sha256, rows_total=rows_total, rows_valid=rows_valid, rows_used=rows_used,
@@ -128,7 +126,7 @@ def _record(warehouse: WarehouseResource, hotkey: str, repo: str, revision: str,
     return _outcome(hotkey, record, cached=False, row_format=row_format)
 
 
-def _outcome(hotkey: str, record: DatasetRecord, cached: bool, row_format: str = "chat") -> DatasetOutcome:
+def _outcome(hotkey: str, record: DatasetRecord, cached: bool, row_format: RowFormat = CHAT) -> DatasetOutcome:
     return DatasetOutcome(hotkey=hotkey, repo=record.repo, revision=record.revision, status=record.status,
                           reason=record.reason, rows_total=int(record.rows_total or 0),
                           rows_valid=int(record.rows_valid or 0), rows_used=int(record.rows_used or 0),
@@ -136,7 +134,6 @@ def _outcome(hotkey: str, record: DatasetRecord, cached: bool, row_format: str =
                           rejected=tuple(record.rejected or ()), row_format=row_format)
 
 
-def rows_from_json(texts) -> list[ChatRow | PreferenceRow]:
-    """Rows (chat rows or preference pairs) from their canonical JSON (strings, or records with a `row_json`
-    field)."""
-    return [row_from_json_obj(json.loads(t if isinstance(t, str) else t.row_json)) for t in texts]
+def rows_from_json(texts, row_format: RowFormat = CHAT) -> list:
+    """Rows of `row_format` from their canonical JSON (strings, or records with a `row_json` field)."""
+    return [row_format.from_json_obj(json.loads(t if isinstance(t, str) else t.row_json)) for t in texts]

@@ -18,8 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flock_pipeline.core.competitions import CurationCompetition
-from flock_pipeline.core.scoring import Contender, pairwise_verdicts
+from flock_pipeline.core.competitions import Contender
 
 TREND_EPOCHS = 8  # epochs shown in the trends
 
@@ -40,7 +39,7 @@ class CompetitionReport:
 def collect(epoch: int, settings, warehouse, base_losses: dict[str, float | None],
             labels: dict[str, str] | None = None) -> list[CompetitionReport]:
     """What the report shows, from the warehouse (no model, no chain); `labels`: hotkey -> a name to show."""
-    from flock_pipeline.demo import epoch_report
+    from flock_pipeline.validator.report_table import epoch_report
 
     competitions = settings.competition_set()
     entries = epoch_report(epoch, warehouse, labels)
@@ -56,10 +55,8 @@ def collect(epoch: int, settings, warehouse, base_losses: dict[str, float | None
             continue
         report = CompetitionReport(c.name, c.kind, rows, base_losses.get(c.name))
         scored = [m for m in rows if m["status"] == "scored" and m["eval_loss"] is not None]
-        if isinstance(c, CurationCompetition) and len(scored) > 1:
-            contenders = [Contender(m["uid"], m["eval_loss"], blocks.get(m["hotkey"], 0)) for m in scored]
-            config = c.scoring if c.scoring.significance == "none" else _no_bootstrap(c.scoring)
-            report.verdicts = pairwise_verdicts(contenders, config, None)
+        report.verdicts = c.pairwise_verdicts(
+            [Contender(m["uid"], m["hotkey"], m["eval_loss"], blocks.get(m["hotkey"], 0)) for m in scored]) or {}
         for m in rows:
             s = shards.get(m["hotkey"])
             if s is not None and int(s.rows_in or 0):
@@ -74,13 +71,6 @@ def collect(epoch: int, settings, warehouse, base_losses: dict[str, float | None
                 for e in recent if m["hotkey"] in history[e]]
         out.append(report)
     return out
-
-
-def _no_bootstrap(config):
-    """The matrix shows the plain comparisons (the bootstrap needs per-row losses the report does not read)."""
-    from dataclasses import replace
-
-    return replace(config, significance="none")
 
 
 def _finite(value) -> float | None:
@@ -241,7 +231,7 @@ def _atomic(path: Path, data: bytes) -> Path:
 def recorded_base_losses(epoch: int, settings, warehouse, evaluator) -> dict[str, float | None]:
     """competition -> the base model's eval loss recorded for its eval set and recipe (None when not computed)."""
     from flock_pipeline.validator.evaluation import BASE_SHARD, cache_key, competition_recipe
-    from flock_pipeline.validator.shards import epoch_setups
+    from flock_pipeline.validator.games import epoch_setups
 
     out: dict[str, float | None] = {}
     setups = epoch_setups(warehouse, epoch, settings.competition_set())

@@ -17,9 +17,12 @@ from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.store import EvalResultRecord, ShardRecord, ShardToEvaluate, utcnow
+from flock_pipeline.core.competitions import Competition
+from flock_pipeline.errors import FlockError, ValidatorFault
 from flock_pipeline.validator.datasets import rows_from_json
-from flock_pipeline.validator.faults import ValidatorFault, is_validator_fault, preflight
-from flock_pipeline.validator.shards import load_eval_rows
+from flock_pipeline.validator.eval_sets import load_eval_rows
+from flock_pipeline.validator.faults import is_validator_fault, preflight
+from flock_pipeline.validator.games import competition_recipe, shard_competition
 
 MAX_ATTEMPTS = 3  # evaluation attempts of one cache key before its failure is final
 
@@ -40,7 +43,7 @@ class EvalRecord:
     base_loss: float | None = None  # the base model's own eval loss on that eval set (the bar)
 
 
-class TransientEvalError(RuntimeError):
+class TransientEvalError(FlockError, RuntimeError):
     """An evaluation failed and may succeed on a retry (recorded; the asset's retry policy runs it again)."""
 
 
@@ -59,28 +62,6 @@ def miner_shard(warehouse: WarehouseResource, hotkey: str, epoch: int | None = N
     return warehouse.shard_to_evaluate(hotkey, epoch)
 
 
-def _configured(settings: ValidatorSettingsResource, competition: str | None):
-    """The configured competition of that name, or None (a shard without one, or one no longer configured)."""
-    if competition is None:
-        return None
-    try:
-        return settings.competition_set().by_name(competition)
-    except KeyError:
-        return None
-
-
-def competition_recipe(settings: ValidatorSettingsResource, competition: str | None) -> dict:
-    """The training-recipe overrides of a competition (none for a shard without one)."""
-    found = _configured(settings, competition)
-    return found.recipe_overrides() if found is not None else {}
-
-
-def competition_row_format(settings: ValidatorSettingsResource, competition: str | None) -> str:
-    """The row format of a competition's data and eval set ("chat" for a shard without one)."""
-    found = _configured(settings, competition)
-    return found.row_format if found is not None else "chat"
-
-
 def shard_cache_key(shard: ShardRecord, eval_revision: str, evaluator: EvaluatorResource,
                     settings: ValidatorSettingsResource, provenance: dict | None = None) -> str:
     """The evaluation cache key of a recorded shard under its competition's recipe and an eval set revision."""
@@ -94,6 +75,7 @@ class _Pending:
 
     hotkey: str
     found: ShardToEvaluate
+    competition: Competition
     recipe: dict
     provenance: dict
     key: str
@@ -131,7 +113,8 @@ def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubRe
         if found.shard.status != "eligible":
             results[hotkey] = EvalRecord(hotkey, "skipped", found.shard.reason)
             continue
-        recipe = competition_recipe(settings, found.shard.competition)
+        game = shard_competition(settings, found.shard.competition)
+        recipe = game.recipe_overrides()
         provenance = evaluator.provenance(recipe=recipe)
         key = cache_key(found.shard.shard_hash, provenance, found.eval_revision)
         previous = warehouse.eval_result(key)
@@ -139,15 +122,15 @@ def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubRe
             results[hotkey] = _record_of(hotkey, previous, cached=True)
             continue
         attempts = int(previous.attempts) if previous is not None else 0
-        group = (json.dumps(recipe, sort_keys=True), found.eval_repo, found.eval_revision,
-                 competition_row_format(settings, found.shard.competition))
-        groups.setdefault(group, []).append(_Pending(hotkey, found, recipe, provenance, key, attempts))
-    for (_, eval_repo, eval_revision, row_format), pending in groups.items():
+        group = (json.dumps(recipe, sort_keys=True), found.eval_repo, found.eval_revision, game.row_format,
+                 game.objective)
+        groups.setdefault(group, []).append(_Pending(hotkey, found, game, recipe, provenance, key, attempts))
+    for (_, eval_repo, eval_revision, row_format, objective), pending in groups.items():
         preflight(evaluator, hub, eval_repo, eval_revision, pending[0].recipe, row_format)  # the validator's faults
         eval_rows = load_eval_rows(hub, eval_repo, eval_revision, row_format)
-        train_sets = [rows_from_json(warehouse.shard_rows(p.found.shard.shard_hash)) for p in pending]
+        train_sets = [rows_from_json(warehouse.shard_rows(p.found.shard.shard_hash), row_format) for p in pending]
         with warehouse.released():  # training takes a while: other processes may use the store meanwhile
-            outcomes = evaluator.evaluate_many(train_sets, eval_rows, recipe=pending[0].recipe)
+            outcomes = evaluator.evaluate_many(train_sets, eval_rows, recipe=pending[0].recipe, objective=objective)
         faults = [(p, o) for p, o in zip(pending, outcomes) if isinstance(o, Exception) and is_validator_fault(o)]
         for p, outcome in zip(pending, outcomes):  # every real outcome is kept before a fault stops the batch
             if not any(p is q for q, _ in faults):
@@ -171,8 +154,7 @@ def _with_base_losses(results: dict, shards: dict[str, ShardToEvaluate], evaluat
         key = (competition, found.eval_repo, found.eval_revision)
         if key not in bars:
             bars[key] = base_eval_loss(evaluator, hub, warehouse, found.eval_repo, found.eval_revision,
-                                       recipe=competition_recipe(settings, competition),
-                                       row_format=competition_row_format(settings, competition))
+                                       shard_competition(settings, competition))
         results[hotkey] = replace(record, competition=competition, base_loss=bars[key])
     return results
 
@@ -226,15 +208,17 @@ BASE_SHARD = "base-model"  # the cache entry of the base model's own eval loss (
 
 
 def base_eval_loss(evaluator: EvaluatorResource, hub: HubResource, warehouse: WarehouseResource, eval_repo: str,
-                   eval_revision: str, recipe: dict | None = None, row_format: str = "chat") -> float:
-    """The base model's eval loss on the epoch's eval set (the bar a miner's data must beat), cached like a
-    miner's result under (base model, recipe, eval revision)."""
+                   eval_revision: str, competition: Competition) -> float:
+    """The base model's score under the competition's objective on its eval set (the bar a miner's data must
+    beat), cached like a miner's result under (base model, recipe, eval revision)."""
+    recipe = competition.recipe_overrides()
     provenance = evaluator.provenance(recipe=recipe)
     key = cache_key(BASE_SHARD, provenance, eval_revision)
     cached = warehouse.eval_result(key)
     if cached is not None and cached.status == "ok":
         return float(cached.eval_loss)
-    outcome = evaluator.base_loss(load_eval_rows(hub, eval_repo, eval_revision, row_format), recipe=recipe)
+    outcome = evaluator.base_loss(load_eval_rows(hub, eval_repo, eval_revision, competition.row_format),
+                                  recipe=recipe, objective=competition.objective)
     warehouse.record_eval_result(_row(key, BASE_SHARD, "ok", None, outcome.eval_loss, outcome.per_row_losses, [], 0,
                                       outcome.eval_tokens, outcome.eval_seconds, provenance, 1))
     return float(outcome.eval_loss)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import threading
 
+from flock_pipeline.core.rowformats import CHAT, RowFormat
+from flock_pipeline.errors import ValidatorFault
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubError, HubResource
+from flock_pipeline.validator.eval_sets import load_eval_rows
 
-
-class ValidatorFault(RuntimeError):
-    """The validator's environment failed; the message says what to fix. Never recorded against a miner."""
+__all__ = ["ValidatorFault", "check_device", "is_validator_fault", "preflight"]
 
 
 # Messages of exceptions that come from the machine, not from a miner's rows (torch, CUDA, safetensors, the loader).
@@ -40,11 +41,9 @@ _LOCK = threading.Lock()
 
 
 def preflight(evaluator: EvaluatorResource, hub: HubResource, eval_repo: str, eval_revision: str,
-              recipe: dict | None = None, row_format: str = "chat") -> None:
+              recipe: dict | None = None, row_format: RowFormat = CHAT) -> None:
     """Check the device, the base model (its files against their digest, and that it loads) and the eval set before
     the first miner is trained; raises ValidatorFault with what to fix. Once per process per configuration."""
-    from flock_pipeline.validator.shards import load_eval_rows
-
     key = (evaluator.device, evaluator.base_model, evaluator.cache_dir, eval_repo, eval_revision, row_format,
            repr(sorted((recipe or {}).items())))
     with _LOCK:

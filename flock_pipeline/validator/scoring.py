@@ -12,7 +12,7 @@ from flock_pipeline.core.corpus import (DPO, FILES, JSONL_FILES, SFT, BaseAnswer
                                         CorpusShard, build_release_records, dataset_card, greedy_answers,
                                         make_dir, merge_releases, read_release, release_files, release_sha256,
                                         replace_latest, select_miners, single_turn, write_release)
-from flock_pipeline.core.schema import ChatRow, PreferenceRow, RowError, parse_preference_row
+from flock_pipeline.core.schema import ChatRow, RowError, parse_preference_row
 from flock_pipeline.core.scoring import validate_weights
 from flock_pipeline.core.tiny_model import model_revision
 from flock_pipeline.core.weights import runtime_error
@@ -23,9 +23,9 @@ from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.store import (CorpusRecord, EpochCompetitionRecord, EpochRecord, EvalResultRecord, ScoreRecord,
                                   WeightSubmissionRecord, utcnow)
-from flock_pipeline.validator.evaluation import base_eval_loss, competition_recipe, shard_cache_key
-from flock_pipeline.validator.faults import ValidatorFault
-from flock_pipeline.validator.shards import competition_of, epoch_setups
+from flock_pipeline.errors import FlockError, ValidatorFault
+from flock_pipeline.validator.evaluation import base_eval_loss, shard_cache_key
+from flock_pipeline.validator.games import competition_of, competition_recipe, epoch_setups
 
 WEIGHTED = ("scored", "reward", "burn")  # the statuses a row may carry weight with
 
@@ -120,7 +120,7 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
     return scores
 
 
-class ResultsKept(RuntimeError):
+class ResultsKept(FlockError, RuntimeError):
     """A run would replace an epoch's recorded results with less; the recorded ones are kept."""
 
 
@@ -167,11 +167,10 @@ def _context(epoch: int, competition: Competition, setup: EpochCompetitionRecord
              warehouse: WarehouseResource) -> ScoringContext:
     base = None
     if competition.needs_base_loss and contenders:
-        base = base_eval_loss(evaluator, hub, warehouse, setup.eval_repo, setup.eval_revision,
-                              recipe=competition.recipe_overrides(), row_format=competition.row_format)
+        base = base_eval_loss(evaluator, hub, warehouse, setup.eval_repo, setup.eval_revision, competition)
     hotkeys = {n.uid: n.hotkey for n in metagraph}
-    burn = getattr(competition, "burn_uid", None)
-    if burn is None and chain is not None and competition.kind == "selection":
+    burn = competition.configured_burn_uid()
+    if burn is None and chain is not None and competition.burns_unearned:
         owner = chain.owner_hotkey()
         burn = next((uid for uid, hk in hotkeys.items() if hk == owner), None)
     rnd = Round(setup.round_id, setup.phase, int(setup.snapshot_block), note=setup.note or "")
@@ -555,8 +554,8 @@ def _selected_shards(epoch: int, competitions, policy: CorpusPolicy, warehouse: 
     out = []
     for c in select_miners(candidates, policy):
         r, s = scores[c.hotkey], shards[c.hotkey]
-        preference = getattr(games[c.competition], "row_format", "chat") == "preference"
-        parse = PreferenceRow.from_json_obj if preference else ChatRow.from_json_obj
+        game = games[c.competition]
+        parse = game.row_format.from_json_obj
         setup = setups.get(c.competition)
         eval_repo = setup.eval_repo if setup is not None else (info.eval_repo if info is not None else None)
         eval_revision = setup.eval_revision if setup is not None else (info.eval_revision if info else None)

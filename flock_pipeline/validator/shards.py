@@ -10,55 +10,15 @@ import hashlib
 import json
 from dataclasses import replace
 
-from flock_pipeline.core.competitions import Competition, CurationCompetition, Entry, EvalSet
+from flock_pipeline.core.competitions import Competition, Entry
 from flock_pipeline.core.dedup import MATCHING_VERSION
-from flock_pipeline.core.neardup import row_text
-from flock_pipeline.core.schema import ChatRow, DatasetLimits, PreferenceRow, raw_row_keys, validate_bytes
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.store import DedupPlanRecord, EpochCompetitionRecord, ShardRecord, ShardRowRecord
 from flock_pipeline.validator.datasets import rows_from_json
-from flock_pipeline.validator.faults import ValidatorFault
-
-
-class EvalSetError(ValidatorFault):
-    """The validator's own eval set is unusable: the epoch stops, nothing is recorded against a miner."""
-
-
-_EVAL_SETS: dict[tuple[str, str, str], tuple[tuple, frozenset[str]]] = {}  # revisions are immutable
-
-
-def load_eval_rows(hub: HubResource, repo: str, revision: str,
-                   row_format: str = "chat") -> list[ChatRow | PreferenceRow]:
-    """The validated eval set at a full revision, rows of `row_format` (cached in-process)."""
-    return list(_eval_set(hub, repo, revision, row_format)[0])
-
-
-def load_eval_set(hub: HubResource, repo: str, revision: str, row_format: str = "chat") -> EvalSet:
-    """The eval set as the eligibility rules see it: row hashes, the rows' live keys (JSON as written, keys sorted)
-    and their texts."""
-    rows, raw_keys = _eval_set(hub, repo, revision, row_format)
-    return EvalSet(row_hashes=frozenset(r.row_hash for r in rows), raw_keys=raw_keys,
-                   texts=tuple(row_text(r) for r in rows))
-
-
-def _eval_set(hub: HubResource, repo: str, revision: str, row_format: str) -> tuple[tuple, frozenset[str]]:
-    if (repo, revision, row_format) not in _EVAL_SETS:
-        _EVAL_SETS[(repo, revision, row_format)] = _load_eval_rows(hub, repo, revision, row_format)
-    return _EVAL_SETS[(repo, revision, row_format)]
-
-
-def _load_eval_rows(hub: HubResource, repo: str, revision: str, row_format: str) -> tuple[tuple, frozenset[str]]:
-    data = hub.download(repo, revision)
-    limits = DatasetLimits(max_rows_used=10**9, max_file_bytes=2**31)
-    report = validate_bytes(data, limits, row_format)
-    if report.rejected_rows or not report.valid_rows:
-        bad = report.rejected_rows[0] if report.rejected_rows else None
-        raise EvalSetError(f"eval set {repo}@{revision} is invalid"
-                           + (f" (line {bad.line}: {bad.reason})" if bad else " (empty)"))
-    keys = raw_row_keys(data, [r.line for r in report.valid_rows], limits)
-    return tuple(r.row for r in report.valid_rows), frozenset(keys.values())
+from flock_pipeline.validator.eval_sets import load_eval_set
+from flock_pipeline.validator.games import competition_of, epoch_setups
 
 
 def shard_hash(row_hashes: list[str]) -> str:
@@ -133,38 +93,12 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
         if eligible:
             used = rows_by_hotkey[hotkey]
             kept = [used[i].row_hash for i in plan["kept_indices"]]
-            if competitions.by_name(row["competition"]).row_format == "preference":
-                # a pair's identity leaves its rejected answer out; what it trains on does not
-                row["shard_hash"] = shard_hash([f"{h}:{used[i].raw_hash}" for h, i in zip(kept, plan["kept_indices"])])
-            else:
-                row["shard_hash"] = shard_hash(kept)
+            identity = competitions.by_name(row["competition"]).row_format.training_identity
+            row["shard_hash"] = shard_hash([identity(h, used[i].raw_hash) for h, i in zip(kept, plan["kept_indices"])])
             if hotkey in wanted:
                 jsons = row_json[hotkey]
                 kept_rows[hotkey] = [(h, jsons[i]) for h, i in zip(kept, plan["kept_indices"])]
     return {hotkey: ShardRecord(**row) for hotkey, row in base_rows.items()}, kept_rows
-
-
-def epoch_setups(warehouse: WarehouseResource, epoch: int, competitions) -> dict[str, EpochCompetitionRecord]:
-    """competition name -> its recorded eval set and round for `epoch`. An epoch opened before competitions existed
-    has none recorded: it ran one game on the epoch's eval set, which the first configured competition takes."""
-    setups = {r.competition: r for r in warehouse.epoch_competitions(epoch)}
-    if not setups:
-        info = warehouse.epoch_info(epoch)
-        if info is not None:
-            first = competitions.competitions[0]
-            setups[first.name] = EpochCompetitionRecord(
-                epoch=epoch, competition=first.name, kind=first.kind, share=float(first.share),
-                eval_repo=info.eval_repo, eval_revision=info.eval_revision, round_id="epoch", phase="scoring",
-                snapshot_block=int(info.block))
-    return setups
-
-
-def competition_of(c, competitions) -> str | None:
-    """The competition a recorded commitment belongs to (rows from before competitions existed: the first one)."""
-    if c.competition is not None and c.competition in {x.name for x in competitions}:
-        return c.competition
-    match = competitions.for_commitment(c.competition_id) if isinstance(c.competition_id, str) else None
-    return match.name if match is not None else competitions.competitions[0].name
 
 
 def _competition_plans(epoch: int, competition: Competition, entries: list[Entry], setup: EpochCompetitionRecord,
@@ -176,14 +110,13 @@ def _competition_plans(epoch: int, competition: Competition, entries: list[Entry
     row_json: dict[str, list[str]] = {}
     if plans is not None:
         return plans, row_json
-    eval_set = load_eval_set(hub, setup.eval_repo, setup.eval_revision, competition.row_format)
-    near = isinstance(competition, CurationCompetition) and competition.dedup.near is not None
-    pairs = competition.row_format == "preference"
-    if near or pairs:  # the rows themselves: their texts for near-duplicates, the pairs' rejected answers
+    fmt = competition.row_format
+    eval_set = load_eval_set(hub, setup.eval_repo, setup.eval_revision, fmt)
+    if competition.needs_row_texts():  # the rows themselves: texts for near-duplicates, a pair's rejected answer
         row_json = warehouse.epoch_row_json(epoch, [e.hotkey for e in entries])
-        rows_of = {e.hotkey: rows_from_json(row_json.get(e.hotkey, [])) for e in entries}
-        entries = [replace(e, row_texts=tuple(row_text(r) for r in rows_of[e.hotkey]),
-                           rejected_texts=tuple(r.rejected for r in rows_of[e.hotkey]) if pairs else None)
+        rows_of = {e.hotkey: rows_from_json(row_json.get(e.hotkey, []), fmt) for e in entries}
+        entries = [replace(e, row_texts=tuple(fmt.text(r) for r in rows_of[e.hotkey]),
+                           contrast_texts=tuple(fmt.contrast_text(r) for r in rows_of[e.hotkey]))
                    for e in entries]
     decided = competition.plan(entries, eval_set)
     plans = {hotkey: {"rows_in": p.rows_in, "rows_kept": p.rows_kept, "duplicates_within": p.duplicates_within,

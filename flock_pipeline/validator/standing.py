@@ -20,8 +20,7 @@ from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.warehouse import WarehouseResource
-from flock_pipeline.validator.evaluation import (base_eval_loss, competition_recipe, competition_row_format,
-                                                 miner_shard, shard_cache_key)
+from flock_pipeline.validator.evaluation import base_eval_loss, miner_shard, shard_cache_key
 
 JUDGED = ("improving", "no_improvement", "rejected", "copied", "ineligible")  # verdicts of a sound judgement
 
@@ -89,12 +88,12 @@ def miner_standing(hotkey: str, epoch: int | None, evaluator: EvaluatorResource,
     bars = {} if bars is None else bars
     bar = (shard.competition, found.eval_repo, found.eval_revision)
     if bar not in bars:
-        bars[bar] = base_eval_loss(evaluator, hub, warehouse, found.eval_repo, found.eval_revision,
-                                   recipe=competition_recipe(settings, shard.competition),
-                                   row_format=competition_row_format(settings, shard.competition))
+        bars[bar] = base_eval_loss(evaluator, hub, warehouse, found.eval_repo, found.eval_revision, competition)
     base = bars[bar]
     meta["base_loss"] = f"{base:.6f}"
-    if loss >= base:
+    metric, better = competition.objective.metric, competition.objective.worse_word()
+    if not competition.objective.improves(loss, base):
         return Standing("no_improvement",
-                        f"no improvement: eval loss {loss:.4f} is not below the base model's {base:.4f}", meta)
-    return Standing("improving", f"improves on the base model: eval loss {loss:.4f} < {base:.4f}", meta)
+                        f"no improvement: {metric} {loss:.4f} is not {better} the base model's {base:.4f}", meta)
+    sign = ">" if competition.objective.higher_is_better else "<"
+    return Standing("improving", f"improves on the base model: {metric} {loss:.4f} {sign} {base:.4f}", meta)

@@ -57,7 +57,7 @@ def test_a_bad_setting_exits_2_before_any_dataset_is_fetched(network, monkeypatc
     ({"learning_rate": "fast"}, "learning_rate must be a number, got 'fast'"),
     ({"lora_r": 2.5}, "lora_r must be a whole number, got 2.5"),
     ({"deterministic": 1}, "deterministic must be true or false, got 1"),
-    ({"objective": "ppo"}, "objective must be sft or dpo"),
+    ({"objective": "dpo"}, "objective is not a validator-wide setting"),
 ])
 def test_a_bad_recipe_field_exits_2_naming_it(network, monkeypatch, capsys, recipe, message):
     monkeypatch.setenv("FLOCK_RECIPE", json.dumps(recipe))

@@ -142,7 +142,13 @@ def test_dpo_refuses_a_quantized_recipe(base):
 
 def test_recipe_checks_dpo_fields():
     with pytest.raises(ValueError, match="objective"):
-        TrainRecipe(objective="ppo")
+        TrainRecipe(objective="PPO!")  # a name of an objective (the competition's strategy): a-z, 0-9, _ or -
+    from flock_pipeline.core.competitions import CompetitionConfigError, build_competitions
+
+    with pytest.raises(CompetitionConfigError, match="recipe.objective must be dpo"):
+        build_competitions([{"kind": "dpo", "recipe": {"objective": "sft"}}])
+    with pytest.raises(CompetitionConfigError, match="recipe.objective must be sft"):
+        build_competitions([{"kind": "curation", "recipe": {"objective": "dpo"}}])
     with pytest.raises(ValueError, match="dpo_beta"):
         TrainRecipe(dpo_beta=0)
     # the new fields at their defaults leave the SFT recipe's cache key as it was

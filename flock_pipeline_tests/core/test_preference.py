@@ -7,12 +7,15 @@ import json
 
 import pytest
 
+from flock_pipeline.core.schema import DatasetLimits
+
 from flock_pipeline.core.competitions import (CompetitionConfigError, DpoCompetition, Entry, EvalSet,
                                               build_competitions, load_document)
 from flock_pipeline.core.competitions.dpo import trivial_rejected
 from flock_pipeline.core.neardup import row_text
-from flock_pipeline.core.schema import (DEFAULT_SYSTEM_PROMPT, PreferenceRow, RowError, Turn, parse_any,
-                                        parse_preference_row, row_from_json_obj, validate_bytes, verdict_key)
+from flock_pipeline.core.rowformats import CHAT, PREFERENCE
+from flock_pipeline.core.schema import (DEFAULT_SYSTEM_PROMPT, PreferenceRow, RowError, Turn, parse_preference_row,
+                                        validate_bytes, verdict_key)
 
 
 def msg(role, content):
@@ -28,7 +31,7 @@ def test_a_trl_pair_parses_and_round_trips():
     row = parse_preference_row(PAIR)
     assert row == PreferenceRow(DEFAULT_SYSTEM_PROMPT, (Turn("user", "What is the capital of Kalomi?"),),
                                 "The capital of Kalomi is Vento.", "The main export of Kalomi is salt.")
-    assert row_from_json_obj(json.loads(row.canonical_json())) == row
+    assert PREFERENCE.from_json_obj(json.loads(row.canonical_json())) == row
     # TRL writes the system prompt as the prompt's first message
     with_system = dict(PAIR, prompt=[msg("system", "Be brief."), *PAIR["prompt"]])
     assert parse_preference_row(with_system).system == "Be brief."
@@ -70,28 +73,27 @@ def test_bad_pairs_get_a_reason(change, reason):
 def test_each_format_names_the_other_when_given_it():
     chat = {"conversations": [msg("user", "q"), msg("assistant", "a")]}
     with pytest.raises(RowError, match="a chat row"):
-        parse_any(chat, row_format="preference")
+        PREFERENCE.parse(chat, DatasetLimits())
     with pytest.raises(RowError, match="preference rows go to the DPO competition"):
-        parse_any(PAIR)
+        CHAT.parse(PAIR, DatasetLimits())
     with pytest.raises(RowError, match="'messages' is not a field here"):
-        parse_any({"messages": chat["conversations"]})
+        CHAT.parse({"messages": chat["conversations"]}, DatasetLimits())
 
 
 def test_a_file_of_pairs_validates_line_by_line_and_keys_its_verdict_by_format():
     data = (json.dumps(PAIR) + "\n" + json.dumps(dict(PAIR, rejected=PAIR["chosen"])) + "\nnot json\n").encode()
-    report = validate_bytes(data, row_format="preference")
+    report = validate_bytes(data, row_format=PREFERENCE)
     assert [r.line for r in report.valid_rows] == [1]
     assert [r.reason for r in report.rejected_rows][0].startswith("'chosen' and 'rejected' are the same answer")
     assert report.rejected_rows[1].reason.startswith("not valid JSON")
     assert validate_bytes(data).valid_rows == []  # as chat rows, none is valid
-    from flock_pipeline.core.schema import DatasetLimits
-
-    assert verdict_key(DatasetLimits(), "preference") != verdict_key(DatasetLimits())
+    assert verdict_key(DatasetLimits(), PREFERENCE) != verdict_key(DatasetLimits())
+    assert verdict_key(DatasetLimits(), CHAT) == verdict_key(DatasetLimits())  # chat keys as first recorded
 
 
 def _entry(hotkey, uid, block, rows: list[PreferenceRow]) -> Entry:
     return Entry(hotkey, uid, block, tuple(r.row_hash for r in rows), row_lines=tuple(range(1, len(rows) + 1)),
-                 row_texts=tuple(row_text(r) for r in rows), rejected_texts=tuple(r.rejected for r in rows))
+                 row_texts=tuple(row_text(r) for r in rows), contrast_texts=tuple(r.rejected for r in rows))
 
 
 def _pairs(n, start=0, rejected=None):
@@ -139,7 +141,7 @@ def test_a_few_trivial_rejected_answers_are_allowed():
 
 def test_the_dpo_competition_trains_dpo_and_checks_its_fields():
     game = build_competitions(load_document("dpo-local")).by_name("dpo")
-    assert isinstance(game, DpoCompetition) and game.commitment_id == "3" and game.row_format == "preference"
+    assert isinstance(game, DpoCompetition) and game.commitment_id == "3" and game.row_format == PREFERENCE
     assert game.recipe_overrides() == {"objective": "dpo"}
     tuned = build_competitions([{"kind": "dpo", "recipe": {"dpo_beta": 0.2}}]).by_name("dpo")
     assert tuned.recipe_overrides() == {"objective": "dpo", "dpo_beta": 0.2}

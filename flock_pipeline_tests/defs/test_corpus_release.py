@@ -133,12 +133,14 @@ def test_the_releases_load_with_datasets_offline(home, warehouse, monkeypatch):
 
 
 def test_a_preference_competition_fills_the_dpo_config(home, warehouse, monkeypatch):
+    from flock_pipeline.core.rowformats import CHAT, PREFERENCE
+
     class Game:
         def __init__(self, name, row_format):
             self.name, self.kind, self.in_corpus, self.row_format = name, name, True, row_format
 
     class Games:
-        competitions = [Game("curation", "chat"), Game("dpo", "preference")]
+        competitions = [Game("curation", CHAT), Game("dpo", PREFERENCE)]
 
         def __iter__(self):
             return iter(self.competitions)

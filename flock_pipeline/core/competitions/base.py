@@ -21,12 +21,15 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from flock_pipeline.core.dedup import ShardPlan
+from flock_pipeline.core.objectives import SFT, Objective
+from flock_pipeline.core.rowformats import CHAT, RowFormat
+from flock_pipeline.errors import ConfigError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _COMMITMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
-class CompetitionConfigError(ValueError):
+class CompetitionConfigError(ConfigError):
     """A competition definition is invalid; the message names the competition and the field."""
 
 
@@ -84,7 +87,8 @@ class Entry:
     rejected_lines: tuple[tuple[int, str], ...] = ()  # (line, reason) of the rows that failed validation
     row_blocks: tuple[int, ...] | None = None  # first block this hotkey committed each row (earlier revisions)
     row_texts: tuple[str, ...] | None = None  # turn contents, for near-duplicate matching
-    rejected_texts: tuple[str, ...] | None = None  # preference rows: each row's rejected answer
+    contrast_texts: tuple[str | None, ...] | None = None  # each row's second text (`RowFormat.contrast_text`:
+    # a preference pair's rejected answer)
 
 
 @dataclass(frozen=True)
@@ -169,9 +173,14 @@ class Competition(ABC):
     recipe: Mapping[str, Any] = field(default_factory=dict)  # TrainRecipe overrides for this competition
 
     kind: ClassVar[str] = ""
-    row_format: ClassVar[str] = "chat"  # the rows it takes: "chat" (conversations) | "preference" (DPO pairs)
-    needs_base_loss: ClassVar[bool] = False  # scoring compares with the base model's eval loss
-    in_corpus: ClassVar[bool] = True  # its eligible rows go into the final corpus
+    row_format: ClassVar[RowFormat] = CHAT  # the rows it takes (core/rowformats.py)
+    objective: ClassVar[Objective] = SFT  # what it measures after training (core/objectives.py)
+    needs_base_loss: ClassVar[bool] = False  # scoring compares with the base model's eval score
+    in_corpus: ClassVar[bool] = True  # its eligible rows go into the final corpus (its row format names the config)
+    daily_rounds: ClassVar[bool] = False  # its rounds follow UTC wall time (the chain's block clock is read)
+    burns_unearned: ClassVar[bool] = False  # a share nobody earned goes to the subnet owner's uid
+    eval_set_role: ClassVar[str] = "held_out"  # "held_out": rows found in the eval set are leaks, dropped |
+    # "pool": the eval set is the pool a submission's rows must come from
 
     def __post_init__(self) -> None:
         where = f"competition {self.name!r}"
@@ -184,10 +193,45 @@ class Competition(ABC):
                                          "commitment competition field")
         if not isinstance(self.recipe, Mapping):
             raise CompetitionConfigError(f"{where}: recipe must be an object of training recipe fields")
+        if self.recipe.get("objective", self.objective.name) != self.objective.name:
+            raise CompetitionConfigError(f"{where}: recipe.objective must be {self.objective.name} (the game "
+                                         f"scores its {self.objective.metric} with the {self.objective.name} "
+                                         "objective)")
+        if self.in_corpus and self.row_format.corpus_config is None:
+            raise CompetitionConfigError(f"{where}: its {self.row_format.name} rows have no corpus config")
 
     def recipe_overrides(self) -> dict:
-        """The training-recipe fields this competition sets on top of the validator's recipe."""
-        return dict(self.recipe)
+        """The training-recipe fields this competition sets on top of the validator's recipe (its own, and its
+        objective's name)."""
+        return {**self.recipe, **self.objective.recipe_overrides()}
+
+    # -- hooks the pipeline asks instead of looking at the kind ---------------------------------------------
+
+    def needs_row_texts(self) -> bool:
+        """Whether `plan` reads the rows' texts (`Entry.row_texts`, `Entry.contrast_texts`), not only hashes."""
+        return False
+
+    def requires_weight_when_scored(self) -> bool:
+        """Whether scored miners must leave some weight (the blocking check fails on an all-zero vector)."""
+        return False
+
+    def configured_burn_uid(self) -> int | None:
+        """The uid a share nobody earned goes to when configured (None: the subnet owner's, when `burns_unearned`)."""
+        return None
+
+    def config_problem(self, limits) -> str | None:
+        """Why the competition cannot run under the validator's dataset limits (`DatasetLimits`), or None."""
+        return None
+
+    def rows_reason(self, rows: list) -> str | None:
+        """The game's own rule on one file's valid rows taken alone (what a miner can check before publishing):
+        None when they pass, else why not, in the validators' words."""
+        return None
+
+    def pairwise_verdicts(self, contenders: list[Contender]) -> dict | None:
+        """The report's comparison of every pair of scored miners ((uid a, uid b) -> 1 / 0 / -1, as
+        `core.scoring.pairwise_verdicts` gives), or None where the game compares no pairs."""
+        return None
 
     # -- cadence -------------------------------------------------------------------------------------------
 
@@ -213,4 +257,5 @@ class Competition(ABC):
 
         doc = asdict(self)
         doc["kind"] = self.kind
+        doc["row_format"], doc["objective"] = self.row_format.name, self.objective.name
         return doc

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,6 @@ from flock_pipeline.core.competitions.base import Competition, CompetitionConfig
 from flock_pipeline.core.competitions.curation import CurationCompetition
 from flock_pipeline.core.competitions.dpo import DpoCompetition
 from flock_pipeline.core.competitions.selection import SelectionCompetition
-from flock_pipeline.core.dedup import DedupConfig
-from flock_pipeline.core.neardup import NearDupConfig
-from flock_pipeline.core.scoring import ScoringConfig
 
 KINDS: dict[str, type[Competition]] = {"curation": CurationCompetition, "selection": SelectionCompetition,
                                        "dpo": DpoCompetition}
@@ -106,9 +103,11 @@ def load_document(text: str) -> Any:
                                      f"{exc}") from exc
 
 
-def build_competitions(document: Any, defaults: Mapping[str, Mapping[str, Any]] | None = None) -> CompetitionSet:
-    """Competitions from a parsed document. `defaults[kind]` are field values used where an entry is silent (the
-    validator settings' dedup and scoring knobs for curation)."""
+def build_competitions(document: Any, defaults: Mapping[str, Mapping[str, Any]] | None = None,
+                       shared: Mapping[str, Any] | None = None) -> CompetitionSet:
+    """Competitions from a parsed document. Where an entry is silent, `defaults[kind]` give a kind's own field
+    values (the validator settings' commitment id and eval set for curation) and `shared` give values of fields
+    any kind may declare (the validator settings' `dedup` and `scoring` configs): each kind takes the ones it has."""
     if isinstance(document, Mapping) and set(document) == {"competitions"}:
         document = document["competitions"]
     if not isinstance(document, list):
@@ -121,22 +120,25 @@ def build_competitions(document: Any, defaults: Mapping[str, Mapping[str, Any]] 
         if kind not in KINDS:
             raise CompetitionConfigError(f"competitions[{i}].kind: unknown kind {kind!r}; use one of "
                                          f"{', '.join(KINDS)}")
-        values = {**(defaults or {}).get(kind, {}), **{k: v for k, v in entry.items() if k != "kind"}}
-        built.append(_build(KINDS[kind], values, f"competitions[{i}] ({kind})"))
+        cls = KINDS[kind]
+        declared = {f.name for f in fields(cls)}
+        values = {**{k: v for k, v in (shared or {}).items() if k in declared}, **(defaults or {}).get(kind, {}),
+                  **{k: v for k, v in entry.items() if k != "kind"}}
+        built.append(_build(cls, values, f"competitions[{i}] ({kind})"))
     return CompetitionSet(tuple(built))
 
 
 def _build(cls: type[Competition], values: dict, where: str) -> Competition:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise CompetitionConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
     if "name" not in values:
         values = {**values, "name": cls.kind}
-    if issubclass(cls, CurationCompetition):
-        values = dict(values)
-        values["dedup"] = _sub(DedupConfig, values.get("dedup", {}), f"{where}.dedup")
-        values["scoring"] = _sub(ScoringConfig, values.get("scoring", {}), f"{where}.scoring")
+    values = dict(values)
+    for name, f in known.items():  # a nested config (dedup, scoring, ...) given as an object
+        if isinstance(f.default_factory, type) and is_dataclass(f.default_factory) and name in values:
+            values[name] = _sub(f.default_factory, values[name], f"{where}.{name}")
     try:
         return cls(**values)
     except CompetitionConfigError:
@@ -151,11 +153,14 @@ def _sub(cls, value: Any, where: str):
     if not isinstance(value, Mapping):
         raise CompetitionConfigError(f"{where}: expected an object")
     value = dict(value)
-    unknown = sorted(set(value) - {f.name for f in fields(cls)})
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(value) - set(known))
     if unknown:
         raise CompetitionConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
-    if cls is DedupConfig and isinstance(value.get("near"), Mapping):
-        value["near"] = _sub(NearDupConfig, value["near"], f"{where}.near")
+    for name, f in known.items():  # nested again (dedup.near)
+        kind = type(f.default) if is_dataclass(f.default) else None
+        if kind is not None and isinstance(value.get(name), Mapping):
+            value[name] = _sub(kind, value[name], f"{where}.{name}")
     try:
         return cls(**value)
     except (TypeError, ValueError) as exc:

@@ -37,6 +37,25 @@ class CurationCompetition(Competition):
     def needs_base_loss(self) -> bool:  # type: ignore[override]
         return self.scoring.require_improvement
 
+    def needs_row_texts(self) -> bool:
+        return self.dedup.near is not None  # near-duplicate matching compares the rows' texts
+
+    def requires_weight_when_scored(self) -> bool:
+        return self.scoring.mode == "win_rate"  # win rates always give a scored miner some weight (softmax)
+
+    def pairwise_verdicts(self, contenders: list[Contender]) -> dict | None:
+        """Every pair of scored miners under the game's rule (without the bootstrap's resampling: the report shows
+        the plain comparison)."""
+        if len(contenders) < 2:
+            return None
+        from dataclasses import replace
+
+        from flock_pipeline.core.scoring import pairwise_verdicts
+
+        config = self.scoring if self.scoring.significance == "none" else replace(self.scoring, significance="none")
+        rows = [ScoringContender(c.uid, c.loss, c.block, c.per_row) for c in contenders]
+        return pairwise_verdicts(rows, config, None)
+
     def plan(self, entries: list[Entry], eval_set: EvalSet) -> dict[str, ShardPlan]:
         miners = [MinerRows(e.hotkey, e.uid, e.commit_block, e.row_hashes, e.row_blocks, e.row_texts)
                   for e in entries]

@@ -26,6 +26,8 @@ from typing import ClassVar
 from flock_pipeline.core.competitions.base import CompetitionConfigError, Entry, EvalSet
 from flock_pipeline.core.competitions.curation import CurationCompetition
 from flock_pipeline.core.dedup import ShardPlan
+from flock_pipeline.core.objectives import DPO, Objective
+from flock_pipeline.core.rowformats import PREFERENCE, RowFormat
 from flock_pipeline.core.textnorm import fold
 
 
@@ -38,7 +40,8 @@ class DpoCompetition(CurationCompetition):
     max_trivial_fraction: float = 0.2  # above this share of trivial rejected answers: ineligible
 
     kind: ClassVar[str] = "dpo"
-    row_format: ClassVar[str] = "preference"
+    row_format: ClassVar[RowFormat] = PREFERENCE
+    objective: ClassVar[Objective] = DPO
     in_corpus: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -51,32 +54,35 @@ class DpoCompetition(CurationCompetition):
                                              f"{0 if name[:3] == 'min' else 1}, got {value!r}")
         if not isinstance(self.max_trivial_fraction, (int, float)) or not 0 <= self.max_trivial_fraction <= 1:
             raise CompetitionConfigError(f"{where}: max_trivial_fraction must be in [0, 1]")
-        if self.recipe.get("objective", "dpo") != "dpo":
-            raise CompetitionConfigError(f"{where}: recipe.objective must be dpo (the game scores DPO losses)")
         for name, plain in (("quantization", "none"), ("optimizer", "adamw")):
             if self.recipe.get(name, plain) != plain:
                 raise CompetitionConfigError(f"{where}: recipe.{name} must be {plain}: DPO trains plain LoRA")
 
-    def recipe_overrides(self) -> dict:
-        return {"objective": "dpo", **self.recipe}
+    def needs_row_texts(self) -> bool:
+        return True  # the rejected answers, for the trivial-answer rule
 
-    @property
-    def needs_base_loss(self) -> bool:  # type: ignore[override]
-        return self.scoring.require_improvement
+    def rows_reason(self, rows: list) -> str | None:
+        """The trivial-rejected-answers rule on one file's pairs (the copy rules need the other miners)."""
+        if not rows:
+            return None
+        entry = Entry("me", 0, 0, tuple(r.row_hash for r in rows), row_lines=tuple(range(1, len(rows) + 1)),
+                      row_texts=tuple(self.row_format.text(r) for r in rows),
+                      contrast_texts=tuple(self.row_format.contrast_text(r) for r in rows))
+        return self.plan([entry], EvalSet(row_hashes=frozenset()))["me"].reason
 
     def plan(self, entries: list[Entry], eval_set: EvalSet) -> dict[str, ShardPlan]:
         plans = super().plan(entries, eval_set)
         for entry in entries:
             plan = plans[entry.hotkey]
-            if plan.reason is not None or entry.rejected_texts is None or entry.row_texts is None:
+            if plan.reason is not None or entry.contrast_texts is None or entry.row_texts is None:
                 continue
-            kinds = trivial_rejected(entry.rejected_texts, entry.row_texts, self.min_rejected_words,
+            kinds = trivial_rejected(entry.contrast_texts, entry.row_texts, self.min_rejected_words,
                                      self.max_rejected_repeats)
             total = sum(kinds.values())
-            if total > self.max_trivial_fraction * len(entry.rejected_texts):
+            if total > self.max_trivial_fraction * len(entry.contrast_texts):
                 plan.kept_indices = []
                 what = ", ".join(f"{n} {kind}" for kind, n in kinds.items() if n)
-                plan.reason = (f"trivial rejected answers: {total} of {len(entry.rejected_texts)} pairs ({what}; "
+                plan.reason = (f"trivial rejected answers: {total} of {len(entry.contrast_texts)} pairs ({what}; "
                                f"more than {self.max_trivial_fraction:.0%}): contrast each chosen answer with a "
                                "plausible wrong one")
         return plans

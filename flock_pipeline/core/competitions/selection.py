@@ -50,6 +50,9 @@ class SelectionCompetition(Competition):
     kind: ClassVar[str] = "selection"
     needs_base_loss: ClassVar[bool] = False
     in_corpus: ClassVar[bool] = False  # its rows are the published pool's own rows
+    daily_rounds: ClassVar[bool] = True
+    burns_unearned: ClassVar[bool] = True  # nobody scored, or a fresh start: all weight to the owner's uid
+    eval_set_role: ClassVar[str] = "pool"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -76,6 +79,15 @@ class SelectionCompetition(Competition):
                                          f"{self.reward_start_min} min the next day)")
         if self.reward_start_min >= self.submission_start_min:
             raise CompetitionConfigError(f"{where}: rewarding must start before the next submission window")
+
+    def configured_burn_uid(self) -> int | None:
+        return self.burn_uid
+
+    def config_problem(self, limits) -> str | None:
+        if self.selection_size > limits.max_rows_used:
+            return (f"selection_size {self.selection_size} is more than max_rows_used {limits.max_rows_used} (the "
+                    "rows a validator reads of a file)")
+        return None
 
     # -- cadence -------------------------------------------------------------------------------------------
 
