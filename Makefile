@@ -10,7 +10,7 @@ export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test epoch dev screenshots clean
+.PHONY: install demo test test-fast lint epoch dev screenshots clean
 
 install: $(VENV)/.installed
 
@@ -24,8 +24,19 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/flock demo
 
+# Two worker processes (one per core; OMP_NUM_THREADS=1 keeps each on its own), a test file per worker at a time
+# (a file's module-scoped networks are seeded once). test-fast leaves out the slow end-to-end tests.
+PYTEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
+
+test-fast: install
+	$(PYTEST) -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
 
 # The same epoch through `dagster asset materialize`, on a freshly seeded demo network.
 epoch: install

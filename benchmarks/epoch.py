@@ -63,7 +63,8 @@ def seed_network(home: Path, miners: int, rows: int, models: Path | None) -> int
         data = rows_to_jsonl(synthetic.honest_rows(synthetic.make_atlas(1000 + i), rows, SEED + i)).encode()
         repo = f"miner{i:04d}/atlas"
         revision = hub.upload(repo, data, private=False)
-        chain.set_commitment(f"hk-miner-{i:04d}", Commitment(repo, DEFAULT_COMPETITION_ID, revision).to_compressed_str())
+        commitment = Commitment(repo, DEFAULT_COMPETITION_ID, revision)
+        chain.set_commitment(f"hk-miner-{i:04d}", commitment.to_compressed_str())
     epoch = chain.epoch_of(chain.current_block()) + 1
     chain.advance(chain.epoch_start(epoch) - chain.current_block())
     return epoch
@@ -167,14 +168,15 @@ def _next_requests(epoch: int, env: dict) -> list:
         import dagster as dg
 
         from flock_pipeline.core.schema import verdict_key
-        from flock_pipeline.defs.sensors import next_epoch_requests
+        from flock_pipeline.defs.planner import next_epoch_requests
         from flock_pipeline import resources as flock_resources
         from flock_pipeline.resources import build_resources
         from flock_pipeline.validator.evaluation import competition_recipe
 
         resources = build_resources(Path(env["FLOCK_HOME"]))
         evaluator, settings = resources["evaluator"], resources["settings"]
-        batching = {"batch": flock_resources.batch_settings()[0]} if "batch" in inspect.signature(next_epoch_requests).parameters \
+        batched = "batch" in inspect.signature(next_epoch_requests).parameters
+        batching = {"batch": flock_resources.batch_settings()[0]} if batched \
             else {}  # (commits before batching: one run per miner)
         with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
             requests, _stage = next_epoch_requests(

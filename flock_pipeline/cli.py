@@ -132,7 +132,7 @@ def cmd_epoch_batches(args) -> int:
     """The epoch's accepted miners as `miners` partition ranges of at most --size miners (FLOCK_MINER_BATCH), one
     `FIRST...LAST` per line: what `dagster asset materialize --partition-range` takes, in the batches the sensors
     launch."""
-    from flock_pipeline.defs.sensors import miner_batches
+    from flock_pipeline.defs.planner import miner_batches
     from flock_pipeline.resources import batch_settings, build_resources
 
     size = args.size or batch_settings()[0]

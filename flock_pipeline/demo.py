@@ -66,6 +66,7 @@ from flock_pipeline.resources.chain import LocalChainResource
 from flock_pipeline.resources.hub import LocalHubResource
 from flock_pipeline.resources.warehouse import WarehouseResource
 from flock_pipeline.validator.report_table import epoch_report, format_report  # noqa: F401 - the demo's tables
+from datetime import UTC
 
 EVAL_REPO = "flock/eval-atlas"
 VALIDATOR_HOTKEY = "validator"
@@ -236,7 +237,8 @@ def selection_miners(seed: int = 7, competition_id: str = DEFAULT_COMPETITION_ID
 
     Quality is how many distinct facts a selection covers (rows of one fact teach its other wordings) and whether it
     teaches every wording: the strong selector takes 100 distinct facts in rotating wordings, the weak one 34 facts
-    in all three wordings, the random one whatever 100 rows it drew. Each selector prefers rows the earlier ones left, so only the intended copies share more than 33 rows."""
+    in all three wordings, the random one whatever 100 rows it drew. Each selector prefers rows the earlier ones
+    left, so only the intended copies share more than 33 rows."""
     import random
 
     grid = synthetic.fact_grid(synthetic.make_atlas(seed))
@@ -376,9 +378,9 @@ def seed_demo_network(home: Path, seed: int = 7, network: str = "default", force
 
 
 def _day0(hour: int, minute: int):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    day = datetime.fromtimestamp(SELECTION_GENESIS, tz=timezone.utc).replace(hour=0, minute=0)
+    day = datetime.fromtimestamp(SELECTION_GENESIS, tz=UTC).replace(hour=0, minute=0)
     return day + timedelta(hours=hour, minutes=minute)
 
 

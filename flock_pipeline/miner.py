@@ -96,7 +96,7 @@ def validate_file(path: str | Path, limits: DatasetLimits, tokenizer=None, eval_
     return out, train_rows
 
 
-def text_warnings(rows: list[tuple[int, "ChatRow | PreferenceRow"]]) -> list[dict]:
+def text_warnings(rows: list[tuple[int, ChatRow | PreferenceRow]]) -> list[dict]:
     """Rows with text a reader cannot see (zero-width and other invisible characters) or words mixing scripts
     (look-alike letters): validators match copies on the text as it reads, without them, so such rows are
     compared as if they were not there; an honest row that happens to match an earlier miner's is dropped."""
@@ -187,7 +187,7 @@ def submit(data: bytes, repo: str, hotkey: str, competition_id: str, hub, chain)
         if committed is not None and committed.repo_id == repo:
             try:
                 same = hub.download(repo, committed.revision) == data
-            except Exception:  # the committed revision is gone or unreadable: submit anew
+            except Exception:  # noqa: BLE001 - the committed revision is gone or unreadable: submit anew
                 same = False
             if same:
                 hub.set_private(repo, False)

@@ -127,7 +127,7 @@ class RedisServer:
                     break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start")
+                    raise RuntimeError("redis-server did not start") from None
                 time.sleep(0.1)
         self.url = f"redis://127.0.0.1:{self.port}/0"
 

@@ -64,7 +64,7 @@ def tokenize_row(row: ChatRow, tokenizer, max_seq_len: int) -> TokenizedRow:
     return TokenizedRow(tuple(ids[:max_seq_len]), tuple(labels[:max_seq_len]))
 
 
-def count_tokens(row: "ChatRow | PreferenceRow", tokenizer) -> int:
+def count_tokens(row: ChatRow | PreferenceRow, tokenizer) -> int:
     """Token count of the rendered row with the given tokenizer (no truncation); a preference pair counts its
     prompt once and both answers."""
     segments = render_segments(row)

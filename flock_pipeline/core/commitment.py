@@ -62,7 +62,7 @@ class Commitment:
         return f"{self.repo_id}:{self.competition_id}:{self.revision}"
 
     @classmethod
-    def from_compressed_str(cls, data: str | bytes) -> "Commitment":
+    def from_compressed_str(cls, data: str | bytes) -> Commitment:
         if isinstance(data, bytes):
             if len(data) > MAX_COMMITMENT_BYTES:
                 raise CommitmentError(f"commitment is {len(data)} bytes, limit {MAX_COMMITMENT_BYTES}")

@@ -104,7 +104,7 @@ class CorpusPolicy:
                              f"got {self.derive_max_new_tokens!r}")
 
     @classmethod
-    def from_json(cls, text: str) -> "CorpusPolicy":
+    def from_json(cls, text: str) -> CorpusPolicy:
         """The policy a JSON object of its fields describes ("{}": the defaults); ValueError naming the field."""
         try:
             value = json.loads(text or "{}")

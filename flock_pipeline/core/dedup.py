@@ -224,7 +224,7 @@ def _near_sources(miners: list[MinerRows], eval_texts: tuple[str, ...],
                 sources = dict(parts.get((g, index), {}))
                 claim = row_claims[index]
 
-                def earlier(answer: str) -> int | None:  # the uid of an earlier row with this whole answer
+                def earlier(answer: str, g=g, claim=claim) -> int | None:  # an earlier row's uid, same answer
                     owner = answers.get(answer)
                     return uid_of[owner[1]] if owner is not None and owner[1] != g and owner[0] < claim else None
 

@@ -53,16 +53,16 @@ class Objective(ABC):
         return {"objective": self.name}
 
     @abstractmethod
-    def evaluate(self, base: "BaseModel", train_rows: Sequence, eval_rows: Sequence, recipe: "TrainRecipe",
-                 on_step: Callable | None = None) -> "EvalOutcome":
+    def evaluate(self, base: BaseModel, train_rows: Sequence, eval_rows: Sequence, recipe: TrainRecipe,
+                 on_step: Callable | None = None) -> EvalOutcome:
         """Train on one set of rows and score the trained model on the eval rows (the caller holds the lock)."""
 
     @abstractmethod
-    def base_outcome(self, base: "BaseModel", eval_rows: Sequence, recipe: "TrainRecipe") -> "EvalOutcome":
+    def base_outcome(self, base: BaseModel, eval_rows: Sequence, recipe: TrainRecipe) -> EvalOutcome:
         """The base model's own score on the eval rows, untrained (the caller holds the lock)."""
 
-    def evaluate_many(self, base: "BaseModel", train_sets: Sequence[Sequence], eval_rows: Sequence,
-                      recipe: "TrainRecipe", trainer: Trainer) -> list["EvalOutcome | Exception"]:
+    def evaluate_many(self, base: BaseModel, train_sets: Sequence[Sequence], eval_rows: Sequence,
+                      recipe: TrainRecipe, trainer: Trainer) -> list[EvalOutcome | Exception]:
         """One outcome per training set, or the exception its evaluation raised (that set's failure alone).
         Default: each set alone, in turn."""
         results: list[Any] = []

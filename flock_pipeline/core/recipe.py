@@ -90,7 +90,7 @@ class TrainRecipe:
                   and not (k in self._HASHED_UNLESS_DEFAULT and v == self._HASHED_UNLESS_DEFAULT[k])}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
-    def with_overrides(self, **overrides) -> "TrainRecipe":
+    def with_overrides(self, **overrides) -> TrainRecipe:
         """A copy with some fields changed; an unknown field or a bad value raises ValueError naming it."""
         unknown = sorted(set(overrides) - set(asdict(self)))
         if unknown:

@@ -91,12 +91,12 @@ class ChatRow:
         """sha256 hex of the canonical JSON."""
         return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
 
-    def stripped(self) -> "ChatRow":
+    def stripped(self) -> ChatRow:
         """Contents and system prompt without surrounding whitespace (how the live selection game renders rows)."""
         return ChatRow(system=self.system.strip(), turns=tuple(Turn(t.role, t.content.strip()) for t in self.turns))
 
     @classmethod
-    def from_json_obj(cls, obj: dict) -> "ChatRow":
+    def from_json_obj(cls, obj: dict) -> ChatRow:
         """Rebuild a row that was validated before (e.g. read back from the warehouse)."""
         return cls(system=obj["system"],
                    turns=tuple(Turn(t["role"], t["content"]) for t in obj["conversations"]))
@@ -133,7 +133,7 @@ def parse_row(obj: object, limits: DatasetLimits = DatasetLimits()) -> ChatRow:
 @dataclass(frozen=True)
 class RowResult:
     line: int  # 1-based line number in the file
-    row: "ChatRow | PreferenceRow | None"
+    row: ChatRow | PreferenceRow | None
     reason: str | None  # None when the row is valid
 
 
@@ -226,7 +226,7 @@ def validate_line(number: int, raw: bytes, limits: DatasetLimits = DatasetLimits
         return RowResult(number, None, str(exc))
 
 
-def verdict_key(limits: "DatasetLimits", row_format=None) -> str:
+def verdict_key(limits: DatasetLimits, row_format=None) -> str:
     """What a dataset's verdict depends on besides its bytes: the limits, the row format (its `verdict_spec`; chat
     verdicts keep the keys they were first recorded under) and the rules' version."""
     from dataclasses import asdict
@@ -300,7 +300,7 @@ class PreferenceRow:
         text = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-    def stripped(self) -> "PreferenceRow":
+    def stripped(self) -> PreferenceRow:
         return PreferenceRow(self.system.strip(), tuple(Turn(t.role, t.content.strip()) for t in self.prompt),
                              self.chosen.strip(), self.rejected.strip())
 
@@ -309,7 +309,7 @@ class PreferenceRow:
         return ChatRow(system=self.system, turns=self.turns)
 
     @classmethod
-    def from_json_obj(cls, obj: dict) -> "PreferenceRow":
+    def from_json_obj(cls, obj: dict) -> PreferenceRow:
         return cls(system=obj["system"], prompt=tuple(Turn(t["role"], t["content"]) for t in obj["prompt"]),
                    chosen=obj["chosen"][0]["content"], rejected=obj["rejected"][0]["content"])
 
@@ -403,5 +403,5 @@ def parse_preference_row(obj: object, limits: DatasetLimits = DatasetLimits()) -
     return PreferenceRow(system=system, prompt=tuple(turns), chosen=chosen, rejected=rejected)
 
 
-def rows_to_jsonl(rows: Iterable["ChatRow | PreferenceRow"]) -> str:
+def rows_to_jsonl(rows: Iterable[ChatRow | PreferenceRow]) -> str:
     return "".join(json.dumps(r.to_json_obj(), ensure_ascii=False) + "\n" for r in rows)

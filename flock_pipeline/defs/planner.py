@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from flock_pipeline.defs.assets import (EPOCH_TAG, RANGE_END, RANGE_START, SCORING_STAGE, deduplicated_shards, miner_datasets, miner_eval_losses, miners_in_range,
-                                        miners_partitions, submitted_weights)
+from flock_pipeline.defs.assets import (EPOCH_TAG, RANGE_END, RANGE_START, SCORING_STAGE, deduplicated_shards,
+                                        miner_datasets, miner_eval_losses, miners_in_range, miners_partitions,
+                                        submitted_weights)
 from flock_pipeline.defs.jobs import EPOCH_STAGE_JOB, MINER_STAGE_JOB
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
@@ -187,7 +188,7 @@ def request_miners(request: dg.RunRequest, instance: dg.DagsterInstance) -> list
 
 def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.DagsterInstance,
                         provenance_of: ProvenanceOf, chain_block: int | None = None,
-                        eval_timeout_s: int = 0, verdict: "str | dict[str | None, str] | None" = None,
+                        eval_timeout_s: int = 0, verdict: str | dict[str | None, str] | None = None,
                         eval_tags: dict[str, str] | None = None, batch: int = 1,
                         dataset_batch: int | None = None, network: str = "") -> tuple[list[dg.RunRequest], str]:
     """The run requests that move `epoch` to its next stage, and a one-line description of where it stands.

@@ -20,9 +20,8 @@ from flock_pipeline.core.commitment import Commitment, CommitmentError
 from flock_pipeline.defs.assets import (chain_commitments, epochs_partitions, miner_datasets, miners_partitions,
                                         submitted_weights)
 from flock_pipeline.defs.jobs import EPOCH_STAGE_JOB, epoch_stage, miner_stage
-from flock_pipeline.defs.planner import (IN_PROGRESS, MAX_RUN_ATTEMPTS, PREFETCH_TAG, ProvenanceOf,  # noqa: F401
-                                         batch_key, batch_request, miner_batches, next_epoch_requests,
-                                         provenance_lookup, request_miners, scoped)
+from flock_pipeline.defs.planner import (PREFETCH_TAG, batch_key, batch_request, miner_batches,
+                                         next_epoch_requests, provenance_lookup, scoped)
 from flock_pipeline.resources import batch_settings
 from flock_pipeline.resources.chain import ChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource

@@ -42,6 +42,7 @@ from flock_pipeline.core.commitment import MAX_COMMITMENT_BYTES
 from flock_pipeline.core.weights import U16_MAX, WeightRules, WeightsPlan
 from flock_pipeline.resources.chain import (ChainError, ChainResource, Neuron, PendingCommit, RawCommitment,
                                             ValidatorWeight, WeightsReceipt)
+from datetime import UTC
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,7 @@ class BittensorChainResource(ChainResource):
     def clock(self):
         """The block clock anchored at the head: its `Timestamp.Now` and the chain's block time (blocks are close to
         evenly spaced, so a block's time is the head's minus the blocks in between)."""
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         from flock_pipeline.core.competitions import Clock
 
@@ -314,7 +315,7 @@ class BittensorChainResource(ChainResource):
         if now_ms <= 0 or seconds <= 0:
             raise ChainError(f"{self._network_label()} did not give the time of block {head}")
         genesis = now_ms / 1000.0 - head * seconds
-        return Clock(datetime.fromtimestamp(genesis, tz=timezone.utc), float(seconds))
+        return Clock(datetime.fromtimestamp(genesis, tz=UTC), float(seconds))
 
     def weights_set_since(self, hotkey: str, block: int) -> int | None:
         """The hotkey's `LastUpdate` (the block of its last weights or weight commit) when it is >= `block`."""
@@ -714,7 +715,7 @@ class BittensorChainResource(ChainResource):
             keypair = _unlock_hotkey(wallet, password)
         except ChainError:
             raise
-        except Exception as exc:  # messages of keyfile errors carry the path: only the kind of failure is kept
+        except Exception as exc:  # noqa: BLE001 - keyfile errors carry the path: only the kind of failure is kept
             reason = {FileNotFoundError: "no such hotkey file", PermissionError: "the hotkey file is not readable"}
             raise ChainError(f"could not load the wallet hotkey ({where}): "
                              f"{reason.get(type(exc), type(exc).__name__)}") from None

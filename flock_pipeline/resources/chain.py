@@ -27,6 +27,7 @@ import dagster as dg
 
 from flock_pipeline.core.weights import U16_MAX, WeightRules, WeightsPlan, plan_weights, runtime_error
 from flock_pipeline.errors import FlockError
+from datetime import UTC
 
 if TYPE_CHECKING:
     from flock_pipeline.core.competitions import Clock
@@ -198,7 +199,7 @@ class ChainResource(dg.ConfigurableResource):
         """Every validator's (permit or subnet owner) stored weight on `uid`, for miners who have no warehouse."""
         raise NotImplementedError
 
-    def clock(self) -> "Clock":
+    def clock(self) -> Clock:
         """The block clock as UTC time (daily competition rounds are defined in UTC)."""
         raise NotImplementedError
 
@@ -332,14 +333,14 @@ class LocalChainResource(ChainResource):
                     latest[c["hotkey"]] = RawCommitment(**c)
             return sorted(latest.values(), key=lambda c: (c.block, c.hotkey))
 
-    def clock(self) -> "Clock":
-        from datetime import datetime, timezone
+    def clock(self) -> Clock:
+        from datetime import datetime
 
         from flock_pipeline.core.competitions import Clock
 
         with self._state(write=False) as s:
             genesis = float(s.get("genesis", LOCAL_GENESIS))
-            return Clock(datetime.fromtimestamp(genesis, tz=timezone.utc),
+            return Clock(datetime.fromtimestamp(genesis, tz=UTC),
                          float(s.get("block_seconds", LOCAL_BLOCK_SECONDS)))
 
     def owner_hotkey(self) -> str | None:

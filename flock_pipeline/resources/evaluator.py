@@ -18,7 +18,7 @@ from flock_pipeline.core.tiny_model import TINY_MODEL_NAME, TINY_MODEL_VERSION, 
 if TYPE_CHECKING:  # torch is imported only when a model is actually used (sensors and the UI never need it)
     from flock_pipeline.core.evaluator import BaseModel, EvalOutcome
 
-_MODELS: dict[tuple, "BaseModel"] = {}  # one loaded base model per (path, device, precision) per process
+_MODELS: dict[tuple, BaseModel] = {}  # one loaded base model per (path, device, precision) per process
 _LOCK = threading.Lock()
 
 
@@ -125,7 +125,7 @@ class EvaluatorResource(dg.ConfigurableResource):
     def model_name(self) -> str:
         return TINY_MODEL_NAME if self.base_model == "tiny" else self.base_model
 
-    def load(self) -> "BaseModel":
+    def load(self) -> BaseModel:
         import torch
 
         from flock_pipeline.core import evaluator as core_eval
@@ -148,7 +148,7 @@ class EvaluatorResource(dg.ConfigurableResource):
         return Trainer(lock=_LOCK, multi_lora=self.multi_lora_max if self.multi_lora_enabled() else 0)
 
     def evaluate(self, train_rows: list, eval_rows: list, on_step=None, recipe: dict | None = None,
-                 objective: Objective = SFT) -> "EvalOutcome":
+                 objective: Objective = SFT) -> EvalOutcome:
         """Train on `train_rows` and score the result on `eval_rows` with the objective (the recipe with a
         competition's `recipe` overrides)."""
         base = self.load()
@@ -157,7 +157,7 @@ class EvaluatorResource(dg.ConfigurableResource):
             return objective.evaluate(base, train_rows, eval_rows, recipe_, on_step)
 
     def evaluate_many(self, train_sets: list[list], eval_rows: list, recipe: dict | None = None,
-                      objective: Objective = SFT) -> list["EvalOutcome | Exception"]:
+                      objective: Objective = SFT) -> list[EvalOutcome | Exception]:
         """One outcome per training set (or the exception its evaluation raised), on the same eval rows, recipe and
         objective. With multi-LoRA on (SFT), up to `multi_lora_max` sets train side by side; one miner's failure is
         its own."""
@@ -165,7 +165,7 @@ class EvaluatorResource(dg.ConfigurableResource):
         base = self.load()
         return objective.evaluate_many(base, train_sets, eval_rows, recipe_, self.trainer())
 
-    def base_loss(self, eval_rows: list, recipe: dict | None = None, objective: Objective = SFT) -> "EvalOutcome":
+    def base_loss(self, eval_rows: list, recipe: dict | None = None, objective: Objective = SFT) -> EvalOutcome:
         """The base model's own score on the eval rows under the objective (SFT: its loss; DPO: ln 2 per pair,
         computed)."""
         base = self.load()

@@ -460,7 +460,7 @@ class HuggingFaceHubResource(HubResource):
             self._raise_mapped(exc, what, write=True)
         except httpx2.TransportError as exc:
             raise HubError(f"{what}: {type(exc).__name__}: {scrub(str(exc), token)}", transient=True) from None
-        except Exception as exc:  # the LFS/Xet transfer machinery of a third-party library: keep its reason only
+        except Exception as exc:  # noqa: BLE001 - the LFS/Xet transfer machinery of a library: its reason only
             raise HubError(f"{what}: {type(exc).__name__}: {scrub(str(exc), token)[:_MAX_SERVER_TEXT]}") from None
         return info.oid
 

@@ -95,7 +95,7 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
         return _competition_set(self.competitions or "curation", _Frozen(curation), _Frozen(shared))
 
     @pydantic.model_validator(mode="after")
-    def _check_configs(self) -> "ValidatorSettingsResource":
+    def _check_configs(self) -> ValidatorSettingsResource:
         """Build the limits, dedup and scoring configs now: a wrong value fails when the settings are read, naming
         the setting, before any download or training."""
         for build, names in ((self.limits, _LIMITS), (self.dedup_config, _DEDUP), (self.scoring_config, _SCORING)):

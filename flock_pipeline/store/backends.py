@@ -72,7 +72,7 @@ def _redact(url: str) -> str:
 class Transaction:
     """One open transaction: execute, executemany, fetch, lock."""
 
-    def __init__(self, backend: "Backend", con, cursor=None):
+    def __init__(self, backend: Backend, con, cursor=None):
         self._backend, self._con, self._cur = backend, con, cursor
 
     def execute(self, sql: str, params: list | tuple = ()) -> None:

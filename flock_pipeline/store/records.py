@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import ClassVar
 
 import pandas as pd
@@ -18,7 +18,7 @@ import pandas as pd
 
 def utcnow() -> datetime:
     """A naive UTC timestamp (the store's TIMESTAMP columns carry no zone)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class Record:

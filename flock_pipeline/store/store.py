@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from dataclasses import dataclass
-from typing import Iterable
+from collections.abc import Iterable
 
 from flock_pipeline.store.backends import Backend, Transaction, backend_for
 from flock_pipeline.store.records import (
@@ -208,7 +208,7 @@ class StoreOps:
     def dataset_rows(self, repo: str, revision: str) -> list[DatasetRowRecord]:
         return self._select(DatasetRowRecord, "repo = ? AND revision = ?", [repo, revision], "idx")
 
-    def hotkeys_with_dataset(self, epoch: int, verdict_key: "str | Mapping[str | None, str] | None") -> set[str]:
+    def hotkeys_with_dataset(self, epoch: int, verdict_key: str | Mapping[str | None, str] | None) -> set[str]:
         """Hotkeys of `epoch` whose committed dataset is recorded (under `verdict_key`'s limits and rules when
         given: one key, or the key of each competition by name, None standing for commitments recorded without
         one; an unavailable dataset counts whatever the key)."""

@@ -1,4 +1,5 @@
-"""The README's commands, run as a user runs them: `flock demo`, the `dagster asset materialize` epoch, `dagster dev`."""
+"""The README's commands, run as a user runs them: `flock demo`, the `dagster asset materialize` epoch and
+`dagster dev`."""
 
 import json
 import os

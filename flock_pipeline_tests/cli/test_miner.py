@@ -134,7 +134,9 @@ def test_submit_refuses_invalid_data_then_commits_once_and_goes_public(network, 
     reader = resources["hub"]
     owner = LocalHubResource(root=reader.root, as_owner=True)
     revision = owner.head("new/data")
-    with pytest.raises(Exception):
+    from flock_pipeline.resources.hub import HubError
+
+    with pytest.raises(HubError):
         reader.download("new/data", revision)  # still private
     monkeypatch.undo()
     monkeypatch.setenv("FLOCK_HOME", str(network))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 import pytest
 
@@ -75,14 +75,16 @@ def context(reward, n_uids=40, burn=0, round_id="20260202", phase="rewarding"):
 
 
 def test_scoring_decides_the_round_once_its_rewarding_window_opens():
-    out = SEL.score([C(1, 2.0, 10), C(2, 1.0, 20), C(3, 3.0, 5)], context(RewardState("20260202", None, decide_now=True)))
+    out = SEL.score([C(1, 2.0, 10), C(2, 1.0, 20), C(3, 3.0, 5)],
+                    context(RewardState("20260202", None, decide_now=True)))
     assert out.weights == {1: 1.0} and out.decided == ("20260202", 1, 2.0)
     assert out.scores == {1: 1.0, 2: 0.0, 3: 0.0}
     assert "not the earliest" in out.reasons[2] and "not among the 2 lowest" in out.reasons[3]
 
 
 @pytest.mark.parametrize("reward, weights, status", [
-    pytest.param(RewardState("20260202", None, decide_now=True), {0: 1.0}, "burn", id="round decided with nobody scored"),
+    pytest.param(RewardState("20260202", None, decide_now=True), {0: 1.0}, "burn",
+                 id="round decided with nobody scored"),
     pytest.param(RewardState(None, None), {0: 1.0}, "burn", id="fresh start: no round decided yet"),
     pytest.param(RewardState("20260201", None), {0: 1.0}, "burn", id="the last decided round had no winner"),
     pytest.param(RewardState("20260201", 5), {5: 1.0}, "reward", id="the last winner keeps it while validating"),
@@ -190,7 +192,7 @@ def test_a_later_submission_never_changes_an_earlier_one():
 # -- windows and rounds ----------------------------------------------------------------------------------------
 
 def utc(day, hour, minute=0, second=0):
-    return datetime(2026, 2, day, hour, minute, second, tzinfo=timezone.utc)
+    return datetime(2026, 2, day, hour, minute, second, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("when, round_id, phase", [

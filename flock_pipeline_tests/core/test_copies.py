@@ -33,7 +33,8 @@ def test_fold(a, b):
 def test_what_a_miner_is_warned_about():
     assert invisible_characters("Pa\u200bris\u200b and caf\u00ade") == ["ZERO WIDTH SPACE", "SOFT HYPHEN"]
     assert mixed_script_words("The \u0441apital of Fr\u0430nce is Paris") == ["\u0441apital", "Fr\u0430nce"]
-    assert invisible_characters("plain text") == [] and mixed_script_words("plain \u041c\u043e\u0441\u043a\u0432\u0430") == []
+    assert invisible_characters("plain text") == []
+    assert mixed_script_words("plain \u041c\u043e\u0441\u043a\u0432\u0430") == []
 
 
 def _miner(uid: int, rows, block: int | None = None) -> MinerRows:

@@ -601,7 +601,8 @@ def test_the_quantized_recipe_trains_on_the_copy_and_evaluates_the_base_with_its
 
 def test_the_quantized_recipe_is_refused_without_cuda(base):
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        train_and_evaluate(base, honest_rows(ATLAS, 8, 5), eval_rows(ATLAS)[:4], FAST.with_overrides(quantization="nf4"))
+        train_and_evaluate(base, honest_rows(ATLAS, 8, 5), eval_rows(ATLAS)[:4],
+                           FAST.with_overrides(quantization="nf4"))
 
 
 def test_stripping_whitespace_is_what_the_live_loader_does(base):

@@ -58,7 +58,7 @@ def test_a_miner_that_fails_inside_a_batch_is_recorded_and_the_others_succeed(de
     """In one batch run: honest-fair's data makes training raise a ValueError (final: recorded as its failure at
     once) and weak-offdomain crashes once with a RuntimeError (the step is retried; the miners already evaluated
     come from the store). Every miner gets its own materialization with its own status."""
-    from flock_pipeline.defs.sensors import next_epoch_requests, request_miners
+    from flock_pipeline.defs.planner import next_epoch_requests, request_miners
     from flock_pipeline.core import evaluator as core_eval
     from flock_pipeline.core.chat import tokenize_row
     from flock_pipeline.validator.datasets import rows_from_json

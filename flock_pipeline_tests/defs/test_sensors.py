@@ -9,7 +9,8 @@ from flock_pipeline.store import EvalResultRecord
 from flock_pipeline.core.commitment import Commitment
 from flock_pipeline.defs.assets import epochs_partitions, miners_partitions
 from flock_pipeline.defs.epoch import _run
-from flock_pipeline.defs.sensors import commitment_sensor, epoch_progress_sensor, new_block_sensor, request_miners
+from flock_pipeline.defs.planner import request_miners
+from flock_pipeline.defs.sensors import commitment_sensor, epoch_progress_sensor, new_block_sensor
 from flock_pipeline.defs.assets import (chain_commitments, deduplicated_shards, miner_datasets,
                                         miner_eval_losses)
 
@@ -70,7 +71,8 @@ def test_commitment_sensor_downloads_new_revisions_in_one_batch(demo):
     """New commitments are fetched ahead of the epoch in one run over the miners' partition range (their
     partitions are added by the same tick), keyed by every miner's hotkey:revision; one changed commitment is a run
     of its own."""
-    from flock_pipeline.defs.sensors import PREFETCH_TAG, RANGE_END, RANGE_START
+    from flock_pipeline.defs.assets import RANGE_END, RANGE_START
+    from flock_pipeline.defs.planner import PREFETCH_TAG
 
     _, resources, instance, _ = demo
     chain, hub = resources["chain"], resources["hub"]
@@ -178,7 +180,8 @@ def test_a_run_that_crashes_is_retried_under_a_new_key_then_given_up(demo, tmp_p
     for attempt in range(3):
         request = next(r for r in tick().run_requests if r.partition_key == "hk-empty")
         suffix = "" if attempt == 0 else f"#retry{attempt}"
-        assert request.run_key.endswith(suffix) and request.run_key.split("/", 1)[1].startswith(f"dataset:{key}:hk-empty:")
+        assert request.run_key.endswith(suffix)
+        assert request.run_key.split("/", 1)[1].startswith(f"dataset:{key}:hk-empty:")
         tags = {"dagster/run_key": request.run_key, **request.tags}
         if attempt == 0:  # a real crash (the step fails through its retries and records nothing)
             failed = dg.materialize(ASSETS + CHECKS, selection=[miner_datasets], partition_key="hk-empty",
@@ -194,7 +197,7 @@ def test_a_run_that_crashes_is_retried_under_a_new_key_then_given_up(demo, tmp_p
 def test_an_evaluation_whose_runs_keep_dying_is_recorded_as_failed(demo):
     """Evaluation runs that die without a result (killed, out of memory, over their time limit) are retried under
     new keys; after the last one the miner is recorded as failed with the error, and the epoch goes on."""
-    from flock_pipeline.defs.sensors import MAX_RUN_ATTEMPTS, next_epoch_requests
+    from flock_pipeline.defs.planner import MAX_RUN_ATTEMPTS, next_epoch_requests
     from flock_pipeline.validator.evaluation import cache_key
     from flock_pipeline.validator.scoring import compute_epoch_scores
 
@@ -243,7 +246,7 @@ def test_evaluation_runs_stopped_by_a_validator_fault_are_never_recorded_against
     validator's fault; with the device fixed, a new run key evaluates the miner."""
     from flock_pipeline.defs.assets import ASSETS
     from flock_pipeline.defs.checks import CHECKS
-    from flock_pipeline.defs.sensors import MAX_RUN_ATTEMPTS, next_epoch_requests
+    from flock_pipeline.defs.planner import MAX_RUN_ATTEMPTS, next_epoch_requests
     from flock_pipeline.resources import EvaluatorResource
 
     home, resources, instance, epoch = demo
@@ -255,7 +258,7 @@ def test_evaluation_runs_stopped_by_a_validator_fault_are_never_recorded_against
         _run([miner_datasets], hotkey, resources, instance, epoch)
     cuda = {**resources, "evaluator": EvaluatorResource(device="cuda", cache_dir=str(home / "models"))}
     provenance = cuda["evaluator"].provenance()
-    for attempt in range(MAX_RUN_ATTEMPTS):
+    for _attempt in range(MAX_RUN_ATTEMPTS):
         requests, _ = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance)
         fair = next(r for r in requests if r.partition_key == "hk-honest-fair")
         failed = dg.materialize(ASSETS + CHECKS, selection=[deduplicated_shards, miner_eval_losses],
@@ -280,7 +283,7 @@ def test_evaluation_runs_stopped_by_a_validator_fault_are_never_recorded_against
 def test_a_batch_that_keeps_dying_comes_apart_into_runs_of_one_miner(demo):
     """Batches follow the partitions' order and the batch size; a batch whose runs died MAX_RUN_ATTEMPTS times is
     requested again one miner per run (under each miner's own key), so a miner that kills its run is found alone."""
-    from flock_pipeline.defs.sensors import MAX_RUN_ATTEMPTS, next_epoch_requests
+    from flock_pipeline.defs.planner import MAX_RUN_ATTEMPTS, next_epoch_requests
 
     _, resources, instance, epoch = demo
     key = str(epoch)
@@ -307,7 +310,7 @@ def test_a_batch_that_keeps_dying_comes_apart_into_runs_of_one_miner(demo):
 def test_the_epoch_sensor_waits_for_the_commitment_sensors_downloads(demo):
     """While a prefetch run of the commitment sensor is in progress, the epoch sensor requests no download of its
     own (the same files would be fetched twice); once it has ended, the missing datasets are requested."""
-    from flock_pipeline.defs.sensors import PREFETCH_TAG, next_epoch_requests
+    from flock_pipeline.defs.planner import PREFETCH_TAG, next_epoch_requests
 
     _, resources, instance, epoch = demo
     instance.add_dynamic_partitions(epochs_partitions.name, [str(epoch)])

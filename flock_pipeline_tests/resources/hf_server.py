@@ -34,7 +34,7 @@ import re
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -45,7 +45,7 @@ _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
 _STREAM_CHUNK = 1 << 20
 _GITATTRIBUTES = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"
-_EPOCH = datetime(2025, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def git_blob_id(data: bytes) -> str:

@@ -10,6 +10,7 @@ from bittensor_core import Keypair
 from flock_pipeline.resources.bittensor_chain import BittensorChainResource, decode_commitment_fields
 from flock_pipeline.resources.chain import ChainError, Neuron, RawCommitment
 from flock_pipeline_tests.resources.fake_substrate import FakeSubstrate
+from datetime import UTC
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 VALIDATOR = Keypair.create_from_uri("//Alice")
@@ -346,15 +347,15 @@ def test_the_chain_says_whether_this_validator_already_set_weights_since_a_block
 
 
 def test_the_block_clock_and_the_subnet_owner_come_from_the_chain(chain, sub):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     sub.advance(100)
     sub.owner_hotkey = MINER.ss58_address
     clock = chain.clock()
     assert clock.block_seconds == sub.block_time_s
-    assert clock.time_of(0) == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert clock.time_of(0) == datetime(2026, 1, 1, tzinfo=UTC)
     assert clock.time_of(sub.block) == datetime.fromtimestamp(
-        (sub.genesis_ms + sub.block * sub.block_time_s * 1000) / 1000, tz=timezone.utc)
+        (sub.genesis_ms + sub.block * sub.block_time_s * 1000) / 1000, tz=UTC)
     assert chain.owner_hotkey() == MINER.ss58_address
 
 

@@ -10,5 +10,5 @@ from flock_pipeline.core.competitions.dpo import DpoCompetition
 from flock_pipeline.core.competitions.selection import SelectionCompetition, select_winner
 
 __all__ = ["Clock", "Competition", "CompetitionConfigError", "CompetitionScores", "CompetitionSet", "Contender",
-           "CurationCompetition", "DpoCompetition", "Entry", "EvalSet", "KINDS", "PRESETS", "RewardState", "Round", "ScoringContext",
-           "SelectionCompetition", "build_competitions", "load_document", "select_winner"]
+           "CurationCompetition", "DpoCompetition", "Entry", "EvalSet", "KINDS", "PRESETS", "RewardState", "Round",
+           "ScoringContext", "SelectionCompetition", "build_competitions", "load_document", "select_winner"]

@@ -123,7 +123,7 @@ class ScoringContext:
     coldkeys: Mapping[int, str] = field(default_factory=dict)
     burn_uid: int | None = None  # the uid that receives a share nobody earned (the subnet owner's)
     round: Round | None = None
-    reward: "RewardState | None" = None  # daily rounds: what the round history says about the reward
+    reward: RewardState | None = None  # daily rounds: what the round history says about the reward
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ class RewardState:
     winner_uid: int | None  # None with a source round: that round had no winner (burn)
     decide_now: bool = False  # `source_round`'s reward time has passed and it is not decided yet: decide it now
     reused_from: str | None = None  # the current round reuses this round (its pool revision did not change)
-    contenders: tuple["Contender", ...] | None = None  # with decide_now for an earlier round: its recorded
+    contenders: tuple[Contender, ...] | None = None  # with decide_now for an earlier round: its recorded
     # contenders (None: the round being decided is the current one, whose contenders are this epoch's)
 
 

@@ -1,8 +1,8 @@
 """The validator's competitions from one document (JSON text, a preset name or `@file`), checked before any work.
 
 Document: a JSON list of competition objects (or `{"competitions": [...]}`), each with `kind` ("curation",
-"selection" or "dpo"), a `name`, a `share` and the kind's own fields; unknown fields are errors. Shares must sum to 1, names
-and commitment ids must be unique. Presets:
+"selection" or "dpo", or a kind registered in `KINDS`), a `name`, a `share` and the kind's own fields; unknown fields
+are errors. Shares must sum to 1, names and commitment ids must be unique. Presets:
 
 - "curation": the default, one curation game on every chain epoch (commitment id "1").
 - "sn96": the live subnet 96 configuration: one selection game over `flock-io/flock-off-s1-competition` with the

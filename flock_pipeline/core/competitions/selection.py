@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta, timezone
+from datetime import datetime, time, timedelta, UTC
 from typing import ClassVar
 
 from flock_pipeline.core.competitions.base import (Clock, Competition, CompetitionConfigError, CompetitionScores,
@@ -93,7 +93,7 @@ class SelectionCompetition(Competition):
 
     def round_day(self, when: datetime) -> datetime:
         """The UTC date (as midnight) of the round running at `when`: the latest submission start at or before."""
-        start = datetime.combine(when.date(), time(0), tzinfo=timezone.utc) + timedelta(
+        start = datetime.combine(when.date(), time(0), tzinfo=UTC) + timedelta(
             minutes=self.submission_start_min)
         return (start if when >= start else start - timedelta(days=1)) - timedelta(minutes=self.submission_start_min)
 
