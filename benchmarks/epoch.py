@@ -77,21 +77,21 @@ def _environment(home: Path, dagster_home: Path) -> dict:
             "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "FLOCK_NETWORK": "local"}
 
 
-def _training_seconds(warehouse, epoch: int) -> float:
+def _training_seconds(store, epoch: int) -> float:
     """The evaluator's own train + eval seconds, summed over the epoch's evaluated shards."""
     from flock_pipeline.store import EvalResultRecord
 
-    hashes = {s.shard_hash for s in warehouse.epoch_shards(epoch) if s.status == "eligible"}
-    return sum(float(r.seconds or 0.0) for h in hashes for r in warehouse.rows(EvalResultRecord, shard_hash=h)
+    hashes = {s.shard_hash for s in store.epoch_shards(epoch) if s.status == "eligible"}
+    return sum(float(r.seconds or 0.0) for h in hashes for r in store.rows(EvalResultRecord, shard_hash=h)
                if r.status == "ok")
 
 
 def _report(epoch: int, home: Path, wall: float, miners: int, runs: int, peak_kib: int) -> dict:
-    from flock_pipeline.resources.warehouse import WarehouseResource
+    from flock_pipeline.resources.store import StoreResource
 
-    warehouse = WarehouseResource(url=f"duckdb://{home / 'warehouse.duckdb'}")
-    scores = warehouse.win_rates(epoch)
-    train = _training_seconds(warehouse, epoch)
+    store = StoreResource(url=f"duckdb://{home / 'warehouse.duckdb'}")
+    scores = store.scores(epoch)
+    train = _training_seconds(store, epoch)
     return {"runs": runs, "miners": miners, "evaluated": sum(1 for r in scores if r.eval_loss is not None),
             "wall_s": round(wall, 2), "s_per_miner": round(wall / miners, 3),
             "training_share": round(train / wall, 3) if wall else 0.0, "training_s": round(train, 2),
@@ -180,7 +180,7 @@ def _next_requests(epoch: int, env: dict) -> list:
             else {}  # (commits before batching: one run per miner)
         with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
             requests, _stage = next_epoch_requests(
-                epoch, resources["warehouse"], instance,
+                epoch, resources["store"], instance,
                 lambda c: evaluator.provenance(build=False, recipe=competition_recipe(settings, c)),
                 resources["chain"].current_block(), 0, verdict_key(settings.limits()), **batching)
         return requests

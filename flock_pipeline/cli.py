@@ -64,7 +64,7 @@ def cmd_demo(args) -> int:
     log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     cycle = run_cycle(home, resources, _instance(), run_epoch, progress=log)
     demo = json.loads((home / "demo.json").read_text())
-    report = epoch_report(epoch, resources["warehouse"], demo["labels"], demo.get("quality"))
+    report = epoch_report(epoch, resources["store"], demo["labels"], demo.get("quality"))
     elapsed = time.perf_counter() - started
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     daily = len(cycle) > 1
@@ -99,7 +99,7 @@ def cmd_epoch_run(args) -> int:
     chain = resources["chain"]
     epoch = args.epoch if args.epoch is not None else chain.epoch_of(chain.current_block())
     run_epoch(epoch, resources, _instance(), progress=lambda m: print(m, file=sys.stderr))
-    report = epoch_report(epoch, resources["warehouse"])
+    report = epoch_report(epoch, resources["store"])
     print(json.dumps({"epoch": epoch, "miners": report}, indent=1) if args.json else format_report(report))
     return 0
 
@@ -123,7 +123,7 @@ def cmd_epoch_miners(args) -> int:
     """Hotkeys with an accepted commitment in the epoch: the `miners` partitions to materialize for it."""
     from flock_pipeline.resources import build_resources
 
-    commitments = build_resources()["warehouse"].epoch_commitments(args.epoch)
+    commitments = build_resources()["store"].epoch_commitments(args.epoch)
     print("\n".join(c.hotkey for c in commitments if c.status == "ok"))
     return 0
 
@@ -136,7 +136,7 @@ def cmd_epoch_batches(args) -> int:
     from flock_pipeline.resources import batch_settings, build_resources
 
     size = args.size or batch_settings()[0]
-    commitments = build_resources()["warehouse"].epoch_commitments(args.epoch)
+    commitments = build_resources()["store"].epoch_commitments(args.epoch)
     hotkeys = [c.hotkey for c in commitments if c.status == "ok"]
     for batch in miner_batches(_instance(), hotkeys, size):
         print(f"{batch[0]}...{batch[-1]}")
@@ -154,11 +154,11 @@ def cmd_epoch_report(args) -> int:
         from flock_pipeline.validator.epoch_report import build_epoch_report
 
         _quiet_torch()
-        paths, _ = build_epoch_report(args.epoch, resources["settings"], resources["warehouse"],
+        paths, _ = build_epoch_report(args.epoch, resources["settings"], resources["store"],
                                       resources["evaluator"], labels=demo.get("labels"))
         print(paths["html"])
         return 0
-    report = epoch_report(args.epoch, resources["warehouse"], demo.get("labels"), demo.get("quality"))
+    report = epoch_report(args.epoch, resources["store"], demo.get("labels"), demo.get("quality"))
     print(json.dumps({"epoch": args.epoch, "miners": report}, indent=1) if args.json else format_report(report))
     return 0
 
@@ -183,16 +183,16 @@ def cmd_chain_weights(args) -> int:
     from flock_pipeline.validator.scoring import weights_of
 
     resources = build_resources()
-    chain, settings, warehouse = resources["chain"], resources["settings"], resources["warehouse"]
+    chain, settings, store = resources["chain"], resources["settings"], resources["store"]
     doc: dict = {"hotkey": settings.validator_hotkey,
                  "rules": chain.weight_rules(settings.validator_hotkey).as_dict()}
-    epoch = warehouse.latest_epoch()
+    epoch = store.latest_epoch()
     code = 0
     if epoch is not None:
-        sent = warehouse.weight_submission(epoch)
+        sent = store.weight_submission(epoch)
         doc["epoch"] = epoch
         doc["submission"] = asdict(sent) if sent is not None else None
-        weights = weights_of(warehouse.win_rates(epoch))
+        weights = weights_of(store.scores(epoch))
         if weights:
             plan = chain.plan_weights(settings.validator_hotkey, weights, settings.weights_version_key)
             doc["plan"] = {"sendable": plan.sendable, "refusal": plan.refusal, "version_key": plan.version_key,
@@ -427,7 +427,7 @@ def cmd_miner_status(args) -> int:
         except CommitmentError as exc:
             print(f"flock: {'--reports' if args.reports else 'FLOCK_REPORT_REPOS'}: {exc}", file=sys.stderr)
             return 2
-    doc = status(args.hotkey or miner_hotkey(), resources["chain"], resources["warehouse"], resources["hub"], repos)
+    doc = status(args.hotkey or miner_hotkey(), resources["chain"], resources["store"], resources["hub"], repos)
     if args.json:
         print(dumps(doc))
     else:

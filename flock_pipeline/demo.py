@@ -64,14 +64,14 @@ from flock_pipeline.core.commitment import DEFAULT_COMPETITION_ID, Commitment
 from flock_pipeline.core.schema import ChatRow, DatasetLimits, PreferenceRow, Turn, rows_to_jsonl
 from flock_pipeline.resources.chain import LocalChainResource
 from flock_pipeline.resources.hub import LocalHubResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.validator.report_table import epoch_report, format_report  # noqa: F401 - the demo's tables
 from datetime import UTC
 
 EVAL_REPO = "flock/eval-atlas"
 VALIDATOR_HOTKEY = "validator"
 REPORT_FIELDS = ["uid", "hotkey", "label", "quality", "competition", "status", "reason", "rows_kept", "eval_loss",
-                 "win_rate", "weight"]
+                 "score", "win_rate", "weight"]
 POOL_REPO = "flock/selection-pool"
 OWNER_HOTKEY = "owner"  # the subnet owner (the burn uid of the selection game)
 SELECTION_GENESIS = 1770030000.0  # block 0 of the daily networks: 2026-02-02 11:00 UTC
@@ -291,7 +291,7 @@ class DemoHomeError(UsageError, ValueError):
 
 
 def check_demo_home(home: Path, force: bool = False) -> None:
-    """Refuse (DemoHomeError) a home that holds a chain, hub, warehouse or corpus without the demo's marker (a
+    """Refuse (DemoHomeError) a home that holds a chain, hub, store or corpus without the demo's marker (a
     validator's home, say), unless `force`."""
     home = Path(home)
     found = [n for n in DEMO_FILES if os.path.lexists(home / n)]
@@ -398,22 +398,22 @@ def run_cycle(home: Path, resources: dict, instance, run_epoch, progress=lambda 
     """Run the epochs of demo.json's cycle in order, moving the local chain's clock to each one first; returns a
     summary per epoch (round, phase, the weight vector and why)."""
     demo = json.loads((Path(home) / "demo.json").read_text())
-    chain, warehouse = resources["chain"], resources["warehouse"]
+    chain, store = resources["chain"], resources["store"]
     summary = []
     for epoch in demo.get("cycle", [demo["epoch"]]):
         start = chain.epoch_start(epoch)
         if chain.current_block() < start:
             chain.advance(start - chain.current_block())
         run_epoch(epoch, resources, instance, progress=progress)
-        summary.append(cycle_entry(epoch, warehouse, chain))
+        summary.append(cycle_entry(epoch, store, chain))
     return summary
 
 
-def cycle_entry(epoch: int, warehouse: WarehouseResource, chain: LocalChainResource) -> dict:
+def cycle_entry(epoch: int, store: StoreResource, chain: LocalChainResource) -> dict:
     """One epoch of a daily cycle: when it is, each competition's round and phase, and the weights with reasons."""
     block = chain.epoch_start(epoch)
-    games = warehouse.epoch_competitions(epoch)
-    weighted = [r for r in warehouse.win_rates(epoch) if r.weight > 0]
+    games = store.epoch_competitions(epoch)
+    weighted = [r for r in store.scores(epoch) if r.weight > 0]
     return {"epoch": epoch, "block": block, "time": f"{chain.clock().time_of(block):%Y-%m-%d %H:%M} UTC",
             "rounds": {r.competition: {"round": r.round_id, "phase": r.phase} for r in games},
             "weights": {str(int(r.uid)): round(float(r.weight), 6) for r in weighted},

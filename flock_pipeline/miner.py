@@ -217,10 +217,10 @@ def miner_hotkey() -> str:
     return hotkey
 
 
-def status(hotkey: str, chain, warehouse, hub=None, report_repos: tuple[str, ...] = ()) -> dict:
+def status(hotkey: str, chain, store, hub=None, report_repos: tuple[str, ...] = ()) -> dict:
     """What validators see for a hotkey, from the chain (works on any machine): its commitment and block, each
     validator's weight on its uid as the chain stores it, the stake-weighted `weight` over those validators, and
-    the chain's incentive; plus, where this machine has a validator's warehouse, the latest recorded loss, win rate,
+    the chain's incentive; plus, where this machine has a validator's store, the latest recorded loss, win rate,
     status and reason; and, from each report repo a validator publishes to, the loss, rank and reason it recorded
     (`reports`)."""
     neuron = next((n for n in chain.metagraph() if n.hotkey == hotkey), None)
@@ -228,7 +228,7 @@ def status(hotkey: str, chain, warehouse, hub=None, report_repos: tuple[str, ...
     out = {"hotkey": hotkey, "registered": neuron is not None, "uid": neuron.uid if neuron else None,
            "commitment": current.data if current else None, "commit_block": current.block if current else None,
            "weight": None, "incentive": neuron.incentive if neuron else None, "validators": [],
-           "latest_epoch": None, "status": None, "reason": None, "eval_loss": None, "win_rate": None,
+           "latest_epoch": None, "status": None, "reason": None, "eval_loss": None, "score": None, "win_rate": None,
            "recorded_weight": None, "explanation": None}
     if neuron is not None:
         rows = chain.validator_weights(neuron.uid)
@@ -238,11 +238,12 @@ def status(hotkey: str, chain, warehouse, hub=None, report_repos: tuple[str, ...
         if rows:
             out["weight"] = (sum(max(v.stake, 0.0) * v.share for v in rows) / stake if stake
                              else sum(v.share for v in rows) / len(rows))
-    r = warehouse.latest_score(hotkey)
+    r = store.latest_score(hotkey)
     if r is not None:
         loss = None if r.eval_loss is None or r.eval_loss != r.eval_loss else float(r.eval_loss)
         out.update(latest_epoch=r.epoch, status=r.status, reason=r.reason, eval_loss=loss,
-                   win_rate=float(r.win_rate), recorded_weight=float(r.weight), explanation=r.explanation)
+                   score=float(r.score), win_rate=float(r.score),  # win_rate: the score's old name, one more release
+                   recorded_weight=float(r.weight), explanation=r.explanation)
     if report_repos:
         from flock_pipeline.validator.reports import read_miner_report
 

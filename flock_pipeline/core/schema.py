@@ -97,7 +97,7 @@ class ChatRow:
 
     @classmethod
     def from_json_obj(cls, obj: dict) -> ChatRow:
-        """Rebuild a row that was validated before (e.g. read back from the warehouse)."""
+        """Rebuild a row that was validated before (e.g. read back from the store)."""
         return cls(system=obj["system"],
                    turns=tuple(Turn(t["role"], t["content"]) for t in obj["conversations"]))
 

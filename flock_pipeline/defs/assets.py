@@ -1,5 +1,5 @@
 """The nine software-defined assets of an epoch. Each reads its resources, calls one validator step
-and reports metadata; the results themselves live in the warehouse, so nothing computed is lost on failure.
+and reports metadata; the results themselves live in the store, so nothing computed is lost on failure.
 
 Partitions: epoch-level assets use the dynamic `epochs` partitions (key = epoch number); per-miner assets use the
 dynamic `miners` partitions (key = hotkey) and work on the epoch of the run's `flock/epoch` tag (default: the latest
@@ -22,7 +22,7 @@ from flock_pipeline.resources.chain import ChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubError, HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.store import CommitmentRecord, ScoreRecord, frame as records_frame
 from flock_pipeline.store.backends import store_dialect
 from flock_pipeline.validator.commitments import snapshot_commitments
@@ -84,13 +84,13 @@ def _table(frame: pd.DataFrame, columns: list[str]) -> dg.MetadataValue:
 
 @dg.asset(partitions_def=epochs_partitions, group_name="chain", kinds={"python", STORE_KIND})
 def chain_commitments(context: dg.AssetExecutionContext, chain: ChainResource, hub: HubResource,
-                      settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+                      settings: ValidatorSettingsResource, store: StoreResource) -> dg.MaterializeResult:
     """Every miner's latest dataset commitment at the epoch's opening block: uid, hotkey, repo, revision, commit
     block and registration block. Undecodable commitments, other competitions, unregistered hotkeys and
     commitments older than the hotkey's registration are kept with status "rejected" and the reason.
     Registers a `miners` partition for every new hotkey."""
     epoch = int(context.partition_key)
-    frame = records_frame(snapshot_commitments(epoch, chain, hub, settings, warehouse), CommitmentRecord)
+    frame = records_frame(snapshot_commitments(epoch, chain, hub, settings, store), CommitmentRecord)
     new = [h for h in frame["hotkey"] if not context.instance.has_dynamic_partition(miners_partitions.name, h)]
     if new:
         context.instance.add_dynamic_partitions(miners_partitions.name, new)
@@ -135,7 +135,7 @@ class BatchFailed(FlockError, RuntimeError):
     others' results are recorded, and a retry redoes only these (the rest come from the store)."""
 
 
-def for_each_miner(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+def for_each_miner(context: dg.AssetExecutionContext, store: StoreResource,
                    work: Callable[[str], dict]) -> dg.MaterializeResult:
     """Run `work(hotkey)` for every miner partition of the run (one key, or a partition range: the sensors and
     `flock epoch run` launch batches) and put each miner's metadata on its own partition's materialization.
@@ -146,7 +146,7 @@ def for_each_miner(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     batch."""
     hotkeys = list(context.partition_keys)
     failed: list[tuple[str, Exception]] = []
-    with validator_faults_stop_the_step(), warehouse.session():
+    with validator_faults_stop_the_step(), store.session():
         for hotkey in hotkeys:
             try:
                 metadata = work(hotkey)
@@ -170,7 +170,7 @@ def for_each_miner(context: dg.AssetExecutionContext, warehouse: WarehouseResour
           retry_policy=TRANSIENT_RETRIES, backfill_policy=MINER_BACKFILL)
 def miner_datasets(context: dg.AssetExecutionContext, chain: ChainResource, hub: HubResource,
                    evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
-                   warehouse: WarehouseResource) -> dg.MaterializeResult:
+                   store: StoreResource) -> dg.MaterializeResult:
     """The miner's `data.jsonl` at its committed revision (the latest epoch's, and the chain's current one when it
     differs), downloaded once per revision after a size check, validated row by row. Records every rejected row's
     line and reason, the rows used (the first 100 valid rows: the size cap) and their token counts. A run covers
@@ -180,9 +180,9 @@ def miner_datasets(context: dg.AssetExecutionContext, chain: ChainResource, hub:
     current = _chain_revisions(chain, settings)
 
     def fetch(hotkey: str) -> dict:
-        outcome = fetch_miner_dataset(hotkey, hub, evaluator, settings, warehouse, epoch=epoch,
+        outcome = fetch_miner_dataset(hotkey, hub, evaluator, settings, store, epoch=epoch,
                                       give_up_on_transient=final_try)
-        others = [fetch_miner_dataset(hotkey, hub, evaluator, settings, warehouse, repo=repo, revision=rev,
+        others = [fetch_miner_dataset(hotkey, hub, evaluator, settings, store, repo=repo, revision=rev,
                                       give_up_on_transient=final_try, row_format=outcome.row_format)
                   for repo, rev in current.get(hotkey, []) if (repo, rev) != (outcome.repo, outcome.revision)]
         rejected = pd.DataFrame(list(outcome.rejected)[:20], columns=["line", "reason"])
@@ -195,21 +195,21 @@ def miner_datasets(context: dg.AssetExecutionContext, chain: ChainResource, hub:
             "rejected_rows": _table(rejected, ["line", "reason"]),
         }
 
-    return for_each_miner(context, warehouse, fetch)
+    return for_each_miner(context, store, fetch)
 
 
 @dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"python", STORE_KIND},
           deps=[dg.AssetDep(miner_datasets, partition_mapping=dg.AllPartitionMapping())],
           backfill_policy=MINER_BACKFILL)
 def deduplicated_shards(context: dg.AssetExecutionContext, hub: HubResource, settings: ValidatorSettingsResource,
-                        warehouse: WarehouseResource) -> dg.MaterializeResult:
+                        store: StoreResource) -> dg.MaterializeResult:
     """The miner's used rows (latest epoch) minus exact copies of rows that an earlier commitment (block, then uid)
     already contributed, minus rows of the eval set. A miner whose rows are mostly copies or leaks is ineligible,
     with the reason. Depends on every miner's dataset: who keeps a row depends on all commitments of the epoch
     (the epoch's plan is made once and reused by every miner of it)."""
     epoch = epoch_of_run(context)
-    with validator_faults_stop_the_step(), warehouse.session():
-        shards = build_miner_shards(list(context.partition_keys), hub, settings, warehouse, epoch=epoch)
+    with validator_faults_stop_the_step(), store.session():
+        shards = build_miner_shards(list(context.partition_keys), hub, settings, store, epoch=epoch)
 
     def shard_of(hotkey: str) -> dict:
         shard = shards[hotkey]
@@ -223,22 +223,22 @@ def deduplicated_shards(context: dg.AssetExecutionContext, hub: HubResource, set
             "shard_hash": shard.shard_hash or "",
         }
 
-    return for_each_miner(context, warehouse, shard_of)
+    return for_each_miner(context, store, shard_of)
 
 
 @dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"pytorch", STORE_KIND}, pool=GPU_POOL,
           deps=[deduplicated_shards], retry_policy=TRANSIENT_RETRIES, op_tags={CELERY_QUEUE_TAG: GPU_QUEUE},
           backfill_policy=MINER_BACKFILL)
 def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, hub: HubResource,
-                      settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+                      settings: ValidatorSettingsResource, store: StoreResource) -> dg.MaterializeResult:
     """LoRA fine-tune of the base model on the miner's shard (latest epoch), then the eval loss: mean over eval
     rows of each row's mean assistant-token cross-entropy (nats/token); per-row losses are kept. Cached by
     (shard hash, base model + revision, recipe hash, eval revision). A crash is recorded as a failure with its
     error and retried; it never becomes a loss. A batch run loads the base model once for all its miners and, with
     multi-LoRA (on by default on CUDA), trains them side by side."""
     epoch = epoch_of_run(context)
-    with validator_faults_stop_the_step(), warehouse.session():
-        records = evaluate_miners(list(context.partition_keys), evaluator, hub, warehouse, settings, epoch=epoch)
+    with validator_faults_stop_the_step(), store.session():
+        records = evaluate_miners(list(context.partition_keys), evaluator, hub, store, settings, epoch=epoch)
 
     def evaluate(hotkey: str) -> dict:
         record = records[hotkey]
@@ -255,47 +255,47 @@ def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorRes
             **{k: float(v) for k, v in (record.metrics or {}).items() if k != "pairs"},
         }
 
-    return for_each_miner(context, warehouse, evaluate)
+    return for_each_miner(context, store, evaluate)
 
 
 @dg.asset(partitions_def=epochs_partitions, group_name="scoring", kinds={"python", STORE_KIND},
           deps=[dg.AssetDep(miner_eval_losses, partition_mapping=dg.AllPartitionMapping()),
                 dg.AssetDep(deduplicated_shards, partition_mapping=dg.AllPartitionMapping())])
 def win_rates(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
-              warehouse: WarehouseResource, hub: HubResource, chain: ChainResource) -> dg.MaterializeResult:
+              store: StoreResource, hub: HubResource, chain: ChainResource) -> dg.MaterializeResult:
     """Pairwise comparison of the eligible miners' eval losses (the earlier commitment gets a (1 - epsilon)
     advantage), win rate = wins / (n - 1), weights = softmax(win rate / temperature) blended with the previous
     epoch's weights (or the curve / top-k mode the settings select). A miner whose loss does not beat the base
     model's scores nothing. Every other miner is listed with weight 0 and the reason."""
-    with validator_faults_stop_the_step(), warehouse.session():
-        frame = records_frame(compute_epoch_scores(int(context.partition_key), evaluator, settings, warehouse, hub,
+    with validator_faults_stop_the_step(), store.session():
+        frame = records_frame(compute_epoch_scores(int(context.partition_key), evaluator, settings, store, hub,
                                                    chain), ScoreRecord)
     return dg.MaterializeResult(metadata={
         "scored": int((frame["status"] == "scored").sum()), "miners": len(frame),
         "competitions": ", ".join(sorted({c for c in frame["competition"] if isinstance(c, str)})),
         "scores_table": _table(frame.sort_values("weight", ascending=False),
-                               ["uid", "hotkey", "competition", "status", "eval_loss", "win_rate", "weight",
+                               ["uid", "hotkey", "competition", "status", "eval_loss", "score", "weight",
                                 "reason", "explanation"]),
     })
 
 
 @dg.asset(partitions_def=epochs_partitions, group_name="scoring", kinds={"python"}, deps=[win_rates])
 def submitted_weights(context: dg.AssetExecutionContext, chain: ChainResource, hub: HubResource,
-                      settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+                      settings: ValidatorSettingsResource, store: StoreResource) -> dg.MaterializeResult:
     """The epoch's weight vector over every uid, exactly as the chain receives it (u16, after the SDK's conform
     step), and its fate: refused before sending (with the reason), rate limited (and when to retry), included or
     committed, then applied or not applied, read back from the chain's stored weights. Sent once per epoch: a
     re-materialization confirms or reports the recorded answer. With `report_repo` set, the epoch's score table
     and the weights' state are published there for miners (a hub failure is a warning: the next run publishes)."""
     epoch = int(context.partition_key)
-    result = submit_epoch_weights(epoch, chain, settings, warehouse)
+    result = submit_epoch_weights(epoch, chain, settings, store)
     sent = result.submission
     if sent.state not in ("applied", "included", "committed"):
         context.log.warning(f"weights {sent.state}: {sent.message}{'; ' + sent.detail if sent.detail else ''}")
     report = ""
     if settings.report_repo:
         try:
-            revision = publish_epoch_report(epoch, hub, settings, warehouse)
+            revision = publish_epoch_report(epoch, hub, settings, store)
             report = f"{settings.report_repo}@{revision}" if revision else f"{settings.report_repo}: unchanged"
         except HubError as exc:
             report = f"not published: {exc}"
@@ -312,7 +312,7 @@ def submitted_weights(context: dg.AssetExecutionContext, chain: ChainResource, h
 
 @dg.asset(partitions_def=epochs_partitions, group_name="scoring", kinds={"python"}, deps=[win_rates])
 def miner_history(context: dg.AssetExecutionContext, settings: ValidatorSettingsResource,
-                  warehouse: WarehouseResource, evaluator: EvaluatorResource) -> dg.MaterializeResult:
+                  store: StoreResource, evaluator: EvaluatorResource) -> dg.MaterializeResult:
     """Every miner of the epoch side by side (the table) and as series: one metadata value per miner and measure
     (eval loss, rank in its competition, weight at full precision), under the same key in every epoch, and the
     base model's loss per competition. The UI's plots of its metadata (Overview, Metadata, Plots, by Partitions)
@@ -322,8 +322,8 @@ def miner_history(context: dg.AssetExecutionContext, settings: ValidatorSettings
     from flock_pipeline.validator.history import epoch_history
 
     epoch = int(context.partition_key)
-    with warehouse.session():
-        series, table = epoch_history(epoch, settings, warehouse, evaluator)
+    with store.session():
+        series, table = epoch_history(epoch, settings, store, evaluator)
     return dg.MaterializeResult(metadata={
         # as text, so that the plots are the series
         "epoch": dg.MetadataValue.text(str(epoch)), "miners": dg.MetadataValue.text(str(len(table))),
@@ -336,7 +336,7 @@ def miner_history(context: dg.AssetExecutionContext, settings: ValidatorSettings
 @dg.asset(partitions_def=epochs_partitions, group_name="corpus", kinds={"parquet"},
           deps=[win_rates, dg.AssetDep(deduplicated_shards, partition_mapping=dg.AllPartitionMapping())])
 def final_corpus(context: dg.AssetExecutionContext, settings: ValidatorSettingsResource,
-                 warehouse: WarehouseResource, evaluator: EvaluatorResource, hub: HubResource) -> dg.MaterializeResult:
+                 store: StoreResource, evaluator: EvaluatorResource, hub: HubResource) -> dg.MaterializeResult:
     """The selected miners' deduplicated rows as a Hugging Face dataset with two configs, `sft` (chat rows) and
     `dpo` (preference pairs), each row with its provenance (hotkey, uid, repo, revision, commit block, row hash,
     competition, epoch, miner weight, eval loss, base model and eval set): the epoch's release folder
@@ -346,8 +346,8 @@ def final_corpus(context: dg.AssetExecutionContext, settings: ValidatorSettingsR
     with `corpus_repo`, `latest/` is uploaded there (a transient hub failure retries this step; the written
     release is kept either way)."""
     try:
-        with warehouse.session():
-            corpus = build_epoch_corpus(int(context.partition_key), settings, warehouse, evaluator=evaluator,
+        with store.session():
+            corpus = build_epoch_corpus(int(context.partition_key), settings, store, evaluator=evaluator,
                                         hub=hub)
     except HubError as exc:
         if exc.transient:
@@ -368,15 +368,15 @@ def final_corpus(context: dg.AssetExecutionContext, settings: ValidatorSettingsR
 @dg.asset(partitions_def=epochs_partitions, group_name="corpus", kinds={"html"},
           deps=[win_rates, submitted_weights, final_corpus, miner_history])
 def epoch_report(context: dg.AssetExecutionContext, settings: ValidatorSettingsResource,
-                 warehouse: WarehouseResource, evaluator: EvaluatorResource) -> dg.MaterializeResult:
+                 store: StoreResource, evaluator: EvaluatorResource) -> dg.MaterializeResult:
     """Per competition, what the validator decided and why: every miner's eval loss against the base model's, the
     weights, the pairwise win matrix, rows kept and dropped by reason, each miner's loss and weight over the last
     epochs (one PNG per competition, matplotlib), and every miner's status and the explanation of its weight; one
     self-contained HTML page in `corpus_dir/reports/epoch-N/`."""
     from flock_pipeline.validator.epoch_report import build_epoch_report
 
-    with warehouse.session():
-        paths, summary = build_epoch_report(int(context.partition_key), settings, warehouse, evaluator)
+    with store.session():
+        paths, summary = build_epoch_report(int(context.partition_key), settings, store, evaluator)
     return dg.MaterializeResult(metadata={
         "epoch": int(context.partition_key), "html": dg.MetadataValue.path(paths["html"]),
         **{f"figure {k.split(':', 1)[1]}": dg.MetadataValue.path(v) for k, v in paths.items() if k.startswith("png:")},

@@ -15,7 +15,7 @@ from flock_pipeline.defs.assets import epoch_of_run, miner_eval_losses, miners_i
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.validator.scoring import weighted_uids, weights_of
 from flock_pipeline.validator.standing import miner_standing as miner_standing_of
 
@@ -41,9 +41,9 @@ def _miner_partitions(context: dg.AssetCheckExecutionContext) -> list[str]:
                 description="Weights are finite, non-negative, sum to 1 and go only to scored (eligible) miners, a "
                             "daily round's rewarded winner or the burn uid. Blocking: submitted_weights does not run "
                             "when this fails.")
-def weights_are_valid(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource,
+def weights_are_valid(context: dg.AssetCheckExecutionContext, store: StoreResource,
                       settings: ValidatorSettingsResource) -> dg.AssetCheckResult:
-    scores = warehouse.win_rates(int(_partition(context)))
+    scores = store.scores(int(_partition(context)))
     weights = weights_of(scores)
     eligible = weighted_uids(scores)
     try:
@@ -96,14 +96,14 @@ STANDING_CHECKS = {  # check name -> (does a standing pass it, its severity when
                                   "supersedes it."),
 ])
 def miner_standing(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorResource, hub: HubResource,
-                   settings: ValidatorSettingsResource, warehouse: WarehouseResource):
+                   settings: ValidatorSettingsResource, store: StoreResource):
     """Both standing checks, from one reading of each miner's standing: one evaluation per check and miner
     partition of the run, also in a batch run (a range, where a returned AssetCheckResult would carry no
     partition), then the checks' (empty) outputs."""
     epoch = epoch_of_run(context)
     bars: dict = {}  # the base model's loss, looked up once per competition and eval set
-    with warehouse.session():
-        standings = {h: miner_standing_of(h, epoch, evaluator, hub, settings, warehouse, bars)
+    with store.session():
+        standings = {h: miner_standing_of(h, epoch, evaluator, hub, settings, store, bars)
                      for h in _miner_partitions(context)}
     for hotkey, standing in standings.items():
         target = _target(context.instance, hotkey)

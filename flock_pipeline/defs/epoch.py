@@ -112,7 +112,7 @@ def run_epoch(epoch: int, resources: dict, instance: dg.DagsterInstance,
     FLOCK_MINER_BATCH, then scores, weights and corpus), each executed in this process."""
     from flock_pipeline.resources import flock_home
 
-    with runner_lock(resources["warehouse"].local_dir() or flock_home()):
+    with runner_lock(resources["store"].local_dir() or flock_home()):
         _run_stages(epoch, resources, instance, progress, batch)
 
 
@@ -127,14 +127,14 @@ def _run_stages(epoch: int, resources: dict, instance: dg.DagsterInstance, progr
     key = str(epoch)
     if not instance.has_dynamic_partition(epochs_partitions.name, key):
         instance.add_dynamic_partitions(epochs_partitions.name, [key])
-    warehouse, evaluator, settings = resources["warehouse"], resources["evaluator"], resources["settings"]
+    store, evaluator, settings = resources["store"], resources["evaluator"], resources["settings"]
     progress(f"epoch {epoch}: reading commitments")
     _run([chain_commitments], key, resources, instance)
     provenance_of = provenance_lookup(evaluator, settings)
     launched: set[str] = set()
     size = batch or batch_settings()[0]
     while True:
-        requests, stage = next_epoch_requests(epoch, warehouse, instance, provenance_of,
+        requests, stage = next_epoch_requests(epoch, store, instance, provenance_of,
                                               resources["chain"].current_block(), 0,
                                               verdict_keys(settings), batch=size,
                                               network=resources["chain"].network_id())

@@ -19,7 +19,7 @@ from flock_pipeline.defs.assets import (EPOCH_TAG, RANGE_END, RANGE_START, SCORI
 from flock_pipeline.defs.jobs import EPOCH_STAGE_JOB, MINER_STAGE_JOB
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.store import ShardRecord
 from flock_pipeline.validator.evaluation import cache_key, record_abandoned_evaluation
 from flock_pipeline.validator.games import competition_recipe
@@ -62,7 +62,7 @@ def provenance_lookup(evaluator: EvaluatorResource, settings: ValidatorSettingsR
     return provenance_of
 
 
-def _final_results(warehouse: WarehouseResource, shards: list[ShardRecord], provenance_of: ProvenanceOf,
+def _final_results(store: StoreResource, shards: list[ShardRecord], provenance_of: ProvenanceOf,
                    revisions: dict[str | None, str]) -> set[str]:
     """Shard hashes that have a final result under their competition's model/recipe and eval set (a success or a
     recorded failure), in one query for the whole epoch."""
@@ -73,7 +73,7 @@ def _final_results(warehouse: WarehouseResource, shards: list[ShardRecord], prov
             keys[cache_key(s.shard_hash, provenance, revisions[s.competition])] = s.shard_hash
     if not keys:
         return set()
-    return {keys[k] for k in warehouse.final_eval_keys(keys)}
+    return {keys[k] for k in store.final_eval_keys(keys)}
 
 
 def _attempt_key(base: str, attempt: int) -> str:
@@ -186,7 +186,7 @@ def request_miners(request: dg.RunRequest, instance: dg.DagsterInstance) -> list
     return miners_in_range(instance, start, end)
 
 
-def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.DagsterInstance,
+def next_epoch_requests(epoch: int, store: StoreResource, instance: dg.DagsterInstance,
                         provenance_of: ProvenanceOf, chain_block: int | None = None,
                         eval_timeout_s: int = 0, verdict: str | dict[str | None, str] | None = None,
                         eval_tags: dict[str, str] | None = None, batch: int = 1,
@@ -211,8 +211,8 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
 
     key = str(epoch)
     tags = {EPOCH_TAG: key}
-    accepted = [c for c in warehouse.epoch_commitments(epoch) if c.status == "ok"]
-    recorded = warehouse.hotkeys_with_dataset(epoch, verdict)  # under today's limits and rules, one query per tick
+    accepted = [c for c in store.epoch_commitments(epoch) if c.status == "ok"]
+    recorded = store.hotkeys_with_dataset(epoch, verdict)  # under today's limits and rules, one query per tick
     missing = {c.hotkey: scoped(network, f"dataset:{key}:{c.hotkey}:{c.revision}") for c in accepted
                if c.hotkey not in recorded}
     if missing and instance.get_run_ids(dg.RunsFilter(tags={PREFETCH_TAG: "true"}, statuses=IN_PROGRESS), limit=1):
@@ -222,13 +222,13 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
                                    [miner_datasets.key])
     if downloads:
         return downloads, f"downloading {len(missing)} dataset(s) in {len(downloads)} run(s)"
-    info = warehouse.epoch_info(epoch)
+    info = store.epoch_info(epoch)
     revisions: dict[str | None, str] = {None: info.eval_revision}
-    revisions.update({r.competition: r.eval_revision for r in warehouse.epoch_competitions(epoch)})
+    revisions.update({r.competition: r.eval_revision for r in store.epoch_competitions(epoch)})
     shards = {}
-    for shard in warehouse.epoch_shards(epoch):
+    for shard in store.epoch_shards(epoch):
         shards[shard.hotkey] = shard if shard.competition in revisions else shard.replace(competition=None)
-    evaluated = _final_results(warehouse, [s for s in shards.values() if s.status == "eligible"], provenance_of,
+    evaluated = _final_results(store, [s for s in shards.values() if s.status == "eligible"], provenance_of,
                                revisions)
     todo = {}
     for c in accepted:
@@ -246,16 +246,16 @@ def next_epoch_requests(epoch: int, warehouse: WarehouseResource, instance: dg.D
             if fault:  # the validator's environment: the operator must fix it; nothing counts against the miner
                 faults.append(message)
                 continue
-            record_abandoned_evaluation(warehouse, shard.shard_hash, provenance_of(shard.competition),
+            record_abandoned_evaluation(store, shard.shard_hash, provenance_of(shard.competition),
                                         revisions[shard.competition], message, MAX_RUN_ATTEMPTS)
     if pending:
         return pending, f"deduplicating + evaluating {len(todo) - len(given_up)} miner(s) in {len(pending)} run(s)"
     if faults:
         return [], f"stopped by a validator fault (fix it, then re-execute the failed runs): {faults[0]}"
-    if not warehouse.win_rates(epoch):
+    if not store.scores(epoch):
         return [dg.RunRequest(run_key=scoped(network, f"score:{key}"), partition_key=key, job_name=EPOCH_STAGE_JOB,
                               asset_selection=[a.key for a in SCORING_STAGE])], "scoring"
-    sent = warehouse.weight_submission(epoch)
+    sent = store.weight_submission(epoch)
     if sent is not None and sent.state == IN_FLIGHT:
         # a run died between sending and recording: re-run it, it asks the chain before sending again
         run_key = _run_key(instance, scoped(network, f"weights:{key}:in-flight:{int(sent.block)}"))

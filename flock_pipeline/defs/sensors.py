@@ -4,7 +4,7 @@
   `chain_commitments` for it (run key = epoch).
 - `commitment_sensor` adds a `miners` partition for each new hotkey and downloads the changed commitments' datasets
   ahead of the epoch, in batches (run key = the miners' hotkey:revision).
-- `epoch_progress_sensor` moves the newest epoch on, one stage at a time, from what the warehouse has recorded:
+- `epoch_progress_sensor` moves the newest epoch on, one stage at a time, from what the store has recorded:
   missing datasets -> shards + evaluations in runs of up to FLOCK_MINER_BATCH miners (GPU pool) -> scores,
   weights and corpus -> a re-send of rate-limited weights once the chain allows it (`next_epoch_requests`, which
   `flock epoch run` follows too).
@@ -26,7 +26,7 @@ from flock_pipeline.resources import batch_settings
 from flock_pipeline.resources.chain import ChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.validator.datasets import verdict_keys
 from flock_pipeline.validator.scoring import MAX_SENDS
 
@@ -107,18 +107,18 @@ def commitment_sensor(context: dg.SensorEvaluationContext, chain: ChainResource,
 
 @dg.sensor(minimum_interval_seconds=SENSOR_INTERVAL_S, jobs=[epoch_stage, miner_stage],
            default_status=dg.DefaultSensorStatus.STOPPED)
-def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource,
+def epoch_progress_sensor(context: dg.SensorEvaluationContext, store: StoreResource,
                           evaluator: EvaluatorResource, chain: ChainResource,
                           settings: ValidatorSettingsResource) -> dg.SensorResult | dg.SkipReason:
     """Requests the next stage of the newest epoch whose commitments are recorded."""
-    latest = warehouse.latest_epoch()
+    latest = store.latest_epoch()
     if latest is None:
         return dg.SkipReason("no epoch recorded yet")
     provenance_of = provenance_lookup(evaluator, settings, build=False)
     block = chain.current_block()
     network = chain.network_id()
-    confirmations = confirmation_requests(warehouse, lambda: chain.epoch_of(block), network)
-    requests, stage = next_epoch_requests(latest, warehouse, context.instance, provenance_of,
+    confirmations = confirmation_requests(store, lambda: chain.epoch_of(block), network)
+    requests, stage = next_epoch_requests(latest, store, context.instance, provenance_of,
                                           block, evaluator.timeout_s,
                                           verdict_keys(settings), evaluator.evaluation_run_tags(),
                                           batch=batch_settings()[0], network=network)
@@ -130,14 +130,14 @@ def epoch_progress_sensor(context: dg.SensorEvaluationContext, warehouse: Wareho
     return dg.SensorResult(run_requests=confirmations + requests)
 
 
-def confirmation_requests(warehouse: WarehouseResource, chain_epoch_now: Callable[[], int],
+def confirmation_requests(store: StoreResource, chain_epoch_now: Callable[[], int],
                           network: str = "") -> list[dg.RunRequest]:
     """`submitted_weights` runs that follow a sent submission up: one for each commit-reveal submission whose reveal
     epoch has started (it reads the chain's stored weights and records "applied" or "not applied"; one run per
     submission and chain epoch), and one that sends again a submission found "not applied" while its chain epoch
     is still running (at most MAX_SENDS sends). The chain's epoch is asked only when there is one to follow."""
     out = []
-    following = warehouse.weight_submissions_in(("committed", "not applied"))
+    following = store.weight_submissions_in(("committed", "not applied"))
     chain_epoch = chain_epoch_now() if following else 0
     for sent in following:
         if sent.state == "committed" and sent.reveal_epoch is not None and chain_epoch >= int(sent.reveal_epoch):

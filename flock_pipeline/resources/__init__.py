@@ -2,7 +2,7 @@
 
 `build_resources` wires them from the environment:
 
-    FLOCK_HOME        where the embedded network, the warehouse and the caches live (default: ./.flock)
+    FLOCK_HOME        where the embedded network, the store and the caches live (default: ./.flock)
     FLOCK_NETWORK     local (default: the embedded chain and hub) | test | finney (Bittensor testnet / mainnet
                       and the Hugging Face Hub); anything else is a configuration error, never a silent fallback
     FLOCK_CHAIN_ENDPOINT   a ws(s):// URL instead of the network's default endpoint (test / finney)
@@ -51,10 +51,10 @@ from flock_pipeline.resources.chain import ChainResource, LocalChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubResource, LocalHubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 
 __all__ = ["ChainResource", "LocalChainResource", "HubResource", "LocalHubResource", "EvaluatorResource",
-           "ValidatorSettingsResource", "WarehouseResource", "build_resources", "flock_home", "ConfigError",
+           "ValidatorSettingsResource", "StoreResource", "build_resources", "flock_home", "ConfigError",
            "store_url", "executor_settings", "celery_settings", "batch_settings"]
 
 
@@ -120,7 +120,7 @@ def build_resources(home: Path | None = None) -> dict:
         "chain": chain,
         "hub": hub,
         "evaluator": evaluator,
-        "warehouse": WarehouseResource(url=store_url(home)),
+        "store": StoreResource(url=store_url(home)),
         "settings": validator_settings,
     }
 

@@ -411,7 +411,7 @@ class BittensorChainResource(ChainResource):
         The chain keeps one commitment per hotkey. With `at_block` the state of that block is read, which sees a
         commitment overwritten since; when the node no longer holds that state (a pruned node without an archive
         fallback) the head's commitments with block <= `at_block` are returned instead, so a hotkey that re-committed
-        after `at_block` is missing (the warehouse keeps the history). Undecodable entries are skipped with a logged
+        after `at_block` is missing (the store keeps the history). Undecodable entries are skipped with a logged
         reason.
         """
         if at_block is not None and at_block < 0:

@@ -196,7 +196,7 @@ class ChainResource(dg.ConfigurableResource):
         raise NotImplementedError
 
     def validator_weights(self, uid: int) -> list[ValidatorWeight]:
-        """Every validator's (permit or subnet owner) stored weight on `uid`, for miners who have no warehouse."""
+        """Every validator's (permit or subnet owner) stored weight on `uid`, for miners who have no store."""
         raise NotImplementedError
 
     def clock(self) -> Clock:

@@ -83,6 +83,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               ("ALTER TABLE eval_results ADD COLUMN IF NOT EXISTS metrics VARCHAR",)),
     Migration(7, "each score's explanation in words",
               ("ALTER TABLE win_rates ADD COLUMN IF NOT EXISTS explanation VARCHAR",)),
+    Migration(8, "the scores table holds every game's score: win_rates -> scores, win_rate -> score",
+              ("ALTER TABLE win_rates RENAME TO scores", "ALTER TABLE scores RENAME COLUMN win_rate TO score")),
 )
 # Older rows have NULL in the columns added by migrations 2 and 3: `competition` NULL reads as "the one curation
 # competition" and `competition_weight` NULL as "same as weight".

@@ -201,7 +201,7 @@ class EvalResultRecord(Record):
 
 @dataclass(frozen=True)
 class ScoreRecord(Record):
-    TABLE: ClassVar[str] = "win_rates"
+    TABLE: ClassVar[str] = "scores"
     KEY: ClassVar[tuple[str, ...]] = ("epoch", "hotkey")
     epoch: int
     hotkey: str
@@ -209,7 +209,7 @@ class ScoreRecord(Record):
     status: str
     reason: str | None
     eval_loss: float | None
-    win_rate: float
+    score: float  # the game's score (win rate, curve score, 1 for a daily winner)
     weight: float
     competition: str | None = None
     competition_weight: float | None = None

@@ -54,7 +54,7 @@ class ReportRow:
     reason: str | None
     rows_kept: int | None
     eval_loss: float | None
-    win_rate: float | None
+    score: float | None
     weight: float | None
     competition: str | None
     explanation: str | None = None
@@ -333,7 +333,7 @@ class StoreOps:
         with self._backend().transaction() as tx:
             self._replace(tx, ScoreRecord, {"epoch": epoch}, scores)
 
-    def win_rates(self, epoch: int) -> list[ScoreRecord]:
+    def scores(self, epoch: int) -> list[ScoreRecord]:
         return self._select(ScoreRecord, "epoch = ?", [epoch], "uid, hotkey")
 
     def latest_score(self, hotkey: str) -> ScoreRecord | None:
@@ -345,12 +345,12 @@ class StoreOps:
         Rows written before competitions existed (competition NULL) count as any competition's."""
         if competition is None:
             rows = self._backend().read(
-                "SELECT uid, coalesce(competition_weight, weight) AS weight FROM win_rates "
-                "WHERE epoch = (SELECT max(epoch) FROM win_rates WHERE epoch < ?)", [epoch])
+                "SELECT uid, coalesce(competition_weight, weight) AS weight FROM scores "
+                "WHERE epoch = (SELECT max(epoch) FROM scores WHERE epoch < ?)", [epoch])
         else:
             rows = self._backend().read(
-                "SELECT uid, coalesce(competition_weight, weight) AS weight FROM win_rates "
-                "WHERE (competition = ? OR competition IS NULL) AND epoch = (SELECT max(epoch) FROM win_rates "
+                "SELECT uid, coalesce(competition_weight, weight) AS weight FROM scores "
+                "WHERE (competition = ? OR competition IS NULL) AND epoch = (SELECT max(epoch) FROM scores "
                 "WHERE epoch < ? AND (competition = ? OR competition IS NULL))", [competition, epoch, competition])
         return {int(r["uid"]): float(r["weight"]) for r in rows}
 
@@ -387,9 +387,9 @@ class StoreOps:
         rows = self._backend().read(
             "SELECT coalesce(c.uid, w.uid) AS uid, coalesce(c.hotkey, w.hotkey) AS hotkey, "
             "w.status AS score_status, c.status AS commitment_status, coalesce(w.reason, c.reason) AS reason, "
-            "s.rows_kept, w.eval_loss, w.win_rate, w.weight, "
+            "s.rows_kept, w.eval_loss, w.score, w.weight, "
             "coalesce(w.competition, c.competition, s.competition) AS competition, w.explanation "
-            "FROM commitments c FULL OUTER JOIN (SELECT * FROM win_rates WHERE epoch = ?) w "
+            "FROM commitments c FULL OUTER JOIN (SELECT * FROM scores WHERE epoch = ?) w "
             "ON w.epoch = c.epoch AND w.hotkey = c.hotkey "
             "LEFT JOIN shards s ON s.epoch = c.epoch AND s.hotkey = c.hotkey "
             "WHERE coalesce(c.epoch, w.epoch) = ? ORDER BY 1, 2", [epoch, epoch])

@@ -11,7 +11,7 @@ from flock_pipeline.core.competitions import Competition, Round
 from flock_pipeline.resources.chain import ChainResource, Neuron, RawCommitment
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.store import CommitmentRecord, CompetitionRoundRecord, EpochCompetitionRecord, EpochRecord, utcnow
 
 
@@ -20,7 +20,7 @@ class EpochNotReached(FlockError, RuntimeError):
 
 
 def open_rounds(epoch: int, block: int, chain: ChainResource, hub: HubResource,
-                settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dict[str, tuple[Round, str]]:
+                settings: ValidatorSettingsResource, store: StoreResource) -> dict[str, tuple[Round, str]]:
     """competition name -> (its round at `block`, the eval set revision it is scored on), recorded.
 
     A per-epoch game takes its eval set's head (or pinned revision) at every epoch. A daily game resolves its pool
@@ -31,36 +31,36 @@ def open_rounds(epoch: int, block: int, chain: ChainResource, hub: HubResource,
     out, rows = {}, []
     for c in competitions:
         rnd = c.round_at(block, clock)
-        revision = _round_revision(epoch, c, rnd, hub, warehouse)
+        revision = _round_revision(epoch, c, rnd, hub, store)
         out[c.name] = (rnd, revision)
         rows.append(EpochCompetitionRecord(
             epoch=epoch, competition=c.name, kind=c.kind, share=float(c.share), eval_repo=c.eval_repo,
             eval_revision=revision, round_id=rnd.round_id, phase=rnd.phase, snapshot_block=rnd.snapshot_block,
             note=rnd.note, definition=json.dumps(c.describe(), sort_keys=True, default=str)))
-    warehouse.record_epoch_competitions(epoch, rows)
+    store.record_epoch_competitions(epoch, rows)
     return out
 
 
-def _round_revision(epoch: int, c: Competition, rnd: Round, hub: HubResource, warehouse: WarehouseResource) -> str:
+def _round_revision(epoch: int, c: Competition, rnd: Round, hub: HubResource, store: StoreResource) -> str:
     if rnd.round_id == "epoch":
         return c.eval_revision or hub.head(c.eval_repo)
-    known = warehouse.competition_round(c.name, rnd.round_id)
+    known = store.competition_round(c.name, rnd.round_id)
     if known is not None:
         return known.eval_revision
     revision = c.eval_revision or hub.head(c.eval_repo)
-    before = warehouse.rounds_before(c.name, rnd.round_id)
+    before = store.rounds_before(c.name, rnd.round_id)
     reused = None
     if getattr(c, "reuse_when_pool_unchanged", False) and before:
         last = before[0]
         if last.eval_revision == revision:
             reused = last.reused_from or last.round_id
-    warehouse.record_round(CompetitionRoundRecord(competition=c.name, round_id=rnd.round_id, eval_repo=c.eval_repo,
+    store.record_round(CompetitionRoundRecord(competition=c.name, round_id=rnd.round_id, eval_repo=c.eval_repo,
                                                   eval_revision=revision, first_epoch=epoch, reused_from=reused))
     return revision
 
 
 def snapshot_commitments(epoch: int, chain: ChainResource, hub: HubResource, settings: ValidatorSettingsResource,
-                         warehouse: WarehouseResource) -> list[CommitmentRecord]:
+                         store: StoreResource) -> list[CommitmentRecord]:
     """Read, decode and record the commitments of `epoch`; returns one record per committing hotkey.
 
     status is "ok" or "rejected" (with the reason): undecodable data, a competition this validator does not run,
@@ -74,7 +74,7 @@ def snapshot_commitments(epoch: int, chain: ChainResource, hub: HubResource, set
     if now < block:
         raise EpochNotReached(f"epoch {epoch} opens at block {block}; the chain is at block {now}")
     competitions = settings.competition_set()
-    rounds = open_rounds(epoch, block, chain, hub, settings, warehouse)
+    rounds = open_rounds(epoch, block, chain, hub, settings, store)
     neurons = {n.hotkey: n for n in chain.metagraph()}
     at_close: dict[int, dict[str, RawCommitment]] = {}
     for rnd, _ in rounds.values():
@@ -82,7 +82,7 @@ def snapshot_commitments(epoch: int, chain: ChainResource, hub: HubResource, set
             at_close[rnd.snapshot_block] = {r.hotkey: r for r in chain.commitments(at_block=rnd.snapshot_block)}
     reused = {}
     for name, (rnd, _) in rounds.items():
-        record = warehouse.competition_round(name, rnd.round_id) if rnd.round_id != "epoch" else None
+        record = store.competition_round(name, rnd.round_id) if rnd.round_id != "epoch" else None
         if record is not None and record.reused_from is not None:
             reused[name] = record.reused_from
     rows = []
@@ -127,7 +127,7 @@ def snapshot_commitments(epoch: int, chain: ChainResource, hub: HubResource, set
             # A daily round keeps a submission recorded during it even when its hotkey has left the subnet since
             # (the live validator records uid, hotkey and coldkey in the window; the winner's reward then follows
             # its hotkey, then its coldkey): its uid, registration and coldkey as recorded then.
-            kept = warehouse.round_submission(competition.name, rnd.round_id, raw.hotkey, epoch)
+            kept = store.round_submission(competition.name, rnd.round_id, raw.hotkey, epoch)
             if kept is not None:
                 neuron = Neuron(kept.uid, raw.hotkey, kept.coldkey or "", 0.0, False, int(kept.registration_block))
                 row.update(uid=neuron.uid, registration_block=neuron.registration_block, coldkey=kept.coldkey)
@@ -140,7 +140,7 @@ def snapshot_commitments(epoch: int, chain: ChainResource, hub: HubResource, set
                        f"block, the minimum age is {settings.min_commitment_age}")
     records = [CommitmentRecord(**row) for row in rows]
     first = competitions.competitions[0]
-    warehouse.record_epoch(EpochRecord(epoch=epoch, block=block, eval_repo=first.eval_repo,
+    store.record_epoch(EpochRecord(epoch=epoch, block=block, eval_repo=first.eval_repo,
                                        eval_revision=rounds[first.name][1], created_at=utcnow()), records)
     return records
 

@@ -12,7 +12,7 @@ from flock_pipeline.core.schema import raw_row_keys, validate_bytes, verdict_key
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubError, HubNotFound, HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.store import DatasetRecord, DatasetRowRecord, utcnow
 from flock_pipeline.validator.games import competition_of
 
@@ -37,7 +37,7 @@ class DatasetOutcome:
 
 
 def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResource,
-                        settings: ValidatorSettingsResource, warehouse: WarehouseResource, *,
+                        settings: ValidatorSettingsResource, store: StoreResource, *,
                         repo: str | None = None, revision: str | None = None, epoch: int | None = None,
                         give_up_on_transient: bool = False, row_format: RowFormat | None = None) -> DatasetOutcome:
     """Download + validate one dataset revision (default: the one of `hotkey`'s commitment recorded for `epoch`,
@@ -48,7 +48,7 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
     transient hub errors are raised for a retry, unless `give_up_on_transient` (the last try) records them too.
     """
     if repo is None or revision is None:
-        commitment = warehouse.miner_commitment(hotkey, epoch)
+        commitment = store.miner_commitment(hotkey, epoch)
         if commitment is None or commitment.status != "ok":
             reason = commitment.reason if commitment is not None else "no commitment recorded for this hotkey"
             return DatasetOutcome(hotkey, None, None, "no_commitment", reason)
@@ -58,24 +58,24 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
     row_format = row_format or CHAT
     limits = settings.limits()
     key = verdict_key(limits, row_format)
-    known = warehouse.dataset(repo, revision)
+    known = store.dataset(repo, revision)
     if known is not None and known.status in ("ok", "invalid") and known.verdict_key == key:
         return _outcome(hotkey, known, cached=True, row_format=row_format)  # decided by the content, same rules
     try:
-        with warehouse.released():  # the hub may be slow: other processes may use the store meanwhile
+        with store.released():  # the hub may be slow: other processes may use the store meanwhile
             info = hub.file_info(repo, revision)
             data = hub.download(repo, revision, max_bytes=limits.max_file_bytes) \
                 if info.size <= limits.max_file_bytes else None
         if data is None:
-            return _record(warehouse, hotkey, repo, revision, "invalid",
+            return _record(store, hotkey, repo, revision, "invalid",
                            f"data.jsonl is {info.size} bytes, limit {limits.max_file_bytes}", size=info.size,
                            key=key, row_format=row_format)
     except HubNotFound as exc:
-        return _record(warehouse, hotkey, repo, revision, "unavailable", str(exc), row_format=row_format)
+        return _record(store, hotkey, repo, revision, "unavailable", str(exc), row_format=row_format)
     except HubError as exc:
         if exc.transient and not give_up_on_transient:
             raise
-        return _record(warehouse, hotkey, repo, revision, "unavailable", str(exc), row_format=row_format)
+        return _record(store, hotkey, repo, revision, "unavailable", str(exc), row_format=row_format)
     report = validate_bytes(data, limits, row_format)
     used = report.used_rows(limits)
     tokenizer = load_tokenizer(str(evaluator.model_path()))
@@ -85,7 +85,7 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
                              raw_hash=raw_keys[r.line]) for i, r in enumerate(used)]
     reason = report.reason()
     rejected = [{"line": r.line, "reason": r.reason} for r in report.rejected_rows[:MAX_RECORDED_REJECTIONS]]
-    return _record(warehouse, hotkey, repo, revision, "ok" if reason is None else "invalid", reason,
+    return _record(store, hotkey, repo, revision, "ok" if reason is None else "invalid", reason,
                    size=report.size_bytes, sha256=report.sha256, rows_total=len(report.rows),
                    rows_valid=len(report.valid_rows), rows_used=len(used), rejected=rejected, key=key,
                    rows=rows, row_format=row_format)
@@ -114,7 +114,7 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 
 
-def _record(warehouse: WarehouseResource, hotkey: str, repo: str, revision: str, status: str, reason: str | None,
+def _record(store: StoreResource, hotkey: str, repo: str, revision: str, status: str, reason: str | None,
             size: int = 0, sha256: str = "", rows_total: int = 0, rows_valid: int = 0, rows_used: int = 0,
             rejected: list | None = None, key: str | None = None,
             rows: list[DatasetRowRecord] | None = None, row_format: RowFormat = CHAT) -> DatasetOutcome:
@@ -122,7 +122,7 @@ def _record(warehouse: WarehouseResource, hotkey: str, repo: str, revision: str,
     record = DatasetRecord(repo=repo, revision=revision, status=status, reason=reason, size_bytes=size,
                            sha256=sha256, rows_total=rows_total, rows_valid=rows_valid, rows_used=rows_used,
                            rejected=tuple(rejected or ()), created_at=utcnow(), verdict_key=key)
-    warehouse.record_dataset(record, rows)
+    store.record_dataset(record, rows)
     return _outcome(hotkey, record, cached=False, row_format=row_format)
 
 

@@ -36,16 +36,16 @@ class CompetitionReport:
     png: bytes = b""
 
 
-def collect(epoch: int, settings, warehouse, base_losses: dict[str, float | None],
+def collect(epoch: int, settings, store, base_losses: dict[str, float | None],
             labels: dict[str, str] | None = None) -> list[CompetitionReport]:
-    """What the report shows, from the warehouse (no model, no chain); `labels`: hotkey -> a name to show."""
+    """What the report shows, from the store (no model, no chain); `labels`: hotkey -> a name to show."""
     from flock_pipeline.validator.report_table import epoch_report
 
     competitions = settings.competition_set()
-    entries = epoch_report(epoch, warehouse, labels)
-    shards = {s.hotkey: s for s in warehouse.epoch_shards(epoch)}
-    blocks = {c.hotkey: int(c.commit_block) for c in warehouse.epoch_commitments(epoch)}
-    history = {e: {r.hotkey: r for r in warehouse.win_rates(e)} for e in range(max(0, epoch - TREND_EPOCHS + 1),
+    entries = epoch_report(epoch, store, labels)
+    shards = {s.hotkey: s for s in store.epoch_shards(epoch)}
+    blocks = {c.hotkey: int(c.commit_block) for c in store.epoch_commitments(epoch)}
+    history = {e: {r.hotkey: r for r in store.scores(e)} for e in range(max(0, epoch - TREND_EPOCHS + 1),
                                                                                  epoch + 1)}
     recent = [e for e, rows in history.items() if rows]
     out = []
@@ -185,7 +185,7 @@ def page(epoch: int, reports: list[CompetitionReport]) -> str:
             loss = "" if m["eval_loss"] is None else f"{m['eval_loss']:.4f}"
             parts.append(f"<tr><td>{m['uid']}</td><td>{html.escape(m['hotkey'])}</td>"
                          f"<td class='{html.escape(m['status'])}'>{html.escape(m['status'])}</td>"
-                         f"<td>{m['rows_kept']}</td><td>{loss}</td><td>{m['win_rate']:.3f}</td>"
+                         f"<td>{m['rows_kept']}</td><td>{loss}</td><td>{m['score']:.3f}</td>"
                          f"<td>{m['weight']:.6f}</td><td>{html.escape(m.get('explanation') or '')}</td></tr>")
         parts.append("</table>")
     parts.append("</body></html>")
@@ -228,26 +228,26 @@ def _atomic(path: Path, data: bytes) -> Path:
     return path
 
 
-def recorded_base_losses(epoch: int, settings, warehouse, evaluator) -> dict[str, float | None]:
+def recorded_base_losses(epoch: int, settings, store, evaluator) -> dict[str, float | None]:
     """competition -> the base model's eval loss recorded for its eval set and recipe (None when not computed)."""
     from flock_pipeline.validator.evaluation import BASE_SHARD, cache_key, competition_recipe
     from flock_pipeline.validator.games import epoch_setups
 
     out: dict[str, float | None] = {}
-    setups = epoch_setups(warehouse, epoch, settings.competition_set())
+    setups = epoch_setups(store, epoch, settings.competition_set())
     for c in settings.competition_set():
         setup = setups.get(c.name)
         provenance = evaluator.provenance(build=False, recipe=competition_recipe(settings, c.name))
         result = None
         if setup is not None and provenance is not None:
-            result = warehouse.eval_result(cache_key(BASE_SHARD, provenance, setup.eval_revision))
+            result = store.eval_result(cache_key(BASE_SHARD, provenance, setup.eval_revision))
         out[c.name] = float(result.eval_loss) if result is not None and result.status == "ok" else None
     return out
 
 
-def build_epoch_report(epoch: int, settings, warehouse, evaluator,
+def build_epoch_report(epoch: int, settings, store, evaluator,
                        labels: dict[str, str] | None = None) -> tuple[dict[str, str], str]:
     """Write the epoch's report; returns (paths, the Markdown summary)."""
-    reports = collect(epoch, settings, warehouse, recorded_base_losses(epoch, settings, warehouse, evaluator), labels)
+    reports = collect(epoch, settings, store, recorded_base_losses(epoch, settings, store, evaluator), labels)
     paths = write_report(epoch, reports, Path(settings.corpus_dir) / "reports" / f"epoch-{epoch}")
     return paths, markdown(epoch, reports)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.store import EvalResultRecord, ShardRecord, ShardToEvaluate, utcnow
 from flock_pipeline.core.competitions import Competition
 from flock_pipeline.errors import FlockError, ValidatorFault
@@ -56,10 +56,10 @@ def cache_key(shard: str, provenance: dict, eval_revision: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
-def miner_shard(warehouse: WarehouseResource, hotkey: str, epoch: int | None = None) -> ShardToEvaluate | None:
+def miner_shard(store: StoreResource, hotkey: str, epoch: int | None = None) -> ShardToEvaluate | None:
     """The hotkey's shard in `epoch` (default: the latest epoch that has one), with its competition's eval set for
     that epoch (shards from before competitions existed: the epoch's one eval set)."""
-    return warehouse.shard_to_evaluate(hotkey, epoch)
+    return store.shard_to_evaluate(hotkey, epoch)
 
 
 def shard_cache_key(shard: ShardRecord, eval_revision: str, evaluator: EvaluatorResource,
@@ -82,17 +82,17 @@ class _Pending:
     attempts: int
 
 
-def evaluate_miner(hotkey: str, evaluator: EvaluatorResource, hub: HubResource, warehouse: WarehouseResource,
+def evaluate_miner(hotkey: str, evaluator: EvaluatorResource, hub: HubResource, store: StoreResource,
                    settings: ValidatorSettingsResource, epoch: int | None = None) -> EvalRecord:
     """Evaluate `hotkey`'s shard of `epoch` (default: the latest epoch with one) on its competition's eval set with
     its recipe; skipped when ineligible."""
-    result = evaluate_miners([hotkey], evaluator, hub, warehouse, settings, epoch)[hotkey]
+    result = evaluate_miners([hotkey], evaluator, hub, store, settings, epoch)[hotkey]
     if isinstance(result, Exception):
         raise result
     return result
 
 
-def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubResource, warehouse: WarehouseResource,
+def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubResource, store: StoreResource,
                     settings: ValidatorSettingsResource, epoch: int | None = None) -> dict[str, EvalRecord | Exception]:
     """Evaluate several miners' shards of `epoch`: hotkey -> its record, or the TransientEvalError to retry it.
 
@@ -104,7 +104,7 @@ def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubRe
     groups: dict[tuple, list[_Pending]] = {}
     shards: dict[str, ShardToEvaluate] = {}
     for hotkey in hotkeys:
-        found = miner_shard(warehouse, hotkey, epoch)
+        found = miner_shard(store, hotkey, epoch)
         if found is not None:
             shards[hotkey] = found
         if found is None:
@@ -117,7 +117,7 @@ def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubRe
         recipe = game.recipe_overrides()
         provenance = evaluator.provenance(recipe=recipe)
         key = cache_key(found.shard.shard_hash, provenance, found.eval_revision)
-        previous = warehouse.eval_result(key)
+        previous = store.eval_result(key)
         if previous is not None and previous.final:
             results[hotkey] = _record_of(hotkey, previous, cached=True)
             continue
@@ -128,20 +128,20 @@ def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubRe
     for (_, eval_repo, eval_revision, row_format, objective), pending in groups.items():
         preflight(evaluator, hub, eval_repo, eval_revision, pending[0].recipe, row_format)  # the validator's faults
         eval_rows = load_eval_rows(hub, eval_repo, eval_revision, row_format)
-        train_sets = [rows_from_json(warehouse.shard_rows(p.found.shard.shard_hash), row_format) for p in pending]
-        with warehouse.released():  # training takes a while: other processes may use the store meanwhile
+        train_sets = [rows_from_json(store.shard_rows(p.found.shard.shard_hash), row_format) for p in pending]
+        with store.released():  # training takes a while: other processes may use the store meanwhile
             outcomes = evaluator.evaluate_many(train_sets, eval_rows, recipe=pending[0].recipe, objective=objective)
         faults = [(p, o) for p, o in zip(pending, outcomes) if isinstance(o, Exception) and is_validator_fault(o)]
         for p, outcome in zip(pending, outcomes):  # every real outcome is kept before a fault stops the batch
             if not any(p is q for q, _ in faults):
-                results[p.hotkey] = _record_outcome(p, outcome, warehouse)
+                results[p.hotkey] = _record_outcome(p, outcome, store)
         if faults:
-            _record_outcome(*faults[0], warehouse)  # raises the ValidatorFault; nothing is recorded for it
-    return _with_base_losses(results, shards, evaluator, hub, warehouse, settings)
+            _record_outcome(*faults[0], store)  # raises the ValidatorFault; nothing is recorded for it
+    return _with_base_losses(results, shards, evaluator, hub, store, settings)
 
 
 def _with_base_losses(results: dict, shards: dict[str, ShardToEvaluate], evaluator: EvaluatorResource,
-                      hub: HubResource, warehouse: WarehouseResource,
+                      hub: HubResource, store: StoreResource,
                       settings: ValidatorSettingsResource) -> dict[str, EvalRecord | Exception]:
     """Each evaluated miner's record with its competition and the base model's loss on the same eval set (computed
     once per eval set and recipe, and cached: the scoring step reads the same entry)."""
@@ -153,13 +153,13 @@ def _with_base_losses(results: dict, shards: dict[str, ShardToEvaluate], evaluat
         competition = found.shard.competition
         key = (competition, found.eval_repo, found.eval_revision)
         if key not in bars:
-            bars[key] = base_eval_loss(evaluator, hub, warehouse, found.eval_repo, found.eval_revision,
+            bars[key] = base_eval_loss(evaluator, hub, store, found.eval_repo, found.eval_revision,
                                        shard_competition(settings, competition))
         results[hotkey] = replace(record, competition=competition, base_loss=bars[key])
     return results
 
 
-def _record_outcome(p: _Pending, outcome, warehouse: WarehouseResource) -> EvalRecord | TransientEvalError:
+def _record_outcome(p: _Pending, outcome, store: StoreResource) -> EvalRecord | TransientEvalError:
     """Record one miner's evaluation outcome (an EvalOutcome or the exception it raised)."""
     shard, attempts = p.found.shard, p.attempts + 1
     if not isinstance(outcome, Exception) and not math.isfinite(outcome.eval_loss):
@@ -171,7 +171,7 @@ def _record_outcome(p: _Pending, outcome, warehouse: WarehouseResource) -> EvalR
                                  f"data: {type(exc).__name__}: {exc}") from exc
         error = f"{type(exc).__name__}: {exc}"
         retry = attempts < MAX_ATTEMPTS and not isinstance(exc, ValueError)  # ValueError: the data, not luck
-        warehouse.record_eval_result(_row(p.key, shard.shard_hash, "failed", error, None, [], [], 0, 0, 0.0,
+        store.record_eval_result(_row(p.key, shard.shard_hash, "failed", error, None, [], [], 0, 0, 0.0,
                                           p.provenance, attempts, final=not retry))
         if retry:
             trace = "".join(traceback.format_exception(exc, limit=3))
@@ -182,7 +182,7 @@ def _record_outcome(p: _Pending, outcome, warehouse: WarehouseResource) -> EvalR
     result = _row(p.key, shard.shard_hash, "ok", None, outcome.eval_loss, outcome.per_row_losses,
                   outcome.train_losses, outcome.train_tokens, outcome.eval_tokens,
                   outcome.train_seconds + outcome.eval_seconds, p.provenance, attempts, metrics=outcome.metrics)
-    warehouse.record_eval_result(result)
+    store.record_eval_result(result)
     return _record_of(p.hotkey, result, cached=False)
 
 
@@ -207,30 +207,30 @@ def _record_of(hotkey: str, row: EvalResultRecord, cached: bool) -> EvalRecord:
 BASE_SHARD = "base-model"  # the cache entry of the base model's own eval loss (no training)
 
 
-def base_eval_loss(evaluator: EvaluatorResource, hub: HubResource, warehouse: WarehouseResource, eval_repo: str,
+def base_eval_loss(evaluator: EvaluatorResource, hub: HubResource, store: StoreResource, eval_repo: str,
                    eval_revision: str, competition: Competition) -> float:
     """The base model's score under the competition's objective on its eval set (the bar a miner's data must
     beat), cached like a miner's result under (base model, recipe, eval revision)."""
     recipe = competition.recipe_overrides()
     provenance = evaluator.provenance(recipe=recipe)
     key = cache_key(BASE_SHARD, provenance, eval_revision)
-    cached = warehouse.eval_result(key)
+    cached = store.eval_result(key)
     if cached is not None and cached.status == "ok":
         return float(cached.eval_loss)
     outcome = evaluator.base_loss(load_eval_rows(hub, eval_repo, eval_revision, competition.row_format),
                                   recipe=recipe, objective=competition.objective)
-    warehouse.record_eval_result(_row(key, BASE_SHARD, "ok", None, outcome.eval_loss, outcome.per_row_losses, [], 0,
+    store.record_eval_result(_row(key, BASE_SHARD, "ok", None, outcome.eval_loss, outcome.per_row_losses, [], 0,
                                       outcome.eval_tokens, outcome.eval_seconds, provenance, 1))
     return float(outcome.eval_loss)
 
 
-def record_abandoned_evaluation(warehouse: WarehouseResource, shard_hash: str, provenance: dict, eval_revision: str,
+def record_abandoned_evaluation(store: StoreResource, shard_hash: str, provenance: dict, eval_revision: str,
                                 error: str, attempts: int) -> None:
     """Record a final failure for a shard whose evaluation runs kept dying without recording anything (killed,
     out of memory, over their time limit): the miner then scores 0 with this error instead of staying pending."""
     key = cache_key(shard_hash, provenance, eval_revision)
-    existing = warehouse.eval_result(key)
+    existing = store.eval_result(key)
     if existing is not None and existing.final:
         return
-    warehouse.record_eval_result(_row(key, shard_hash, "failed", error, None, [], [], 0, 0, 0.0, provenance, attempts,
+    store.record_eval_result(_row(key, shard_hash, "failed", error, None, [], [], 0, 0, 0.0, provenance, attempts,
                                       final=True))

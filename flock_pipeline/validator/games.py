@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flock_pipeline.core.competitions import Competition, CompetitionSet, CurationCompetition
 from flock_pipeline.resources.settings import ValidatorSettingsResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.store import EpochCompetitionRecord
 
 # A shard recorded for a competition that is no longer configured (or before competitions existed) is evaluated as
@@ -36,13 +36,13 @@ def competition_of(c, competitions: CompetitionSet) -> str | None:
     return match.name if match is not None else competitions.competitions[0].name
 
 
-def epoch_setups(warehouse: WarehouseResource, epoch: int,
+def epoch_setups(store: StoreResource, epoch: int,
                  competitions: CompetitionSet) -> dict[str, EpochCompetitionRecord]:
     """competition name -> its recorded eval set and round for `epoch`. An epoch opened before competitions existed
     has none recorded: it ran one game on the epoch's eval set, which the first configured competition takes."""
-    setups = {r.competition: r for r in warehouse.epoch_competitions(epoch)}
+    setups = {r.competition: r for r in store.epoch_competitions(epoch)}
     if not setups:
-        info = warehouse.epoch_info(epoch)
+        info = store.epoch_info(epoch)
         if info is not None:
             first = competitions.competitions[0]
             setups[first.name] = EpochCompetitionRecord(

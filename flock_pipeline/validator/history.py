@@ -11,13 +11,13 @@ import pandas as pd
 
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.store import ScoreRecord, frame as records_frame
 from flock_pipeline.validator.epoch_report import recorded_base_losses
 from flock_pipeline.validator.scoring import WEIGHTED
 
 MEASURES = ("eval loss", "rank", "weight")
-COLUMNS = ["uid", "hotkey", "competition", "status", "eval_loss", "base_loss", "rank", "win_rate", "weight",
+COLUMNS = ["uid", "hotkey", "competition", "status", "eval_loss", "base_loss", "rank", "score", "weight",
            "reason"]
 
 
@@ -46,13 +46,13 @@ def ranks(scores: list[ScoreRecord]) -> dict[str, int]:
     return out
 
 
-def epoch_history(epoch: int, settings: ValidatorSettingsResource, warehouse: WarehouseResource,
+def epoch_history(epoch: int, settings: ValidatorSettingsResource, store: StoreResource,
                   evaluator: EvaluatorResource) -> tuple[dict[str, float | int], pd.DataFrame]:
     """(series, table): the epoch's series (the base model's loss per competition, then per miner its eval loss
     when it has one, its rank when it is ranked, and its weight, full precision) and every miner's row; an epoch
     nobody committed in has neither."""
-    scores = warehouse.win_rates(epoch)
-    bases = recorded_base_losses(epoch, settings, warehouse, evaluator)
+    scores = store.scores(epoch)
+    bases = recorded_base_losses(epoch, settings, store, evaluator)
     rank = ranks(scores)
     series: dict[str, float | int] = {f"base loss · {name}": float(loss) for name, loss in sorted(bases.items())
                                 if loss is not None and any(r.competition == name for r in scores)}

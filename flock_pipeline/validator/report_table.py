@@ -3,24 +3,27 @@ reason, rows kept, score and weight, as `flock epoch run`, `flock demo` and the 
 
 from __future__ import annotations
 
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 
 
-def epoch_report(epoch: int, warehouse: WarehouseResource, labels: dict[str, str] | None = None,
+def epoch_report(epoch: int, store: StoreResource, labels: dict[str, str] | None = None,
                  quality: dict[str, float | None] | None = None) -> list[dict]:
     """One entry per committing miner (and per uid rewarded without a submission: a kept winner, the burn uid):
-    uid, hotkey, label, quality, competition, status, reason, rows_kept, eval_loss, win_rate, weight (quality: the
+    uid, hotkey, label, quality, competition, status, reason, rows_kept, eval_loss, score (and its old name
+    win_rate), weight (quality: the
     demo generator's level for honest miners, None for the others and outside a demo)."""
     labels, quality = labels or {}, quality or {}
     report = []
-    for r in warehouse.epoch_report_rows(epoch):
+    for r in store.epoch_report_rows(epoch):
         report.append({"uid": int(r.uid), "hotkey": r.hotkey, "label": labels.get(r.hotkey),
                        "quality": quality.get(r.hotkey), "competition": r.competition,
                        "status": r.score_status if r.score_status is not None else r.commitment_status,
                        "reason": r.reason,
                        "rows_kept": 0 if r.rows_kept is None else int(r.rows_kept),
                        "eval_loss": None if _missing(r.eval_loss) else round(float(r.eval_loss), 6),
-                       "win_rate": 0.0 if _missing(r.win_rate) else float(r.win_rate),
+                       "score": 0.0 if _missing(r.score) else float(r.score),
+                       "win_rate": 0.0 if _missing(r.score) else float(r.score),  # the score's old name, kept for
+                       # readers of the JSON for one release
                        "weight": 0.0 if _missing(r.weight) else float(r.weight),
                        "explanation": r.explanation or r.reason})
     return report
@@ -40,7 +43,7 @@ def format_report(report: list[dict], competitions: bool | None = None) -> str:
     rows = []
     for m in report:
         row = [str(m["uid"]), m["hotkey"], m["label"] or "", m["status"], str(m["rows_kept"]),
-               "" if m["eval_loss"] is None else f"{m['eval_loss']:.4f}", f"{m['win_rate']:.3f}",
+               "" if m["eval_loss"] is None else f"{m['eval_loss']:.4f}", f"{m['score']:.3f}",
                f"{m['weight']:.6f}", m["reason"] or ""]
         if competitions:
             row.insert(3, m.get("competition") or "")

@@ -15,7 +15,7 @@ from typing import Any
 
 from flock_pipeline.resources.hub import HubError, HubNotFound, HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 
 REPORT_FILE = "reports.json"
 MAX_EPOCHS = 24  # epochs kept in the file (a day at the live tempo of 360 blocks)
@@ -23,26 +23,27 @@ MAX_REPORT_BYTES = 8 * 2**20
 FORMAT = 1
 
 
-def epoch_report(epoch: int, settings: ValidatorSettingsResource, warehouse: WarehouseResource) -> dict:
+def epoch_report(epoch: int, settings: ValidatorSettingsResource, store: StoreResource) -> dict:
     """The score table of `epoch` as published: rank 1 is the largest weight (ties: the lower loss)."""
-    scores = warehouse.win_rates(epoch)
+    scores = store.scores(epoch)
     ordered = sorted(scores, key=lambda r: (-float(r.weight), _loss(r.eval_loss) if _loss(r.eval_loss) is not None
                                             else math.inf, r.hotkey))
     rank = {r.hotkey: i + 1 for i, r in enumerate(ordered)}
-    sent = warehouse.weight_submission(epoch)
+    sent = store.weight_submission(epoch)
     return {
         "epoch": epoch,
         "validator": settings.validator_hotkey,
         "weights": None if sent is None else {"state": sent.state, "block": int(sent.block),
                                               "message": sent.message, "detail": sent.detail},
         "miners": [{"hotkey": r.hotkey, "uid": int(r.uid), "status": r.status, "reason": r.reason,
-                    "competition": r.competition, "eval_loss": _loss(r.eval_loss), "win_rate": float(r.win_rate),
+                    "competition": r.competition, "eval_loss": _loss(r.eval_loss), "score": float(r.score),
+                    "win_rate": float(r.score),
                     "weight": float(r.weight), "rank": rank[r.hotkey]} for r in ordered],
     }
 
 
 def publish_epoch_report(epoch: int, hub: HubResource, settings: ValidatorSettingsResource,
-                         warehouse: WarehouseResource) -> str | None:
+                         store: StoreResource) -> str | None:
     """Put `epoch`'s report into `settings.report_repo` (public), beside the latest earlier epochs; returns the new
     revision, or None when the repo already holds exactly this (nothing is uploaded). HubError when the hub fails."""
     repo = settings.report_repo
@@ -52,7 +53,7 @@ def publish_epoch_report(epoch: int, hub: HubResource, settings: ValidatorSettin
         current = {"format": FORMAT, "validator": settings.validator_hotkey, "epochs": []}
     except (HubError, ValueError):  # our own earlier file is unreadable: start it again rather than stop publishing
         current = {"format": FORMAT, "validator": settings.validator_hotkey, "epochs": []}
-    report = epoch_report(epoch, settings, warehouse)
+    report = epoch_report(epoch, settings, store)
     kept = [e for e in current["epochs"] if e.get("epoch") != epoch]
     epochs = sorted(kept + [report], key=lambda e: e["epoch"])[-MAX_EPOCHS:]
     document = {"format": FORMAT, "validator": settings.validator_hotkey, "epochs": epochs}
@@ -64,7 +65,8 @@ def publish_epoch_report(epoch: int, hub: HubResource, settings: ValidatorSettin
 
 def read_miner_report(hub: HubResource, repo: str, hotkey: str) -> dict:
     """What the validator publishing to `repo` recorded for `hotkey` in its latest epoch that has it:
-    {"repo", "validator", "epoch", "status", "reason", "eval_loss", "win_rate", "weight", "rank", "of"}, or
+    {"repo", "validator", "epoch", "status", "reason", "eval_loss", "score", "win_rate" (the score's old name, kept
+    for one release), "weight", "rank", "of"}, or
     {"repo", "error"} when the repo cannot be read or its file is malformed, or {"repo", "epoch": None} when the
     hotkey is in none of its epochs."""
     try:
@@ -76,7 +78,8 @@ def read_miner_report(hub: HubResource, repo: str, hotkey: str) -> dict:
         if row is not None:
             return {"repo": repo, "validator": document["validator"], "epoch": entry["epoch"],
                     "status": row.get("status"), "reason": row.get("reason"), "eval_loss": row.get("eval_loss"),
-                    "win_rate": row.get("win_rate"), "weight": row.get("weight"), "rank": row.get("rank"),
+                    "score": row.get("score", row.get("win_rate")), "win_rate": row.get("score", row.get("win_rate")),
+                    "weight": row.get("weight"), "rank": row.get("rank"),
                     "of": len(entry["miners"])}
     return {"repo": repo, "validator": document["validator"], "epoch": None}
 

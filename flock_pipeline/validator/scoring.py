@@ -19,7 +19,7 @@ from flock_pipeline.core.weights import runtime_error
 from flock_pipeline.resources.chain import ChainResource, WeightsReceipt
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.store import (CorpusRecord, EpochCompetitionRecord, EpochRecord, EvalResultRecord, ScoreRecord,
                                   WeightSubmissionRecord, utcnow)
@@ -31,7 +31,7 @@ WEIGHTED = ("scored", "reward", "burn")  # the statuses a row may carry weight w
 
 
 def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
-                         warehouse: WarehouseResource, hub: HubResource,
+                         store: StoreResource, hub: HubResource,
                          chain: ChainResource | None = None) -> list[ScoreRecord]:
     """Scores and weights of every committing miner of `epoch`, each in its competition (0 with a reason for all but
     the rewarded), plus a row for a uid that is rewarded without a submission this epoch (a daily round's winner
@@ -43,19 +43,19 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
     weight: the uid's share of the epoch's weight vector (the competitions' weights times their shares, summed);
     competition_weight: its weight within its own competition.
     """
-    info = warehouse.epoch_info(epoch)
+    info = store.epoch_info(epoch)
     if info is None:
         raise RuntimeError(f"epoch {epoch} has no recorded commitments: materialize chain_commitments first")
     competitions = settings.competition_set()
-    setups = epoch_setups(warehouse, epoch, competitions)
-    shards = {r.hotkey: r for r in warehouse.epoch_shards(epoch)}
+    setups = epoch_setups(store, epoch, competitions)
+    shards = {r.hotkey: r for r in store.epoch_shards(epoch)}
     rows, contenders, failures, provenances = [], {c.name: [] for c in competitions}, {}, {}
     metagraph = chain.metagraph() if chain is not None else []
     coldkeys = {n.hotkey: n.coldkey for n in metagraph}
-    for c in warehouse.epoch_commitments(epoch):
+    for c in store.epoch_commitments(epoch):
         competition = competition_of(c, competitions)
         row = {"epoch": epoch, "hotkey": c.hotkey, "uid": int(c.uid), "status": "rejected", "reason": c.reason,
-               "eval_loss": math.nan, "win_rate": 0.0, "weight": 0.0, "competition": competition,
+               "eval_loss": math.nan, "score": 0.0, "weight": 0.0, "competition": competition,
                "competition_weight": 0.0}
         rows.append(row)
         shard = shards.get(c.hotkey)
@@ -73,7 +73,7 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
             if competition not in provenances:  # once per competition, not per miner
                 provenances[competition] = evaluator.provenance(recipe=competition_recipe(settings, competition))
             key = shard_cache_key(shard, setup.eval_revision, evaluator, settings, provenances[competition])
-            result = warehouse.eval_result(key)
+            result = store.eval_result(key)
             if result is None:
                 row.update(status="not_evaluated", reason="no evaluation result for this shard and recipe")
             elif result.status != "ok":
@@ -85,16 +85,16 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
                 contenders.setdefault(competition, []).append(Contender(
                     int(c.uid), c.hotkey, float(result.eval_loss), int(c.commit_block), coldkey,
                     tuple(float(x) for x in result.per_row_losses)))
-    _refuse_common_failure(rows, failures, warehouse)
+    _refuse_common_failure(rows, failures, store)
     outcomes, decisions = {}, []
     for competition in competitions:
         setup = setups.get(competition.name)
         if setup is None:  # an epoch opened before this competition was configured
             continue
         if setup.round_id != "epoch" and setup.phase != "submission":
-            record_round_contenders(warehouse, competition.name, setup.round_id, contenders[competition.name])
+            record_round_contenders(store, competition.name, setup.round_id, contenders[competition.name])
         context = _context(epoch, competition, setup, info, contenders[competition.name], metagraph, chain, evaluator,
-                           hub, warehouse)
+                           hub, store)
         outcome = competition.score(contenders[competition.name], context)
         if outcome.decided is not None:
             decisions.append((competition.name, outcome.decided, context.hotkeys))
@@ -103,7 +103,7 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
             if row["competition"] != competition.name or row["status"] != "scored":
                 continue
             uid = row["uid"]
-            row.update(win_rate=outcome.scores.get(uid, 0.0), competition_weight=outcome.weights.get(uid, 0.0),
+            row.update(score=outcome.scores.get(uid, 0.0), competition_weight=outcome.weights.get(uid, 0.0),
                        status=outcome.statuses.get(uid, "scored"))
             if uid in outcome.reasons:
                 row["reason"] = outcome.reasons[uid]
@@ -113,10 +113,10 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
     for row in rows:
         row["explanation"] = explanation(row, shards.get(row["hotkey"]), competitions, outcomes)
     scores = [ScoreRecord(**row) for row in rows]
-    _keep_what_was_recorded(epoch, warehouse.win_rates(epoch), scores, settings.replace_results)
+    _keep_what_was_recorded(epoch, store.scores(epoch), scores, settings.replace_results)
     for name, decided, hotkeys in decisions:  # a round is decided only by a run whose scores are kept
-        _record_decision(warehouse, name, decided, hotkeys, epoch)
-    warehouse.record_scores(epoch, scores)
+        _record_decision(store, name, decided, hotkeys, epoch)
+    store.record_scores(epoch, scores)
     return scores
 
 
@@ -146,7 +146,7 @@ def _keep_what_was_recorded(epoch: int, recorded: list[ScoreRecord], new: list[S
 DATA_ERRORS = ("ValueError", "FloatingPointError")  # failures the evaluator puts down to the rows themselves
 
 
-def _refuse_common_failure(rows: list[dict], failures: dict[str, str], warehouse: WarehouseResource) -> None:
+def _refuse_common_failure(rows: list[dict], failures: dict[str, str], store: StoreResource) -> None:
     """Every evaluated miner failed, and all with the same error: that is the validator's environment (a library, a
     driver), not the miners' data. The failures are dropped (so the next run evaluates them again) and the epoch
     stops with an operator error instead of scoring everyone 0."""
@@ -155,7 +155,7 @@ def _refuse_common_failure(rows: list[dict], failures: dict[str, str], warehouse
             or len(set(unexplained.values())) != 1:
         return
     keys = sorted(failures)
-    warehouse.drop_eval_results(keys)
+    store.drop_eval_results(keys)
     raise ValidatorFault(f"all {len(keys)} evaluated miners failed with the same error, so it is the validator's, "
                          f"not theirs: {next(iter(failures.values()))}; their results were dropped: fix it and run "
                          "the epoch's scoring again")
@@ -164,34 +164,34 @@ def _refuse_common_failure(rows: list[dict], failures: dict[str, str], warehouse
 def _context(epoch: int, competition: Competition, setup: EpochCompetitionRecord, info: EpochRecord,
              contenders: list[Contender], metagraph,
              chain: ChainResource | None, evaluator: EvaluatorResource, hub: HubResource,
-             warehouse: WarehouseResource) -> ScoringContext:
+             store: StoreResource) -> ScoringContext:
     base = None
     if competition.needs_base_loss and contenders:
-        base = base_eval_loss(evaluator, hub, warehouse, setup.eval_repo, setup.eval_revision, competition)
+        base = base_eval_loss(evaluator, hub, store, setup.eval_repo, setup.eval_revision, competition)
     hotkeys = {n.uid: n.hotkey for n in metagraph}
     burn = competition.configured_burn_uid()
     if burn is None and chain is not None and competition.burns_unearned:
         owner = chain.owner_hotkey()
         burn = next((uid for uid, hk in hotkeys.items() if hk == owner), None)
     rnd = Round(setup.round_id, setup.phase, int(setup.snapshot_block), note=setup.note or "")
-    return ScoringContext(now_block=int(info.block), previous=warehouse.previous_weights(epoch, competition.name),
+    return ScoringContext(now_block=int(info.block), previous=store.previous_weights(epoch, competition.name),
                           base_loss=base, hotkeys=hotkeys, coldkeys={n.uid: n.coldkey for n in metagraph},
                           burn_uid=burn, round=rnd,
-                          reward=reward_state(competition.name, rnd, warehouse) if rnd.round_id != "epoch" else None)
+                          reward=reward_state(competition.name, rnd, store) if rnd.round_id != "epoch" else None)
 
 
-def reward_state(competition: str, rnd: Round, warehouse: WarehouseResource) -> RewardState:
+def reward_state(competition: str, rnd: Round, store: StoreResource) -> RewardState:
     """What a daily game rewards at this epoch: the winner of the latest round whose reward time has passed (the
     current round in its rewarding phase, else the previous day's), decided at the first epoch at or after that time
     (epochs need not open inside the 30-minute window) from the contenders recorded for it; a reused round rewards
     the winner of the round it reuses; a round never seen here (the validator was not running) falls back to the
     latest decided one; none at all: nothing (burn)."""
-    current = warehouse.competition_round(competition, rnd.round_id)
+    current = store.competition_round(competition, rnd.round_id)
     reused_now = current.reused_from if current is not None else None
     target_id = rnd.round_id if rnd.phase == "rewarding" else _day_before(rnd.round_id)
-    target = current if target_id == rnd.round_id else warehouse.competition_round(competition, target_id)
+    target = current if target_id == rnd.round_id else store.competition_round(competition, target_id)
     if target is not None and target.reused_from is not None:
-        source = warehouse.competition_round(competition, target.reused_from)
+        source = store.competition_round(competition, target.reused_from)
         if source is not None and source.decided:
             return RewardState(source.round_id, source.winner_uid, reused_from=reused_now)
     elif target is not None and target.decided:
@@ -199,7 +199,7 @@ def reward_state(competition: str, rnd: Round, warehouse: WarehouseResource) -> 
     elif target is not None:
         stored = None if target_id == rnd.round_id else tuple(_contenders(target.contenders))
         return RewardState(target_id, None, decide_now=True, reused_from=reused_now, contenders=stored)
-    for r in warehouse.rounds_before(competition, target_id):
+    for r in store.rounds_before(competition, target_id):
         if r.decided:
             return RewardState(r.round_id, r.winner_uid, reused_from=reused_now)
     return RewardState(None, None, reused_from=reused_now)
@@ -218,23 +218,23 @@ def _contenders(text: str | None) -> list[Contender]:
             for c in json.loads(text)]
 
 
-def record_round_contenders(warehouse: WarehouseResource, competition: str, round_id: str,
+def record_round_contenders(store: StoreResource, competition: str, round_id: str,
                             contenders: list[Contender]) -> None:
     """Keep a daily round's evaluated submissions with its record, so that it can be decided at a later epoch."""
-    record = warehouse.competition_round(competition, round_id)
+    record = store.competition_round(competition, round_id)
     if record is None or record.decided or record.reused_from is not None:
         return
-    warehouse.record_round(record.replace(contenders=json.dumps(
+    store.record_round(record.replace(contenders=json.dumps(
         [{"uid": c.uid, "hotkey": c.hotkey, "coldkey": c.coldkey, "loss": c.loss, "block": c.block}
          for c in contenders], sort_keys=True)))
 
 
-def _record_decision(warehouse: WarehouseResource, competition: str, decided: tuple, hotkeys: dict, epoch: int) -> None:
+def _record_decision(store: StoreResource, competition: str, decided: tuple, hotkeys: dict, epoch: int) -> None:
     round_id, uid, loss = decided
-    record = warehouse.competition_round(competition, round_id)
+    record = store.competition_round(competition, round_id)
     if record is None or record.decided:
         return
-    warehouse.record_round(record.replace(decided=True, winner_uid=uid, winner_loss=loss, decided_epoch=epoch,
+    store.record_round(record.replace(decided=True, winner_uid=uid, winner_loss=loss, decided_epoch=epoch,
                                           winner_hotkey=hotkeys.get(uid) if uid is not None else None))
 
 
@@ -253,7 +253,7 @@ def _combine(rows: list[dict], competitions, outcomes: dict, epoch: int) -> None
                 if not hotkey or any(r["hotkey"] == hotkey for r in rows):  # a winner that moved to another uid
                     hotkey = f"{hotkey or 'uid'}@{uid}"
                 row = {"epoch": epoch, "hotkey": hotkey, "uid": uid, "status": status,
-                       "reason": reason, "eval_loss": math.nan, "win_rate": 0.0, "weight": 0.0,
+                       "reason": reason, "eval_loss": math.nan, "score": 0.0, "weight": 0.0,
                        "competition": c.name, "competition_weight": w}
                 rows.append(row)
                 by_uid[uid] = row
@@ -320,7 +320,7 @@ MAX_SENDS = 3  # sends of one epoch's weights (a retry after "not applied" inclu
 
 
 def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSettingsResource,
-                         warehouse: WarehouseResource) -> WeightsOutcome:
+                         store: StoreResource) -> WeightsOutcome:
     """Send the epoch's weights once, and find out whether the chain applied them.
 
     States of the record (one per epoch):
@@ -337,45 +337,45 @@ def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSe
     whether this hotkey already set weights (or committed) during the epoch; if it did, that submission is
     recorded instead of sending a second one.
     """
-    done = warehouse.weight_submission(epoch)
+    done = store.weight_submission(epoch)
     if done is not None and done.state is None and done.success:
         return WeightsOutcome(done, sent_now=False)  # recorded by an earlier release, before confirmations
     if done is not None and (done.state in WAITING or done.state == "applied"):
-        done = confirm_epoch_weights(epoch, chain, warehouse) or done
+        done = confirm_epoch_weights(epoch, chain, store) or done
         if done.state != "not applied":
             return WeightsOutcome(done, sent_now=False)
     if done is not None and done.state == "not applied" and not _may_resend(done, chain):
         return WeightsOutcome(done, sent_now=False)
-    later = warehouse.latest_sent_epoch()
+    later = store.latest_sent_epoch()
     if later is not None and later > epoch:  # never overwrite newer weights on the chain with older ones
-        return WeightsOutcome(_record(warehouse, epoch, settings.validator_hotkey, None, WeightsReceipt(
+        return WeightsOutcome(_record(store, epoch, settings.validator_hotkey, None, WeightsReceipt(
             False, chain.current_block(), f"not sent: epoch {later}'s weights are already on the chain"),
             state="refused", attempts=_attempts(done)), sent_now=False)
-    scores = warehouse.win_rates(epoch)
+    scores = store.scores(epoch)
     weights = weights_of(scores)
     validate_weights(weights, weighted_uids(scores))  # never send NaN, negative, unnormalised or ineligible weights
     hotkey = settings.validator_hotkey
     if not weights:
-        return WeightsOutcome(_record(warehouse, epoch, hotkey, None, WeightsReceipt(
+        return WeightsOutcome(_record(store, epoch, hotkey, None, WeightsReceipt(
             False, chain.current_block(), "no miner was scored: nothing to submit"), state="refused"), sent_now=False)
     plan = chain.plan_weights(hotkey, weights, settings.weights_version_key)
-    already = _already_set(epoch, chain, hotkey, warehouse, done, plan)
+    already = _already_set(epoch, chain, hotkey, store, done, plan)
     if already is not None:
         state = "committed" if plan.rules.commit_reveal else "included"
         receipt = WeightsReceipt(True, already, f"already set at block {already} during this epoch (found on the "
                                                 f"chain; not sent again)", committed=plan.rules.commit_reveal)
         reveal_epoch = chain.epoch_of(already) + int(plan.rules.reveal_period) if plan.rules.commit_reveal else None
-        record = _record(warehouse, epoch, hotkey, plan, receipt, state=state, attempts=_attempts(done),
+        record = _record(store, epoch, hotkey, plan, receipt, state=state, attempts=_attempts(done),
                          reveal_epoch=reveal_epoch)
-        return WeightsOutcome(confirm_epoch_weights(epoch, chain, warehouse) or record, sent_now=False)
+        return WeightsOutcome(confirm_epoch_weights(epoch, chain, store) or record, sent_now=False)
     if not plan.sendable:
         state = "rate limited" if plan.retry_after_block is not None else "refused"
         receipt = WeightsReceipt(False, plan.rules.block, f"not sent: {plan.refusal}",
                                  retry_after_block=plan.retry_after_block)
-        return WeightsOutcome(_record(warehouse, epoch, hotkey, plan, receipt, state=state,
+        return WeightsOutcome(_record(store, epoch, hotkey, plan, receipt, state=state,
                                       attempts=_attempts(done)), sent_now=False)
     attempts = _attempts(done) + 1
-    _record(warehouse, epoch, hotkey, plan, WeightsReceipt(False, plan.rules.block, f"{IN_FLIGHT}: sent, no answer "
+    _record(store, epoch, hotkey, plan, WeightsReceipt(False, plan.rules.block, f"{IN_FLIGHT}: sent, no answer "
                                                            "recorded yet"), state=IN_FLIGHT, attempts=attempts)
     receipt = chain.submit_weights(hotkey, plan)
     if not receipt.success:
@@ -383,19 +383,19 @@ def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSe
     else:
         state = "committed" if receipt.committed else "included"
     reveal_epoch = chain.epoch_of(receipt.block) + int(plan.rules.reveal_period) if state == "committed" else None
-    record = _record(warehouse, epoch, hotkey, plan, receipt, state=state, attempts=attempts,
+    record = _record(store, epoch, hotkey, plan, receipt, state=state, attempts=attempts,
                      reveal_epoch=reveal_epoch)
     if state == "included":
-        record = confirm_epoch_weights(epoch, chain, warehouse) or record
+        record = confirm_epoch_weights(epoch, chain, store) or record
     return WeightsOutcome(record, sent_now=True)
 
 
-def confirm_epoch_weights(epoch: int, chain: ChainResource, warehouse: WarehouseResource,
+def confirm_epoch_weights(epoch: int, chain: ChainResource, store: StoreResource,
                           ) -> WeightSubmissionRecord | None:
     """Read back a waiting submission: "applied" when the chain's stored weights for the validator equal the
     recorded vector, "not applied" (with the reason) when they do not once the chain has had its chance; None when
     there is nothing to confirm yet (no submission, or a commit whose reveal epoch has not started)."""
-    done = warehouse.weight_submission(epoch)
+    done = store.weight_submission(epoch)
     if done is None or not done.success or done.state in FINAL and done.state != "applied":
         return None
     if done.state == "applied":
@@ -416,7 +416,7 @@ def confirm_epoch_weights(epoch: int, chain: ChainResource, warehouse: Warehouse
     else:
         record = done.replace(state="not applied", confirmed_block=now,
                               detail=_why_not_applied(done, chain, hotkey, stored))
-    warehouse.record_weight_submission(record)
+    store.record_weight_submission(record)
     return record
 
 
@@ -444,7 +444,7 @@ def _attempts(record: WeightSubmissionRecord | None) -> int:
     return int(record.attempts or 0) if record is not None else 0
 
 
-def _already_set(epoch: int, chain: ChainResource, hotkey: str, warehouse: WarehouseResource,
+def _already_set(epoch: int, chain: ChainResource, hotkey: str, store: StoreResource,
                  done: WeightSubmissionRecord | None, plan) -> int | None:
     """The block at which this hotkey set these weights (plaintext: the chain holds exactly this vector) or
     committed weights (commit-reveal: a commit's content cannot be read, so any) since the epoch started, unless
@@ -458,7 +458,7 @@ def _already_set(epoch: int, chain: ChainResource, hotkey: str, warehouse: Wareh
         stored = chain.stored_weights(hotkey) or {}
         if {u: v for u, v in stored.items() if v} != dict(zip(plan.uids, plan.values)):
             return None
-    other = warehouse.weight_submission_at(last)
+    other = store.weight_submission_at(last)
     if other is not None and other.epoch != epoch:
         return None
     if done is not None and done.state == "not applied" and int(done.block) == last:
@@ -466,7 +466,7 @@ def _already_set(epoch: int, chain: ChainResource, hotkey: str, warehouse: Wareh
     return last
 
 
-def _record(warehouse: WarehouseResource, epoch: int, hotkey: str, plan, receipt: WeightsReceipt, *, state: str,
+def _record(store: StoreResource, epoch: int, hotkey: str, plan, receipt: WeightsReceipt, *, state: str,
             attempts: int = 0, reveal_epoch: int | None = None) -> WeightSubmissionRecord:
     rules = plan.rules if plan is not None else None
     notes = "; ".join(plan.notes) if plan is not None and plan.notes else None
@@ -478,11 +478,11 @@ def _record(warehouse: WarehouseResource, epoch: int, hotkey: str, plan, receipt
         commit_reveal=rules.commit_reveal if rules is not None else None,
         chain_epoch=rules.epoch if rules is not None else None, reveal_epoch=reveal_epoch,
         reveal_round=receipt.reveal_round, detail=notes, attempts=attempts)
-    warehouse.record_weight_submission(record)
+    store.record_weight_submission(record)
     return record
 
 
-def build_epoch_corpus(epoch: int, settings: ValidatorSettingsResource, warehouse: WarehouseResource,
+def build_epoch_corpus(epoch: int, settings: ValidatorSettingsResource, store: StoreResource,
                        evaluator: EvaluatorResource | None = None, hub: HubResource | None = None) -> CorpusRecord:
     """The epoch's corpus release, the cumulative `latest` release, and (with `corpus_repo`) its publication.
 
@@ -498,13 +498,13 @@ def build_epoch_corpus(epoch: int, settings: ValidatorSettingsResource, warehous
     policy = settings.corpus_policy_config()
     if settings.corpus_repo and hub is None:
         raise ValueError("corpus_repo is set: building the corpus needs the hub resource to publish it")
-    shards = _selected_shards(epoch, settings.competition_set(), policy, warehouse)
+    shards = _selected_shards(epoch, settings.competition_set(), policy, store)
     if policy.derive_dpo:
         shards += _derived_shards(shards, evaluator, settings, policy)
     records = build_release_records(shards)
     rows = {c: len(records[c]) for c in records}
     total = sum(rows.values())
-    previous = warehouse.corpus(epoch)
+    previous = store.corpus(epoch)
     if previous is not None and total < int(previous.rows) and not settings.replace_results:
         raise ResultsKept(f"epoch {epoch}'s published corpus has {int(previous.rows)} rows; this run built "
                           f"{total}: the published release is kept. To publish the smaller one beside it set "
@@ -519,30 +519,30 @@ def build_epoch_corpus(epoch: int, settings: ValidatorSettingsResource, warehous
                               sha256=sha, jsonl_path=str(folder / JSONL_FILES[SFT]),
                               parquet_path=str(folder / FILES[SFT]), created_at=utcnow(), sft_rows=rows[SFT],
                               dpo_rows=rows[DPO], release_dir=str(folder))
-        warehouse.record_corpus(corpus)
-    latest, changed = _update_latest(corpus_dir, warehouse, policy, settings)
+        store.record_corpus(corpus)
+    latest, changed = _update_latest(corpus_dir, store, policy, settings)
     if corpus.latest_dir != str(latest):
         corpus = corpus.replace(latest_dir=str(latest))
-        warehouse.record_corpus(corpus)
+        store.record_corpus(corpus)
     if settings.corpus_repo and (changed or corpus.published_repo != settings.corpus_repo
                                  or not corpus.published_revision):
         revision = hub.upload_files(settings.corpus_repo, release_files(latest), private=False,
                                     message=f"FLock OFF corpus as of epoch {epoch}")
         corpus = corpus.replace(published_repo=settings.corpus_repo, published_revision=revision)
-        warehouse.record_corpus(corpus)
+        store.record_corpus(corpus)
     return corpus
 
 
 BASE_ANSWERS_FILE = "base-answers.jsonl"  # under corpus_dir: the base model's answers of derived pairs
 
 
-def _selected_shards(epoch: int, competitions, policy: CorpusPolicy, warehouse: WarehouseResource,
+def _selected_shards(epoch: int, competitions, policy: CorpusPolicy, store: StoreResource,
                      ) -> list[CorpusShard]:
     """The policy's miners of every corpus competition, with their rows and provenance."""
-    scores = {r.hotkey: r for r in warehouse.win_rates(epoch)}
-    shards = {s.hotkey: s for s in warehouse.epoch_shards(epoch)}
+    scores = {r.hotkey: r for r in store.scores(epoch)}
+    shards = {s.hotkey: s for s in store.epoch_shards(epoch)}
     games = {c.name: c for c in competitions if c.in_corpus}
-    setups, info = epoch_setups(warehouse, epoch, competitions), warehouse.epoch_info(epoch)
+    setups, info = epoch_setups(store, epoch, competitions), store.epoch_info(epoch)
     candidates = []
     for r in scores.values():
         game = r.competition or competitions.competitions[0].name  # rows from before competitions: the first
@@ -559,19 +559,19 @@ def _selected_shards(epoch: int, competitions, policy: CorpusPolicy, warehouse: 
         setup = setups.get(c.competition)
         eval_repo = setup.eval_repo if setup is not None else (info.eval_repo if info is not None else None)
         eval_revision = setup.eval_revision if setup is not None else (info.eval_revision if info else None)
-        base_model, base_revision = _base_model_of(warehouse, s.shard_hash, r.eval_loss)
+        base_model, base_revision = _base_model_of(store, s.shard_hash, r.eval_loss)
         out.append(CorpusShard(
             hotkey=r.hotkey, uid=int(r.uid), repo=s.repo or "", revision=s.revision or "",
             commit_block=int(s.commit_block), miner_weight=float(r.weight), eval_loss=r.eval_loss,
-            rows=tuple((x.row_hash, parse(json.loads(x.row_json))) for x in warehouse.shard_rows(s.shard_hash)),
+            rows=tuple((x.row_hash, parse(json.loads(x.row_json))) for x in store.shard_rows(s.shard_hash)),
             competition=c.competition, epoch=epoch, base_model=base_model, base_revision=base_revision,
             eval_repo=eval_repo or "", eval_revision=eval_revision or ""))
     return out
 
 
-def _base_model_of(warehouse: WarehouseResource, shard_hash: str, eval_loss: float | None) -> tuple[str, str]:
+def _base_model_of(store: StoreResource, shard_hash: str, eval_loss: float | None) -> tuple[str, str]:
     """(name, revision) of the base model the shard's recorded evaluation used (the one that gave its score)."""
-    results = [e for e in warehouse.rows(EvalResultRecord, shard_hash=shard_hash)
+    results = [e for e in store.rows(EvalResultRecord, shard_hash=shard_hash)
                if e.status == "ok" and isinstance(e.provenance, dict)]
     scored = [e for e in results if eval_loss is not None and e.eval_loss == eval_loss] or results
     if not scored:
@@ -646,7 +646,7 @@ def _write_epoch_release(epoch: int, records: dict, sha: str, corpus_dir: Path, 
     return target
 
 
-def _update_latest(corpus_dir: Path, warehouse: WarehouseResource, policy: CorpusPolicy,
+def _update_latest(corpus_dir: Path, store: StoreResource, policy: CorpusPolicy,
                    settings: ValidatorSettingsResource) -> tuple[Path, bool]:
     """`corpus_dir/latest` from every recorded epoch release (each row once, its best-weighted copy), under a lock
     (two epochs' runs may finish together): (its path, whether it changed)."""
@@ -660,7 +660,7 @@ def _update_latest(corpus_dir: Path, warehouse: WarehouseResource, policy: Corpu
             os.fchmod(lock.fileno(), 0o644)
         fcntl.flock(lock, fcntl.LOCK_EX)
         releases = []
-        for record in warehouse.rows(CorpusRecord):
+        for record in store.rows(CorpusRecord):
             if not record.release_dir:
                 continue  # written before release folders: not in `latest`
             folder = Path(record.release_dir)

@@ -14,7 +14,7 @@ from flock_pipeline.core.competitions import Competition, Entry
 from flock_pipeline.core.dedup import MATCHING_VERSION
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.store import DedupPlanRecord, EpochCompetitionRecord, ShardRecord, ShardRowRecord
 from flock_pipeline.validator.datasets import rows_from_json
 from flock_pipeline.validator.eval_sets import load_eval_set
@@ -26,7 +26,7 @@ def shard_hash(row_hashes: list[str]) -> str:
 
 
 def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsResource,
-                      warehouse: WarehouseResource, hotkeys: list[str] | None = None
+                      store: StoreResource, hotkeys: list[str] | None = None
                       ) -> tuple[dict[str, ShardRecord], dict[str, list[tuple[str, str]]]]:
     """Apply each competition's eligibility and duplicate rules to its miners of `epoch` (curation: exact and near
     copies across all its miners, the earliest commitment keeps a row, minus eval-set leaks; selection: pool rows
@@ -37,18 +37,18 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
     inputs), so the other miners' runs of the epoch reuse it; rows' JSON is read only for a new plan that matches
     near-duplicates and for the kept rows asked for.
     """
-    if warehouse.epoch_info(epoch) is None:
+    if store.epoch_info(epoch) is None:
         raise RuntimeError(f"epoch {epoch} has no recorded commitments: materialize chain_commitments first")
     competitions = settings.competition_set()
-    setup = epoch_setups(warehouse, epoch, competitions)
+    setup = epoch_setups(store, epoch, competitions)
     # Everything dedup needs, in three queries for the whole epoch (not three per miner): dataset verdicts, used
     # row hashes (not their JSON: that is read only when needed) and the block each row was first committed at.
-    dataset_status = warehouse.epoch_dataset_verdicts(epoch)
-    epoch_rows = warehouse.epoch_used_rows(epoch)
-    first_blocks = warehouse.first_commit_blocks(epoch)
+    dataset_status = store.epoch_dataset_verdicts(epoch)
+    epoch_rows = store.epoch_used_rows(epoch)
+    first_blocks = store.first_commit_blocks(epoch)
     base_rows, rows_by_hotkey = {}, {}
     entries: dict[str, list[Entry]] = {c.name: [] for c in competitions}
-    for c in warehouse.epoch_commitments(epoch):
+    for c in store.epoch_commitments(epoch):
         row = {"epoch": epoch, "hotkey": c.hotkey, "uid": int(c.uid), "repo": c.repo, "revision": c.revision,
                "commit_block": int(c.commit_block), "status": "ineligible", "reason": None, "rows_in": 0,
                "rows_kept": 0, "duplicates_within": 0, "duplicates_earlier": 0, "eval_leaks": 0, "shard_hash": None,
@@ -78,12 +78,12 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
         if competition.name not in setup:
             continue
         decided, texts = _competition_plans(epoch, competition, entries[competition.name],
-                                            setup[competition.name], hub, warehouse)
+                                            setup[competition.name], hub, store)
         plans.update(decided)
         row_json.update(texts)
     wanted = set(plans) if hotkeys is None else set(hotkeys) & set(plans)
     missing = sorted(h for h in wanted if h not in row_json and plans[h]["reason"] is None)
-    row_json.update(warehouse.epoch_row_json(epoch, missing))
+    row_json.update(store.epoch_row_json(epoch, missing))
     kept_rows = {}
     for hotkey, plan in plans.items():
         row = base_rows[hotkey]
@@ -103,17 +103,17 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
 
 def _competition_plans(epoch: int, competition: Competition, entries: list[Entry], setup: EpochCompetitionRecord,
                        hub: HubResource,
-                       warehouse: WarehouseResource) -> tuple[dict[str, dict], dict[str, list[str]]]:
+                       store: StoreResource) -> tuple[dict[str, dict], dict[str, list[str]]]:
     """One competition's plan of `epoch` (recorded, or made now and recorded), and the rows' JSON it read."""
     fingerprint = _plan_fingerprint(competition, entries, setup.eval_revision)
-    plans = _cached_plans(warehouse, epoch, fingerprint, {e.hotkey for e in entries})
+    plans = _cached_plans(store, epoch, fingerprint, {e.hotkey for e in entries})
     row_json: dict[str, list[str]] = {}
     if plans is not None:
         return plans, row_json
     fmt = competition.row_format
     eval_set = load_eval_set(hub, setup.eval_repo, setup.eval_revision, fmt)
     if competition.needs_row_texts():  # the rows themselves: texts for near-duplicates, a pair's rejected answer
-        row_json = warehouse.epoch_row_json(epoch, [e.hotkey for e in entries])
+        row_json = store.epoch_row_json(epoch, [e.hotkey for e in entries])
         rows_of = {e.hotkey: rows_from_json(row_json.get(e.hotkey, []), fmt) for e in entries}
         entries = [replace(e, row_texts=tuple(fmt.text(r) for r in rows_of[e.hotkey]),
                            contrast_texts=tuple(fmt.contrast_text(r) for r in rows_of[e.hotkey]))
@@ -122,7 +122,7 @@ def _competition_plans(epoch: int, competition: Competition, entries: list[Entry
     plans = {hotkey: {"rows_in": p.rows_in, "rows_kept": p.rows_kept, "duplicates_within": p.duplicates_within,
                       "duplicates_earlier": p.duplicates_earlier, "eval_leaks": p.eval_leaks,
                       "reason": p.reason, "kept_indices": p.kept_indices} for hotkey, p in decided.items()}
-    warehouse.record_dedup_plans(epoch, [DedupPlanRecord(epoch=epoch, fingerprint=fingerprint, hotkey=hk,
+    store.record_dedup_plans(epoch, [DedupPlanRecord(epoch=epoch, fingerprint=fingerprint, hotkey=hk,
                                                          plan=plans[hk]) for hk in sorted(plans)])
     return plans, row_json
 
@@ -136,24 +136,24 @@ def _plan_fingerprint(competition: Competition, entries: list[Entry], eval_revis
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
 
 
-def _cached_plans(warehouse: WarehouseResource, epoch: int, fingerprint: str, hotkeys: set[str]) -> dict | None:
+def _cached_plans(store: StoreResource, epoch: int, fingerprint: str, hotkeys: set[str]) -> dict | None:
     """The epoch's recorded plan of one competition when it was made from the same inputs (every miner's run plans
     the whole epoch; near-duplicate matching over all rows runs once, not once per miner)."""
-    recorded = warehouse.dedup_plans(epoch, fingerprint)
+    recorded = store.dedup_plans(epoch, fingerprint)
     if {p.hotkey for p in recorded} != hotkeys:
         return None
     return {p.hotkey: dict(p.plan) for p in recorded}
 
 
 def build_miner_shard(hotkey: str, hub: HubResource, settings: ValidatorSettingsResource,
-                      warehouse: WarehouseResource, epoch: int | None = None) -> ShardRecord | None:
+                      store: StoreResource, epoch: int | None = None) -> ShardRecord | None:
     """Record `hotkey`'s shard for `epoch` (default: the latest epoch it committed in); returns its shard record
     (None: the hotkey has no commitment in that epoch)."""
-    return build_miner_shards([hotkey], hub, settings, warehouse, epoch)[hotkey]
+    return build_miner_shards([hotkey], hub, settings, store, epoch)[hotkey]
 
 
 def build_miner_shards(hotkeys: list[str], hub: HubResource, settings: ValidatorSettingsResource,
-                       warehouse: WarehouseResource, epoch: int | None = None) -> dict[str, ShardRecord | None]:
+                       store: StoreResource, epoch: int | None = None) -> dict[str, ShardRecord | None]:
     """Record the shards of several miners for `epoch` (default: each one's latest epoch): hotkey -> its shard
     record, None for a hotkey without a commitment in that epoch.
 
@@ -162,17 +162,17 @@ def build_miner_shards(hotkeys: list[str], hub: HubResource, settings: Validator
     out: dict[str, ShardRecord | None] = {}
     by_epoch: dict[int, list[str]] = {}
     for hotkey in hotkeys:
-        e = epoch if epoch is not None else warehouse.latest_epoch_of(hotkey)
-        if e is None or warehouse.miner_commitment(hotkey, e) is None:
+        e = epoch if epoch is not None else store.latest_epoch_of(hotkey)
+        if e is None or store.miner_commitment(hotkey, e) is None:
             out[hotkey] = None
         else:
             by_epoch.setdefault(e, []).append(hotkey)
     for e, members in by_epoch.items():
-        plans, kept_rows = plan_epoch_shards(e, hub, settings, warehouse, members)
+        plans, kept_rows = plan_epoch_shards(e, hub, settings, store, members)
         for hotkey in members:
             shard, kept = plans[hotkey], kept_rows.get(hotkey)
             rows = None if kept is None else [ShardRowRecord(shard.shard_hash, pos, h, j)
                                               for pos, (h, j) in enumerate(kept)]
-            warehouse.record_shard(shard, rows)
+            store.record_shard(shard, rows)
             out[hotkey] = shard
     return out

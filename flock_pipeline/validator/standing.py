@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.validator.evaluation import base_eval_loss, miner_shard, shard_cache_key
 
 JUDGED = ("improving", "no_improvement", "rejected", "copied", "ineligible")  # verdicts of a sound judgement
@@ -52,11 +52,11 @@ def _ineligible(reason: str) -> str:
 
 
 def miner_standing(hotkey: str, epoch: int | None, evaluator: EvaluatorResource, hub: HubResource,
-                   settings: ValidatorSettingsResource, warehouse: WarehouseResource,
+                   settings: ValidatorSettingsResource, store: StoreResource,
                    bars: dict | None = None) -> Standing:
     """The standing of `hotkey` in `epoch` (None: its latest epoch with a shard). `bars`: base losses already
     looked up, by (competition, eval repo, eval revision), shared by the miners of one run."""
-    found = miner_shard(warehouse, hotkey, epoch)
+    found = miner_shard(store, hotkey, epoch)
     if found is None:
         where = f"epoch {epoch}" if epoch is not None else "any epoch"
         return Standing("not_evaluated", f"not judged: no shard recorded for {where}")
@@ -69,7 +69,7 @@ def miner_standing(hotkey: str, epoch: int | None, evaluator: EvaluatorResource,
         reason = shard.reason or "ineligible"
         verdict = _ineligible(reason)
         return Standing(verdict, f"{verdict}: {reason}", meta)
-    result = warehouse.eval_result(shard_cache_key(shard, found.eval_revision, evaluator, settings))
+    result = store.eval_result(shard_cache_key(shard, found.eval_revision, evaluator, settings))
     if result is None or (result.status != "ok" and not result.final):
         return Standing("not_evaluated", "eligible, but no final evaluation result is recorded", meta)
     if result.status != "ok":
@@ -88,7 +88,7 @@ def miner_standing(hotkey: str, epoch: int | None, evaluator: EvaluatorResource,
     bars = {} if bars is None else bars
     bar = (shard.competition, found.eval_repo, found.eval_revision)
     if bar not in bars:
-        bars[bar] = base_eval_loss(evaluator, hub, warehouse, found.eval_repo, found.eval_revision, competition)
+        bars[bar] = base_eval_loss(evaluator, hub, store, found.eval_repo, found.eval_revision, competition)
     base = bars[bar]
     meta["base_loss"] = f"{base:.6f}"
     metric, better = competition.objective.metric, competition.objective.worse_word()

@@ -40,8 +40,9 @@ def _by_label(report: list[dict]) -> dict:
 def test_flock_demo_json(flock_home):
     out = _flock("demo", "--json", env=_env(flock_home))
     doc = json.loads(out.stdout)
-    fields = {"uid", "hotkey", "label", "status", "reason", "rows_kept", "eval_loss", "win_rate", "weight"}
+    fields = {"uid", "hotkey", "label", "status", "reason", "rows_kept", "eval_loss", "score", "win_rate", "weight"}
     assert all(fields <= set(m) for m in doc["miners"])
+    assert all(m["win_rate"] == m["score"] for m in doc["miners"])  # the score's old name, kept for one release
     miners = _by_label(doc["miners"])
     assert set(miners) == {"honest-good", "honest-fair", "weak-offdomain", "copier", "malformed", "empty"}
     assert miners["honest-good"]["weight"] > miners["honest-fair"]["weight"] > miners["weak-offdomain"]["weight"]

@@ -37,11 +37,11 @@ def test_the_demo_checks_the_configuration_before_it_wipes_a_home(tmp_path, monk
     home = tmp_path / "home"
     home.mkdir()
     (home / ".flock-demo").write_text("a demo home")  # one the demo may wipe, but not with a bad configuration
-    (home / "warehouse.duckdb").write_text("a demo's warehouse")
+    (home / "warehouse.duckdb").write_text("a demo's store")
     monkeypatch.setenv("FLOCK_COMPETITIONS", "@" + str(tmp_path / "missing.json"))
     assert main(["demo", "--home", str(home)]) == 2
     assert "cannot read" in capsys.readouterr().err
-    assert (home / "warehouse.duckdb").read_text() == "a demo's warehouse"
+    assert (home / "warehouse.duckdb").read_text() == "a demo's store"
 
 
 def test_a_competitions_file_in_the_home_is_used(tmp_path, monkeypatch):

@@ -107,7 +107,7 @@ def test_score_matches_the_validator_pipeline(network, tmp_path, capsys):
     assert ours["eval_loss"] < doc["base_eval_loss"] < theirs["eval_loss"]
     code, _, _ = _run(capsys, "epoch", "run")
     assert code == 0
-    report = {m["hotkey"]: m for m in epoch_report(1, build_resources()["warehouse"])}
+    report = {m["hotkey"]: m for m in epoch_report(1, build_resources()["store"])}
     assert report[good.hotkey]["eval_loss"] == pytest.approx(ours["eval_loss"], abs=1e-6)
     assert report[off.hotkey]["eval_loss"] == pytest.approx(theirs["eval_loss"], abs=1e-6)
 
@@ -169,7 +169,7 @@ def test_status_before_and_after_an_epoch(network, tmp_path, capsys, monkeypatch
     code, out, _ = _run(capsys, "miner", "status", "--hotkey", "hk-honest-good", "--json")
     after = json.loads(out)
     assert after["status"] == "scored" and after["weight"] > 0.9 and after["latest_epoch"] == 1
-    # a miner's own machine: a fresh home with no warehouse of the validator's, pointed at the same chain
+    # a miner's own machine: a fresh home with no store of the validator's, pointed at the same chain
     fresh = tmp_path / "miner-home"
     monkeypatch.setenv("FLOCK_HOME", str(fresh))
     monkeypatch.setenv("FLOCK_CHAIN_FILE", str(network / "chain.json"))

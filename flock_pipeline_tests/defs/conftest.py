@@ -27,7 +27,7 @@ def demo_epoch(tmp_path_factory, tiny_model_dir):
     instance = dg.DagsterInstance.ephemeral()
     run_epoch(epoch, resources, instance)
     labels = json.loads((home / "demo.json").read_text())["labels"]
-    report = {m["label"]: m for m in epoch_report(epoch, resources["warehouse"], labels)}
+    report = {m["label"]: m for m in epoch_report(epoch, resources["store"], labels)}
     return home, resources, instance, epoch, report
 
 

@@ -78,11 +78,11 @@ def rescored(adversarial, report):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FLOCK_HOME", str(adversarial))
         r = build_resources()
-    epoch = r["warehouse"].latest_epoch()
+    epoch = r["store"].latest_epoch()
     out = {}
     for mode, overrides in SCORING_MODES.items():
         settings = r["settings"].model_copy(update={**overrides, "replace_results": True})
-        scores = compute_epoch_scores(epoch, r["evaluator"], settings, r["warehouse"], r["hub"], r["chain"])
+        scores = compute_epoch_scores(epoch, r["evaluator"], settings, r["store"], r["hub"], r["chain"])
         out[mode] = {s.hotkey: (float(s.weight), float(s.eval_loss)) for s in scores}
     return out
 

@@ -72,7 +72,7 @@ def test_asset_by_asset(demo):
     meta = _metadata(_materialize([win_rates, submitted_weights, final_corpus], key, resources, instance),
                      win_rates)
     assert meta["scored"] == 1
-    frame = records_frame(resources["warehouse"].win_rates(epoch)).set_index("hotkey")
+    frame = records_frame(resources["store"].scores(epoch)).set_index("hotkey")
     assert frame.loc["hk-honest-fair", "status"] == "not_evaluated"
     assert frame.loc["hk-weak-offdomain", "status"] == "not_deduplicated"
     assert frame.loc["hk-copier", "status"] == "ineligible" and frame.loc["hk-copier", "weight"] == 0
@@ -88,10 +88,10 @@ def test_blocking_check_stops_weight_submission(demo, monkeypatch):
     before = len(resources["chain"].weights_history("validator"))
     real = scoring.compute_epoch_scores
 
-    def tampered(epoch, evaluator, settings, warehouse, hub, chain):  # a scoring bug that pays an ineligible miner
+    def tampered(epoch, evaluator, settings, store, hub, chain):  # a scoring bug that pays an ineligible miner
         scores = [r.replace(weight=0.5) if r.hotkey == "hk-copier" else r
-                  for r in real(epoch, evaluator, settings, warehouse, hub, chain)]
-        warehouse.record_scores(epoch, scores)
+                  for r in real(epoch, evaluator, settings, store, hub, chain)]
+        store.record_scores(epoch, scores)
         return scores
 
     monkeypatch.setattr("flock_pipeline.defs.assets.compute_epoch_scores", tampered)
@@ -120,8 +120,8 @@ def test_a_broken_base_model_is_the_validators_fault_not_the_miners(demo, damage
     resources = {**resources, "evaluator": EvaluatorResource(base_model=str(broken), cache_dir=str(home / "m"))}
     with pytest.raises(EpochFailed, match="validator fault"):
         run_epoch(epoch, resources, instance)
-    assert resources["warehouse"].win_rates(epoch) == []
-    assert resources["warehouse"].rows(EvalResultRecord) == []
+    assert resources["store"].scores(epoch) == []
+    assert resources["store"].rows(EvalResultRecord) == []
     assert resources["chain"].weights_history("validator") == []
 
 
@@ -129,14 +129,14 @@ def test_commitment_rules(tmp_path):
     """Stale (before re-registration), unregistered, other competition, too young, malformed: rejected with a
     reason; a changed commitment counts from its own block."""
     from flock_pipeline.resources import LocalChainResource, LocalHubResource, ValidatorSettingsResource
-    from flock_pipeline.resources.warehouse import WarehouseResource
+    from flock_pipeline.resources.store import StoreResource
     from flock_pipeline.validator.commitments import snapshot_commitments
 
     chain = LocalChainResource(path=str(tmp_path / "chain.json"), tempo=20)
     hub = LocalHubResource(root=str(tmp_path / "hub"))
     hub.upload("flock/eval-atlas", b'{"conversations": [{"role": "user", "content": "q"}, '
                                    b'{"role": "assistant", "content": "a"}]}\n', private=False)
-    warehouse = WarehouseResource(path=str(tmp_path / "w.duckdb"))
+    store = StoreResource(path=str(tmp_path / "w.duckdb"))
     rev_a, rev_b = "a" * 40, "b" * 40
     for hk in ("ok", "stale", "young", "other", "changed", "bad"):
         chain.register(hk)
@@ -151,7 +151,7 @@ def test_commitment_rules(tmp_path):
     young_block = chain.set_commitment("young", f"ns/young:1:{rev_a}")  # 1 block before epoch 2 opens
     chain.advance(1)
     settings = ValidatorSettingsResource(corpus_dir=str(tmp_path / "corpus"), min_commitment_age=5)
-    frame = records_frame(snapshot_commitments(2, chain, hub, settings, warehouse)).set_index("hotkey")
+    frame = records_frame(snapshot_commitments(2, chain, hub, settings, store)).set_index("hotkey")
     assert frame.loc["ok", "status"] == "ok"
     assert "predates the hotkey's registration" in frame.loc["stale", "reason"]
     assert "competition '2'" in frame.loc["other", "reason"]
@@ -160,7 +160,7 @@ def test_commitment_rules(tmp_path):
     assert frame.loc["changed", "status"] == "ok" and frame.loc["changed", "revision"] == rev_b
     assert frame.loc["changed", "commit_block"] == changed_block  # a new submission: its own, later block
     relaxed = ValidatorSettingsResource(corpus_dir=str(tmp_path / "corpus"))
-    young = next(c for c in snapshot_commitments(2, chain, hub, relaxed, warehouse) if c.hotkey == "young")
+    young = next(c for c in snapshot_commitments(2, chain, hub, relaxed, store) if c.hotkey == "young")
     assert young.status == "ok"
 
 
@@ -172,13 +172,13 @@ def test_the_epoch_dedup_plan_is_made_once_and_remade_when_its_inputs_change(dem
     _, resources, instance, epoch = demo
     instance.add_dynamic_partitions(epochs_partitions.name, [str(epoch)])
     _materialize([chain_commitments], str(epoch), resources, instance)
-    hotkeys = [c.hotkey for c in resources["warehouse"].epoch_commitments(epoch)]
+    hotkeys = [c.hotkey for c in resources["store"].epoch_commitments(epoch)]
     for hotkey in hotkeys[:-1]:
         _materialize([miner_datasets], hotkey, resources, instance)
     calls = []
     real = curation.deduplicate
     monkeypatch.setattr(curation, "deduplicate", lambda *a, **k: calls.append(1) or real(*a, **k))
-    args = (epoch, resources["hub"], resources["settings"], resources["warehouse"])
+    args = (epoch, resources["hub"], resources["settings"], resources["store"])
     first = shards.plan_epoch_shards(*args)
     again = shards.plan_epoch_shards(*args)
     assert len(calls) == 1 and again[0] == first[0]

@@ -18,9 +18,9 @@ RANGE = "dagster/asset_partition_range_start", "dagster/asset_partition_range_en
 
 def _losses(home) -> dict[str, float]:
     """hotkey -> its recorded eval loss in the home's only epoch."""
-    warehouse = build_resources(home)["warehouse"]
-    epoch = warehouse.latest_epoch()
-    return {r.hotkey: r.eval_loss for r in warehouse.win_rates(epoch)
+    store = build_resources(home)["store"]
+    epoch = store.latest_epoch()
+    return {r.hotkey: r.eval_loss for r in store.scores(epoch)
             if r.eval_loss is not None and r.eval_loss == r.eval_loss}  # (NaN: not evaluated)
 
 
@@ -65,22 +65,22 @@ def test_a_miner_that_fails_inside_a_batch_is_recorded_and_the_others_succeed(de
     from flock_pipeline.validator.shards import build_miner_shard
 
     home, resources, instance, epoch = demo
-    warehouse = resources["warehouse"]
+    store = resources["store"]
     instance.add_dynamic_partitions(epochs_partitions.name, [str(epoch)])
     _run([chain_commitments], str(epoch), resources, instance)
-    hotkeys = [c.hotkey for c in warehouse.epoch_commitments(epoch)]
+    hotkeys = [c.hotkey for c in store.epoch_commitments(epoch)]
     provenance = resources["evaluator"].provenance()
-    [download], _ = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance, batch=32)
+    [download], _ = next_epoch_requests(epoch, store, instance, lambda _c: provenance, batch=32)
     _run([miner_datasets], None, resources, instance, epoch, tags=dict(download.tags))
-    [batch], _ = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance, batch=32)
+    [batch], _ = next_epoch_requests(epoch, store, instance, lambda _c: provenance, batch=32)
     assert request_miners(batch, instance) == hotkeys
     base = resources["evaluator"].load()
     recipe = resources["evaluator"].train_recipe()
     owner = {}  # a training set's first tokenised row -> its miner
     for hotkey in hotkeys:
-        shard = build_miner_shard(hotkey, resources["hub"], resources["settings"], warehouse, epoch)
+        shard = build_miner_shard(hotkey, resources["hub"], resources["settings"], store, epoch)
         if shard.status == "eligible":
-            first = rows_from_json(warehouse.shard_rows(shard.shard_hash))[0]
+            first = rows_from_json(store.shard_rows(shard.shard_hash))[0]
             owner[tokenize_row(first, base.tokenizer, recipe.max_seq_len).input_ids] = hotkey
     assert len(owner) == 3
     real, crashed = core_eval.train_and_evaluate_tokens, []
@@ -96,8 +96,8 @@ def test_a_miner_that_fails_inside_a_batch_is_recorded_and_the_others_succeed(de
 
     monkeypatch.setattr(core_eval, "train_and_evaluate_tokens", flaky)
     _run([deduplicated_shards, miner_eval_losses], None, resources, instance, epoch, tags=dict(batch.tags))
-    results = {r.shard_hash: r for r in warehouse.rows(EvalResultRecord)}
-    shards = {s.hotkey: s for s in warehouse.epoch_shards(epoch)}
+    results = {r.shard_hash: r for r in store.rows(EvalResultRecord)}
+    shards = {s.hotkey: s for s in store.epoch_shards(epoch)}
     fair = results[shards["hk-honest-fair"].shard_hash]
     assert fair.status == "failed" and fair.final and "poisoned rows" in fair.error and fair.attempts == 1
     weak = results[shards["hk-weak-offdomain"].shard_hash]

@@ -25,12 +25,12 @@ DEADLINE_S = 900
 
 
 def _outcome(resources: dict, epoch: int) -> dict:
-    warehouse = resources["warehouse"]
+    store = resources["store"]
     return {"report": {m["hotkey"]: (m["status"], m["reason"], m["eval_loss"], m["win_rate"], m["weight"])
-                       for m in epoch_report(epoch, warehouse)},
+                       for m in epoch_report(epoch, store)},
             "losses": sorted((r.shard_hash, r.status, r.eval_loss, r.per_row_losses)
-                             for r in warehouse.rows(EvalResultRecord)),
-            "corpus": [(c.rows, c.miners, c.sha256) for c in warehouse.rows(CorpusRecord, epoch=epoch)],
+                             for r in store.rows(EvalResultRecord)),
+            "corpus": [(c.rows, c.miners, c.sha256) for c in store.rows(CorpusRecord, epoch=epoch)],
             "weights": [(w["uids"], w["weights"]) for w in resources["chain"].weights_history("validator")]}
 
 

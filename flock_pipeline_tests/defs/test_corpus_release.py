@@ -1,4 +1,4 @@
-"""build_epoch_corpus over a recorded warehouse (no training): the policy's miners, the two configs, the epoch and
+"""build_epoch_corpus over a recorded store (no training): the policy's miners, the two configs, the epoch and
 `latest` releases and their loading with `datasets`, derived pairs and their cache, publication to a loopback hub
 through the real huggingface_hub client."""
 
@@ -13,7 +13,7 @@ import pytest
 
 from flock_pipeline.core.corpus import DPO, SFT, read_release
 from flock_pipeline.core.schema import ChatRow, PreferenceRow, Turn
-from flock_pipeline.resources import ConfigError, ValidatorSettingsResource, WarehouseResource, build_resources
+from flock_pipeline.resources import ConfigError, ValidatorSettingsResource, StoreResource, build_resources
 from flock_pipeline.store import (CorpusRecord, EpochCompetitionRecord, EpochRecord, EvalResultRecord, ScoreRecord,
                                   ShardRecord, ShardRowRecord, utcnow)
 from flock_pipeline.validator import scoring
@@ -31,25 +31,25 @@ def pref(text: str) -> PreferenceRow:
     return PreferenceRow(system="sys", prompt=(Turn("user", f"{text}?"),), chosen=f"{text} yes", rejected=f"{text} no")
 
 
-def seed(warehouse: WarehouseResource, epoch: int, miners: list[tuple], games=("curation",)) -> None:
+def seed(store: StoreResource, epoch: int, miners: list[tuple], games=("curation",)) -> None:
     """miners: (uid, weight within its game, status, rows, game)."""
-    warehouse.record_epoch(EpochRecord(epoch, 100 * epoch, EVAL_REPO, EVAL_REV), [])
-    warehouse.record_epoch_competitions(epoch, [
+    store.record_epoch(EpochRecord(epoch, 100 * epoch, EVAL_REPO, EVAL_REV), [])
+    store.record_epoch_competitions(epoch, [
         EpochCompetitionRecord(epoch, g, g, 1 / len(games), f"{EVAL_REPO}-{g}", EVAL_REV, "epoch", "scoring", 0)
         for g in games])
     scores = []
     for uid, weight, status, rows, game in miners:
         hotkey, loss = f"hk{uid}", 2.0 - weight
         shard_hash = hashlib.sha256(f"{epoch}{uid}{[r.row_hash for r in rows]}".encode()).hexdigest()
-        warehouse.record_shard(
+        store.record_shard(
             ShardRecord(epoch, hotkey, uid, f"m{uid}/data", f"{uid:040x}", 10 + uid, "eligible", None, len(rows),
                         len(rows), shard_hash=shard_hash, competition=game),
             [ShardRowRecord(shard_hash, i, r.row_hash, r.canonical_json()) for i, r in enumerate(rows)])
-        warehouse.record_eval_result(EvalResultRecord(
+        store.record_eval_result(EvalResultRecord(
             f"k{shard_hash[:30]}", shard_hash, "ok", True, None, loss,
             provenance={"base_model": "flock/tiny-qwen2", "base_revision": BASE_REV}, created_at=utcnow()))
         scores.append(ScoreRecord(epoch, hotkey, uid, status, None, loss, weight, weight / len(games), game, weight))
-    warehouse.record_scores(epoch, scores)
+    store.record_scores(epoch, scores)
 
 
 @pytest.fixture
@@ -58,8 +58,8 @@ def home(tmp_path):
 
 
 @pytest.fixture
-def warehouse(home):
-    return WarehouseResource(url=f"duckdb://{home / 'warehouse.duckdb'}")
+def store(home):
+    return StoreResource(url=f"duckdb://{home / 'warehouse.duckdb'}")
 
 
 def settings(home: Path, **fields) -> ValidatorSettingsResource:
@@ -69,18 +69,18 @@ def settings(home: Path, **fields) -> ValidatorSettingsResource:
 A, B, C, D, E = (chat(x) for x in "abcde")
 
 
-def two_epochs(warehouse):
-    seed(warehouse, 1, [(1, 0.70, "scored", [A, B], "curation"), (2, 0.29, "scored", [C], "curation"),
+def two_epochs(store):
+    seed(store, 1, [(1, 0.70, "scored", [A, B], "curation"), (2, 0.29, "scored", [C], "curation"),
                         (3, 0.01, "scored", [D], "curation"), (4, 0.0, "no_improvement", [E], "curation")])
-    seed(warehouse, 2, [(1, 0.50, "scored", [A, B, D], "curation"), (5, 0.50, "scored", [C, E], "curation")])
+    seed(store, 2, [(1, 0.50, "scored", [A, B, D], "curation"), (5, 0.50, "scored", [C, E], "curation")])
 
 
-def test_two_epochs_make_two_releases_and_a_latest_with_each_row_once(home, warehouse):
-    two_epochs(warehouse)
+def test_two_epochs_make_two_releases_and_a_latest_with_each_row_once(home, store):
+    two_epochs(store)
     old = os.umask(0o077)  # world-readable whatever the umask
     try:
-        first = build_epoch_corpus(1, settings(home), warehouse)
-        second = build_epoch_corpus(2, settings(home), warehouse)
+        first = build_epoch_corpus(1, settings(home), store)
+        second = build_epoch_corpus(2, settings(home), store)
     finally:
         os.umask(old)
     corpus = home / "corpus"
@@ -109,18 +109,18 @@ def test_two_epochs_make_two_releases_and_a_latest_with_each_row_once(home, ware
 
     # the same release again: nothing is written, the record is the same
     stamp = corpus.stat().st_mtime_ns, (corpus / "epoch-2").stat().st_mtime_ns, os.readlink(corpus / "latest")
-    assert build_epoch_corpus(2, settings(home), warehouse) == second
+    assert build_epoch_corpus(2, settings(home), store) == second
     assert (corpus.stat().st_mtime_ns, (corpus / "epoch-2").stat().st_mtime_ns, os.readlink(corpus / "latest")) \
         == stamp
 
 
-def test_the_releases_load_with_datasets_offline(home, warehouse, monkeypatch):
+def test_the_releases_load_with_datasets_offline(home, store, monkeypatch):
     import datasets
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    two_epochs(warehouse)
-    build_epoch_corpus(1, settings(home), warehouse)
-    build_epoch_corpus(2, settings(home), warehouse)
+    two_epochs(store)
+    build_epoch_corpus(1, settings(home), store)
+    build_epoch_corpus(2, settings(home), store)
     cache = str(home / "hf-datasets")
     for folder in (home / "corpus" / "epoch-2", home / "corpus" / "latest"):
         expected = read_release(folder)
@@ -132,7 +132,7 @@ def test_the_releases_load_with_datasets_offline(home, warehouse, monkeypatch):
         assert list(dpo) == [] and "chosen" in dpo.features
 
 
-def test_a_preference_competition_fills_the_dpo_config(home, warehouse, monkeypatch):
+def test_a_preference_competition_fills_the_dpo_config(home, store, monkeypatch):
     from flock_pipeline.core.rowformats import CHAT, PREFERENCE
 
     class Game:
@@ -146,9 +146,9 @@ def test_a_preference_competition_fills_the_dpo_config(home, warehouse, monkeypa
             return iter(self.competitions)
 
     monkeypatch.setattr(ValidatorSettingsResource, "competition_set", lambda self: Games())
-    seed(warehouse, 1, [(1, 1.0, "scored", [A], "curation"), (2, 0.8, "scored", [pref("x"), pref("y")], "dpo"),
+    seed(store, 1, [(1, 1.0, "scored", [A], "curation"), (2, 0.8, "scored", [pref("x"), pref("y")], "dpo"),
                         (3, 0.2, "scored", [pref("z")], "dpo")], games=("curation", "dpo"))
-    record = build_epoch_corpus(1, settings(home), warehouse)
+    record = build_epoch_corpus(1, settings(home), store)
     release = read_release(Path(record.release_dir))
     assert [r["uid"] for r in release[SFT]] == [1]
     assert [(r["uid"], r["competition"], r["derived"]) for r in release[DPO]] == [(2, "dpo", False)] * 2 + [
@@ -185,7 +185,7 @@ class FakeGenerator:
                 else f"base: {p.turns[0].content}" for p in prompts]
 
 
-def test_derived_pairs_are_generated_once_and_cached(home, warehouse, tiny_model_dir, monkeypatch):
+def test_derived_pairs_are_generated_once_and_cached(home, store, tiny_model_dir, monkeypatch):
     from flock_pipeline.resources import EvaluatorResource
 
     fake = FakeGenerator()
@@ -193,11 +193,11 @@ def test_derived_pairs_are_generated_once_and_cached(home, warehouse, tiny_model
     evaluator = EvaluatorResource(cache_dir=str(tiny_model_dir.parent), device="cpu")
     policy = '{"derive_dpo": true, "derive_max_new_tokens": 8}'
     long_row, echo = chat("long", turns=2), chat("echo")
-    seed(warehouse, 1, [(1, 1.0, "scored", [A, long_row, echo], "curation")])
-    seed(warehouse, 2, [(1, 0.6, "scored", [A, B], "curation"), (2, 0.4, "scored", [C], "curation")])
+    seed(store, 1, [(1, 1.0, "scored", [A, long_row, echo], "curation")])
+    seed(store, 2, [(1, 0.6, "scored", [A, B], "curation"), (2, 0.4, "scored", [C], "curation")])
     with pytest.raises(ValueError, match="evaluator"):
-        build_epoch_corpus(1, settings(home, corpus_policy=policy), warehouse)
-    first = build_epoch_corpus(1, settings(home, corpus_policy=policy), warehouse, evaluator=evaluator)
+        build_epoch_corpus(1, settings(home, corpus_policy=policy), store)
+    first = build_epoch_corpus(1, settings(home, corpus_policy=policy), store, evaluator=evaluator)
     assert fake.asked == ["a q0?", "echo q0?"]  # single-turn rows only
     pairs = read_release(Path(first.release_dir))[DPO]
     [pair] = pairs  # the echoed answer equals the miner's: no pair
@@ -208,9 +208,9 @@ def test_derived_pairs_are_generated_once_and_cached(home, warehouse, tiny_model
     assert pair["row_hash"] == PreferenceRow.from_json_obj(pair).row_hash
     assert (home / "corpus" / "base-answers.jsonl").is_file()
 
-    build_epoch_corpus(2, settings(home, corpus_policy=policy), warehouse, evaluator=evaluator)
+    build_epoch_corpus(2, settings(home, corpus_policy=policy), store, evaluator=evaluator)
     assert fake.asked == ["a q0?", "echo q0?", "b q0?", "c q0?"]  # A's answer came from the cache
-    build_epoch_corpus(2, settings(home, corpus_policy=policy), warehouse, evaluator=evaluator)
+    build_epoch_corpus(2, settings(home, corpus_policy=policy), store, evaluator=evaluator)
     assert len(fake.asked) == 4
     latest = read_release(home / "corpus" / "latest")
     assert sorted(r["chosen"][0]["content"] for r in latest[DPO]) == ["a a0.", "b a0.", "c a0."]
@@ -241,16 +241,16 @@ def _hub(server, home):
                                   offline=False, backoff_s=0.001, max_retries=2)
 
 
-def test_the_latest_release_is_published_in_one_commit_and_downloads_back_equal(home, warehouse, hub_server):
+def test_the_latest_release_is_published_in_one_commit_and_downloads_back_equal(home, store, hub_server):
     from huggingface_hub import hf_hub_download
 
-    two_epochs(warehouse)
+    two_epochs(store)
     hub = _hub(hub_server, home)
     config = settings(home, corpus_repo="alice/flock-corpus")
-    first = build_epoch_corpus(1, config, warehouse, hub=hub)
-    record = build_epoch_corpus(2, config, warehouse, hub=hub)
+    first = build_epoch_corpus(1, config, store, hub=hub)
+    record = build_epoch_corpus(2, config, store, hub=hub)
     assert record.published_repo == "alice/flock-corpus" and len(record.published_revision) == 40
-    assert warehouse.corpus(2) == record and first.published_revision != record.published_revision
+    assert store.corpus(2) == record and first.published_revision != record.published_revision
     repo = hub_server.repo("alice/flock-corpus")
     assert len(repo.commits) == 3 and not repo.private  # the repo's first commit, then one per release
     latest = home / "corpus" / "latest"
@@ -262,36 +262,36 @@ def test_the_latest_release_is_published_in_one_commit_and_downloads_back_equal(
     assert hub.download("alice/flock-corpus", record.published_revision, "README.md") == \
         (latest / "README.md").read_bytes()
     commits = len(repo.commits)
-    build_epoch_corpus(2, config, warehouse, hub=hub)  # published already: nothing is uploaded again
+    build_epoch_corpus(2, config, store, hub=hub)  # published already: nothing is uploaded again
     assert len(repo.commits) == commits
 
 
-def test_a_failed_upload_keeps_the_release_and_the_next_run_publishes(home, warehouse, hub_server):
+def test_a_failed_upload_keeps_the_release_and_the_next_run_publishes(home, store, hub_server):
     from flock_pipeline.resources.hub import HubError
 
-    two_epochs(warehouse)
+    two_epochs(store)
     hub = _hub(hub_server, home)
     config = settings(home, corpus_repo="alice/flock-corpus")
     hub_server.fail("/commit/", [500], forever=True)
     with pytest.raises(HubError) as error:
-        build_epoch_corpus(1, config, warehouse, hub=hub)
+        build_epoch_corpus(1, config, store, hub=hub)
     assert error.value.transient
-    kept = warehouse.corpus(1)
+    kept = store.corpus(1)
     assert kept is not None and kept.published_revision is None and Path(kept.release_dir).is_dir()
     assert (home / "corpus" / "latest" / "sft.parquet").is_file()
     hub_server.clear_faults()
-    published = build_epoch_corpus(1, config, warehouse, hub=hub)
+    published = build_epoch_corpus(1, config, store, hub=hub)
     assert published.release_dir == kept.release_dir and published.sha256 == kept.sha256
-    assert published.published_revision and warehouse.rows(CorpusRecord)[0] == published
+    assert published.published_revision and store.rows(CorpusRecord)[0] == published
     assert sorted(p.name for p in (home / "corpus").iterdir() if p.name.startswith("epoch")) == ["epoch-1"]
 
 
-def test_the_local_hub_takes_a_release_too(home, warehouse):
+def test_the_local_hub_takes_a_release_too(home, store):
     from flock_pipeline.resources.hub import LocalHubResource
 
-    two_epochs(warehouse)
+    two_epochs(store)
     hub = LocalHubResource(root=str(home / "hub"), as_owner=True)
-    record = build_epoch_corpus(1, settings(home, corpus_repo="flock/corpus"), warehouse, hub=hub)
+    record = build_epoch_corpus(1, settings(home, corpus_repo="flock/corpus"), store, hub=hub)
     for name in ("README.md", "dpo.parquet", "jsonl/sft.jsonl"):
         assert hub.download("flock/corpus", record.published_revision, name) == \
             (home / "corpus" / "latest" / name).read_bytes()

@@ -60,9 +60,9 @@ def test_invalid_pairs_are_recorded_with_reasons(dpo_home, doc):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FLOCK_HOME", str(dpo_home))
-        warehouse = build_resources()["warehouse"]
-    commitment = warehouse.miner_commitment("hk-trivial-rejected", doc["epoch"])
-    dataset = warehouse.dataset(commitment.repo, commitment.revision)
+        store = build_resources()["store"]
+    commitment = store.miner_commitment("hk-trivial-rejected", doc["epoch"])
+    dataset = store.dataset(commitment.repo, commitment.revision)
     assert (dataset.rows_total, dataset.rows_valid) == (80, 40)
     assert {r["reason"] for r in dataset.rejected} == {"'rejected': 'content' is empty"}
 
@@ -74,9 +74,9 @@ def test_dpo_metrics_are_recorded_with_the_loss(dpo_home, doc, report):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FLOCK_HOME", str(dpo_home))
         r = build_resources()
-    found = miner_shard(r["warehouse"], report["honest-q100"]["hotkey"], doc["epoch"])
+    found = miner_shard(r["store"], report["honest-q100"]["hotkey"], doc["epoch"])
     key = shard_cache_key(found.shard, found.eval_revision, r["evaluator"], r["settings"])
-    result = r["warehouse"].eval_result(key)
+    result = r["store"].eval_result(key)
     assert result.eval_loss == pytest.approx(report["honest-q100"]["eval_loss"], abs=1e-6)
     assert result.metrics["pairs"] == 150 and result.metrics["reward_accuracy"] > 0.5
     assert result.provenance["recipe"]["objective"] == "dpo" and result.provenance["recipe"]["dpo_beta"] == 0.1
@@ -91,7 +91,7 @@ def test_the_corpus_release_holds_the_selected_miners_pairs(dpo_home, doc, repor
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FLOCK_HOME", str(dpo_home))
-        corpus = build_resources()["warehouse"].corpus(doc["epoch"])
+        corpus = build_resources()["store"].corpus(doc["epoch"])
     best = report["honest-q100"]
     assert (corpus.sft_rows, corpus.dpo_rows, corpus.miners) == (0, best["rows_kept"], 1)
     folder = dpo_home / "corpus" / f"epoch-{doc['epoch']}"
@@ -166,7 +166,7 @@ def test_an_evaluation_names_its_competition_and_the_base_models_bar(dpo_home, d
         patch.setenv("FLOCK_HOME", str(dpo_home))
         r = build_resources()
     hotkeys = [report["honest-q100"]["hotkey"], report["copier"]["hotkey"]]
-    records = evaluate_miners(hotkeys, r["evaluator"], r["hub"], r["warehouse"], r["settings"], doc["epoch"])
+    records = evaluate_miners(hotkeys, r["evaluator"], r["hub"], r["store"], r["settings"], doc["epoch"])
     best, copier = (records[h] for h in hotkeys)
     assert best.cached and best.competition == "dpo" and best.base_loss == pytest.approx(math.log(2), abs=1e-12)
     assert copier.status == "skipped" and copier.base_loss is None

@@ -43,7 +43,7 @@ def test_weights_reached_the_chain(demo_epoch):
 
 def test_corpus_has_provenance_and_best_first(demo_epoch):
     home, resources, instance, epoch, report = demo_epoch
-    row = resources["warehouse"].corpus(epoch)
+    row = resources["store"].corpus(epoch)
     frame = pd.read_parquet(row.parquet_path)
     # the scored miners holding 95 % of the weight: honest-fair (scored, weight 0.000004) stays out, and so does
     # off-domain data that does not beat the base model
@@ -67,7 +67,7 @@ def test_corpus_has_provenance_and_best_first(demo_epoch):
 def test_rerun_is_reproducible_and_resumes_from_cache(demo_epoch):
     home, resources, instance, epoch, report = demo_epoch
     run_epoch(epoch, resources, instance)  # every evaluation is cached by content: nothing is retrained
-    again = {m["label"]: m for m in epoch_report(epoch, resources["warehouse"],
+    again = {m["label"]: m for m in epoch_report(epoch, resources["store"],
                                                   {m["hotkey"]: m["label"] for m in report.values()})}
     for label, m in report.items():
         assert again[label]["eval_loss"] == m["eval_loss"]
@@ -87,7 +87,7 @@ def test_same_losses_on_a_fresh_network(demo, demo_epoch):
     *_, first = demo_epoch
     run_epoch(epoch, resources, instance)
     labels = json.loads((home / "demo.json").read_text())["labels"]
-    second = {m["label"]: m for m in epoch_report(epoch, resources["warehouse"], labels)}
+    second = {m["label"]: m for m in epoch_report(epoch, resources["store"], labels)}
     assert {k: v["eval_loss"] for k, v in second.items()} == {k: v["eval_loss"] for k, v in first.items()}
 
 
@@ -110,11 +110,11 @@ def test_an_updated_dataset_keeps_rows_the_copier_took_from_its_first_version(de
     chain.set_commitment(good.hotkey, Commitment(good.repo, "1", revision).to_compressed_str())
     chain.advance(chain.epoch_start(epoch + 1) - chain.current_block())
     run_epoch(epoch + 1, resources, instance)
-    report = {m["hotkey"]: m for m in epoch_report(epoch + 1, resources["warehouse"])}
+    report = {m["hotkey"]: m for m in epoch_report(epoch + 1, resources["store"])}
     assert report["hk-honest-good"]["status"] == "scored" and report["hk-honest-good"]["rows_kept"] == 100
     assert report["hk-copier"]["weight"] == 0 and report["hk-copier"]["reason"].startswith("duplicate")
     # 100 capped rows: the update's new rows are past the size cap, so the shard (and its loss) is unchanged
-    assert report["hk-honest-good"]["eval_loss"] == epoch_report(epoch, resources["warehouse"])[0]["eval_loss"]
+    assert report["hk-honest-good"]["eval_loss"] == epoch_report(epoch, resources["store"])[0]["eval_loss"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_demo_epoch_through_the_real_clients(demo_epoch, tmp_path, tiny_model_di
         instance = dg.DagsterInstance.ephemeral()
         run_epoch(epoch, resources, instance)
         labels = {keys[m.hotkey].ss58_address: m.label for m in miners} | {vanished.ss58_address: "vanished"}
-        report = {m["label"]: m for m in epoch_report(epoch, resources["warehouse"], labels)}
+        report = {m["label"]: m for m in epoch_report(epoch, resources["store"], labels)}
         assert server.requests_to("/resolve/", "GET")  # the datasets really came over HTTP
     chain.close()
 

@@ -180,7 +180,7 @@ def qa_epoch(tmp_path_factory, tiny_model_dir):
         (home / "competitions.json").write_text(json.dumps([{"kind": "qa", "name": "qa"}]))
         resources = build_resources(home)
         run_epoch(epoch, resources, dg.DagsterInstance.ephemeral())
-        scores = {r.hotkey.removeprefix("hk-"): r for r in resources["warehouse"].win_rates(epoch)}
+        scores = {r.hotkey.removeprefix("hk-"): r for r in resources["store"].scores(epoch)}
         yield resources, epoch, scores, uids
 
 
@@ -201,7 +201,7 @@ def test_the_games_row_format_and_copy_rules_apply(qa_epoch):
     assert scores["chat-rows"].status == "ineligible" and "a qa row is" in scores["chat-rows"].reason
     assert scores["copier"].status == "ineligible" and "committed earlier by another miner" in scores["copier"].reason
     assert scores["leaker"].status == "ineligible" and "eval leakage" in scores["leaker"].reason
-    shards = {s.hotkey.removeprefix("hk-"): s for s in resources["warehouse"].epoch_shards(epoch)}
+    shards = {s.hotkey.removeprefix("hk-"): s for s in resources["store"].epoch_shards(epoch)}
     assert (shards["knows-six"].rows_kept, shards["leaker"].eval_leaks) == (8, 8)
 
 
@@ -212,7 +212,7 @@ def test_the_weights_reach_the_chain_and_the_results_name_the_objective(qa_epoch
     landed = resources["chain"].stored_weights("validator")
     assert landed and max(landed, key=landed.get) == uids["knows-six"]
     assert {uid for uid, w in landed.items() if w} == {uids["knows-six"]}
-    found = miner_shard(resources["warehouse"], "hk-knows-six", epoch)
+    found = miner_shard(resources["store"], "hk-knows-six", epoch)
     key = shard_cache_key(found.shard, found.eval_revision, resources["evaluator"], resources["settings"])
-    result = resources["warehouse"].eval_result(key)
+    result = resources["store"].eval_result(key)
     assert result.metrics == {"correct": 6} and result.provenance["recipe"]["objective"] == "exact-match"

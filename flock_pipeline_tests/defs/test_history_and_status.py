@@ -102,13 +102,13 @@ def test_status_colours_warn_for_the_miners_data_and_a_later_success_supersedes_
 
 def test_miner_history_has_each_miners_series_over_the_epochs(three_epochs):
     home, instance, epochs, _ = three_epochs
-    warehouse = build_resources(home)["warehouse"]
+    store = build_resources(home)["store"]
     events = instance.fetch_materializations(miner_history.key, limit=10).records
     meta = {int(e.partition_key): {k: v.value for k, v in e.asset_materialization.metadata.items()} for e in events}
     assert sorted(meta) == epochs
     for epoch in epochs:
         m = meta[epoch]
-        scores = {r.hotkey: r for r in warehouse.win_rates(epoch)}
+        scores = {r.hotkey: r for r in store.scores(epoch)}
         assert m["epoch"] == str(epoch) and m["miners"] == str(len(scores))
         weights = [v for k, v in m.items() if k.endswith("· weight")]
         assert len(weights) == len(scores) and sum(weights) == pytest.approx(1.0)

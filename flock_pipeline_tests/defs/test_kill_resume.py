@@ -21,10 +21,10 @@ DEADLINE_S = 600  # the whole test, kills and resumes together
 
 def _outcome(home: Path, epoch: int) -> dict:
     resources = build_resources(home)
-    warehouse = resources["warehouse"]
-    corpus = [(c.rows, c.sha256) for c in warehouse.rows(CorpusRecord, epoch=epoch)]
+    store = resources["store"]
+    corpus = [(c.rows, c.sha256) for c in store.rows(CorpusRecord, epoch=epoch)]
     return {"report": {m["hotkey"]: (m["status"], m["reason"], m["eval_loss"], m["win_rate"], m["weight"])
-                       for m in epoch_report(epoch, warehouse)},
+                       for m in epoch_report(epoch, store)},
             "corpus": corpus,
             "weights": [(w["uids"], w["weights"]) for w in resources["chain"].weights_history("validator")]}
 

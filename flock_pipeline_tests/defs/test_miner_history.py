@@ -3,14 +3,14 @@
 import math
 
 from flock_pipeline.resources import EvaluatorResource, ValidatorSettingsResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.store import ScoreRecord
 from flock_pipeline.validator.history import epoch_history, ranks, series_key
 
 
 def _score(uid, status, loss, weight, competition="curation", hotkey=None):
     return ScoreRecord(epoch=4, hotkey=hotkey or f"hk{uid}", uid=uid, status=status, reason=None, eval_loss=loss,
-                       win_rate=0.0, weight=weight, competition=competition, competition_weight=weight)
+                       score=0.0, weight=weight, competition=competition, competition_weight=weight)
 
 
 def test_ranks_go_by_weight_then_loss_within_each_competition():
@@ -21,14 +21,14 @@ def test_ranks_go_by_weight_then_loss_within_each_competition():
 
 
 def test_series_per_miner_and_an_epoch_without_commitments(tmp_path):
-    warehouse = WarehouseResource(url=f"duckdb://{tmp_path / 'w.duckdb'}")
+    store = StoreResource(url=f"duckdb://{tmp_path / 'w.duckdb'}")
     settings = ValidatorSettingsResource()
     evaluator = EvaluatorResource(cache_dir=str(tmp_path / "models"))
-    assert epoch_history(3, settings, warehouse, evaluator)[0] == {}  # nobody committed: an empty history
+    assert epoch_history(3, settings, store, evaluator)[0] == {}  # nobody committed: an empty history
     long = "5F" + "x" * 46  # an SS58-length hotkey is shortened in the key
-    warehouse.record_scores(4, [_score(1, "scored", 1.75, 0.999996), _score(2, "scored", 1.96, 0.000004),
+    store.record_scores(4, [_score(1, "scored", 1.75, 0.999996), _score(2, "scored", 1.96, 0.000004),
                                 _score(3, "ineligible", math.nan, 0.0, hotkey=long)])
-    series, table = epoch_history(4, settings, warehouse, evaluator)
+    series, table = epoch_history(4, settings, store, evaluator)
     assert series == {series_key(1, "hk1", "eval loss"): 1.75, series_key(1, "hk1", "rank"): 1,
                       series_key(1, "hk1", "weight"): 0.999996, series_key(2, "hk2", "eval loss"): 1.96,
                       series_key(2, "hk2", "rank"): 2, series_key(2, "hk2", "weight"): 0.000004,

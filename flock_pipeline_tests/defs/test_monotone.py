@@ -42,11 +42,11 @@ def _epoch(home, monkeypatch, later: list[DemoMiner]) -> dict[str, dict]:
     chain.advance(chain.epoch_start(chain.epoch_of(chain.current_block()) + 1) - chain.current_block())
     monkeypatch.setenv("FLOCK_HOME", str(home))
     assert main(["epoch", "run"]) == 0
-    warehouse = build_resources()["warehouse"]
-    epoch = warehouse.latest_epoch()
-    shards = {s.hotkey: s for s in warehouse.epoch_shards(epoch)}
+    store = build_resources()["store"]
+    epoch = store.latest_epoch()
+    shards = {s.hotkey: s for s in store.epoch_shards(epoch)}
     return {m["hotkey"]: {**m, "shard_hash": shards[m["hotkey"]].shard_hash if m["hotkey"] in shards else None}
-            for m in epoch_report(epoch, warehouse)}
+            for m in epoch_report(epoch, store)}
 
 
 def test_later_commitments_change_nothing_for_the_earlier_miners(tmp_path, tiny_model_dir, monkeypatch):

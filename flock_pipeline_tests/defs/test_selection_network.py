@@ -11,7 +11,7 @@ import pytest
 from flock_pipeline.cli import main
 from flock_pipeline.core.competitions import SelectionCompetition
 from flock_pipeline.demo import OWNER_HOTKEY, SELECTION_REPORT_EPOCH
-from flock_pipeline.resources import LocalChainResource, WarehouseResource
+from flock_pipeline.resources import LocalChainResource, StoreResource
 
 INELIGIBLE = {  # label -> (status, a piece of the reason)
     "outside-the-pool": ("ineligible", "not from the pool: 1 of 100 rows"),
@@ -46,9 +46,9 @@ def test_exactly_one_miner_gets_weight_one_the_earliest_of_the_k_best(selection)
     assert {m["competition"] for m in doc["miners"]} == {"selection"}
     winners = [m for m in doc["miners"] if m["weight"] > 0]
     assert len(winners) == 1 and winners[0]["weight"] == pytest.approx(1.0, abs=1e-12)
-    # the rule, recomputed from what the warehouse recorded: k from the metagraph, the k lowest losses, earliest
+    # the rule, recomputed from what the store recorded: k from the metagraph, the k lowest losses, earliest
     chain = LocalChainResource(path=str(home / "chain.json"))
-    commits = WarehouseResource(path=str(home / "warehouse.duckdb")).epoch_commitments(doc["epoch"])
+    commits = StoreResource(path=str(home / "warehouse.duckdb")).epoch_commitments(doc["epoch"])
     blocks = {c.hotkey: c.commit_block for c in commits}
     k = SelectionCompetition(name="s").top_k(len(chain.metagraph()))
     assert k == 2
@@ -115,12 +115,12 @@ def test_a_changed_pool_opens_a_new_round_and_commitments_carry_over(selection, 
     cycle = run_cycle(copy, resources, dg.DagsterInstance.ephemeral(), run_epoch)
     rounds = [(e["rounds"]["selection"]["round"], e["rounds"]["selection"]["phase"]) for e in cycle]
     assert rounds == [("20260204", "validation"), ("20260204", "rewarding")]
-    warehouse, chain = resources["warehouse"], resources["chain"]
-    record = warehouse.competition_round("selection", "20260204")
+    store, chain = resources["store"], resources["chain"]
+    record = store.competition_round("selection", "20260204")
     assert record.reused_from is None and record.decided and record.decided_epoch == 218
     old_winner = _uid(chain, "hk-random-selector")
     assert cycle[0]["weights"] == {str(old_winner): 1.0}  # while round 20260204 is validated, the last winner keeps it
-    report = {m["label"]: m for m in epoch_report(218, warehouse, demo["labels"])}
+    report = {m["label"]: m for m in epoch_report(218, store, demo["labels"])}
     assert report["late"]["status"] == "scored"  # its commitment predates this round's window
     (winner,) = [m for m in report.values() if m["weight"] > 0]
     assert cycle[1]["weights"] == {str(winner["uid"]): 1.0} and record.winner_uid == winner["uid"]
@@ -197,7 +197,7 @@ def test_a_round_is_decided_by_the_first_epoch_after_its_reward_time(tmp_path, t
     assert cycle[1]["rounds"]["selection"] == {"round": "20260203", "phase": "submission"}
     winner = _uid(resources["chain"], "hk-random-selector")
     assert cycle[1]["weights"] == {str(winner): 1.0} and "winner of round 20260202" in cycle[1]["why"][str(winner)]
-    record = resources["warehouse"].competition_round("selection", "20260202")
+    record = resources["store"].competition_round("selection", "20260202")
     assert record.decided and record.winner_uid == winner and record.decided_epoch == 76
 
 
@@ -234,11 +234,11 @@ def test_a_winner_whose_hotkey_left_keeps_its_place_and_its_reward_follows_its_c
     report = {m["hotkey"]: m for m in epoch_report_of(resources, 74)}
     assert report["hk-random-selector"]["status"] == "scored" and report["hk-random-selector"]["uid"] == old["uid"]
     assert f"the reward goes to uid {moved.uid}" in report["hk-random-selector"]["reason"]
-    record = resources["warehouse"].competition_round("selection", "20260202")
+    record = resources["store"].competition_round("selection", "20260202")
     assert record.winner_uid == moved.uid
 
 
 def epoch_report_of(resources, epoch):
     from flock_pipeline.demo import epoch_report
 
-    return epoch_report(epoch, resources["warehouse"])
+    return epoch_report(epoch, resources["store"])

@@ -1,4 +1,4 @@
-"""Sensors evaluated with build_sensor_context against the local chain and warehouse."""
+"""Sensors evaluated with build_sensor_context against the local chain and store."""
 
 import json
 
@@ -102,7 +102,7 @@ def test_commitment_sensor_downloads_new_revisions_in_one_batch(demo):
 def test_epoch_progress_sensor_walks_the_epoch(demo):
     _, resources, instance, epoch = demo
     key = str(epoch)
-    res = {"warehouse": resources["warehouse"], "evaluator": resources["evaluator"], "chain": resources["chain"],
+    res = {"store": resources["store"], "evaluator": resources["evaluator"], "chain": resources["chain"],
            "settings": resources["settings"]}
 
     def tick():
@@ -113,7 +113,7 @@ def test_epoch_progress_sensor_walks_the_epoch(demo):
     assert chain.set_weights("validator", [0], [65535]).success  # a recent submission: the next is rate-limited
     instance.add_dynamic_partitions(epochs_partitions.name, [key])
     _run([chain_commitments], key, resources, instance)
-    hotkeys = [c.hotkey for c in resources["warehouse"].epoch_commitments(epoch)]
+    hotkeys = [c.hotkey for c in resources["store"].epoch_commitments(epoch)]
     [downloads] = tick().run_requests  # every dataset in one run over the miners' partition range
     assert [k.to_user_string() for k in downloads.asset_selection] == ["miner_datasets"]
     assert downloads.tags["flock/epoch"] == key and request_miners(downloads, instance) == hotkeys
@@ -130,7 +130,7 @@ def test_epoch_progress_sensor_walks_the_epoch(demo):
     from flock_pipeline.defs.assets import final_corpus, submitted_weights, win_rates
 
     _run([win_rates, submitted_weights, final_corpus], key, resources, instance)
-    sent = resources["warehouse"].weight_submission(epoch)
+    sent = resources["store"].weight_submission(epoch)
     assert not sent.success and "rate limited" in sent.message
     waiting = tick()
     assert isinstance(waiting, dg.SkipReason) and "rate-limited until block" in waiting.skip_message
@@ -138,7 +138,7 @@ def test_epoch_progress_sensor_walks_the_epoch(demo):
     [(run_key, _, selection)] = _keys(tick())
     assert run_key == f"{net}/weights:{key}:{sent.retry_after_block}" and selection == ["submitted_weights"]
     _run([submitted_weights], key, resources, instance)
-    assert resources["warehouse"].weight_submission(epoch).success
+    assert resources["store"].weight_submission(epoch).success
     assert isinstance(tick(), dg.SkipReason)
     assert instance.get_dynamic_partitions(miners_partitions.name) == hotkeys
 
@@ -152,7 +152,7 @@ def _run_request(request, resources, instance):
 
 
 def _repo_revision(resources, hotkey):
-    c = resources["warehouse"].miner_commitment(hotkey)
+    c = resources["store"].miner_commitment(hotkey)
     return c.repo, c.revision
 
 
@@ -168,7 +168,7 @@ def test_a_run_that_crashes_is_retried_under_a_new_key_then_given_up(demo, tmp_p
 
     _, resources, instance, epoch = demo
     key = str(epoch)
-    res = {"warehouse": resources["warehouse"], "evaluator": resources["evaluator"], "chain": resources["chain"],
+    res = {"store": resources["store"], "evaluator": resources["evaluator"], "chain": resources["chain"],
            "settings": resources["settings"]}
     instance.add_dynamic_partitions(epochs_partitions.name, [key])
     _run([chain_commitments], key, resources, instance)
@@ -187,7 +187,7 @@ def test_a_run_that_crashes_is_retried_under_a_new_key_then_given_up(demo, tmp_p
             failed = dg.materialize(ASSETS + CHECKS, selection=[miner_datasets], partition_key="hk-empty",
                                     resources=broken, instance=instance, raise_on_error=False, tags=tags)
             assert not failed.success
-            assert resources["warehouse"].dataset(*_repo_revision(resources, "hk-empty")) is None
+            assert resources["store"].dataset(*_repo_revision(resources, "hk-empty")) is None
         else:  # later crashes: recorded straight as failed runs (the real path takes ~15 s of retry back-off)
             instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=f"crash-{attempt}",
                                            status=dg.DagsterRunStatus.FAILURE, tags=tags))
@@ -203,17 +203,17 @@ def test_an_evaluation_whose_runs_keep_dying_is_recorded_as_failed(demo):
 
     _, resources, instance, epoch = demo
     key = str(epoch)
-    warehouse, evaluator = resources["warehouse"], resources["evaluator"]
+    store, evaluator = resources["store"], resources["evaluator"]
     instance.add_dynamic_partitions(epochs_partitions.name, [key])
     _run([chain_commitments], key, resources, instance)
-    hotkeys = [c.hotkey for c in warehouse.epoch_commitments(epoch)]
+    hotkeys = [c.hotkey for c in store.epoch_commitments(epoch)]
     for hotkey in hotkeys:
         _run([miner_datasets], hotkey, resources, instance, epoch)
     _run([deduplicated_shards], "hk-honest-fair", resources, instance, epoch)
     provenance = evaluator.provenance()
     gpu = EvaluatorResource(run_tags=json.dumps({"dagster-k8s/config": {"container_config": {
         "resources": {"limits": {"nvidia.com/gpu": "1"}}}}})).evaluation_run_tags()
-    requests, _ = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance, eval_timeout_s=600,
+    requests, _ = next_epoch_requests(epoch, store, instance, lambda _c: provenance, eval_timeout_s=600,
                                       eval_tags=gpu)
     fair = next(r for r in requests if r.partition_key == "hk-honest-fair")
     assert fair.tags["dagster/max_runtime"] == "600"  # run monitoring fails it past 10 minutes
@@ -223,17 +223,17 @@ def test_an_evaluation_whose_runs_keep_dying_is_recorded_as_failed(demo):
         run_key = fair.run_key if attempt == 0 else f"{fair.run_key}#retry{attempt}"
         instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=f"died-{attempt}",
                                        status=dg.DagsterRunStatus.FAILURE, tags={"dagster/run_key": run_key}))
-    requests, _ = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance)
+    requests, _ = next_epoch_requests(epoch, store, instance, lambda _c: provenance)
     assert "hk-honest-fair" not in [r.partition_key for r in requests]  # given up: the others go on
     assert len(requests) == len(hotkeys) - 1
-    shard = next(s for s in warehouse.epoch_shards(epoch) if s.hotkey == "hk-honest-fair")
-    result = warehouse.eval_result(cache_key(shard.shard_hash, provenance, warehouse.epoch_info(epoch).eval_revision))
+    shard = next(s for s in store.epoch_shards(epoch) if s.hotkey == "hk-honest-fair")
+    result = store.eval_result(cache_key(shard.shard_hash, provenance, store.epoch_info(epoch).eval_revision))
     assert result.status == "failed" and result.final and result.eval_loss is None
     assert "3 evaluation runs failed without a result" in result.error
     for hotkey in hotkeys:
         if hotkey != "hk-honest-fair":
             _run([deduplicated_shards, miner_eval_losses], hotkey, resources, instance, epoch)
-    scores = compute_epoch_scores(epoch, evaluator, resources["settings"], warehouse, resources["hub"])
+    scores = compute_epoch_scores(epoch, evaluator, resources["settings"], store, resources["hub"])
     by_hotkey = {r.hotkey: r for r in scores}
     row = by_hotkey["hk-honest-fair"]
     assert row.status == "failed" and row.weight == 0.0 and "evaluation runs failed" in row.reason
@@ -251,23 +251,23 @@ def test_evaluation_runs_stopped_by_a_validator_fault_are_never_recorded_against
 
     home, resources, instance, epoch = demo
     key = str(epoch)
-    warehouse = resources["warehouse"]
+    store = resources["store"]
     instance.add_dynamic_partitions(epochs_partitions.name, [key])
     _run([chain_commitments], key, resources, instance)
-    for hotkey in [c.hotkey for c in warehouse.epoch_commitments(epoch)]:
+    for hotkey in [c.hotkey for c in store.epoch_commitments(epoch)]:
         _run([miner_datasets], hotkey, resources, instance, epoch)
     cuda = {**resources, "evaluator": EvaluatorResource(device="cuda", cache_dir=str(home / "models"))}
     provenance = cuda["evaluator"].provenance()
     for _attempt in range(MAX_RUN_ATTEMPTS):
-        requests, _ = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance)
+        requests, _ = next_epoch_requests(epoch, store, instance, lambda _c: provenance)
         fair = next(r for r in requests if r.partition_key == "hk-honest-fair")
         failed = dg.materialize(ASSETS + CHECKS, selection=[deduplicated_shards, miner_eval_losses],
                                 partition_key="hk-honest-fair", resources=cuda, instance=instance,
                                 raise_on_error=False, tags={"dagster/run_key": fair.run_key, **fair.tags})
         assert not failed.success
-    requests, stage = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance)
+    requests, stage = next_epoch_requests(epoch, store, instance, lambda _c: provenance)
     assert "hk-honest-fair" not in [r.partition_key for r in requests]
-    assert warehouse.rows(EvalResultRecord) == []  # nothing recorded against the miner
+    assert store.rows(EvalResultRecord) == []  # nothing recorded against the miner
     for r in requests:  # the others run into the same fault; once they have too, the epoch says why it stopped
         for attempt in range(MAX_RUN_ATTEMPTS):
             suffix = "" if attempt == 0 else f"#retry{attempt}"
@@ -275,9 +275,9 @@ def test_evaluation_runs_stopped_by_a_validator_fault_are_never_recorded_against
             dg.materialize(ASSETS + CHECKS, selection=[deduplicated_shards, miner_eval_losses],
                            partition_key=r.partition_key, resources=cuda, instance=instance, raise_on_error=False,
                            tags={**r.tags, "dagster/run_key": run_key})
-    requests, stage = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance)
+    requests, stage = next_epoch_requests(epoch, store, instance, lambda _c: provenance)
     assert requests == [] and stage.startswith("stopped by a validator fault") and "FLOCK_DEVICE=cuda" in stage
-    assert warehouse.rows(EvalResultRecord) == []
+    assert store.rows(EvalResultRecord) == []
 
 
 def test_a_batch_that_keeps_dying_comes_apart_into_runs_of_one_miner(demo):
@@ -287,22 +287,22 @@ def test_a_batch_that_keeps_dying_comes_apart_into_runs_of_one_miner(demo):
 
     _, resources, instance, epoch = demo
     key = str(epoch)
-    warehouse = resources["warehouse"]
+    store = resources["store"]
     instance.add_dynamic_partitions(epochs_partitions.name, [key])
     _run([chain_commitments], key, resources, instance)
-    hotkeys = [c.hotkey for c in warehouse.epoch_commitments(epoch)]
+    hotkeys = [c.hotkey for c in store.epoch_commitments(epoch)]
     provenance = resources["evaluator"].provenance()
-    [download], stage = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance, batch=4)
+    [download], stage = next_epoch_requests(epoch, store, instance, lambda _c: provenance, batch=4)
     assert request_miners(download, instance) == hotkeys and stage == "downloading 6 dataset(s) in 1 run(s)"
     for attempt in range(MAX_RUN_ATTEMPTS):
         run_key = download.run_key if attempt == 0 else f"{download.run_key}#retry{attempt}"
         instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=f"batch-died-{attempt}",
                                        status=dg.DagsterRunStatus.FAILURE, tags={"dagster/run_key": run_key}))
-    singles, _ = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance, batch=4)
+    singles, _ = next_epoch_requests(epoch, store, instance, lambda _c: provenance, batch=4)
     assert [r.partition_key for r in singles] == hotkeys
     assert all(r.run_key.startswith(f"dataset:{key}:{r.partition_key}:") for r in singles)
     _run_request(download, resources, instance)  # (the batch itself works: a real run of all six)
-    evaluations, stage = next_epoch_requests(epoch, warehouse, instance, lambda _c: provenance, batch=4)
+    evaluations, stage = next_epoch_requests(epoch, store, instance, lambda _c: provenance, batch=4)
     assert [request_miners(r, instance) for r in evaluations] == [hotkeys[:4], hotkeys[4:]]
     assert stage == "deduplicating + evaluating 6 miner(s) in 2 run(s)"
 
@@ -318,10 +318,10 @@ def test_the_epoch_sensor_waits_for_the_commitment_sensors_downloads(demo):
     provenance = resources["evaluator"].provenance()
     instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id="prefetching", status=dg.DagsterRunStatus.STARTED,
                                    tags={PREFETCH_TAG: "true"}))
-    requests, stage = next_epoch_requests(epoch, resources["warehouse"], instance, lambda _c: provenance)
+    requests, stage = next_epoch_requests(epoch, resources["store"], instance, lambda _c: provenance)
     assert requests == [] and stage == "waiting for the commitment sensor's downloads (6 dataset(s) missing)"
     instance.delete_run("prefetching")  # it ended (here: failed, so nothing was recorded)
     instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id="prefetched", status=dg.DagsterRunStatus.FAILURE,
                                    tags={PREFETCH_TAG: "true"}))
-    requests, stage = next_epoch_requests(epoch, resources["warehouse"], instance, lambda _c: provenance)
+    requests, stage = next_epoch_requests(epoch, resources["store"], instance, lambda _c: provenance)
     assert len(requests) == 1 and stage == "downloading 6 dataset(s) in 1 run(s)"

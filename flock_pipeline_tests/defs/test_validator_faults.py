@@ -31,11 +31,11 @@ def scored(tmp_path_factory, tiny_model_dir):
 
 def _state(resources: dict, epoch: int) -> dict:
     """Everything recorded or published for an epoch that a bad run must not change."""
-    warehouse = resources["warehouse"]
+    store = resources["store"]
     return {"report": {m["hotkey"]: (m["status"], m["eval_loss"], m["weight"])
-                       for m in epoch_report(epoch, warehouse)},
-            "results": [(r.cache_key, r.status, r.eval_loss) for r in warehouse.rows(EvalResultRecord)],
-            "corpus": [(r.rows, r.sha256, r.jsonl_path) for r in warehouse.rows(CorpusRecord, epoch=epoch)],
+                       for m in epoch_report(epoch, store)},
+            "results": [(r.cache_key, r.status, r.eval_loss) for r in store.rows(EvalResultRecord)],
+            "corpus": [(r.rows, r.sha256, r.jsonl_path) for r in store.rows(CorpusRecord, epoch=epoch)],
             "weights": resources["chain"].weights_history("validator")}
 
 
@@ -89,39 +89,39 @@ def test_an_unloadable_eval_set_stops_the_epoch_before_any_miner_is_judged(copy)
     chain.advance(chain.epoch_start(epoch + 1) - chain.current_block())
     with pytest.raises(EpochFailed, match="eval set flock/eval-atlas@.* is invalid"):
         run_epoch(epoch + 1, resources, dg.DagsterInstance.ephemeral())
-    warehouse = resources["warehouse"]
-    assert warehouse.rows(ShardRecord, epoch=epoch + 1) == []
+    store = resources["store"]
+    assert store.rows(ShardRecord, epoch=epoch + 1) == []
     _same(before, _state(resources, epoch))
     hub.upload(EVAL_REPO, good, private=False)  # fixed (a new revision of the same rows)
     chain.advance(chain.epoch_start(epoch + 2) - chain.current_block())
     run_epoch(epoch + 2, resources, dg.DagsterInstance.ephemeral())
-    later = {m["hotkey"]: (m["status"], m["eval_loss"]) for m in epoch_report(epoch + 2, warehouse)}
+    later = {m["hotkey"]: (m["status"], m["eval_loss"]) for m in epoch_report(epoch + 2, store)}
     assert later == {hk: (status, loss) for hk, (status, loss, _) in before["report"].items()}
 
 
 def test_every_miner_failing_the_same_way_is_the_validators_fault(copy):
     home, epoch, before = copy
     resources = build_resources(home)
-    warehouse = resources["warehouse"]
+    store = resources["store"]
     failed = "RuntimeError: a broken library"
-    warehouse.drop_eval_results([r.cache_key for r in warehouse.rows(EvalResultRecord)
+    store.drop_eval_results([r.cache_key for r in store.rows(EvalResultRecord)
                                  if r.shard_hash != "base-model"])
     from flock_pipeline.validator.evaluation import shard_cache_key
 
     keys = []
-    for shard in warehouse.epoch_shards(epoch):
+    for shard in store.epoch_shards(epoch):
         if shard.status == "eligible":
-            setup = warehouse.epoch_competition(epoch, shard.competition)
+            setup = store.epoch_competition(epoch, shard.competition)
             key = shard_cache_key(shard, setup.eval_revision, resources["evaluator"], resources["settings"])
             keys.append(key)
-            warehouse.record_eval_result(EvalResultRecord(
+            store.record_eval_result(EvalResultRecord(
                 cache_key=key, shard_hash=shard.shard_hash, status="failed", final=True, error=failed,
                 eval_loss=None, attempts=3))
     assert len(keys) >= 2
     with pytest.raises(ValidatorFault, match=r"all 3 evaluated miners failed with the same error"):
-        compute_epoch_scores(epoch, resources["evaluator"], resources["settings"], warehouse, resources["hub"],
+        compute_epoch_scores(epoch, resources["evaluator"], resources["settings"], store, resources["hub"],
                              resources["chain"])
-    remaining = [r for r in warehouse.rows(EvalResultRecord) if r.status == "failed"]
+    remaining = [r for r in store.rows(EvalResultRecord) if r.status == "failed"]
     assert remaining == []  # dropped: the next run evaluates them again
     assert {hk: v[0] for hk, v in _state(resources, epoch)["report"].items()} == \
         {hk: v[0] for hk, v in before["report"].items()}  # the recorded scores stay
@@ -130,15 +130,15 @@ def test_every_miner_failing_the_same_way_is_the_validators_fault(copy):
 def test_scores_are_never_replaced_by_a_run_that_scored_fewer_miners(copy):
     home, epoch, before = copy
     resources = build_resources(home)
-    warehouse = resources["warehouse"]
-    warehouse.drop_eval_results([r.cache_key for r in warehouse.rows(EvalResultRecord)
+    store = resources["store"]
+    store.drop_eval_results([r.cache_key for r in store.rows(EvalResultRecord)
                                  if r.shard_hash != "base-model" and r.eval_loss < 1.9])
-    args = (epoch, resources["evaluator"], resources["settings"], warehouse, resources["hub"], resources["chain"])
+    args = (epoch, resources["evaluator"], resources["settings"], store, resources["hub"], resources["chain"])
     with pytest.raises(ResultsKept, match="already has 2 scored miner"):
         compute_epoch_scores(*args)
     assert _state(resources, epoch)["report"] == before["report"]
     replacing = ValidatorSettingsResource(corpus_dir=str(home / "corpus"), replace_results=True)
-    frame = compute_epoch_scores(epoch, resources["evaluator"], replacing, warehouse, resources["hub"],
+    frame = compute_epoch_scores(epoch, resources["evaluator"], replacing, store, resources["hub"],
                                  resources["chain"])
     assert sum(r.status == "scored" for r in frame) == 1  # with the explicit flag
 
@@ -146,17 +146,17 @@ def test_scores_are_never_replaced_by_a_run_that_scored_fewer_miners(copy):
 def test_a_smaller_corpus_never_replaces_a_published_release(copy):
     home, epoch, before = copy
     resources = build_resources(home)
-    warehouse = resources["warehouse"]
+    store = resources["store"]
     published_rows, _, published_path = before["corpus"][0]
     text = open(published_path, "rb").read()
     # the best miner's evaluation failed: only honest-fair's rows (49, not 100) would be left
-    rows = [r.replace(status="failed") if r.hotkey == "hk-honest-good" else r for r in warehouse.win_rates(epoch)]
-    warehouse.record_scores(epoch, rows)
+    rows = [r.replace(status="failed") if r.hotkey == "hk-honest-good" else r for r in store.scores(epoch)]
+    store.record_scores(epoch, rows)
     with pytest.raises(ResultsKept, match="published corpus has"):
-        build_epoch_corpus(epoch, resources["settings"], warehouse)
+        build_epoch_corpus(epoch, resources["settings"], store)
     assert _state(resources, epoch)["corpus"] == before["corpus"]
     replacing = ValidatorSettingsResource(corpus_dir=str(home / "corpus"), replace_results=True)
-    row = build_epoch_corpus(epoch, replacing, warehouse)
+    row = build_epoch_corpus(epoch, replacing, store)
     assert row.jsonl_path != published_path and row.rows < published_rows  # written beside
     assert open(published_path, "rb").read() == text  # the earlier release is untouched
     import os
@@ -170,7 +170,7 @@ def test_rebuilding_the_same_corpus_rewrites_nothing(copy):
     resources = build_resources(home)
     published_path = before["corpus"][0][2]
     mtime = (home / "corpus").stat().st_mtime_ns, open(published_path, "rb").read()
-    row = build_epoch_corpus(epoch, resources["settings"], resources["warehouse"])
+    row = build_epoch_corpus(epoch, resources["settings"], resources["store"])
     assert row.jsonl_path == published_path
     assert ((home / "corpus").stat().st_mtime_ns, open(published_path, "rb").read()) == mtime
 
@@ -191,11 +191,11 @@ def test_dataset_verdicts_are_remade_when_the_limits_change(copy):
     resources = build_resources(home)
     strict = ValidatorSettingsResource(corpus_dir=str(home / "corpus"), max_line_bytes=20)
     args = (resources["hub"], resources["evaluator"])
-    wrong = fetch_miner_dataset("hk-honest-good", *args, strict, resources["warehouse"], epoch=epoch)
+    wrong = fetch_miner_dataset("hk-honest-good", *args, strict, resources["store"], epoch=epoch)
     assert wrong.status == "invalid" and not wrong.cached
-    right = fetch_miner_dataset("hk-honest-good", *args, resources["settings"], resources["warehouse"], epoch=epoch)
+    right = fetch_miner_dataset("hk-honest-good", *args, resources["settings"], resources["store"], epoch=epoch)
     assert right.status == "ok" and not right.cached  # re-decided under the corrected limits, not served invalid
-    again = fetch_miner_dataset("hk-honest-good", *args, resources["settings"], resources["warehouse"], epoch=epoch)
+    again = fetch_miner_dataset("hk-honest-good", *args, resources["settings"], resources["store"], epoch=epoch)
     assert again.cached
 
 
@@ -246,8 +246,8 @@ def test_bad_entries_on_the_embedded_hub_make_only_their_miner_unavailable(flock
     epoch = seed_demo_network(flock_home)
     resources = build_resources(flock_home)
     hub = LocalHubResource(root=str(flock_home / "hub"), as_owner=True)
-    snapshot_commitments(epoch, resources["chain"], resources["hub"], resources["settings"], resources["warehouse"])
-    commits = {c.hotkey: c for c in resources["warehouse"].epoch_commitments(epoch)}
+    snapshot_commitments(epoch, resources["chain"], resources["hub"], resources["settings"], resources["store"])
+    commits = {c.hotkey: c for c in resources["store"].epoch_commitments(epoch)}
 
     def data(hotkey):
         c = commits[hotkey]
@@ -275,7 +275,7 @@ def test_bad_entries_on_the_embedded_hub_make_only_their_miner_unavailable(flock
     def fetch_all():
         for hotkey in commits:
             outcomes[hotkey] = fetch_miner_dataset(hotkey, resources["hub"], resources["evaluator"],
-                                                   resources["settings"], resources["warehouse"], epoch=epoch)
+                                                   resources["settings"], resources["store"], epoch=epoch)
 
     started = time.monotonic()
     worker = threading.Thread(target=fetch_all, daemon=True)

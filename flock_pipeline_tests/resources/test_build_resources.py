@@ -83,7 +83,7 @@ def test_the_store_and_the_celery_settings_from_the_environment(tmp_path, monkey
     monkeypatch.setenv("FLOCK_EXECUTOR", "celery")
     monkeypatch.setenv("FLOCK_CELERY_BROKER", "redis://broker:6379/0")
     res = build_resources(tmp_path)
-    assert res["warehouse"].dialect == "postgresql" and res["warehouse"].local_dir() is None
+    assert res["store"].dialect == "postgresql" and res["store"].local_dir() is None
     from flock_pipeline.cli import worker_command
 
     argv = worker_command(tmp_path, "gpu0", "gpu", 1, ["-P", "solo"])
@@ -100,7 +100,7 @@ def test_the_store_and_the_celery_settings_from_the_environment(tmp_path, monkey
 def test_the_default_store_is_the_duckdb_file_in_the_home(tmp_path, monkeypatch):
     monkeypatch.delenv("FLOCK_STORE", raising=False)
     res = build_resources(tmp_path)
-    assert res["warehouse"].dialect == "duckdb" and res["warehouse"].local_dir() == tmp_path
+    assert res["store"].dialect == "duckdb" and res["store"].local_dir() == tmp_path
 
 
 def test_loading_the_definitions_imports_no_training_library(tmp_path):

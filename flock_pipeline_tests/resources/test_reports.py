@@ -6,7 +6,7 @@ import pytest
 
 from flock_pipeline.resources.hub import LocalHubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.store import ScoreRecord
 from flock_pipeline.validator import reports
 from flock_pipeline.validator.reports import REPORT_FILE, publish_epoch_report, read_miner_report
@@ -17,28 +17,29 @@ REPO = "val/reports"
 @pytest.fixture
 def setup(tmp_path):
     hub = LocalHubResource(root=str(tmp_path / "hub"))
-    warehouse = WarehouseResource(url=f"duckdb://{tmp_path / 'w.duckdb'}")
+    store = StoreResource(url=f"duckdb://{tmp_path / 'w.duckdb'}")
     settings = ValidatorSettingsResource(validator_hotkey="val", report_repo=REPO)
-    return hub, warehouse, settings
+    return hub, store, settings
 
 
-def scores(warehouse, epoch, rows):
-    warehouse.record_scores(epoch, [ScoreRecord(epoch=epoch, hotkey=h, uid=i, status=s, reason=r, eval_loss=loss,
-                                                win_rate=w, weight=w) for i, (h, s, r, loss, w) in enumerate(rows)])
+def scores(store, epoch, rows):
+    store.record_scores(epoch, [ScoreRecord(epoch=epoch, hotkey=h, uid=i, status=s, reason=r, eval_loss=loss,
+                                                score=w, weight=w) for i, (h, s, r, loss, w) in enumerate(rows)])
 
 
 def test_published_reports_rank_miners_and_keep_the_latest_epochs(setup, monkeypatch):
-    hub, warehouse, settings = setup
+    hub, store, settings = setup
     monkeypatch.setattr(reports, "MAX_EPOCHS", 2)
     for epoch in (1, 2, 3):
-        scores(warehouse, epoch, [("a", "scored", None, 1.5, 0.25), ("b", "scored", None, 1.2, 0.75),
+        scores(store, epoch, [("a", "scored", None, 1.5, 0.25), ("b", "scored", None, 1.2, 0.75),
                                   ("c", "duplicate", "copies a", None, 0.0)])
-        assert publish_epoch_report(epoch, hub, settings, warehouse) is not None
-    assert publish_epoch_report(3, hub, settings, warehouse) is None  # unchanged: nothing uploaded
+        assert publish_epoch_report(epoch, hub, settings, store) is not None
+    assert publish_epoch_report(3, hub, settings, store) is None  # unchanged: nothing uploaded
     document = json.loads(hub.download(REPO, hub.head(REPO), REPORT_FILE))
     assert [e["epoch"] for e in document["epochs"]] == [2, 3]
     assert read_miner_report(hub, REPO, "b") == {"repo": REPO, "validator": "val", "epoch": 3, "status": "scored",
-                                                 "reason": None, "eval_loss": 1.2, "win_rate": 0.75, "weight": 0.75,
+                                                 "reason": None, "eval_loss": 1.2, "score": 0.75, "win_rate": 0.75,
+                                                 "weight": 0.75,
                                                  "rank": 1, "of": 3}
     assert read_miner_report(hub, REPO, "c")["reason"] == "copies a"
     assert read_miner_report(hub, REPO, "nobody")["epoch"] is None

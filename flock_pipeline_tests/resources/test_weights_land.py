@@ -13,7 +13,7 @@ from flock_pipeline.defs.sensors import confirmation_requests
 from flock_pipeline.resources.bittensor_chain import BittensorChainResource
 from flock_pipeline.resources.chain import LocalChainResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
-from flock_pipeline.resources.warehouse import WarehouseResource
+from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.store import ScoreRecord
 from flock_pipeline.validator.scoring import confirm_epoch_weights, submit_epoch_weights
 from flock_pipeline_tests.resources.fake_substrate import FakeSubstrate
@@ -147,63 +147,63 @@ def test_the_local_chain_numbers_epochs_through_a_tempo_change(tmp_path):
 
 
 @pytest.fixture
-def warehouse(tmp_path):
-    return WarehouseResource(url=f"duckdb://{tmp_path / 'warehouse.duckdb'}")
+def store(tmp_path):
+    return StoreResource(url=f"duckdb://{tmp_path / 'warehouse.duckdb'}")
 
 
-def scored(warehouse, epoch, weights):
-    warehouse.record_scores(epoch, [ScoreRecord(epoch=epoch, hotkey=f"hk{uid}", uid=uid, status="scored", reason=None,
-                                                eval_loss=1.0, win_rate=w, weight=w) for uid, w in weights.items()])
+def scored(store, epoch, weights):
+    store.record_scores(epoch, [ScoreRecord(epoch=epoch, hotkey=f"hk{uid}", uid=uid, status="scored", reason=None,
+                                                eval_loss=1.0, score=w, weight=w) for uid, w in weights.items()])
 
 
 def settings_for(hotkey) -> ValidatorSettingsResource:
     return ValidatorSettingsResource(validator_hotkey=hotkey)
 
 
-def test_a_commit_is_confirmed_applied_after_a_restart(sub, chain, warehouse):
+def test_a_commit_is_confirmed_applied_after_a_restart(sub, chain, store):
     next_epochs(sub)
     epoch = chain.epoch_of(sub.block)
-    scored(warehouse, epoch, {1: 0.75, 2: 0.25})
-    sent = submit_epoch_weights(epoch, chain, settings_for(VALIDATOR.ss58_address), warehouse).submission
+    scored(store, epoch, {1: 0.75, 2: 0.25})
+    sent = submit_epoch_weights(epoch, chain, settings_for(VALIDATOR.ss58_address), store).submission
     assert sent.state == "committed" and sent.reveal_epoch == epoch + 1 and sent.uids == (1, 2)
     chain.close()  # the validator restarts between the commit and the reveal
     restarted = BittensorChainResource.with_substrate(sub, signers=SIGNERS, backoff_s=0.0)
-    assert confirm_epoch_weights(epoch, restarted, warehouse) is None  # the reveal epoch has not started
-    assert confirmation_requests(warehouse, lambda: restarted.epoch_of(sub.block)) == []
+    assert confirm_epoch_weights(epoch, restarted, store) is None  # the reveal epoch has not started
+    assert confirmation_requests(store, lambda: restarted.epoch_of(sub.block)) == []
     next_epochs(sub)
-    [request] = confirmation_requests(warehouse, lambda: restarted.epoch_of(sub.block))  # the sensor: a read-back
+    [request] = confirmation_requests(store, lambda: restarted.epoch_of(sub.block))  # the sensor: a read-back
     assert request.partition_key == str(epoch) and request.asset_selection[0].path == ["submitted_weights"]
-    outcome = submit_epoch_weights(epoch, restarted, settings_for(VALIDATOR.ss58_address), warehouse)
+    outcome = submit_epoch_weights(epoch, restarted, settings_for(VALIDATOR.ss58_address), store)
     assert not outcome.sent_now and outcome.submission.state == "applied"
     assert restarted.stored_weights(VALIDATOR.ss58_address) == dict(zip(sent.uids, sent.weights))
     assert len(sub.weight_commits) == 1
     restarted.close()
 
 
-def test_a_commit_that_is_never_revealed_is_reported_lost(sub, chain, warehouse):
+def test_a_commit_that_is_never_revealed_is_reported_lost(sub, chain, store):
     next_epochs(sub)
     epoch = chain.epoch_of(sub.block)
-    scored(warehouse, epoch, {1: 1.0})
+    scored(store, epoch, {1: 1.0})
     sub.withhold_pulses = True  # the drand pulse never reaches the chain
-    assert submit_epoch_weights(epoch, chain, settings_for(VALIDATOR.ss58_address), warehouse).submission.state \
+    assert submit_epoch_weights(epoch, chain, settings_for(VALIDATOR.ss58_address), store).submission.state \
         == "committed"
     next_epochs(sub)
-    assert confirm_epoch_weights(epoch, chain, warehouse) is None  # still waiting in its reveal epoch
+    assert confirm_epoch_weights(epoch, chain, store) is None  # still waiting in its reveal epoch
     next_epochs(sub)  # the commit expires
-    lost = submit_epoch_weights(epoch, chain, settings_for(VALIDATOR.ss58_address), warehouse).submission
+    lost = submit_epoch_weights(epoch, chain, settings_for(VALIDATOR.ss58_address), store).submission
     assert lost.state == "not applied" and "no weights" in lost.detail and "expired" in lost.detail
     assert len(sub.weight_commits) == 1  # an epoch that is over is not sent again
 
 
-def test_a_reveal_dropped_by_the_runtime_is_reported_with_the_reason(sub, chain, warehouse):
+def test_a_reveal_dropped_by_the_runtime_is_reported_with_the_reason(sub, chain, store):
     next_epochs(sub)
     epoch = chain.epoch_of(sub.block)
-    scored(warehouse, epoch, {1: 1.0})
-    submit_epoch_weights(epoch, chain, settings_for(VALIDATOR.ss58_address), warehouse)
+    scored(store, epoch, {1: 1.0})
+    submit_epoch_weights(epoch, chain, settings_for(VALIDATOR.ss58_address), store)
     sub.set_stake(VALIDATOR.ss58_address, 10.0)  # unstaked before the reveal
     sub.stake_threshold = 100.0
     next_epochs(sub)
-    record = confirm_epoch_weights(epoch, chain, warehouse)
+    record = confirm_epoch_weights(epoch, chain, store)
     assert record.state == "not applied" and "NotEnoughStakeToSetWeights" in record.detail
 
 
@@ -212,10 +212,10 @@ class KilledAfterSending(Exception):
 
 
 class DiesAfterSending:
-    """A warehouse whose process dies right after the chain took the weights: the answer is never recorded."""
+    """A store whose process dies right after the chain took the weights: the answer is never recorded."""
 
-    def __init__(self, warehouse):
-        self._warehouse = warehouse
+    def __init__(self, store):
+        self._warehouse = store
 
     def __getattr__(self, name):
         return getattr(self._warehouse, name)
@@ -251,17 +251,17 @@ def test_a_kill_between_the_chain_taking_weights_and_the_record_never_sends_twic
                                                                                    tmp_path):
     chain, hotkey, sends = (_local(tmp_path) if where == "local chain"
                             else _substrate(tmp_path, commit_reveal="commit-reveal" in where))
-    first = WarehouseResource(url=f"duckdb://{tmp_path / 'first.duckdb'}")
+    first = StoreResource(url=f"duckdb://{tmp_path / 'first.duckdb'}")
     epoch = chain.epoch_of(chain.current_block())
     scored(first, epoch, {1: 0.6, 2: 0.4})
     with pytest.raises(KilledAfterSending):
         submit_epoch_weights(epoch, chain, settings_for(hotkey), DiesAfterSending(first))
     assert sends() == 1 and first.weight_submission(epoch).state == "in flight"
-    warehouse = first
+    store = first
     if warehouse_after == "deleted":
-        warehouse = WarehouseResource(url=f"duckdb://{tmp_path / 'second.duckdb'}")
-        scored(warehouse, epoch, {1: 0.6, 2: 0.4})
-    again = submit_epoch_weights(epoch, chain, settings_for(hotkey), warehouse)
+        store = StoreResource(url=f"duckdb://{tmp_path / 'second.duckdb'}")
+        scored(store, epoch, {1: 0.6, 2: 0.4})
+    again = submit_epoch_weights(epoch, chain, settings_for(hotkey), store)
     assert sends() == 1 and not again.sent_now and "already set" in again.submission.message
     assert again.submission.state == ("committed" if "commit-reveal" in where else "applied")
     if isinstance(chain, BittensorChainResource):
@@ -292,20 +292,20 @@ def test_the_block_sensor_opens_each_epoch_once_through_a_tempo_change(tmp_path)
 def test_weights_the_chain_took_but_did_not_store_are_sent_again_within_the_epoch(monkeypatch, tmp_path):
     chain, hotkey, sends = _substrate(tmp_path, commit_reveal=False)
     fake = _injected_substrate(chain)
-    warehouse = WarehouseResource(url=f"duckdb://{tmp_path / 'w.duckdb'}")
+    store = StoreResource(url=f"duckdb://{tmp_path / 'w.duckdb'}")
     epoch = chain.epoch_of(chain.current_block())
-    scored(warehouse, epoch, {1: 0.6, 2: 0.4})
-    store = fake._store
+    scored(store, epoch, {1: 0.6, 2: 0.4})
+    real_store = fake._store
     monkeypatch.setattr(fake, "_store", lambda *a, **k: None)  # included, then lost: nothing stored
-    lost = submit_epoch_weights(epoch, chain, settings_for(hotkey), warehouse).submission
+    lost = submit_epoch_weights(epoch, chain, settings_for(hotkey), store).submission
     assert lost.state == "not applied" and lost.attempts == 1 and "no weights" in lost.detail
-    monkeypatch.setattr(fake, "_store", store)
+    monkeypatch.setattr(fake, "_store", real_store)
     fake.advance(fake.weights_rate_limit)
-    [request] = confirmation_requests(warehouse, lambda: chain.epoch_of(fake.block))
+    [request] = confirmation_requests(store, lambda: chain.epoch_of(fake.block))
     assert request.run_key == f"weights:{epoch}:resend:1"
-    again = submit_epoch_weights(epoch, chain, settings_for(hotkey), warehouse)
+    again = submit_epoch_weights(epoch, chain, settings_for(hotkey), store)
     assert again.sent_now and again.submission.state == "applied" and again.submission.attempts == 2
-    assert sends() == 2 and confirmation_requests(warehouse, lambda: chain.epoch_of(fake.block)) == []
+    assert sends() == 2 and confirmation_requests(store, lambda: chain.epoch_of(fake.block)) == []
     chain.close()
 
 
@@ -315,14 +315,14 @@ def _injected_substrate(chain):
     return _INJECTED[chain.injected_handle].factory("")
 
 
-def test_an_older_epochs_weights_never_overwrite_a_newer_epochs(tmp_path, warehouse):
+def test_an_older_epochs_weights_never_overwrite_a_newer_epochs(tmp_path, store):
     chain, hotkey, sends = _local(tmp_path)
     first = chain.epoch_of(chain.current_block())
-    scored(warehouse, first, {1: 1.0})
+    scored(store, first, {1: 1.0})
     chain.advance(chain.epoch_start(first + 1) - chain.current_block())
-    scored(warehouse, first + 1, {2: 1.0})
-    assert submit_epoch_weights(first + 1, chain, settings_for(hotkey), warehouse).submission.state == "applied"
+    scored(store, first + 1, {2: 1.0})
+    assert submit_epoch_weights(first + 1, chain, settings_for(hotkey), store).submission.state == "applied"
     chain.advance(10)  # past the rate limit: only the rule keeps epoch `first` from going out now
-    late = submit_epoch_weights(first, chain, settings_for(hotkey), warehouse).submission
+    late = submit_epoch_weights(first, chain, settings_for(hotkey), store).submission
     assert late.state == "refused" and f"epoch {first + 1}'s weights are already on the chain" in late.message
     assert sends() == 1 and chain.stored_weights(hotkey) == {2: 65535}

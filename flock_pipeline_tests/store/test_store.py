@@ -24,7 +24,7 @@ def _commitment(epoch: int, hotkey: str, uid: int, **kw) -> CommitmentRecord:
 
 
 def _score(epoch: int, hotkey: str, uid: int, weight: float, **kw) -> ScoreRecord:
-    base = dict(epoch=epoch, hotkey=hotkey, uid=uid, status="scored", reason=None, eval_loss=1.5, win_rate=0.5,
+    base = dict(epoch=epoch, hotkey=hotkey, uid=uid, status="scored", reason=None, eval_loss=1.5, score=0.5,
                 weight=weight, competition="curation", competition_weight=weight)
     base.update(kw)
     return ScoreRecord(**base)
@@ -85,7 +85,7 @@ def test_every_record_round_trips(store_url):
 
     scores = [_score(7, "hk-a", 1, 1.0), _score(7, "hk-b", 2, 0.0, status="rejected", eval_loss=math.nan)]
     store.record_scores(7, scores)
-    got = store.win_rates(7)
+    got = store.scores(7)
     assert got[0] == scores[0] and math.isnan(got[1].eval_loss) and got[1].replace(eval_loss=0) == \
         scores[1].replace(eval_loss=0)
     assert store.latest_score("hk-a") == scores[0]
@@ -106,7 +106,7 @@ def test_every_record_round_trips(store_url):
 def test_reads_of_an_empty_store(store_url):
     store = Store(store_url)
     assert store.epoch_info(1) is None and store.latest_epoch() is None and store.epoch_commitments(1) == []
-    assert store.win_rates(1) == [] and store.previous_weights(1) == {} and store.weight_submission(1) is None
+    assert store.scores(1) == [] and store.previous_weights(1) == {} and store.weight_submission(1) is None
     assert store.final_eval_keys([]) == set() and store.shard_to_evaluate("x") is None
 
 
@@ -116,13 +116,13 @@ def test_set_writes_are_scoped_idempotent_and_transactional(store_url):
     store.record_scores(2, [_score(2, "a", 1, 0.5), _score(2, "b", 2, 0.5)])
     store.record_scores(1, [_score(1, "a", 1, 0.25)])
     store.record_scores(1, [_score(1, "a", 1, 0.25)])  # a retried step: replaces, never duplicates
-    assert [r.weight for r in store.win_rates(1)] == [0.25] and len(store.win_rates(2)) == 2
+    assert [r.weight for r in store.scores(1)] == [0.25] and len(store.scores(2)) == 2
     assert store.previous_weights(2) == {1: 0.25} and store.previous_weights(1) == {}
     assert store.previous_weights(3, "curation") == {1: 0.5, 2: 0.5}
     with pytest.raises(Exception):  # noqa: B017 - each backend's driver raises its own error type: the second
         # row's uid is not a number, so the whole write fails ...
         store.record_scores(1, [_score(1, "a", 1, 0.75), _score(1, "c", "not a uid", 0.25)])
-    assert [r.weight for r in store.win_rates(1)] == [0.25]  # ... and its delete was rolled back
+    assert [r.weight for r in store.scores(1)] == [0.25]  # ... and its delete was rolled back
     for _ in range(2):
         store.record_epoch(EpochRecord(1, 10, "r", "v", T0), [_commitment(1, "a", 1), _commitment(1, "b", 2)])
     assert len(store.epoch_commitments(1)) == 2
@@ -158,12 +158,12 @@ def test_an_older_database_is_upgraded_in_place(store_url, upto):
     con.close()
     store = Store(store_url)
     assert store.schema_version() == SCHEMA_VERSION
-    [old] = store.win_rates(3)
+    [old] = store.scores(3)
     assert old.hotkey == "old" and old.competition is None and old.competition_weight is None  # NULL: curation
     assert store.previous_weights(4, "curation") == {4: 1.0}
     assert store.epoch_commitments(3)[0].coldkey is None
     store.record_scores(4, [_score(4, "new", 5, 1.0)])  # the new columns are writable
-    assert store.win_rates(4)[0].competition == "curation"
+    assert store.scores(4)[0].competition == "curation"
     versions = {r["version"] for r in store._backend().read("SELECT version FROM schema_migrations")}
     assert versions == {m.version for m in MIGRATIONS}
 
@@ -174,7 +174,7 @@ def _writer(url: str, worker: int, n: int, barrier) -> None:
     for i in range(n):
         store.record_eval_result(_result(f"w{worker}-{i}", loss=float(worker * 100 + i)))
         store.record_eval_result(_result(f"shared-{i % 4}", loss=float(i % 4)))  # every writer: same 4 keys
-    store.record_scores(9, [_score(9, f"hk-{j}", j, 0.25, win_rate=float(worker)) for j in range(4)])
+    store.record_scores(9, [_score(9, f"hk-{j}", j, 0.25, score=float(worker)) for j in range(4)])
     store.record_epoch(EpochRecord(9, 90, "r", "v", T0), [_commitment(9, f"hk-{j}", j) for j in range(4)])
 
 
@@ -197,8 +197,8 @@ def test_concurrent_writers_lose_nothing_and_duplicate_nothing(store_url):
     for w in range(workers):
         for i in range(n):
             assert store.eval_result(f"w{w}-{i}").eval_loss == float(w * 100 + i)
-    scores = store.win_rates(9)
-    assert len(scores) == 4 and len({s.win_rate for s in scores}) == 1  # one writer's whole set, never a mix
+    scores = store.scores(9)
+    assert len(scores) == 4 and len({s.score for s in scores}) == 1  # one writer's whole set, never a mix
     assert len(store.epoch_commitments(9)) == 4
 
 

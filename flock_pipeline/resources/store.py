@@ -1,4 +1,4 @@
-"""The warehouse resource: the store (`flock_pipeline.store`) as a Dagster resource.
+"""The store resource: the store (`flock_pipeline.store`) as a Dagster resource.
 
 Per-miner steps write here (not only to Dagster's IO manager) so that epoch-level steps can read every miner's
 result, a killed run resumes without redoing finished miners, and evaluations are cached by content.
@@ -20,7 +20,7 @@ from flock_pipeline.store.store import StoreOps
 _BACKENDS: dict[str, Backend] = {}  # one per URL per process (PostgreSQL: one connection pool)
 
 
-class WarehouseResource(dg.ConfigurableResource, StoreOps):
+class StoreResource(dg.ConfigurableResource, StoreOps):
     """The pipeline's store: a DuckDB file (its name must differ from any schema inside it) or PostgreSQL."""
 
     url: str = ""
