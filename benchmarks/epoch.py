@@ -182,7 +182,7 @@ def _next_requests(epoch: int, env: dict) -> list:
             requests, _stage = next_epoch_requests(
                 epoch, resources["store"], instance,
                 lambda c: evaluator.provenance(build=False, recipe=competition_recipe(settings, c)),
-                resources["chain"].current_block(), 0, verdict_key(settings.limits()), **batching)
+                resources["chain"].current_block(), 0, verdict_key(settings.dataset_limits()), **batching)
         return requests
     finally:
         for k, v in saved.items():

@@ -276,7 +276,7 @@ def _validate(path, resources, with_tokens=True, eval_check=True, competition=No
     pool = competition.eval_set_role == "pool"
     eval_rows = _eval_rows(resources, competition) if eval_check or pool else None
     tokenizer = load_tokenizer(str(resources["evaluator"].model_path())) if with_tokens else None
-    limits = resources["settings"].limits()
+    limits = resources["settings"].dataset_limits()
     report, rows = validate_file(path, limits, tokenizer, None if pool else eval_rows, competition.row_format)
     report.competition = competition.name
     if report.reason is None:
@@ -352,7 +352,8 @@ def cmd_miner_score(args) -> int:
                         "seconds": round(outcome.train_seconds + outcome.eval_seconds, 2)})
     base = evaluator.base_loss(eval_rows, recipe=recipe, objective=competition.objective).eval_loss
     sign = -1.0 if competition.objective.higher_is_better else 1.0  # win rates compare lower-is-better numbers
-    rates = win_rates_among({p: sign * v for p, v in losses.items()}, resources["settings"].epsilon) if losses else {}
+    epsilon = resources["settings"].scoring_config().epsilon
+    rates = win_rates_among({p: sign * v for p, v in losses.items()}, epsilon) if losses else {}
     for r in results:
         r["win_rate"] = rates.get(r["file"])
     doc = {"competition": competition.name, "base_model": evaluator.model_name(), "base_eval_loss": base,

@@ -210,7 +210,7 @@ def check_competitions(settings: ValidatorSettingsResource, evaluator: Evaluator
             evaluator.check_recipe(c.recipe_overrides())
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"competition {c.name!r}: recipe: {exc}") from exc
-        problem = c.config_problem(settings.limits())
+        problem = c.config_problem(settings.dataset_limits())
         if problem is not None:
             raise ConfigError(f"competition {c.name!r}: {problem}")
 
@@ -266,8 +266,15 @@ def validation_text(exc: Exception) -> str:
 
 def _settings_overrides(text: str) -> dict:
     """FLOCK_SETTINGS: a JSON object of ValidatorSettingsResource fields; unknown fields are an error."""
+    from flock_pipeline.resources.settings import MOVED
+
     overrides = _json_object("FLOCK_SETTINGS", text, "validator settings")
     unknown = sorted(set(overrides) - set(ValidatorSettingsResource.model_fields))
+    moved = [f"{name} is now {MOVED[name]}" for name in unknown if name in MOVED]
+    if moved:
+        example = """FLOCK_SETTINGS='{"scoring": {"mode": "curve"}, "dedup": {"near": null}}'"""
+        raise ConfigError(f"FLOCK_SETTINGS: {'; '.join(moved)} (the limits, dedup and scoring settings are nested "
+                          f"objects: {example})")
     if unknown:
         raise ConfigError(f"FLOCK_SETTINGS: unknown setting(s) {', '.join(unknown)}")
     return overrides

@@ -1,20 +1,26 @@
-"""Validator settings: the competitions, the limits and the curation game's knobs, in one place (all configurable)."""
+"""Validator settings: the competitions, the dataset limits, the duplicate and scoring rules, the corpus and the
+reports, in one place (all configurable). The nested settings (`limits`, `dedup`, `scoring`, `corpus_policy`) are
+JSON objects of the core configs' own fields (`DatasetLimits`, `DedupConfig` with `near`: `NearDupConfig` or null,
+`ScoringConfig`, `CorpusPolicy`): the core configs are the one schema, built and checked when the settings are read,
+and a wrong value names its dotted path (`scoring.mode: ...`)."""
 
 from __future__ import annotations
 
 import json
 from functools import lru_cache
+from typing import Any
 
 import dagster as dg
 import pydantic
 
 from flock_pipeline.core.competitions import CompetitionSet, build_competitions, load_document
-
+from flock_pipeline.core.configs import build_config
 from flock_pipeline.core.corpus import CorpusPolicy
 from flock_pipeline.core.dedup import DedupConfig
-from flock_pipeline.core.neardup import NearDupConfig
 from flock_pipeline.core.schema import DatasetLimits
 from flock_pipeline.core.scoring import ScoringConfig
+
+NESTED = {"limits": DatasetLimits, "dedup": DedupConfig, "scoring": ScoringConfig}
 
 
 class ValidatorSettingsResource(dg.ConfigurableResource):
@@ -24,36 +30,12 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
     competition_id: str = "1"  # the curation game's commitment id (commitments for no competition are rejected)
     eval_repo: str = "flock/eval-atlas"  # the held-out eval set's dataset repo
     eval_revision: str = ""  # a full commit id; empty = the repo's head when the epoch opens (then recorded)
-    # Defaults come from the core configs themselves (DatasetLimits, DedupConfig / NearDupConfig, ScoringConfig):
-    # one source of truth. Every knob of those configs is also settable per competition in the competitions
-    # document (a curation entry's "dedup", "dedup.near" and "scoring" objects).
-    max_rows_used: int = DatasetLimits.max_rows_used  # the size cap: only the first N valid rows are used
-    max_file_bytes: int = DatasetLimits.max_file_bytes
-    max_line_bytes: int = DatasetLimits.max_line_bytes
-    max_turns_per_row: int = DatasetLimits.max_turns_per_row
-    max_chars_per_turn: int = DatasetLimits.max_chars_per_turn
-    max_system_chars: int = DatasetLimits.max_system_chars
+    limits: str = "{}"  # JSON object of DatasetLimits fields: the size cap (max_rows_used), file, line, turn limits
+    dedup: str = "{}"  # JSON object of DedupConfig fields; "near": NearDupConfig fields, or null for exact matching
+    # only. The default of every game that has a `dedup` (curation, dpo); a competition entry may set its own.
+    scoring: str = "{}"  # JSON object of ScoringConfig fields (mode, epsilon, temperature, alpha, significance, the
+    # curve, top_fraction, require_improvement, ...): the default of every game that has a `scoring`
     min_commitment_age: int = 0  # blocks a commitment must have aged at the epoch's block to be evaluated
-    max_duplicate_fraction: float = DedupConfig.max_duplicate_fraction  # more earlier miners' rows: ineligible
-    max_leak_fraction: float = DedupConfig.max_leak_fraction  # ... or a larger share of eval-set rows
-    near_duplicates: bool = True  # MinHash + LSH near-duplicate matching on top of exact matching
-    near_duplicate_threshold: float = NearDupConfig.threshold  # estimated Jaccard similarity of word shingles
-    scoring_mode: str = ScoringConfig.mode  # win_rate | curve | top_k
-    epsilon: float = ScoringConfig.epsilon
-    epsilon_decay_blocks: int = ScoringConfig.epsilon_decay_blocks  # 0: constant epsilon (the reference)
-    significance: str = ScoringConfig.significance  # none | bootstrap (paired, over eval rows)
-    bootstrap_samples: int = ScoringConfig.bootstrap_samples
-    bootstrap_confidence: float = ScoringConfig.bootstrap_confidence
-    bootstrap_seed: int = ScoringConfig.bootstrap_seed
-    require_improvement: bool = ScoringConfig.require_improvement  # a miner must beat the base model's eval loss
-    temperature: float = ScoringConfig.temperature
-    alpha: float = ScoringConfig.alpha
-    curve_full: float = ScoringConfig.curve_full
-    curve_mid: float = ScoringConfig.curve_mid
-    curve_mid_score: float = ScoringConfig.curve_mid_score
-    curve_zero: float = ScoringConfig.curve_zero
-    curve_power: float = ScoringConfig.curve_power
-    top_fraction: float = ScoringConfig.top_fraction
     weights_version_key: int = 0  # 0: the subnet's WeightsVersionKey, read from the chain before each submission
     report_repo: str = ""  # a public dataset repo for the per-epoch score tables miners read (empty: not published)
     replace_results: bool = False  # let a run that did less (fewer scored miners, a smaller corpus) replace an epoch's
@@ -62,6 +44,13 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
     corpus_policy: str = "{}"  # JSON object of CorpusPolicy fields (core/corpus.py): which miners' rows enter the
     # corpus, the card's license, derived DPO pairs; checked when the settings are read
     corpus_repo: str = ""  # a dataset repo the cumulative corpus release is uploaded to (empty: not published)
+
+    @pydantic.field_validator(*NESTED, mode="before")
+    @classmethod
+    def _nested_as_json(cls, value: Any) -> Any:
+        """A nested setting given as an object (FLOCK_SETTINGS='{"scoring": {"mode": "curve"}}') is kept as its
+        JSON text (the Dagster config of the resource is text)."""
+        return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
 
     @pydantic.field_validator("corpus_policy")
     @classmethod
@@ -98,40 +87,40 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
     def _check_configs(self) -> ValidatorSettingsResource:
         """Build the limits, dedup and scoring configs now: a wrong value fails when the settings are read, naming
         the setting, before any download or training."""
-        for build, names in ((self.limits, _LIMITS), (self.dedup_config, _DEDUP), (self.scoring_config, _SCORING)):
-            try:
-                build()
-            except (TypeError, ValueError) as exc:
-                text = str(exc)
-                field = next((setting for setting, name in names.items() if text.startswith(f"{name} ")), None)
-                raise ValueError(f"{field}: {text}" if field else text) from None
+        for name in NESTED:
+            _nested(name, getattr(self, name))
         return self
 
-    def limits(self) -> DatasetLimits:
-        return DatasetLimits(**{name: getattr(self, setting) for setting, name in _LIMITS.items()})
+    def dataset_limits(self) -> DatasetLimits:
+        return _nested("limits", self.limits)
 
     def dedup_config(self) -> DedupConfig:
-        near = NearDupConfig(threshold=self.near_duplicate_threshold) if self.near_duplicates else None
-        return DedupConfig(max_duplicate_fraction=self.max_duplicate_fraction,
-                           max_leak_fraction=self.max_leak_fraction, near=near)
+        return _nested("dedup", self.dedup)
 
     def scoring_config(self) -> ScoringConfig:
-        return ScoringConfig(**{name: getattr(self, setting) for setting, name in _SCORING.items()})
+        return _nested("scoring", self.scoring)
 
 
-# setting -> the field of the core config it sets
-_LIMITS = {name: name for name in ("max_rows_used", "max_file_bytes", "max_line_bytes", "max_turns_per_row",
-                                   "max_chars_per_turn", "max_system_chars")}
-_DEDUP = {"max_duplicate_fraction": "max_duplicate_fraction", "max_leak_fraction": "max_leak_fraction",
-          "near_duplicate_threshold": "threshold"}
-_SCORING = {"scoring_mode": "mode", **{name: name for name in (
-    "epsilon", "temperature", "alpha", "epsilon_decay_blocks", "significance", "bootstrap_samples",
-    "bootstrap_confidence", "bootstrap_seed", "require_improvement", "curve_full", "curve_mid", "curve_mid_score",
-    "curve_zero", "curve_power", "top_fraction")}}
+@lru_cache(maxsize=64)
+def _nested(name: str, text: str):
+    """The core config of a nested setting from its JSON text (cached: the settings are read many times a run)."""
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name}: not valid JSON: {exc}") from None
+    return build_config(NESTED[name], value, name)
+
+
+# Flat settings of earlier releases and where they live now (their values are refused with this pointer).
+MOVED = {"scoring_mode": "scoring.mode", "near_duplicates": "dedup.near (null: exact matching only)",
+         "near_duplicate_threshold": "dedup.near.threshold", "max_duplicate_fraction": "dedup.max_duplicate_fraction",
+         "max_leak_fraction": "dedup.max_leak_fraction",
+         **{f: f"limits.{f}" for f in DatasetLimits.__dataclass_fields__},
+         **{f: f"scoring.{f}" for f in ScoringConfig.__dataclass_fields__ if f != "mode"}}
 
 
 class _Frozen(dict):
-    """A hashable view of the curation defaults (for the per-process cache of built competition sets)."""
+    """A hashable view of the defaults (for the per-process cache of built competition sets)."""
 
     def __hash__(self) -> int:  # type: ignore[override]
         return hash(json.dumps({k: repr(v) for k, v in self.items()}, sort_keys=True))

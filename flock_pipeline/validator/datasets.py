@@ -56,7 +56,7 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
         if row_format is None:
             row_format = commitment_row_format(commitment, settings)
     row_format = row_format or CHAT
-    limits = settings.limits()
+    limits = settings.dataset_limits()
     key = verdict_key(limits, row_format)
     known = store.dataset(repo, revision)
     if known is not None and known.status in ("ok", "invalid") and known.verdict_key == key:
@@ -94,7 +94,7 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
 def verdict_keys(settings: ValidatorSettingsResource) -> dict[str | None, str]:
     """competition name -> the verdict key its datasets are decided under (its row format, today's limits); None:
     commitments recorded before competitions existed (the first competition's)."""
-    limits, competitions = settings.limits(), settings.competition_set()
+    limits, competitions = settings.dataset_limits(), settings.competition_set()
     keys: dict[str | None, str] = {c.name: verdict_key(limits, c.row_format) for c in competitions}
     keys[None] = keys[competitions.competitions[0].name]
     return keys

@@ -608,7 +608,7 @@ def _derived_shards(shards: list[CorpusShard], evaluator: EvaluatorResource | No
         fresh = dict(zip(keys, greedy_answers(evaluator.load(), [todo[k] for k in keys], budget)))
         cache.add(fresh)
         known.update(fresh)
-    limits = settings.limits()
+    limits = settings.dataset_limits()
     out = []
     for s in sources:
         pairs = []

@@ -7,7 +7,7 @@ import pytest
 from flock_pipeline.cli import main
 
 BAD = [
-    pytest.param([{"kind": "curation", "scoring": {"mode": "curvy"}}], "scoring: mode must be one of",
+    pytest.param([{"kind": "curation", "scoring": {"mode": "curvy"}}], "scoring.mode: mode must be one of",
                  id="unknown scoring rule"),
     pytest.param([{"kind": "curation", "share": 0.5}, {"kind": "selection", "share": 0.4, "commitment_id": "2"}],
                  "shares must sum to 1", id="shares not summing to 1"),

@@ -38,11 +38,15 @@ def network(flock_home, monkeypatch):
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"scoring_mode": "curvy"}, "scoring_mode: mode must be one of win_rate, curve, top_k, got 'curvy'"),
-    ({"max_leak_fraction": 3}, "max_leak_fraction: max_leak_fraction must be in [0, 1]"),
-    ({"near_duplicate_threshold": 0}, "near_duplicate_threshold: threshold must be in (0, 1]"),
-    ({"max_turns_per_row": 3}, "max_turns_per_row: max_turns_per_row must be even"),
-    ({"epsilon": "lots"}, "epsilon: Input should be a valid number"),
+    ({"scoring": {"mode": "curvy"}}, "scoring.mode: mode must be one of win_rate, curve, top_k, got 'curvy'"),
+    ({"dedup": {"max_leak_fraction": 3}}, "dedup.max_leak_fraction: max_leak_fraction must be in [0, 1]"),
+    ({"dedup": {"near": {"threshold": 0}}}, "dedup.near.threshold: threshold must be in (0, 1]"),
+    ({"limits": {"max_turns_per_row": 3}}, "limits.max_turns_per_row: max_turns_per_row must be even"),
+    ({"scoring": {"epsilon": "lots"}}, "scoring.epsilon: must be a number, got 'lots'"),
+    ({"scoring": {"temperature": float("inf")}}, "scoring.temperature"),
+    ({"scoring": {"mood": "curve"}}, "scoring: unknown field(s) mood"),
+    ({"scoring_mode": "curve"}, "scoring_mode is now scoring.mode"),
+    ({"near_duplicates": False}, "near_duplicates is now dedup.near (null: exact matching only)"),
     ({"corpus_policy": '{"weight_coverage": 2}'}, "corpus_policy.weight_coverage must be in (0, 1]"),
     ({"scoring_mod": "win_rate"}, "unknown setting(s) scoring_mod"),
 ])

@@ -36,9 +36,10 @@ ORIGINALS = {"exact-copier": ["honest-q100"], "paraphrase-copier": ["honest-q100
              "homoglyph-copier": ["honest-q80"], "preamble-copier": ["honest-q60"],
              "signature-copier": ["honest-q40"], "numbers-copier": ["honest-q100"], "packer": ["honest-q100"],
              "merger": ["honest-q100", "honest-q80"]}
-SCORING_MODES = {"win_rate": {}, "decaying epsilon + bootstrap": {"epsilon_decay_blocks": 7200,
-                                                                  "significance": "bootstrap"},
-                 "top_k": {"scoring_mode": "top_k"}, "curve": {"scoring_mode": "curve"}}
+SCORING_MODES = {"win_rate": {},  # the settings' scoring object (a model copy skips validation: JSON text)
+                 "decaying epsilon + bootstrap": {
+                     "scoring": '{"epsilon_decay_blocks": 7200, "significance": "bootstrap"}'},
+                 "top_k": {"scoring": '{"mode": "top_k"}'}, "curve": {"scoring": '{"mode": "curve"}'}}
 
 
 @pytest.fixture(scope="module")

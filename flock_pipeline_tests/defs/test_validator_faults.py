@@ -189,7 +189,7 @@ def test_dataset_verdicts_are_remade_when_the_limits_change(copy):
 
     home, epoch, _ = copy
     resources = build_resources(home)
-    strict = ValidatorSettingsResource(corpus_dir=str(home / "corpus"), max_line_bytes=20)
+    strict = ValidatorSettingsResource(corpus_dir=str(home / "corpus"), limits={"max_line_bytes": 20})
     args = (resources["hub"], resources["evaluator"])
     wrong = fetch_miner_dataset("hk-honest-good", *args, strict, resources["store"], epoch=epoch)
     assert wrong.status == "invalid" and not wrong.cached

@@ -24,7 +24,7 @@ def test_real_networks_from_the_environment(tmp_path, monkeypatch, network):
     monkeypatch.setenv("FLOCK_CHAIN_FALLBACKS", "wss://a.example:443, wss://b.example:443")
     monkeypatch.setenv("FLOCK_TEMPO", "360")
     monkeypatch.setenv("BT_WALLET_HOTKEY", "my-hotkey")
-    monkeypatch.setenv("FLOCK_SETTINGS", '{"scoring_mode": "curve", "min_commitment_age": 10}')
+    monkeypatch.setenv("FLOCK_SETTINGS", '{"scoring": {"mode": "curve"}, "min_commitment_age": 10}')
     res = build_resources(tmp_path)
     chain, hub, settings = res["chain"], res["hub"], res["settings"]
     assert isinstance(chain, BittensorChainResource) and chain.network == network and chain.tempo == 360

@@ -24,6 +24,7 @@ from flock_pipeline.core.competitions.base import Competition, CompetitionConfig
 from flock_pipeline.core.competitions.curation import CurationCompetition
 from flock_pipeline.core.competitions.dpo import DpoCompetition
 from flock_pipeline.core.competitions.selection import SelectionCompetition
+from flock_pipeline.core.configs import build_config
 
 KINDS: dict[str, type[Competition]] = {"curation": CurationCompetition, "selection": SelectionCompetition,
                                        "dpo": DpoCompetition}
@@ -138,30 +139,13 @@ def _build(cls: type[Competition], values: dict, where: str) -> Competition:
     values = dict(values)
     for name, f in known.items():  # a nested config (dedup, scoring, ...) given as an object
         if isinstance(f.default_factory, type) and is_dataclass(f.default_factory) and name in values:
-            values[name] = _sub(f.default_factory, values[name], f"{where}.{name}")
+            try:
+                values[name] = build_config(f.default_factory, values[name], f"{where}.{name}")
+            except ValueError as exc:
+                raise CompetitionConfigError(str(exc)) from None
     try:
         return cls(**values)
     except CompetitionConfigError:
         raise
-    except (TypeError, ValueError) as exc:
-        raise CompetitionConfigError(f"{where}: {exc}") from exc
-
-
-def _sub(cls, value: Any, where: str):
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, Mapping):
-        raise CompetitionConfigError(f"{where}: expected an object")
-    value = dict(value)
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(value) - set(known))
-    if unknown:
-        raise CompetitionConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
-    for name, f in known.items():  # nested again (dedup.near)
-        kind = type(f.default) if is_dataclass(f.default) else None
-        if kind is not None and isinstance(value.get(name), Mapping):
-            value[name] = _sub(kind, value[name], f"{where}.{name}")
-    try:
-        return cls(**value)
     except (TypeError, ValueError) as exc:
         raise CompetitionConfigError(f"{where}: {exc}") from exc
