@@ -46,3 +46,8 @@ class DataError(UsageError, ValueError):
 class ValidatorFault(FlockError, RuntimeError):
     """The validator's own environment failed (the device, the base model, the eval set, a library): the stage stops
     with an operator error and nothing is recorded against any miner. The message says what to fix."""
+
+
+class ResultsKept(FlockError, RuntimeError):
+    """A run would replace an epoch's recorded results (scores, a corpus release) with less; the recorded ones are
+    kept. The message says how to replace them anyway."""

@@ -29,7 +29,9 @@ from flock_pipeline.validator.commitments import snapshot_commitments
 from flock_pipeline.validator.datasets import fetch_miner_dataset
 from flock_pipeline.validator.evaluation import evaluate_miners
 from flock_pipeline.errors import FlockError, ValidatorFault
-from flock_pipeline.validator.scoring import build_epoch_corpus, compute_epoch_scores, submit_epoch_weights
+from flock_pipeline.validator.corpus import build_epoch_corpus
+from flock_pipeline.validator.scoring import compute_epoch_scores
+from flock_pipeline.validator.weights import submit_epoch_weights
 from flock_pipeline.validator.reports import publish_epoch_report
 from flock_pipeline.validator.shards import build_miner_shards
 

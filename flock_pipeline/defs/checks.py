@@ -16,7 +16,7 @@ from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.store import StoreResource
-from flock_pipeline.validator.scoring import weighted_uids, weights_of
+from flock_pipeline.validator.weights import weighted_uids, weights_of
 from flock_pipeline.validator.standing import miner_standing as miner_standing_of
 
 

@@ -23,7 +23,7 @@ from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.store import ShardRecord
 from flock_pipeline.validator.evaluation import cache_key, record_abandoned_evaluation
 from flock_pipeline.validator.games import competition_recipe
-from flock_pipeline.validator.scoring import IN_FLIGHT
+from flock_pipeline.validator.weights import IN_FLIGHT
 
 FAULT_CLASSES = ("ValidatorFault", "EvalSetError")  # the validator's own faults (errors.py, validator/eval_sets.py)
 ProvenanceOf = Callable[[str | None], dict | None]  # competition -> what its evaluations depend on

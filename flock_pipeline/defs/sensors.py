@@ -28,7 +28,7 @@ from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.validator.datasets import verdict_keys
-from flock_pipeline.validator.scoring import MAX_SENDS
+from flock_pipeline.validator.weights import MAX_SENDS
 
 SENSOR_INTERVAL_S = 30
 

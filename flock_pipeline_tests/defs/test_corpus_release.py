@@ -17,7 +17,7 @@ from flock_pipeline.resources import ConfigError, ValidatorSettingsResource, Sto
 from flock_pipeline.store import (CorpusRecord, EpochCompetitionRecord, EpochRecord, EvalResultRecord, ScoreRecord,
                                   ShardRecord, ShardRowRecord, utcnow)
 from flock_pipeline.validator import scoring
-from flock_pipeline.validator.scoring import build_epoch_corpus
+from flock_pipeline.validator.corpus import build_epoch_corpus
 
 EVAL_REPO, EVAL_REV, BASE_REV = "flock/eval-atlas", "e" * 40, "b" * 40
 

@@ -12,7 +12,9 @@ from flock_pipeline.demo import epoch_report, seed_demo_network
 from flock_pipeline.resources import EvaluatorResource, LocalHubResource, ValidatorSettingsResource, build_resources
 from flock_pipeline.store import CorpusRecord, EvalResultRecord, ShardRecord
 from flock_pipeline.validator.faults import ValidatorFault
-from flock_pipeline.validator.scoring import ResultsKept, build_epoch_corpus, compute_epoch_scores
+from flock_pipeline.errors import ResultsKept
+from flock_pipeline.validator.corpus import build_epoch_corpus
+from flock_pipeline.validator.scoring import compute_epoch_scores
 
 EVAL_REPO = "flock/eval-atlas"
 

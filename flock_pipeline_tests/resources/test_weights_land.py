@@ -15,7 +15,7 @@ from flock_pipeline.resources.chain import LocalChainResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.store import ScoreRecord
-from flock_pipeline.validator.scoring import confirm_epoch_weights, submit_epoch_weights
+from flock_pipeline.validator.weights import confirm_epoch_weights, submit_epoch_weights
 from flock_pipeline_tests.resources.fake_substrate import FakeSubstrate
 
 VALIDATOR, MINER_1, MINER_2, MINER_3, OWNER = (Keypair.create_from_uri(u) for u in

@@ -1,0 +1,123 @@
+"""The release's dataset card: the Hub's YAML front matter (configs, features, license, size category, task) and a
+generated summary of who contributed what, at which scores."""
+
+from __future__ import annotations
+
+import json
+
+from flock_pipeline.core.corpus.policy import CorpusPolicy
+from flock_pipeline.core.corpus.release import CONFIGS, DPO, FILES, JSONL_FILES, SFT, features_yaml
+
+
+# -- the dataset card ----------------------------------------------------------------------------------------------
+
+SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
+
+
+def size_category(rows: int) -> str:
+    return next((label for limit, label in SIZE_CATEGORIES if rows < limit), "n>1B")
+
+
+def dataset_card(records: dict[str, list[dict]], *, title: str, policy: CorpusPolicy, where: str = "",
+                 note: str = "") -> str:
+    """The release's README.md: YAML front matter the Hub and `datasets` read (configs -> Parquet files, features,
+    license, size category, task) and a summary generated from the rows (rows per config, miners, epochs, the
+    scores of the miners per competition, the policy, the base model). Deterministic: no timestamps."""
+    import yaml
+
+    counts = {c: len(records.get(c, [])) for c in CONFIGS}
+    everything = [r for c in CONFIGS for r in records.get(c, [])]
+    front = {
+        "license": policy.license,
+        "pretty_name": title,
+        "task_categories": ["text-generation"],
+        "tags": ["sft", "dpo", "conversational", "bittensor", "flock"],
+        "size_categories": [size_category(sum(counts.values()))],
+        "configs": [{"config_name": SFT, "data_files": [{"split": "train", "path": FILES[SFT]}], "default": True},
+                    {"config_name": DPO, "data_files": [{"split": "train", "path": FILES[DPO]}]}],
+        "dataset_info": [{"config_name": c, "features": features_yaml(c)} for c in CONFIGS],
+    }
+    miners = sorted({r["hotkey"] for r in everything})
+    epochs = sorted({int(r["epoch"]) for r in everything})
+    bases = sorted({(r["base_model"], r["base_revision"]) for r in everything if r.get("base_model")})
+    derived = sum(bool(r.get("derived")) for r in records.get(DPO, []))
+    where = where or "path/to/this/folder"
+    lines = [
+        "---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+        f"# {title}", "",
+        "Chat data from the miners of Bittensor subnet 96 (FLock OFF). A validator scores each miner's dataset by "
+        "how much a LoRA fine-tune on it lowers a base model's loss on a held-out eval set; the rows of the "
+        "miners that hold most of the weight are kept, with where every row came from.",
+        "",
+    ]
+    if note:
+        lines += [note, ""]
+    lines += [
+        "| config | rows | Parquet | JSONL |", "|---|---|---|---|",
+        *(f"| `{c}` | {counts[c]} | `{FILES[c]}` | `{JSONL_FILES[c]}` |" for c in CONFIGS), "",
+        f"- Miners: {len(miners)}",
+        f"- Epochs: {_ranges(epochs) if epochs else 'none'}",
+        "- Base model: " + (", ".join(f"`{m}` at `{r}`" for m, r in bases) if bases else "none recorded"),
+        f"- Derived pairs (the base model's answer as `rejected`): {derived}",
+        "",
+        "## Load", "",
+        "```python", "from datasets import load_dataset", "",
+        f'sft = load_dataset("{where}", "sft", split="train")',
+        f'dpo = load_dataset("{where}", "dpo", split="train")', "```", "",
+        "## Fields", "",
+        "- `sft`: `system`, `conversations` (alternating `user` / `assistant` turns).",
+        "- `dpo`: `system`, `prompt` (turns ending with a `user` turn), `chosen` and `rejected` (one `assistant` "
+        "message each), `derived` (true: `chosen` is a miner's SFT answer and `rejected` the base model's greedy "
+        "answer to the same prompt).",
+        "- Provenance (both): `hotkey`, `uid`, `repo`, `revision` (the miner's dataset commit), `commit_block`, "
+        "`row_hash` (the row's identity), `competition`, `epoch`, `miner_weight` (the miner's weight in the epoch), "
+        "`eval_loss`, `base_model`, `base_revision`, `eval_repo`, `eval_revision`.",
+        "",
+        "## Selection policy", "",
+        f"Per competition, miners with status {', '.join(f'`{s}`' for s in policy.statuses)}, best weight first, "
+        f"until they hold {policy.weight_coverage:.0%} of the competition's weight"
+        + (f"; weight at least {policy.min_weight:g}" if policy.min_weight else "")
+        + (f"; at most {policy.max_miners} miners" if policy.max_miners else "")
+        + ". A row is kept once per config (its best-weighted copy)."
+        + (f" Derived pairs: on, at most {policy.derive_max_new_tokens} new tokens per base-model answer."
+           if policy.derive_dpo else ""),
+        "", "```json", json.dumps(policy.to_dict(), sort_keys=True), "```", "",
+        "## Scores", "",
+    ]
+    lines += _score_tables(everything) or ["No miner was selected."]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _score_tables(records: list[dict]) -> list[str]:
+    groups: dict[str, dict[tuple, dict]] = {}
+    for r in records:
+        key = (int(r["epoch"]), r["hotkey"], int(r["uid"]))
+        entry = groups.setdefault(r["competition"], {}).setdefault(key, {
+            "weight": r["miner_weight"], "loss": r["eval_loss"], "sft": 0, "dpo": 0,
+            "eval": (r.get("eval_repo") or "", r.get("eval_revision") or "")})
+        entry["dpo" if "prompt" in r else "sft"] += 1
+    lines = []
+    for competition in sorted(groups):
+        entries = sorted(groups[competition].items(), key=lambda kv: (-kv[0][0], -kv[1]["weight"], kv[0][2]))
+        evals = sorted({e["eval"] for _, e in entries if e["eval"][0]})
+        lines += [f"### {competition}", ""]
+        if evals:
+            lines += ["Eval set: " + ", ".join(f"`{repo}` at `{rev}`" for repo, rev in evals), ""]
+        lines += ["| epoch | uid | miner | weight | eval loss | sft rows | dpo pairs |",
+                  "|---|---|---|---|---|---|---|"]
+        for (epoch, hotkey, uid), e in entries:
+            loss = f"{e['loss']:.4f}" if e["loss"] is not None else ""
+            lines.append(f"| {epoch} | {uid} | `{hotkey}` | {e['weight']:.6f} | {loss} | {e['sft']} | {e['dpo']} |")
+        lines.append("")
+    return lines
+
+
+def _ranges(values: list[int]) -> str:
+    """1, 2, 3, 5 -> "1-3, 5"."""
+    parts, start = [], values[0]
+    for prev, cur in zip(values, [*values[1:], None]):
+        if cur is None or cur != prev + 1:
+            parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = cur
+    return ", ".join(parts)

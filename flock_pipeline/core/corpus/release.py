@@ -1,0 +1,243 @@
+"""The corpus release: its configs and columns, the records with provenance, and its files (a folder per release, staged
+and renamed into place; `latest` replaced as a whole)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from flock_pipeline.core.schema import ChatRow, PreferenceRow
+
+SFT, DPO = "sft", "dpo"
+CONFIGS = (SFT, DPO)
+PROVENANCE_COLUMNS = ["hotkey", "uid", "repo", "revision", "commit_block", "row_hash", "competition", "epoch",
+                      "miner_weight", "eval_loss", "base_model", "base_revision", "eval_repo", "eval_revision"]
+COLUMNS = {SFT: ["system", "conversations", *PROVENANCE_COLUMNS],
+           DPO: ["system", "prompt", "chosen", "rejected", *PROVENANCE_COLUMNS, "derived"]}
+_MESSAGES = "messages"  # a list of {"role": string, "content": string}
+TYPES = {"system": "string", "conversations": _MESSAGES, "prompt": _MESSAGES, "chosen": _MESSAGES,
+         "rejected": _MESSAGES, "hotkey": "string", "uid": "int64", "repo": "string", "revision": "string",
+         "commit_block": "int64", "row_hash": "string", "competition": "string", "epoch": "int64",
+         "miner_weight": "float64", "eval_loss": "float64", "base_model": "string", "base_revision": "string",
+         "eval_repo": "string", "eval_revision": "string", "derived": "bool"}
+FILES = {SFT: "sft.parquet", DPO: "dpo.parquet"}
+JSONL_FILES = {SFT: "jsonl/sft.jsonl", DPO: "jsonl/dpo.jsonl"}
+CARD_FILE = "README.md"
+FILE_MODE, DIR_MODE = 0o644, 0o755
+DEFAULT_LICENSE = "cc-by-4.0"
+
+
+# -- records -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CorpusShard:
+    """One selected miner's rows of one epoch and competition, with what the rows' provenance says."""
+
+    hotkey: str
+    uid: int
+    repo: str
+    revision: str
+    commit_block: int
+    miner_weight: float  # the miner's weight in the epoch
+    eval_loss: float | None
+    rows: tuple[tuple[str, ChatRow | PreferenceRow], ...]  # (row hash, row), in the miner's file order
+    competition: str = ""
+    epoch: int = 0
+    base_model: str = ""
+    base_revision: str = ""
+    eval_repo: str = ""
+    eval_revision: str = ""
+    derived: bool = False  # pairs made from this miner's SFT rows and the base model's answers
+
+
+def build_release_records(shards: list[CorpusShard]) -> dict[str, list[dict]]:
+    """config -> records: chat rows go to `sft`, preference pairs to `dpo`; shards by miner weight (desc), then
+    commitment (block, uid), each in file order; a row already in its config (same row hash) is not repeated."""
+    ordered = sorted(shards, key=lambda s: (-s.miner_weight, s.commit_block, s.uid, s.derived, s.competition))
+    out: dict[str, list[dict]] = {SFT: [], DPO: []}
+    seen: set[tuple[str, str]] = set()
+    for shard in ordered:
+        provenance = {"hotkey": shard.hotkey, "uid": int(shard.uid), "repo": shard.repo, "revision": shard.revision,
+                      "commit_block": int(shard.commit_block), "competition": shard.competition,
+                      "epoch": int(shard.epoch), "miner_weight": float(shard.miner_weight),
+                      "eval_loss": _finite(shard.eval_loss), "base_model": shard.base_model,
+                      "base_revision": shard.base_revision, "eval_repo": shard.eval_repo,
+                      "eval_revision": shard.eval_revision}
+        for row_hash, row in shard.rows:
+            config = DPO if isinstance(row, PreferenceRow) else SFT
+            if (config, row_hash) in seen:
+                continue
+            seen.add((config, row_hash))
+            record = {**row.to_json_obj(), **provenance, "row_hash": row_hash}
+            if config == DPO:
+                record["derived"] = bool(shard.derived)
+            out[config].append(record)
+    return out
+
+
+def merge_releases(releases: Iterable[dict[str, list[dict]]]) -> dict[str, list[dict]]:
+    """The cumulative corpus: every (config, row hash) once, with its best provenance (the highest miner weight;
+    tie: the latest epoch), ordered by that weight (desc), then epoch (latest first), commitment, file order."""
+    best: dict[str, dict[str, tuple]] = {SFT: {}, DPO: {}}
+    for release in releases:
+        for config in CONFIGS:
+            for i, record in enumerate(release.get(config, [])):
+                key = (float(record["miner_weight"]), int(record["epoch"]))
+                held = best[config].get(record["row_hash"])
+                if held is None or key > held[0]:
+                    best[config][record["row_hash"]] = (key, i, record)
+    out = {}
+    for config in CONFIGS:
+        entries = sorted(best[config].values(), key=lambda e: (-e[0][0], -e[0][1], e[2]["commit_block"],
+                                                                 e[2]["uid"], e[1]))
+        out[config] = [record for _, _, record in entries]
+    return out
+
+
+def _finite(value) -> float | None:
+    return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
+def jsonl_text(records: list[dict]) -> str:
+    """A config's JSONL text: one sorted-key JSON object per row, UTF-8 (not \\u escapes)."""
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+
+
+def release_sha256(records: dict[str, list[dict]]) -> str:
+    """The release's identity: sha256 of the JSON object {config: sha256 of its JSONL text} (sorted keys)."""
+    digests = {c: hashlib.sha256(jsonl_text(records.get(c, [])).encode("utf-8")).hexdigest() for c in CONFIGS}
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+
+
+# -- files ---------------------------------------------------------------------------------------------------------
+
+
+def arrow_schema(config: str):
+    """The Parquet schema of a config (what the card's `dataset_info` features describe)."""
+    import pyarrow as pa
+
+    scalar = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+    messages = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    return pa.schema([(name, messages if TYPES[name] == _MESSAGES else scalar[TYPES[name]])
+                      for name in COLUMNS[config]])
+
+
+def features_yaml(config: str) -> list[dict]:
+    """A config's features in the form of the card's `dataset_info` (that `datasets` reads)."""
+    out = []
+    for name in COLUMNS[config]:
+        if TYPES[name] == _MESSAGES:
+            out.append({"name": name, "list": [{"name": "role", "dtype": "string"},
+                                               {"name": "content", "dtype": "string"}]})
+        else:
+            out.append({"name": name, "dtype": TYPES[name]})
+    return out
+
+
+def write_release(records: dict[str, list[dict]], target: Path, card: str) -> dict[str, str]:
+    """Write a release folder at `target` (which must not exist): staged beside it, then renamed. Returns the paths
+    {"dir", "sft_parquet", "dpo_parquet", "sft_jsonl", "dpo_jsonl", "card"} and "sha256"."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target = Path(target)
+    make_dir(target.parent)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}-stage-", dir=target.parent))
+    try:
+        os.chmod(stage, DIR_MODE)
+        (stage / "jsonl").mkdir(mode=DIR_MODE)
+        os.chmod(stage / "jsonl", DIR_MODE)
+        for config in CONFIGS:
+            rows = records.get(config, [])
+            schema = arrow_schema(config)
+            with pq.ParquetWriter(stage / FILES[config], schema) as writer:  # no rows: no row group, the schema
+                if rows:
+                    writer.write_table(pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS[config]} for r in rows],
+                                                            schema=schema))
+            (stage / JSONL_FILES[config]).write_bytes(jsonl_text(rows).encode("utf-8"))
+        (stage / CARD_FILE).write_bytes(card.encode("utf-8"))
+        for path in stage.rglob("*"):
+            os.chmod(path, DIR_MODE if path.is_dir() else FILE_MODE)
+        os.rename(stage, target)  # atomic; fails when target exists (releases are immutable)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return {"dir": str(target), "sft_parquet": str(target / FILES[SFT]), "dpo_parquet": str(target / FILES[DPO]),
+            "sft_jsonl": str(target / JSONL_FILES[SFT]), "dpo_jsonl": str(target / JSONL_FILES[DPO]),
+            "card": str(target / CARD_FILE), "sha256": release_sha256(records)}
+
+
+def make_dir(path: Path) -> None:
+    """Create `path` (and its missing parents) as 0755 folders whatever the umask; an existing one is left as is."""
+    path = Path(path)
+    if path.is_dir():
+        return
+    make_dir(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return
+    os.chmod(path, DIR_MODE)
+
+
+def read_release(folder: Path) -> dict[str, list[dict]] | None:
+    """A release folder's records (from its JSONL files); None when it is not a complete release."""
+    folder = Path(folder)
+    out = {}
+    for config in CONFIGS:
+        path = folder / JSONL_FILES[config]
+        if not path.is_file():
+            return None
+        out[config] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return out
+
+
+def release_files(folder: Path) -> dict[str, bytes]:
+    """The files of a release folder by their path in it (what a dataset repo receives)."""
+    folder = Path(folder)
+    names = [CARD_FILE, *FILES.values(), *JSONL_FILES.values()]
+    return {name: (folder / name).read_bytes() for name in names}
+
+
+LATEST, LATEST_STORE = "latest", ".latest"
+
+
+def replace_latest(records: dict[str, list[dict]], corpus_dir: Path, card: str) -> tuple[Path, bool]:
+    """Make `corpus_dir/latest` the release of `records`: (its path, whether it changed).
+
+    `latest` is a symbolic link to `.latest/<sha256[:16]>/`, swapped by one rename (atomic: a reader sees the old
+    release or the new one, never a mix); the release it replaced is kept until the next swap (for readers still
+    on it), older ones are removed. A `latest` that is a plain folder (a copied home) with other rows is moved
+    into `.latest/` first."""
+    corpus_dir = Path(corpus_dir)
+    sha = release_sha256(records)
+    link, store = corpus_dir / LATEST, corpus_dir / LATEST_STORE
+    name = sha[:16]
+    if link.is_symlink():
+        if os.readlink(link) == f"{LATEST_STORE}/{name}" and (store / name).is_dir():
+            return link, False
+    elif link.is_dir():
+        held = read_release(link)
+        if held is not None and release_sha256(held) == sha:
+            return link, False
+    make_dir(store)
+    if not (store / name).is_dir():
+        write_release(records, store / name, card)
+    previous = os.readlink(link).removeprefix(f"{LATEST_STORE}/") if link.is_symlink() else None
+    if link.exists() and not link.is_symlink():
+        os.rename(link, store / f"replaced-{os.urandom(4).hex()}")
+    temp = corpus_dir / f".latest-link-{os.urandom(6).hex()}"
+    os.symlink(f"{LATEST_STORE}/{name}", temp)
+    os.replace(temp, link)
+    for old in store.iterdir():
+        if old.name not in (name, previous) and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+    return link, True
