@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
+
+
+_POSITIVE = ("lora_r", "lora_alpha", "epochs", "batch_size", "max_seq_len", "max_train_rows", "train_micro_tokens",
+             "eval_batch_tokens", "logits_chunk")
+_CHOICES = {"precision": ("auto", "bf16", "fp32"), "quantization": ("none", "nf4"),
+            "optimizer": ("adamw", "paged_adamw_8bit")}
 
 
 @dataclass(frozen=True)
@@ -41,15 +48,22 @@ class TrainRecipe:
     dpo_beta: float = 0.1  # DPO's beta: how far the policy may move from the reference (TRL's default)
 
     def __post_init__(self) -> None:
-        for f in fields(self):  # each field has its default's type (JSON gives strings and numbers)
+        self._check_types()
+        self._check_values()
+
+    def _check_types(self) -> None:
+        """Each field has its default's type (JSON gives strings and numbers); a number is finite."""
+        for f in fields(self):
             value, default = getattr(self, f.name), f.default
             kind = bool if isinstance(default, bool) else (int, float) if isinstance(default, float) else type(default)
             if not isinstance(value, kind) or (isinstance(value, bool) and not isinstance(default, bool)):
                 what = {bool: "true or false", int: "a whole number", str: "a string"}.get(kind, "a number")
                 raise ValueError(f"{f.name} must be {what}, got {value!r}")
-        positive = ("lora_r", "lora_alpha", "epochs", "batch_size", "max_seq_len", "max_train_rows",
-                    "train_micro_tokens", "eval_batch_tokens", "logits_chunk")
-        for name in positive:
+            if isinstance(value, float) and not math.isfinite(value):  # JSON's NaN and Infinity parse
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+
+    def _check_values(self) -> None:
+        for name in _POSITIVE:
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -58,15 +72,13 @@ class TrainRecipe:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.warmup_steps < 0 or self.max_grad_norm < 0 or self.weight_decay < 0:
             raise ValueError("warmup_steps, max_grad_norm and weight_decay must be >= 0")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if self.quantization not in ("none", "nf4"):
-            raise ValueError(f"quantization must be none or nf4, got {self.quantization!r}")
-        if self.optimizer not in ("adamw", "paged_adamw_8bit"):
-            raise ValueError(f"optimizer must be adamw or paged_adamw_8bit, got {self.optimizer!r}")
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                choices = ", ".join(allowed[:-1]) + f" or {allowed[-1]}"
+                raise ValueError(f"{name} must be {choices}, got {getattr(self, name)!r}")
         if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", self.objective):
             raise ValueError(f"objective must be an objective's name (sft, dpo, ...), got {self.objective!r}")
-        if isinstance(self.dpo_beta, bool) or not isinstance(self.dpo_beta, (int, float)) or not self.dpo_beta > 0:
+        if not self.dpo_beta > 0:
             raise ValueError(f"dpo_beta must be a positive number, got {self.dpo_beta!r}")
 
     @property

@@ -4,10 +4,12 @@ competition it names; and each competition's round and eval set for the epoch.""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
-from flock_pipeline.errors import FlockError
 from flock_pipeline.core.commitment import Commitment, CommitmentError
-from flock_pipeline.core.competitions import Competition, Round
+from flock_pipeline.core.competitions import Competition, CompetitionSet, Round
+from flock_pipeline.core.status import acceptance, is_late, late_reason, round_gate
+from flock_pipeline.errors import FlockError
 from flock_pipeline.resources.chain import ChainResource, Neuron, RawCommitment
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
@@ -85,64 +87,83 @@ def snapshot_commitments(epoch: int, chain: ChainResource, hub: HubResource, set
         record = store.competition_round(name, rnd.round_id) if rnd.round_id != "epoch" else None
         if record is not None and record.reused_from is not None:
             reused[name] = record.reused_from
-    rows = []
     running = ", ".join(f"{c.commitment_id!r} ({c.name})" for c in competitions)
-    for raw in chain.commitments(at_block=block):
-        neuron = neurons.get(raw.hotkey)
-        row = {"epoch": epoch, "hotkey": raw.hotkey, "uid": neuron.uid if neuron else -1, "repo": None,
-               "competition_id": None, "revision": None, "commit_block": raw.block,
-               "registration_block": neuron.registration_block if neuron else None, "status": "ok", "reason": None,
-               "competition": None, "coldkey": neuron.coldkey if neuron else None}
-        rows.append(row)
-        c = _decode(raw, row)
-        if c is None:
-            continue
-        competition = competitions.for_commitment(c.competition_id)
-        if competition is None:
-            row.update(status="rejected", reason=f"commitment is for competition {c.competition_id!r}; this "
-                       f"validator runs {running}")
-            continue
-        row["competition"] = competition.name
-        rnd, _ = rounds[competition.name]
-        if rnd.phase == "submission":
-            row.update(status="pending", reason=f"round {rnd.round_id}'s submission window is open (it closes after "
-                       f"block {rnd.snapshot_block}); submissions are evaluated after that")
-            continue
-        if competition.name in reused:
-            row.update(status="pending", reason=f"round {rnd.round_id} reuses round {reused[competition.name]} (the "
-                       "pool did not change): nothing is evaluated, the earlier winner keeps the reward")
-            continue
-        if raw.block > rnd.snapshot_block:
-            earlier = at_close.get(rnd.snapshot_block, {}).get(raw.hotkey)
-            in_window = dict(row)
-            c = _decode(earlier, in_window) if earlier is not None else None
-            if c is None or competitions.for_commitment(c.competition_id) is not competition:
-                row.update(status="rejected", reason=(
-                    f"late: committed at block {raw.block}, after round {rnd.round_id}'s submission window closed "
-                    f"(block {rnd.snapshot_block})"))
-                continue
-            raw = earlier  # the commitment the round counts: the latest one at the window's last block
-            row.update(in_window, commit_block=raw.block)
-        if neuron is None and rnd.round_id != "epoch":
-            # A daily round keeps a submission recorded during it even when its hotkey has left the subnet since
-            # (the live validator records uid, hotkey and coldkey in the window; the winner's reward then follows
-            # its hotkey, then its coldkey): its uid, registration and coldkey as recorded then.
-            kept = store.round_submission(competition.name, rnd.round_id, raw.hotkey, epoch)
-            if kept is not None:
-                neuron = Neuron(kept.uid, raw.hotkey, kept.coldkey or "", 0.0, False, int(kept.registration_block))
-                row.update(uid=neuron.uid, registration_block=neuron.registration_block, coldkey=kept.coldkey)
-        if neuron is None:
-            row.update(status="rejected", reason="hotkey is not registered on the subnet")
-        elif raw.block < neuron.registration_block:
-            row.update(status="rejected", reason="commitment predates the hotkey's registration")
-        elif block - raw.block < settings.min_commitment_age:
-            row.update(status="rejected", reason=f"commitment is {block - raw.block} blocks old at the epoch's "
-                       f"block, the minimum age is {settings.min_commitment_age}")
+    judge = _Judge(epoch, block, competitions, rounds, reused, at_close, neurons, running,
+                   settings.min_commitment_age, store)
+    rows = [judge.row(raw) for raw in chain.commitments(at_block=block)]
     records = [CommitmentRecord(**row) for row in rows]
     first = competitions.competitions[0]
     store.record_epoch(EpochRecord(epoch=epoch, block=block, eval_repo=first.eval_repo,
                                        eval_revision=rounds[first.name][1], created_at=utcnow()), records)
     return records
+
+
+@dataclass
+class _Judge:
+    """The acceptance rules (core/status.py) applied to each commitment of an epoch, with what the epoch read."""
+
+    epoch: int
+    block: int
+    competitions: CompetitionSet
+    rounds: dict
+    reused: dict[str, str]
+    at_close: dict[int, dict[str, RawCommitment]]
+    neurons: dict
+    running: str
+    min_age: int
+    store: StoreResource
+
+    def row(self, raw: RawCommitment) -> dict:
+        neuron = self.neurons.get(raw.hotkey)
+        row = {"epoch": self.epoch, "hotkey": raw.hotkey, "uid": neuron.uid if neuron else -1, "repo": None,
+               "competition_id": None, "revision": None, "commit_block": raw.block,
+               "registration_block": neuron.registration_block if neuron else None, "status": "ok", "reason": None,
+               "competition": None, "coldkey": neuron.coldkey if neuron else None}
+        c = _decode(raw, row)
+        if c is None:
+            return row
+        competition = self.competitions.for_commitment(c.competition_id)
+        if competition is None:
+            row.update(status="rejected", reason=f"commitment is for competition {c.competition_id!r}; this "
+                       f"validator runs {self.running}")
+            return row
+        row["competition"] = competition.name
+        rnd, _ = self.rounds[competition.name]
+        gate = round_gate(rnd, self.reused.get(competition.name))
+        if gate is not None:
+            row.update(status=gate.status, reason=gate.reason)
+            return row
+        if is_late(raw.block, rnd):
+            raw = self._in_window(raw, rnd, competition, row)
+            if raw is None:
+                return row
+        if neuron is None and rnd.round_id != "epoch":
+            neuron = self._kept(raw, competition.name, rnd, row)
+        verdict = acceptance(raw.block, neuron.registration_block if neuron else None, self.block, self.min_age)
+        row.update(status=verdict.status, reason=verdict.reason)
+        return row
+
+    def _in_window(self, raw: RawCommitment, rnd, competition, row: dict) -> RawCommitment | None:
+        """The commitment a round counts for a late one: the hotkey's at the window's last block, when it names the
+        same competition (its fields written into `row`); None: the row is rejected as late."""
+        earlier = self.at_close.get(rnd.snapshot_block, {}).get(raw.hotkey)
+        in_window = dict(row)
+        c = _decode(earlier, in_window) if earlier is not None else None
+        if c is None or self.competitions.for_commitment(c.competition_id) is not competition:
+            row.update(status="rejected", reason=late_reason(raw.block, rnd))
+            return None
+        row.update(in_window, commit_block=earlier.block)
+        return earlier
+
+    def _kept(self, raw: RawCommitment, competition: str, rnd, row: dict) -> Neuron | None:
+        """A daily round keeps a submission recorded during it even when its hotkey has left the subnet since (the
+        live validator records uid, hotkey and coldkey in the window; the winner's reward then follows its hotkey,
+        then its coldkey): its uid, registration and coldkey as recorded then."""
+        kept = self.store.round_submission(competition, rnd.round_id, raw.hotkey, self.epoch)
+        if kept is None:
+            return None
+        row.update(uid=kept.uid, registration_block=int(kept.registration_block), coldkey=kept.coldkey)
+        return Neuron(kept.uid, raw.hotkey, kept.coldkey or "", 0.0, False, int(kept.registration_block))
 
 
 def _decode(raw: RawCommitment, row: dict) -> Commitment | None:

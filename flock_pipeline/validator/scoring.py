@@ -7,6 +7,7 @@ import json
 import math
 
 from flock_pipeline.core.competitions import Competition, Contender, RewardState, Round, ScoringContext
+from flock_pipeline.core.status import Outcome, miner_status
 from flock_pipeline.resources.chain import ChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
@@ -39,42 +40,9 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
     competitions = settings.competition_set()
     setups = epoch_setups(store, epoch, competitions)
     shards = {r.hotkey: r for r in store.epoch_shards(epoch)}
-    rows, contenders, failures, provenances = [], {c.name: [] for c in competitions}, {}, {}
     metagraph = chain.metagraph() if chain is not None else []
-    coldkeys = {n.hotkey: n.coldkey for n in metagraph}
-    for c in store.epoch_commitments(epoch):
-        competition = competition_of(c, competitions)
-        row = {"epoch": epoch, "hotkey": c.hotkey, "uid": int(c.uid), "status": "rejected", "reason": c.reason,
-               "eval_loss": math.nan, "score": 0.0, "weight": 0.0, "competition": competition,
-               "competition_weight": 0.0}
-        rows.append(row)
-        shard = shards.get(c.hotkey)
-        if c.status == "pending":
-            row["status"] = "pending"
-            continue
-        if c.status != "ok":
-            continue
-        if shard is None:
-            row.update(status="not_deduplicated", reason="deduplicated_shards has not run for this miner")
-        elif shard.status != "eligible":
-            row.update(status="ineligible", reason=shard.reason)
-        else:
-            setup = setups.get(competition, info)
-            if competition not in provenances:  # once per competition, not per miner
-                provenances[competition] = evaluator.provenance(recipe=competition_recipe(settings, competition))
-            key = shard_cache_key(shard, setup.eval_revision, evaluator, settings, provenances[competition])
-            result = store.eval_result(key)
-            if result is None:
-                row.update(status="not_evaluated", reason="no evaluation result for this shard and recipe")
-            elif result.status != "ok":
-                row.update(status="failed", reason=f"evaluation failed: {result.error}")
-                failures[key] = str(result.error)
-            else:
-                row.update(status="scored", reason=None, eval_loss=float(result.eval_loss))
-                coldkey = c.coldkey if c.coldkey is not None else coldkeys.get(c.hotkey, "")
-                contenders.setdefault(competition, []).append(Contender(
-                    int(c.uid), c.hotkey, float(result.eval_loss), int(c.commit_block), coldkey,
-                    tuple(float(x) for x in result.per_row_losses)))
+    rows, contenders, failures = _judge_miners(epoch, info, competitions, setups, shards, metagraph, evaluator,
+                                               settings, store)
     _refuse_common_failure(rows, failures, store)
     outcomes, decisions = {}, []
     for competition in competitions:
@@ -89,16 +57,7 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
         if outcome.decided is not None:
             decisions.append((competition.name, outcome.decided, context.hotkeys))
         outcomes[competition.name] = outcome
-        for row in rows:
-            if row["competition"] != competition.name or row["status"] != "scored":
-                continue
-            uid = row["uid"]
-            row.update(score=outcome.scores.get(uid, 0.0), competition_weight=outcome.weights.get(uid, 0.0),
-                       status=outcome.statuses.get(uid, "scored"))
-            if uid in outcome.reasons:
-                row["reason"] = outcome.reasons[uid]
-            if uid in outcome.explanations:
-                row["explanation"] = outcome.explanations[uid]
+        _apply_outcome(rows, competition.name, outcome)
     _combine(rows, competitions, outcomes, epoch)
     for row in rows:
         row["explanation"] = explanation(row, shards.get(row["hotkey"]), competitions, outcomes)
@@ -108,6 +67,55 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
         _record_decision(store, name, decided, hotkeys, epoch)
     store.record_scores(epoch, scores)
     return scores
+
+
+def _judge_miners(epoch: int, info: EpochRecord, competitions, setups: dict, shards: dict, metagraph,
+                  evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
+                  store: StoreResource) -> tuple[list[dict], dict[str, list[Contender]], dict[str, str]]:
+    """(a row per committing miner with its status before scoring, the contenders of each competition, the failed
+    evaluations' errors by cache key)."""
+    rows, contenders, failures, provenances = [], {c.name: [] for c in competitions}, {}, {}
+    coldkeys = {n.hotkey: n.coldkey for n in metagraph}
+    for c in store.epoch_commitments(epoch):
+        competition = competition_of(c, competitions)
+        shard = shards.get(c.hotkey)
+        result = key = None
+        if c.status == "ok" and shard is not None and shard.status == "eligible":
+            if competition not in provenances:  # once per competition, not per miner
+                provenances[competition] = evaluator.provenance(recipe=competition_recipe(settings, competition))
+            key = shard_cache_key(shard, setups.get(competition, info).eval_revision, evaluator, settings,
+                                  provenances[competition])
+            result = store.eval_result(key)
+        verdict = miner_status(Outcome(c.status, c.reason),
+                               None if shard is None else Outcome(shard.status, shard.reason),
+                               None if result is None else Outcome(result.status, result.error))
+        row = {"epoch": epoch, "hotkey": c.hotkey, "uid": int(c.uid), "status": verdict.status,
+               "reason": verdict.reason, "eval_loss": math.nan, "score": 0.0, "weight": 0.0,
+               "competition": competition, "competition_weight": 0.0}
+        rows.append(row)
+        if verdict.status == "failed":
+            failures[key] = str(result.error)
+        elif verdict.status == "scored":
+            row["eval_loss"] = float(result.eval_loss)
+            coldkey = c.coldkey if c.coldkey is not None else coldkeys.get(c.hotkey, "")
+            contenders.setdefault(competition, []).append(Contender(
+                int(c.uid), c.hotkey, float(result.eval_loss), int(c.commit_block), coldkey,
+                tuple(float(x) for x in result.per_row_losses)))
+    return rows, contenders, failures
+
+
+def _apply_outcome(rows: list[dict], competition: str, outcome) -> None:
+    """A competition's scores, weights, statuses, reasons and explanations on its scored rows."""
+    for row in rows:
+        if row["competition"] != competition or row["status"] != "scored":
+            continue
+        uid = row["uid"]
+        row.update(score=outcome.scores.get(uid, 0.0), competition_weight=outcome.weights.get(uid, 0.0),
+                   status=outcome.statuses.get(uid, "scored"))
+        if uid in outcome.reasons:
+            row["reason"] = outcome.reasons[uid]
+        if uid in outcome.explanations:
+            row["explanation"] = outcome.explanations[uid]
 
 
 def _keep_what_was_recorded(epoch: int, recorded: list[ScoreRecord], new: list[ScoreRecord], replace: bool) -> None:
