@@ -309,16 +309,9 @@ def seed_demo_network(home: Path, seed: int = 7, network: str = "default", force
     """
     home = Path(home)
     check_demo_home(home, force)
-    for name in DEMO_FILES:
-        target = home / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif os.path.lexists(target):
-            target.unlink()
-    home.mkdir(parents=True, exist_ok=True)
-    (home / DEMO_MARKER).write_text("seeded by flock demo: `flock demo` may wipe this home\n")
     if network not in NETWORKS:
         raise ValueError(f"unknown demo network {network!r}: use one of {', '.join(NETWORKS)}")
+    _wipe(home)
     chain = LocalChainResource(path=str(home / "chain.json"))
     hub = LocalHubResource(root=str(home / "hub"), as_owner=True)
     eval_revision = hub.upload(EVAL_REPO, rows_to_jsonl(synthetic.eval_rows(synthetic.make_atlas(seed))).encode(),
@@ -331,50 +324,80 @@ def seed_demo_network(home: Path, seed: int = 7, network: str = "default", force
     if network == "dpo":
         hub.upload(DPO_EVAL_REPO, rows_to_jsonl(dpo_eval_pairs(seed)).encode(), private=False)
     chain.register(VALIDATOR_HOTKEY, stake=1000.0, validator_permit=True)
-    if network == "default":
-        miners = demo_miners(seed)
-    elif network == "dpo":
-        miners = dpo_miners(seed)
-    elif network == "adversarial":
-        miners = adversarial_miners(seed)
-    elif network == "selection":
-        miners = selection_miners(seed)
-    else:
-        miners = demo_miners(seed) + selection_miners(seed, competition_id="2")
+    miners = _network_miners(network, seed)
     for m in miners:
         chain.register(m.hotkey)
     if daily:
-        for i in range(SELECTION_UIDS - len(chain.metagraph())):
-            chain.register(f"hk-idle-{i}")  # registered, never committing: they count in k
-        opens = chain.clock().last_block_before(_day0(12, 0)) + 1
-        chain.advance(opens - chain.current_block())
-    for m in miners:
-        if m.late:
-            continue
-        _commit(chain, hub, m)
-    if daily:
-        closes = chain.clock().last_block_before(_day0(12, 30))
-        chain.advance(closes + 3 - chain.current_block())
-        for m in miners:
-            if m.late:
-                _commit(chain, hub, m)
-    for m in miners:
-        if m.reregister:
-            chain.register(m.hotkey)  # deregistered and registered again: its old commitment no longer counts
-    if daily:
-        epoch, cycle = SELECTION_REPORT_EPOCH, list(SELECTION_CYCLE)
-        competitions = SELECTION_COMPETITIONS if network == "selection" else MIXED_COMPETITIONS
-        (home / "competitions.json").write_text(json.dumps(competitions, indent=1) + "\n")
+        epoch, cycle = _commit_daily(chain, hub, miners, network, home)
     else:
-        epoch = chain.epoch_of(chain.current_block()) + 1
-        chain.advance(chain.epoch_start(epoch) - chain.current_block())
-        cycle = [epoch]
-        if network == "dpo":
-            (home / "competitions.json").write_text(json.dumps(DPO_COMPETITIONS, indent=1) + "\n")
+        epoch, cycle = _commit_per_epoch(chain, hub, miners, network, home)
     (home / "demo.json").write_text(json.dumps({"network": network, "labels": {m.hotkey: m.label for m in miners},
                                                 "quality": {m.hotkey: m.quality for m in miners},
                                                 "eval_revision": eval_revision, "epoch": epoch, "cycle": cycle}))
     return epoch
+
+
+def _wipe(home: Path) -> None:
+    """Remove what an earlier demo left in `home` (only the demo's own files) and mark the home as the demo's."""
+    for name in DEMO_FILES:
+        target = home / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif os.path.lexists(target):
+            target.unlink()
+    home.mkdir(parents=True, exist_ok=True)
+    (home / DEMO_MARKER).write_text("seeded by flock demo: `flock demo` may wipe this home\n")
+
+
+def _network_miners(network: str, seed: int) -> list[DemoMiner]:
+    """The miners of a demo network, in commitment order."""
+    if network == "mixed":
+        return demo_miners(seed) + selection_miners(seed, competition_id="2")
+    return {"default": demo_miners, "dpo": dpo_miners, "adversarial": adversarial_miners,
+            "selection": selection_miners}[network](seed)
+
+
+def _commit_per_epoch(chain: LocalChainResource, hub: LocalHubResource, miners: list[DemoMiner], network: str,
+                      home: Path) -> tuple[int, list[int]]:
+    """Commit every miner (re-registering those meant to), then move the chain to the next epoch's first block:
+    (that epoch, the cycle [that epoch])."""
+    for m in miners:
+        if not m.late:
+            _commit(chain, hub, m)
+    _reregister(chain, miners)
+    epoch = chain.epoch_of(chain.current_block()) + 1
+    chain.advance(chain.epoch_start(epoch) - chain.current_block())
+    if network == "dpo":
+        (home / "competitions.json").write_text(json.dumps(DPO_COMPETITIONS, indent=1) + "\n")
+    return epoch, [epoch]
+
+
+def _commit_daily(chain: LocalChainResource, hub: LocalHubResource, miners: list[DemoMiner], network: str,
+                  home: Path) -> tuple[int, list[int]]:
+    """The daily networks: idle uids (they count in k), the commitments inside the 12:00-12:30 UTC window and the
+    late ones after it: (the report epoch, the cycle of epochs to run)."""
+    for i in range(SELECTION_UIDS - len(chain.metagraph())):
+        chain.register(f"hk-idle-{i}")  # registered, never committing: they count in k
+    opens = chain.clock().last_block_before(_day0(12, 0)) + 1
+    chain.advance(opens - chain.current_block())
+    for m in miners:
+        if not m.late:
+            _commit(chain, hub, m)
+    closes = chain.clock().last_block_before(_day0(12, 30))
+    chain.advance(closes + 3 - chain.current_block())
+    for m in miners:
+        if m.late:
+            _commit(chain, hub, m)
+    _reregister(chain, miners)
+    competitions = SELECTION_COMPETITIONS if network == "selection" else MIXED_COMPETITIONS
+    (home / "competitions.json").write_text(json.dumps(competitions, indent=1) + "\n")
+    return SELECTION_REPORT_EPOCH, list(SELECTION_CYCLE)
+
+
+def _reregister(chain: LocalChainResource, miners: list[DemoMiner]) -> None:
+    for m in miners:
+        if m.reregister:
+            chain.register(m.hotkey)  # deregistered and registered again: its old commitment no longer counts
 
 
 def _day0(hour: int, minute: int):

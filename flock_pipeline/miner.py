@@ -217,6 +217,29 @@ def miner_hotkey() -> str:
     return hotkey
 
 
+def _validator_weights(rows) -> tuple[list[dict], float | None]:
+    """Each validator's weight on the uid, and the stake-weighted weight over them (the plain mean when no validator
+    has stake; None without validators)."""
+    validators = [{"hotkey": v.hotkey, "uid": v.uid, "stake": v.stake, "value_u16": v.value, "weight": v.share}
+                  for v in rows]
+    if not rows:
+        return validators, None
+    stake = sum(max(v.stake, 0.0) for v in rows)
+    if not stake:
+        return validators, sum(v.share for v in rows) / len(rows)
+    return validators, sum(max(v.stake, 0.0) * v.share for v in rows) / stake
+
+
+def _recorded(r) -> dict:
+    """The latest score this machine's store recorded for the hotkey (nothing when it has none)."""
+    if r is None:
+        return {}
+    loss = None if r.eval_loss is None or r.eval_loss != r.eval_loss else float(r.eval_loss)
+    return {"latest_epoch": r.epoch, "status": r.status, "reason": r.reason, "eval_loss": loss,
+            "score": float(r.score), "win_rate": float(r.score),  # win_rate: the score's old name, one more release
+            "recorded_weight": float(r.weight), "explanation": r.explanation}
+
+
 def status(hotkey: str, chain, store, hub=None, report_repos: tuple[str, ...] = ()) -> dict:
     """What validators see for a hotkey, from the chain (works on any machine): its commitment and block, each
     validator's weight on its uid as the chain stores it, the stake-weighted `weight` over those validators, and
@@ -231,19 +254,8 @@ def status(hotkey: str, chain, store, hub=None, report_repos: tuple[str, ...] = 
            "latest_epoch": None, "status": None, "reason": None, "eval_loss": None, "score": None, "win_rate": None,
            "recorded_weight": None, "explanation": None}
     if neuron is not None:
-        rows = chain.validator_weights(neuron.uid)
-        out["validators"] = [{"hotkey": v.hotkey, "uid": v.uid, "stake": v.stake, "value_u16": v.value,
-                              "weight": v.share} for v in rows]
-        stake = sum(max(v.stake, 0.0) for v in rows)
-        if rows:
-            out["weight"] = (sum(max(v.stake, 0.0) * v.share for v in rows) / stake if stake
-                             else sum(v.share for v in rows) / len(rows))
-    r = store.latest_score(hotkey)
-    if r is not None:
-        loss = None if r.eval_loss is None or r.eval_loss != r.eval_loss else float(r.eval_loss)
-        out.update(latest_epoch=r.epoch, status=r.status, reason=r.reason, eval_loss=loss,
-                   score=float(r.score), win_rate=float(r.score),  # win_rate: the score's old name, one more release
-                   recorded_weight=float(r.weight), explanation=r.explanation)
+        out["validators"], out["weight"] = _validator_weights(chain.validator_weights(neuron.uid))
+    out.update(_recorded(store.latest_score(hotkey)))
     if report_repos:
         from flock_pipeline.validator.reports import read_miner_report
 

@@ -212,16 +212,41 @@ def next_epoch_requests(epoch: int, store: StoreResource, instance: dg.DagsterIn
     key = str(epoch)
     tags = {EPOCH_TAG: key}
     accepted = [c for c in store.epoch_commitments(epoch) if c.status == "ok"]
+    step = _dataset_requests(epoch, store, instance, accepted, verdict, dataset_batch or DATASET_BATCH, network, tags)
+    if step is None:
+        step = _miner_requests_of_epoch(epoch, store, instance, accepted, provenance_of, batch, network,
+                                        {**(eval_tags or {}), **tags}, eval_timeout_s)
+    if step is not None:
+        return step
+    if not store.scores(epoch):
+        return [dg.RunRequest(run_key=scoped(network, f"score:{key}"), partition_key=key, job_name=EPOCH_STAGE_JOB,
+                              asset_selection=[a.key for a in SCORING_STAGE])], "scoring"
+    return _weights_requests(epoch, store, instance, chain_block, network)
+
+
+def _dataset_requests(epoch: int, store: StoreResource, instance: dg.DagsterInstance, accepted: list,
+                      verdict, size: int, network: str, tags: dict) -> tuple[list[dg.RunRequest], str] | None:
+    """The dataset stage: runs downloading the accepted miners' missing datasets (or a wait for the commitment
+    sensor's downloads); None when every dataset is recorded."""
+    key = str(epoch)
     recorded = store.hotkeys_with_dataset(epoch, verdict)  # under today's limits and rules, one query per tick
     missing = {c.hotkey: scoped(network, f"dataset:{key}:{c.hotkey}:{c.revision}") for c in accepted
                if c.hotkey not in recorded}
     if missing and instance.get_run_ids(dg.RunsFilter(tags={PREFETCH_TAG: "true"}, statuses=IN_PROGRESS), limit=1):
         return [], f"waiting for the commitment sensor's downloads ({len(missing)} dataset(s) missing)"
-    downloads, _ = _miner_requests(instance, missing, dataset_batch or DATASET_BATCH,
-                                   scoped(network, f"datasets:{key}"), tags,
+    downloads, _ = _miner_requests(instance, missing, size, scoped(network, f"datasets:{key}"), tags,
                                    [miner_datasets.key])
     if downloads:
         return downloads, f"downloading {len(missing)} dataset(s) in {len(downloads)} run(s)"
+    return None
+
+
+def _miner_requests_of_epoch(epoch: int, store: StoreResource, instance: dg.DagsterInstance, accepted: list,
+                             provenance_of: ProvenanceOf, batch: int, network: str, tags: dict,
+                             eval_timeout_s: int) -> tuple[list[dg.RunRequest], str] | None:
+    """The miner stage: runs of shard + evaluation for the miners without a final result; a miner whose runs kept
+    failing is recorded as failed (or, for a validator fault, stops the epoch); None when every miner is done."""
+    key = str(epoch)
     info = store.epoch_info(epoch)
     revisions: dict[str | None, str] = {None: info.eval_revision}
     revisions.update({r.competition: r.eval_revision for r in store.epoch_competitions(epoch)})
@@ -235,9 +260,20 @@ def next_epoch_requests(epoch: int, store: StoreResource, instance: dg.DagsterIn
         shard = shards.get(c.hotkey)
         if shard is None or (shard.status == "eligible" and shard.shard_hash not in evaluated):
             todo[c.hotkey] = scoped(network, f"miner:{key}:{c.hotkey}:{c.revision}")
-    pending, given_up = _miner_requests(instance, todo, batch, scoped(network, f"miners:{key}"),
-                                        {**(eval_tags or {}), **tags},
+    pending, given_up = _miner_requests(instance, todo, batch, scoped(network, f"miners:{key}"), tags,
                                         [deduplicated_shards.key, miner_eval_losses.key], eval_timeout_s)
+    faults = _give_up(given_up, shards, todo, provenance_of, revisions, instance, store)
+    if pending:
+        return pending, f"deduplicating + evaluating {len(todo) - len(given_up)} miner(s) in {len(pending)} run(s)"
+    if faults:
+        return [], f"stopped by a validator fault (fix it, then re-execute the failed runs): {faults[0]}"
+    return None
+
+
+def _give_up(given_up: list[str], shards: dict, todo: dict[str, str], provenance_of: ProvenanceOf,
+             revisions: dict, instance: dg.DagsterInstance, store: StoreResource) -> list[str]:
+    """Record the evaluations whose runs kept failing as failed with the last run's error; returns the messages of
+    those that failed for the validator's own reasons (nothing is recorded against those miners)."""
     faults = []
     for hotkey in given_up:
         shard = shards.get(hotkey)
@@ -248,13 +284,14 @@ def next_epoch_requests(epoch: int, store: StoreResource, instance: dg.DagsterIn
                 continue
             record_abandoned_evaluation(store, shard.shard_hash, provenance_of(shard.competition),
                                         revisions[shard.competition], message, MAX_RUN_ATTEMPTS)
-    if pending:
-        return pending, f"deduplicating + evaluating {len(todo) - len(given_up)} miner(s) in {len(pending)} run(s)"
-    if faults:
-        return [], f"stopped by a validator fault (fix it, then re-execute the failed runs): {faults[0]}"
-    if not store.scores(epoch):
-        return [dg.RunRequest(run_key=scoped(network, f"score:{key}"), partition_key=key, job_name=EPOCH_STAGE_JOB,
-                              asset_selection=[a.key for a in SCORING_STAGE])], "scoring"
+    return faults
+
+
+def _weights_requests(epoch: int, store: StoreResource, instance: dg.DagsterInstance, chain_block: int | None,
+                      network: str) -> tuple[list[dg.RunRequest], str]:
+    """The weights' follow-up once the epoch is scored: confirm a send whose answer was not recorded, re-send
+    rate-limited weights when the chain allows it, or nothing left to do."""
+    key = str(epoch)
     sent = store.weight_submission(epoch)
     if sent is not None and sent.state == IN_FLIGHT:
         # a run died between sending and recording: re-run it, it asks the chain before sending again
