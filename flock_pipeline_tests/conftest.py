@@ -15,6 +15,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from flock_pipeline_tests.homes import home_with_model  # noqa: E402
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _single_thread():
@@ -35,8 +37,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def flock_home(tmp_path, tiny_model_dir) -> Path:
     """An empty FLOCK_HOME whose model cache already holds the tiny model."""
     home = tmp_path / "flock"
-    (home / "models").mkdir(parents=True)
-    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    home_with_model(home, tiny_model_dir)
     return home
 
 
@@ -89,8 +90,7 @@ def demo_pair(tmp_path, tiny_model_dir):
     from flock_pipeline.resources import build_resources
 
     seeded = tmp_path / "seeded"
-    (seeded / "models").mkdir(parents=True)
-    shutil.copytree(tiny_model_dir, seeded / "models" / tiny_model_dir.name)
+    home_with_model(seeded, tiny_model_dir)
     epoch = seed_demo_network(seeded)
     reference, other = tmp_path / "reference", tmp_path / "other"
     shutil.copytree(seeded, reference)

@@ -6,6 +6,7 @@ import pytest
 from flock_pipeline.defs.epoch import run_epoch
 from flock_pipeline.demo import epoch_report, seed_demo_network
 from flock_pipeline.resources import build_resources
+from flock_pipeline_tests.homes import home_with_model
 
 
 @pytest.fixture
@@ -18,10 +19,9 @@ def demo(flock_home):
 @pytest.fixture(scope="module")
 def demo_epoch(tmp_path_factory, tiny_model_dir):
     """The demo network after one whole epoch: (home, resources, instance, epoch, report by label)."""
-    import shutil
 
     home = tmp_path_factory.mktemp("demo-epoch")
-    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    home_with_model(home, tiny_model_dir)
     epoch = seed_demo_network(home)
     resources = build_resources(home)
     instance = dg.DagsterInstance.ephemeral()
@@ -33,10 +33,9 @@ def demo_epoch(tmp_path_factory, tiny_model_dir):
 
 def demo_home(tmp_path_factory, tiny_model_dir, name: str):
     """A fresh home holding a copy of the session's tiny model."""
-    import shutil
 
     home = tmp_path_factory.mktemp(name)
-    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    home_with_model(home, tiny_model_dir)
     return home
 
 

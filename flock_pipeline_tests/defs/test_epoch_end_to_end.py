@@ -8,6 +8,7 @@ import pytest
 
 from flock_pipeline.defs.epoch import run_epoch
 from flock_pipeline.demo import epoch_report
+from flock_pipeline_tests.homes import home_with_model
 
 
 def test_ranking(demo_epoch):
@@ -128,7 +129,6 @@ FAKE_WALLET_PASSWORD = "bt-FAKEPASS-e2e-41f"
 
 def test_demo_epoch_through_the_real_clients(demo_epoch, tmp_path, tiny_model_dir, monkeypatch, caplog, capsys):
     import logging
-    import shutil
 
     from bittensor_core import Keypair
 
@@ -161,7 +161,7 @@ def test_demo_epoch_through_the_real_clients(demo_epoch, tmp_path, tiny_model_di
     vanished = Keypair.create_from_uri("//demo-vanished")  # commits a repo the hub answers 404 for
     sub.register(vanished.ss58_address)
     home = tmp_path / "home"
-    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    home_with_model(home, tiny_model_dir)
     with FakeHubServer(tokens={FAKE_HF_TOKEN: "validator"}) as server:
         server.add_repo(EVAL_REPO)
         eval_revision = server.commit(EVAL_REPO, {"data.jsonl": rows_to_jsonl(eval_rows(make_atlas(7))).encode()})

@@ -15,6 +15,7 @@ from flock_pipeline.defs.assets import miner_eval_losses, miner_history, miners_
 from flock_pipeline.defs.checks import MINER_DATA_ACCEPTED, MINER_EVALUATED
 from flock_pipeline.resources import build_resources
 from flock_pipeline.validator.history import series_key
+from flock_pipeline_tests.homes import home_with_model
 
 pytestmark = pytest.mark.slow  # three epochs, one of them with retried evaluations: about a minute
 
@@ -57,10 +58,9 @@ def standings(instance: dg.DagsterInstance) -> dict[str, tuple[str, str, str]]:
 
 @pytest.fixture(scope="module")
 def three_epochs(tmp_path_factory, tiny_model_dir):
-    import shutil
 
     home = tmp_path_factory.mktemp("three-epochs")
-    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    home_with_model(home, tiny_model_dir)
     instance = dg.DagsterInstance.ephemeral()
     seen = []
     epochs = _script().run_scenario(home, instance, after_epoch=lambda i, e: seen.append(standings(instance)))

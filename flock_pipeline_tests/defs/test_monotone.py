@@ -10,6 +10,7 @@ from flock_pipeline.core import synthetic
 from flock_pipeline.core.schema import rows_to_jsonl, validate_bytes
 from flock_pipeline.demo import DemoMiner, _commit, demo_miners, epoch_report, seed_demo_network
 from flock_pipeline.resources import LocalChainResource, LocalHubResource, build_resources
+from flock_pipeline_tests.homes import home_with_model
 
 pytestmark = pytest.mark.slow  # two demo epochs (about 40 s)
 
@@ -50,13 +51,12 @@ def _epoch(home, monkeypatch, later: list[DemoMiner]) -> dict[str, dict]:
 
 
 def test_later_commitments_change_nothing_for_the_earlier_miners(tmp_path, tiny_model_dir, monkeypatch):
-    import shutil
 
     homes = []
     for name in ("alone", "with-later"):
         home = tmp_path / name
         (home / "models").mkdir(parents=True)
-        shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+        home_with_model(home, tiny_model_dir)
         homes.append(home)
     later = _later_miners()
     alone = _epoch(homes[0], monkeypatch, [])

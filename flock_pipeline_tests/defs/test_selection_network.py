@@ -12,6 +12,7 @@ from flock_pipeline.cli import main
 from flock_pipeline.core.competitions import SelectionCompetition
 from flock_pipeline.demo import OWNER_HOTKEY, SELECTION_REPORT_EPOCH
 from flock_pipeline.resources import LocalChainResource, StoreResource
+from flock_pipeline_tests.homes import home_with_model
 
 INELIGIBLE = {  # label -> (status, a piece of the reason)
     "outside-the-pool": ("ineligible", "not from the pool: 1 of 100 rows"),
@@ -31,7 +32,7 @@ def _demo(home, network):
 @pytest.fixture(scope="module")
 def selection(tmp_path_factory, tiny_model_dir):
     home = tmp_path_factory.mktemp("selection")
-    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    home_with_model(home, tiny_model_dir)
     return home, _demo(home, "selection")
 
 
@@ -130,7 +131,7 @@ def test_a_changed_pool_opens_a_new_round_and_commitments_carry_over(selection, 
 def test_a_curation_and_a_selection_competition_send_one_valid_weight_vector(tmp_path, tiny_model_dir):
     home = tmp_path / "mixed"
     (home / "models").mkdir(parents=True)
-    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    home_with_model(home, tiny_model_dir)
     doc = _demo(home, "mixed")
     report = doc["miners"]
     by_game = {}
@@ -187,7 +188,7 @@ def test_a_round_is_decided_by_the_first_epoch_after_its_reward_time(tmp_path, t
 
     home = tmp_path / "late"
     (home / "models").mkdir(parents=True)
-    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    home_with_model(home, tiny_model_dir)
     seed_demo_network(home, network="selection")
     demo = json.loads((home / "demo.json").read_text())
     demo["cycle"] = [6, 76]  # day 0 13:00 (validation), then day 1 12:20 (round 20260203's submission window)
@@ -213,7 +214,7 @@ def test_a_winner_whose_hotkey_left_keeps_its_place_and_its_reward_follows_its_c
 
     home = tmp_path / "moved"
     (home / "models").mkdir(parents=True)
-    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    home_with_model(home, tiny_model_dir)
     seed_demo_network(home, network="selection")
     demo = json.loads((home / "demo.json").read_text())
     resources = build_resources(home)

@@ -15,6 +15,7 @@ from flock_pipeline.validator.faults import ValidatorFault
 from flock_pipeline.errors import ResultsKept
 from flock_pipeline.validator.corpus import build_epoch_corpus
 from flock_pipeline.validator.scoring import compute_epoch_scores
+from flock_pipeline_tests.homes import home_with_model
 
 EVAL_REPO = "flock/eval-atlas"
 
@@ -24,7 +25,7 @@ def scored(tmp_path_factory, tiny_model_dir):
     """A demo home after one whole epoch: (home, epoch, its report by hotkey)."""
     home = tmp_path_factory.mktemp("faults") / "home"
     (home / "models").mkdir(parents=True)
-    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    home_with_model(home, tiny_model_dir)
     epoch = seed_demo_network(home)
     resources = build_resources(home)
     run_epoch(epoch, resources, dg.DagsterInstance.ephemeral())

@@ -16,7 +16,7 @@ from flock_pipeline.core.schema import ChatRow, PreferenceRow, Turn
 from flock_pipeline.resources import ConfigError, ValidatorSettingsResource, StoreResource, build_resources
 from flock_pipeline.store import (CorpusRecord, EpochCompetitionRecord, EpochRecord, EvalResultRecord, ScoreRecord,
                                   ShardRecord, ShardRowRecord, utcnow)
-from flock_pipeline.validator import scoring
+from flock_pipeline.validator import corpus as corpus_step
 from flock_pipeline.validator.corpus import build_epoch_corpus
 
 EVAL_REPO, EVAL_REV, BASE_REV = "flock/eval-atlas", "e" * 40, "b" * 40
@@ -189,7 +189,7 @@ def test_derived_pairs_are_generated_once_and_cached(home, store, tiny_model_dir
     from flock_pipeline.resources import EvaluatorResource
 
     fake = FakeGenerator()
-    monkeypatch.setattr(scoring, "greedy_answers", fake)
+    monkeypatch.setattr(corpus_step, "greedy_answers", fake)
     evaluator = EvaluatorResource(cache_dir=str(tiny_model_dir.parent), device="cpu")
     policy = '{"derive_dpo": true, "derive_max_new_tokens": 8}'
     long_row, echo = chat("long", turns=2), chat("echo")
