@@ -167,83 +167,151 @@ def _near_sources(miners: list[MinerRows], eval_texts: tuple[str, ...],
     if config is None or not miners or any(m.row_texts is None for m in miners):
         return {}
     ordered = commitment_order(miners)
-    # (group, each row's variants: as written, and without its group's added affixes when it has them, claims)
-    groups_rows: list[tuple[int, list[list[list[tuple[str, str]]]], list[tuple[int, int]]]] = [
-        (-1, [[row] for row in _folded_rows(eval_texts)], [(-1, -1)] * len(eval_texts))]
-    for g, miner in enumerate(ordered):
-        groups_rows.append((g, _row_variants(_folded_rows(miner.row_texts)),
-                            [(miner.block_of(i), miner.uid) for i in range(len(miner.row_texts))]))
-    # units: every variant of a row whole, and each exchange of a multi-turn one; a group's units together, groups
-    # in commitment order; only a row as written counts for word rarity
-    texts, claims, groups, unit_rows, unit_kind, counted, prefix_end = [], [], [], [], [], [], []
-    answers: dict[str, tuple[tuple[int, int], int]] = {}  # folded answer -> (earliest claim, its group)
-    for g, rows, row_claims in groups_rows:
-        first = len(texts)
-        for index, (variants, claim) in enumerate(zip(rows, row_claims)):
-            for v, row in enumerate(variants):
-                units = [(-1, " ".join(f"{q} {a}" for q, a in row))]
-                if len(row) > 1:
-                    units += [(k, f"{q} {a}") for k, (q, a) in enumerate(row)]
-                for kind, text in units:
-                    texts.append(text)
-                    claims.append(claim)
-                    groups.append(g)
-                    unit_rows.append((g, index))
-                    unit_kind.append(kind)
-                    counted.append(kind == -1 and v == 0)
-                for _q, answer in row:
-                    if len(answer.split()) >= MIN_ANSWER_WORDS and (answer not in answers
-                                                                     or claim < answers[answer][0]):
-                        answers[answer] = (claim, g)
-        prefix_end.extend([len(texts)] * (len(texts) - first))
-    order = sorted(range(len(claims)), key=claims.__getitem__)
-    rank = np.empty(len(claims), dtype=np.int64)
-    rank[order] = np.arange(len(claims))
-    shingles = Shingles.of(texts, folded=True)
-    shingles.counted = np.asarray(counted, dtype=bool)
-    sig = signatures(shingles, config)
-    source = earliest_near_duplicates(sig, rank, np.asarray(groups, dtype=np.int64), config, shingles,
-                                      np.asarray(prefix_end, dtype=np.int64))
+    groups_rows = _groups_rows(ordered, eval_texts)
+    units = _units_of(groups_rows)
+    source = _unit_sources(units, config)
     uid_of = {g: (EVAL_SOURCE if g == -1 else ordered[g].uid) for g, _, _ in groups_rows}
-    whole: dict[tuple[int, int], int] = {}  # (group, row) -> source uid, for rows matched whole
-    parts: dict[tuple[int, int], dict[int, int]] = {}  # (group, row) -> {exchange: source uid}
-    for u, (g, index) in enumerate(unit_rows):
-        if source[u] >= 0 and groups[int(source[u])] != g:
-            found = uid_of[groups[int(source[u])]]
-            if unit_kind[u] == -1:
-                whole.setdefault((g, index), found)
-            else:
-                parts.setdefault((g, index), {}).setdefault(unit_kind[u], found)
+    whole, parts = _matched_units(units, source, uid_of)
     out: dict[str, dict[int, int]] = {}
     for g, rows, row_claims in groups_rows[1:]:
         hotkey = ordered[g].hotkey
         for index, variants in enumerate(rows):
             found = whole.get((g, index))
-            n = len(variants[0])
-            if found is None and n:
-                sources = dict(parts.get((g, index), {}))
-                claim = row_claims[index]
-
-                def earlier(answer: str, g=g, claim=claim) -> int | None:  # an earlier row's uid, same answer
-                    owner = answers.get(answer)
-                    return uid_of[owner[1]] if owner is not None and owner[1] != g and owner[0] < claim else None
-
-                for row in variants:
-                    for k, (_q, answer) in enumerate(row):
-                        uid = earlier(answer) if k not in sources else None
-                        if uid is not None:
-                            sources[k] = uid
-                raw_answers = ordered[g].row_texts[index].split(TURN_SEPARATOR)[1::2]
-                for k, raw in enumerate(raw_answers):  # containment: an earlier answer among this one's sentences
-                    if k not in sources and _SENTENCE_END.search(raw):
-                        found_k = _contained_answer(raw, earlier)
-                        if found_k is not None:
-                            sources[k] = found_k
-                if sources and 2 * len(sources) >= n:
-                    found = Counter(sources.values()).most_common(1)[0][0]
+            if found is None and len(variants[0]):
+                found = _row_source(variants, ordered[g].row_texts[index], parts.get((g, index), {}),
+                                    _earlier_answer(units.answers, uid_of, g, row_claims[index]))
             if found is not None:
                 out.setdefault(hotkey, {})[index] = found
     return out
+
+
+_GroupRows = tuple[int, list[list[list[tuple[str, str]]]], list[tuple[int, int]]]
+
+
+def _groups_rows(ordered: list[MinerRows], eval_texts: tuple[str, ...]) -> list[_GroupRows]:
+    """(group, each row's variants, each row's claim) for the eval set (group -1), then each miner in commitment
+    order: a row's variants are it as written, and without its group's added affixes when it has them."""
+    groups_rows: list[_GroupRows] = [(-1, [[row] for row in _folded_rows(eval_texts)], [(-1, -1)] * len(eval_texts))]
+    for g, miner in enumerate(ordered):
+        groups_rows.append((g, _row_variants(_folded_rows(miner.row_texts)),
+                            [(miner.block_of(i), miner.uid) for i in range(len(miner.row_texts))]))
+    return groups_rows
+
+
+@dataclass
+class _Units:
+    """The texts near-duplicate matching runs on (units) and, per unit, where it comes from; plus each long enough
+    answer's earliest claim."""
+
+    texts: list[str] = field(default_factory=list)
+    claims: list[tuple[int, int]] = field(default_factory=list)  # (block, uid) of the row's committer
+    groups: list[int] = field(default_factory=list)
+    unit_rows: list[tuple[int, int]] = field(default_factory=list)  # (group, row index)
+    unit_kind: list[int] = field(default_factory=list)  # -1: the row whole, else the exchange's index
+    counted: list[bool] = field(default_factory=list)  # counts for word rarity
+    prefix_end: list[int] = field(default_factory=list)  # one past the last unit of the unit's group
+    answers: dict[str, tuple[tuple[int, int], int]] = field(default_factory=dict)  # folded answer -> (claim, group)
+
+
+def _units_of(groups_rows: list[_GroupRows]) -> _Units:
+    """The units of every group: every variant of a row whole, and each exchange of a multi-turn one; a group's
+    units together, groups in commitment order; only a row as written counts for word rarity. Also each long enough
+    answer's earliest claim, for matching answers on their own."""
+    units = _Units()
+    for g, rows, row_claims in groups_rows:
+        first = len(units.texts)
+        for index, (variants, claim) in enumerate(zip(rows, row_claims)):
+            for v, row in enumerate(variants):
+                for kind, text in _row_units(row):
+                    units.texts.append(text)
+                    units.claims.append(claim)
+                    units.groups.append(g)
+                    units.unit_rows.append((g, index))
+                    units.unit_kind.append(kind)
+                    units.counted.append(kind == -1 and v == 0)
+                _note_answers(units.answers, row, claim, g)
+        units.prefix_end.extend([len(units.texts)] * (len(units.texts) - first))
+    return units
+
+
+def _row_units(row: list[tuple[str, str]]) -> list[tuple[int, str]]:
+    """(kind, text) of a row's units: the row whole (kind -1), then each exchange of a multi-turn row (its index)."""
+    units = [(-1, " ".join(f"{q} {a}" for q, a in row))]
+    if len(row) > 1:
+        units += [(k, f"{q} {a}") for k, (q, a) in enumerate(row)]
+    return units
+
+
+def _note_answers(answers: dict[str, tuple[tuple[int, int], int]], row: list[tuple[str, str]],
+                  claim: tuple[int, int], g: int) -> None:
+    """Records the row's long enough answers under `claim` where it is the earliest: answers are matched alone."""
+    for _q, answer in row:
+        if len(answer.split()) >= MIN_ANSWER_WORDS and (answer not in answers or claim < answers[answer][0]):
+            answers[answer] = (claim, g)
+
+
+def _unit_sources(units: _Units, config: NearDupConfig) -> np.ndarray:
+    """Per unit, the index of the earliest unit of another group it nearly copies (negative: none), from
+    `earliest_near_duplicates` with the units ranked by claim."""
+    claims = units.claims
+    order = sorted(range(len(claims)), key=claims.__getitem__)
+    rank = np.empty(len(claims), dtype=np.int64)
+    rank[order] = np.arange(len(claims))
+    shingles = Shingles.of(units.texts, folded=True)
+    shingles.counted = np.asarray(units.counted, dtype=bool)
+    sig = signatures(shingles, config)
+    return earliest_near_duplicates(sig, rank, np.asarray(units.groups, dtype=np.int64), config, shingles,
+                                    np.asarray(units.prefix_end, dtype=np.int64))
+
+
+def _matched_units(units: _Units, source: np.ndarray, uid_of: dict[int, int]
+                   ) -> tuple[dict[tuple[int, int], int], dict[tuple[int, int], dict[int, int]]]:
+    """The source uids of the matched units: (group, row) -> uid for rows matched whole, and (group, row) ->
+    {exchange: uid} for exchanges matched alone; the first match of each is kept."""
+    groups = units.groups
+    whole: dict[tuple[int, int], int] = {}
+    parts: dict[tuple[int, int], dict[int, int]] = {}
+    for u, (g, index) in enumerate(units.unit_rows):
+        if source[u] >= 0 and groups[int(source[u])] != g:
+            found = uid_of[groups[int(source[u])]]
+            if units.unit_kind[u] == -1:
+                whole.setdefault((g, index), found)
+            else:
+                parts.setdefault((g, index), {}).setdefault(units.unit_kind[u], found)
+    return whole, parts
+
+
+def _earlier_answer(answers: dict[str, tuple[tuple[int, int], int]], uid_of: dict[int, int], g: int,
+                    claim: tuple[int, int]):
+    """`earlier(folded answer)`: the uid of an earlier row of another group with that answer, or None, for the row
+    of group `g` claimed at `claim`."""
+
+    def earlier(answer: str) -> int | None:
+        owner = answers.get(answer)
+        return uid_of[owner[1]] if owner is not None and owner[1] != g and owner[0] < claim else None
+
+    return earlier
+
+
+def _row_source(variants: list[list[tuple[str, str]]], raw_text: str, exchanges: dict[int, int],
+                earlier) -> int | None:
+    """The uid a row not matched whole copies, or None: the most common source of its exchanges, when at least half
+    of them are copies (matched as exchanges, by their answer alone or containing an earlier answer)."""
+    sources = dict(exchanges)
+    for row in variants:
+        for k, (_q, answer) in enumerate(row):
+            uid = earlier(answer) if k not in sources else None
+            if uid is not None:
+                sources[k] = uid
+    raw_answers = raw_text.split(TURN_SEPARATOR)[1::2]
+    for k, raw in enumerate(raw_answers):  # containment: an earlier answer among this one's sentences
+        if k not in sources and _SENTENCE_END.search(raw):
+            found_k = _contained_answer(raw, earlier)
+            if found_k is not None:
+                sources[k] = found_k
+    if sources and 2 * len(sources) >= len(variants[0]):
+        return Counter(sources.values()).most_common(1)[0][0]
+    return None
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?]) +(?=\S)")  # within a turn (turns are separated by TURN_SEPARATOR)

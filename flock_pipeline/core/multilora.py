@@ -201,37 +201,18 @@ def train_multi_lora(layers: _Layers, model: torch.nn.Module, datasets: Sequence
     k_count = len(datasets)
     params = layers.parameters()
     optimizer = StackedAdamW(params, k_count, recipe.weight_decay)
-    schedules = []  # per adapter: its optimizer steps as (epoch, row indices)
-    for rows in datasets:
-        steps = []
-        for epoch, order in enumerate(epoch_orders(len(rows), recipe.epochs, recipe.seed)):
-            steps += [(epoch, order[s:s + recipe.batch_size]) for s in range(0, len(order), recipe.batch_size)]
-        schedules.append(steps)
+    schedules = [_schedule(rows, recipe) for rows in datasets]  # per adapter: its optimizer steps
     losses: list[list[float]] = [[] for _ in datasets]
     budget = recipe.train_micro_tokens
     model.train()
     for step in range(max(len(s) for s in schedules)):
         active = [k for k in range(k_count) if step < len(schedules[k])]
-        seqs, n_labels = [], {}
-        for k in active:
-            epoch, indices = schedules[k][step]
-            n_labels[k] = sum(datasets[k][i].n_labels for i in indices)
-            if n_labels[k] > 0:
-                seqs += [_Sequence(k, epoch, i, datasets[k][i]) for i in indices]
+        seqs, n_labels = _step_sequences(datasets, schedules, active, step)
         stepping = [k for k in active if n_labels[k] > 0]
         step_loss = {k: 0.0 for k in active}
-        while stepping:
-            try:
-                step_loss = {k: 0.0 for k in active}
-                _accumulate(layers, model, seqs, n_labels, step_loss, budget, recipe, pad_id, device)
-                break
-            except RuntimeError as exc:  # out of memory: redo the step in smaller micro-batches
-                if not _is_oom(exc) or budget // 2 < MIN_TOKEN_BUDGET:
-                    raise
-                optimizer.zero_grad()
-                _free_cache(device)
-                budget //= 2
         if stepping:
+            step_loss, budget = _accumulate_fitting(layers, model, optimizer, seqs, n_labels, active, budget, recipe,
+                                                    pad_id, device)
             if recipe.max_grad_norm > 0:
                 _clip_per_adapter(params, stepping, recipe.max_grad_norm)
             total = {k: len(schedules[k]) for k in stepping}
@@ -245,6 +226,45 @@ def train_multi_lora(layers: _Layers, model: torch.nn.Module, datasets: Sequence
         layers.plan.set_rows(None)
     model.eval()
     return losses
+
+
+def _schedule(rows: Sequence[TokenizedRow], recipe: TrainRecipe) -> list[tuple[int, list[int]]]:
+    """One adapter's optimizer steps as (epoch, row indices): the single-miner trainer's epoch orders in batches."""
+    steps = []
+    for epoch, order in enumerate(epoch_orders(len(rows), recipe.epochs, recipe.seed)):
+        steps += [(epoch, order[s:s + recipe.batch_size]) for s in range(0, len(order), recipe.batch_size)]
+    return steps
+
+
+def _step_sequences(datasets: Sequence[Sequence[TokenizedRow]], schedules: list[list[tuple[int, list[int]]]],
+                    active: list[int], step: int) -> tuple[list[_Sequence], dict[int, int]]:
+    """The sequences of optimizer step `step` of every active adapter, and each one's labelled-token count: an
+    adapter whose rows of this step have no labels contributes no sequences (it does not step)."""
+    seqs, n_labels = [], {}
+    for k in active:
+        epoch, indices = schedules[k][step]
+        n_labels[k] = sum(datasets[k][i].n_labels for i in indices)
+        if n_labels[k] > 0:
+            seqs += [_Sequence(k, epoch, i, datasets[k][i]) for i in indices]
+    return seqs, n_labels
+
+
+def _accumulate_fitting(layers: _Layers, model, optimizer: StackedAdamW, seqs: list[_Sequence],
+                        n_labels: dict[int, int], active: list[int], budget: int, recipe: TrainRecipe, pad_id: int,
+                        device: torch.device) -> tuple[dict[int, float], int]:
+    """`_accumulate` of one step, redone in smaller micro-batches while it runs out of memory; returns each active
+    adapter's step loss and the token budget that fitted (later steps start from it)."""
+    while True:
+        try:
+            step_loss = {k: 0.0 for k in active}
+            _accumulate(layers, model, seqs, n_labels, step_loss, budget, recipe, pad_id, device)
+            return step_loss, budget
+        except RuntimeError as exc:  # out of memory: redo the step in smaller micro-batches
+            if not _is_oom(exc) or budget // 2 < MIN_TOKEN_BUDGET:
+                raise
+            optimizer.zero_grad()
+            _free_cache(device)
+            budget //= 2
 
 
 def _accumulate(layers: _Layers, model, seqs: list[_Sequence], n_labels: dict[int, int], step_loss: dict,

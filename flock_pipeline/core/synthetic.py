@@ -180,20 +180,41 @@ def disguise(row: ChatRow, kind: str, rng: random.Random) -> ChatRow:
     look-alikes; preamble: the same text before every question (only answers are trained on); signature: the same
     text after every answer; numbers: digits written out as words ("1650" -> "one thousand six hundred fifty")."""
     turns = [t.content for t in row.turns]
-    if kind == "invisible":
-        turns = ["".join(ch + (rng.choice(_INVISIBLE) if ch.isalpha() and rng.random() < 0.3 else "") for ch in text)
-                 for text in turns]
-    elif kind == "homoglyph":
-        turns = ["".join(_LOOK_ALIKES.get(ch, ch) if rng.random() < 0.5 else ch for ch in text) for text in turns]
-    elif kind == "preamble":
-        turns = [PREAMBLE + text if k % 2 == 0 else text for k, text in enumerate(turns)]
-    elif kind == "signature":
-        turns = [text + SIGNATURE if k % 2 == 1 else text for k, text in enumerate(turns)]
-    elif kind == "numbers":
-        turns = [" ".join(spell_number(w) if w.isdigit() else w for w in text.split(" ")) for text in turns]
-    else:
+    if kind not in DISGUISES:
         raise ValueError(f"unknown disguise {kind!r}: use one of {', '.join(DISGUISES)}")
+    turns = _DISGUISERS[kind](turns, rng)
     return ChatRow(system=row.system, turns=tuple(Turn(t.role, c) for t, c in zip(row.turns, turns)))
+
+
+def _invisible_inside(turns: list[str], rng: random.Random) -> list[str]:
+    """The turns with an invisible character after about 30% of their letters: the text reads the same."""
+    return ["".join(ch + (rng.choice(_INVISIBLE) if ch.isalpha() and rng.random() < 0.3 else "") for ch in text)
+            for text in turns]
+
+
+def _homoglyphs(turns: list[str], rng: random.Random) -> list[str]:
+    """The turns with about half their look-alike-able characters swapped for Cyrillic ones: they read the same."""
+    return ["".join(_LOOK_ALIKES.get(ch, ch) if rng.random() < 0.5 else ch for ch in text) for text in turns]
+
+
+def _with_preamble(turns: list[str], rng: random.Random) -> list[str]:
+    """The turns with PREAMBLE before every question: questions are not trained on."""
+    return [PREAMBLE + text if k % 2 == 0 else text for k, text in enumerate(turns)]
+
+
+def _with_signature(turns: list[str], rng: random.Random) -> list[str]:
+    """The turns with SIGNATURE after every answer: the same text on every row teaches nothing new."""
+    return [text + SIGNATURE if k % 2 == 1 else text for k, text in enumerate(turns)]
+
+
+def _spelled_numbers(turns: list[str], rng: random.Random) -> list[str]:
+    """The turns with their numbers in digits written out as words: the same numbers to a reader."""
+    return [" ".join(spell_number(w) if w.isdigit() else w for w in text.split(" ")) for text in turns]
+
+
+# DISGUISES' kinds -> the turns disguised; every function takes the generator, whether it draws from it or not
+_DISGUISERS = {"invisible": _invisible_inside, "homoglyph": _homoglyphs, "preamble": _with_preamble,
+               "signature": _with_signature, "numbers": _spelled_numbers}
 
 
 def spell_number(digits: str) -> str:

@@ -81,41 +81,62 @@ def _digits(words: list[str]) -> list[str]:
     out: list[str] = []
     i = 0
     while i < len(words):
-        scaled_digits = (words[i].isdigit() and len(words[i]) <= 9 and i + 1 < len(words)
-                         and _kind(words[i + 1]) in ("hundred", "scale"))
+        scaled_digits = _scaled_digits(words, i)
         if not scaled_digits and _kind(words[i]) not in ("unit", "ten"):
             out.append(words[i])
             i += 1
             continue
-        total, current, last = 0, (int(words[i]) if scaled_digits else 0), ("unit" if scaled_digits else None)
-        top_scale = 0  # the largest scale word of this number so far
-        j = i + 1 if scaled_digits else i
-        while j < len(words):
-            w = words[j]
-            if w == "and" and last in ("hundred", "scale") and j + 1 < len(words) \
-                    and _kind(words[j + 1]) in ("unit", "ten"):
-                j += 1
-                continue
-            kind = _kind(w)
-            if kind not in _FOLLOWS[last] or (kind == "unit" and last == "ten" and _UNITS[w] > 9):
-                break
-            if kind in ("unit", "ten"):
-                current += _UNITS.get(w, 0) + _TENS.get(w, 0)
-            elif kind == "hundred":
-                current = max(current, 1) * 100
-            elif _SCALES[w] >= top_scale and top_scale:  # "4 thousand 321 thousand": the whole is scaled
-                total = (total + current) * _SCALES[w]
-                current = 0
-            else:
-                total += max(current, 1) * _SCALES[w]
-                current = 0
-            if kind == "scale":
-                top_scale = max(top_scale, _SCALES[w])
-            last = kind
-            j += 1
-        out.append(str(total + current))
-        i = j
+        value, i = _number_at(words, i, scaled_digits)
+        out.append(str(value))
     return out
+
+
+def _scaled_digits(words: list[str], i: int) -> bool:
+    """Whether words[i] is a number in digits a scale word multiplies ("67 million"): it starts a number."""
+    return (words[i].isdigit() and len(words[i]) <= 9 and i + 1 < len(words)
+            and _kind(words[i + 1]) in ("hundred", "scale"))
+
+
+def _number_at(words: list[str], i: int, scaled_digits: bool) -> tuple[int, int]:
+    """The value of the number that starts at words[i], and the index of the first word after it."""
+    total, current, last = 0, (int(words[i]) if scaled_digits else 0), ("unit" if scaled_digits else None)
+    top_scale = 0  # the largest scale word of this number so far
+    j = i + 1 if scaled_digits else i
+    while j < len(words):
+        w = words[j]
+        if _joining_and(words, j, last):
+            j += 1
+            continue
+        kind = _kind(w)
+        if kind not in _FOLLOWS[last] or (kind == "unit" and last == "ten" and _UNITS[w] > 9):
+            break
+        total, current = _add_word(w, kind, total, current, top_scale)
+        if kind == "scale":
+            top_scale = max(top_scale, _SCALES[w])
+        last = kind
+        j += 1
+    return total + current, j
+
+
+def _joining_and(words: list[str], j: int, last: str | None) -> bool:
+    """Whether words[j] is an "and" inside a number ("one hundred and five"): skipped, the number goes on."""
+    return (words[j] == "and" and last in ("hundred", "scale") and j + 1 < len(words)
+            and _kind(words[j + 1]) in ("unit", "ten"))
+
+
+def _add_word(w: str, kind: str, total: int, current: int, top_scale: int) -> tuple[int, int]:
+    """(total, current) of a number after its next word `w` of `kind`: current is the part not yet scaled."""
+    if kind in ("unit", "ten"):
+        current += _UNITS.get(w, 0) + _TENS.get(w, 0)
+    elif kind == "hundred":
+        current = max(current, 1) * 100
+    elif _SCALES[w] >= top_scale and top_scale:  # "4 thousand 321 thousand": the whole is scaled
+        total = (total + current) * _SCALES[w]
+        current = 0
+    else:
+        total += max(current, 1) * _SCALES[w]
+        current = 0
+    return total, current
 
 
 def fold(text: str) -> str:
