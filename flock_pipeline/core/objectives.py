@@ -18,6 +18,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from flock_pipeline.core.strategy import Stateless
+
 if TYPE_CHECKING:
     from flock_pipeline.core.evaluator import BaseModel, EvalOutcome
     from flock_pipeline.core.recipe import TrainRecipe
@@ -35,7 +37,7 @@ class Trainer:
     multi_lora: int = 0
 
 
-class Objective(ABC):
+class Objective(Stateless, ABC):
     """A game's metric. Subclasses are stateless; `name` is written into the training recipe (so it is part of every
     cache key: a result of one objective is never reused for another)."""
 
@@ -81,15 +83,6 @@ class Objective(ABC):
     def worse_word(self) -> str:
         """How a score that does not beat the base is described: "above" for higher-is-better, "below" otherwise."""
         return "above" if self.higher_is_better else "below"
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self)
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, self.name))
 
 
 class SftObjective(Objective):

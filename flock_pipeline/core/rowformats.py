@@ -17,9 +17,10 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from flock_pipeline.core.schema import ChatRow, DatasetLimits, PreferenceRow, parse_chat_row, parse_preference_row
+from flock_pipeline.core.strategy import Stateless
 
 
-class RowFormat(ABC):
+class RowFormat(Stateless, ABC):
     """One shape of rows. Subclasses are stateless; `name` goes into the key a dataset's verdict is recorded under
     (a new format never reuses another format's verdicts)."""
 
@@ -57,15 +58,6 @@ class RowFormat(ABC):
         from flock_pipeline.core.chat import count_tokens
 
         return count_tokens(row, tokenizer)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self)
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, self.name))
 
 
 class ChatFormat(RowFormat):
