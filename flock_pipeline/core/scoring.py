@@ -262,46 +262,85 @@ def explain_scores(contenders: list[Contender], previous: Mapping[int, float], c
            for c in contenders if c not in improving}
     bar = f" (below the base model's {base_loss:.4f})" if config.require_improvement and base_loss is not None else ""
     if config.mode == "win_rate":
-        verdicts = pairwise_verdicts(improving, config, now_block) if len(improving) > 1 else {}
-        fresh = softmax_weights({c.uid: scores.get(c.uid, 0.0) for c in improving}, config.temperature)
-        for c in improving:
-            parts = []
-            for o in improving:
-                if o.uid == c.uid:
-                    continue
-                verdict = verdicts.get((c.uid, o.uid), -verdicts.get((o.uid, c.uid), 0))
-                verb = "beat" if verdict > 0 else "lost to" if verdict < 0 else "tied with"
-                eps = epsilon_at(config, min(c.block, o.block), now_block)
-                parts.append(f"{verb} uid {o.uid} ({_as_compared(c, o, eps)} against its {_as_compared(o, c, eps)})")
-            wins = sum(p.startswith("beat") for p in parts)
-            rule = ("a win needs the lower bound of the paired bootstrap's per-row advantage above 0"
-                    if config.significance == "bootstrap" else "lower loss wins")
-            text = (f"eval loss {c.loss:.4f}{bar}; win rate {scores.get(c.uid, 0.0):.3f} = {wins} of {len(parts)} "
-                    f"comparisons won ({rule}; the earlier commitment's loss counts x (1 - epsilon), epsilon "
-                    f"{config.epsilon:g}" + (" decaying with its age" if config.epsilon_decay_blocks else "")
-                    + "): " + "; ".join(parts) if parts else
-                    f"eval loss {c.loss:.4f}{bar}; the only contender: win rate 1.000")
-            out[c.uid] = text + f"; softmax of the win rates at temperature {config.temperature:g}: " \
-                f"{fresh.get(c.uid, 0.0):.6f}" + _blend_text(c.uid, fresh, previous, config, weights)
+        out.update(_explain_win_rate(improving, previous, config, scores, weights, bar, now_block))
     elif config.mode == "curve":
-        total = sum(scores.get(c.uid, 0.0) for c in improving)
-        for c in improving:
-            score = scores.get(c.uid, 0.0)
-            out[c.uid] = (f"eval loss {c.loss:.4f}{bar}; curve score {score:.4f} (1 at {config.curve_full:g} or "
-                          f"below, {config.curve_mid_score:g} at {config.curve_mid:g}, 0 at {config.curve_zero:g} or "
-                          f"above); its share of the curve scores: {score / total if total else 0.0:.6f}"
-                          + _blend_text(c.uid, {u.uid: scores.get(u.uid, 0.0) / total for u in improving}
-                                        if total else {}, previous, config, weights))
+        out.update(_explain_curve(improving, previous, config, scores, weights, bar))
     else:
-        k = max(1, math.floor(len(improving) * config.top_fraction)) if improving else 0
-        best = sorted(improving, key=lambda x: (x.loss, x.block, x.uid))[:k]
-        for c in improving:
-            where = (f"among the {k} lowest eval losses" if c in best else f"not among the {k} lowest eval losses")
-            won = scores.get(c.uid, 0.0) > 0
-            out[c.uid] = (f"eval loss {c.loss:.4f}{bar}; {where}" + ("; the earliest commitment of them: the winner"
-                                                                        if won else "")
-                          + _blend_text(c.uid, {u: 1.0 for u, v in scores.items() if v > 0}, previous, config,
-                                        weights))
+        out.update(_explain_top_k(improving, previous, config, scores, weights, bar))
+    return out
+
+
+def _explain_win_rate(improving: list[Contender], previous: Mapping[int, float], config: ScoringConfig,
+                      scores: Mapping[int, float], weights: Mapping[int, float], bar: str,
+                      now_block: int | None) -> dict[int, str]:
+    """uid -> the win_rate explanation: every comparison, the win rate, the softmax and the blend."""
+    verdicts = pairwise_verdicts(improving, config, now_block) if len(improving) > 1 else {}
+    fresh = softmax_weights({c.uid: scores.get(c.uid, 0.0) for c in improving}, config.temperature)
+    out = {}
+    for c in improving:
+        parts = _comparisons(c, improving, verdicts, config, now_block)
+        out[c.uid] = _win_rate_text(c, parts, config, scores, bar) \
+            + f"; softmax of the win rates at temperature {config.temperature:g}: " \
+            f"{fresh.get(c.uid, 0.0):.6f}" + _blend_text(c.uid, fresh, previous, config, weights)
+    return out
+
+
+def _comparisons(c: Contender, improving: list[Contender], verdicts: Mapping[tuple[int, int], int],
+                 config: ScoringConfig, now_block: int | None) -> list[str]:
+    """One phrase per other contender: whether `c` beat, lost to or tied with it, each loss as compared."""
+    parts = []
+    for o in improving:
+        if o.uid == c.uid:
+            continue
+        verdict = verdicts.get((c.uid, o.uid), -verdicts.get((o.uid, c.uid), 0))
+        verb = "beat" if verdict > 0 else "lost to" if verdict < 0 else "tied with"
+        eps = epsilon_at(config, min(c.block, o.block), now_block)
+        parts.append(f"{verb} uid {o.uid} ({_as_compared(c, o, eps)} against its {_as_compared(o, c, eps)})")
+    return parts
+
+
+def _win_rate_text(c: Contender, parts: list[str], config: ScoringConfig, scores: Mapping[int, float],
+                   bar: str) -> str:
+    """The loss, the win rate and the comparisons behind it (or that `c` was the only contender)."""
+    if not parts:
+        return f"eval loss {c.loss:.4f}{bar}; the only contender: win rate 1.000"
+    wins = sum(p.startswith("beat") for p in parts)
+    rule = ("a win needs the lower bound of the paired bootstrap's per-row advantage above 0"
+            if config.significance == "bootstrap" else "lower loss wins")
+    return (f"eval loss {c.loss:.4f}{bar}; win rate {scores.get(c.uid, 0.0):.3f} = {wins} of {len(parts)} "
+            f"comparisons won ({rule}; the earlier commitment's loss counts x (1 - epsilon), epsilon "
+            f"{config.epsilon:g}" + (" decaying with its age" if config.epsilon_decay_blocks else "")
+            + "): " + "; ".join(parts))
+
+
+def _explain_curve(improving: list[Contender], previous: Mapping[int, float], config: ScoringConfig,
+                   scores: Mapping[int, float], weights: Mapping[int, float], bar: str) -> dict[int, str]:
+    """uid -> the curve explanation: the curve score, its share of them all and the blend."""
+    total = sum(scores.get(c.uid, 0.0) for c in improving)
+    out = {}
+    for c in improving:
+        score = scores.get(c.uid, 0.0)
+        out[c.uid] = (f"eval loss {c.loss:.4f}{bar}; curve score {score:.4f} (1 at {config.curve_full:g} or "
+                      f"below, {config.curve_mid_score:g} at {config.curve_mid:g}, 0 at {config.curve_zero:g} or "
+                      f"above); its share of the curve scores: {score / total if total else 0.0:.6f}"
+                      + _blend_text(c.uid, {u.uid: scores.get(u.uid, 0.0) / total for u in improving}
+                                    if total else {}, previous, config, weights))
+    return out
+
+
+def _explain_top_k(improving: list[Contender], previous: Mapping[int, float], config: ScoringConfig,
+                   scores: Mapping[int, float], weights: Mapping[int, float], bar: str) -> dict[int, str]:
+    """uid -> the top_k explanation: whether it was among the k lowest losses, the winner, and the blend."""
+    k = max(1, math.floor(len(improving) * config.top_fraction)) if improving else 0
+    best = sorted(improving, key=lambda x: (x.loss, x.block, x.uid))[:k]
+    out = {}
+    for c in improving:
+        where = (f"among the {k} lowest eval losses" if c in best else f"not among the {k} lowest eval losses")
+        won = scores.get(c.uid, 0.0) > 0
+        out[c.uid] = (f"eval loss {c.loss:.4f}{bar}; {where}" + ("; the earliest commitment of them: the winner"
+                                                                  if won else "")
+                      + _blend_text(c.uid, {u: 1.0 for u, v in scores.items() if v > 0}, previous, config,
+                                    weights))
     return out
 
 

@@ -91,32 +91,14 @@ def plan_weights(rules: WeightRules, weights: Mapping[int, float], version_key: 
     if not positive:
         return WeightsPlan(rules=rules, version_key=key, refusal="no uid has weight: nothing to submit")
     self_weight = positive == [rules.uid]
-    notes, problem = [], None
-    if not self_weight and len(positive) < rules.min_allowed_weights:
-        if len(all_uids) < rules.min_allowed_weights:
-            problem = (f"the subnet's MinAllowedWeights is {rules.min_allowed_weights} but it has only "
-                       f"{len(all_uids)} uids: the bittensor SDK cannot send a vector that long")
-        else:
-            top = max(w for _, w in inputs)
-            inputs = [(u, w if w > 0 else top / U16_MAX) for u, w in inputs]
-            notes.append(f"MinAllowedWeights {rules.min_allowed_weights}: {len(all_uids) - len(positive)} uid(s) "
-                         "without weight get the smallest u16 value (1)")
+    notes: list[str] = []
+    inputs, problem = _fill_min_allowed(rules, inputs, positive, self_weight, notes)
     uids: list[int] = []
     values: list[int] = []
     if problem is None:
-        try:
-            uids, values = conform([u for u, _ in inputs], [w for _, w in inputs], rules)
-        except ValueError as exc:
-            problem = f"the bittensor SDK would not send these weights: {exc}"
+        uids, values, problem = _conformed(conform, inputs, rules)
     if problem is None and rules.max_weight_limit < U16_MAX and not self_weight:
-        share = max(values) / sum(values)
-        before = max(w for _, w in inputs) / sum(w for _, w in inputs)
-        if share * U16_MAX > rules.max_weight_limit:
-            problem = (f"the largest weight is {share:.4f} of the total, above the subnet's MaxWeightsLimit "
-                       f"{rules.max_weight_limit / U16_MAX:.4f} (MaxWeightExceeded at reveal)")
-        elif before * U16_MAX > rules.max_weight_limit:
-            notes.append(f"MaxWeightsLimit {rules.max_weight_limit / U16_MAX:.4f}: the largest weight was "
-                         f"{before:.4f} of the total and goes out as {share:.4f}")
+        problem = _max_weight_problem(rules, inputs, values, notes)
     plan = WeightsPlan(rules=rules, version_key=key, inputs=tuple(inputs), uids=tuple(uids), values=tuple(values),
                        notes=tuple(notes))
 
@@ -124,27 +106,73 @@ def plan_weights(rules: WeightRules, weights: Mapping[int, float], version_key: 
         return replace(plan, refusal=reason, retry_after_block=retry_after)
 
     # the runtime's order: registered, stake, version key, rate limit, permit, then the vector itself
-    if rules.uid is None:
-        return refuse(f"hotkey {rules.hotkey} is not registered on the subnet (HotKeyNotRegisteredInSubNet)")
-    if not rules.owner and rules.stake < rules.stake_threshold:
-        return refuse(f"the hotkey's stake weight {rules.stake:.4f} is below the subnet's StakeThreshold "
-                      f"{rules.stake_threshold:.4f} (NotEnoughStakeToSetWeights): add stake to the hotkey")
-    if rules.version_key and key < rules.version_key:
-        return refuse(f"version key {key} is older than the subnet's WeightsVersionKey {rules.version_key} "
-                      "(IncorrectWeightVersionKey): set weights_version_key to 0 (use the chain's) or to "
-                      f"{rules.version_key} or later")
-    if rules.rate_limit and rules.last_update > 0 and rules.block - rules.last_update < rules.rate_limit:
-        allowed = rules.last_update + rules.rate_limit
-        return refuse(f"rate limited until block {allowed} (weights last set at block {rules.last_update}, "
-                      f"limit {rules.rate_limit} blocks)", retry_after=allowed)
-    if not (rules.permit or rules.owner or self_weight):
-        return refuse(f"hotkey {rules.hotkey} (uid {rules.uid}) has no validator permit and is not the subnet "
-                      "owner's (NeuronNoValidatorPermit): only validators in the subnet's top stake get a permit")
+    sender = _sender_refusal(rules, key, self_weight)
+    if sender is not None:
+        return refuse(*sender)
     if problem is not None:
         return refuse(problem)
     if len(uids) > rules.subnet_n:
         return refuse(f"{len(uids)} weights for a subnet of {rules.subnet_n} uids (UidsLengthExceedUidsInSubNet)")
     return plan
+
+
+def _fill_min_allowed(rules: WeightRules, inputs: list[tuple[int, float]], positive: list[int], self_weight: bool,
+                      notes: list[str]) -> tuple[list[tuple[int, float]], str | None]:
+    """(inputs with the uids without weight at u16 1 when too few carry weight, why the subnet is too small)."""
+    if self_weight or len(positive) >= rules.min_allowed_weights:
+        return inputs, None
+    if len(inputs) < rules.min_allowed_weights:
+        return inputs, (f"the subnet's MinAllowedWeights is {rules.min_allowed_weights} but it has only "
+                        f"{len(inputs)} uids: the bittensor SDK cannot send a vector that long")
+    top = max(w for _, w in inputs)
+    notes.append(f"MinAllowedWeights {rules.min_allowed_weights}: {len(inputs) - len(positive)} uid(s) "
+                 "without weight get the smallest u16 value (1)")
+    return [(u, w if w > 0 else top / U16_MAX) for u, w in inputs], None
+
+
+def _conformed(conform: Conform, inputs: list[tuple[int, float]],
+               rules: WeightRules) -> tuple[list[int], list[int], str | None]:
+    """The u16 vector (uids, values) the SDK's conform step makes of `inputs`, or empty ones and why it refused."""
+    try:
+        uids, values = conform([u for u, _ in inputs], [w for _, w in inputs], rules)
+    except ValueError as exc:
+        return [], [], f"the bittensor SDK would not send these weights: {exc}"
+    return uids, values, None
+
+
+def _max_weight_problem(rules: WeightRules, inputs: list[tuple[int, float]], values: list[int],
+                        notes: list[str]) -> str | None:
+    """Why the vector's largest weight breaks MaxWeightsLimit, else None (noted when the SDK's clip saved it)."""
+    share = max(values) / sum(values)
+    before = max(w for _, w in inputs) / sum(w for _, w in inputs)
+    if share * U16_MAX > rules.max_weight_limit:
+        return (f"the largest weight is {share:.4f} of the total, above the subnet's MaxWeightsLimit "
+                f"{rules.max_weight_limit / U16_MAX:.4f} (MaxWeightExceeded at reveal)")
+    if before * U16_MAX > rules.max_weight_limit:
+        notes.append(f"MaxWeightsLimit {rules.max_weight_limit / U16_MAX:.4f}: the largest weight was "
+                     f"{before:.4f} of the total and goes out as {share:.4f}")
+    return None
+
+
+def _sender_refusal(rules: WeightRules, key: int, self_weight: bool) -> tuple[str, int | None] | None:
+    """(why, retry-after block) when the runtime would stop this sender before looking at the vector, else None."""
+    if rules.uid is None:
+        return f"hotkey {rules.hotkey} is not registered on the subnet (HotKeyNotRegisteredInSubNet)", None
+    if not rules.owner and rules.stake < rules.stake_threshold:
+        return (f"the hotkey's stake weight {rules.stake:.4f} is below the subnet's StakeThreshold "
+                f"{rules.stake_threshold:.4f} (NotEnoughStakeToSetWeights): add stake to the hotkey"), None
+    if rules.version_key and key < rules.version_key:
+        return (f"version key {key} is older than the subnet's WeightsVersionKey {rules.version_key} "
+                "(IncorrectWeightVersionKey): set weights_version_key to 0 (use the chain's) or to "
+                f"{rules.version_key} or later"), None
+    if rules.rate_limit and rules.last_update > 0 and rules.block - rules.last_update < rules.rate_limit:
+        allowed = rules.last_update + rules.rate_limit
+        return (f"rate limited until block {allowed} (weights last set at block {rules.last_update}, "
+                f"limit {rules.rate_limit} blocks)"), allowed
+    if not (rules.permit or rules.owner or self_weight):
+        return (f"hotkey {rules.hotkey} (uid {rules.uid}) has no validator permit and is not the subnet "
+                "owner's (NeuronNoValidatorPermit): only validators in the subnet's top stake get a permit"), None
+    return None
 
 
 def max_upscaled(values: Sequence[int]) -> list[int]:
@@ -161,6 +189,12 @@ def runtime_error(rules: WeightRules, uids: Sequence[int], values: Sequence[int]
     checked in the runtime's order (a subnet's uids are 0 .. subnet_n - 1). The embedded chain and the
     test chain apply it (at inclusion, or at reveal under commit-reveal); the pipeline never relies on it."""
     uids, values = [int(u) for u in uids], [int(v) for v in values]
+    # the sender's checks all come before the vector's in the runtime
+    return _runtime_sender_error(rules, uids, values, version_key) or _runtime_vector_error(rules, uids, values)
+
+
+def _runtime_sender_error(rules: WeightRules, uids: list[int], values: list[int], version_key: int) -> str | None:
+    """The runtime's error from its checks up to the rate limit (sizes, registration, stake, version key), or None."""
     if len(uids) != len(values):
         return "WeightVecNotEqualSize"
     if len(uids) > rules.subnet_n:
@@ -174,6 +208,11 @@ def runtime_error(rules: WeightRules, uids: Sequence[int], values: Sequence[int]
     if (not rules.commit_reveal and rules.rate_limit and rules.last_update > 0
             and rules.block - rules.last_update < rules.rate_limit):
         return "SettingWeightsTooFast"
+    return None
+
+
+def _runtime_vector_error(rules: WeightRules, uids: list[int], values: list[int]) -> str | None:
+    """The runtime's error from its checks from the permit on (permit, uids, length, max weight), or None."""
     self_weight = len(values) == 1 and uids[:1] == [rules.uid]
     if not (self_weight or rules.owner or rules.permit):
         return "NeuronNoValidatorPermit"

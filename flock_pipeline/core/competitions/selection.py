@@ -29,7 +29,7 @@ from datetime import datetime, time, timedelta, UTC
 from typing import ClassVar
 
 from flock_pipeline.core.competitions.base import (Clock, Competition, CompetitionConfigError, CompetitionScores,
-                                                   Contender, Entry, EvalSet, Round, ScoringContext)
+                                                   Contender, Entry, EvalSet, RewardState, Round, ScoringContext)
 from flock_pipeline.core.dedup import ShardPlan
 
 MINUTES_PER_DAY = 24 * 60
@@ -193,25 +193,8 @@ class SelectionCompetition(Competition):
         round_id = context.round.round_id if context.round else "?"
         k = self.top_k(len(context.hotkeys))
         deciding = reward is not None and reward.source_round == round_id
-        if reward is not None and reward.decide_now:  # the first epoch at or after the round's reward time
-            pool = list(reward.contenders) if reward.contenders is not None else contenders
-            winner = self.select_winner(pool, dict(context.hotkeys), dict(context.coldkeys))
-            out.decided = (reward.source_round, winner.uid if winner else None, winner.loss if winner else None)
-            uid, source = (winner.uid if winner else None), reward.source_round
-            moved = winner.hotkey if winner is not None and context.hotkeys.get(winner.uid) != winner.hotkey else None
-        elif reward is not None and reward.source_round is not None:
-            uid, source = reward.winner_uid, reward.source_round
-        else:
-            uid, source = None, None
-        if not (reward is not None and reward.decide_now):
-            moved = None
-        if uid is not None and reward.decide_now:
-            why = f"winner of round {source}: the earliest commitment among the {k} lowest eval losses"
-        elif uid is not None and source == round_id:
-            why = f"winner of round {round_id}: the earliest commitment among the {k} lowest eval losses"
-        elif uid is not None:
-            why = (f"winner of round {source}, rewarded until a later round is decided"
-                   + (f" (round {round_id} reuses it: the pool did not change)" if reward.reused_from else ""))
+        uid, source, moved = self._rewarded(contenders, context, out)
+        why = _reward_reason(uid, source, round_id, k, reward)
         best = sorted(contenders, key=lambda x: (x.loss, x.uid))[:k]
         for c in contenders:
             if uid is not None and c.uid == uid:
@@ -226,19 +209,52 @@ class SelectionCompetition(Competition):
                                       if c in best else f"eval loss {c.loss:.4f} is not among the {k} lowest")
             else:
                 out.reasons[c.uid] = f"round {round_id} is not decided yet (its rewarding window decides it)"
-        if uid is not None:
-            out.weights = {uid: 1.0}
-            if uid not in {c.uid for c in contenders}:
-                out.extra[uid] = (context.hotkeys.get(uid, ""), "reward", why)
-            out.note = why
-        elif context.burn_uid is not None:
-            burn = (f"round {source} had no scored submission" if source is not None
-                    else "no round has been decided yet (fresh start)")
-            out.weights = {context.burn_uid: 1.0}
-            out.extra[context.burn_uid] = (context.hotkeys.get(context.burn_uid, ""), "burn",
-                                           f"burn: {burn}; all weight to the subnet owner's uid")
-            out.note = out.extra[context.burn_uid][2]
+        _assign_weight(out, contenders, context, uid, source, why)
         return out
+
+    def _rewarded(self, contenders: list[Contender], context: ScoringContext,
+                  out: CompetitionScores) -> tuple[int | None, str | None, str | None]:
+        """(rewarded uid, its round, the winner's hotkey if it moved uid); a winner decided now also goes in out."""
+        reward = context.reward
+        if reward is not None and reward.decide_now:  # the first epoch at or after the round's reward time
+            pool = list(reward.contenders) if reward.contenders is not None else contenders
+            winner = self.select_winner(pool, dict(context.hotkeys), dict(context.coldkeys))
+            out.decided = (reward.source_round, winner.uid if winner else None, winner.loss if winner else None)
+            moved = winner.hotkey if winner is not None and context.hotkeys.get(winner.uid) != winner.hotkey else None
+            return (winner.uid if winner else None), reward.source_round, moved
+        if reward is not None and reward.source_round is not None:
+            return reward.winner_uid, reward.source_round, None
+        return None, None, None
+
+
+def _reward_reason(uid: int | None, source: str | None, round_id: str, k: int,
+                   reward: RewardState | None) -> str | None:
+    """Why `uid` is rewarded (None when nobody is)."""
+    if uid is None:
+        return None
+    if reward.decide_now:
+        return f"winner of round {source}: the earliest commitment among the {k} lowest eval losses"
+    if source == round_id:
+        return f"winner of round {round_id}: the earliest commitment among the {k} lowest eval losses"
+    return (f"winner of round {source}, rewarded until a later round is decided"
+            + (f" (round {round_id} reuses it: the pool did not change)" if reward.reused_from else ""))
+
+
+def _assign_weight(out: CompetitionScores, contenders: list[Contender], context: ScoringContext, uid: int | None,
+                   source: str | None, why: str | None) -> None:
+    """Sets `out`'s weights and note: all to the rewarded uid, else all to the burn uid (when there is one)."""
+    if uid is not None:
+        out.weights = {uid: 1.0}
+        if uid not in {c.uid for c in contenders}:
+            out.extra[uid] = (context.hotkeys.get(uid, ""), "reward", why)
+        out.note = why
+    elif context.burn_uid is not None:
+        burn = (f"round {source} had no scored submission" if source is not None
+                else "no round has been decided yet (fresh start)")
+        out.weights = {context.burn_uid: 1.0}
+        out.extra[context.burn_uid] = (context.hotkeys.get(context.burn_uid, ""), "burn",
+                                       f"burn: {burn}; all weight to the subnet owner's uid")
+        out.note = out.extra[context.burn_uid][2]
 
 
 def select_winner(contenders: list[Contender], hotkeys: dict[int, str], coldkeys: dict[int, str],

@@ -28,16 +28,7 @@ def dataset_card(records: dict[str, list[dict]], *, title: str, policy: CorpusPo
 
     counts = {c: len(records.get(c, [])) for c in CONFIGS}
     everything = [r for c in CONFIGS for r in records.get(c, [])]
-    front = {
-        "license": policy.license,
-        "pretty_name": title,
-        "task_categories": ["text-generation"],
-        "tags": ["sft", "dpo", "conversational", "bittensor", "flock"],
-        "size_categories": [size_category(sum(counts.values()))],
-        "configs": [{"config_name": SFT, "data_files": [{"split": "train", "path": FILES[SFT]}], "default": True},
-                    {"config_name": DPO, "data_files": [{"split": "train", "path": FILES[DPO]}]}],
-        "dataset_info": [{"config_name": c, "features": features_yaml(c)} for c in CONFIGS],
-    }
+    front = _front_matter(title, policy, counts)
     miners = sorted({r["hotkey"] for r in everything})
     epochs = sorted({int(r["epoch"]) for r in everything})
     bases = sorted({(r["base_model"], r["base_revision"]) for r in everything if r.get("base_model")})
@@ -75,18 +66,37 @@ def dataset_card(records: dict[str, list[dict]], *, title: str, policy: CorpusPo
         "`eval_loss`, `base_model`, `base_revision`, `eval_repo`, `eval_revision`.",
         "",
         "## Selection policy", "",
-        f"Per competition, miners with status {', '.join(f'`{s}`' for s in policy.statuses)}, best weight first, "
-        f"until they hold {policy.weight_coverage:.0%} of the competition's weight"
-        + (f"; weight at least {policy.min_weight:g}" if policy.min_weight else "")
-        + (f"; at most {policy.max_miners} miners" if policy.max_miners else "")
-        + ". A row is kept once per config (its best-weighted copy)."
-        + (f" Derived pairs: on, at most {policy.derive_max_new_tokens} new tokens per base-model answer."
-           if policy.derive_dpo else ""),
+        _policy_text(policy),
         "", "```json", json.dumps(policy.to_dict(), sort_keys=True), "```", "",
         "## Scores", "",
     ]
     lines += _score_tables(everything) or ["No miner was selected."]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _front_matter(title: str, policy: CorpusPolicy, counts: dict[str, int]) -> dict:
+    """The card's YAML front matter: license, name, task, tags, size category, configs and their features."""
+    return {
+        "license": policy.license,
+        "pretty_name": title,
+        "task_categories": ["text-generation"],
+        "tags": ["sft", "dpo", "conversational", "bittensor", "flock"],
+        "size_categories": [size_category(sum(counts.values()))],
+        "configs": [{"config_name": SFT, "data_files": [{"split": "train", "path": FILES[SFT]}], "default": True},
+                    {"config_name": DPO, "data_files": [{"split": "train", "path": FILES[DPO]}]}],
+        "dataset_info": [{"config_name": c, "features": features_yaml(c)} for c in CONFIGS],
+    }
+
+
+def _policy_text(policy: CorpusPolicy) -> str:
+    """The selection policy in one paragraph: statuses, weight coverage, the limits set, derived pairs."""
+    return (f"Per competition, miners with status {', '.join(f'`{s}`' for s in policy.statuses)}, best weight first, "
+            f"until they hold {policy.weight_coverage:.0%} of the competition's weight"
+            + (f"; weight at least {policy.min_weight:g}" if policy.min_weight else "")
+            + (f"; at most {policy.max_miners} miners" if policy.max_miners else "")
+            + ". A row is kept once per config (its best-weighted copy)."
+            + (f" Derived pairs: on, at most {policy.derive_max_new_tokens} new tokens per base-model answer."
+               if policy.derive_dpo else ""))
 
 
 def _score_tables(records: list[dict]) -> list[str]:
