@@ -82,6 +82,18 @@ def _selected_shards(epoch: int, competitions, policy: CorpusPolicy, store: Stor
     shards = {s.hotkey: s for s in store.epoch_shards(epoch)}
     games = {c.name: c for c in competitions if c.in_corpus}
     setups, info = epoch_setups(store, epoch, competitions), store.epoch_info(epoch)
+    candidates = _candidates(scores, shards, games, competitions)
+    out = []
+    for c in select_miners(candidates, policy):
+        r, s = scores[c.hotkey], shards[c.hotkey]
+        game = games[c.competition]
+        eval_repo, eval_revision = _eval_set_of(setups.get(c.competition), info)
+        out.append(_corpus_shard(epoch, c.competition, game, r, s, store, eval_repo, eval_revision))
+    return out
+
+
+def _candidates(scores: dict, shards: dict, games: dict, competitions) -> list[Candidate]:
+    """The scored miners of the corpus competitions whose shard is eligible, as the corpus policy's candidates."""
     candidates = []
     for r in scores.values():
         game = r.competition or competitions.competitions[0].name  # rows from before competitions: the first
@@ -90,22 +102,27 @@ def _selected_shards(epoch: int, competitions, policy: CorpusPolicy, store: Stor
             continue
         weight = r.competition_weight if r.competition_weight is not None else r.weight
         candidates.append(Candidate(game, r.hotkey, int(r.uid), r.status, float(weight), int(s.commit_block)))
-    out = []
-    for c in select_miners(candidates, policy):
-        r, s = scores[c.hotkey], shards[c.hotkey]
-        game = games[c.competition]
-        parse = game.row_format.from_json_obj
-        setup = setups.get(c.competition)
-        eval_repo = setup.eval_repo if setup is not None else (info.eval_repo if info is not None else None)
-        eval_revision = setup.eval_revision if setup is not None else (info.eval_revision if info else None)
-        base_model, base_revision = _base_model_of(store, s.shard_hash, r.eval_loss)
-        out.append(CorpusShard(
-            hotkey=r.hotkey, uid=int(r.uid), repo=s.repo or "", revision=s.revision or "",
-            commit_block=int(s.commit_block), miner_weight=float(r.weight), eval_loss=r.eval_loss,
-            rows=tuple((x.row_hash, parse(json.loads(x.row_json))) for x in store.shard_rows(s.shard_hash)),
-            competition=c.competition, epoch=epoch, base_model=base_model, base_revision=base_revision,
-            eval_repo=eval_repo or "", eval_revision=eval_revision or ""))
-    return out
+    return candidates
+
+
+def _eval_set_of(setup, info) -> tuple[str | None, str | None]:
+    """(repo, revision) of the eval set a competition was scored on: its setup's, else the epoch's recorded one."""
+    eval_repo = setup.eval_repo if setup is not None else (info.eval_repo if info is not None else None)
+    eval_revision = setup.eval_revision if setup is not None else (info.eval_revision if info else None)
+    return eval_repo, eval_revision
+
+
+def _corpus_shard(epoch: int, competition: str, game, r, s, store: StoreResource, eval_repo: str | None,
+                  eval_revision: str | None) -> CorpusShard:
+    """The selected miner's shard: its rows, parsed in the game's row format, with their provenance."""
+    parse = game.row_format.from_json_obj
+    base_model, base_revision = _base_model_of(store, s.shard_hash, r.eval_loss)
+    return CorpusShard(
+        hotkey=r.hotkey, uid=int(r.uid), repo=s.repo or "", revision=s.revision or "",
+        commit_block=int(s.commit_block), miner_weight=float(r.weight), eval_loss=r.eval_loss,
+        rows=tuple((x.row_hash, parse(json.loads(x.row_json))) for x in store.shard_rows(s.shard_hash)),
+        competition=competition, epoch=epoch, base_model=base_model, base_revision=base_revision,
+        eval_repo=eval_repo or "", eval_revision=eval_revision or "")
 
 
 def _base_model_of(store: StoreResource, shard_hash: str, eval_loss: float | None) -> tuple[str, str]:
@@ -126,7 +143,7 @@ def _derived_shards(shards: list[CorpusShard], evaluator: EvaluatorResource | No
     cache lacks). A pair is left out when the two answers are the same, the base answer is empty or breaks a row
     limit, or the prompt does not fit the model. Provenance: the miner's, with `derived` true and the base model
     that wrote `rejected`."""
-    sources = [s for s in shards if any(isinstance(row, ChatRow) and single_turn(row) for _, row in s.rows)]
+    sources = [s for s in shards if any(_single_turn_chat(row) for _, row in s.rows)]
     if not sources:
         return []
     if evaluator is None:
@@ -136,12 +153,7 @@ def _derived_shards(shards: list[CorpusShard], evaluator: EvaluatorResource | No
     budget = policy.derive_max_new_tokens
     cache = BaseAnswerCache(Path(settings.corpus_dir) / BASE_ANSWERS_FILE)
     known = cache.load()
-    todo: dict[tuple, ChatRow] = {}
-    for s in sources:
-        for row_hash, row in s.rows:
-            key = cache.key(row_hash, name, revision, budget)
-            if isinstance(row, ChatRow) and single_turn(row) and key not in known:
-                todo[key] = ChatRow(system=row.system, turns=row.turns[:1])
+    todo = _unanswered_prompts(sources, cache, known, name, revision, budget)
     if todo:
         keys = list(todo)
         fresh = dict(zip(keys, greedy_answers(evaluator.load(), [todo[k] for k in keys], budget)))
@@ -150,22 +162,46 @@ def _derived_shards(shards: list[CorpusShard], evaluator: EvaluatorResource | No
     limits = settings.dataset_limits()
     out = []
     for s in sources:
-        pairs = []
-        for row_hash, row in s.rows:
-            answer = known.get(cache.key(row_hash, name, revision, budget))
-            if not isinstance(row, ChatRow) or not single_turn(row) or answer is None:
-                continue
-            obj = {"system": row.system, "prompt": [{"role": "user", "content": row.turns[0].content}],
-                   "chosen": [{"role": "assistant", "content": row.turns[1].content}],
-                   "rejected": [{"role": "assistant", "content": answer}]}
-            try:
-                pair = parse_preference_row(obj, limits)
-            except RowError:  # the same answer as the miner's (nothing to prefer), an empty one, over a limit
-                continue
-            pairs.append((pair.row_hash, pair))
+        pairs = _derived_pairs(s, cache, known, name, revision, budget, limits)
         if pairs:
             out.append(replace(s, rows=tuple(pairs), derived=True, base_model=name, base_revision=revision))
     return out
+
+
+def _single_turn_chat(row) -> bool:
+    """Whether the row is a single-turn chat row (the rows pairs are derived from)."""
+    return isinstance(row, ChatRow) and single_turn(row)
+
+
+def _unanswered_prompts(sources: list[CorpusShard], cache: BaseAnswerCache, known: dict, name: str, revision: str,
+                        budget: int) -> dict[tuple, ChatRow]:
+    """cache key -> the prompt (system and first turn) of every single-turn row the answer cache has no answer of."""
+    todo: dict[tuple, ChatRow] = {}
+    for s in sources:
+        for row_hash, row in s.rows:
+            key = cache.key(row_hash, name, revision, budget)
+            if _single_turn_chat(row) and key not in known:
+                todo[key] = ChatRow(system=row.system, turns=row.turns[:1])
+    return todo
+
+
+def _derived_pairs(s: CorpusShard, cache: BaseAnswerCache, known: dict, name: str, revision: str, budget: int,
+                   limits) -> list[tuple]:
+    """(row hash, preference row) of every pair derived from the shard's single-turn rows that passes the limits."""
+    pairs = []
+    for row_hash, row in s.rows:
+        answer = known.get(cache.key(row_hash, name, revision, budget))
+        if not _single_turn_chat(row) or answer is None:
+            continue
+        obj = {"system": row.system, "prompt": [{"role": "user", "content": row.turns[0].content}],
+               "chosen": [{"role": "assistant", "content": row.turns[1].content}],
+               "rejected": [{"role": "assistant", "content": answer}]}
+        try:
+            pair = parse_preference_row(obj, limits)
+        except RowError:  # the same answer as the miner's (nothing to prefer), an empty one, over a limit
+            continue
+        pairs.append((pair.row_hash, pair))
+    return pairs
 
 
 def _write_epoch_release(epoch: int, records: dict, sha: str, corpus_dir: Path, first: bool,

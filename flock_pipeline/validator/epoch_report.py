@@ -53,24 +53,39 @@ def collect(epoch: int, settings, store, base_losses: dict[str, float | None],
         rows = [m for m in entries if (m["competition"] or competitions.competitions[0].name) == c.name]
         if not rows:
             continue
-        report = CompetitionReport(c.name, c.kind, rows, base_losses.get(c.name))
-        scored = [m for m in rows if m["status"] == "scored" and m["eval_loss"] is not None]
-        report.verdicts = c.pairwise_verdicts(
-            [Contender(m["uid"], m["hotkey"], m["eval_loss"], blocks.get(m["hotkey"], 0)) for m in scored]) or {}
-        for m in rows:
-            s = shards.get(m["hotkey"])
-            if s is not None and int(s.rows_in or 0):
-                counted = int(s.duplicates_within or 0) + int(s.duplicates_earlier or 0) + int(s.eval_leaks or 0)
-                report.dropped[m["hotkey"]] = {
-                    "kept": int(s.rows_kept or 0), "repeated in its file": int(s.duplicates_within or 0),
-                    "copied from an earlier miner": int(s.duplicates_earlier or 0),
-                    "eval-set rows": int(s.eval_leaks or 0),
-                    "ineligible miner": max(0, int(s.rows_in) - int(s.rows_kept or 0) - counted)}
-            report.trends[m["hotkey"]] = [
-                (e, _finite(history[e][m["hotkey"]].eval_loss), float(history[e][m["hotkey"]].weight or 0.0))
-                for e in recent if m["hotkey"] in history[e]]
-        out.append(report)
+        out.append(_competition_report(c, rows, base_losses.get(c.name), shards, blocks, history, recent))
     return out
+
+
+def _competition_report(c, rows: list[dict], base_loss: float | None, shards: dict, blocks: dict[str, int],
+                        history: dict, recent: list[int]) -> CompetitionReport:
+    """The competition's report: its entries, pairwise verdicts, rows dropped by reason and trends."""
+    report = CompetitionReport(c.name, c.kind, rows, base_loss)
+    scored = [m for m in rows if m["status"] == "scored" and m["eval_loss"] is not None]
+    report.verdicts = c.pairwise_verdicts(
+        [Contender(m["uid"], m["hotkey"], m["eval_loss"], blocks.get(m["hotkey"], 0)) for m in scored]) or {}
+    for m in rows:
+        s = shards.get(m["hotkey"])
+        if s is not None and int(s.rows_in or 0):
+            report.dropped[m["hotkey"]] = _rows_by_reason(s)
+        report.trends[m["hotkey"]] = _trend(history, recent, m["hotkey"])
+    return report
+
+
+def _rows_by_reason(s) -> dict[str, int]:
+    """reason -> the shard's rows: kept, or dropped for that reason."""
+    counted = int(s.duplicates_within or 0) + int(s.duplicates_earlier or 0) + int(s.eval_leaks or 0)
+    return {
+        "kept": int(s.rows_kept or 0), "repeated in its file": int(s.duplicates_within or 0),
+        "copied from an earlier miner": int(s.duplicates_earlier or 0),
+        "eval-set rows": int(s.eval_leaks or 0),
+        "ineligible miner": max(0, int(s.rows_in) - int(s.rows_kept or 0) - counted)}
+
+
+def _trend(history: dict, recent: list[int], hotkey: str) -> list[tuple[int, float | None, float]]:
+    """(epoch, eval loss, weight) of the miner in each recent epoch it was scored in."""
+    return [(e, _finite(history[e][hotkey].eval_loss), float(history[e][hotkey].weight or 0.0))
+            for e in recent if hotkey in history[e]]
 
 
 def _finite(value) -> float | None:
@@ -83,12 +98,25 @@ def figure(report: CompetitionReport, epoch: int) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     labels = [_label(m) for m in report.rows]
     fig, axes = plt.subplots(2, 3, figsize=(16, 9.5))
     fig.suptitle(f"epoch {epoch}: competition {report.name!r} ({report.kind})", fontsize=14)
-    ax = axes[0][0]
+    colours = _draw_losses(axes[0][0], report, labels)
+    _draw_weights(axes[0][1], report, labels, colours)
+    _draw_pairwise(axes[0][2], report)
+    _draw_rows(axes[1][0], report, labels)
+    for ax, index, title in ((axes[1][1], 1, "eval loss over epochs"), (axes[1][2], 2, "weight over epochs")):
+        _draw_trend(ax, report, index, title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _draw_losses(ax, report: CompetitionReport, labels: list[str]) -> list[str]:
+    """Draws every miner's eval loss against the base model's; returns the bars' status colours."""
     losses = [m["eval_loss"] if m["eval_loss"] is not None else 0.0 for m in report.rows]
     colours = [_colour(m["status"]) for m in report.rows]
     ax.bar(range(len(labels)), losses, color=colours)
@@ -97,11 +125,18 @@ def figure(report: CompetitionReport, epoch: int) -> bytes:
         ax.legend(loc="upper right", fontsize=8)
     ax.set_title("eval loss (no bar: not evaluated)")
     _ticks(ax, labels)
-    ax = axes[0][1]
+    return colours
+
+
+def _draw_weights(ax, report: CompetitionReport, labels: list[str], colours: list[str]) -> None:
+    """Draws every miner's weight."""
     ax.bar(range(len(labels)), [m["weight"] for m in report.rows], color=colours)
     ax.set_title("weight")
     _ticks(ax, labels)
-    ax = axes[0][2]
+
+
+def _draw_pairwise(ax, report: CompetitionReport) -> None:
+    """Draws the pairwise win matrix of the scored miners (or says why there is none)."""
     scored = [m for m in report.rows if m["status"] == "scored" and m["eval_loss"] is not None]
     if report.verdicts:
         uids = [m["uid"] for m in scored]
@@ -115,7 +150,10 @@ def figure(report: CompetitionReport, epoch: int) -> bytes:
         ax.text(0.5, 0.5, "no pairwise comparisons\n(fewer than two scored miners,\nor not a win-rate game)",
                 ha="center", va="center")
         ax.set_axis_off()
-    ax = axes[1][0]
+
+
+def _draw_rows(ax, report: CompetitionReport, labels: list[str]) -> None:
+    """Draws every miner's rows kept and dropped, stacked by reason."""
     reasons = ["kept", "repeated in its file", "copied from an earlier miner", "eval-set rows", "ineligible miner"]
     bottom = [0] * len(labels)
     for reason, colour in zip(reasons, ["#4caf50", "#ffb74d", "#e57373", "#ba68c8", "#9e9e9e"]):
@@ -125,29 +163,29 @@ def figure(report: CompetitionReport, epoch: int) -> bytes:
     ax.set_title("rows kept and dropped, by reason")
     ax.legend(fontsize=7, loc="upper right")
     _ticks(ax, labels)
-    for ax, index, title in ((axes[1][1], 1, "eval loss over epochs"), (axes[1][2], 2, "weight over epochs")):
-        drawn = False
-        for m in report.rows:
-            # an epoch without a value (a failed evaluation) is a gap in the line, not a straight segment over it
-            points = [(p[0], math.nan if p[index] is None else p[index]) for p in report.trends.get(m["hotkey"], [])]
-            if any(not math.isnan(v) for _, v in points):
-                ax.plot([e for e, _ in points], [v for _, v in points], marker="o", label=_label(m))
-                drawn = True
-        if index == 1 and report.base_loss is not None:
-            ax.axhline(report.base_loss, color="black", linestyle="--", linewidth=0.8)
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        shown = [p[0] for m in report.rows for p in report.trends.get(m["hotkey"], [])]
-        if shown:
-            ax.set_xlim(min(shown) - 0.5, max(shown) + 0.5)
-        if drawn:
-            ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return buffer.getvalue()
+
+
+def _draw_trend(ax, report: CompetitionReport, index: int, title: str) -> None:
+    """Draws every miner's trend value `index` (1: eval loss, 2: weight) over the recent epochs."""
+    from matplotlib.ticker import MaxNLocator
+
+    drawn = False
+    for m in report.rows:
+        # an epoch without a value (a failed evaluation) is a gap in the line, not a straight segment over it
+        points = [(p[0], math.nan if p[index] is None else p[index]) for p in report.trends.get(m["hotkey"], [])]
+        if any(not math.isnan(v) for _, v in points):
+            ax.plot([e for e, _ in points], [v for _, v in points], marker="o", label=_label(m))
+            drawn = True
+    if index == 1 and report.base_loss is not None:
+        ax.axhline(report.base_loss, color="black", linestyle="--", linewidth=0.8)
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    shown = [p[0] for m in report.rows for p in report.trends.get(m["hotkey"], [])]
+    if shown:
+        ax.set_xlim(min(shown) - 0.5, max(shown) + 0.5)
+    if drawn:
+        ax.legend(fontsize=7, loc="best")
 
 
 def _label(m: dict) -> str:

@@ -54,15 +54,9 @@ def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSe
     whether this hotkey already set weights (or committed) during the epoch; if it did, that submission is
     recorded instead of sending a second one.
     """
-    done = store.weight_submission(epoch)
-    if done is not None and done.state is None and done.success:
-        return WeightsOutcome(done, sent_now=False)  # recorded by an earlier release, before confirmations
-    if done is not None and (done.state in WAITING or done.state == "applied"):
-        done = confirm_epoch_weights(epoch, chain, store) or done
-        if done.state != "not applied":
-            return WeightsOutcome(done, sent_now=False)
-    if done is not None and done.state == "not applied" and not _may_resend(done, chain):
-        return WeightsOutcome(done, sent_now=False)
+    done, outcome = _recorded_outcome(epoch, chain, store)
+    if outcome is not None:
+        return outcome
     later = store.latest_sent_epoch()
     if later is not None and later > epoch:  # never overwrite newer weights on the chain with older ones
         return WeightsOutcome(_record(store, epoch, settings.validator_hotkey, None, WeightsReceipt(
@@ -78,19 +72,53 @@ def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSe
     plan = chain.plan_weights(hotkey, weights, settings.weights_version_key)
     already = _already_set(epoch, chain, hotkey, store, done, plan)
     if already is not None:
-        state = "committed" if plan.rules.commit_reveal else "included"
-        receipt = WeightsReceipt(True, already, f"already set at block {already} during this epoch (found on the "
-                                                f"chain; not sent again)", committed=plan.rules.commit_reveal)
-        reveal_epoch = chain.epoch_of(already) + int(plan.rules.reveal_period) if plan.rules.commit_reveal else None
-        record = _record(store, epoch, hotkey, plan, receipt, state=state, attempts=_attempts(done),
-                         reveal_epoch=reveal_epoch)
-        return WeightsOutcome(confirm_epoch_weights(epoch, chain, store) or record, sent_now=False)
+        return _found_on_chain(epoch, chain, store, hotkey, done, plan, already)
     if not plan.sendable:
-        state = "rate limited" if plan.retry_after_block is not None else "refused"
-        receipt = WeightsReceipt(False, plan.rules.block, f"not sent: {plan.refusal}",
-                                 retry_after_block=plan.retry_after_block)
-        return WeightsOutcome(_record(store, epoch, hotkey, plan, receipt, state=state,
-                                      attempts=_attempts(done)), sent_now=False)
+        return _not_sent(epoch, store, hotkey, done, plan)
+    return _send(epoch, chain, store, hotkey, done, plan)
+
+
+def _recorded_outcome(epoch: int, chain: ChainResource, store: StoreResource,
+                      ) -> tuple[WeightSubmissionRecord | None, WeightsOutcome | None]:
+    """(the epoch's submission record, confirmed where it waited; the outcome when that record settles the epoch
+    and nothing is to be sent, else None)."""
+    done = store.weight_submission(epoch)
+    if done is not None and done.state is None and done.success:
+        return done, WeightsOutcome(done, sent_now=False)  # recorded by an earlier release, before confirmations
+    if done is not None and (done.state in WAITING or done.state == "applied"):
+        done = confirm_epoch_weights(epoch, chain, store) or done
+        if done.state != "not applied":
+            return done, WeightsOutcome(done, sent_now=False)
+    if done is not None and done.state == "not applied" and not _may_resend(done, chain):
+        return done, WeightsOutcome(done, sent_now=False)
+    return done, None
+
+
+def _found_on_chain(epoch: int, chain: ChainResource, store: StoreResource, hotkey: str,
+                    done: WeightSubmissionRecord | None, plan, already: int) -> WeightsOutcome:
+    """The outcome of weights this hotkey already set (or committed) during the epoch: recorded, not sent again."""
+    state = "committed" if plan.rules.commit_reveal else "included"
+    receipt = WeightsReceipt(True, already, f"already set at block {already} during this epoch (found on the "
+                                            f"chain; not sent again)", committed=plan.rules.commit_reveal)
+    reveal_epoch = chain.epoch_of(already) + int(plan.rules.reveal_period) if plan.rules.commit_reveal else None
+    record = _record(store, epoch, hotkey, plan, receipt, state=state, attempts=_attempts(done),
+                     reveal_epoch=reveal_epoch)
+    return WeightsOutcome(confirm_epoch_weights(epoch, chain, store) or record, sent_now=False)
+
+
+def _not_sent(epoch: int, store: StoreResource, hotkey: str, done: WeightSubmissionRecord | None,
+              plan) -> WeightsOutcome:
+    """The outcome of a plan the chain's rules would drop: recorded as rate limited or refused, not sent."""
+    state = "rate limited" if plan.retry_after_block is not None else "refused"
+    receipt = WeightsReceipt(False, plan.rules.block, f"not sent: {plan.refusal}",
+                             retry_after_block=plan.retry_after_block)
+    return WeightsOutcome(_record(store, epoch, hotkey, plan, receipt, state=state,
+                                  attempts=_attempts(done)), sent_now=False)
+
+
+def _send(epoch: int, chain: ChainResource, store: StoreResource, hotkey: str, done: WeightSubmissionRecord | None,
+          plan) -> WeightsOutcome:
+    """The outcome of sending the plan now: recorded in flight first, then with the chain's answer."""
     attempts = _attempts(done) + 1
     _record(store, epoch, hotkey, plan, WeightsReceipt(False, plan.rules.block, f"{IN_FLIGHT}: sent, no answer "
                                                            "recorded yet"), state=IN_FLIGHT, attempts=attempts)
