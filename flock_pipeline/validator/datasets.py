@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from flock_pipeline.core.rowformats import CHAT, RowFormat
-from flock_pipeline.core.schema import raw_row_keys, validate_bytes, verdict_key
+from flock_pipeline.core.schema import DatasetLimits, raw_row_keys, validate_bytes, verdict_key
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubError, HubNotFound, HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
@@ -62,13 +62,10 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
     if known is not None and known.status in ("ok", "invalid") and known.verdict_key == key:
         return _outcome(hotkey, known, cached=True, row_format=row_format)  # decided by the content, same rules
     try:
-        with store.released():  # the hub may be slow: other processes may use the store meanwhile
-            info = hub.file_info(repo, revision)
-            data = hub.download(repo, revision, max_bytes=limits.max_file_bytes) \
-                if info.size <= limits.max_file_bytes else None
+        size, data = _download(hub, store, repo, revision, limits)
         if data is None:
             return _record(store, hotkey, repo, revision, "invalid",
-                           f"data.jsonl is {info.size} bytes, limit {limits.max_file_bytes}", size=info.size,
+                           f"data.jsonl is {size} bytes, limit {limits.max_file_bytes}", size=size,
                            key=key, row_format=row_format)
     except HubNotFound as exc:
         return _record(store, hotkey, repo, revision, "unavailable", str(exc), row_format=row_format)
@@ -76,6 +73,22 @@ def fetch_miner_dataset(hotkey: str, hub: HubResource, evaluator: EvaluatorResou
         if exc.transient and not give_up_on_transient:
             raise
         return _record(store, hotkey, repo, revision, "unavailable", str(exc), row_format=row_format)
+    return _record_validated(store, evaluator, hotkey, repo, revision, data, limits, key, row_format)
+
+
+def _download(hub: HubResource, store: StoreResource, repo: str, revision: str,
+              limits: DatasetLimits) -> tuple[int, bytes | None]:
+    """The size of a revision's data file and its bytes (None: it is over the size limit, so it is not fetched)."""
+    with store.released():  # the hub may be slow: other processes may use the store meanwhile
+        info = hub.file_info(repo, revision)
+        data = hub.download(repo, revision, max_bytes=limits.max_file_bytes) \
+            if info.size <= limits.max_file_bytes else None
+    return info.size, data
+
+
+def _record_validated(store: StoreResource, evaluator: EvaluatorResource, hotkey: str, repo: str, revision: str,
+                      data: bytes, limits: DatasetLimits, key: str, row_format: RowFormat) -> DatasetOutcome:
+    """The outcome of a downloaded file validated row by row, recorded with its used rows (ok or invalid)."""
     report = validate_bytes(data, limits, row_format)
     used = report.used_rows(limits)
     tokenizer = load_tokenizer(str(evaluator.model_path()))

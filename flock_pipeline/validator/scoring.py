@@ -267,25 +267,42 @@ def explanation(row: dict, shard, competitions, outcomes: dict) -> str:
     share of the epoch's weight vector."""
     parts = []
     if shard is not None and int(shard.rows_in or 0):
-        dropped = [(int(shard.duplicates_within or 0), "repeated within its own file"),
-                   (int(shard.duplicates_earlier or 0), "copied from an earlier commitment"),
-                   (int(shard.eval_leaks or 0), "in the eval set")]
-        gone = ", ".join(f"{n} {'row' if n == 1 else 'rows'} {why}" for n, why in dropped if n)
-        parts.append(f"{int(shard.rows_kept or 0)} of {int(shard.rows_in)} rows kept"
-                     + (f" (dropped: {gone})" if gone else ""))
+        parts.append(_rows_account(shard))
+    parts.append(_score_account(row))
+    share = _share_account(row, competitions, outcomes)
+    if share is not None:
+        parts.append(share)
+    return "; ".join(parts)
+
+
+def _rows_account(shard) -> str:
+    """How many of a shard's rows were kept, and how many it dropped for each reason."""
+    dropped = [(int(shard.duplicates_within or 0), "repeated within its own file"),
+               (int(shard.duplicates_earlier or 0), "copied from an earlier commitment"),
+               (int(shard.eval_leaks or 0), "in the eval set")]
+    gone = ", ".join(f"{n} {'row' if n == 1 else 'rows'} {why}" for n, why in dropped if n)
+    return (f"{int(shard.rows_kept or 0)} of {int(shard.rows_in)} rows kept"
+            + (f" (dropped: {gone})" if gone else ""))
+
+
+def _score_account(row: dict) -> str:
+    """The competition's own account of a row's score, else its status and the reason for it."""
     told = row.get("explanation")
     if told:
-        parts.append(told)
-    elif row.get("reason"):
-        parts.append(f"{row['status']}: {row['reason']}")
-    else:
-        parts.append(row["status"])
+        return told
+    if row.get("reason"):
+        return f"{row['status']}: {row['reason']}"
+    return row["status"]
+
+
+def _share_account(row: dict, competitions, outcomes: dict) -> str | None:
+    """How its competition's share makes a row's epoch weight (None: a single competition, or no weight in it)."""
     awarding = [c for c in competitions if outcomes.get(c.name) is not None and outcomes[c.name].weights]
     total = sum(float(c.share) for c in awarding)
     game = next((c for c in awarding if c.name == row.get("competition")), None)
     if game is not None and len(competitions) > 1 and float(row.get("competition_weight") or 0.0) > 0:
-        parts.append(f"competition {game.name!r} holds {float(game.share) / total:.4g} of the epoch's weights "
-                     f"(its share {float(game.share):g}" + (", the others awarding nothing" if total < 1 else "")
-                     + f"): {float(row.get('competition_weight') or 0.0):.6f} x {float(game.share) / total:.4g} = "
-                     f"{float(row['weight']):.6f}")
-    return "; ".join(parts)
+        return (f"competition {game.name!r} holds {float(game.share) / total:.4g} of the epoch's weights "
+                f"(its share {float(game.share):g}" + (", the others awarding nothing" if total < 1 else "")
+                + f"): {float(row.get('competition_weight') or 0.0):.6f} x {float(game.share) / total:.4g} = "
+                f"{float(row['weight']):.6f}")
+    return None

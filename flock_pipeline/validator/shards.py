@@ -10,12 +10,13 @@ import hashlib
 import json
 from dataclasses import replace
 
-from flock_pipeline.core.competitions import Competition, Entry
+from flock_pipeline.core.competitions import Competition, CompetitionSet, Entry
 from flock_pipeline.core.dedup import MATCHING_VERSION
 from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.store import StoreResource
-from flock_pipeline.store import DedupPlanRecord, EpochCompetitionRecord, ShardRecord, ShardRowRecord
+from flock_pipeline.store import (CommitmentRecord, DatasetVerdict, DedupPlanRecord, EpochCompetitionRecord,
+                                  ShardRecord, ShardRowRecord, UsedRow)
 from flock_pipeline.validator.datasets import rows_from_json
 from flock_pipeline.validator.eval_sets import load_eval_set
 from flock_pipeline.validator.games import competition_of, epoch_setups
@@ -41,37 +42,7 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
         raise RuntimeError(f"epoch {epoch} has no recorded commitments: materialize chain_commitments first")
     competitions = settings.competition_set()
     setup = epoch_setups(store, epoch, competitions)
-    # Everything dedup needs, in three queries for the whole epoch (not three per miner): dataset verdicts, used
-    # row hashes (not their JSON: that is read only when needed) and the block each row was first committed at.
-    dataset_status = store.epoch_dataset_verdicts(epoch)
-    epoch_rows = store.epoch_used_rows(epoch)
-    first_blocks = store.first_commit_blocks(epoch)
-    base_rows, rows_by_hotkey = {}, {}
-    entries: dict[str, list[Entry]] = {c.name: [] for c in competitions}
-    for c in store.epoch_commitments(epoch):
-        row = {"epoch": epoch, "hotkey": c.hotkey, "uid": int(c.uid), "repo": c.repo, "revision": c.revision,
-               "commit_block": int(c.commit_block), "status": "ineligible", "reason": None, "rows_in": 0,
-               "rows_kept": 0, "duplicates_within": 0, "duplicates_earlier": 0, "eval_leaks": 0, "shard_hash": None,
-               "competition": competition_of(c, competitions)}
-        base_rows[c.hotkey] = row
-        if c.status != "ok":
-            row["reason"] = c.reason
-            continue
-        if c.hotkey not in dataset_status:
-            row["reason"] = "dataset was not downloaded (miner_datasets has not run for this revision)"
-            continue
-        verdict = dataset_status[c.hotkey]
-        if verdict.status != "ok":
-            row["reason"] = f"dataset {verdict.status}: {verdict.reason}"
-            continue
-        rows = epoch_rows.get(c.hotkey, [])
-        rows_by_hotkey[c.hotkey] = rows
-        first = first_blocks.get(c.hotkey, {})
-        entries[row["competition"]].append(Entry(
-            c.hotkey, int(c.uid), int(c.commit_block), tuple(r.row_hash for r in rows),
-            raw_keys=tuple(r.raw_hash or "" for r in rows), row_lines=tuple(r.line for r in rows),
-            rejected_lines=tuple((int(r["line"]), str(r["reason"])) for r in verdict.rejected),
-            row_blocks=tuple(first.get(r.row_hash, int(c.commit_block)) for r in rows)))
+    base_rows, rows_by_hotkey, entries = _epoch_entries(epoch, competitions, store)
     plans: dict[str, dict] = {}
     row_json: dict[str, list[str]] = {}
     for competition in competitions:
@@ -91,14 +62,65 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
         row.update({k: v for k, v in plan.items() if k != "kept_indices"},
                    status="eligible" if eligible else "ineligible")
         if eligible:
-            used = rows_by_hotkey[hotkey]
-            kept = [used[i].row_hash for i in plan["kept_indices"]]
-            identity = competitions.by_name(row["competition"]).row_format.training_identity
-            row["shard_hash"] = shard_hash([identity(h, used[i].raw_hash) for h, i in zip(kept, plan["kept_indices"])])
+            kept = _set_shard_hash(row, plan, rows_by_hotkey[hotkey], competitions)
             if hotkey in wanted:
                 jsons = row_json[hotkey]
                 kept_rows[hotkey] = [(h, jsons[i]) for h, i in zip(kept, plan["kept_indices"])]
     return {hotkey: ShardRecord(**row) for hotkey, row in base_rows.items()}, kept_rows
+
+
+def _epoch_entries(epoch: int, competitions: CompetitionSet, store: StoreResource
+                   ) -> tuple[dict[str, dict], dict[str, list[UsedRow]], dict[str, list[Entry]]]:
+    """Shard rows by hotkey (with why, for those out before dedup), accepted used rows by hotkey, entries by game."""
+    # Everything dedup needs, in three queries for the whole epoch (not three per miner): dataset verdicts, used
+    # row hashes (not their JSON: that is read only when needed) and the block each row was first committed at.
+    dataset_status = store.epoch_dataset_verdicts(epoch)
+    epoch_rows = store.epoch_used_rows(epoch)
+    first_blocks = store.first_commit_blocks(epoch)
+    base_rows, rows_by_hotkey = {}, {}
+    entries: dict[str, list[Entry]] = {c.name: [] for c in competitions}
+    for c in store.epoch_commitments(epoch):
+        row = _base_row(epoch, c, competitions)
+        base_rows[c.hotkey] = row
+        if c.status != "ok":
+            row["reason"] = c.reason
+            continue
+        if c.hotkey not in dataset_status:
+            row["reason"] = "dataset was not downloaded (miner_datasets has not run for this revision)"
+            continue
+        verdict = dataset_status[c.hotkey]
+        if verdict.status != "ok":
+            row["reason"] = f"dataset {verdict.status}: {verdict.reason}"
+            continue
+        rows = epoch_rows.get(c.hotkey, [])
+        rows_by_hotkey[c.hotkey] = rows
+        entries[row["competition"]].append(_entry(c, rows, verdict, first_blocks.get(c.hotkey, {})))
+    return base_rows, rows_by_hotkey, entries
+
+
+def _base_row(epoch: int, c: CommitmentRecord, competitions: CompetitionSet) -> dict:
+    """A commitment's shard row before its competition's plan: ineligible, nothing kept, no reason yet."""
+    return {"epoch": epoch, "hotkey": c.hotkey, "uid": int(c.uid), "repo": c.repo, "revision": c.revision,
+            "commit_block": int(c.commit_block), "status": "ineligible", "reason": None, "rows_in": 0,
+            "rows_kept": 0, "duplicates_within": 0, "duplicates_earlier": 0, "eval_leaks": 0, "shard_hash": None,
+            "competition": competition_of(c, competitions)}
+
+
+def _entry(c: CommitmentRecord, rows: list[UsedRow], verdict: DatasetVerdict, first: dict[str, int]) -> Entry:
+    """The dedup entry of a commitment whose dataset was accepted (a row's block: `first`'s, else the commitment's)."""
+    return Entry(
+        c.hotkey, int(c.uid), int(c.commit_block), tuple(r.row_hash for r in rows),
+        raw_keys=tuple(r.raw_hash or "" for r in rows), row_lines=tuple(r.line for r in rows),
+        rejected_lines=tuple((int(r["line"]), str(r["reason"])) for r in verdict.rejected),
+        row_blocks=tuple(first.get(r.row_hash, int(c.commit_block)) for r in rows))
+
+
+def _set_shard_hash(row: dict, plan: dict, used: list[UsedRow], competitions: CompetitionSet) -> list[str]:
+    """The row hashes an eligible miner's plan keeps, once its row carries the hash of the shard they make."""
+    kept = [used[i].row_hash for i in plan["kept_indices"]]
+    identity = competitions.by_name(row["competition"]).row_format.training_identity
+    row["shard_hash"] = shard_hash([identity(h, used[i].raw_hash) for h, i in zip(kept, plan["kept_indices"])])
+    return kept
 
 
 def _competition_plans(epoch: int, competition: Competition, entries: list[Entry], setup: EpochCompetitionRecord,
