@@ -18,6 +18,19 @@ import pytest  # noqa: E402
 from flock_pipeline_tests.homes import home_with_model  # noqa: E402
 
 
+# The longest test files (minutes each), collected first: on two workers the longest starts at once and runs beside
+# everything else, instead of starting last and holding the suite up for its whole length after the rest is done.
+LONGEST_FIRST = ("defs/test_kill_resume.py", "cli/test_cli.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0].removeprefix("flock_pipeline_tests/")
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: every other test keeps its order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _single_thread():
     import torch
