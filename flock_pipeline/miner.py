@@ -14,7 +14,7 @@ from pathlib import Path
 
 from flock_pipeline.core.commitment import Commitment, CommitmentError, validate_repo_id
 from flock_pipeline.core.rowformats import CHAT, RowFormat
-from flock_pipeline.core.schema import ChatRow, DatasetLimits, PreferenceRow, validate_bytes
+from flock_pipeline.core.schema import DatasetLimits, validate_bytes
 from flock_pipeline.core.scoring import Contender, compute_win_rates
 from flock_pipeline.errors import UsageError
 
@@ -92,11 +92,11 @@ def validate_file(path: str | Path, limits: DatasetLimits, tokenizer=None, eval_
                            rejected=[{"line": r.line, "reason": r.reason} for r in report.rejected_rows],
                            duplicates=duplicates, eval_overlap=overlap, tokens_used=sum(tokens),
                            max_row_tokens=max(tokens, default=0), size_bytes=report.size_bytes,
-                           warnings=text_warnings([(r.line, r.row) for r in used]))
+                           warnings=text_warnings([(r.line, r.row) for r in used], row_format))
     return out, train_rows
 
 
-def text_warnings(rows: list[tuple[int, ChatRow | PreferenceRow]]) -> list[dict]:
+def text_warnings(rows: list[tuple[int, object]], row_format: RowFormat = CHAT) -> list[dict]:
     """Rows with text a reader cannot see (zero-width and other invisible characters) or words mixing scripts
     (look-alike letters): validators match copies on the text as it reads, without them, so such rows are
     compared as if they were not there; an honest row that happens to match an earlier miner's is dropped."""
@@ -104,8 +104,7 @@ def text_warnings(rows: list[tuple[int, ChatRow | PreferenceRow]]) -> list[dict]
 
     out = []
     for line, row in rows:
-        text = "\n".join([row.system] + [t.content for t in row.turns]
-                         + ([row.rejected] if isinstance(row, PreferenceRow) else []))
+        text = row_format.full_text(row)
         hidden = invisible_characters(text)
         if hidden:
             out.append({"line": line, "warning": f"invisible characters ({', '.join(hidden[:3])}"
@@ -124,7 +123,7 @@ def check_selection(path: str | Path, limits: DatasetLimits, competition, pool) 
     from flock_pipeline.core.schema import raw_row_keys
 
     data = read_input(path)
-    report = validate_bytes(data, limits)
+    report = validate_bytes(data, limits, competition.row_format)
     used = report.used_rows(limits)
     keys = raw_row_keys(data, [r.line for r in used], limits)
     entry = Entry("me", 0, 0, tuple(r.row.row_hash for r in used), raw_keys=tuple(keys[r.line] for r in used),

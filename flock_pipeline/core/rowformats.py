@@ -13,10 +13,14 @@ Pure code: no dagster, no I/O.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from flock_pipeline.core.schema import ChatRow, DatasetLimits, PreferenceRow, parse_chat_row, parse_preference_row
+from flock_pipeline.core.schema import (ChatRow, DatasetLimits, PreferenceRow, RowError, parse_chat_row,
+                                        parse_preference_row)
 from flock_pipeline.core.strategy import Stateless
 
 
@@ -45,6 +49,10 @@ class RowFormat(Stateless, ABC):
 
         return row_text(row)
 
+    def full_text(self, row) -> str:
+        """Every text of the row a reader sees (the system prompt included), for the miner's warnings."""
+        return "\n".join([row.system] + [t.content for t in row.turns])
+
     def contrast_text(self, row) -> str | None:
         """A second text the game's eligibility rules look at (a preference pair's rejected answer); None: none."""
         return None
@@ -52,6 +60,10 @@ class RowFormat(Stateless, ABC):
     def training_identity(self, row_hash: str, raw_hash: str | None) -> str:
         """What identifies a kept row in the shard hash (what it trains on). Default: its row hash."""
         return row_hash
+
+    def eval_problem(self, row) -> str | None:
+        """Why a row of the validator's own eval set cannot be evaluated on (its fault, never a miner's), or None."""
+        return None
 
     def count_tokens(self, row, tokenizer) -> int:
         """The rendered row's token count with the base model's tokenizer (no truncation)."""
@@ -76,6 +88,85 @@ class ChatFormat(RowFormat):
         return {}  # chat verdicts keep the keys they were first recorded under
 
 
+_UNLIMITED = DatasetLimits(max_file_bytes=2**62, max_line_bytes=2**62, max_rows_used=2**62, max_turns_per_row=2**20,
+                           max_chars_per_turn=2**62, max_system_chars=2**62)
+
+
+@dataclass(frozen=True, eq=False)
+class RawRow:
+    """One JSON object of a selection submission, identified as the live validator identifies it: its JSON with keys
+    sorted (`json.dumps(row, sort_keys=True)`), whatever keys it has. `chat` is the row read as a chat row (what is
+    trained on; pool rows always are one), or None with `problem` saying why it is not one."""
+
+    obj: dict
+    chat: ChatRow | None
+    problem: str | None = None
+
+    def to_json_obj(self) -> dict:
+        return self.obj
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+    @property
+    def row_hash(self) -> str:
+        """sha256 hex of the row's JSON as Python's `json.dumps(row, sort_keys=True)` writes it (`raw_row_key`)."""
+        return hashlib.sha256(json.dumps(self.obj, sort_keys=True).encode("utf-8")).hexdigest()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RawRow) and other.row_hash == self.row_hash
+
+    def __hash__(self) -> int:
+        return hash(self.row_hash)
+
+    def _trained(self) -> ChatRow:
+        if self.chat is None:
+            raise ValueError(f"not a chat row, nothing to train on: {self.problem}")
+        return self.chat
+
+    @property
+    def system(self) -> str:
+        return self._trained().system
+
+    @property
+    def turns(self):
+        return self._trained().turns
+
+    def stripped(self) -> ChatRow:
+        return self._trained().stripped()
+
+
+class RawJsonFormat(RowFormat):
+    """The selection game's rows: any JSON object, identified by its JSON with keys sorted (the live identity), so a
+    submission whose rows our chat schema would refuse still counts as loaded (an earlier submission's rows are
+    copies for the rules whatever their keys). What is trained on is each row read as a chat row."""
+
+    name = "raw-json"
+
+    def parse(self, obj: object, limits: DatasetLimits) -> RawRow:
+        if not isinstance(obj, dict):
+            raise RowError(f"row is a JSON {type(obj).__name__}, not an object")
+        try:
+            return RawRow(obj, parse_chat_row(obj, limits))
+        except RowError as exc:
+            return RawRow(obj, None, str(exc))
+
+    def from_json_obj(self, obj: dict) -> RawRow:
+        return self.parse(obj, _UNLIMITED)  # validated under the configured limits when it was recorded
+
+    def text(self, row: RawRow) -> str:
+        return super().text(row) if row.chat is not None else row.canonical_json()
+
+    def count_tokens(self, row: RawRow, tokenizer) -> int:
+        return super().count_tokens(row, tokenizer) if row.chat is not None else 0
+
+    def full_text(self, row: RawRow) -> str:
+        return super().full_text(row) if row.chat is not None else row.canonical_json()
+
+    def eval_problem(self, row: RawRow) -> str | None:
+        return None if row.chat is not None else f"not a chat row ({row.problem})"
+
+
 class PreferenceFormat(RowFormat):
     """TRL's conversational preference pairs `{"prompt", "chosen", "rejected"}`: the DPO game's rows. A pair's
     identity leaves its rejected answer out; what it trains on does not."""
@@ -92,9 +183,13 @@ class PreferenceFormat(RowFormat):
     def contrast_text(self, row: PreferenceRow) -> str:
         return row.rejected
 
+    def full_text(self, row: PreferenceRow) -> str:
+        return super().full_text(row) + "\n" + row.rejected
+
     def training_identity(self, row_hash: str, raw_hash: str | None) -> str:
         return f"{row_hash}:{raw_hash}"
 
 
 CHAT = ChatFormat()
 PREFERENCE = PreferenceFormat()
+RAW_JSON = RawJsonFormat()

@@ -45,5 +45,9 @@ def _load_eval_rows(hub: HubResource, repo: str, revision: str,
         bad = report.rejected_rows[0] if report.rejected_rows else None
         raise EvalSetError(f"eval set {repo}@{revision} is invalid"
                            + (f" (line {bad.line}: {bad.reason})" if bad else " (empty)"))
+    unusable = next(((r.line, row_format.eval_problem(r.row)) for r in report.valid_rows
+                     if row_format.eval_problem(r.row) is not None), None)
+    if unusable is not None:
+        raise EvalSetError(f"eval set {repo}@{revision} is invalid (line {unusable[0]}: {unusable[1]})")
     keys = raw_row_keys(data, [r.line for r in report.valid_rows], limits)
     return tuple(r.row for r in report.valid_rows), frozenset(keys.values())

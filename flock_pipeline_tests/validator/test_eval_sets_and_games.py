@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from flock_pipeline.core.rowformats import CHAT, PREFERENCE
+from flock_pipeline.core.rowformats import CHAT, PREFERENCE, RAW_JSON
 from flock_pipeline.errors import ValidatorFault
 from flock_pipeline.resources import LocalHubResource, ValidatorSettingsResource
 from flock_pipeline.validator.eval_sets import EvalSetError, load_eval_rows, load_eval_set
@@ -45,6 +45,8 @@ def test_an_eval_set_is_read_as_its_games_row_format(hub):
     pytest.param([CHAT_ROW], PREFERENCE, "line 1: a chat row", id="the other game's rows"),
     pytest.param([CHAT_ROW, {"conversations": []}], CHAT, "line 2: 'conversations' is empty", id="a bad row"),
     pytest.param([], CHAT, "(empty)", id="no rows"),
+    pytest.param([CHAT_ROW, {**CHAT_ROW, "id": 2}], RAW_JSON, "line 2: not a chat row (unknown field(s) 'id')",
+                 id="a pool row nothing can be trained on"),
 ])
 def test_an_unusable_eval_set_is_the_validators_fault(hub, rows, fmt, reason):
     revision = _upload(hub, f"flock/bad-{len(rows)}-{fmt.name}", *rows)

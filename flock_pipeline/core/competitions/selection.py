@@ -31,6 +31,7 @@ from typing import ClassVar
 from flock_pipeline.core.competitions.base import (Clock, Competition, CompetitionConfigError, CompetitionScores,
                                                    Contender, Entry, EvalSet, RewardState, Round, ScoringContext)
 from flock_pipeline.core.dedup import ShardPlan
+from flock_pipeline.core.rowformats import RAW_JSON, RowFormat
 
 MINUTES_PER_DAY = 24 * 60
 
@@ -48,6 +49,7 @@ class SelectionCompetition(Competition):
     reuse_when_pool_unchanged: bool = True
 
     kind: ClassVar[str] = "selection"
+    row_format: ClassVar[RowFormat] = RAW_JSON  # any JSON object counts as a loaded row; pool rows are chat rows
     needs_base_loss: ClassVar[bool] = False
     in_corpus: ClassVar[bool] = False  # its rows are the published pool's own rows
     daily_rounds: ClassVar[bool] = True
