@@ -13,7 +13,8 @@ from flock_pipeline.cli.common import _instance, _quiet_torch
 
 
 def cmd_demo(args) -> int:
-    from flock_pipeline.defs.epoch import run_epoch
+    from flock_pipeline.defs.epoch import RunnerBusy, run_epoch, runner_lock
+    from flock_pipeline.errors import UsageError
     from flock_pipeline.demo import (DemoHomeError, check_demo_home, epoch_report, format_report, quality_spearman,
                                      run_cycle, seed_demo_network)
     from flock_pipeline.resources import ConfigError, build_resources
@@ -31,7 +32,11 @@ def cmd_demo(args) -> int:
     os.environ["FLOCK_HOME"] = str(home)
     started = time.perf_counter()
     build_resources(home)  # a configuration error exits 2 here, before the home is wiped (this creates nothing)
-    epoch = seed_demo_network(home, seed=args.seed, network=args.network, force=args.force)
+    try:
+        with runner_lock(home):  # one writer per home: never wipe a home an epoch runner is working on
+            epoch = seed_demo_network(home, seed=args.seed, network=args.network, force=args.force)
+    except RunnerBusy as exc:
+        raise UsageError(str(exc).replace("nothing was started", "nothing was changed")) from exc
     if args.no_run:
         print(json.dumps({"epoch": epoch, "home": str(home)}) if args.json else
               f"seeded the demo network in {home}; epoch {epoch} is open")

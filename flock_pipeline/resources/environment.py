@@ -64,7 +64,7 @@ def build_resources(home: Path | None = None) -> dict:
     network = os.environ.get("FLOCK_NETWORK", "local")
     if network not in NETWORKS:
         raise ConfigError(f"FLOCK_NETWORK={network!r}: use one of {', '.join(NETWORKS)}")
-    netuid = int(os.environ.get("FLOCK_NETUID", "96"))
+    netuid = whole_number("FLOCK_NETUID", 96, minimum=0)
     settings = _settings_overrides(os.environ.get("FLOCK_SETTINGS", "{}"))
     if os.environ.get("FLOCK_EVAL_REPO"):
         settings["eval_repo"] = os.environ["FLOCK_EVAL_REPO"]
@@ -90,7 +90,7 @@ def build_resources(home: Path | None = None) -> dict:
     evaluator = EvaluatorResource(base_model=os.environ.get("FLOCK_BASE_MODEL", "tiny"),
                                   device=os.environ.get("FLOCK_DEVICE", "auto"),
                                   recipe=os.environ.get("FLOCK_RECIPE", "{}"),
-                                  timeout_s=int(os.environ.get("FLOCK_EVAL_TIMEOUT_S", "0")),
+                                  timeout_s=whole_number("FLOCK_EVAL_TIMEOUT_S", 0, minimum=0),
                                   run_tags=_eval_run_tags(os.environ.get("FLOCK_EVAL_RUN_TAGS", "{}")),
                                   multi_lora=os.environ.get("FLOCK_MULTI_LORA", "auto") or "auto",
                                   cache_dir=str(home / "models"))
@@ -141,6 +141,21 @@ DEFAULT_MINER_BATCH = 64  # a run's fixed cost (process, imports, CUDA, loading 
 DATASET_BATCH = 256  # dataset downloads per run: no GPU, mostly waiting on the hub
 
 
+def whole_number(variable: str, default: int, minimum: int | None = None) -> int:
+    """An environment variable that holds a whole number (unset or empty: `default`); anything else is a
+    ConfigError naming the variable and the value, before any work."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{variable}={raw[:40]!r}: must be a whole number") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{variable}={value}: must be at least {minimum}")
+    return value
+
+
 def batch_settings() -> tuple[int, str]:
     """FLOCK_MINER_BATCH and FLOCK_BACKFILL, checked: (miners per run, backfill policy kind)."""
     raw = os.environ.get("FLOCK_MINER_BATCH", "") or str(DEFAULT_MINER_BATCH)
@@ -176,10 +191,7 @@ def celery_settings() -> dict:
                           "e.g. redis://host:6379/0")
     if not broker.startswith(("redis://", "rediss://", "amqp://", "pyamqp://")):
         raise ConfigError(f"FLOCK_CELERY_BROKER={broker.split('@')[-1]!r}: use a redis:// or amqp:// URL")
-    try:
-        visibility = int(os.environ.get("FLOCK_CELERY_VISIBILITY_TIMEOUT_S", "21600"))
-    except ValueError as exc:
-        raise ConfigError("FLOCK_CELERY_VISIBILITY_TIMEOUT_S must be a whole number of seconds") from exc
+    visibility = whole_number("FLOCK_CELERY_VISIBILITY_TIMEOUT_S", 21600)
     if visibility < 60:
         raise ConfigError("FLOCK_CELERY_VISIBILITY_TIMEOUT_S must be at least 60 (and exceed the longest step)")
     return {"broker": broker, "backend": os.environ.get("FLOCK_CELERY_BACKEND") or broker,
@@ -220,10 +232,7 @@ def _real_network(network: str, netuid: int, home: Path) -> tuple[ChainResource,
     from flock_pipeline.resources.hf_hub import HuggingFaceHubResource
 
     fallbacks = [u.strip() for u in os.environ.get("FLOCK_CHAIN_FALLBACKS", "").split(",") if u.strip()]
-    try:
-        tempo = int(os.environ.get("FLOCK_TEMPO", "0"))
-    except ValueError as exc:
-        raise ConfigError("FLOCK_TEMPO must be a whole number of blocks") from exc
+    tempo = whole_number("FLOCK_TEMPO", 0, minimum=0)
     chain = BittensorChainResource(network=os.environ.get("FLOCK_CHAIN_ENDPOINT") or network,
                                    fallback_endpoints=fallbacks, netuid=netuid, tempo=tempo)
     hub = HuggingFaceHubResource(endpoint=os.environ.get("FLOCK_HF_ENDPOINT", "https://huggingface.co"),

@@ -62,11 +62,26 @@ def test_a_bad_setting_exits_2_before_any_dataset_is_fetched(network, monkeypatc
     ({"lora_r": 2.5}, "lora_r must be a whole number, got 2.5"),
     ({"deterministic": 1}, "deterministic must be true or false, got 1"),
     ({"objective": "dpo"}, "objective is not a validator-wide setting"),
+    ({"learning_rate": float("nan")}, "learning_rate must be a finite number, got nan"),  # JSON's NaN parses
+    ({"max_grad_norm": float("inf")}, "max_grad_norm must be a finite number, got inf"),
 ])
 def test_a_bad_recipe_field_exits_2_naming_it(network, monkeypatch, capsys, recipe, message):
     monkeypatch.setenv("FLOCK_RECIPE", json.dumps(recipe))
     code, _, err = _run(capsys, "demo", "--no-run", "--home", str(network))
     assert code == 2 and message in _one_line(err)
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("FLOCK_NETUID", "abc", "FLOCK_NETUID='abc': must be a whole number"),
+    ("FLOCK_EVAL_TIMEOUT_S", "abc", "FLOCK_EVAL_TIMEOUT_S='abc': must be a whole number"),
+    ("FLOCK_EVAL_TIMEOUT_S", "-5", "FLOCK_EVAL_TIMEOUT_S=-5: must be at least 0"),
+    ("FLOCK_NETUID", "1.5", "FLOCK_NETUID='1.5': must be a whole number"),
+])
+def test_a_mistyped_variable_is_one_line_naming_it(network, monkeypatch, capsys, variable, value, message):
+    monkeypatch.setenv(variable, value)
+    code, _, err = _run(capsys, "epoch", "run")
+    assert code == 2 and message in _one_line(err) and err.startswith("flock: configuration error: ")
+    assert not (network / "warehouse.duckdb").exists()  # nothing recorded
 
 
 def test_miner_failures_are_one_line_with_the_right_exit_code(network, tmp_path, monkeypatch, capsys):

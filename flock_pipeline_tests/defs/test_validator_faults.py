@@ -187,6 +187,21 @@ def test_a_second_runner_on_the_same_home_is_refused(copy):
     _same(before, _state(resources, epoch))
 
 
+def test_the_demo_refuses_a_home_an_epoch_runner_is_working_on(copy, capsys):
+    """`flock demo` takes the epoch runner's lock: it never wipes the store, corpus or chain under a running epoch."""
+    from flock_pipeline.cli import main
+
+    home, epoch, before = copy
+    (home / ".flock-demo").write_text("seeded by flock demo\n")  # a demo's home: the demo would wipe it
+    resources = build_resources(home)
+    with runner_lock(home):
+        assert main(["demo", "--no-run", "--home", str(home)]) == 2
+    err = capsys.readouterr().err
+    assert "another epoch runner" in err and "nothing was changed" in err and err.count("\n") == 1
+    _same(before, _state(resources, epoch))
+    assert main(["demo", "--no-run", "--home", str(home)]) == 0  # once the runner is gone, the demo seeds it
+
+
 def test_dataset_verdicts_are_remade_when_the_limits_change(copy):
     from flock_pipeline.validator.datasets import fetch_miner_dataset
 
