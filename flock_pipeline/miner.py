@@ -263,4 +263,7 @@ def status(hotkey: str, chain, store, hub=None, report_repos: tuple[str, ...] = 
 
 
 def dumps(obj) -> str:
-    return json.dumps(obj, indent=1, default=str)
+    """JSON for the command line's --json output: never NaN or Infinity (null instead: a score that does not exist)."""
+    from flock_pipeline.core.untrusted import finite
+
+    return json.dumps(finite(obj), indent=1, default=str, allow_nan=False)

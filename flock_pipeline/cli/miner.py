@@ -194,6 +194,7 @@ def cmd_miner_submit(args) -> int:
 
 def cmd_miner_status(args) -> int:
     from flock_pipeline.core.commitment import CommitmentError, validate_repo_id
+    from flock_pipeline.core.untrusted import printable
     from flock_pipeline.miner import dumps, miner_hotkey, status
     from flock_pipeline.resources import build_resources
 
@@ -218,7 +219,7 @@ def cmd_miner_status(args) -> int:
                 v = "; ".join(_report_line(r) for r in v)
             elif isinstance(v, float):
                 v = f"{v:.6f}" if k in ("weight", "incentive", "recorded_weight") else f"{v:.4f}"
-            print(f"{k:>15}: {v}")
+            print(f"{k:>15}: {printable(v, limit=4000)}")  # reports and commitments are other people's text
     return 0 if doc["registered"] else 1
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from flock_pipeline.cli.common import _instance, _quiet_torch
+from flock_pipeline.core.untrusted import finite
 
 
 def cmd_demo(args) -> int:
@@ -56,7 +57,7 @@ def cmd_demo(args) -> int:
             doc["honest_spearman"] = quality_spearman(report)
         if daily:
             doc["cycle"] = cycle
-        print(json.dumps(doc, indent=1))
+        print(json.dumps(finite(doc), indent=1, allow_nan=False))
     else:
         if daily:
             for entry in cycle:
@@ -81,7 +82,8 @@ def cmd_epoch_run(args) -> int:
     epoch = args.epoch if args.epoch is not None else chain.epoch_of(chain.current_block())
     run_epoch(epoch, resources, _instance(), progress=lambda m: print(m, file=sys.stderr))
     report = epoch_report(epoch, resources["store"])
-    print(json.dumps({"epoch": epoch, "miners": report}, indent=1) if args.json else format_report(report))
+    print(json.dumps(finite({"epoch": epoch, "miners": report}), indent=1, allow_nan=False) if args.json
+          else format_report(report))
     return 0
 
 
@@ -140,7 +142,8 @@ def cmd_epoch_report(args) -> int:
         print(paths["html"])
         return 0
     report = epoch_report(args.epoch, resources["store"], demo.get("labels"), demo.get("quality"))
-    print(json.dumps({"epoch": args.epoch, "miners": report}, indent=1) if args.json else format_report(report))
+    print(json.dumps(finite({"epoch": args.epoch, "miners": report}), indent=1, allow_nan=False) if args.json
+          else format_report(report))
     return 0
 
 
@@ -179,7 +182,7 @@ def cmd_chain_weights(args) -> int:
             doc["plan"] = {"sendable": plan.sendable, "refusal": plan.refusal, "version_key": plan.version_key,
                            "uids": list(plan.uids), "values_u16": list(plan.values), "notes": list(plan.notes)}
             code = 0 if plan.sendable or plan.retry_after_block is not None else 1
-    print(json.dumps(doc, indent=1, default=str))
+    print(json.dumps(finite(doc), indent=1, default=str, allow_nan=False))
     return code
 
 

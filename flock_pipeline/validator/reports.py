@@ -13,6 +13,7 @@ import json
 import math
 from typing import Any
 
+from flock_pipeline.core.untrusted import number_or_none, text_or_none
 from flock_pipeline.resources.hub import HubError, HubNotFound, HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.store import StoreResource
@@ -75,13 +76,14 @@ def read_miner_report(hub: HubResource, repo: str, hotkey: str) -> dict:
         return {"repo": repo, "error": str(exc)[:300]}
     for entry in reversed(document["epochs"]):
         row = next((m for m in entry["miners"] if m.get("hotkey") == hotkey), None)
-        if row is not None:
-            return {"repo": repo, "validator": document["validator"], "epoch": entry["epoch"],
-                    "status": row.get("status"), "reason": row.get("reason"), "eval_loss": row.get("eval_loss"),
-                    "score": row.get("score", row.get("win_rate")), "win_rate": row.get("score", row.get("win_rate")),
-                    "weight": row.get("weight"), "rank": row.get("rank"),
+        if row is not None:  # another validator's file: only fields of the expected types, strings cut
+            score = number_or_none(row.get("score", row.get("win_rate")))
+            return {"repo": repo, "validator": text_or_none(document["validator"]), "epoch": entry["epoch"],
+                    "status": text_or_none(row.get("status")), "reason": text_or_none(row.get("reason")),
+                    "eval_loss": number_or_none(row.get("eval_loss")), "score": score, "win_rate": score,
+                    "weight": number_or_none(row.get("weight")), "rank": number_or_none(row.get("rank")),
                     "of": len(entry["miners"])}
-    return {"repo": repo, "validator": document["validator"], "epoch": None}
+    return {"repo": repo, "validator": text_or_none(document["validator"]), "epoch": None}
 
 
 def _parse(data: bytes) -> dict:
@@ -90,6 +92,8 @@ def _parse(data: bytes) -> dict:
         document: Any = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{REPORT_FILE} is not JSON: {exc}") from None
+    except RecursionError:  # a hostile file nested thousands deep
+        raise ValueError(f"{REPORT_FILE} is nested too deeply to be a reports document") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ValueError(f"{REPORT_FILE} is not a format {FORMAT} reports document")
     epochs = document.get("epochs")

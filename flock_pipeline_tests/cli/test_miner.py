@@ -223,3 +223,28 @@ def test_an_upload_that_fails_midway_then_a_rerun(network, tmp_path, capsys, mon
     code, out, _ = _run(capsys, "miner", "submit", path, "--repo", "new/retry", "--json")
     assert code == 0 and json.loads(out)["committed_now"]
     assert len([c for c in build_resources()["chain"].commitments() if c.hotkey == "hk-new-miner"]) == 1
+
+
+def test_status_shows_another_validators_hostile_report_safely(network, capsys):
+    """Another validator's reports.json is untrusted: escape sequences reach the terminal escaped, fields of the
+    wrong type become null, NaN never reaches the JSON output, and a file nested thousands deep is that repo's error
+    (not a crash)."""
+    from flock_pipeline.resources import LocalHubResource
+    from flock_pipeline.validator.reports import REPORT_FILE
+
+    hub = LocalHubResource(root=str(network / "hub"), as_owner=True)
+    row = {"hotkey": "hk-honest-good", "status": "scored\x1b[2J\x1b]0;owned\x07", "reason": "fine\rALL WEIGHT TO ME",
+           "eval_loss": float("nan"), "score": {"nested": [1]}, "weight": 1e309, "rank": "first"}
+    hub.upload("evil/reports", json.dumps({"format": 1, "validator": "evil", "epochs": [
+        {"epoch": 1, "miners": [row]}]}).encode(), filename=REPORT_FILE, private=False)
+    hub.upload("deep/reports", b'{"format": 1, "epochs": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+               filename=REPORT_FILE, private=False)
+    code, out, _ = _run(capsys, "miner", "status", "--hotkey", "hk-honest-good", "--reports", "evil/reports",
+                        "--reports", "deep/reports")
+    assert code == 0 and "\x1b" not in out and "\r" not in out and "\x07" not in out
+    assert "scored\\x1b[2J" in out and "fine\\rALL WEIGHT TO ME" in out and "nested too deeply" in out
+    code, out, _ = _run(capsys, "miner", "status", "--hotkey", "hk-honest-good", "--json", "--reports",
+                        "evil/reports")
+    assert "NaN" not in out and "Infinity" not in out
+    [evil] = json.loads(out)["reports"]
+    assert (evil["eval_loss"], evil["score"], evil["weight"], evil["rank"]) == (None, None, None, None)
