@@ -69,6 +69,17 @@ def acceptance(commit_block: int, registration_block: int | None, epoch_block: i
     return ACCEPTED
 
 
+def holder_changed(uid: int, committed_hotkey: str, hotkey_now: str | None) -> Verdict | None:
+    """`uid_changed` when the uid no longer holds the hotkey that committed (deregistered, or handed to another
+    hotkey since the commitment was read): a weight on the uid would reach a hotkey that never committed. None: the
+    uid still holds it."""
+    if hotkey_now == committed_hotkey:
+        return None
+    holder = f"is held by another hotkey ({hotkey_now[:16]})" if hotkey_now else "is no longer registered"
+    return Verdict("uid_changed", f"uid {uid} {holder} since {committed_hotkey[:16]} committed: its weight would "
+                                  "reach a hotkey that never committed, so it gets none")
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What a step recorded: its status and, when it did not succeed, why."""

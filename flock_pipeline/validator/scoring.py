@@ -7,7 +7,7 @@ import json
 import math
 
 from flock_pipeline.core.competitions import Competition, Contender, RewardState, Round, ScoringContext
-from flock_pipeline.core.status import Outcome, miner_status
+from flock_pipeline.core.status import Outcome, holder_changed, miner_status
 from flock_pipeline.resources.chain import ChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
@@ -30,7 +30,8 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
 
     status: scored | no_improvement (its loss is not below the base model's) | rejected (commitment) | pending (a
     daily round not open for evaluation) | ineligible (validation / dedup) | failed (evaluation crashed) |
-    not_deduplicated | not_evaluated (a step has not run for this miner yet) | reward | burn.
+    not_deduplicated | not_evaluated (a step has not run for this miner yet) | uid_changed (its uid holds another
+    hotkey now: a weight would reach a hotkey that never committed) | reward | burn.
     weight: the uid's share of the epoch's weight vector (the competitions' weights times their shares, summed);
     competition_weight: its weight within its own competition.
     """
@@ -76,6 +77,7 @@ def _judge_miners(epoch: int, info: EpochRecord, competitions, setups: dict, sha
     evaluations' errors by cache key)."""
     rows, contenders, failures, provenances = [], {c.name: [] for c in competitions}, {}, {}
     coldkeys = {n.hotkey: n.coldkey for n in metagraph}
+    holders = {n.uid: n.hotkey for n in metagraph}  # who holds each uid now (the commitments were read earlier)
     for c in store.epoch_commitments(epoch):
         competition = competition_of(c, competitions)
         shard = shards.get(c.hotkey)
@@ -89,6 +91,8 @@ def _judge_miners(epoch: int, info: EpochRecord, competitions, setups: dict, sha
         verdict = miner_status(Outcome(c.status, c.reason),
                                None if shard is None else Outcome(shard.status, shard.reason),
                                None if result is None else Outcome(result.status, result.error))
+        if verdict.status == "scored" and metagraph and not competitions.by_name(competition).follows_moved_hotkeys:
+            verdict = holder_changed(int(c.uid), c.hotkey, holders.get(int(c.uid))) or verdict
         row = {"epoch": epoch, "hotkey": c.hotkey, "uid": int(c.uid), "status": verdict.status,
                "reason": verdict.reason, "eval_loss": math.nan, "score": 0.0, "weight": 0.0,
                "competition": competition, "competition_weight": 0.0}

@@ -1,16 +1,17 @@
 """Epoch step: the weight vector to the chain, once, and what the chain did with it (applied, or not, and why).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
 from flock_pipeline.core.scoring import validate_weights
+from flock_pipeline.core.status import holder_changed
 from flock_pipeline.core.weights import runtime_error
 from flock_pipeline.resources.chain import ChainResource, WeightsReceipt
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.store import StoreResource
-from flock_pipeline.store import (ScoreRecord,
-                                  WeightSubmissionRecord, utcnow)
+from flock_pipeline.store import ScoreRecord, WeightSubmissionRecord, utcnow
 from flock_pipeline.validator.scoring import WEIGHTED
 
 
@@ -65,17 +66,41 @@ def submit_epoch_weights(epoch: int, chain: ChainResource, settings: ValidatorSe
     scores = store.scores(epoch)
     weights = weights_of(scores)
     validate_weights(weights, weighted_uids(scores))  # never send NaN, negative, unnormalised or ineligible weights
+    weights, moved = still_held(scores, weights, chain.metagraph(), settings)
     hotkey = settings.validator_hotkey
     if not weights:
+        why = "no miner was scored: nothing to submit" if not moved else "; ".join(moved)
         return WeightsOutcome(_record(store, epoch, hotkey, None, WeightsReceipt(
-            False, chain.current_block(), "no miner was scored: nothing to submit"), state="refused"), sent_now=False)
+            False, chain.current_block(), why), state="refused"), sent_now=False)
     plan = chain.plan_weights(hotkey, weights, settings.weights_version_key)
+    if moved:
+        plan = replace(plan, notes=(*moved, *plan.notes))
     already = _already_set(epoch, chain, hotkey, store, done, plan)
     if already is not None:
         return _found_on_chain(epoch, chain, store, hotkey, done, plan, already)
     if not plan.sendable:
         return _not_sent(epoch, store, hotkey, done, plan)
     return _send(epoch, chain, store, hotkey, done, plan)
+
+
+def still_held(scores: list[ScoreRecord], weights: dict[int, float], metagraph,
+               settings: ValidatorSettingsResource) -> tuple[dict[int, float], list[str]]:
+    """The weights without the uids whose hotkey changed since the epoch's scores were recorded (checked at send
+    time against the metagraph: a weight must reach the hotkey that earned it), renormalised; and why each was
+    dropped. A game that decides hand-overs itself (the selection game) keeps its rows as scored."""
+    holders = {n.uid: n.hotkey for n in metagraph}
+    games = {c.name: c for c in settings.competition_set()}
+    moved = []
+    for r in scores:
+        game = games.get(r.competition) if r.competition is not None else None
+        if r.status != "scored" or int(r.uid) not in weights or (game is not None and game.follows_moved_hotkeys):
+            continue
+        verdict = holder_changed(int(r.uid), r.hotkey, holders.get(int(r.uid)))
+        if verdict is not None:
+            moved.append(f"not sent to {verdict.reason}")
+            del weights[int(r.uid)]
+    total = sum(weights.values())
+    return ({u: w / total for u, w in weights.items()} if moved and total > 0 else weights), moved
 
 
 def _recorded_outcome(epoch: int, chain: ChainResource, store: StoreResource,

@@ -304,3 +304,21 @@ def test_bad_entries_on_the_embedded_hub_make_only_their_miner_unavailable(flock
     assert outcomes["hk-honest-good"].status == "ok"
     for hotkey, (_, reason) in damage.items():
         assert outcomes[hotkey].status == "unavailable" and reason in outcomes[hotkey].reason, outcomes[hotkey]
+
+
+def test_a_winner_whose_uid_changed_hands_before_scoring_gets_nothing(copy):
+    """uid 1 (the winner) handed to a new hotkey while the miners were evaluated: the epoch's scores give it 0 with
+    the reason, and the weight goes to the miners whose uids still hold their hotkeys."""
+    home, epoch, _ = copy
+    resources = build_resources(home)
+    state = json.loads((home / "chain.json").read_text())
+    winner = next(n for n in state["neurons"] if n["hotkey"] == "hk-honest-good")
+    winner.update(hotkey="hk-newcomer", coldkey="cold-newcomer")
+    (home / "chain.json").write_text(json.dumps(state))
+    replacing = ValidatorSettingsResource(corpus_dir=str(home / "corpus"), replace_results=True)
+    scores = {r.hotkey: r for r in compute_epoch_scores(epoch, resources["evaluator"], replacing, resources["store"],
+                                                         resources["hub"], resources["chain"])}
+    moved = scores["hk-honest-good"]
+    assert (moved.status, moved.weight) == ("uid_changed", 0.0)
+    assert f"uid {winner['uid']} is held by another hotkey (hk-newcomer)" in moved.reason
+    assert scores["hk-honest-fair"].status == "scored" and scores["hk-honest-fair"].weight == pytest.approx(1.0)

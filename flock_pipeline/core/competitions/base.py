@@ -179,6 +179,8 @@ class Competition(ABC):
     in_corpus: ClassVar[bool] = True  # its eligible rows go into the final corpus (its row format names the config)
     daily_rounds: ClassVar[bool] = False  # its rounds follow UTC wall time (the chain's block clock is read)
     burns_unearned: ClassVar[bool] = False  # a share nobody earned goes to the subnet owner's uid
+    follows_moved_hotkeys: ClassVar[bool] = False  # the game itself decides where a winner's reward goes when its
+    # uid changed hands (the selection game's rules); otherwise a uid now held by another hotkey gets nothing
     eval_set_role: ClassVar[str] = "held_out"  # "held_out": rows found in the eval set are leaks, dropped |
     # "pool": the eval set is the pool a submission's rows must come from
 

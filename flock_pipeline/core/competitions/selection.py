@@ -54,6 +54,7 @@ class SelectionCompetition(Competition):
     in_corpus: ClassVar[bool] = False  # its rows are the published pool's own rows
     daily_rounds: ClassVar[bool] = True
     burns_unearned: ClassVar[bool] = True  # nobody scored, or a fresh start: all weight to the owner's uid
+    follows_moved_hotkeys: ClassVar[bool] = True  # a winner's reward follows its hotkey, then its coldkey
     eval_set_role: ClassVar[str] = "pool"
 
     def __post_init__(self) -> None:
