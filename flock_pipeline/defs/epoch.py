@@ -22,7 +22,7 @@ import dagster as dg
 from flock_pipeline.defs.assets import (ASSETS, EPOCH_TAG, RANGE_END, RANGE_START, SCORING_STAGE, chain_commitments,
                                         epochs_partitions)
 from flock_pipeline.defs.jobs import EPOCH_STAGE_JOB, stage_job
-from flock_pipeline.defs.planner import error_cause, next_epoch_requests, provenance_lookup
+from flock_pipeline.defs.planner import failure_messages, next_epoch_requests, provenance_lookup
 from flock_pipeline.errors import FlockError
 
 class EpochFailed(FlockError, RuntimeError):
@@ -79,8 +79,7 @@ def _run(selection: list, partition_key: str | None, resources: dict, instance: 
                                         asset_selection=[a.key for a in selection])
         events, success = result.all_events, result.success
     if not success:
-        errors = [error_cause(e.event_specific_data.error) for e in events
-                  if e.is_step_failure and e.event_specific_data.error is not None]
+        errors = failure_messages(events)
         where = partition_key if partition_key is not None else \
             f"{tags.get(RANGE_START)}...{tags.get(RANGE_END)}"
         raise EpochFailed(f"{[a.key.to_user_string() for a in selection]} [{where}] failed: "

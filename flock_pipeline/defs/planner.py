@@ -38,11 +38,40 @@ def scoped(network: str, key: str) -> str:
     return f"{network}/{key}" if network else key
 
 
+_RETRY_WRAPPER = "RetryRequestedFromPolicy"  # what a step's retry policy wraps the asset's own error in
+
+
 def error_cause(error) -> str:
-    """The asset's own error message (Dagster wraps it in its step-execution error)."""
-    while error.cause is not None and error.cls_name and error.cls_name.startswith("Dagster"):
+    """The asset's own error message (Dagster wraps it in its step-execution error, and a step that used up its
+    retries in "Exceeded max_retries of N", which is said after the cause)."""
+    retries = None
+    while error.cause is not None and error.cls_name and (error.cls_name.startswith("Dagster")
+                                                          or error.cls_name == _RETRY_WRAPPER):
+        said = str(error.message).split(":")[0].strip()
+        if error.cls_name == _RETRY_WRAPPER and said.startswith("Exceeded max_retries") and not said.endswith(" 0"):
+            retries = said.lower()
         error = error.cause
-    return str(error.message).strip()
+    message = str(error.message).strip()
+    return f"{message} ({retries})" if retries else message
+
+
+def failure_messages(events) -> list[str]:
+    """Each failed step's own error of a run's events; when a retried step failed for good, its first attempt's
+    cause too (a transient first failure often explains the last)."""
+    first: dict[str, str] = {}
+    out = []
+    for e in events:
+        error = getattr(e.event_specific_data, "error", None) if e.event_specific_data is not None else None
+        if error is None:
+            continue
+        if e.is_step_up_for_retry:
+            first.setdefault(e.step_key, error_cause(error))
+        elif e.is_step_failure:
+            message = error_cause(error)
+            earlier = first.get(e.step_key)
+            out.append(message if earlier is None or earlier == message.split(" (exceeded")[0]
+                       else f"{message}; first attempt: {earlier}")
+    return out
 
 
 MAX_RUN_ATTEMPTS = 3  # runs of one stage of one miner that may fail (crash without a record) before it is given up
@@ -190,7 +219,8 @@ def next_epoch_requests(epoch: int, store: StoreResource, instance: dg.DagsterIn
                         provenance_of: ProvenanceOf, chain_block: int | None = None,
                         eval_timeout_s: int = 0, verdict: str | dict[str | None, str] | None = None,
                         eval_tags: dict[str, str] | None = None, batch: int = 1,
-                        dataset_batch: int | None = None, network: str = "") -> tuple[list[dg.RunRequest], str]:
+                        dataset_batch: int | None = None, network: str = "",
+                        wait_for_runs: bool = False) -> tuple[list[dg.RunRequest], str]:
     """The run requests that move `epoch` to its next stage, and a one-line description of where it stands.
 
     This is the one description of an epoch's stages: the epoch sensor launches what it returns, and `flock epoch
@@ -205,7 +235,9 @@ def next_epoch_requests(epoch: int, store: StoreResource, instance: dg.DagsterIn
     evaluation given up that way is recorded as failed with the last run's error (it scores 0 with that reason).
     With `eval_timeout_s`, evaluation runs carry Dagster's `dagster/max_runtime` tag: run monitoring fails a run
     that takes longer, which then counts as one of its attempts. Run keys are scoped by `network` (the chain's
-    `network_id`).
+    `network_id`). With `wait_for_runs` (the sensors: runs of earlier ticks may still be going), a miner that a miner
+    stage run in progress covers is not requested again (it would be trained twice at once on a pool of several
+    GPUs); the in-process runner executes its runs one after the other, so none is in progress when it asks.
     """
     from flock_pipeline.resources import DATASET_BATCH
 
@@ -214,8 +246,9 @@ def next_epoch_requests(epoch: int, store: StoreResource, instance: dg.DagsterIn
     accepted = [c for c in store.epoch_commitments(epoch) if c.status == "ok"]
     step = _dataset_requests(epoch, store, instance, accepted, verdict, dataset_batch or DATASET_BATCH, network, tags)
     if step is None:
+        covered = _miners_in_progress(instance, str(epoch)) if wait_for_runs else set()
         step = _miner_requests_of_epoch(epoch, store, instance, accepted, provenance_of, batch, network,
-                                        {**(eval_tags or {}), **tags}, eval_timeout_s)
+                                        {**(eval_tags or {}), **tags}, eval_timeout_s, covered)
     if step is not None:
         return step
     if not store.scores(epoch):
@@ -243,7 +276,8 @@ def _dataset_requests(epoch: int, store: StoreResource, instance: dg.DagsterInst
 
 def _miner_requests_of_epoch(epoch: int, store: StoreResource, instance: dg.DagsterInstance, accepted: list,
                              provenance_of: ProvenanceOf, batch: int, network: str, tags: dict,
-                             eval_timeout_s: int) -> tuple[list[dg.RunRequest], str] | None:
+                             eval_timeout_s: int, covered: set[str] = frozenset()
+                             ) -> tuple[list[dg.RunRequest], str] | None:
     """The miner stage: runs of shard + evaluation for the miners without a final result; a miner whose runs kept
     failing is recorded as failed (or, for a validator fault, stops the epoch); None when every miner is done."""
     key = str(epoch)
@@ -260,14 +294,32 @@ def _miner_requests_of_epoch(epoch: int, store: StoreResource, instance: dg.Dags
         shard = shards.get(c.hotkey)
         if shard is None or (shard.status == "eligible" and shard.shard_hash not in evaluated):
             todo[c.hotkey] = scoped(network, f"miner:{key}:{c.hotkey}:{c.revision}")
+    busy = sorted(h for h in todo if h in covered)
+    todo = {h: k for h, k in todo.items() if h not in covered}
     pending, given_up = _miner_requests(instance, todo, batch, scoped(network, f"miners:{key}"), tags,
                                         [deduplicated_shards.key, miner_eval_losses.key], eval_timeout_s)
     faults = _give_up(given_up, shards, todo, provenance_of, revisions, instance, store)
     if pending:
-        return pending, f"deduplicating + evaluating {len(todo) - len(given_up)} miner(s) in {len(pending)} run(s)"
+        return pending, (f"deduplicating + evaluating {len(todo) - len(given_up)} miner(s) in {len(pending)} run(s)"
+                         + (f"; {len(busy)} more in runs in progress" if busy else ""))
+    if busy:
+        return [], f"waiting for {len(busy)} miner(s) being evaluated by runs in progress"
     if faults:
         return [], f"stopped by a validator fault (fix it, then re-execute the failed runs): {faults[0]}"
     return None
+
+
+def _miners_in_progress(instance: dg.DagsterInstance, epoch_key: str) -> set[str]:
+    """The miners that runs of the epoch's miner stage, queued or running now, cover (one partition, or a range)."""
+    covered: set[str] = set()
+    for run in instance.get_runs(filters=dg.RunsFilter(tags={EPOCH_TAG: epoch_key}, statuses=IN_PROGRESS,
+                                                       job_name=MINER_STAGE_JOB)):
+        start, end = run.tags.get(RANGE_START), run.tags.get(RANGE_END)
+        if start is not None and end is not None:
+            covered.update(miners_in_range(instance, start, end))
+        elif run.tags.get("dagster/partition"):
+            covered.add(run.tags["dagster/partition"])
+    return covered
 
 
 def _give_up(given_up: list[str], shards: dict, todo: dict[str, str], provenance_of: ProvenanceOf,

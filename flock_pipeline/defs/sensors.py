@@ -121,7 +121,7 @@ def epoch_progress_sensor(context: dg.SensorEvaluationContext, store: StoreResou
     requests, stage = next_epoch_requests(latest, store, context.instance, provenance_of,
                                           block, evaluator.timeout_s,
                                           verdict_keys(settings), evaluator.evaluation_run_tags(),
-                                          batch=batch_settings()[0], network=network)
+                                          batch=batch_settings()[0], network=network, wait_for_runs=True)
     if confirmations:
         context.log.info(f"confirming the weights of epoch(s) {', '.join(r.partition_key for r in confirmations)}")
     if not requests and not confirmations:

@@ -325,3 +325,35 @@ def test_the_epoch_sensor_waits_for_the_commitment_sensors_downloads(demo):
                                    tags={PREFETCH_TAG: "true"}))
     requests, stage = next_epoch_requests(epoch, resources["store"], instance, lambda _c: provenance)
     assert len(requests) == 1 and stage == "downloading 6 dataset(s) in 1 run(s)"
+
+
+def test_the_epoch_sensor_never_requests_a_miner_that_a_run_in_progress_covers(demo):
+    """A shards + evaluation run of 4 miners is still going (on a `gpu` pool of 2 another run could start beside
+    it): the next tick requests only the other miners, and while nothing else is left it waits for that run instead
+    of requesting its miners again or moving on to scoring."""
+    from flock_pipeline.defs.assets import EPOCH_TAG, RANGE_END, RANGE_START
+    from flock_pipeline.defs.jobs import MINER_STAGE_JOB
+    from flock_pipeline.defs.planner import next_epoch_requests
+
+    _, resources, instance, epoch = demo
+    key, store = str(epoch), resources["store"]
+    instance.add_dynamic_partitions(epochs_partitions.name, [key])
+    _run([chain_commitments], key, resources, instance)
+    hotkeys = [c.hotkey for c in store.epoch_commitments(epoch)]
+    provenance = resources["evaluator"].provenance()
+    [download], _ = next_epoch_requests(epoch, store, instance, lambda _c: provenance, batch=4, wait_for_runs=True)
+    _run_request(download, resources, instance)
+    instance.add_run(dg.DagsterRun(job_name=MINER_STAGE_JOB, run_id="evaluating", status=dg.DagsterRunStatus.STARTED,
+                                   tags={EPOCH_TAG: key, RANGE_START: hotkeys[0], RANGE_END: hotkeys[3]}))
+    requests, stage = next_epoch_requests(epoch, store, instance, lambda _c: provenance, batch=4,
+                                          wait_for_runs=True)
+    assert [request_miners(r, instance) for r in requests] == [hotkeys[4:]]
+    assert stage == "deduplicating + evaluating 2 miner(s) in 1 run(s); 4 more in runs in progress"
+    _run_request(requests[0], resources, instance)
+    requests, stage = next_epoch_requests(epoch, store, instance, lambda _c: provenance, batch=4,
+                                          wait_for_runs=True)
+    assert requests == [] and stage == "waiting for 4 miner(s) being evaluated by runs in progress"
+    # the in-process runner executes its runs one after the other: a run left "started" by a killed process is
+    # not waited for there
+    requests, _ = next_epoch_requests(epoch, store, instance, lambda _c: provenance, batch=4)
+    assert [request_miners(r, instance) for r in requests] == [hotkeys[:4]]
