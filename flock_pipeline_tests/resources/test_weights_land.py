@@ -151,9 +151,12 @@ def store(tmp_path):
     return StoreResource(url=f"duckdb://{tmp_path / 'warehouse.duckdb'}")
 
 
-def scored(store, epoch, weights):
-    store.record_scores(epoch, [ScoreRecord(epoch=epoch, hotkey=f"hk{uid}", uid=uid, status="scored", reason=None,
-                                                eval_loss=1.0, score=w, weight=w) for uid, w in weights.items()])
+def scored(store, epoch, weights, chain):
+    """Scores for the uids of `weights`, each recorded for the hotkey that holds the uid on `chain` (a weight goes
+    only to the hotkey that earned it: the send checks the metagraph)."""
+    holders = {n.uid: n.hotkey for n in chain.metagraph()}
+    store.record_scores(epoch, [ScoreRecord(epoch=epoch, hotkey=holders[uid], uid=uid, status="scored", reason=None,
+                                            eval_loss=1.0, score=w, weight=w) for uid, w in weights.items()])
 
 
 def settings_for(hotkey) -> ValidatorSettingsResource:
@@ -163,7 +166,7 @@ def settings_for(hotkey) -> ValidatorSettingsResource:
 def test_a_commit_is_confirmed_applied_after_a_restart(sub, chain, store):
     next_epochs(sub)
     epoch = chain.epoch_of(sub.block)
-    scored(store, epoch, {1: 0.75, 2: 0.25})
+    scored(store, epoch, {1: 0.75, 2: 0.25}, chain)
     sent = submit_epoch_weights(epoch, chain, settings_for(VALIDATOR.ss58_address), store).submission
     assert sent.state == "committed" and sent.reveal_epoch == epoch + 1 and sent.uids == (1, 2)
     chain.close()  # the validator restarts between the commit and the reveal
@@ -183,7 +186,7 @@ def test_a_commit_is_confirmed_applied_after_a_restart(sub, chain, store):
 def test_a_commit_that_is_never_revealed_is_reported_lost(sub, chain, store):
     next_epochs(sub)
     epoch = chain.epoch_of(sub.block)
-    scored(store, epoch, {1: 1.0})
+    scored(store, epoch, {1: 1.0}, chain)
     sub.withhold_pulses = True  # the drand pulse never reaches the chain
     assert submit_epoch_weights(epoch, chain, settings_for(VALIDATOR.ss58_address), store).submission.state \
         == "committed"
@@ -198,7 +201,7 @@ def test_a_commit_that_is_never_revealed_is_reported_lost(sub, chain, store):
 def test_a_reveal_dropped_by_the_runtime_is_reported_with_the_reason(sub, chain, store):
     next_epochs(sub)
     epoch = chain.epoch_of(sub.block)
-    scored(store, epoch, {1: 1.0})
+    scored(store, epoch, {1: 1.0}, chain)
     submit_epoch_weights(epoch, chain, settings_for(VALIDATOR.ss58_address), store)
     sub.set_stake(VALIDATOR.ss58_address, 10.0)  # unstaked before the reveal
     sub.stake_threshold = 100.0
@@ -253,14 +256,14 @@ def test_a_kill_between_the_chain_taking_weights_and_the_record_never_sends_twic
                             else _substrate(tmp_path, commit_reveal="commit-reveal" in where))
     first = StoreResource(url=f"duckdb://{tmp_path / 'first.duckdb'}")
     epoch = chain.epoch_of(chain.current_block())
-    scored(first, epoch, {1: 0.6, 2: 0.4})
+    scored(first, epoch, {1: 0.6, 2: 0.4}, chain)
     with pytest.raises(KilledAfterSending):
         submit_epoch_weights(epoch, chain, settings_for(hotkey), DiesAfterSending(first))
     assert sends() == 1 and first.weight_submission(epoch).state == "in flight"
     store = first
     if warehouse_after == "deleted":
         store = StoreResource(url=f"duckdb://{tmp_path / 'second.duckdb'}")
-        scored(store, epoch, {1: 0.6, 2: 0.4})
+        scored(store, epoch, {1: 0.6, 2: 0.4}, chain)
     again = submit_epoch_weights(epoch, chain, settings_for(hotkey), store)
     assert sends() == 1 and not again.sent_now and "already set" in again.submission.message
     assert again.submission.state == ("committed" if "commit-reveal" in where else "applied")
@@ -294,7 +297,7 @@ def test_weights_the_chain_took_but_did_not_store_are_sent_again_within_the_epoc
     fake = _injected_substrate(chain)
     store = StoreResource(url=f"duckdb://{tmp_path / 'w.duckdb'}")
     epoch = chain.epoch_of(chain.current_block())
-    scored(store, epoch, {1: 0.6, 2: 0.4})
+    scored(store, epoch, {1: 0.6, 2: 0.4}, chain)
     real_store = fake._store
     monkeypatch.setattr(fake, "_store", lambda *a, **k: None)  # included, then lost: nothing stored
     lost = submit_epoch_weights(epoch, chain, settings_for(hotkey), store).submission
@@ -318,9 +321,9 @@ def _injected_substrate(chain):
 def test_an_older_epochs_weights_never_overwrite_a_newer_epochs(tmp_path, store):
     chain, hotkey, sends = _local(tmp_path)
     first = chain.epoch_of(chain.current_block())
-    scored(store, first, {1: 1.0})
+    scored(store, first, {1: 1.0}, chain)
     chain.advance(chain.epoch_start(first + 1) - chain.current_block())
-    scored(store, first + 1, {2: 1.0})
+    scored(store, first + 1, {2: 1.0}, chain)
     assert submit_epoch_weights(first + 1, chain, settings_for(hotkey), store).submission.state == "applied"
     chain.advance(10)  # past the rate limit: only the rule keeps epoch `first` from going out now
     late = submit_epoch_weights(first, chain, settings_for(hotkey), store).submission
