@@ -10,6 +10,7 @@ from flock_pipeline.core.corpus import (DPO, FILES, JSONL_FILES, SFT, BaseAnswer
                                         CorpusShard, build_release_records, dataset_card, greedy_answers,
                                         make_dir, merge_releases, read_release, release_files, release_sha256,
                                         replace_latest, select_miners, single_turn, write_release)
+from flock_pipeline.core.corpus.release import ReleaseError
 from flock_pipeline.core.schema import ChatRow, RowError, parse_preference_row
 from flock_pipeline.core.tiny_model import model_revision
 from flock_pipeline.errors import ResultsKept
@@ -221,6 +222,28 @@ def _write_epoch_release(epoch: int, records: dict, sha: str, corpus_dir: Path, 
     return target
 
 
+def _recorded_release(record: CorpusRecord, corpus_dir: Path, replace: bool) -> dict | None:
+    """The records of an epoch release the store recorded (`latest` is rebuilt from what was recorded, never from
+    whatever folders are on disk). A recorded release that is missing, incomplete or garbled stops the step with an
+    error naming it, so `latest` never shrinks silently; with `replace_results` it is left out instead."""
+    if not record.release_dir:
+        return None  # written before release folders: not in `latest`
+    folder = Path(record.release_dir)
+    if not folder.is_dir():  # a moved or copied home: the same release under this corpus_dir
+        folder = corpus_dir / folder.name
+    try:
+        held = read_release(folder)
+    except ReleaseError:
+        if replace:
+            return None
+        raise
+    if held is None and not replace:
+        raise ResultsKept(f"epoch {record.epoch}'s recorded release {folder} is missing or incomplete: `latest` is "
+                          "kept as it is. Restore the folder, or set FLOCK_SETTINGS='{\"replace_results\": true}' "
+                          "to rebuild `latest` without it")
+    return held
+
+
 def _update_latest(corpus_dir: Path, store: StoreResource, policy: CorpusPolicy,
                    settings: ValidatorSettingsResource) -> tuple[Path, bool]:
     """`corpus_dir/latest` from every recorded epoch release (each row once, its best-weighted copy), under a lock
@@ -234,16 +257,8 @@ def _update_latest(corpus_dir: Path, store: StoreResource, policy: CorpusPolicy,
         with contextlib.suppress(OSError):  # another user's lock file stays as it is
             os.fchmod(lock.fileno(), 0o644)
         fcntl.flock(lock, fcntl.LOCK_EX)
-        releases = []
-        for record in store.rows(CorpusRecord):
-            if not record.release_dir:
-                continue  # written before release folders: not in `latest`
-            folder = Path(record.release_dir)
-            if not folder.is_dir():  # a moved or copied home: the same release under this corpus_dir
-                folder = corpus_dir / folder.name
-            held = read_release(folder)
-            if held is not None:
-                releases.append(held)
+        releases = [held for record in store.rows(CorpusRecord)
+                    if (held := _recorded_release(record, corpus_dir, settings.replace_results)) is not None]
         merged = merge_releases(releases)
         card = dataset_card(merged, title="FLock OFF corpus", policy=policy, where=settings.corpus_repo,
                             note="The cumulative release: every row once across the epochs below, with the "

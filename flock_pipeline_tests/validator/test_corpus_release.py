@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -295,3 +296,61 @@ def test_the_local_hub_takes_a_release_too(home, store):
     for name in ("README.md", "dpo.parquet", "jsonl/sft.jsonl"):
         assert hub.download("flock/corpus", record.published_revision, name) == \
             (home / "corpus" / "latest" / name).read_bytes()
+
+
+# -- releases never shrink or escape (what is on disk is untrusted) -------------------------------------------------
+
+
+def _latest_rows(home) -> int:
+    return len(read_release(home / "corpus" / "latest")[SFT])
+
+
+def test_a_missing_earlier_release_stops_the_step_and_latest_keeps_its_rows(home, store):
+    from flock_pipeline.errors import ResultsKept
+
+    two_epochs(store)
+    build_epoch_corpus(1, settings(home), store)
+    before = _latest_rows(home)
+    shutil.rmtree(home / "corpus" / "epoch-1")  # lost from disk; the store still records it
+    with pytest.raises(ResultsKept, match=r"epoch 1's recorded release .*epoch-1 is missing or incomplete"):
+        build_epoch_corpus(2, settings(home), store)
+    assert _latest_rows(home) == before  # not rebuilt from what happens to be on disk
+    build_epoch_corpus(2, settings(home, replace_results=True), store)  # the operator's choice: without it
+    assert {r["epoch"] for r in read_release(home / "corpus" / "latest")[SFT]} == {2}
+
+
+def test_a_garbled_release_file_is_named_in_the_error(home, store):
+    from flock_pipeline.core.corpus import ReleaseError
+
+    two_epochs(store)
+    build_epoch_corpus(1, settings(home), store)
+    path = home / "corpus" / "epoch-1" / "jsonl" / "sft.jsonl"
+    path.write_text(path.read_text() + "{not json\n")
+    with pytest.raises(ReleaseError, match=r"epoch-1/jsonl/sft\.jsonl, line \d+: not JSON"):
+        build_epoch_corpus(2, settings(home), store)
+
+
+def test_the_corpus_step_never_follows_a_link_out_of_its_folder(home, store, tmp_path_factory):
+    from flock_pipeline.core.corpus import ReleaseError
+
+    two_epochs(store)
+    outside = tmp_path_factory.mktemp("someone-elses")
+    (outside / "0123456789abcdef").mkdir()  # a folder named like a release, outside the corpus folder
+    (outside / "0123456789abcdef" / "keep.txt").write_text("mine")
+    (home / "corpus").mkdir(parents=True)
+    (home / "corpus" / ".latest").symlink_to(outside)
+    with pytest.raises(ReleaseError, match=r"\.latest is not a folder the corpus step wrote"):
+        build_epoch_corpus(1, settings(home), store)
+    assert (outside / "0123456789abcdef" / "keep.txt").read_text() == "mine" and len(list(outside.iterdir())) == 1
+
+
+def test_a_plain_latest_folder_of_someone_elses_is_never_deleted(home, store):
+    from flock_pipeline.core.corpus import ReleaseError
+
+    two_epochs(store)
+    notes = home / "corpus" / "latest"
+    notes.mkdir(parents=True)
+    (notes / "notes.txt").write_text("my notes")
+    with pytest.raises(ReleaseError, match=r"latest is not a release the corpus step wrote"):
+        build_epoch_corpus(1, settings(home), store)
+    assert (notes / "notes.txt").read_text() == "my notes"

@@ -25,13 +25,14 @@ from flock_pipeline.core.corpus.card import SIZE_CATEGORIES, dataset_card, size_
 from flock_pipeline.core.corpus.policy import Candidate, CorpusPolicy, select_miners
 from flock_pipeline.core.corpus.release import (CARD_FILE, COLUMNS, CONFIGS, CorpusShard, DEFAULT_LICENSE, DIR_MODE,
                                                 DPO, FILES, FILE_MODE, JSONL_FILES, LATEST, LATEST_STORE,
-                                                PROVENANCE_COLUMNS, SFT, TYPES, arrow_schema, build_release_records,
-                                                features_yaml, jsonl_text, make_dir, merge_releases, read_release,
-                                                release_files, release_sha256, replace_latest, write_release)
+                                                PROVENANCE_COLUMNS, ReleaseError, SFT, TYPES, arrow_schema,
+                                                build_release_records, features_yaml, jsonl_text, make_dir,
+                                                merge_releases, read_release, release_files, release_sha256,
+                                                replace_latest, write_release)
 
 __all__ = ["BaseAnswerCache", "CARD_FILE", "COLUMNS", "CONFIGS", "Candidate", "CorpusPolicy", "CorpusShard",
            "DEFAULT_LICENSE", "DIR_MODE", "DPO", "FILES", "FILE_MODE", "JSONL_FILES", "LATEST", "LATEST_STORE",
-           "PROVENANCE_COLUMNS", "SFT", "SIZE_CATEGORIES", "TYPES", "arrow_schema", "build_release_records",
-           "dataset_card", "features_yaml", "greedy_answers", "jsonl_text", "make_dir", "merge_releases",
-           "read_release", "release_files", "release_sha256", "replace_latest", "select_miners", "single_turn",
-           "size_category", "write_release"]
+           "PROVENANCE_COLUMNS", "ReleaseError", "SFT", "SIZE_CATEGORIES", "TYPES", "arrow_schema",
+           "build_release_records", "dataset_card", "features_yaml", "greedy_answers", "jsonl_text", "make_dir",
+           "merge_releases", "read_release", "release_files", "release_sha256", "replace_latest", "select_miners",
+           "single_turn", "size_category", "write_release"]

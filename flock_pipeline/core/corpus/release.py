@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flock_pipeline.core.schema import ChatRow, PreferenceRow
+from flock_pipeline.errors import FlockError
 
 SFT, DPO = "sft", "dpo"
 CONFIGS = (SFT, DPO)
@@ -188,15 +190,30 @@ def make_dir(path: Path) -> None:
     os.chmod(path, DIR_MODE)
 
 
+class ReleaseError(FlockError, ValueError):
+    """A release folder or file on disk is not what the corpus step wrote; the message names it."""
+
+
 def read_release(folder: Path) -> dict[str, list[dict]] | None:
-    """A release folder's records (from its JSONL files); None when it is not a complete release."""
+    """A release folder's records (from its JSONL files); None when it is not a complete release. A file that does
+    not read as JSONL is a ReleaseError naming the file and the line."""
     folder = Path(folder)
     out = {}
     for config in CONFIGS:
         path = folder / JSONL_FILES[config]
         if not path.is_file():
             return None
-        out[config] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        out[config] = []
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ReleaseError(f"{path}: cannot be read ({exc})") from None
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                try:
+                    out[config].append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ReleaseError(f"{path}, line {number}: not JSON ({exc.msg})") from None
     return out
 
 
@@ -221,6 +238,7 @@ def replace_latest(records: dict[str, list[dict]], corpus_dir: Path, card: str) 
     sha = release_sha256(records)
     link, store = corpus_dir / LATEST, corpus_dir / LATEST_STORE
     name = sha[:16]
+    _check_own(corpus_dir, link, store)
     if link.is_symlink():
         if os.readlink(link) == f"{LATEST_STORE}/{name}" and (store / name).is_dir():
             return link, False
@@ -237,7 +255,25 @@ def replace_latest(records: dict[str, list[dict]], corpus_dir: Path, card: str) 
     temp = corpus_dir / f".latest-link-{os.urandom(6).hex()}"
     os.symlink(f"{LATEST_STORE}/{name}", temp)
     os.replace(temp, link)
-    for old in store.iterdir():
-        if old.name not in (name, previous) and old.is_dir() and not old.is_symlink():
+    for old in store.iterdir():  # only what this step wrote there: release folders and moved-aside copies
+        if old.name not in (name, previous) and old.is_dir() and not old.is_symlink() and _OURS.fullmatch(old.name):
             shutil.rmtree(old, ignore_errors=True)
     return link, True
+
+
+_OURS = re.compile(r"[0-9a-f]{16}|replaced-[0-9a-f]{8}")  # the names of the folders `replace_latest` writes
+
+
+def _check_own(corpus_dir: Path, link: Path, store: Path) -> None:
+    """`latest` and `.latest` are what the corpus step writes, or absent: a `.latest` that is not a folder inside
+    `corpus_dir` (a symbolic link elsewhere), a `latest` link that points out of `.latest`, or a plain-folder
+    `latest` that holds no release (someone's files) are refused (ReleaseError naming it), never followed or
+    deleted."""
+    if store.is_symlink() or (store.exists() and not store.is_dir()):
+        raise ReleaseError(f"{store} is not a folder the corpus step wrote (a link or a file): move it away")
+    if link.is_symlink():
+        target = os.readlink(link)
+        if not re.fullmatch(rf"{re.escape(LATEST_STORE)}/{_OURS.pattern}", target):
+            raise ReleaseError(f"{link} points to {target!r}, not to a release the corpus step wrote: move it away")
+    elif link.exists() and (not link.is_dir() or read_release(link) is None):
+        raise ReleaseError(f"{link} is not a release the corpus step wrote (no release in it): move it away")
