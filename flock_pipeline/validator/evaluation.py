@@ -131,6 +131,7 @@ def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubRe
         train_sets = [rows_from_json(store.shard_rows(p.found.shard.shard_hash), row_format) for p in pending]
         with store.released():  # training takes a while: other processes may use the store meanwhile
             outcomes = evaluator.evaluate_many(train_sets, eval_rows, recipe=pending[0].recipe, objective=objective)
+        _refuse_one_error_for_all(pending, outcomes)
         faults = [(p, o) for p, o in zip(pending, outcomes) if isinstance(o, Exception) and is_validator_fault(o)]
         for p, outcome in zip(pending, outcomes):  # every real outcome is kept before a fault stops the batch
             if not any(p is q for q, _ in faults):
@@ -138,6 +139,17 @@ def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubRe
         if faults:
             _record_outcome(*faults[0], store)  # raises the ValidatorFault; nothing is recorded for it
     return _with_base_losses(results, shards, evaluator, hub, store, settings)
+
+
+def _refuse_one_error_for_all(pending: list[_Pending], outcomes: list) -> None:
+    """Several miners trained together and every one failed with the same error (type and message): that is the
+    validator's recipe, optimizer or library, not their different data. The batch stops as a ValidatorFault and
+    nothing is recorded against any of them (a lone miner's failure cannot be told apart: it is its own)."""
+    errors = {f"{type(o).__name__}: {o}" for o in outcomes if isinstance(o, Exception)}
+    if len(pending) >= 2 and len(errors) == 1 and all(isinstance(o, Exception) for o in outcomes):
+        raise ValidatorFault(f"all {len(pending)} miners evaluated together failed with the same error, so it is the "
+                             f"validator's (its recipe, optimizer or libraries), not their data: {errors.pop()}; "
+                             "nothing was recorded against them: fix it and run the epoch again")
 
 
 def _with_base_losses(results: dict, shards: dict[str, ShardToEvaluate], evaluator: EvaluatorResource,

@@ -322,3 +322,27 @@ def test_a_winner_whose_uid_changed_hands_before_scoring_gets_nothing(copy):
     assert (moved.status, moved.weight) == ("uid_changed", 0.0)
     assert f"uid {winner['uid']} is held by another hotkey (hk-newcomer)" in moved.reason
     assert scores["hk-honest-fair"].status == "scored" and scores["hk-honest-fair"].weight == pytest.approx(1.0)
+
+
+def test_one_error_that_every_miner_hits_alike_is_the_validators(copy, monkeypatch):
+    """A recipe or optimizer error that every miner of a batch hits the same way (here: the optimizer refusing the
+    learning rate) stops the epoch as a validator fault; nothing is recorded against the miners, and once it is
+    fixed the next run scores them."""
+    from flock_pipeline.core.objectives import SftObjective
+
+    home, epoch, before = copy
+    resources = build_resources(home)
+    store = resources["store"]
+    store.drop_eval_results([r.cache_key for r in store.rows(EvalResultRecord)])  # every miner is evaluated again
+
+    def refused(self, base, train_sets, eval_rows, recipe, trainer):
+        return [ValueError("Invalid learning rate: -0.0002") for _ in train_sets]
+
+    monkeypatch.setattr(SftObjective, "evaluate_many", refused)
+    with pytest.raises(EpochFailed, match="failed with the same error, so it is the validator's"):
+        run_epoch(epoch, resources, dg.DagsterInstance.ephemeral())
+    assert store.rows(EvalResultRecord) == []  # nothing against any miner
+    monkeypatch.undo()
+    run_epoch(epoch, resources, dg.DagsterInstance.ephemeral())
+    report = {m["hotkey"]: m for m in epoch_report(epoch, store)}
+    assert report["hk-honest-good"]["status"] == "scored" and report["hk-honest-good"]["weight"] > 0.9
