@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 
 def _instance():
@@ -25,3 +26,47 @@ def _quiet_torch() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
+def run_stoppable(work):
+    """`work()` in a worker thread while this (main) thread owns SIGTERM and SIGINT: the first asks the work to
+    stop at its next safe point (between runs, between miners), a second ends the process at once. The work raises
+    Stopped when it stopped (exit 143 for SIGTERM, 130 for SIGINT). Dagster replaces signal handlers only on the
+    main thread, so inside the worker it leaves them alone and no signal lands in the middle of a library call."""
+    import signal
+    import threading
+
+    from flock_pipeline.core import stop
+
+    stop.clear()
+
+    def handler(signum, _frame):
+        if stop.requested() is not None:
+            os._exit(stop.exit_code(stop.requested()))  # asked twice: at once
+        stop.request(signum)
+        print(f"flock: {signal.Signals(signum).name} received: stopping at the next safe point, keeping every "
+              "finished result (send it again to stop at once)", file=sys.stderr, flush=True)
+
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
+            outcome["error"] = exc
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    worker = threading.Thread(target=target, name="flock-work", daemon=True)
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+    finally:
+        for s, h in previous.items():  # after a stop, a further signal ends the process at once (its exit code)
+            signal.signal(s, h if stop.requested() is None else handler)
+    if "error" in outcome:
+        halted = stop.stopped()
+        if halted is not None and not isinstance(outcome["error"], stop.Stopped):
+            raise halted from outcome["error"]
+        raise outcome["error"]
+    return outcome.get("value")

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from flock_pipeline.cli.common import _instance, _quiet_torch
+from flock_pipeline.cli.common import _instance, _quiet_torch, run_stoppable
 from flock_pipeline.core.untrusted import finite
 
 
@@ -44,7 +44,8 @@ def cmd_demo(args) -> int:
         return 0
     resources = build_resources(home)
     log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
-    cycle = run_cycle(home, resources, _instance(), run_epoch, progress=log)
+    instance = _instance()
+    cycle = run_stoppable(lambda: run_cycle(home, resources, instance, run_epoch, progress=log))
     demo = json.loads((home / "demo.json").read_text())
     report = epoch_report(epoch, resources["store"], demo["labels"], demo.get("quality"))
     elapsed = time.perf_counter() - started
@@ -80,7 +81,8 @@ def cmd_epoch_run(args) -> int:
     resources = build_resources()
     chain = resources["chain"]
     epoch = args.epoch if args.epoch is not None else chain.epoch_of(chain.current_block())
-    run_epoch(epoch, resources, _instance(), progress=lambda m: print(m, file=sys.stderr))
+    instance = _instance()
+    run_stoppable(lambda: run_epoch(epoch, resources, instance, progress=lambda m: print(m, file=sys.stderr)))
     report = epoch_report(epoch, resources["store"])
     print(json.dumps(finite({"epoch": epoch, "miners": report}), indent=1, allow_nan=False) if args.json
           else format_report(report))

@@ -35,6 +35,7 @@ class Trainer:
 
     lock: AbstractContextManager
     multi_lora: int = 0
+    stopped: Callable[[], Exception | None] = lambda: None  # a stop asked for (between sets): its error, or None
 
 
 class Objective(Stateless, ABC):
@@ -69,6 +70,10 @@ class Objective(Stateless, ABC):
         Default: each set alone, in turn."""
         results: list[Any] = []
         for rows in train_sets:
+            stop = trainer.stopped()
+            if stop is not None:  # a stop at a safe point: the sets not trained yet get the stop, not a result
+                results.append(stop)
+                continue
             try:
                 with trainer.lock:
                     results.append(self.evaluate(base, rows, eval_rows, recipe))
@@ -118,6 +123,8 @@ class SftObjective(Objective):
         if trainer.multi_lora and recipe.quantization == "none" and recipe.optimizer == "adamw":
             self._multi_lora(base, train_tok, eval_tok, recipe, trainer, results)
         for i, tokens in enumerate(train_tok):
+            if results[i] is None and trainer.stopped() is not None:
+                results[i] = trainer.stopped()  # a stop at a safe point: not trained, nothing to record
             if results[i] is None:
                 try:
                     with trainer.lock:
@@ -132,6 +139,8 @@ class SftObjective(Objective):
 
         todo = [i for i, t in enumerate(train_tok) if t and results[i] is None]
         for start in range(0, len(todo), trainer.multi_lora):
+            if trainer.stopped() is not None:
+                return
             chunk = todo[start:start + trainer.multi_lora]
             try:
                 with trainer.lock:
@@ -167,6 +176,10 @@ class DpoObjective(Objective):
             eval_pairs = dpo.with_reference(base, dpo.pair_tokens(eval_rows, base.tokenizer, recipe, train=False),
                                             recipe)
         for rows in train_sets:
+            stop = trainer.stopped()
+            if stop is not None:
+                results.append(stop)
+                continue
             try:
                 with trainer.lock:
                     tokens = dpo.pair_tokens(rows, base.tokenizer, recipe, train=True)

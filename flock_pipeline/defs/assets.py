@@ -28,6 +28,7 @@ from flock_pipeline.store.backends import store_dialect
 from flock_pipeline.validator.commitments import snapshot_commitments
 from flock_pipeline.validator.datasets import fetch_miner_dataset
 from flock_pipeline.validator.evaluation import evaluate_miners
+from flock_pipeline.core.stop import Stopped
 from flock_pipeline.errors import FlockError, ValidatorFault
 from flock_pipeline.validator.corpus import build_epoch_corpus
 from flock_pipeline.validator.scoring import compute_epoch_scores
@@ -71,6 +72,8 @@ def validator_faults_stop_the_step():
     except ValidatorFault as exc:
         raise dg.Failure(description=f"validator fault (fix it and run again; no miner was judged): {exc}",
                          allow_retries=False) from exc
+    except Stopped as exc:  # a signal asked for a stop: what was finished is recorded, nothing is retried
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
 
 def _table(frame: pd.DataFrame, columns: list[str]) -> dg.MetadataValue:

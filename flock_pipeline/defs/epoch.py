@@ -21,6 +21,7 @@ import dagster as dg
 
 from flock_pipeline.defs.assets import (ASSETS, EPOCH_TAG, RANGE_END, RANGE_START, SCORING_STAGE, chain_commitments,
                                         epochs_partitions)
+from flock_pipeline.core import stop
 from flock_pipeline.defs.jobs import EPOCH_STAGE_JOB, stage_job
 from flock_pipeline.defs.planner import failure_messages, next_epoch_requests, provenance_lookup
 from flock_pipeline.errors import FlockError
@@ -65,7 +66,11 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # per-ev
 
 def _run(selection: list, partition_key: str | None, resources: dict, instance: dg.DagsterInstance,
          epoch: int | None = None, tags: dict | None = None) -> None:
-    """One run of `selection` for one partition (or, with range tags and no `partition_key`, a range of them)."""
+    """One run of `selection` for one partition (or, with range tags and no `partition_key`, a range of them). A
+    stop asked for by a signal is honoured before the run starts, and a run it cut short ends as Stopped."""
+    halted = stop.stopped()
+    if halted is not None:
+        raise halted
     tags = {**({EPOCH_TAG: str(epoch)} if epoch is not None else {}), **(tags or {})}
     if _steps_elsewhere():
         events, success = _run_elsewhere(selection, partition_key, instance, tags)
@@ -79,6 +84,9 @@ def _run(selection: list, partition_key: str | None, resources: dict, instance: 
                                         asset_selection=[a.key for a in selection])
         events, success = result.all_events, result.success
     if not success:
+        halted = stop.stopped()
+        if halted is not None:  # the run stopped at a safe point between miners: what it finished is recorded
+            raise halted
         errors = failure_messages(events)
         where = partition_key if partition_key is not None else \
             f"{tags.get(RANGE_START)}...{tags.get(RANGE_END)}"

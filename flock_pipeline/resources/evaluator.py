@@ -145,7 +145,10 @@ class EvaluatorResource(dg.ConfigurableResource):
 
     def trainer(self) -> Trainer:
         """How objectives may train in this process: under the shared model's lock, with multi-LoRA when it is on."""
-        return Trainer(lock=_LOCK, multi_lora=self.multi_lora_max if self.multi_lora_enabled() else 0)
+        from flock_pipeline.core.stop import stopped
+
+        return Trainer(lock=_LOCK, multi_lora=self.multi_lora_max if self.multi_lora_enabled() else 0,
+                       stopped=stopped)
 
     def evaluate(self, train_rows: list, eval_rows: list, on_step=None, recipe: dict | None = None,
                  objective: Objective = SFT) -> EvalOutcome:

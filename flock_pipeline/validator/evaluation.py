@@ -18,6 +18,7 @@ from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.store import EvalResultRecord, ShardRecord, ShardToEvaluate, utcnow
 from flock_pipeline.core.competitions import Competition
+from flock_pipeline.core.stop import Stopped, stopped
 from flock_pipeline.errors import FlockError, ValidatorFault
 from flock_pipeline.validator.datasets import rows_from_json
 from flock_pipeline.validator.eval_sets import load_eval_rows
@@ -126,18 +127,25 @@ def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubRe
                  game.objective)
         groups.setdefault(group, []).append(_Pending(hotkey, found, game, recipe, provenance, key, attempts))
     for (_, eval_repo, eval_revision, row_format, objective), pending in groups.items():
+        halted = stopped()
+        if halted is not None:  # a stop between groups: nothing more is trained
+            raise halted
         preflight(evaluator, hub, eval_repo, eval_revision, pending[0].recipe, row_format)  # the validator's faults
         eval_rows = load_eval_rows(hub, eval_repo, eval_revision, row_format)
         train_sets = [rows_from_json(store.shard_rows(p.found.shard.shard_hash), row_format) for p in pending]
         with store.released():  # training takes a while: other processes may use the store meanwhile
             outcomes = evaluator.evaluate_many(train_sets, eval_rows, recipe=pending[0].recipe, objective=objective)
-        _refuse_one_error_for_all(pending, outcomes)
+        halted = next((o for o in outcomes if isinstance(o, Stopped)), None)
+        if halted is None:
+            _refuse_one_error_for_all(pending, outcomes)
         faults = [(p, o) for p, o in zip(pending, outcomes) if isinstance(o, Exception) and is_validator_fault(o)]
         for p, outcome in zip(pending, outcomes):  # every real outcome is kept before a fault stops the batch
-            if not any(p is q for q, _ in faults):
+            if not any(p is q for q, _ in faults) and not isinstance(outcome, Stopped):
                 results[p.hotkey] = _record_outcome(p, outcome, store)
         if faults:
             _record_outcome(*faults[0], store)  # raises the ValidatorFault; nothing is recorded for it
+        if halted is not None:
+            raise halted  # the finished miners are recorded; the others were not trained
     return _with_base_losses(results, shards, evaluator, hub, store, settings)
 
 
