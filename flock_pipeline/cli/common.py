@@ -38,6 +38,8 @@ def run_stoppable(work):
 
     from flock_pipeline.core import stop
 
+    if threading.current_thread() is not threading.main_thread():
+        return work()  # only the main thread may own signal handlers (a caller that runs the CLI in a thread)
     stop.clear()
 
     def handler(signum, _frame):
