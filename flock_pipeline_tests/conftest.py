@@ -20,7 +20,7 @@ from flock_pipeline_tests.homes import home_with_model  # noqa: E402
 
 # The longest test files (minutes each), collected first: on two workers the longest starts at once and runs beside
 # everything else, instead of starting last and holding the suite up for its whole length after the rest is done.
-LONGEST_FIRST = ("defs/test_kill_resume.py", "cli/test_cli.py")
+LONGEST_FIRST = ("defs/test_kill_resume.py", "defs/test_cluster.py", "cli/test_cli.py")
 
 
 def pytest_collection_modifyitems(config, items):
