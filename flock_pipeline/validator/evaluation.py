@@ -135,18 +135,27 @@ def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubRe
         train_sets = [rows_from_json(store.shard_rows(p.found.shard.shard_hash), row_format) for p in pending]
         with store.released():  # training takes a while: other processes may use the store meanwhile
             outcomes = evaluator.evaluate_many(train_sets, eval_rows, recipe=pending[0].recipe, objective=objective)
-        halted = next((o for o in outcomes if isinstance(o, Stopped)), None)
-        if halted is None:
-            _refuse_one_error_for_all(pending, outcomes)
-        faults = [(p, o) for p, o in zip(pending, outcomes) if isinstance(o, Exception) and is_validator_fault(o)]
-        for p, outcome in zip(pending, outcomes):  # every real outcome is kept before a fault stops the batch
-            if not any(p is q for q, _ in faults) and not isinstance(outcome, Stopped):
-                results[p.hotkey] = _record_outcome(p, outcome, store)
-        if faults:
-            _record_outcome(*faults[0], store)  # raises the ValidatorFault; nothing is recorded for it
-        if halted is not None:
-            raise halted  # the finished miners are recorded; the others were not trained
+        results.update(_record_group(pending, outcomes, store))
     return _with_base_losses(results, shards, evaluator, hub, store, settings)
+
+
+def _record_group(pending: list[_Pending], outcomes: list, store: StoreResource) -> dict[str, EvalRecord | Exception]:
+    """Record each outcome of a group trained together (hotkey -> its record, or the error to retry it). A fault of
+    the validator's, or one error every miner hit alike, raises a ValidatorFault after the real outcomes are kept;
+    a stop asked for by a signal raises Stopped after them (the miners not trained yet get nothing recorded)."""
+    halted = next((o for o in outcomes if isinstance(o, Stopped)), None)
+    if halted is None:
+        _refuse_one_error_for_all(pending, outcomes)
+    faults = [(p, o) for p, o in zip(pending, outcomes) if isinstance(o, Exception) and is_validator_fault(o)]
+    results = {}
+    for p, outcome in zip(pending, outcomes):  # every real outcome is kept before a fault stops the batch
+        if not any(p is q for q, _ in faults) and not isinstance(outcome, Stopped):
+            results[p.hotkey] = _record_outcome(p, outcome, store)
+    if faults:
+        _record_outcome(*faults[0], store)  # raises the ValidatorFault; nothing is recorded for it
+    if halted is not None:
+        raise halted  # the finished miners are recorded; the others were not trained
+    return results
 
 
 def _refuse_one_error_for_all(pending: list[_Pending], outcomes: list) -> None:

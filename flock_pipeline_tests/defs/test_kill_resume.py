@@ -51,7 +51,9 @@ def test_killing_the_runner_at_random_points_changes_nothing(demo_pair):
                 how = signal.SIGTERM if kills % 2 else signal.SIGKILL
                 proc.send_signal(how)
                 _, err = proc.communicate(timeout=DEADLINE_S)
-                assert how == signal.SIGKILL or proc.returncode in (0, 143), err[-2000:]  # stopped, or it was done
+                # stopped at a safe point (143) or done (0); or, landing before the handlers are installed at start-up
+                # or after they are gone at shut-down, killed by the signal itself (-15): the outcome is checked alike
+                assert how == signal.SIGKILL or proc.returncode in (0, 143, -signal.SIGTERM), err[-2000:]
                 kills += 1
                 continue
         _, err = proc.communicate(timeout=DEADLINE_S)
