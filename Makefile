@@ -25,9 +25,10 @@ demo: install
 	$(BIN)/flock demo
 
 # Two worker processes (one per core; OMP_NUM_THREADS=1 keeps each on its own), a test file per worker at a time
-# (a file's module-scoped networks are seeded once). test-fast leaves out the slow end-to-end tests.
+# (a file's module-scoped networks are seeded once), in collection order (the conftest puts the longest files first;
+# xdist would otherwise reorder files by their number of tests). test-fast leaves out the slow end-to-end tests.
 PYTEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+PYTEST := $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: install
 	$(PYTEST)
