@@ -118,9 +118,13 @@ def _run_key(instance: dg.DagsterInstance, base: str) -> str | None:
     for attempt in range(MAX_RUN_ATTEMPTS):
         key = _attempt_key(base, attempt)
         runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": key}), limit=1)
-        if not runs or runs[0].status != dg.DagsterRunStatus.FAILURE:
+        if not runs or runs[0].status not in _ENDED_UNFINISHED:
             return key
     return None
+
+
+# A run that failed, or that was terminated (SIGTERM to its worker, "terminate" in the UI), frees its key for a retry.
+_ENDED_UNFINISHED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
 
 def _last_failure(instance: dg.DagsterInstance, base: str) -> tuple[str, bool]:
@@ -129,6 +133,8 @@ def _last_failure(instance: dg.DagsterInstance, base: str) -> tuple[str, bool]:
     key = _attempt_key(base, MAX_RUN_ATTEMPTS - 1)
     runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": key}), limit=1)
     message, fault = "no failure message recorded", False
+    if runs and runs[0].status == dg.DagsterRunStatus.CANCELED:  # terminated by the operator: never the miner's
+        return f"{MAX_RUN_ATTEMPTS} evaluation runs were terminated before they finished", True
     if runs:
         for entry in instance.all_logs(runs[0].run_id):
             event = entry.dagster_event

@@ -357,3 +357,27 @@ def test_the_epoch_sensor_never_requests_a_miner_that_a_run_in_progress_covers(d
     # not waited for there
     requests, _ = next_epoch_requests(epoch, store, instance, lambda _c: provenance, batch=4)
     assert [request_miners(r, instance) for r in requests] == [hotkeys[:4]]
+
+
+def test_terminated_evaluation_runs_are_retried_and_never_held_against_the_miner(demo):
+    """A run the operator terminates (SIGTERM to its worker, "terminate" in the UI: CANCELED) frees its key: the
+    next tick requests the miner again under a new key; after MAX_RUN_ATTEMPTS terminated runs nothing is recorded
+    against the miner and the epoch says it stopped, like for the validator's own faults."""
+    from flock_pipeline.defs.planner import MAX_RUN_ATTEMPTS, next_epoch_requests
+
+    _, resources, instance, epoch = demo
+    key, store = str(epoch), resources["store"]
+    instance.add_dynamic_partitions(epochs_partitions.name, [key])
+    _run([chain_commitments], key, resources, instance)
+    for hotkey in [c.hotkey for c in store.epoch_commitments(epoch)]:
+        _run([miner_datasets], hotkey, resources, instance, epoch)
+    provenance = resources["evaluator"].provenance()
+    for attempt in range(MAX_RUN_ATTEMPTS):
+        requests, _ = next_epoch_requests(epoch, store, instance, lambda _c: provenance)
+        fair = next(r for r in requests if r.partition_key == "hk-honest-fair")
+        assert fair.run_key.endswith("" if attempt == 0 else f"#retry{attempt}")  # a new key after each
+        instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=f"terminated-{attempt}",
+                                       status=dg.DagsterRunStatus.CANCELED, tags={"dagster/run_key": fair.run_key}))
+    requests, _ = next_epoch_requests(epoch, store, instance, lambda _c: provenance)
+    assert "hk-honest-fair" not in [r.partition_key for r in requests]
+    assert store.rows(EvalResultRecord) == []  # nothing against the miner
