@@ -171,7 +171,7 @@ def _next_requests(epoch: int, env: dict) -> list:
         from flock_pipeline.defs.planner import next_epoch_requests
         from flock_pipeline import resources as flock_resources
         from flock_pipeline.resources import build_resources
-        from flock_pipeline.validator.evaluation import competition_recipe
+        from flock_pipeline.validator.games import competition_recipe
 
         resources = build_resources(Path(env["FLOCK_HOME"]))
         evaluator, settings = resources["evaluator"], resources["settings"]
