@@ -125,10 +125,11 @@ def check_selection(path: str | Path, limits: DatasetLimits, competition, pool) 
     data = read_input(path)
     report = validate_bytes(data, limits, competition.row_format)
     used = report.used_rows(limits)
-    keys = raw_row_keys(data, [r.line for r in used], limits)
+    keys = raw_row_keys(data, [r.line for r in used], limits, competition.row_format)
     entry = Entry("me", 0, 0, tuple(r.row.row_hash for r in used), raw_keys=tuple(keys[r.line] for r in used),
                   row_lines=tuple(r.line for r in used),
-                  rejected_lines=tuple((r.line, r.reason or "") for r in report.rejected_rows))
+                  rejected_lines=tuple((r.line, r.reason or "") for r in report.rejected_rows),
+                  file_facts=report.facts)
     return competition.plan([entry], pool)["me"].reason
 
 

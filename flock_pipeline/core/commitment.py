@@ -18,6 +18,7 @@ DEFAULT_COMPETITION_ID = "1"
 # and never '..' (path tricks) -- checked before the id is ever used in a URL or a path.
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
+_REVISION_PREFIX = re.compile(r"^[0-9a-f]{7,40}$")
 _COMPETITION = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
@@ -44,15 +45,31 @@ def validate_revision(revision: str) -> str:
     return revision
 
 
+def validate_revision_prefix(revision: str) -> str:
+    """A full commit id or a 7-39 hex prefix of one (what the live selection validators accept: they compare that
+    many characters of the dataset's commit)."""
+    if not isinstance(revision, str) or not _REVISION_PREFIX.fullmatch(revision):
+        raise CommitmentError(f"revision {revision!r} is not a commit id (7 to 40 lowercase hex characters)")
+    return revision
+
+
 @dataclass(frozen=True)
 class Commitment:
+    """A decoded commitment. `short` admits a 7-39 hex prefix as the revision (resolved against the hub before any
+    use, by the games that accept one); otherwise the revision is a full commit id."""
+
     repo_id: str
     competition_id: str
     revision: str
+    short: bool = False
+
+    @property
+    def full_revision(self) -> bool:
+        return bool(_REVISION.fullmatch(self.revision))
 
     def __post_init__(self) -> None:
         validate_repo_id(self.repo_id)
-        validate_revision(self.revision)
+        (validate_revision_prefix if self.short else validate_revision)(self.revision)
         if not _COMPETITION.fullmatch(self.competition_id):
             raise CommitmentError(f"competition id {self.competition_id!r} is invalid")
         if len(self.to_compressed_str().encode("utf-8")) > MAX_COMMITMENT_BYTES:
@@ -62,7 +79,7 @@ class Commitment:
         return f"{self.repo_id}:{self.competition_id}:{self.revision}"
 
     @classmethod
-    def from_compressed_str(cls, data: str | bytes) -> Commitment:
+    def from_compressed_str(cls, data: str | bytes, short: bool = False) -> Commitment:
         if isinstance(data, bytes):
             if len(data) > MAX_COMMITMENT_BYTES:
                 raise CommitmentError(f"commitment is {len(data)} bytes, limit {MAX_COMMITMENT_BYTES}")
@@ -81,4 +98,4 @@ class Commitment:
         parts = data.strip().split(":")
         if len(parts) != 3:
             raise CommitmentError(f"commitment {data[:64]!r} must be 'namespace/repo:competition:revision'")
-        return cls(repo_id=parts[0], competition_id=parts[1], revision=parts[2])
+        return cls(repo_id=parts[0], competition_id=parts[1], revision=parts[2], short=short)

@@ -92,6 +92,7 @@ class ShardPlan:
     near_duplicates: int = 0  # of duplicates_earlier + eval_leaks: the ones matched as near (not exact) copies
     rows_in: int = 0
     reason: str | None = None  # why the miner is ineligible, None when eligible
+    rule_views: dict[str, dict] = field(default_factory=dict)  # games with rule sets: each one's verdict on it
 
     @property
     def eligible(self) -> bool:

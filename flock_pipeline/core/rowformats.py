@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from flock_pipeline.core.schema import (ChatRow, DatasetLimits, PreferenceRow, RowError, parse_chat_row,
+from flock_pipeline.core.schema import (ChatRow, DatasetLimits, PreferenceRow, RowError, iter_lines, parse_chat_row,
                                         parse_preference_row)
 from flock_pipeline.core.strategy import Stateless
 
@@ -30,6 +31,16 @@ class RowFormat(Stateless, ABC):
 
     name: ClassVar[str]
     corpus_config: ClassVar[str | None] = None  # the release config its rows go to ("sft", "dpo"); None: none
+    empty_file_ok: ClassVar[bool] = False  # a file without rows is still a dataset (the game's rules judge it)
+
+    def lines(self, data: bytes, limits: DatasetLimits):
+        """(line number, line bytes or None, reason) of a file's non-blank lines. Default: split at `\\n`, ASCII
+        blank lines skipped, lines over `max_line_bytes` refused."""
+        return iter_lines(data, limits)
+
+    def file_facts(self, data: bytes) -> dict:
+        """What the game's rules need to know of the file as a whole, beyond its rows (recorded with the verdict)."""
+        return {}
 
     @abstractmethod
     def parse(self, obj: object, limits: DatasetLimits) -> Any:
@@ -94,15 +105,15 @@ _UNLIMITED = DatasetLimits(max_file_bytes=2**62, max_line_bytes=2**62, max_rows_
 
 @dataclass(frozen=True, eq=False)
 class RawRow:
-    """One JSON object of a selection submission, identified as the live validator identifies it: its JSON with keys
-    sorted (`json.dumps(row, sort_keys=True)`), whatever keys it has. `chat` is the row read as a chat row (what is
+    """One JSON value of a selection submission, identified as the live validator identifies it: its JSON with keys
+    sorted (`json.dumps(row, sort_keys=True)`), whatever it holds. `chat` is the row read as a chat row (what is
     trained on; pool rows always are one), or None with `problem` saying why it is not one."""
 
-    obj: dict
+    obj: Any
     chat: ChatRow | None
     problem: str | None = None
 
-    def to_json_obj(self) -> dict:
+    def to_json_obj(self) -> Any:
         return self.obj
 
     def canonical_json(self) -> str:
@@ -136,22 +147,88 @@ class RawRow:
         return self._trained().stripped()
 
 
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+def physical_lines(data: bytes) -> list[bytes]:
+    """A file's lines as Python's text files split them (universal newlines: `\\n`, `\\r\\n` and a bare `\\r`;
+    nothing else breaks a line), without their line breaks; a final line break ends the last line."""
+    if not data:
+        return []
+    parts = _LINE_BREAK.split(data)
+    return parts[:-1] if parts[-1] == b"" else parts
+
+
+def trainer_problem(raw: bytes) -> str | None:
+    """Why the live selection trainer (FLock-subnet 492c7bb, its `SFTDataset`) cannot read one physical line as a
+    training row, or None: it parses the line as it is (JSON allows only spaces, tabs and line breaks around a value),
+    then needs a `system` string (a row without one fails: the loader has no default) and `conversations` whose
+    pairs are user then assistant with text contents."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return "a blank line" if not text.strip() else "not JSON as written (characters around the row)"
+    if not isinstance(obj, dict):
+        return f"a JSON {type(obj).__name__}, not a row"
+    if not isinstance(obj.get("system"), str):
+        return "no system prompt text"
+    turns = obj.get("conversations")
+    if not isinstance(turns, list):
+        return "no conversations list"
+    for i in range(0, len(turns) - 1, 2):
+        pair = turns[i:i + 2]
+        if not all(isinstance(t, dict) for t in pair) or [t.get("role") for t in pair] != ["user", "assistant"]:
+            return "turns out of user/assistant order"
+        if not all(isinstance(t.get("content"), str) for t in pair):
+            return "a turn's content is not text"
+    return None
+
+
 class RawJsonFormat(RowFormat):
-    """The selection game's rows: any JSON object, identified by its JSON with keys sorted (the live identity), so a
+    """The selection game's rows: any JSON value, identified by its JSON with keys sorted (the live identity), so a
     submission whose rows our chat schema would refuse still counts as loaded (an earlier submission's rows are
-    copies for the rules whatever their keys). What is trained on is each row read as a chat row."""
+    copies for the rules whatever their keys). What is trained on is each row read as a chat row.
+
+    A file is read as the live loader reads it: universal newlines, a line that is blank after `str.strip()` (any
+    Unicode whitespace) skipped, the rest parsed after that strip, no cap on a line's length (the file's size cap
+    still holds). An empty file is a dataset: the game's rules decide what it is worth."""
 
     name = "raw-json"
+    empty_file_ok = True
+
+    def verdict_spec(self) -> dict:
+        return {"format": self.name, "reading": 2}  # 2: the live loader's reading (universal newlines, str.strip)
+
+    def lines(self, data: bytes, limits: DatasetLimits):
+        for number, raw in enumerate(physical_lines(data), start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield number, None, f"not valid UTF-8 at byte {exc.start}"
+                continue
+            if text.strip():
+                yield number, text.strip().encode("utf-8"), None
+
+    def file_facts(self, data: bytes) -> dict:
+        """The file as the live trainer reads it: its physical lines and the first it cannot train on."""
+        lines = physical_lines(data)
+        first = next(([n, why] for n, why in ((n, trainer_problem(raw)) for n, raw in enumerate(lines, start=1))
+                      if why is not None), None)
+        return {"physical_lines": len(lines), "untrainable": first}
 
     def parse(self, obj: object, limits: DatasetLimits) -> RawRow:
         if not isinstance(obj, dict):
-            raise RowError(f"row is a JSON {type(obj).__name__}, not an object")
+            return RawRow(obj, None, f"row is a JSON {type(obj).__name__}, not an object")
         try:
             return RawRow(obj, parse_chat_row(obj, limits))
         except RowError as exc:
             return RawRow(obj, None, str(exc))
 
-    def from_json_obj(self, obj: dict) -> RawRow:
+    def from_json_obj(self, obj: Any) -> RawRow:
         return self.parse(obj, _UNLIMITED)  # validated under the configured limits when it was recorded
 
     def text(self, row: RawRow) -> str:

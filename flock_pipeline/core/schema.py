@@ -145,6 +145,8 @@ class DatasetReport:
     dataset_reason: str | None = None  # set when the dataset as a whole is rejected
     size_bytes: int = 0
     sha256: str = ""
+    empty_ok: bool = False  # a file without rows is the game's to judge (its row format's `empty_file_ok`)
+    facts: dict = field(default_factory=dict)  # what the row format's `file_facts` says of the whole file
 
     @property
     def valid_rows(self) -> list[RowResult]:
@@ -160,14 +162,14 @@ class DatasetReport:
 
     @property
     def ok(self) -> bool:
-        return self.dataset_reason is None and bool(self.valid_rows)
+        return self.reason() is None
 
     def reason(self) -> str | None:
         """Why the dataset as a whole cannot be used, or None."""
         if self.dataset_reason:
             return self.dataset_reason
         if not self.rows:
-            return "empty dataset: no rows"
+            return None if self.empty_ok else "empty dataset: no rows"
         if not self.valid_rows:
             first = self.rejected_rows[0]
             return f"no valid rows ({len(self.rows)} rejected; line {first.line}: {first.reason})"
@@ -185,17 +187,25 @@ def iter_lines(data: bytes, limits: DatasetLimits) -> Iterator[tuple[int, bytes 
         yield number, raw, None
 
 
+def _lines(data: bytes, limits: DatasetLimits, row_format) -> Iterator[tuple[int, bytes | None, str | None]]:
+    """A file's lines as `row_format` reads them (None: chat rows, `iter_lines`)."""
+    return row_format.lines(data, limits) if row_format is not None else iter_lines(data, limits)
+
+
 def validate_bytes(data: bytes, limits: DatasetLimits = DatasetLimits(), row_format=None) -> DatasetReport:
     """Validate a whole submission held in memory, rows of `row_format` (a `RowFormat` of core/rowformats.py; None:
     chat rows). Never raises on bad content."""
-    report = DatasetReport(size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    report = DatasetReport(size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                           empty_ok=bool(getattr(row_format, "empty_file_ok", False)))
     if len(data) > limits.max_file_bytes:
         report.dataset_reason = f"file is {len(data)} bytes, limit {limits.max_file_bytes}"
         return report
     if b"\x00" in data[:8192]:
         report.dataset_reason = "file is binary (NUL bytes), not JSONL text"
         return report
-    for number, raw, reason in iter_lines(data, limits):
+    if row_format is not None:
+        report.facts = row_format.file_facts(data)
+    for number, raw, reason in _lines(data, limits, row_format):
         if raw is None:
             report.rows.append(RowResult(number, None, reason))
             continue
@@ -246,10 +256,10 @@ def raw_row_key(raw: bytes) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def raw_row_keys(data: bytes, lines: Iterable[int], limits: DatasetLimits) -> dict[int, str]:
-    """line number -> `raw_row_key` for the given (valid) lines of a file."""
+def raw_row_keys(data: bytes, lines: Iterable[int], limits: DatasetLimits, row_format=None) -> dict[int, str]:
+    """line number -> `raw_row_key` for the given (valid) lines of a file, read as `row_format` reads it."""
     wanted = set(lines)
-    return {number: raw_row_key(raw) for number, raw, _ in iter_lines(data, limits)
+    return {number: raw_row_key(raw) for number, raw, _ in _lines(data, limits, row_format)
             if number in wanted and raw is not None}
 
 

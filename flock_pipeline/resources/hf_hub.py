@@ -47,7 +47,8 @@ from huggingface_hub.utils.sha import git_hash
 from pydantic import PrivateAttr
 
 from flock_pipeline import __version__
-from flock_pipeline.core.commitment import CommitmentError, validate_repo_id, validate_revision
+from flock_pipeline.core.commitment import (CommitmentError, validate_repo_id, validate_revision,
+                                            validate_revision_prefix)
 from flock_pipeline.resources.hub import DATA_FILE, HubError, HubFile, HubNotFound, HubResource
 
 logger = logging.getLogger(__name__)
@@ -154,6 +155,23 @@ class HuggingFaceHubResource(HubResource):
         what = f"head of {repo_id}"
         info = self._json("GET", self._api(repo_id), what, params={"expand": ["sha"]})
         sha = info.get("sha") if isinstance(info, dict) else None
+        try:
+            return validate_revision(sha)
+        except CommitmentError:
+            raise HubError(f"{what}: the hub answered no valid commit id") from None
+
+    def resolve(self, repo_id: str, revision: str) -> str:
+        try:
+            validate_repo_id(repo_id)
+            validate_revision_prefix(revision)
+        except CommitmentError as exc:
+            raise HubError(str(exc)) from None
+        what = f"commit {revision} of {repo_id}"
+        self._require_online(what)
+        info = self._json("GET", f"{self._api(repo_id)}/revision/{revision}", what)
+        sha = info.get("sha") if isinstance(info, dict) else None
+        if not isinstance(sha, str) or not sha.startswith(revision):
+            raise HubNotFound(f"{what}: not found")
         try:
             return validate_revision(sha)
         except CommitmentError:

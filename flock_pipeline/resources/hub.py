@@ -18,7 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from flock_pipeline.core.commitment import validate_repo_id, validate_revision
+from flock_pipeline.core.commitment import validate_repo_id, validate_revision, validate_revision_prefix
 from flock_pipeline.errors import FlockError
 
 DATA_FILE = "data.jsonl"
@@ -68,6 +68,11 @@ class HubResource(dg.ConfigurableResource):
 
     def head(self, repo_id: str) -> str:
         """The repo's latest revision."""
+        raise NotImplementedError
+
+    def resolve(self, repo_id: str, revision: str) -> str:
+        """The full commit id that `revision` (a full id, or a 7-39 hex prefix of one) names; HubNotFound when the
+        repo has no such commit."""
         raise NotImplementedError
 
 
@@ -124,6 +129,16 @@ class LocalHubResource(HubResource):
         if not head:
             raise HubNotFound(f"repo {repo_id} has no revision")
         return head
+
+    def resolve(self, repo_id: str, revision: str) -> str:
+        validate_revision_prefix(revision)
+        self._meta(repo_id)
+        revisions = self._repo_dir(repo_id) / "revisions"
+        found = sorted(p.name for p in revisions.iterdir() if p.name.startswith(revision)) \
+            if revisions.is_dir() else []
+        if len(found) != 1:
+            raise HubNotFound(f"repo {repo_id} has {'no' if not found else 'more than one'} commit {revision}")
+        return found[0]
 
     def upload(self, repo_id: str, data: bytes, filename: str = DATA_FILE, private: bool = True) -> str:
         repo = self._repo_dir(repo_id)

@@ -85,6 +85,9 @@ MIGRATIONS: tuple[Migration, ...] = (
               ("ALTER TABLE win_rates ADD COLUMN IF NOT EXISTS explanation VARCHAR",)),
     Migration(8, "the scores table holds every game's score: win_rates -> scores, win_rate -> score",
               ("ALTER TABLE win_rates RENAME TO scores", "ALTER TABLE scores RENAME COLUMN win_rate TO score")),
+    Migration(9, "what a dataset's row format says of the file as a whole (the selection game: the first line the "
+                 "live trainer cannot read)",
+              ("ALTER TABLE datasets ADD COLUMN IF NOT EXISTS facts VARCHAR",)),
 )
 # Older rows have NULL in the columns added by migrations 2 and 3: `competition` NULL reads as "the one curation
 # competition" and `competition_weight` NULL as "same as weight".

@@ -105,7 +105,7 @@ class CommitmentRecord(Record):
 class DatasetRecord(Record):
     TABLE: ClassVar[str] = "datasets"
     KEY: ClassVar[tuple[str, ...]] = ("repo", "revision")
-    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("rejected",)
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("rejected", "facts")
     repo: str
     revision: str
     status: str  # ok | invalid | unavailable
@@ -118,6 +118,7 @@ class DatasetRecord(Record):
     rejected: tuple = ()  # ({"line", "reason"}, ...), the first MAX_RECORDED_REJECTIONS
     created_at: datetime | None = None
     verdict_key: str | None = None
+    facts: dict | None = None  # the row format's `file_facts` (None: recorded before there were any)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ class DatasetVerdict:
     status: str
     reason: str | None
     rejected: tuple
+    facts: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -226,9 +227,10 @@ class StoreOps:
     def epoch_dataset_verdicts(self, epoch: int) -> dict[str, DatasetVerdict]:
         """hotkey -> the verdict of its accepted commitment's dataset in `epoch`."""
         rows = self._backend().read(
-            "SELECT c.hotkey, d.status, d.reason, d.rejected FROM commitments c JOIN datasets d "
+            "SELECT c.hotkey, d.status, d.reason, d.rejected, d.facts FROM commitments c JOIN datasets d "
             "USING (repo, revision) WHERE c.epoch = ? AND c.status = 'ok'", [epoch])
-        return {r["hotkey"]: DatasetVerdict(r["status"], r["reason"], decode_json(r["rejected"] or "[]"))
+        return {r["hotkey"]: DatasetVerdict(r["status"], r["reason"], decode_json(r["rejected"] or "[]"),
+                                            decode_json(r["facts"]) if r["facts"] else None)
                 for r in rows}
 
     def epoch_used_rows(self, epoch: int) -> dict[str, list[UsedRow]]:
@@ -276,6 +278,10 @@ class StoreOps:
 
     def dedup_plans(self, epoch: int, fingerprint: str) -> list[DedupPlanRecord]:
         return self._select(DedupPlanRecord, "epoch = ? AND fingerprint = ?", [epoch, fingerprint], "hotkey")
+
+    def epoch_plans(self, epoch: int) -> dict[str, dict]:
+        """hotkey -> the plan recorded for it in `epoch` (the latest one made)."""
+        return {p.hotkey: dict(p.plan) for p in self._select(DedupPlanRecord, "epoch = ?", [epoch], "hotkey")}
 
     # -- shards ----------------------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from flock_pipeline.core.competitions import Competition, CompetitionSet, Round
 from flock_pipeline.core.status import acceptance, is_late, late_reason, round_gate
 from flock_pipeline.errors import FlockError
 from flock_pipeline.resources.chain import ChainResource, Neuron, RawCommitment
-from flock_pipeline.resources.hub import HubResource
+from flock_pipeline.resources.hub import HubError, HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.store import CommitmentRecord, CompetitionRoundRecord, EpochCompetitionRecord, EpochRecord, utcnow
@@ -89,7 +89,7 @@ def snapshot_commitments(epoch: int, chain: ChainResource, hub: HubResource, set
             reused[name] = record.reused_from
     running = ", ".join(f"{c.commitment_id!r} ({c.name})" for c in competitions)
     judge = _Judge(epoch, block, competitions, rounds, reused, at_close, neurons, running,
-                   settings.min_commitment_age, store)
+                   settings.min_commitment_age, store, hub)
     rows = [judge.row(raw) for raw in chain.commitments(at_block=block)]
     records = [CommitmentRecord(**row) for row in rows]
     first = competitions.competitions[0]
@@ -112,6 +112,7 @@ class _Judge:
     running: str
     min_age: int
     store: StoreResource
+    hub: HubResource | None = None
 
     def row(self, raw: RawCommitment) -> dict:
         neuron = self.neurons.get(raw.hotkey)
@@ -128,6 +129,8 @@ class _Judge:
                        f"validator runs {self.running}")
             return row
         row["competition"] = competition.name
+        if not c.full_revision and not self._resolved(c, competition, row):
+            return row
         rnd, _ = self.rounds[competition.name]
         gate = round_gate(rnd, self.reused.get(competition.name))
         if gate is not None:
@@ -143,13 +146,30 @@ class _Judge:
         row.update(status=verdict.status, reason=verdict.reason)
         return row
 
+    def _resolved(self, c: Commitment, competition, row: dict) -> bool:
+        """A short revision (a 7-39 hex prefix), for a game that accepts one, resolved to the full commit id it names
+        (written into `row`); False: the row is rejected, with why."""
+        if not competition.accepts_short_revisions():
+            row.update(status="rejected", reason=f"invalid commitment: revision {c.revision!r} is not a full 40-hex "
+                                                 "commit id")
+            return False
+        try:
+            row["revision"] = self.hub.resolve(c.repo_id, c.revision)
+        except HubError as exc:
+            if exc.transient:
+                raise
+            row.update(status="rejected", reason=f"revision {c.revision!r} names no commit of {c.repo_id}: {exc}")
+            return False
+        return True
+
     def _in_window(self, raw: RawCommitment, rnd, competition, row: dict) -> RawCommitment | None:
         """The commitment a round counts for a late one: the hotkey's at the window's last block, when it names the
         same competition (its fields written into `row`); None: the row is rejected as late."""
         earlier = self.at_close.get(rnd.snapshot_block, {}).get(raw.hotkey)
         in_window = dict(row)
         c = _decode(earlier, in_window) if earlier is not None else None
-        if c is None or self.competitions.for_commitment(c.competition_id) is not competition:
+        if c is None or self.competitions.for_commitment(c.competition_id) is not competition \
+                or (not c.full_revision and not self._resolved(c, competition, in_window)):
             row.update(status="rejected", reason=late_reason(raw.block, rnd))
             return None
         row.update(in_window, commit_block=earlier.block)
@@ -169,7 +189,7 @@ class _Judge:
 def _decode(raw: RawCommitment, row: dict) -> Commitment | None:
     """The decoded commitment, written into `row`; None (row rejected with the reason) when it does not decode."""
     try:
-        c = Commitment.from_compressed_str(raw.data)
+        c = Commitment.from_compressed_str(raw.data, short=True)  # a short revision: the game decides
     except CommitmentError as exc:
         row.update(status="rejected", reason=f"invalid commitment: {exc}")
         return None

@@ -92,7 +92,7 @@ def _record_validated(store: StoreResource, evaluator: EvaluatorResource, hotkey
     report = validate_bytes(data, limits, row_format)
     used = report.used_rows(limits)
     tokenizer = load_tokenizer(str(evaluator.model_path()))
-    raw_keys = raw_row_keys(data, [r.line for r in used], limits)
+    raw_keys = raw_row_keys(data, [r.line for r in used], limits, row_format)
     rows = [DatasetRowRecord(repo=repo, revision=revision, idx=i, line=r.line, row_hash=r.row.row_hash,
                              row_json=r.row.canonical_json(), n_tokens=row_format.count_tokens(r.row, tokenizer),
                              raw_hash=raw_keys[r.line]) for i, r in enumerate(used)]
@@ -101,7 +101,7 @@ def _record_validated(store: StoreResource, evaluator: EvaluatorResource, hotkey
     return _record(store, hotkey, repo, revision, "ok" if reason is None else "invalid", reason,
                    size=report.size_bytes, sha256=report.sha256, rows_total=len(report.rows),
                    rows_valid=len(report.valid_rows), rows_used=len(used), rejected=rejected, key=key,
-                   rows=rows, row_format=row_format)
+                   rows=rows, row_format=row_format, facts=report.facts or None)
 
 
 def verdict_keys(settings: ValidatorSettingsResource) -> dict[str | None, str]:
@@ -130,11 +130,12 @@ def load_tokenizer(path: str):
 def _record(store: StoreResource, hotkey: str, repo: str, revision: str, status: str, reason: str | None,
             size: int = 0, sha256: str = "", rows_total: int = 0, rows_valid: int = 0, rows_used: int = 0,
             rejected: list | None = None, key: str | None = None,
-            rows: list[DatasetRowRecord] | None = None, row_format: RowFormat = CHAT) -> DatasetOutcome:
+            rows: list[DatasetRowRecord] | None = None, row_format: RowFormat = CHAT,
+            facts: dict | None = None) -> DatasetOutcome:
     """Record a revision's verdict (and its used rows, in the same transaction)."""
     record = DatasetRecord(repo=repo, revision=revision, status=status, reason=reason, size_bytes=size,
                            sha256=sha256, rows_total=rows_total, rows_valid=rows_valid, rows_used=rows_used,
-                           rejected=tuple(rejected or ()), created_at=utcnow(), verdict_key=key)
+                           rejected=tuple(rejected or ()), created_at=utcnow(), verdict_key=key, facts=facts)
     store.record_dataset(record, rows)
     return _outcome(hotkey, record, cached=False, row_format=row_format)
 

@@ -49,5 +49,5 @@ def _load_eval_rows(hub: HubResource, repo: str, revision: str,
                      if row_format.eval_problem(r.row) is not None), None)
     if unusable is not None:
         raise EvalSetError(f"eval set {repo}@{revision} is invalid (line {unusable[0]}: {unusable[1]})")
-    keys = raw_row_keys(data, [r.line for r in report.valid_rows], limits)
+    keys = raw_row_keys(data, [r.line for r in report.valid_rows], limits, row_format)
     return tuple(r.row for r in report.valid_rows), frozenset(keys.values())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 
-from flock_pipeline.core.competitions import Competition, Contender, RewardState, Round, ScoringContext
+from flock_pipeline.core.competitions import Competition, Contender, RewardState, Round, ScoringContext, Submission
 from flock_pipeline.core.status import Outcome, holder_changed, miner_status
 from flock_pipeline.resources.chain import ChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
@@ -45,18 +45,23 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
     rows, contenders, failures = _judge_miners(epoch, info, competitions, setups, shards, metagraph, evaluator,
                                                settings, store)
     _refuse_common_failure(rows, failures, store)
+    plans = None
     outcomes, decisions = {}, []
     for competition in competitions:
         setup = setups.get(competition.name)
         if setup is None:  # an epoch opened before this competition was configured
             continue
+        submissions: tuple[Submission, ...] = ()
         if setup.round_id != "epoch" and setup.phase != "submission":
-            record_round_contenders(store, competition.name, setup.round_id, contenders[competition.name])
+            plans = store.epoch_plans(epoch) if plans is None else plans
+            submissions = round_submissions(rows, competition.name, store.epoch_commitments(epoch), plans)
+            record_round_contenders(store, competition.name, setup.round_id, contenders[competition.name],
+                                    submissions)
         context = _context(epoch, competition, setup, info, contenders[competition.name], metagraph, chain, evaluator,
-                           hub, store)
+                           hub, store, submissions)
         outcome = competition.score(contenders[competition.name], context)
         if outcome.decided is not None:
-            decisions.append((competition.name, outcome.decided, context.hotkeys))
+            decisions.append((competition.name, outcome.decided, context.hotkeys, outcome.decided_note))
         outcomes[competition.name] = outcome
         _apply_outcome(rows, competition.name, outcome)
     _combine(rows, competitions, outcomes, epoch)
@@ -64,8 +69,8 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
         row["explanation"] = explanation(row, shards.get(row["hotkey"]), competitions, outcomes)
     scores = [ScoreRecord(**row) for row in rows]
     _keep_what_was_recorded(epoch, store.scores(epoch), scores, settings.replace_results)
-    for name, decided, hotkeys in decisions:  # a round is decided only by a run whose scores are kept
-        _record_decision(store, name, decided, hotkeys, epoch)
+    for name, decided, hotkeys, note in decisions:  # a round is decided only by a run whose scores are kept
+        _record_decision(store, name, decided, hotkeys, epoch, note)
     store.record_scores(epoch, scores)
     return scores
 
@@ -108,12 +113,34 @@ def _judge_miners(epoch: int, info: EpochRecord, competitions, setups: dict, sha
     return rows, contenders, failures
 
 
+def round_submissions(rows: list[dict], competition: str, commitments, plans: dict[str, dict]
+                      ) -> tuple[Submission, ...]:
+    """Every accepted submission of a daily game's round, with its evaluated loss, its status before scoring and
+    each rule set's verdict on it (its recorded plan's `rule_views`)."""
+    by_hotkey = {r["hotkey"]: r for r in rows}
+    out = []
+    for c in commitments:
+        row = by_hotkey.get(c.hotkey)
+        if row is None or row["competition"] != competition or c.status != "ok":
+            continue
+        loss = row["eval_loss"] if row["status"] == "scored" and math.isfinite(row["eval_loss"]) else None
+        views = (plans.get(c.hotkey) or {}).get("rule_views") or {}
+        out.append(Submission(int(c.uid), c.hotkey, int(c.commit_block), c.coldkey or "", loss, row["status"],
+                              views))
+    return tuple(out)
+
+
 def _apply_outcome(rows: list[dict], competition: str, outcome) -> None:
-    """A competition's scores, weights, statuses, reasons and explanations on its scored rows."""
+    """A competition's scores, weights, statuses, reasons and explanations on its scored rows (and on the rows it
+    scored at a loss it fixed, without an evaluation)."""
     for row in rows:
-        if row["competition"] != competition or row["status"] != "scored":
+        if row["competition"] != competition:
             continue
         uid = row["uid"]
+        if uid in outcome.losses and row["status"] in ("ineligible", "failed"):
+            row.update(status="scored", eval_loss=float(outcome.losses[uid]))
+        if row["status"] != "scored":
+            continue
         row.update(score=outcome.scores.get(uid, 0.0), competition_weight=outcome.weights.get(uid, 0.0),
                    status=outcome.statuses.get(uid, "scored"))
         if uid in outcome.reasons:
@@ -162,7 +189,7 @@ def _refuse_common_failure(rows: list[dict], failures: dict[str, str], store: St
 def _context(epoch: int, competition: Competition, setup: EpochCompetitionRecord, info: EpochRecord,
              contenders: list[Contender], metagraph,
              chain: ChainResource | None, evaluator: EvaluatorResource, hub: HubResource,
-             store: StoreResource) -> ScoringContext:
+             store: StoreResource, submissions: tuple[Submission, ...] = ()) -> ScoringContext:
     base = None
     if competition.needs_base_loss and contenders:
         base = base_eval_loss(evaluator, hub, store, setup.eval_repo, setup.eval_revision, competition)
@@ -174,7 +201,7 @@ def _context(epoch: int, competition: Competition, setup: EpochCompetitionRecord
     rnd = Round(setup.round_id, setup.phase, int(setup.snapshot_block), note=setup.note or "")
     return ScoringContext(now_block=int(info.block), previous=store.previous_weights(epoch, competition.name),
                           base_loss=base, hotkeys=hotkeys, coldkeys={n.uid: n.coldkey for n in metagraph},
-                          burn_uid=burn, round=rnd,
+                          burn_uid=burn, round=rnd, submissions=submissions,
                           reward=reward_state(competition.name, rnd, store) if rnd.round_id != "epoch" else None)
 
 
@@ -191,15 +218,22 @@ def reward_state(competition: str, rnd: Round, store: StoreResource) -> RewardSt
     if target is not None and target.reused_from is not None:
         source = store.competition_round(competition, target.reused_from)
         if source is not None and source.decided:
-            return RewardState(source.round_id, source.winner_uid, reused_from=reused_now)
+            return RewardState(source.round_id, source.winner_uid, reused_from=reused_now,
+                               note=_round_doc(source.contenders).get("note"))
     elif target is not None and target.decided:
-        return RewardState(target_id, target.winner_uid, reused_from=reused_now)
+        return RewardState(target_id, target.winner_uid, reused_from=reused_now,
+                           note=_round_doc(target.contenders).get("note"))
     elif target is not None:
-        stored = None if target_id == rnd.round_id else tuple(_contenders(target.contenders))
-        return RewardState(target_id, None, decide_now=True, reused_from=reused_now, contenders=stored)
+        stored = None if target_id == rnd.round_id else _round_doc(target.contenders)
+        previous = next((r for r in store.rounds_before(competition, target_id) if r.decided), None)
+        return RewardState(target_id, None, decide_now=True, reused_from=reused_now,
+                           contenders=None if stored is None else tuple(_contenders(stored)),
+                           submissions=None if stored is None else _submissions(stored),
+                           previous_uid=previous.winner_uid if previous is not None else None)
     for r in store.rounds_before(competition, target_id):
         if r.decided:
-            return RewardState(r.round_id, r.winner_uid, reused_from=reused_now)
+            return RewardState(r.round_id, r.winner_uid, reused_from=reused_now,
+                               note=_round_doc(r.contenders).get("note"))
     return RewardState(None, None, reused_from=reused_now)
 
 
@@ -209,31 +243,50 @@ def _day_before(round_id: str) -> str:
     return (datetime.strptime(round_id, "%Y%m%d") - timedelta(days=1)).strftime("%Y%m%d")
 
 
-def _contenders(text: str | None) -> list[Contender]:
-    if text is None:
-        return []
+def _round_doc(text: str | None) -> dict:
+    """A round record's JSON: {"contenders": [...], "submissions": [...], "note": ...} (a bare list of contenders
+    before submissions were recorded)."""
+    if not text:
+        return {}
+    doc = json.loads(text)
+    return {"contenders": doc} if isinstance(doc, list) else doc
+
+
+def _contenders(doc: dict) -> list[Contender]:
     return [Contender(int(c["uid"]), c["hotkey"], float(c["loss"]), int(c["block"]), c.get("coldkey", ""))
-            for c in json.loads(text)]
+            for c in doc.get("contenders") or []]
+
+
+def _submissions(doc: dict) -> tuple[Submission, ...] | None:
+    subs = doc.get("submissions")
+    return None if subs is None else tuple(Submission.from_json(s) for s in subs)
 
 
 def record_round_contenders(store: StoreResource, competition: str, round_id: str,
-                            contenders: list[Contender]) -> None:
-    """Keep a daily round's evaluated submissions with its record, so that it can be decided at a later epoch."""
+                            contenders: list[Contender], submissions: tuple[Submission, ...] = ()) -> None:
+    """Keep a daily round's evaluated submissions (and every submission, with each rule set's verdict) with its
+    record, so that it can be decided at a later epoch."""
     record = store.competition_round(competition, round_id)
     if record is None or record.decided or record.reused_from is not None:
         return
-    store.record_round(record.replace(contenders=json.dumps(
-        [{"uid": c.uid, "hotkey": c.hotkey, "coldkey": c.coldkey, "loss": c.loss, "block": c.block}
-         for c in contenders], sort_keys=True)))
+    store.record_round(record.replace(contenders=json.dumps({
+        "contenders": [{"uid": c.uid, "hotkey": c.hotkey, "coldkey": c.coldkey, "loss": c.loss, "block": c.block}
+                       for c in contenders],
+        "submissions": [s.to_json() for s in submissions]}, sort_keys=True)))
 
 
-def _record_decision(store: StoreResource, competition: str, decided: tuple, hotkeys: dict, epoch: int) -> None:
+def _record_decision(store: StoreResource, competition: str, decided: tuple, hotkeys: dict, epoch: int,
+                     note: str | None = None) -> None:
     round_id, uid, loss = decided
     record = store.competition_round(competition, round_id)
     if record is None or record.decided:
         return
+    doc = _round_doc(record.contenders)
+    if note:
+        doc["note"] = note
     store.record_round(record.replace(decided=True, winner_uid=uid, winner_loss=loss, decided_epoch=epoch,
-                                          winner_hotkey=hotkeys.get(uid) if uid is not None else None))
+                                      winner_hotkey=hotkeys.get(uid) if uid is not None else None,
+                                      contenders=json.dumps(doc, sort_keys=True) if doc else record.contenders))
 
 
 def _combine(rows: list[dict], competitions, outcomes: dict, epoch: int) -> None:

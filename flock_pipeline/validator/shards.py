@@ -22,6 +22,9 @@ from flock_pipeline.validator.eval_sets import load_eval_set
 from flock_pipeline.validator.games import competition_of, epoch_setups
 
 
+PLAN_ONLY = ("kept_indices", "rule_views")  # what a recorded plan holds beyond its shard record's fields
+
+
 def shard_hash(row_hashes: list[str]) -> str:
     return hashlib.sha256("\n".join(row_hashes).encode()).hexdigest()
 
@@ -59,7 +62,7 @@ def plan_epoch_shards(epoch: int, hub: HubResource, settings: ValidatorSettingsR
     for hotkey, plan in plans.items():
         row = base_rows[hotkey]
         eligible = plan["reason"] is None
-        row.update({k: v for k, v in plan.items() if k != "kept_indices"},
+        row.update({k: v for k, v in plan.items() if k not in PLAN_ONLY},
                    status="eligible" if eligible else "ineligible")
         if eligible:
             kept = _set_shard_hash(row, plan, rows_by_hotkey[hotkey], competitions)
@@ -112,7 +115,7 @@ def _entry(c: CommitmentRecord, rows: list[UsedRow], verdict: DatasetVerdict, fi
         c.hotkey, int(c.uid), int(c.commit_block), tuple(r.row_hash for r in rows),
         raw_keys=tuple(r.raw_hash or "" for r in rows), row_lines=tuple(r.line for r in rows),
         rejected_lines=tuple((int(r["line"]), str(r["reason"])) for r in verdict.rejected),
-        row_blocks=tuple(first.get(r.row_hash, int(c.commit_block)) for r in rows))
+        row_blocks=tuple(first.get(r.row_hash, int(c.commit_block)) for r in rows), file_facts=verdict.facts)
 
 
 def _set_shard_hash(row: dict, plan: dict, used: list[UsedRow], competitions: CompetitionSet) -> list[str]:
@@ -143,7 +146,8 @@ def _competition_plans(epoch: int, competition: Competition, entries: list[Entry
     decided = competition.plan(entries, eval_set)
     plans = {hotkey: {"rows_in": p.rows_in, "rows_kept": p.rows_kept, "duplicates_within": p.duplicates_within,
                       "duplicates_earlier": p.duplicates_earlier, "eval_leaks": p.eval_leaks,
-                      "reason": p.reason, "kept_indices": p.kept_indices} for hotkey, p in decided.items()}
+                      "reason": p.reason, "kept_indices": p.kept_indices, "rule_views": p.rule_views}
+             for hotkey, p in decided.items()}
     store.record_dedup_plans(epoch, [DedupPlanRecord(epoch=epoch, fingerprint=fingerprint, hotkey=hk,
                                                          plan=plans[hk]) for hk in sorted(plans)])
     return plans, row_json
@@ -153,7 +157,8 @@ def _plan_fingerprint(competition: Competition, entries: list[Entry], eval_revis
     """What a competition's plan depends on: its definition, every entry's rows and their blocks, the eval set, and
     the version of the matching rules."""
     doc = [eval_revision, MATCHING_VERSION, json.dumps(competition.describe(), sort_keys=True, default=str)] + [
-        [e.hotkey, e.uid, e.commit_block, e.row_hashes, e.row_blocks, e.raw_keys, e.row_lines, e.rejected_lines]
+        [e.hotkey, e.uid, e.commit_block, e.row_hashes, e.row_blocks, e.raw_keys, e.row_lines, e.rejected_lines,
+         e.file_facts]
         for e in sorted(entries, key=lambda e: e.hotkey)]
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
 

@@ -9,7 +9,7 @@ import pytest
 
 from flock_pipeline.core.competitions import Entry, EvalSet, SelectionCompetition
 from flock_pipeline.core.rowformats import CHAT, PREFERENCE, RAW_JSON, RawRow
-from flock_pipeline.core.schema import DatasetLimits, RowError, raw_row_key, raw_row_keys, validate_bytes
+from flock_pipeline.core.schema import DatasetLimits, raw_row_key, raw_row_keys, validate_bytes
 
 LIMITS = DatasetLimits()
 
@@ -19,7 +19,7 @@ def chat(i: int) -> dict:
                                               {"role": "assistant", "content": f"City{i}."}]}
 
 
-def test_a_raw_row_is_any_json_object_identified_by_its_sorted_keys_json():
+def test_a_raw_row_is_any_json_value_identified_by_its_sorted_keys_json():
     with_id = {**chat(1), "id": 7}  # our chat schema refuses the unknown key; the live loader does not care
     row = RAW_JSON.parse(with_id, LIMITS)
     assert row.chat is None and "unknown field(s) 'id'" in row.problem
@@ -30,9 +30,10 @@ def test_a_raw_row_is_any_json_object_identified_by_its_sorted_keys_json():
     plain = RAW_JSON.parse(chat(1), LIMITS)
     assert plain.chat == CHAT.parse(chat(1), LIMITS) and plain.turns == plain.chat.turns
     assert plain.row_hash != plain.chat.row_hash  # `"system": null` is part of the live identity, not of ours
-    for not_an_object in ([1, 2], "text", 3):
-        with pytest.raises(RowError, match="not an object"):
-            RAW_JSON.parse(not_an_object, LIMITS)
+    for not_an_object in ([1, 2], "text", 3):  # the live loader loads any JSON value; it is no pool row
+        loaded = RAW_JSON.parse(not_an_object, LIMITS)
+        assert loaded.chat is None and "not an object" in loaded.problem
+        assert loaded.row_hash == raw_row_key(json.dumps(not_an_object).encode())
 
 
 def test_each_format_names_its_rows_and_its_eval_set_rules():

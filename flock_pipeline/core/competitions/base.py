@@ -86,6 +86,7 @@ class Entry:
     row_lines: tuple[int, ...] = ()  # 1-based line of each used row
     rejected_lines: tuple[tuple[int, str], ...] = ()  # (line, reason) of the rows that failed validation
     row_blocks: tuple[int, ...] | None = None  # first block this hotkey committed each row (earlier revisions)
+    file_facts: Mapping[str, Any] | None = None  # what the row format says of the file as a whole
     row_texts: tuple[str, ...] | None = None  # turn contents, for near-duplicate matching
     contrast_texts: tuple[str | None, ...] | None = None  # each row's second text (`RowFormat.contrast_text`:
     # a preference pair's rejected answer)
@@ -113,6 +114,30 @@ class Contender:
 
 
 @dataclass(frozen=True)
+class Submission:
+    """One submission of a round as a game with rule sets weighs it: who, when, its evaluated loss (None: not
+    evaluated), its status before scoring, and each rule set's verdict on it (`ShardPlan.rule_views`)."""
+
+    uid: int
+    hotkey: str
+    block: int
+    coldkey: str = ""
+    loss: float | None = None
+    status: str = ""
+    views: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"uid": self.uid, "hotkey": self.hotkey, "block": self.block, "coldkey": self.coldkey,
+                "loss": self.loss, "status": self.status, "views": dict(self.views)}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Submission:
+        loss = doc.get("loss")
+        return cls(int(doc["uid"]), str(doc["hotkey"]), int(doc["block"]), str(doc.get("coldkey") or ""),
+                   None if loss is None else float(loss), str(doc.get("status") or ""), dict(doc.get("views") or {}))
+
+
+@dataclass(frozen=True)
 class ScoringContext:
     """What a scoring rule may look at besides the contenders."""
 
@@ -124,6 +149,7 @@ class ScoringContext:
     burn_uid: int | None = None  # the uid that receives a share nobody earned (the subnet owner's)
     round: Round | None = None
     reward: RewardState | None = None  # daily rounds: what the round history says about the reward
+    submissions: tuple[Submission, ...] = ()  # every submission of the round (daily rounds), contenders included
 
 
 @dataclass(frozen=True)
@@ -136,6 +162,9 @@ class RewardState:
     reused_from: str | None = None  # the current round reuses this round (its pool revision did not change)
     contenders: tuple[Contender, ...] | None = None  # with decide_now for an earlier round: its recorded
     # contenders (None: the round being decided is the current one, whose contenders are this epoch's)
+    submissions: tuple[Submission, ...] | None = None  # likewise, its recorded submissions
+    previous_uid: int | None = None  # with decide_now: the uid the last decided round rewards (None: burn)
+    note: str | None = None  # how the source round was decided, when not by a winner (the previous weights kept)
 
 
 @dataclass
@@ -158,6 +187,11 @@ class CompetitionScores:
     extra: dict[int, tuple[str, str, str]] = field(default_factory=dict)
     explanations: dict[int, str] = field(default_factory=dict)  # uid -> how its score and weight came about
     decided: tuple[str, int | None, float | None] | None = None  # (round id, winner uid, winner loss) decided now
+    decided_note: str | None = None  # with decided: how, when not by a winner (the previous weights kept)
+    differs: str | None = None  # the rule sets' decisions, in words, when they differ
+    differs_uids: set[int] = field(default_factory=set)  # the uids the rule sets reward, when they differ
+    losses: dict[int, float] = field(default_factory=dict)  # uid -> a loss the game fixed (not evaluated): such
+    # a submission is scored like a contender
     note: str = ""
 
 
@@ -220,6 +254,15 @@ class Competition(ABC):
     def configured_burn_uid(self) -> int | None:
         """The uid a share nobody earned goes to when configured (None: the subnet owner's, when `burns_unearned`)."""
         return None
+
+    def takes_any_commitment_id(self) -> bool:
+        """Whether commitments whose competition field names no configured game enter this one (a game whose
+        validators never read that field)."""
+        return False
+
+    def accepts_short_revisions(self) -> bool:
+        """Whether a commitment may name its dataset revision by a 7-39 hex prefix of the commit id."""
+        return False
 
     def config_problem(self, limits) -> str | None:
         """Why the competition cannot run under the validator's dataset limits (`DatasetLimits`), or None."""

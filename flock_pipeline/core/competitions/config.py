@@ -6,7 +6,8 @@ are errors. Shares must sum to 1, names and commitment ids must be unique. Prese
 
 - "curation": the default, one curation game on every chain epoch (commitment id "1").
 - "sn96": the live subnet 96 configuration: one selection game over `flock-io/flock-off-s1-competition` with the
-  live QLoRA recipe (CUDA only).
+  live QLoRA recipe (CUDA only), decided by the `live-492c7bb` rule set (what validators running that live release
+  do, quirks included; `"rules": "intended"` is the game as its rules read).
 - "selection-local": the selection game on the embedded network's pool (the demo), plain LoRA.
 - "dpo-local": the DPO game alone (commitment id "3") on the embedded network's eval pairs `flock/eval-atlas-pairs`.
 - "curation+dpo": the curation game (id "1") and the DPO game (id "3"), half of the weight each.
@@ -36,7 +37,7 @@ LIVE_SELECTION_RECIPE = {"quantization": "nf4", "optimizer": "paged_adamw_8bit",
 
 PRESETS: dict[str, list[dict]] = {
     "curation": [{"kind": "curation", "name": "curation"}],
-    "sn96": [{"kind": "selection", "name": "selection", "recipe": LIVE_SELECTION_RECIPE}],
+    "sn96": [{"kind": "selection", "name": "selection", "rules": "live-492c7bb", "recipe": LIVE_SELECTION_RECIPE}],
     "selection-local": [{"kind": "selection", "name": "selection", "eval_repo": "flock/selection-pool",
                          "recipe": {"strip_whitespace": True}}],
     "dpo-local": [{"kind": "dpo", "name": "dpo"}],
@@ -62,6 +63,10 @@ class CompetitionSet:
             raise CompetitionConfigError(f"competitions: two competitions take commitment id(s) "
                                          f"{sorted({i for i in ids if ids.count(i) > 1})}; a commitment must name "
                                          "one competition")
+        open_games = [c.name for c in self.competitions if c.takes_any_commitment_id()]
+        if len(open_games) > 1:
+            raise CompetitionConfigError(f"competitions: {', '.join(open_games)} all take commitments whatever their "
+                                         "competition field; at most one game may")
         total = sum(float(c.share) for c in self.competitions)
         if abs(total - 1.0) > 1e-9:
             raise CompetitionConfigError(f"competitions: shares must sum to 1, got {total:g} "
@@ -80,7 +85,10 @@ class CompetitionSet:
         raise KeyError(f"no competition named {name!r}")
 
     def for_commitment(self, commitment_id: str) -> Competition | None:
-        return next((c for c in self.competitions if c.commitment_id == commitment_id), None)
+        """The game a commitment's competition field names; else the game that takes any (whose validators never
+        read that field), if one does."""
+        named = next((c for c in self.competitions if c.commitment_id == commitment_id), None)
+        return named or next((c for c in self.competitions if c.takes_any_commitment_id()), None)
 
     def describe(self) -> list[dict]:
         return [c.describe() for c in self.competitions]

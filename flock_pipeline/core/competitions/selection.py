@@ -24,7 +24,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta, UTC
 from typing import ClassVar
 
@@ -47,6 +48,8 @@ class SelectionCompetition(Competition):
     submission_minutes: int = 30
     reward_start_min: int = 11 * 60 + 30  # minutes after 00:00 UTC, on the day after the submission window
     reuse_when_pool_unchanged: bool = True
+    rules: str = "intended"  # the rule set that decides: "intended" (the game as its rules read) or a live release's
+    benchmark_loss: float = 2.60  # the live rule set's loss for a submission whose training fails (live `bench`)
 
     kind: ClassVar[str] = "selection"
     row_format: ClassVar[RowFormat] = RAW_JSON  # any JSON object counts as a loaded row; pool rows are chat rows
@@ -82,6 +85,12 @@ class SelectionCompetition(Competition):
                                          f"{self.reward_start_min} min the next day)")
         if self.reward_start_min >= self.submission_start_min:
             raise CompetitionConfigError(f"{where}: rewarding must start before the next submission window")
+        if self.rules not in RULE_SETS:
+            raise CompetitionConfigError(f"{where}: rules must be one of {', '.join(RULE_SETS)}, got {self.rules!r}")
+        if isinstance(self.benchmark_loss, bool) or not isinstance(self.benchmark_loss, (int, float)) \
+                or not math.isfinite(self.benchmark_loss) or self.benchmark_loss <= 0:
+            raise CompetitionConfigError(f"{where}: benchmark_loss must be a positive number, got "
+                                         f"{self.benchmark_loss!r}")
 
     def configured_burn_uid(self) -> int | None:
         return self.burn_uid
@@ -128,11 +137,25 @@ class SelectionCompetition(Competition):
 
     # -- eligibility and duplicates ------------------------------------------------------------------------
 
+    @property
+    def rule_set(self) -> RuleSet:
+        return RULE_SETS[self.rules]
+
+    def other_rule_sets(self) -> list[RuleSet]:
+        """The rule sets the operator sees beside the one that decides (where they decide otherwise)."""
+        return [r for name, r in RULE_SETS.items() if name != self.rules]
+
+    def takes_any_commitment_id(self) -> bool:
+        return not self.rule_set.reads_competition_id
+
+    def accepts_short_revisions(self) -> bool:
+        return self.rule_set.short_revisions
+
     def submission_rows(self, entry: Entry) -> tuple[list[int], str | None]:
         """Indices (into the used rows) of the submission's rows, or the reason it is not a submission.
 
-        The submission is the first `selection_size` non-empty lines of the file: a line among them that failed
-        validation cannot be a pool row."""
+        The submission is the first `selection_size` non-blank lines of the file: a line among them that does not
+        load cannot be a pool row."""
         lines = sorted([(line, i) for i, line in enumerate(entry.row_lines)] +
                        [(line, -1) for line, _ in entry.rejected_lines])[: self.selection_size]
         reasons = dict(entry.rejected_lines)
@@ -144,37 +167,17 @@ class SelectionCompetition(Competition):
         return [index for _, index in lines], None
 
     def plan(self, entries: list[Entry], eval_set: EvalSet) -> dict[str, ShardPlan]:
-        pool = eval_set.raw_keys
-        plans: dict[str, ShardPlan] = {}
-        earlier: list[tuple[Entry, frozenset[str]]] = []  # every loaded submission, in commitment order
-        for entry in sorted(entries, key=lambda e: (e.commit_block, e.uid)):
-            indices, reason = self.submission_rows(entry)
-            plan = ShardPlan(hotkey=entry.hotkey, uid=entry.uid, rows_in=len(indices))
-            keys = [entry.raw_keys[i] for i in indices]
-            selected = frozenset(keys)
-            if reason is None:
-                outside = [entry.row_lines[i] for i, k in zip(indices, keys) if k not in pool]
-                if outside:
-                    reason = (f"not from the pool: {len(outside)} of {len(keys)} rows are not pool rows "
-                              f"(first at line {outside[0]})")
-                elif len(selected) < len(keys):
-                    plan.duplicates_within = len(keys) - len(selected)
-                    reason = (f"repeated rows: {len(keys) - len(selected)} of {len(keys)} rows repeat another row "
-                              "of the submission (a submission is distinct pool rows)")
-            for other, other_keys in earlier if reason is None else ():  # the pool check comes first
-                shared = len(selected & other_keys)
-                if shared > self.duplicate_threshold:
-                    plan.duplicates_earlier = shared
-                    plan.duplicated_from = {other.uid: shared}
-                    reason = (f"duplicate: shares {shared} rows with the earlier submission of uid {other.uid} "
-                              f"(block {other.commit_block}); more than {self.duplicate_threshold} is a copy")
-                    break
-            if selected:
-                earlier.append((entry, selected))
-            if reason is None:
-                plan.kept_indices = indices
-            plan.reason = reason
-            plans[entry.hotkey] = plan
+        """The plan under this game's rule set, each miner's plan carrying every rule set's verdict on it
+        (`ShardPlan.rule_views`: rule set -> {"reason", "loss", "why"})."""
+        views = {name: plan_under(rules, self, entries, eval_set) for name, rules in RULE_SETS.items()}
+        plans = {hotkey: plan for hotkey, (plan, _) in views[self.rules].items()}
+        for hotkey, plan in plans.items():
+            plan.rule_views = {name: _view(view[hotkey]) for name, view in views.items()}
+            fixed = plan.rule_views[self.rules]
+            if fixed["loss"] is not None:  # scored at a fixed loss: nothing to train
+                plan.kept_indices = []
+                plan.reason = (f"not trained: {fixed['why']}, so it is scored at the benchmark loss "
+                               f"{fixed['loss']:.2f} ({self.rules})")
         return plans
 
     # -- scoring -------------------------------------------------------------------------------------------
@@ -184,22 +187,28 @@ class SelectionCompetition(Competition):
 
     def select_winner(self, contenders: list[Contender], hotkeys: dict[int, str],
                       coldkeys: dict[int, str]) -> Contender | None:
-        """The winner (with the uid that receives the reward) or None when nobody was scored."""
+        """The winner as the game's rules read (with the uid that receives the reward) or None when nobody was
+        scored."""
         return select_winner(contenders, hotkeys, coldkeys, self.top_k(len(hotkeys)))
 
     def score(self, contenders: list[Contender], context: ScoringContext) -> CompetitionScores:
         """Weight 1 to the rewarded uid: this round's winner once its rewarding window opened (decided once, from the
-        losses then), else the last decided round's winner (kept while a round is validated, or reused while the
-        pool does not change); nobody (fresh start, no scored submission): the burn uid."""
+        losses then, under the game's rule set; the other rule sets' decisions are shown beside it where they
+        differ), else the last decided round's winner (kept while a round is validated, or reused while the pool
+        does not change); nobody (fresh start, no scored submission): the burn uid."""
         out = CompetitionScores(scores={c.uid: 0.0 for c in contenders})
         reward = context.reward
         round_id = context.round.round_id if context.round else "?"
         k = self.top_k(len(context.hotkeys))
         deciding = reward is not None and reward.source_round == round_id
-        uid, source, moved = self._rewarded(contenders, context, out)
-        why = _reward_reason(uid, source, round_id, k, reward)
-        best = sorted(contenders, key=lambda x: (x.loss, x.uid))[:k]
-        for c in contenders:
+        fixed = fixed_loss_contenders(self.rule_set, context.submissions, self.benchmark_loss)
+        for c, why in fixed:  # scored at a loss the rule set fixes, not evaluated
+            out.scores[c.uid], out.losses[c.uid] = 0.0, c.loss
+            out.reasons[c.uid] = f"scored at the benchmark loss {c.loss:.2f}: {why} ({self.rules})"
+        everyone = contenders + [c for c, _ in fixed]
+        uid, source, moved, why = self._rewarded(everyone, context, out, k)
+        best = sorted(everyone, key=lambda x: (x.loss, x.uid))[:k]
+        for c in everyone:
             if uid is not None and c.uid == uid:
                 out.scores[c.uid] = 1.0
                 out.reasons[c.uid] = why
@@ -207,38 +216,333 @@ class SelectionCompetition(Competition):
                 out.scores[c.uid] = 1.0
                 out.reasons[c.uid] = (f"{why}; uid {c.uid} holds another hotkey now, so the reward goes to uid {uid} "
                                       "(its hotkey's or coldkey's uid now)")
-            elif deciding:
+            elif not deciding:
+                out.reasons[c.uid] = f"round {round_id} is not decided yet (its rewarding window decides it)"
+            elif c.uid not in out.losses:
                 out.reasons[c.uid] = (f"among the {k} lowest eval losses, but not the earliest commitment of them"
                                       if c in best else f"eval loss {c.loss:.4f} is not among the {k} lowest")
-            else:
-                out.reasons[c.uid] = f"round {round_id} is not decided yet (its rewarding window decides it)"
+            if out.differs and c.uid in out.differs_uids and c.uid != uid:
+                out.reasons[c.uid] = f"{out.reasons[c.uid]}; {out.differs}"
         _assign_weight(out, contenders, context, uid, source, why)
         return out
 
-    def _rewarded(self, contenders: list[Contender], context: ScoringContext,
-                  out: CompetitionScores) -> tuple[int | None, str | None, str | None]:
-        """(rewarded uid, its round, the winner's hotkey if it moved uid); a winner decided now also goes in out."""
+    def _rewarded(self, contenders: list[Contender], context: ScoringContext, out: CompetitionScores,
+                  k: int) -> tuple[int | None, str | None, str | None, str | None]:
+        """(rewarded uid, its round, the winner's hotkey if it moved uid, why); a round decided now also goes in
+        out (with the other rule sets' decisions where they differ)."""
         reward = context.reward
+        round_id = context.round.round_id if context.round else "?"
         if reward is not None and reward.decide_now:  # the first epoch at or after the round's reward time
-            pool = list(reward.contenders) if reward.contenders is not None else contenders
-            winner = self.select_winner(pool, dict(context.hotkeys), dict(context.coldkeys))
-            out.decided = (reward.source_round, winner.uid if winner else None, winner.loss if winner else None)
-            moved = winner.hotkey if winner is not None and context.hotkeys.get(winner.uid) != winner.hotkey else None
-            return (winner.uid if winner else None), reward.source_round, moved
+            decisions = self.decisions(contenders, context, k)
+            decision = decisions[self.rules]
+            out.decided = (reward.source_round, decision.uid, decision.loss)
+            out.decided_note = decision.why if decision.kept else None
+            differing = [d for name, d in decisions.items() if name != self.rules and d.uid != decision.uid]
+            if differing:
+                out.differs = "; ".join(f"{d.rules}: {d.summary()}" for d in [decision] + differing)
+                out.differs_uids = {d.uid for d in [decision] + differing if d.uid is not None}
+                out.note = out.differs
+            why = f"{decision.why}; {out.differs}" if differing else decision.why
+            return decision.uid, reward.source_round, decision.moved, why
         if reward is not None and reward.source_round is not None:
-            return reward.winner_uid, reward.source_round, None
-        return None, None, None
+            return reward.winner_uid, reward.source_round, None, _reward_reason(reward, round_id)
+        return None, None, None, None
+
+    def decisions(self, contenders: list[Contender], context: ScoringContext, k: int) -> dict[str, Decision]:
+        """rule set name -> what it rewards for the round being decided. The game's own rule set decides from
+        `contenders` (this epoch's, or the round's recorded ones); the others from the round's submissions and
+        each one's verdict under them (without recorded submissions, the others are not compared)."""
+        reward = context.reward
+        submissions = reward.submissions if reward.submissions is not None else context.submissions
+        if not submissions:  # recorded before submissions were: the game's own rule set, from its contenders
+            pool = list(reward.contenders) if reward.contenders is not None else contenders
+            return {self.rules: self.rule_set.reward_step(self, pool, (), context, k)}
+        out = {}
+        for rules in [self.rule_set] + self.other_rule_sets():
+            theirs, missing = rule_contenders(rules, submissions, self.benchmark_loss)
+            decision = rules.reward_step(self, theirs, submissions, context, k)
+            out[rules.name] = replace(decision, unevaluated=tuple(missing))
+        return out
 
 
-def _reward_reason(uid: int | None, source: str | None, round_id: str, k: int,
-                   reward: RewardState | None) -> str | None:
-    """Why `uid` is rewarded (None when nobody is)."""
-    if uid is None:
+# -- rule sets --------------------------------------------------------------------------------------------------
+
+NO_LOSS = 999.0  # what the live validator records for a uid it checked without an eligible submission
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one rule set rewards for a round."""
+
+    rules: str
+    uid: int | None  # the rewarded uid (None: the burn uid)
+    loss: float | None
+    why: str
+    kept: bool = False  # the rule set's reward step failed: the previous weights stay
+    moved: str | None = None  # the winner's hotkey, when its reward goes to the uid that holds it (or its coldkey)
+    unevaluated: tuple[int, ...] = ()  # uids it would have weighed that this validator did not evaluate
+
+    def summary(self) -> str:
+        who = f"uid {self.uid}" if self.uid is not None else "the burn uid"
+        text = f"keeps {who}, {self.why.split(': ', 1)[-1]}" if self.kept else who
+        if self.unevaluated:
+            text += f" (uids {', '.join(map(str, self.unevaluated))} not evaluated here)"
+        return text
+
+
+def _intended_reward_step(game: SelectionCompetition, contenders: list[Contender], submissions, context, k: int
+                          ) -> Decision:
+    """Among the k lowest losses the earliest commitment (block, then uid) wins; a winner whose uid changed hands
+    is found by its hotkey, then its coldkey, else the next candidate (`select_winner`); nobody: the burn uid."""
+    winner = select_winner(contenders, dict(context.hotkeys), dict(context.coldkeys), k)
+    if winner is None:
+        return Decision("intended", None, None, "no scored submission")
+    moved = winner.hotkey if context.hotkeys.get(winner.uid) != winner.hotkey else None
+    return Decision("intended", winner.uid, winner.loss,
+                    f"winner of round {_round(context)}: the earliest commitment among the {k} lowest eval losses",
+                    moved=moved)
+
+
+def _live_reward_step(game: SelectionCompetition, contenders: list[Contender], submissions, context, k: int
+                      ) -> Decision:
+    """The live reward step (FLock-subnet 492c7bb), whose failures keep the previous weights (`live_winner`)."""
+    winner, failure = live_winner(contenders, submissions, dict(context.hotkeys), k)
+    if failure is not None:
+        previous = context.reward.previous_uid if context.reward is not None else None
+        return Decision(LIVE_492C7BB.name, previous, None, f"the previous weights stay: {failure}", kept=True)
+    real = winner.loss < NO_LOSS
+    return Decision(LIVE_492C7BB.name, winner.uid, winner.loss if real else None,
+                    f"winner of round {_round(context)}: the earliest commitment among the {k} lowest "
+                    + ("eval losses" if real else f"losses, which hold ineligible submissions (loss {NO_LOSS:g}) "
+                       f"because fewer than {k} have a real loss"))
+
+
+def live_winner(contenders: list[Contender], submissions, hotkeys: dict[int, str], k: int
+                ) -> tuple[Contender | None, str | None]:
+    """Fact 1, the live reward step: (winner, None), or (None, why it fails).
+
+    The live validator has a loss for every uid it checked: the eligible submissions' losses, 999 with its
+    commitment block for every other recorded submission, and 999 without a block for every uid without one. It
+    takes the k lowest (ties: lower uid, its database order) and sorts them by commitment block (then by the time
+    it polled the commitment; here: lower loss, then uid). It fails, and keeps the weights it had, when a 999 row
+    without a block meets one with a block in that sort (fewer than k real losses), when nobody has a loss, when
+    the winner has no submission or its uid holds another hotkey now (its hotkey hand-over treats the metagraph's
+    hotkey list as a dict), and when the winner is uid 0 (taken for "no winner")."""
+    rows = [(c.loss, c.uid, c.block, c.hotkey, c) for c in contenders]
+    seen = {c.uid for c in contenders}
+    for s in submissions:
+        if s.uid not in seen:
+            seen.add(s.uid)
+            rows.append((NO_LOSS, s.uid, s.block, s.hotkey, Contender(s.uid, s.hotkey, NO_LOSS, s.block, s.coldkey)))
+    rows += [(NO_LOSS, uid, None, None, None) for uid in sorted(hotkeys) if uid not in seen]
+    if not rows:
+        return None, "nobody has a loss"
+    window = sorted(rows, key=lambda r: (r[0], r[1]))[:k]
+    if len({r[2] is None for r in window}) == 2:
+        blockless = next(r[1] for r in window if r[2] is None)
+        return None, (f"fewer than {k} submissions have a real loss, and the {k} lowest losses hold uid {blockless} "
+                      "without a submission (loss 999, no commitment block): sorting them by block fails")
+    if window[0][2] is None:
+        return None, (f"fewer than {k} submissions have a real loss: the winner would be uid {window[0][1]}, which "
+                      "has no submission")
+    loss, uid, _, hotkey, winner = min(window, key=lambda r: commitment_order(LIVE_492C7BB, r[4]))
+    if hotkeys.get(uid) != hotkey:
+        return None, (f"the winner's uid {uid} holds another hotkey now (the live hand-over code fails on the "
+                      "metagraph's list of hotkeys)")
+    if uid == 0:
+        return None, "the winner is uid 0, which the live code takes for no winner"
+    return winner, None
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """How the selection game is decided. `intended` is the game as its rules read; a live release's rule set
+    reproduces what the validators running that release actually do (quirks included), because a validator earns
+    only while its weights agree with the stake majority's. Each field is one fact, with its rule below."""
+
+    name: str
+    about: str
+    reads_every_line: bool  # fact 2: a line that does not load anywhere in the file makes it ineligible
+    trainer_reads_physical_lines: bool  # fact 2: training reads the first rows as physical lines; a failed
+    # training scores the benchmark loss, eligible (an empty selection passes the pool check)
+    same_block_copies_both_out: bool  # fact 3: two copies committed in one block are both duplicates
+    reads_competition_id: bool  # fact 4: the commitment's competition field picks the game
+    short_revisions: bool  # fact 4: a 7-39 hex prefix of the dataset's commit counts as its revision
+    ties_by_loss: bool  # fact 5: commitments in one block are ordered by lower loss (the live poll time's stand-in)
+    reward_step: Callable[..., Decision]  # fact 1: who is rewarded, or the previous weights kept
+
+
+INTENDED = RuleSet("intended", "the game as its rules read", reads_every_line=False,
+                   trainer_reads_physical_lines=False, same_block_copies_both_out=False, reads_competition_id=True,
+                   short_revisions=False, ties_by_loss=False, reward_step=_intended_reward_step)
+LIVE_492C7BB = RuleSet("live-492c7bb", "what validators running FLock-subnet 492c7bb do", reads_every_line=True,
+                       trainer_reads_physical_lines=True, same_block_copies_both_out=True,
+                       reads_competition_id=False, short_revisions=True, ties_by_loss=True,
+                       reward_step=_live_reward_step)
+RULE_SETS: dict[str, RuleSet] = {r.name: r for r in (INTENDED, LIVE_492C7BB)}
+
+
+def unloadable(rules: RuleSet, entry: Entry) -> str | None:
+    """Fact 2: the live loader parses every line of the file, so one that does not load, anywhere (even after the
+    rows it uses), makes the submission ineligible. The game as its rules read looks at the used rows only."""
+    if not rules.reads_every_line or not entry.rejected_lines:
         return None
-    if reward.decide_now:
-        return f"winner of round {source}: the earliest commitment among the {k} lowest eval losses"
+    line, why = entry.rejected_lines[0]
+    return f"the file does not load: line {line} is {why} (every line is read, not only the rows used)"
+
+
+def training_failure(rules: RuleSet, entry: Entry, rows: int) -> str | None:
+    """Fact 2: the live trainer reads the file's first `rows` physical lines as they are; a blank line among them, a
+    line with characters around its JSON, a row without a `system` text or `conversations`, or a file without rows
+    makes training fail, and a failed training scores the benchmark loss as eligible. None: it trains."""
+    if not rules.trainer_reads_physical_lines:
+        return None
+    facts = entry.file_facts or {}
+    bad = facts.get("untrainable")
+    if bad is not None and int(bad[0]) <= rows:
+        return f"the live trainer fails on line {bad[0]} of its first {rows} lines ({bad[1]})"
+    if not entry.row_hashes:
+        return "the live trainer fails on a file without rows"
+    return None
+
+
+def commitment_order(rules: RuleSet, c: Contender) -> tuple:
+    """Fact 5: the order of commitments among the k lowest losses: block, then (live) the time the validator polled
+    the commitment, which is not on chain; lower loss, then uid, stands in for it. As the rules read: block, uid."""
+    return (c.block, c.loss, c.uid) if rules.ties_by_loss else (c.block, c.uid)
+
+
+def copies(rules: RuleSet, entry: Entry, other: Entry) -> bool:
+    """Fact 3: whether `other`, loaded before `entry` in commitment order, makes `entry` a duplicate when they share
+    too many rows (always), and whether `entry` then makes `other` one too (live: when they are in the same block,
+    each is found a copy of the other once both were checked)."""
+    return rules.same_block_copies_both_out and other.commit_block == entry.commit_block
+
+
+def plan_under(rules: RuleSet, game: SelectionCompetition, entries: list[Entry], eval_set: EvalSet
+               ) -> dict[str, tuple[ShardPlan, tuple[float, str] | None]]:
+    """hotkey -> (its plan, (fixed loss, why) or None) under one rule set."""
+    pool = eval_set.raw_keys
+    out: dict[str, tuple[ShardPlan, tuple[float, str] | None]] = {}
+    loaded: list[tuple[Entry, frozenset[str]]] = []  # the submissions read before, in commitment order
+    for entry in sorted(entries, key=lambda e: (e.commit_block, e.uid)):
+        reason = unloadable(rules, entry)
+        indices: list[int] = []
+        if reason is None:
+            indices, reason = game.submission_rows(entry)
+            if not entry.row_hashes and rules.trainer_reads_physical_lines:
+                reason = None  # no rows: the pool check passes (0 of 0); training fails below
+        plan = ShardPlan(hotkey=entry.hotkey, uid=entry.uid, rows_in=len(indices))
+        keys = [entry.raw_keys[i] for i in indices]
+        selected = frozenset(keys)
+        if reason is None:
+            reason = _pool_rule(entry, indices, keys, selected, pool, plan)
+        if reason is None:
+            reason = _copy_rule(rules, game, entry, selected, loaded, plan, out)
+        if selected and unloadable(rules, entry) is None:
+            loaded.append((entry, selected))
+        fixed = None
+        if reason is None:
+            plan.kept_indices = indices
+            why = training_failure(rules, entry, game.selection_size)
+            fixed = (float(game.benchmark_loss), why) if why is not None else None
+        plan.reason = reason
+        out[entry.hotkey] = (plan, fixed)
+    return out
+
+
+def _pool_rule(entry: Entry, indices: list[int], keys: list[str], selected: frozenset[str], pool: frozenset[str],
+               plan: ShardPlan) -> str | None:
+    """Every row of a submission is a distinct pool row, as written (keys sorted)."""
+    outside = [entry.row_lines[i] for i, k in zip(indices, keys) if k not in pool]
+    if outside:
+        return (f"not from the pool: {len(outside)} of {len(keys)} rows are not pool rows (first at line "
+                f"{outside[0]})")
+    if len(selected) < len(keys):
+        plan.duplicates_within = len(keys) - len(selected)
+        return (f"repeated rows: {len(keys) - len(selected)} of {len(keys)} rows repeat another row of the "
+                "submission (a submission is distinct pool rows)")
+    return None
+
+
+def _copy_rule(rules: RuleSet, game: SelectionCompetition, entry: Entry, selected: frozenset[str],
+               loaded: list[tuple[Entry, frozenset[str]]], plan: ShardPlan, out: dict) -> str | None:
+    """More than `duplicate_threshold` rows shared with a submission read before: a duplicate (and, where `copies`
+    says so, that one too)."""
+    for other, other_keys in loaded:
+        shared = len(selected & other_keys)
+        if shared <= game.duplicate_threshold:
+            continue
+        if copies(rules, entry, other) and other.hotkey in out and out[other.hotkey][0].reason is None:
+            earlier, _ = out[other.hotkey]
+            earlier.reason = (f"duplicate: shares {shared} rows with uid {entry.uid}, committed in the same block "
+                              f"{entry.commit_block}; more than {game.duplicate_threshold} is a copy, and each of "
+                              "the two is found a copy of the other")
+            earlier.kept_indices, earlier.duplicates_earlier = [], shared
+            earlier.duplicated_from = {entry.uid: shared}
+            out[other.hotkey] = (earlier, None)
+        plan.duplicates_earlier = shared
+        plan.duplicated_from = {other.uid: shared}
+        return (f"duplicate: shares {shared} rows with the earlier submission of uid {other.uid} (block "
+                f"{other.commit_block}); more than {game.duplicate_threshold} is a copy")
+    return None
+
+
+def _view(pair: tuple[ShardPlan, tuple[float, str] | None]) -> dict:
+    plan, fixed = pair
+    return {"reason": plan.reason, "loss": fixed[0] if fixed else None, "why": fixed[1] if fixed else None}
+
+
+def rule_contenders(rules: RuleSet, submissions, benchmark_loss: float) -> tuple[list[Contender], list[int]]:
+    """(the contenders under `rules`, the uids it would weigh that have no loss here) from the round's submissions:
+    the ones its verdict keeps, at the loss it fixes, else their evaluated loss; a failed training is the
+    benchmark loss where the rule set says so (the live trainer returns it)."""
+    out, missing = [], []
+    for s in submissions:
+        view = (s.views or {}).get(rules.name)
+        if view is not None and view.get("reason") is not None:
+            continue
+        loss = view.get("loss") if view is not None else None
+        if loss is None and s.status == "failed":
+            if not rules.trainer_reads_physical_lines:
+                continue
+            loss = benchmark_loss
+        loss = loss if loss is not None else s.loss
+        if loss is None:
+            if view is not None:
+                missing.append(s.uid)
+            continue
+        out.append(Contender(s.uid, s.hotkey, float(loss), s.block, s.coldkey))
+    return out, missing
+
+
+def fixed_loss_contenders(rules: RuleSet, submissions, benchmark_loss: float) -> list[tuple[Contender, str]]:
+    """The submissions `rules` scores at a loss it fixes rather than one evaluated (a live training failure), with
+    why."""
+    out = []
+    for s in submissions:
+        view = (s.views or {}).get(rules.name) or {}
+        if view.get("reason") is None and view.get("loss") is not None:
+            out.append((Contender(s.uid, s.hotkey, float(view["loss"]), s.block, s.coldkey), view.get("why") or ""))
+        elif s.status == "failed" and rules.trainer_reads_physical_lines and view.get("reason") is None \
+                and s.views:
+            out.append((Contender(s.uid, s.hotkey, float(benchmark_loss), s.block, s.coldkey),
+                        "its training failed, and the live trainer returns the benchmark loss then"))
+    return out
+
+
+def _round(context: ScoringContext) -> str:
+    return context.reward.source_round if context.reward is not None else "?"
+
+
+def _reward_reason(reward: RewardState, round_id: str) -> str:
+    """Why the last decided round's uid is rewarded at a later epoch."""
+    source = reward.source_round
+    if reward.note:
+        return f"round {source}: {reward.note}" + (
+            f" (round {round_id} reuses it: the pool did not change)" if reward.reused_from else "")
     if source == round_id:
-        return f"winner of round {round_id}: the earliest commitment among the {k} lowest eval losses"
+        return f"winner of round {round_id}: the earliest commitment among the k lowest eval losses"
     return (f"winner of round {source}, rewarded until a later round is decided"
             + (f" (round {round_id} reuses it: the pool did not change)" if reward.reused_from else ""))
 
@@ -248,16 +552,17 @@ def _assign_weight(out: CompetitionScores, contenders: list[Contender], context:
     """Sets `out`'s weights and note: all to the rewarded uid, else all to the burn uid (when there is one)."""
     if uid is not None:
         out.weights = {uid: 1.0}
-        if uid not in {c.uid for c in contenders}:
+        if uid not in {c.uid for c in contenders} and uid not in out.losses:
             out.extra[uid] = (context.hotkeys.get(uid, ""), "reward", why)
-        out.note = why
+        out.note = out.note or why
     elif context.burn_uid is not None:
-        burn = (f"round {source} had no scored submission" if source is not None
+        burn = (why if why is not None and source is not None and "previous weights" in why
+                else f"round {source} had no scored submission" if source is not None
                 else "no round has been decided yet (fresh start)")
         out.weights = {context.burn_uid: 1.0}
         out.extra[context.burn_uid] = (context.hotkeys.get(context.burn_uid, ""), "burn",
                                        f"burn: {burn}; all weight to the subnet owner's uid")
-        out.note = out.extra[context.burn_uid][2]
+        out.note = out.note or out.extra[context.burn_uid][2]
 
 
 def select_winner(contenders: list[Contender], hotkeys: dict[int, str], coldkeys: dict[int, str],
@@ -268,7 +573,7 @@ def select_winner(contenders: list[Contender], hotkeys: dict[int, str], coldkeys
     if not contenders:
         return None
     by_loss = sorted(contenders, key=lambda c: (c.loss, c.uid))
-    best = sorted(by_loss[:k], key=lambda c: (c.block, c.uid))
+    best = sorted(by_loss[:k], key=lambda c: commitment_order(INTENDED, c))
     winner = best[0]
     if hotkeys.get(winner.uid) == winner.hotkey:
         return winner
