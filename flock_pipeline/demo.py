@@ -29,9 +29,17 @@ submission window (12:00-12:30 UTC), in this order:
     shares-40         40 of strong-selector's rows + 60 others       -> ineligible, duplicate of strong-selector
     exact-copy        strong-selector's file                         -> ineligible, duplicate
     late              100 pool rows, committed after the window      -> rejected, late
-The demo runs the daily cycle: day 0 12:00 (fresh start: nobody scored, all weight to the owner's uid), 12:40
-(validation: the submissions are evaluated, the burn stays), day 1 11:40 (rewarding: weight 1 to the winner; the
-report), day 1 12:40 (the pool did not change: the winner keeps the reward, nothing is evaluated).
+The game runs the `live-492c7bb` rule set (what the live validators do), with the game as its rules read
+(`intended`) shown beside it where the two decide otherwise. The demo runs the daily cycle: day 0 12:00 (fresh
+start: nobody scored, all weight to the owner's uid), 12:40 (validation: the submissions are evaluated, the burn
+stays), day 1 11:40 (rewarding: weight 1 to the winner; the report), day 1 12:40 (the pool did not change: the winner
+keeps the reward, nothing is evaluated); then a day where the rule sets differ: at day 2 12:00 the pool gets a new
+revision (every row's system prompt reworded, so no earlier selection is made of pool rows any more) and one miner
+selects from it:
+    day2-selector     100 rows of day 2's pool                       -> intended: the winner (the one real loss);
+                                                                        live: the validators keep day 0's winner
+day 2 12:40 (validation) and day 3 11:40 (rewarding): with k = 2 and one real loss, the live reward step meets uid 0
+(no submission, no commitment block) beside it, fails, and the live validators keep the weights they had.
 
 `mixed` network: the default network's miners in the curation game (commitment id "1", share 0.5) beside the
 selection network's in the selection game (commitment id "2", share 0.5): one weight vector from both.
@@ -81,8 +89,12 @@ SELECTION_UIDS = 40  # registered uids of the daily networks: k = max(floor(0.05
 # (validation), day 1 11:40 (rewarding: the report's epoch), day 1 12:40 (pool unchanged: the winner keeps it).
 SELECTION_CYCLE = (3, 6, 74, 77)
 SELECTION_REPORT_EPOCH = 74
+# The selection network's day where the rule sets differ: day 2 12:00 (the new pool and day2-selector's commitment
+# just before it opens), 12:40 (validation), day 3 11:40 (rewarding: live keeps day 0's winner, intended rewards it).
+SELECTION_DAY2 = (147, 149, 218)
+SELECTION_DAY2_EPOCH = 147
 SELECTION_COMPETITIONS = [{"kind": "selection", "name": "selection", "eval_repo": POOL_REPO,
-                           "recipe": {"strip_whitespace": True}}]
+                           "rules": "live-492c7bb", "recipe": {"strip_whitespace": True}}]
 MIXED_COMPETITIONS = [{"kind": "curation", "name": "curation", "share": 0.5, "commitment_id": "1"},
                       {"kind": "selection", "name": "selection", "share": 0.5, "commitment_id": "2",
                        "eval_repo": POOL_REPO, "recipe": {"strip_whitespace": True}}]
@@ -107,6 +119,7 @@ class DemoMiner:
     reregister: bool = False  # the hotkey re-registers after committing (its commitment becomes stale)
     competition_id: str = DEFAULT_COMPETITION_ID  # the competition field of its commitment
     late: bool = False  # daily networks: commits after the submission window closed
+    day: int = 0  # daily networks: the day it commits on (the selection network's day-2 miner: 2)
 
 
 def demo_miners(seed: int = 7) -> list[DemoMiner]:
@@ -232,6 +245,22 @@ def selection_pool(seed: int = 7) -> list[ChatRow]:
     return [row for _, _, row in synthetic.fact_grid(synthetic.make_atlas(seed))]
 
 
+def day2_pool(seed: int = 7) -> list[ChatRow]:
+    """The selection network's pool from day 2: day 0's rows with their system prompt reworded (none of them is a
+    pool row any more, as the live rules compare rows as written)."""
+    return [ChatRow(system=f"{row.system} Answer from the atlas.", turns=row.turns) for row in selection_pool(seed)]
+
+
+def day2_miner(seed: int = 7) -> DemoMiner:
+    """The selection network's day-2 miner: 100 rows of day 2's pool."""
+    import random
+
+    pool = day2_pool(seed)
+    picked = random.Random(seed + 202).sample(range(len(pool)), 100)
+    return DemoMiner("day2-selector", "hk-day2-selector", "day2/selection",
+                     rows_to_jsonl([pool[i] for i in picked]).encode(), day=2)
+
+
 def selection_miners(seed: int = 7, competition_id: str = DEFAULT_COMPETITION_ID) -> list[DemoMiner]:
     """The selection network's miners in commitment order (the late one commits after the window).
 
@@ -333,7 +362,8 @@ def seed_demo_network(home: Path, seed: int = 7, network: str = "default", force
         epoch, cycle = _commit_per_epoch(chain, hub, miners, network, home)
     (home / "demo.json").write_text(json.dumps({"network": network, "labels": {m.hotkey: m.label for m in miners},
                                                 "quality": {m.hotkey: m.quality for m in miners},
-                                                "eval_revision": eval_revision, "epoch": epoch, "cycle": cycle}))
+                                                "eval_revision": eval_revision, "epoch": epoch, "cycle": cycle,
+                                                "seed": seed}))
     return epoch
 
 
@@ -353,8 +383,9 @@ def _network_miners(network: str, seed: int) -> list[DemoMiner]:
     """The miners of a demo network, in commitment order."""
     if network == "mixed":
         return demo_miners(seed) + selection_miners(seed, competition_id="2")
-    return {"default": demo_miners, "dpo": dpo_miners, "adversarial": adversarial_miners,
-            "selection": selection_miners}[network](seed)
+    if network == "selection":
+        return selection_miners(seed) + [day2_miner(seed)]
+    return {"default": demo_miners, "dpo": dpo_miners, "adversarial": adversarial_miners}[network](seed)
 
 
 def _commit_per_epoch(chain: LocalChainResource, hub: LocalHubResource, miners: list[DemoMiner], network: str,
@@ -381,17 +412,18 @@ def _commit_daily(chain: LocalChainResource, hub: LocalHubResource, miners: list
     opens = chain.clock().last_block_before(_day0(12, 0)) + 1
     chain.advance(opens - chain.current_block())
     for m in miners:
-        if not m.late:
+        if not m.late and m.day == 0:
             _commit(chain, hub, m)
     closes = chain.clock().last_block_before(_day0(12, 30))
     chain.advance(closes + 3 - chain.current_block())
     for m in miners:
-        if m.late:
+        if m.late and m.day == 0:
             _commit(chain, hub, m)
     _reregister(chain, miners)
     competitions = SELECTION_COMPETITIONS if network == "selection" else MIXED_COMPETITIONS
     (home / "competitions.json").write_text(json.dumps(competitions, indent=1) + "\n")
-    return SELECTION_REPORT_EPOCH, list(SELECTION_CYCLE)
+    cycle = list(SELECTION_CYCLE) + (list(SELECTION_DAY2) if network == "selection" else [])
+    return SELECTION_REPORT_EPOCH, cycle
 
 
 def _reregister(chain: LocalChainResource, miners: list[DemoMiner]) -> None:
@@ -427,9 +459,23 @@ def run_cycle(home: Path, resources: dict, instance, run_epoch, progress=lambda 
         start = chain.epoch_start(epoch)
         if chain.current_block() < start:
             chain.advance(start - chain.current_block())
+        if demo.get("network") == "selection" and epoch == SELECTION_DAY2_EPOCH:
+            _day2(Path(home), chain, int(demo.get("seed", 7)))
         run_epoch(epoch, resources, instance, progress=progress)
         summary.append(cycle_entry(epoch, store, chain))
     return summary
+
+
+def _day2(home: Path, chain: LocalChainResource, seed: int) -> None:
+    """Day 2 of the selection network, as its submission window opens: the pool's new revision, and the day-2
+    miner's commitment (once: a rerun of the cycle finds them done)."""
+    hub = LocalHubResource(root=str(home / "hub"), as_owner=True)
+    pool = rows_to_jsonl(day2_pool(seed)).encode()
+    if hub.download(POOL_REPO, hub.head(POOL_REPO)) != pool:
+        hub.upload(POOL_REPO, pool, private=False)
+    miner = day2_miner(seed)
+    if not any(c.hotkey == miner.hotkey for c in chain.commitments()):
+        _commit(chain, hub, miner)
 
 
 def cycle_entry(epoch: int, store: StoreResource, chain: LocalChainResource) -> dict:

@@ -81,8 +81,9 @@ def test_the_daily_cycle_burns_until_a_round_is_decided_then_keeps_the_winner(se
     owner, winner = _uid(chain, OWNER_HOTKEY), _uid(chain, "hk-random-selector")
     phases = [(e["rounds"]["selection"]["round"], e["rounds"]["selection"]["phase"]) for e in doc["cycle"]]
     assert phases == [("20260202", "submission"), ("20260202", "validation"), ("20260202", "rewarding"),
-                      ("20260203", "validation")]
-    fresh, validating, rewarded, next_day = doc["cycle"]
+                      ("20260203", "validation"), ("20260204", "submission"), ("20260204", "validation"),
+                      ("20260204", "rewarding")]
+    fresh, validating, rewarded, next_day = doc["cycle"][:4]
     for entry in (fresh, validating):  # nobody scored yet: all weight to the subnet owner's uid
         assert entry["weights"] == {str(owner): 1.0} and "burn" in entry["why"][str(owner)]
     assert rewarded["weights"] == {str(winner): 1.0}
@@ -90,38 +91,72 @@ def test_the_daily_cycle_burns_until_a_round_is_decided_then_keeps_the_winner(se
     assert "the pool did not change" in next_day["why"][str(winner)]
     # and each went to the chain as the validator's weights of that epoch
     sent = [(w["uids"], w["weights"]) for w in chain.weights_history("validator")]
-    assert sent == [([owner], [65535]), ([owner], [65535]), ([winner], [65535]), ([winner], [65535])]
+    assert sent == [([owner], [65535])] * 2 + [([winner], [65535])] * 5
+
+
+def test_on_day_2_the_rule_sets_differ_and_the_live_one_keeps_the_weights_it_had(selection, monkeypatch, capsys):
+    """Day 2's pool is new, so every earlier selection is out (not pool rows), and one miner selects from it: one
+    real loss with k = 2. The live reward step meets uid 0 (no submission, no commitment block) beside it and fails:
+    validators running the live code keep day 0's winner. The game as its rules read rewards the day-2 miner. The
+    epoch's report says both."""
+    home, doc = selection
+    chain = LocalChainResource(path=str(home / "chain.json"))
+    kept, day2 = _uid(chain, "hk-random-selector"), _uid(chain, "hk-day2-selector")
+    store = StoreResource(path=str(home / "warehouse.duckdb"))
+    record = store.competition_round("selection", "20260204")
+    assert record.reused_from is None and record.decided and record.decided_epoch == 218
+    assert record.winner_uid == kept and record.winner_loss is None
+    decided = doc["cycle"][-1]
+    assert decided["epoch"] == 218 and decided["weights"] == {str(kept): 1.0}
+    why = decided["why"][str(kept)]
+    assert f"live-492c7bb: keeps uid {kept} (the previous weights): fewer than 2 submissions have a real loss" in why
+    assert "uid 0 without a submission" in why and f"intended: uid {day2}" in why
+    from flock_pipeline.demo import epoch_report
+
+    report = {m["label"]: m for m in epoch_report(218, store, json.loads((home / "demo.json").read_text())["labels"])}
+    assert report["day2-selector"]["status"] == "scored" and report["day2-selector"]["weight"] == 0.0
+    assert f"intended: uid {day2}" in report["day2-selector"]["reason"]
+    assert "not from the pool" in report["late"]["reason"]  # earlier commitments carry over into day 2's round
+    # `flock epoch report` prints both outcomes on the rewarded row and on the other rule set's winner
+    monkeypatch.setenv("FLOCK_HOME", str(home))
+    capsys.readouterr()
+    assert main(["epoch", "report", "218"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if "intended: uid" in line]
+    assert {line.split()[0] for line in printed} == {str(kept), str(day2)}
+    # the round keeps how it was decided: later epochs reward the kept uid and say why
+    assert "previous weights" in json.loads(record.contenders)["note"]
 
 
 def test_a_changed_pool_opens_a_new_round_and_commitments_carry_over(selection, tmp_path):
-    """Day 1's round reused day 0's; after the pool repo gets a new revision, day 2's round is new. Commitments carry
-    over from earlier days (the live validator records whatever each hotkey has on-chain during the window), so the
-    miner that was late for day 0 takes part in day 2's round."""
+    """Day 1's round reused day 0's; after the pool repo gets a new revision that keeps day 0's rows, day 3's round
+    is new. Commitments carry over from earlier days (the live validator records whatever each hotkey has on-chain
+    during the window), so the miner that was late for day 0 takes part, and wins nothing it did not earn."""
     import dagster as dg
 
     from flock_pipeline.defs.epoch import run_epoch
-    from flock_pipeline.demo import epoch_report, run_cycle
+    from flock_pipeline.demo import epoch_report, run_cycle, selection_pool
+    from flock_pipeline.core.schema import rows_to_jsonl
     from flock_pipeline.resources import LocalHubResource, build_resources
 
     home, _ = selection
     copy = tmp_path / "home"
     shutil.copytree(home, copy)
     hub = LocalHubResource(root=str(copy / "hub"), as_owner=True)
-    pool = hub.download("flock/selection-pool", hub.head("flock/selection-pool"))
+    pool = rows_to_jsonl(selection_pool()).encode()
     hub.upload("flock/selection-pool", pool + pool.splitlines(keepends=True)[0].replace(b"?", b" ?"), private=False)
     demo = json.loads((copy / "demo.json").read_text())
-    demo["cycle"] = [149, 218]  # day 2 12:40 (validation of round 20260204), then day 3 11:40 (its rewarding)
+    demo["cycle"] = [221, 290]  # day 3 12:40 (validation of round 20260205), then day 4 11:40 (its rewarding)
     (copy / "demo.json").write_text(json.dumps(demo))
     resources = build_resources(copy)
     cycle = run_cycle(copy, resources, dg.DagsterInstance.ephemeral(), run_epoch)
     rounds = [(e["rounds"]["selection"]["round"], e["rounds"]["selection"]["phase"]) for e in cycle]
-    assert rounds == [("20260204", "validation"), ("20260204", "rewarding")]
+    assert rounds == [("20260205", "validation"), ("20260205", "rewarding")]
     store, chain = resources["store"], resources["chain"]
-    record = store.competition_round("selection", "20260204")
-    assert record.reused_from is None and record.decided and record.decided_epoch == 218
+    record = store.competition_round("selection", "20260205")
+    assert record.reused_from is None and record.decided and record.decided_epoch == 290
     old_winner = _uid(chain, "hk-random-selector")
-    assert cycle[0]["weights"] == {str(old_winner): 1.0}  # while round 20260204 is validated, the last winner keeps it
-    report = {m["label"]: m for m in epoch_report(218, store, demo["labels"])}
+    assert cycle[0]["weights"] == {str(old_winner): 1.0}  # while round 20260205 is validated, the last weights stay
+    report = {m["label"]: m for m in epoch_report(290, store, demo["labels"])}
     assert report["late"]["status"] == "scored"  # its commitment predates this round's window
     (winner,) = [m for m in report.values() if m["weight"] > 0]
     assert cycle[1]["weights"] == {str(winner["uid"]): 1.0} and record.winner_uid == winner["uid"]
@@ -155,24 +190,25 @@ def test_a_curation_and_a_selection_competition_send_one_valid_weight_vector(tmp
 
 
 def test_a_miner_checks_and_scores_a_selection_as_the_validators_do(selection, tmp_path, monkeypatch, capsys):
-    from flock_pipeline.demo import selection_miners
+    from flock_pipeline.demo import day2_miner, epoch_report, selection_miners
 
     home, doc = selection
-    monkeypatch.setenv("FLOCK_HOME", str(home))  # its competitions.json: the selection game
+    monkeypatch.setenv("FLOCK_HOME", str(home))  # its competitions.json: the selection game; its pool: day 2's
     files = {}
-    for m in selection_miners():
+    for m in selection_miners() + [day2_miner()]:
         files[m.label] = tmp_path / f"{m.label}.jsonl"
         files[m.label].write_bytes(m.data)
     capsys.readouterr()
-    assert main(["miner", "validate", str(files["strong-selector"]), "--json"]) == 0
+    assert main(["miner", "validate", str(files["day2-selector"]), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["selection"] == "ok"
-    assert main(["miner", "validate", str(files["outside-the-pool"]), "--json"]) == 1
+    assert main(["miner", "validate", str(files["strong-selector"]), "--json"]) == 1  # day 0's pool rows
     assert "not from the pool" in json.loads(capsys.readouterr().out)["selection"]
-    assert main(["miner", "score", str(files["strong-selector"]), "--json"]) == 0
+    assert main(["miner", "score", str(files["day2-selector"]), "--json"]) == 0
     scored = json.loads(capsys.readouterr().out)
-    validator = {m["label"]: m for m in doc["miners"] if m["label"]}
+    store = StoreResource(path=str(home / "warehouse.duckdb"))
+    validator = {m["hotkey"]: m for m in epoch_report(218, store)}
     assert scored["competition"] == "selection" and scored["eval_rows"] == 600
-    assert scored["results"][0]["eval_loss"] == pytest.approx(validator["strong-selector"]["eval_loss"], abs=1e-6)
+    assert scored["results"][0]["eval_loss"] == pytest.approx(validator["hk-day2-selector"]["eval_loss"], abs=1e-6)
     assert main(["miner", "validate", str(files["strong-selector"]), "--competition", "curation"]) == 2
 
 
@@ -204,8 +240,9 @@ def test_a_round_is_decided_by_the_first_epoch_after_its_reward_time(tmp_path, t
 
 def test_a_winner_whose_hotkey_left_keeps_its_place_and_its_reward_follows_its_coldkey(tmp_path, tiny_model_dir):
     """After round 20260202's window, the random selector's uid is taken by a newcomer and its coldkey registers
-    another hotkey. Its submission still counts in the round (as the live validator recorded it in the window), it
-    still wins, and the reward goes to the uid its coldkey holds now."""
+    another hotkey. Under the rules as read (`intended`), its submission still counts in the round (as the live
+    validator recorded it in the window), it still wins, and the reward goes to the uid its coldkey holds now; the
+    live code's hand-over fails there, which the report says beside it."""
     import dagster as dg
 
     from flock_pipeline.defs.epoch import run_epoch
@@ -216,6 +253,9 @@ def test_a_winner_whose_hotkey_left_keeps_its_place_and_its_reward_follows_its_c
     (home / "models").mkdir(parents=True)
     home_with_model(home, tiny_model_dir)
     seed_demo_network(home, network="selection")
+    games = json.loads((home / "competitions.json").read_text())
+    games[0]["rules"] = "intended"  # the game as its rules read follows the winner (the live code cannot)
+    (home / "competitions.json").write_text(json.dumps(games))
     demo = json.loads((home / "demo.json").read_text())
     resources = build_resources(home)
     demo["cycle"] = [6]
@@ -235,6 +275,8 @@ def test_a_winner_whose_hotkey_left_keeps_its_place_and_its_reward_follows_its_c
     report = {m["hotkey"]: m for m in epoch_report_of(resources, 74)}
     assert report["hk-random-selector"]["status"] == "scored" and report["hk-random-selector"]["uid"] == old["uid"]
     assert f"the reward goes to uid {moved.uid}" in report["hk-random-selector"]["reason"]
+    assert (f"live-492c7bb: keeps the burn uid (the previous weights): the winner's uid {old['uid']} holds another "
+            "hotkey now") in report["hk-random-selector"]["reason"]
     record = resources["store"].competition_round("selection", "20260202")
     assert record.winner_uid == moved.uid
 

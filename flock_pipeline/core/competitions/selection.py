@@ -242,10 +242,11 @@ class SelectionCompetition(Competition):
                 out.differs = "; ".join(f"{d.rules}: {d.summary()}" for d in [decision] + differing)
                 out.differs_uids = {d.uid for d in [decision] + differing if d.uid is not None}
                 out.note = out.differs
-            why = f"{decision.why}; {out.differs}" if differing else decision.why
+            why = decision.why if not differing else out.differs if decision.kept else f"{decision.why}; {out.differs}"
             return decision.uid, reward.source_round, decision.moved, why
         if reward is not None and reward.source_round is not None:
-            return reward.winner_uid, reward.source_round, None, _reward_reason(reward, round_id)
+            why = _reward_reason(reward, round_id) if reward.winner_uid is not None or reward.note else None
+            return reward.winner_uid, reward.source_round, None, why
         return None, None, None, None
 
     def decisions(self, contenders: list[Contender], context: ScoringContext, k: int) -> dict[str, Decision]:
@@ -254,8 +255,8 @@ class SelectionCompetition(Competition):
         each one's verdict under them (without recorded submissions, the others are not compared)."""
         reward = context.reward
         submissions = reward.submissions if reward.submissions is not None else context.submissions
-        if not submissions:  # recorded before submissions were: the game's own rule set, from its contenders
-            pool = list(reward.contenders) if reward.contenders is not None else contenders
+        pool = list(reward.contenders) if reward.contenders is not None else contenders
+        if not submissions and pool:  # recorded without submissions: its own rule set, from its contenders
             return {self.rules: self.rule_set.reward_step(self, pool, (), context, k)}
         out = {}
         for rules in [self.rule_set] + self.other_rule_sets():
@@ -284,7 +285,7 @@ class Decision:
 
     def summary(self) -> str:
         who = f"uid {self.uid}" if self.uid is not None else "the burn uid"
-        text = f"keeps {who}, {self.why.split(': ', 1)[-1]}" if self.kept else who
+        text = f"keeps {who} (the previous weights): {self.why.split(': ', 1)[-1]}" if self.kept else who
         if self.unevaluated:
             text += f" (uids {', '.join(map(str, self.unevaluated))} not evaluated here)"
         return text
@@ -296,7 +297,7 @@ def _intended_reward_step(game: SelectionCompetition, contenders: list[Contender
     is found by its hotkey, then its coldkey, else the next candidate (`select_winner`); nobody: the burn uid."""
     winner = select_winner(contenders, dict(context.hotkeys), dict(context.coldkeys), k)
     if winner is None:
-        return Decision("intended", None, None, "no scored submission")
+        return Decision("intended", None, None, f"round {_round(context)} had no scored submission")
     moved = winner.hotkey if context.hotkeys.get(winner.uid) != winner.hotkey else None
     return Decision("intended", winner.uid, winner.loss,
                     f"winner of round {_round(context)}: the earliest commitment among the {k} lowest eval losses",
@@ -556,8 +557,7 @@ def _assign_weight(out: CompetitionScores, contenders: list[Contender], context:
             out.extra[uid] = (context.hotkeys.get(uid, ""), "reward", why)
         out.note = out.note or why
     elif context.burn_uid is not None:
-        burn = (why if why is not None and source is not None and "previous weights" in why
-                else f"round {source} had no scored submission" if source is not None
+        burn = (why if why is not None else f"round {source} had no scored submission" if source is not None
                 else "no round has been decided yet (fresh start)")
         out.weights = {context.burn_uid: 1.0}
         out.extra[context.burn_uid] = (context.hotkeys.get(context.burn_uid, ""), "burn",
