@@ -71,6 +71,18 @@ def test_a_bad_recipe_field_exits_2_naming_it(network, monkeypatch, capsys, reci
     assert code == 2 and message in _one_line(err)
 
 
+@pytest.mark.parametrize("document, message", [
+    ('[{"kind": "selection", "name": "selection", "rules": "live"}]',
+     "rules must be one of intended, live-492c7bb, got 'live'"),
+    ('[{"kind": "selection", "name": "selection", "benchmark_loss": -1}]', "benchmark_loss must be a positive number"),
+])
+def test_a_bad_rule_set_exits_2_at_start_up_naming_the_field(network, monkeypatch, capsys, document, message):
+    monkeypatch.setenv("FLOCK_COMPETITIONS", document)
+    code, _, err = _run(capsys, "epoch", "run")
+    assert code == 2 and message in _one_line(err) and err.startswith("flock: configuration error: ")
+    assert not (network / "warehouse.duckdb").exists()  # nothing recorded
+
+
 @pytest.mark.parametrize("variable, value, message", [
     ("FLOCK_NETUID", "abc", "FLOCK_NETUID='abc': must be a whole number"),
     ("FLOCK_EVAL_TIMEOUT_S", "abc", "FLOCK_EVAL_TIMEOUT_S='abc': must be a whole number"),

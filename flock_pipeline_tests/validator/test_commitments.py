@@ -61,3 +61,38 @@ def test_an_epoch_the_chain_has_not_reached_records_nothing(network):
     with pytest.raises(EpochNotReached):
         snapshot_commitments(epoch + 1, chain, hub, ValidatorSettingsResource(), store)
     assert store.epoch_info(epoch + 1) is None
+
+
+@pytest.mark.parametrize("rules", ["live-492c7bb", "intended"])
+def test_live_selection_takes_any_competition_field_and_a_short_revision_resolved_on_the_hub(tmp_path, rules):
+    """Fact 4 of the live selection validators (FLock-subnet 492c7bb): they never read the commitment's competition
+    field, and accept a 7-39 hex prefix of the dataset's commit. `intended` reads both as written."""
+    from datetime import UTC, datetime
+
+    chain = LocalChainResource(path=str(tmp_path / "chain.json"))
+    hub = LocalHubResource(root=str(tmp_path / "hub"), as_owner=True)
+    hub.upload("flock/pool", b'{"system": "s", "conversations": [{"role": "user", "content": "q"}, '
+                             b'{"role": "assistant", "content": "a"}]}\n', private=False)
+    revision = hub.upload("miner/sel", b"{}\n", private=False)
+    chain.configure(genesis=datetime(2026, 2, 2, 11, tzinfo=UTC).timestamp(), block_seconds=60.0, owner="owner")
+    for hotkey in ("owner", "other-field", "short", "too-short", "unknown"):
+        chain.register(hotkey)
+    chain.advance(61 - chain.current_block())  # 12:01, inside the submission window
+    chain.set_commitment("other-field", Commitment("miner/sel", "9", revision).to_compressed_str())
+    chain.set_commitment("short", f"miner/sel:1:{revision[:7]}")
+    chain.set_commitment("too-short", f"miner/sel:1:{revision[:6]}")
+    chain.set_commitment("unknown", "miner/sel:1:" + "0" * 12)
+    epoch = 6  # 13:00, the validation phase
+    chain.advance(chain.epoch_start(epoch) - chain.current_block())
+    settings = ValidatorSettingsResource(competitions=f'[{{"kind": "selection", "name": "selection", '
+                                                      f'"eval_repo": "flock/pool", "rules": "{rules}"}}]')
+    store = StoreResource(url=f"duckdb://{tmp_path / 'store.duckdb'}")
+    records = {r.hotkey: r for r in snapshot_commitments(epoch, chain, hub, settings, store)}
+    assert records["too-short"].status == "rejected" and "invalid commitment" in records["too-short"].reason
+    if rules == "live-492c7bb":
+        assert (records["other-field"].status, records["other-field"].competition) == ("ok", "selection")
+        assert (records["short"].status, records["short"].revision) == ("ok", revision)  # the full commit id
+        assert records["unknown"].status == "rejected" and "names no commit of miner/sel" in records["unknown"].reason
+    else:
+        assert records["other-field"].status == "rejected" and "competition '9'" in records["other-field"].reason
+        assert records["short"].status == "rejected" and "not a full 40-hex commit id" in records["short"].reason

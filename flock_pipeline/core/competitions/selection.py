@@ -63,6 +63,16 @@ class SelectionCompetition(Competition):
     def __post_init__(self) -> None:
         super().__post_init__()
         where = f"competition {self.name!r}"
+        self._check_sizes(where)
+        self._check_windows(where)
+        if self.rules not in RULE_SETS:
+            raise CompetitionConfigError(f"{where}: rules must be one of {', '.join(RULE_SETS)}, got {self.rules!r}")
+        if isinstance(self.benchmark_loss, bool) or not isinstance(self.benchmark_loss, (int, float)) \
+                or not math.isfinite(self.benchmark_loss) or self.benchmark_loss <= 0:
+            raise CompetitionConfigError(f"{where}: benchmark_loss must be a positive number, got "
+                                         f"{self.benchmark_loss!r}")
+
+    def _check_sizes(self, where: str) -> None:
         for name in ("selection_size", "submission_minutes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -74,6 +84,8 @@ class SelectionCompetition(Competition):
             raise CompetitionConfigError(f"{where}: top_fraction must be in (0, 1], got {self.top_fraction!r}")
         if self.burn_uid is not None and (not isinstance(self.burn_uid, int) or self.burn_uid < 0):
             raise CompetitionConfigError(f"{where}: burn_uid must be a uid (>= 0) or null for the owner's uid")
+
+    def _check_windows(self, where: str) -> None:
         for name in ("submission_start_min", "reward_start_min"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value < MINUTES_PER_DAY:
@@ -85,12 +97,6 @@ class SelectionCompetition(Competition):
                                          f"{self.reward_start_min} min the next day)")
         if self.reward_start_min >= self.submission_start_min:
             raise CompetitionConfigError(f"{where}: rewarding must start before the next submission window")
-        if self.rules not in RULE_SETS:
-            raise CompetitionConfigError(f"{where}: rules must be one of {', '.join(RULE_SETS)}, got {self.rules!r}")
-        if isinstance(self.benchmark_loss, bool) or not isinstance(self.benchmark_loss, (int, float)) \
-                or not math.isfinite(self.benchmark_loss) or self.benchmark_loss <= 0:
-            raise CompetitionConfigError(f"{where}: benchmark_loss must be a positive number, got "
-                                         f"{self.benchmark_loss!r}")
 
     def configured_burn_uid(self) -> int | None:
         return self.burn_uid
