@@ -38,6 +38,13 @@ class ConfigError(UsageError, ValueError):
     label = "configuration error: "
 
 
+class NotWritable(UsageError):
+    """A file or folder the command must write (the home, its store, its chain) is read-only or not this user's;
+    nothing was done."""
+
+    hint = "make it writable by this user, or point FLOCK_HOME at a folder that is"
+
+
 class DataError(UsageError, ValueError):
     """Untrusted input (a row, a commitment, a file) breaks a rule; the message is the recorded reason (exit 2 when
     it reaches the command line: the input cannot be used)."""

@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 a run or check failed, 2 usage or configuration error.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -32,7 +33,7 @@ def _log_level(verbose: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, and turn every FlockError into one line on stderr and its exit code (nothing heavy is imported
     before the command runs: `flock --help` answers at once)."""
-    from flock_pipeline.errors import FlockError
+    from flock_pipeline.errors import FlockError, NotWritable
 
     import logging
 
@@ -44,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     except FlockError as exc:  # the top of the CLI: one line for the user, not a traceback
         print(f"flock: {exc.line()}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        error = NotWritable(f"cannot write {exc.filename or 'a file of the home'}: {exc.strerror.lower()}")
+        print(f"flock: {error.line()}", file=sys.stderr)
+        return error.exit_code
     finally:
         logging.disable(before)  # main() may run inside another program (the tests): leave its logging as it was
 

@@ -22,7 +22,7 @@ import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from flock_pipeline.errors import ConfigError
+from flock_pipeline.errors import ConfigError, NotWritable
 from flock_pipeline.store.migrations import LATEST, MIGRATIONS, VERSION_TABLE, statements
 from flock_pipeline.store.records import utcnow
 
@@ -204,7 +204,11 @@ class DuckDBBackend(Backend):
                 con = duckdb.connect(self.path, read_only=read_only)
                 break
             except duckdb.IOException as exc:  # another process holds the file lock
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                text = str(exc)
+                if "Read-only file system" in text or "Permission denied" in text:
+                    why = "read-only file system" if "Read-only" in text else "permission denied"
+                    raise NotWritable(f"cannot open the store {self.path}: {why}") from None
+                if "lock" not in text.lower() or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05 + random.random() * 0.2)
         return con

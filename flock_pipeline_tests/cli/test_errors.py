@@ -152,3 +152,35 @@ def _timed(argv) -> float:
     start = time.perf_counter()
     subprocess.run(argv, check=True, capture_output=True, timeout=60)
     return time.perf_counter() - start
+
+
+@pytest.fixture
+def read_only_home(network, tmp_path):
+    """The seeded home, read-only: a read-only bind mount of it when running as root (root writes through
+    permissions), else the home with every write permission removed."""
+    if os.geteuid() != 0:
+        for path in [network, *network.rglob("*")]:
+            path.chmod(path.stat().st_mode & ~0o222)
+        yield network
+        for path in [network, *network.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+        return
+    view = tmp_path / "read-only-view"
+    view.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(network), str(view)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a read-only home as root needs a bind mount, and mount refused: {mounted.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True, capture_output=True)
+        yield view
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+
+
+@pytest.mark.parametrize("argv", [["epoch", "report", "1"], ["chain", "status"], ["epoch", "run"],
+                                  ["miner", "status", "--hotkey", "hk-honest-good"]])
+def test_a_read_only_home_is_one_line_naming_the_path(read_only_home, monkeypatch, capsys, argv):
+    monkeypatch.setenv("FLOCK_HOME", str(read_only_home))
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and str(read_only_home) in _one_line(err)
+    assert "read-only file system" in err or "permission denied" in err

@@ -285,3 +285,50 @@ def epoch_report_of(resources, epoch):
     from flock_pipeline.demo import epoch_report
 
     return epoch_report(epoch, resources["store"])
+
+
+def test_the_live_reading_of_files_through_the_pipeline(tmp_path, tiny_model_dir, monkeypatch):
+    """Fact 2 end to end (datasets, plan, scores): under `live-492c7bb`, a blank line among a file's first 100
+    physical lines makes the live trainer fail, so the submission is not trained and is scored at the benchmark loss
+    2.60; a line that does not load after row 100 makes a file ineligible. The report says what `intended` decides
+    for each."""
+    import dagster as dg
+
+    from flock_pipeline import demo as demo_module
+    from flock_pipeline.defs.epoch import run_epoch
+    from flock_pipeline.demo import DemoMiner, epoch_report, run_cycle, seed_demo_network, selection_miners
+    from flock_pipeline.resources import build_resources
+
+    def with_two_more(seed=7, competition_id="1"):
+        miners = selection_miners(seed, competition_id)
+        used = {line for m in miners for line in m.data.splitlines()}
+        free = [line for line in demo_module.rows_to_jsonl(demo_module.selection_pool(seed)).encode().splitlines()
+                if line not in used]
+        blank = b"\n".join(free[:50]) + b"\n\n" + b"\n".join(free[50:100]) + b"\n"
+        unloadable = miners[-1].data + b"{not json\n"  # the late miner's 100 rows (it is no submission: late)
+        return miners[:-1] + [DemoMiner("blank-line", "hk-blank-line", "blank/selection", blank),
+                              DemoMiner("bad-tail", "hk-bad-tail", "tail/selection", unloadable), miners[-1]]
+
+    monkeypatch.setattr(demo_module, "selection_miners", with_two_more)
+    home = tmp_path / "reading"
+    (home / "models").mkdir(parents=True)
+    home_with_model(home, tiny_model_dir)
+    seed_demo_network(home, network="selection")
+    doc = json.loads((home / "demo.json").read_text())
+    doc["cycle"] = [6, 74]
+    (home / "demo.json").write_text(json.dumps(doc))
+    resources = build_resources(home)
+    run_cycle(home, resources, dg.DagsterInstance.ephemeral(), run_epoch)
+    report = {m["label"]: m for m in epoch_report(74, resources["store"], doc["labels"])}
+    blank = report["blank-line"]
+    assert (blank["status"], blank["eval_loss"], blank["rows_kept"]) == ("scored", 2.6, 0)
+    assert ("scored at the benchmark loss 2.60: the live trainer fails on line 51 of its first 100 lines "
+            "(a blank line)") in blank["reason"]
+    tail = report["bad-tail"]
+    assert tail["status"] == "ineligible"
+    assert "the file does not load: line 101 is not valid JSON" in tail["reason"]
+    # the winner is the same under both rule sets here: the random selector (2.60 is not among the 2 lowest)
+    assert [m["label"] for m in report.values() if m["weight"] > 0] == ["random-selector"]
+    plans = resources["store"].epoch_plans(74)
+    assert plans["hk-blank-line"]["rule_views"]["intended"]["reason"] is None  # intended trains it: blank skipped
+    assert plans["hk-bad-tail"]["rule_views"]["intended"]["reason"] is None

@@ -19,6 +19,15 @@
   is found again by its hotkey, then by its coldkey, then the next candidate by commitment order among the k, then
   by loss; with no candidate left the uid keeps it (as the live validator does). Nobody scored (or a fresh start):
   all weight to the subnet owner's uid (burn).
+
+That is the game as its rules read: the rule set `intended`. A validator earns only while its weights agree with the
+stake majority's, which runs the live code, quirks and failures included; the rule set `live-492c7bb` reproduces what
+validators running FLock-subnet at commit 492c7bb do (facts from its `neurons/validator.py`,
+`flockoff/validator/validator_utils.py`, `trainer.py`, `dataset.py` and `database.py`): each fact is a field of
+`RuleSet` and one named rule below (`live_winner`, `unloadable`, `training_failure`, `copies`, `commitment_order`,
+and the game's `takes_any_commitment_id` / `accepts_short_revisions`). The game decides under its `rules` and
+records every rule set's verdict on each submission, so that where another rule set decides a round differently
+the report says so.
 """
 
 from __future__ import annotations
