@@ -36,6 +36,8 @@ class Trainer:
     lock: AbstractContextManager
     multi_lora: int = 0
     stopped: Callable[[], Exception | None] = lambda: None  # a stop asked for (between sets): its error, or None
+    finished: Callable[[int, Any], None] = lambda index, outcome: None  # told each set's outcome as soon as it is
+    # known, so that the caller keeps what finished even when something interrupts the rest
 
 
 class Objective(Stateless, ABC):
@@ -79,6 +81,7 @@ class Objective(Stateless, ABC):
                     results.append(self.evaluate(base, rows, eval_rows, recipe))
             except Exception as exc:  # noqa: BLE001 - returned: the caller records it for that miner
                 results.append(exc)
+            trainer.finished(len(results) - 1, results[-1])
         return results
 
     def improves(self, score: float, base: float) -> bool:
@@ -131,6 +134,7 @@ class SftObjective(Objective):
                         results[i] = core_eval.train_and_evaluate_tokens(base, tokens, eval_tok, recipe)
                 except Exception as exc:  # noqa: BLE001 - returned: the caller records it for that miner
                     results[i] = exc
+                trainer.finished(i, results[i])
         return results
 
     @staticmethod
@@ -149,6 +153,7 @@ class SftObjective(Objective):
                 continue
             for i, outcome in zip(chunk, outcomes):
                 results[i] = outcome
+                trainer.finished(i, outcome)
 
 
 class DpoObjective(Objective):
@@ -186,6 +191,7 @@ class DpoObjective(Objective):
                     results.append(dpo.train_and_evaluate_pair_tokens(base, tokens, eval_pairs, recipe))
             except Exception as exc:  # noqa: BLE001 - returned: the caller records it for that miner
                 results.append(exc)
+            trainer.finished(len(results) - 1, results[-1])
         return results
 
 

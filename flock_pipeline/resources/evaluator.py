@@ -143,12 +143,13 @@ class EvaluatorResource(dg.ConfigurableResource):
                                                          revision=model_revision(path), name=self.model_name())
             return _MODELS[key]
 
-    def trainer(self) -> Trainer:
-        """How objectives may train in this process: under the shared model's lock, with multi-LoRA when it is on."""
+    def trainer(self, finished=None) -> Trainer:
+        """How objectives may train in this process: under the shared model's lock, with multi-LoRA when it is on;
+        `finished(index, outcome)` is told each set's outcome as soon as it is known."""
         from flock_pipeline.core.stop import stopped
 
         return Trainer(lock=_LOCK, multi_lora=self.multi_lora_max if self.multi_lora_enabled() else 0,
-                       stopped=stopped)
+                       stopped=stopped, **({"finished": finished} if finished is not None else {}))
 
     def evaluate(self, train_rows: list, eval_rows: list, on_step=None, recipe: dict | None = None,
                  objective: Objective = SFT) -> EvalOutcome:
@@ -160,13 +161,13 @@ class EvaluatorResource(dg.ConfigurableResource):
             return objective.evaluate(base, train_rows, eval_rows, recipe_, on_step)
 
     def evaluate_many(self, train_sets: list[list], eval_rows: list, recipe: dict | None = None,
-                      objective: Objective = SFT) -> list[EvalOutcome | Exception]:
+                      objective: Objective = SFT, finished=None) -> list[EvalOutcome | Exception]:
         """One outcome per training set (or the exception its evaluation raised), on the same eval rows, recipe and
         objective. With multi-LoRA on (SFT), up to `multi_lora_max` sets train side by side; one miner's failure is
-        its own."""
+        its own. `finished(index, outcome)` is told each outcome as soon as it is known."""
         recipe_ = self.train_recipe(recipe)
         base = self.load()
-        return objective.evaluate_many(base, train_sets, eval_rows, recipe_, self.trainer())
+        return objective.evaluate_many(base, train_sets, eval_rows, recipe_, self.trainer(finished))
 
     def base_loss(self, eval_rows: list, recipe: dict | None = None, objective: Objective = SFT) -> EvalOutcome:
         """The base model's own score on the eval rows under the objective (SFT: its loss; DPO: ln 2 per pair,

@@ -133,10 +133,25 @@ def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubRe
         preflight(evaluator, hub, eval_repo, eval_revision, pending[0].recipe, row_format)  # the validator's faults
         eval_rows = load_eval_rows(hub, eval_repo, eval_revision, row_format)
         train_sets = [rows_from_json(store.shard_rows(p.found.shard.shard_hash), row_format) for p in pending]
-        with store.released():  # training takes a while: other processes may use the store meanwhile
-            outcomes = evaluator.evaluate_many(train_sets, eval_rows, recipe=pending[0].recipe, objective=objective)
+        finished: dict[int, object] = {}
+        try:
+            with store.released():  # training takes a while: other processes may use the store meanwhile
+                outcomes = evaluator.evaluate_many(train_sets, eval_rows, recipe=pending[0].recipe,
+                                                   objective=objective, finished=finished.__setitem__)
+        except BaseException:
+            _keep_finished(pending, finished, store)
+            raise
         results.update(_record_group(pending, outcomes, store))
     return _with_base_losses(results, shards, evaluator, hub, store, settings)
+
+
+def _keep_finished(pending: list[_Pending], finished: dict[int, object], store: StoreResource) -> None:
+    """Something interrupted a group's training (Dagster terminating the run, an operator's Ctrl-C in a library
+    call): the miners whose loss was already computed keep it; nothing is recorded for the others (an error met
+    while being interrupted is not theirs)."""
+    for index, outcome in sorted(finished.items()):
+        if not isinstance(outcome, BaseException) and math.isfinite(outcome.eval_loss):
+            _record_outcome(pending[index], outcome, store)
 
 
 def _record_group(pending: list[_Pending], outcomes: list, store: StoreResource) -> dict[str, EvalRecord | Exception]:

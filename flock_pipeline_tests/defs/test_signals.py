@@ -57,6 +57,39 @@ def test_a_stop_between_miners_keeps_what_was_finished_and_a_resumed_run_equals_
     assert len(resources["chain"].weights_history("validator")) == 1
 
 
+def test_a_run_interrupted_inside_a_batch_keeps_the_miners_it_finished(demo_pair, monkeypatch):
+    """Dagster terminating a sensor's run raises its interrupt inside the training call of whatever miner is being
+    trained: the miners of the batch that were already trained keep their results; the interrupted one gets none,
+    and a resumed run equals an uninterrupted one."""
+    from dagster._core.errors import DagsterExecutionInterruptedError
+
+    from flock_pipeline.core import evaluator as core_eval
+
+    epoch, reference, home = demo_pair
+    original = core_eval.train_and_evaluate_tokens
+    calls = []
+
+    def interrupted_from_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) >= 2:  # the run is being terminated: every training from here on is interrupted
+            raise DagsterExecutionInterruptedError()  # what the run worker's SIGTERM handler raises
+        return original(*args, **kwargs)
+
+    resources = build_resources(home)
+    monkeypatch.setattr(core_eval, "train_and_evaluate_tokens", interrupted_from_the_second)
+    try:
+        run_epoch(epoch, resources, dg.DagsterInstance.ephemeral())
+    except BaseException as exc:  # noqa: BLE001 - how the run ends is Dagster's; what was kept is the point
+        print(f"the run ended with {type(exc).__name__}: {exc}")
+    store = resources["store"]
+    assert [r.status for r in store.rows(EvalResultRecord)] == ["ok"] and len(calls) >= 2  # the first is kept
+    assert store.scores(epoch) == [] and resources["chain"].weights_history("validator") == []
+    monkeypatch.undo()
+    run_epoch(epoch, resources, dg.DagsterInstance.ephemeral())
+    assert _report(home, epoch) == _report(reference, epoch)
+    assert len(resources["chain"].weights_history("validator")) == 1
+
+
 def _start(home):
     env = {**os.environ, "FLOCK_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)
