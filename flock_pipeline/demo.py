@@ -77,6 +77,8 @@ from flock_pipeline.validator.report_table import epoch_report, format_report  #
 from datetime import UTC
 
 EVAL_REPO = "flock/eval-atlas"
+HELDOUT_REPO = "flock/heldout-atlas"  # never scored against: what training on a corpus is worth (`corpus_value`)
+HELDOUT_PAIRS_REPO = "flock/heldout-atlas-pairs"
 VALIDATOR_HOTKEY = "validator"
 REPORT_FIELDS = ["uid", "hotkey", "label", "quality", "competition", "status", "reason", "rows_kept", "eval_loss",
                  "score", "win_rate", "weight"]
@@ -102,7 +104,8 @@ MIXED_COMPETITIONS = [{"kind": "curation", "name": "curation", "share": 0.5, "co
 
 DPO_EVAL_REPO = "flock/eval-atlas-pairs"
 DPO_COMPETITION_ID = "3"
-DPO_COMPETITIONS = [{"kind": "dpo", "name": "dpo", "commitment_id": DPO_COMPETITION_ID, "eval_repo": DPO_EVAL_REPO}]
+DPO_COMPETITIONS = [{"kind": "dpo", "name": "dpo", "commitment_id": DPO_COMPETITION_ID, "eval_repo": DPO_EVAL_REPO,
+                    "heldout_repo": HELDOUT_PAIRS_REPO}]
 DPO_LEVELS = (0.85, 1.0, 0.7)  # commitment order of the DPO network's honest miners (quality: share labelled right)
 
 NETWORKS = ("default", "adversarial", "selection", "mixed", "dpo")
@@ -167,7 +170,7 @@ def adversarial_miners(seed: int = 7, max_file_bytes: int = DatasetLimits().max_
     rng.shuffle(paraphrased)
     partial = [synthetic.paraphrase(r, rng) for r in rng.sample(second, 24)] + synthetic.junk_rows(56, seed + 102)
     rng.shuffle(partial)
-    evals = synthetic.eval_rows(atlas)
+    evals = eval_split(seed)[0]
     leaked = [synthetic.paraphrase(r, rng) if i % 2 else r for i, r in enumerate(rng.sample(evals, 100))]
     malformed = b"\n".join([b'{"conversations": [{"role": "assistant", "content": "I answer first"}]}',
                             b'not json', b'{"system": 1, "conversations": []}']) + b"\n"
@@ -197,6 +200,12 @@ def adversarial_miners(seed: int = 7, max_file_bytes: int = DatasetLimits().max_
     miners += [DemoMiner("packer", "hk-packer", "packer/atlas", rows_to_jsonl(synthetic.pack(best)).encode()),
                DemoMiner("merger", "hk-merger", "merger/atlas", rows_to_jsonl(merged).encode())]
     return miners
+
+
+def eval_split(seed: int = 7) -> tuple[list[ChatRow], list[ChatRow]]:
+    """(the eval set, the held-out set) of the curation networks: the atlas's eval rows, every fifth one held out
+    (never scored against; `flock corpus value` measures the corpus there)."""
+    return synthetic.split_heldout(synthetic.eval_rows(synthetic.make_atlas(seed)))
 
 
 def dpo_eval_pairs(seed: int = 7) -> list[PreferenceRow]:
@@ -236,7 +245,7 @@ def dpo_miners(seed: int = 7) -> list[DemoMiner]:
                   "".join(line + "\n" for line in trivial_lines).encode(), competition_id=DPO_COMPETITION_ID),
         DemoMiner("copier", "hk-copier", "copier/pairs", rows_to_jsonl(honest[1.0]).encode(),
                   competition_id=DPO_COMPETITION_ID),
-        miner("leaker", dpo_eval_pairs(seed)[:80]),
+        miner("leaker", synthetic.split_heldout(dpo_eval_pairs(seed))[0][:80]),  # what it could see: the eval set
     ]
 
 
@@ -343,15 +352,18 @@ def seed_demo_network(home: Path, seed: int = 7, network: str = "default", force
     _wipe(home)
     chain = LocalChainResource(path=str(home / "chain.json"))
     hub = LocalHubResource(root=str(home / "hub"), as_owner=True)
-    eval_revision = hub.upload(EVAL_REPO, rows_to_jsonl(synthetic.eval_rows(synthetic.make_atlas(seed))).encode(),
-                               private=False)
+    scoring, heldout = eval_split(seed)
+    eval_revision = hub.upload(EVAL_REPO, rows_to_jsonl(scoring).encode(), private=False)
+    hub.upload(HELDOUT_REPO, rows_to_jsonl(heldout).encode(), private=False)
     daily = network in ("selection", "mixed")
     if daily:
         chain.configure(genesis=SELECTION_GENESIS, block_seconds=SELECTION_BLOCK_SECONDS, owner=OWNER_HOTKEY)
         chain.register(OWNER_HOTKEY)
         hub.upload(POOL_REPO, rows_to_jsonl(selection_pool(seed)).encode(), private=False)
     if network == "dpo":
-        hub.upload(DPO_EVAL_REPO, rows_to_jsonl(dpo_eval_pairs(seed)).encode(), private=False)
+        pairs, heldout_pairs = synthetic.split_heldout(dpo_eval_pairs(seed))
+        hub.upload(DPO_EVAL_REPO, rows_to_jsonl(pairs).encode(), private=False)
+        hub.upload(HELDOUT_PAIRS_REPO, rows_to_jsonl(heldout_pairs).encode(), private=False)
     chain.register(VALIDATOR_HOTKEY, stake=1000.0, validator_permit=True)
     miners = _network_miners(network, seed)
     for m in miners:

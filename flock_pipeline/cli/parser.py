@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from flock_pipeline.cli.corpus import cmd_audit, cmd_corpus_value
 from flock_pipeline.cli.miner import cmd_miner_score, cmd_miner_status, cmd_miner_submit, cmd_miner_validate
 from flock_pipeline.cli.validator import (cmd_chain_advance, cmd_chain_register, cmd_chain_status, cmd_chain_weights,
                                           cmd_demo, cmd_epoch_batches, cmd_epoch_miners, cmd_epoch_open,
@@ -38,6 +39,8 @@ EXAMPLES = {
                      "flock miner submit pairs.jsonl --repo me/my-pairs --competition dpo --hotkey 5F..."],
     "miner status": ["flock miner status --hotkey 5F...",
                      "flock miner status --hotkey 5F... --reports some-validator/flock-reports --json"],
+    "corpus value": ["flock corpus value", "flock corpus value 12 --json", "flock corpus value 12 --again"],
+    "audit": ["flock audit 12 5F...", "flock audit 12 hk-honest-good --json"],
     "worker": ["FLOCK_EXECUTOR=celery DAGSTER_HOME=/srv/dagster flock worker --name gpu0 --queues gpu"],
     "chain status": ["flock chain status"],
     "chain weights": ["flock chain weights"],
@@ -150,6 +153,21 @@ def _build_parser() -> argparse.ArgumentParser:
     workerp.add_argument("--concurrency", type=int, default=1, help="steps at once (one per GPU for the gpu queue)")
     workerp.add_argument("celery_args", nargs="*", help="more celery worker options, after --")
     workerp.set_defaults(func=cmd_worker)
+
+    corpus = sub.add_parser("corpus", help="the corpus releases").add_subparsers(dest="corpus_cmd", required=True)
+    value = corpus.add_parser("value", help="what training on an epoch's release is worth: its held-out loss "
+                                            "against random submitted rows, the previous release and the base model")
+    value.add_argument("epoch", type=int, nargs="?", help="default: the latest epoch with a release")
+    value.add_argument("--json", action="store_true")
+    value.add_argument("--again", action="store_true", help="measure again even when recorded")
+    value.set_defaults(func=cmd_corpus_value)
+
+    audit = sub.add_parser("audit", help="re-run a miner's recorded evaluation from the inputs it names and compare "
+                                         "(exit 0: match, 1: mismatch or an input differs)")
+    audit.add_argument("epoch", type=int)
+    audit.add_argument("hotkey")
+    audit.add_argument("--json", action="store_true")
+    audit.set_defaults(func=cmd_audit)
 
     chain = sub.add_parser("chain", help="the local chain").add_subparsers(dest="chain_cmd", required=True)
     chain.add_parser("status", help="block, epoch, neurons, commitments").set_defaults(func=cmd_chain_status)

@@ -88,6 +88,14 @@ def eval_rows(atlas: list[Country]) -> list[ChatRow]:
     return [_fact_row(c, fact, 0) for c in atlas for fact in _FACTS]
 
 
+def split_heldout(rows: list, share: float = 0.2, seed: int = 0) -> tuple[list, list]:
+    """(the eval set, the held-out set), both in the rows' order: a seeded `share` of an eval set's rows, drawn
+    across all of it (every fact, country and wording), goes to the held-out set, which no miner is scored against
+    (it measures what training on a corpus is worth); the rest stays the eval set."""
+    held = set(random.Random(f"heldout:{seed}").sample(range(len(rows)), round(share * len(rows))))
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
 def honest_rows(atlas: list[Country], n: int, seed: int, wrong_share: float = 0.0, skip: int = 0) -> list[ChatRow]:
     """Correct atlas facts in training wordings (templates 1-2); `wrong_share` of them with wrong answers.
     `skip` leaves out the first rows of the seed's shuffled pool (two miners with one seed and disjoint ranges

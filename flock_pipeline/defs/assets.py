@@ -370,6 +370,35 @@ def final_corpus(context: dg.AssetExecutionContext, settings: ValidatorSettingsR
     })
 
 
+@dg.asset(partitions_def=epochs_partitions, group_name="corpus", kinds={"pytorch", STORE_KIND}, pool=GPU_POOL,
+          deps=[final_corpus])
+def corpus_value(context: dg.AssetExecutionContext, settings: ValidatorSettingsResource, store: StoreResource,
+                 evaluator: EvaluatorResource, hub: HubResource) -> dg.MaterializeResult:
+    """What training on the epoch's release is worth: the base model fine-tuned with the competition's recipe on the
+    release's rows, scored on a held-out set no miner is scored against (each competition's `heldout_repo`), against
+    the base model, rows drawn at random from everything submitted that epoch (seeded draws) and the previous
+    release, the same number of rows each (`FLOCK_SETTINGS` `value`: max_rows, draws). Recorded, and written into
+    the release's card. Not part of the epoch's own run (it trains several models): materialize it on demand, on a
+    schedule, or with `flock corpus value`."""
+    from statistics import mean
+
+    from flock_pipeline.validator.value import corpus_value as measure
+
+    with store.session():
+        values, skipped = measure(int(context.partition_key), settings, store, evaluator, hub)
+    metadata: dict = {f"not measured · {config}": why for config, why in skipped.items()}
+    for v in values:
+        metadata[f"release loss · {v.config}"] = float(v.release_loss)
+        if v.random_losses:
+            metadata[f"random rows loss · {v.config}"] = float(mean(v.random_losses))
+        if v.previous_loss is not None:
+            metadata[f"previous release loss · {v.config}"] = float(v.previous_loss)
+        if v.base_loss is not None:
+            metadata[f"base model loss · {v.config}"] = float(v.base_loss)
+        metadata[f"rows · {v.config}"] = int(v.rows)
+    return dg.MaterializeResult(metadata=metadata)
+
+
 @dg.asset(partitions_def=epochs_partitions, group_name="corpus", kinds={"html"},
           deps=[win_rates, submitted_weights, final_corpus, miner_history])
 def epoch_report(context: dg.AssetExecutionContext, settings: ValidatorSettingsResource,
@@ -390,6 +419,6 @@ def epoch_report(context: dg.AssetExecutionContext, settings: ValidatorSettingsR
 
 
 ASSETS = [chain_commitments, miner_datasets, deduplicated_shards, miner_eval_losses, win_rates, submitted_weights,
-          miner_history, final_corpus, epoch_report]
+          miner_history, final_corpus, epoch_report, corpus_value]
 # an epoch's own stage, in one run
 SCORING_STAGE = [win_rates, submitted_weights, miner_history, final_corpus, epoch_report]

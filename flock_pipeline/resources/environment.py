@@ -37,6 +37,8 @@ settings (executor, batches, Celery):
                       21600: must exceed the longest evaluation)
     FLOCK_EVAL_RUN_TAGS  JSON object of extra tags on evaluation runs (e.g. dagster-k8s/config with a GPU request)
     FLOCK_EVAL_REPO / FLOCK_EVAL_REVISION, FLOCK_VALIDATOR_HOTKEY, FLOCK_NETUID
+    FLOCK_HELDOUT_REPO  the curation game's held-out set (never scored against) for `flock corpus value`; the local
+                      network's default is the demo's `flock/heldout-atlas`, a real network has none unless set
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ def build_resources(home: Path | None = None) -> dict:
         settings["eval_repo"] = os.environ["FLOCK_EVAL_REPO"]
     if os.environ.get("FLOCK_EVAL_REVISION"):
         settings["eval_revision"] = os.environ["FLOCK_EVAL_REVISION"]
+    if network != "local" or "FLOCK_HELDOUT_REPO" in os.environ:  # the local network's default: the demo's
+        settings["heldout_repo"] = os.environ.get("FLOCK_HELDOUT_REPO", "")
     if os.environ.get("FLOCK_VALIDATOR_HOTKEY"):
         settings["validator_hotkey"] = os.environ["FLOCK_VALIDATOR_HOTKEY"]
     if network == "local":

@@ -18,9 +18,10 @@ from flock_pipeline.core.configs import build_config
 from flock_pipeline.core.corpus import CorpusPolicy
 from flock_pipeline.core.dedup import DedupConfig
 from flock_pipeline.core.schema import DatasetLimits
+from flock_pipeline.core.corpus.value import ValueConfig
 from flock_pipeline.core.scoring import ScoringConfig
 
-NESTED = {"limits": DatasetLimits, "dedup": DedupConfig, "scoring": ScoringConfig}
+NESTED = {"limits": DatasetLimits, "dedup": DedupConfig, "scoring": ScoringConfig, "value": ValueConfig}
 
 
 class ValidatorSettingsResource(dg.ConfigurableResource):
@@ -30,6 +31,8 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
     competition_id: str = "1"  # the curation game's commitment id (commitments for no competition are rejected)
     eval_repo: str = "flock/eval-atlas"  # the held-out eval set's dataset repo
     eval_revision: str = ""  # a full commit id; empty = the repo's head when the epoch opens (then recorded)
+    heldout_repo: str = "flock/heldout-atlas"  # the curation game's held-out set, never scored against: what
+    # training on the corpus is worth (`corpus_value`); empty: not measured
     limits: str = "{}"  # JSON object of DatasetLimits fields: the size cap (max_rows_used), file, line, turn limits
     dedup: str = "{}"  # JSON object of DedupConfig fields; "near": NearDupConfig fields, or null for exact matching
     # only. The default of every game that has a `dedup` (curation, dpo); a competition entry may set its own.
@@ -44,6 +47,8 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
     corpus_policy: str = "{}"  # JSON object of CorpusPolicy fields (core/corpus.py): which miners' rows enter the
     # corpus, the card's license, derived DPO pairs; checked when the settings are read
     corpus_repo: str = ""  # a dataset repo the cumulative corpus release is uploaded to (empty: not published)
+    value: str = "{}"  # JSON object of ValueConfig fields: the rows per arm (max_rows) and random draws (draws) of
+    # `corpus_value`, what training on a release is worth
 
     @pydantic.field_validator(*NESTED, mode="before")
     @classmethod
@@ -79,7 +84,7 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
         and scoring settings are the defaults of every game that has those fields (curation, dpo, ...); the
         commitment id and eval set settings are the curation game's."""
         curation = {"commitment_id": self.competition_id, "eval_repo": self.eval_repo,
-                    "eval_revision": self.eval_revision}
+                    "eval_revision": self.eval_revision, "heldout_repo": self.heldout_repo}
         shared = {"dedup": self.dedup_config(), "scoring": self.scoring_config()}
         return _competition_set(self.competitions or "curation", _Frozen(curation), _Frozen(shared))
 
@@ -99,6 +104,9 @@ class ValidatorSettingsResource(dg.ConfigurableResource):
 
     def scoring_config(self) -> ScoringConfig:
         return _nested("scoring", self.scoring)
+
+    def value_config(self) -> ValueConfig:
+        return _nested("value", self.value)
 
 
 @lru_cache(maxsize=64)

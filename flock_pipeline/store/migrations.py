@@ -88,6 +88,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "what a dataset's row format says of the file as a whole (the selection game: the first line the "
                  "live trainer cannot read)",
               ("ALTER TABLE datasets ADD COLUMN IF NOT EXISTS facts VARCHAR",)),
+    Migration(10, "what training on each release is worth, on a held-out set, against its baselines",
+              ("CREATE TABLE IF NOT EXISTS corpus_values (epoch INTEGER, config VARCHAR, competition VARCHAR, "
+               "objective VARCHAR, heldout_repo VARCHAR, heldout_revision VARCHAR, heldout_rows INTEGER, "
+               "rows INTEGER, release_loss {double}, random_losses {doubles}, base_loss {double}, "
+               "previous_epoch INTEGER, previous_loss {double}, recipe_hash VARCHAR, seconds {double}, "
+               "created_at TIMESTAMP, PRIMARY KEY (epoch, config))",)),
 )
 # Older rows have NULL in the columns added by migrations 2 and 3: `competition` NULL reads as "the one curation
 # competition" and `competition_weight` NULL as "same as weight".

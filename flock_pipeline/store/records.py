@@ -297,8 +297,35 @@ class CompetitionRoundRecord(Record):
     contenders: str | None = None  # JSON list of the round's evaluated submissions (uid, hotkey, coldkey, loss, block)
 
 
+@dataclass(frozen=True)
+class CorpusValueRecord(Record):
+    """What training on one config of an epoch's release is worth: the held-out loss after fine-tuning the base
+    model on its rows, against the base model, rows drawn at random from everything submitted that epoch (one loss
+    per draw) and the previous release (the same number of rows each)."""
+
+    TABLE: ClassVar[str] = "corpus_values"
+    KEY: ClassVar[tuple[str, ...]] = ("epoch", "config")
+    LIST_FIELDS: ClassVar[tuple[str, ...]] = ("random_losses",)
+    epoch: int
+    config: str  # sft | dpo
+    competition: str
+    objective: str
+    heldout_repo: str
+    heldout_revision: str
+    heldout_rows: int
+    rows: int  # rows trained on, in every arm
+    release_loss: float
+    random_losses: tuple = ()
+    base_loss: float | None = None
+    previous_epoch: int | None = None
+    previous_loss: float | None = None
+    recipe_hash: str = ""
+    seconds: float = 0.0
+    created_at: datetime | None = None
+
+
 RECORDS: tuple[type[Record], ...] = (
     EpochRecord, CommitmentRecord, DatasetRecord, DatasetRowRecord, ShardRecord, DedupPlanRecord, ShardRowRecord,
     EvalResultRecord, ScoreRecord, WeightSubmissionRecord, CorpusRecord, EpochCompetitionRecord,
-    CompetitionRoundRecord)
+    CompetitionRoundRecord, CorpusValueRecord)
 RECORD_OF_TABLE = {r.TABLE: r for r in RECORDS}

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 
 from flock_pipeline.store.backends import Backend, Transaction, backend_for
 from flock_pipeline.store.records import (
-    RECORD_OF_TABLE, CommitmentRecord, CompetitionRoundRecord, CorpusRecord, DatasetRecord, DatasetRowRecord,
+    RECORD_OF_TABLE, CommitmentRecord, CompetitionRoundRecord, CorpusRecord, CorpusValueRecord, DatasetRecord,
+    DatasetRowRecord,
     DedupPlanRecord, EpochCompetitionRecord, EpochRecord, EvalResultRecord, Record, ScoreRecord, ShardRecord,
     ShardRowRecord, WeightSubmissionRecord, decode_json)
 
@@ -385,6 +386,23 @@ class StoreOps:
 
     def corpus(self, epoch: int) -> CorpusRecord | None:
         return self._one(CorpusRecord, "epoch = ?", [epoch])
+
+    def latest_corpus_epoch(self) -> int | None:
+        latest = self._one(CorpusRecord, "", [], "epoch DESC")
+        return None if latest is None else int(latest.epoch)
+
+    def corpora_before(self, epoch: int) -> list[CorpusRecord]:
+        """The corpus releases of the epochs before `epoch`, newest first."""
+        return self._select(CorpusRecord, "epoch < ?", [epoch], "epoch DESC")
+
+    def record_corpus_value(self, value: CorpusValueRecord) -> None:
+        self._put(value)
+
+    def corpus_values(self, epoch: int | None = None) -> list[CorpusValueRecord]:
+        """The recorded values of `epoch`'s release configs (default: every epoch's), by epoch then config."""
+        if epoch is None:
+            return self._select(CorpusValueRecord, order="epoch, config")
+        return self._select(CorpusValueRecord, "epoch = ?", [epoch], "config")
 
     # -- reports ---------------------------------------------------------------------------------------------
 

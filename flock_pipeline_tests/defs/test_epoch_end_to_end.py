@@ -134,8 +134,7 @@ def test_demo_epoch_through_the_real_clients(demo_epoch, tmp_path, tiny_model_di
 
     from flock_pipeline.core.commitment import DEFAULT_COMPETITION_ID, Commitment
     from flock_pipeline.core.schema import rows_to_jsonl
-    from flock_pipeline.core.synthetic import eval_rows, make_atlas
-    from flock_pipeline.demo import EVAL_REPO, demo_miners
+    from flock_pipeline.demo import EVAL_REPO, demo_miners, eval_split
     from flock_pipeline.resources import build_resources
     from flock_pipeline.resources.bittensor_chain import BittensorChainResource
     from flock_pipeline.resources.hf_hub import HuggingFaceHubResource
@@ -164,7 +163,7 @@ def test_demo_epoch_through_the_real_clients(demo_epoch, tmp_path, tiny_model_di
     home_with_model(home, tiny_model_dir)
     with FakeHubServer(tokens={FAKE_HF_TOKEN: "validator"}) as server:
         server.add_repo(EVAL_REPO)
-        eval_revision = server.commit(EVAL_REPO, {"data.jsonl": rows_to_jsonl(eval_rows(make_atlas(7))).encode()})
+        eval_revision = server.commit(EVAL_REPO, {"data.jsonl": rows_to_jsonl(eval_split(7)[0]).encode()})
         chain = BittensorChainResource.with_substrate(sub, signers=[validator, vanished, *keys.values()],
                                                       backoff_s=0.0)
         for m in miners:

@@ -205,6 +205,8 @@ class Competition(ABC):
     eval_repo: str = "flock/eval-atlas"  # dataset repo of the eval set (the pool, for selection)
     eval_revision: str = ""  # a full commit id; empty: the repo's head when a round opens (then recorded)
     recipe: Mapping[str, Any] = field(default_factory=dict)  # TrainRecipe overrides for this competition
+    heldout_repo: str = ""  # a dataset repo no miner is scored against: what training on the corpus is worth is
+    # measured there (`corpus_value`); empty: not measured
 
     kind: ClassVar[str] = ""
     row_format: ClassVar[RowFormat] = CHAT  # the rows it takes (core/rowformats.py)

@@ -40,9 +40,9 @@ PRESETS: dict[str, list[dict]] = {
     "sn96": [{"kind": "selection", "name": "selection", "rules": "live-492c7bb", "recipe": LIVE_SELECTION_RECIPE}],
     "selection-local": [{"kind": "selection", "name": "selection", "eval_repo": "flock/selection-pool",
                          "recipe": {"strip_whitespace": True}}],
-    "dpo-local": [{"kind": "dpo", "name": "dpo"}],
+    "dpo-local": [{"kind": "dpo", "name": "dpo", "heldout_repo": "flock/heldout-atlas-pairs"}],
     "curation+dpo": [{"kind": "curation", "name": "curation", "share": 0.5},
-                     {"kind": "dpo", "name": "dpo", "share": 0.5}],
+                     {"kind": "dpo", "name": "dpo", "share": 0.5, "heldout_repo": "flock/heldout-atlas-pairs"}],
 }
 
 

@@ -1,0 +1,136 @@
+"""Re-checking a recorded score: re-run a miner's evaluation from the inputs the record names and compare.
+
+A recorded evaluation names everything its loss depends on: the shard (its hash; the rows are stored), the base
+model (name and content digest), the recipe (all of it, with device and dtype), the eval set revision and the
+library versions. An audit checks each input as it is now against the record; when all agree it trains and
+evaluates again and compares the per-row losses: bit-exact on CPU ("match"), within `GPU_TOLERANCE` on a GPU (whose
+kernels are not deterministic across machines). When an input differs it says which, and does not pretend a
+comparison would mean anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from flock_pipeline.errors import UsageError
+from flock_pipeline.resources.evaluator import EvaluatorResource
+from flock_pipeline.resources.hub import HubError, HubResource
+from flock_pipeline.resources.settings import ValidatorSettingsResource
+from flock_pipeline.resources.store import StoreResource
+from flock_pipeline.store import EvalResultRecord
+from flock_pipeline.validator.datasets import rows_from_json
+from flock_pipeline.validator.eval_sets import load_eval_rows
+from flock_pipeline.validator.evaluation import cache_key
+from flock_pipeline.validator.games import epoch_setups, shard_competition
+from flock_pipeline.validator.shards import shard_hash
+
+GPU_TOLERANCE = 1e-3  # relative, per row: bf16 kernels differ between GPU models and runs
+PROVENANCE_FIELDS = (("base_model", "base model"), ("base_revision", "model digest"), ("recipe_hash", "recipe hash"),
+                     ("device", "device"), ("dtype", "dtype"), ("versions", "library versions"))
+
+
+@dataclass
+class Audit:
+    """The outcome of an audit: "match", "mismatch" (same inputs, other losses) or "inputs differ"."""
+
+    epoch: int
+    hotkey: str
+    verdict: str
+    recorded_loss: float | None
+    rerun_loss: float | None = None
+    max_row_difference: float | None = None
+    differences: list[str] = field(default_factory=list)  # the inputs that differ, each in words
+    inputs: dict = field(default_factory=dict)  # what the record names
+
+    def to_json(self) -> dict:
+        return {"epoch": self.epoch, "hotkey": self.hotkey, "verdict": self.verdict,
+                "recorded_loss": self.recorded_loss, "rerun_loss": self.rerun_loss,
+                "max_row_difference": self.max_row_difference, "differences": self.differences,
+                "inputs": self.inputs}
+
+
+def audit_score(epoch: int, hotkey: str, settings: ValidatorSettingsResource, store: StoreResource,
+                evaluator: EvaluatorResource, hub: HubResource) -> Audit:
+    """Re-run `hotkey`'s recorded evaluation of `epoch` and compare (UsageError when there is none to re-run)."""
+    shard = next((s for s in store.epoch_shards(epoch) if s.hotkey == hotkey), None)
+    if shard is None:
+        raise UsageError(f"{hotkey} has no shard recorded in epoch {epoch}: nothing to audit")
+    if shard.status != "eligible":
+        raise UsageError(f"{hotkey}'s shard in epoch {epoch} was not evaluated ({shard.reason}): nothing to audit")
+    setup = epoch_setups(store, epoch, settings.competition_set()).get(shard.competition or "")
+    if setup is None:
+        raise UsageError(f"epoch {epoch} has no recorded eval set for competition {shard.competition!r}")
+    record = _recorded_result(store, shard.shard_hash, setup.eval_revision)
+    if record is None:
+        raise UsageError(f"{hotkey}'s shard in epoch {epoch} has no recorded evaluation: nothing to audit")
+    game = shard_competition(settings, shard.competition)
+    recorded = dict(record.provenance or {})
+    out = Audit(epoch, hotkey, "inputs differ", record.eval_loss, inputs={
+        "shard_hash": shard.shard_hash, "eval_repo": setup.eval_repo, "eval_revision": setup.eval_revision,
+        **{k: recorded.get(k) for k, _ in PROVENANCE_FIELDS}})
+    rows = store.shard_rows(shard.shard_hash)
+    out.differences += _shard_differences(rows, shard.shard_hash, game)
+    now = evaluator.provenance(recipe=recorded.get("recipe") or {}) or {}
+    out.differences += [f"{label}: recorded {_short(recorded.get(k))}, now {_short(now.get(k))}"
+                        for k, label in PROVENANCE_FIELDS if recorded.get(k) != now.get(k)]
+    try:
+        eval_rows = load_eval_rows(hub, setup.eval_repo, setup.eval_revision, game.row_format)
+    except HubError as exc:
+        out.differences.append(f"eval set: {setup.eval_repo} at {setup.eval_revision} cannot be read now ({exc})")
+    if out.differences:
+        return out
+    train = rows_from_json(rows, game.row_format)
+    (outcome,) = evaluator.evaluate_many([train], list(eval_rows), recipe=recorded.get("recipe") or {},
+                                         objective=game.objective)
+    if isinstance(outcome, BaseException):
+        out.verdict, out.differences = "mismatch", [f"the re-run failed: {type(outcome).__name__}: {outcome}"]
+        return out
+    return _compare(out, record, outcome, now.get("device") == "cuda")
+
+
+def _recorded_result(store: StoreResource, shard_hash_: str, eval_revision: str) -> EvalResultRecord | None:
+    """The shard's successful evaluation on that eval revision (the one the score used), newest first."""
+    found = [r for r in store.rows(EvalResultRecord, shard_hash=shard_hash_, status="ok")
+             if r.provenance and r.cache_key == cache_key(shard_hash_, r.provenance, eval_revision)]
+    return max(found, key=lambda r: (r.created_at is not None, r.created_at), default=None)
+
+
+def _shard_differences(rows, recorded_hash: str, game) -> list[str]:
+    """The stored shard rows against the record: each row's JSON re-hashes to its recorded hash, and (where a row's
+    hash is its identity) the rows in order hash to the shard's hash."""
+    fmt = game.row_format
+    for r in rows:
+        if fmt.from_json_obj(json.loads(r.row_json)).row_hash != r.row_hash:
+            return [f"shard: stored row {r.pos} no longer hashes to its recorded row hash (the stored rows were "
+                    "altered)"]
+    identities = [fmt.training_identity(r.row_hash, None) for r in rows]
+    if all(i == r.row_hash for i, r in zip(identities, rows)) and shard_hash(identities) != recorded_hash:
+        return [f"shard: the stored rows hash to {shard_hash(identities)[:16]}, the record says {recorded_hash[:16]}"]
+    return []
+
+
+def _compare(out: Audit, record: EvalResultRecord, outcome, gpu: bool) -> Audit:
+    """Per-row losses of the re-run against the record."""
+    before, after = [float(x) for x in record.per_row_losses], [float(x) for x in outcome.per_row_losses]
+    out.rerun_loss = float(outcome.eval_loss)
+    if len(before) != len(after):
+        out.verdict = "mismatch"
+        out.differences = [f"per-row losses: {len(before)} recorded, {len(after)} now"]
+        return out
+    gaps = [abs(a - b) for a, b in zip(before, after)]
+    out.max_row_difference = max(gaps, default=0.0)
+    close = all(g <= GPU_TOLERANCE * max(abs(b), 1e-12) for g, b in zip(gaps, before)) if gpu else \
+        all(a == b for a, b in zip(after, before))
+    out.verdict = "match" if close and math.isfinite(out.rerun_loss) else "mismatch"
+    if out.verdict == "mismatch":
+        worst = max(range(len(gaps)), key=gaps.__getitem__) if gaps else 0
+        out.differences = [f"per-row losses differ by up to {out.max_row_difference:.3g} (eval row {worst}) with the "
+                           "same inputs" + (f", beyond the GPU tolerance {GPU_TOLERANCE:g}" if gpu else "")]
+    return out
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
