@@ -62,10 +62,17 @@ def cmd_audit(args) -> int:
 
     _quiet_torch()
     resources = build_resources()
-    store = resources["store"]
-    with store.session():
-        result = audit_score(args.epoch, args.hotkey, resources["settings"], store, resources["evaluator"],
-                             resources["hub"])
+    if args.reports:
+        from flock_pipeline.validator.audit import audit_published
+        from flock_pipeline.validator.reports import published_entry
+
+        entry = published_entry(resources["hub"], args.reports, args.hotkey, args.epoch)
+        result = audit_published(args.reports, args.hotkey, entry, resources["evaluator"], resources["hub"])
+    else:
+        store = resources["store"]
+        with store.session():
+            result = audit_score(args.epoch, args.hotkey, resources["settings"], store, resources["evaluator"],
+                                 resources["hub"])
     if args.json:
         print(json.dumps(finite(result.to_json()), indent=1, allow_nan=False))
     else:

@@ -40,7 +40,8 @@ EXAMPLES = {
     "miner status": ["flock miner status --hotkey 5F...",
                      "flock miner status --hotkey 5F... --reports some-validator/flock-reports --json"],
     "corpus value": ["flock corpus value", "flock corpus value 12 --json", "flock corpus value 12 --again"],
-    "audit": ["flock audit 12 5F...", "flock audit 12 hk-honest-good --json"],
+    "audit": ["flock audit 12 5F...", "flock audit 12 hk-honest-good --json",
+              "flock audit 12 5F... --reports some-validator/flock-reports"],
     "worker": ["FLOCK_EXECUTOR=celery DAGSTER_HOME=/srv/dagster flock worker --name gpu0 --queues gpu"],
     "chain status": ["flock chain status"],
     "chain weights": ["flock chain weights"],
@@ -167,6 +168,8 @@ def _build_parser() -> argparse.ArgumentParser:
     audit.add_argument("epoch", type=int)
     audit.add_argument("hotkey")
     audit.add_argument("--json", action="store_true")
+    audit.add_argument("--reports", metavar="REPO", help="audit the score another validator published in REPO's "
+                                                         "reports.json, from public data alone")
     audit.set_defaults(func=cmd_audit)
 
     chain = sub.add_parser("chain", help="the local chain").add_subparsers(dest="chain_cmd", required=True)

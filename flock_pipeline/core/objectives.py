@@ -197,3 +197,4 @@ class DpoObjective(Objective):
 
 SFT = SftObjective()
 DPO = DpoObjective()
+OBJECTIVES = {o.name: o for o in (SFT, DPO)}  # by name: what a published report names

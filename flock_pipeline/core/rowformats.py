@@ -270,3 +270,4 @@ class PreferenceFormat(RowFormat):
 CHAT = ChatFormat()
 PREFERENCE = PreferenceFormat()
 RAW_JSON = RawJsonFormat()
+FORMATS = {f.name: f for f in (CHAT, PREFERENCE, RAW_JSON)}  # by name: what a published report names

@@ -134,3 +134,116 @@ def _compare(out: Audit, record: EvalResultRecord, outcome, gpu: bool) -> Audit:
 def _short(value) -> str:
     text = json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+# -- scores other validators publish ------------------------------------------------------------------------------
+
+def audit_inputs(epoch: int, store: StoreResource, settings: ValidatorSettingsResource) -> dict[str, dict]:
+    """hotkey -> what anyone needs to re-run its recorded evaluation of `epoch` from public data alone (published in
+    `reports.json`): the dataset repo and revision, the lines of its file the shard kept, the shard's hash, the row
+    format and objective, the eval set revision, the base model and its digest, the recipe, device, dtype and
+    library versions."""
+    setups = epoch_setups(store, epoch, settings.competition_set())
+    plans, used = store.epoch_plans(epoch), store.epoch_used_rows(epoch)
+    out = {}
+    for shard in store.epoch_shards(epoch):
+        setup = setups.get(shard.competition or "")
+        plan = plans.get(shard.hotkey) or {}
+        if shard.status != "eligible" or setup is None or shard.hotkey not in used:
+            continue
+        record = _recorded_result(store, shard.shard_hash, setup.eval_revision)
+        if record is None:
+            continue
+        game = shard_competition(settings, shard.competition)
+        lines = [used[shard.hotkey][i].line for i in plan.get("kept_indices") or []]
+        provenance = record.provenance or {}
+        out[shard.hotkey] = {
+            "repo": shard.repo, "revision": shard.revision, "lines": line_ranges(lines),
+            "shard_hash": shard.shard_hash, "row_format": game.row_format.name, "objective": game.objective.name,
+            "eval_repo": setup.eval_repo, "eval_revision": setup.eval_revision,
+            **{k: provenance.get(k) for k, _ in PROVENANCE_FIELDS}, "recipe": provenance.get("recipe")}
+    return out
+
+
+def line_ranges(lines: list[int]) -> str:
+    """Line numbers as ranges ("1-50,52,54-100"), in their order."""
+    parts, start = [], None
+    for i, line in enumerate(lines):
+        if start is None:
+            start = line
+        if i + 1 == len(lines) or lines[i + 1] != line + 1:
+            parts.append(str(start) if start == line else f"{start}-{line}")
+            start = None
+    return ",".join(parts)
+
+
+def parse_line_ranges(text: str, limit: int = 1_000_000) -> list[int]:
+    """The line numbers of `line_ranges`' text (ValueError on anything else, or more than `limit` lines)."""
+    out: list[int] = []
+    for part in filter(None, str(text).split(",")):
+        low, _, high = part.partition("-")
+        first, last = int(low), int(high or low)
+        if first < 1 or last < first or len(out) + last - first + 1 > limit:
+            raise ValueError(f"bad line range {part!r}")
+        out.extend(range(first, last + 1))
+    return out
+
+
+def audit_published(repo: str, hotkey: str, entry: dict, evaluator: EvaluatorResource, hub: HubResource) -> Audit:
+    """Re-run the evaluation another validator published for `hotkey` (`entry`: its row of the validator's
+    `reports.json` in `repo`, `reports.published_entry`) from public data alone: the miner's dataset at its committed
+    revision, the lines the validator says it kept, the eval set at its revision, the recipe it names; then compare
+    the loss with the published one (exactly on CPU, within `GPU_TOLERANCE` on a GPU)."""
+    from flock_pipeline.core.objectives import OBJECTIVES
+    from flock_pipeline.core.rowformats import FORMATS
+    from flock_pipeline.core.schema import DatasetLimits, validate_bytes
+
+    inputs = entry.get("audit")
+    if not isinstance(inputs, dict):
+        raise UsageError(f"{repo} publishes no audit inputs for {hotkey} in epoch {entry['epoch']} (not evaluated, "
+                         "or a validator release that did not publish them)")
+    loss = entry.get("eval_loss")
+    out = Audit(int(entry["epoch"]), hotkey, "inputs differ", loss, inputs=dict(inputs))
+    fmt, objective = FORMATS.get(str(inputs.get("row_format"))), OBJECTIVES.get(str(inputs.get("objective")))
+    if fmt is None or objective is None:
+        out.differences.append(f"unknown row format or objective: {inputs.get('row_format')!r}, "
+                               f"{inputs.get('objective')!r}")
+        return out
+    try:
+        data = hub.download(str(inputs["repo"]), str(inputs["revision"]))
+        wanted = parse_line_ranges(inputs.get("lines", ""))
+    except (HubError, KeyError, ValueError) as exc:
+        out.differences.append(f"the miner's dataset cannot be read as published: {exc}")
+        return out
+    report = validate_bytes(data, DatasetLimits(max_rows_used=10**9, max_file_bytes=2**31, max_line_bytes=2**31),
+                            fmt)
+    by_line = {r.line: r.row for r in report.valid_rows}
+    if any(line not in by_line for line in wanted):
+        out.differences.append("shard: the published lines are not all valid rows of the miner's file")
+        return out
+    rows = [by_line[line] for line in wanted]
+    if all(fmt.training_identity(r.row_hash, None) == r.row_hash for r in rows) \
+            and shard_hash([r.row_hash for r in rows]) != inputs.get("shard_hash"):
+        out.differences.append("shard: the published lines of the miner's file do not hash to the published shard")
+    now = evaluator.provenance(recipe=inputs.get("recipe") or {}) or {}
+    out.differences += [f"{label}: published {_short(inputs.get(k))}, here {_short(now.get(k))}"
+                        for k, label in PROVENANCE_FIELDS if inputs.get(k) != now.get(k)]
+    try:
+        eval_rows = load_eval_rows(hub, str(inputs["eval_repo"]), str(inputs["eval_revision"]), fmt)
+    except (HubError, KeyError) as exc:
+        out.differences.append(f"eval set: cannot be read ({exc})")
+    if out.differences:
+        return out
+    (outcome,) = evaluator.evaluate_many([rows], list(eval_rows), recipe=inputs.get("recipe") or {},
+                                         objective=objective)
+    if isinstance(outcome, BaseException):
+        out.verdict, out.differences = "mismatch", [f"the re-run failed: {type(outcome).__name__}: {outcome}"]
+        return out
+    out.rerun_loss = float(outcome.eval_loss)
+    gpu = now.get("device") == "cuda"
+    same = (loss is not None and abs(out.rerun_loss - loss) <= GPU_TOLERANCE * abs(loss)) if gpu else \
+        out.rerun_loss == loss
+    out.verdict = "match" if same else "mismatch"
+    if not same:
+        out.differences = [f"eval loss published {loss}, re-run {out.rerun_loss} with the same inputs"]
+    return out

@@ -204,7 +204,57 @@ def _colour(status: str) -> str:
     return STATUS_COLOURS.get(status, "#90a4ae")
 
 
-def page(epoch: int, reports: list[CompetitionReport]) -> str:
+def value_figure(values: list) -> bytes:
+    """The held-out loss of each release over epochs, one panel per config: the release, the random submitted rows
+    (mean, with the draws' range), the previous release and the base model (`CorpusValueRecord`s)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = sorted({v.config for v in values})
+    fig, axes = plt.subplots(1, len(configs), figsize=(6 * len(configs), 4), squeeze=False)
+    for ax, config in zip(axes[0], configs):
+        mine = sorted((v for v in values if v.config == config), key=lambda v: v.epoch)
+        epochs = [v.epoch for v in mine]
+        ax.plot(epochs, [v.release_loss for v in mine], marker="o", label="this release")
+        randoms = [(v.epoch, list(v.random_losses)) for v in mine if v.random_losses]
+        if randoms:
+            ax.errorbar([e for e, _ in randoms], [sum(r) / len(r) for _, r in randoms],
+                        yerr=[[sum(r) / len(r) - min(r) for _, r in randoms], [max(r) - sum(r) / len(r)
+                                                                               for _, r in randoms]],
+                        marker="s", capsize=3, label="random submitted rows")
+        base = [(v.epoch, v.base_loss) for v in mine if v.base_loss is not None]
+        if base:
+            ax.plot([e for e, _ in base], [b for _, b in base], linestyle="--", marker="x", color="black",
+                    label="base model")
+        ax.set_xticks(epochs)
+        ax.set_title(f"held-out loss after training on the release ({config})")
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def value_table(values: list) -> list[str]:
+    """The releases' values as Markdown table lines (empty without any)."""
+    if not values:
+        return []
+    lines = ["| epoch | config | rows | release | random rows (mean of draws) | previous release | base model |",
+             "|---|---|---|---|---|---|---|"]
+    for v in sorted(values, key=lambda v: (v.epoch, v.config)):
+        randoms = list(v.random_losses)
+        lines.append(f"| {v.epoch} | {v.config} | {v.rows} | {v.release_loss:.4f} | "
+                     + (f"{sum(randoms) / len(randoms):.4f}" if randoms else "") + " | "
+                     + (f"{v.previous_loss:.4f}" if v.previous_loss is not None else "") + " | "
+                     + (f"{v.base_loss:.4f}" if v.base_loss is not None else "") + " |")
+    return lines
+
+
+def page(epoch: int, reports: list[CompetitionReport], values: list | None = None, value_png: bytes = b"") -> str:
     """One self-contained HTML page (figures inline)."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>FLock OFF epoch {epoch}</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
@@ -226,13 +276,24 @@ def page(epoch: int, reports: list[CompetitionReport]) -> str:
                          f"<td>{m['rows_kept']}</td><td>{loss}</td><td>{m['score']:.3f}</td>"
                          f"<td>{m['weight']:.6f}</td><td>{html.escape(m.get('explanation') or '')}</td></tr>")
         parts.append("</table>")
+    if values:
+        parts.append("<h2>What training on the release is worth (held-out loss, lower is better)</h2>")
+        if value_png:
+            parts.append(f"<img alt='held-out loss per release' style='max-width:100%' "
+                         f"src='data:image/png;base64,{base64.b64encode(value_png).decode()}'>")
+        rows = value_table(values)
+        parts.append("<table>" + "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|")) + "</tr>"
+            for i, line in enumerate(rows) if i != 1) + "</table>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
-def markdown(epoch: int, reports: list[CompetitionReport]) -> str:
+def markdown(epoch: int, reports: list[CompetitionReport], values: list | None = None) -> str:
     """The report's tables as Markdown (the Dagster UI shows it beside the materialization)."""
     lines = [f"# Epoch {epoch}"]
+    if values:
+        lines += ["", "## What training on the release is worth (held-out loss)", "", *value_table(values)]
     for r in reports:
         base = f" (base model {r.base_loss:.4f})" if r.base_loss is not None else ""
         lines += ["", f"## {r.name}{base}", "", "| uid | hotkey | status | eval loss | weight | why |",
@@ -244,8 +305,10 @@ def markdown(epoch: int, reports: list[CompetitionReport]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(epoch: int, reports: list[CompetitionReport], out_dir: Path) -> dict[str, str]:
-    """report.html and one PNG per competition into out_dir (atomically, readable by everyone); returns paths."""
+def write_report(epoch: int, reports: list[CompetitionReport], out_dir: Path,
+                 values: list | None = None) -> dict[str, str]:
+    """report.html and one PNG per competition (and the releases' value, when measured) into out_dir (atomically,
+    readable by everyone); returns paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(out_dir, 0o755)
@@ -253,7 +316,10 @@ def write_report(epoch: int, reports: list[CompetitionReport], out_dir: Path) ->
     for r in reports:
         r.png = r.png or figure(r, epoch)
         paths[f"png:{r.name}"] = str(_atomic(out_dir / f"{r.name}.png", r.png))
-    paths["html"] = str(_atomic(out_dir / "report.html", page(epoch, reports).encode()))
+    value_png = value_figure(values) if values else b""
+    if value_png:
+        paths["png:value"] = str(_atomic(out_dir / "value.png", value_png))
+    paths["html"] = str(_atomic(out_dir / "report.html", page(epoch, reports, values, value_png).encode()))
     return paths
 
 
@@ -287,5 +353,6 @@ def build_epoch_report(epoch: int, settings, store, evaluator,
                        labels: dict[str, str] | None = None) -> tuple[dict[str, str], str]:
     """Write the epoch's report; returns (paths, the Markdown summary)."""
     reports = collect(epoch, settings, store, recorded_base_losses(epoch, settings, store, evaluator), labels)
-    paths = write_report(epoch, reports, Path(settings.corpus_dir) / "reports" / f"epoch-{epoch}")
-    return paths, markdown(epoch, reports)
+    values = [v for v in store.corpus_values() if v.epoch <= epoch]
+    paths = write_report(epoch, reports, Path(settings.corpus_dir) / "reports" / f"epoch-{epoch}", values)
+    return paths, markdown(epoch, reports, values)

@@ -1,6 +1,7 @@
 """Epoch reports a validator publishes for its miners: a public dataset repo holding `reports.json`, the score table
-of its latest epochs (hotkey, uid, status, reason, eval loss, win rate, weight, rank) and the fate of each epoch's
-weights. A miner on any machine reads it with `flock miner status --reports REPO`.
+of its latest epochs (hotkey, uid, status, reason, eval loss, win rate, weight, rank, and for an evaluated miner the
+inputs anyone needs to re-run its evaluation from public data: `flock audit --reports REPO`) and the fate of each
+epoch's weights. A miner on any machine reads it with `flock miner status --reports REPO`.
 
 One file, rewritten whole at each publication (the latest `MAX_EPOCHS` epochs), so that the hub's latest revision
 always has everything. What a validator publishes is untrusted for the reader: it is parsed defensively, with a
@@ -26,7 +27,10 @@ FORMAT = 1
 
 def epoch_report(epoch: int, settings: ValidatorSettingsResource, store: StoreResource) -> dict:
     """The score table of `epoch` as published: rank 1 is the largest weight (ties: the lower loss)."""
+    from flock_pipeline.validator.audit import audit_inputs
+
     scores = store.scores(epoch)
+    inputs = audit_inputs(epoch, store, settings)
     ordered = sorted(scores, key=lambda r: (-float(r.weight), _loss(r.eval_loss) if _loss(r.eval_loss) is not None
                                             else math.inf, r.hotkey))
     rank = {r.hotkey: i + 1 for i, r in enumerate(ordered)}
@@ -39,7 +43,9 @@ def epoch_report(epoch: int, settings: ValidatorSettingsResource, store: StoreRe
         "miners": [{"hotkey": r.hotkey, "uid": int(r.uid), "status": r.status, "reason": r.reason,
                     "competition": r.competition, "eval_loss": _loss(r.eval_loss), "score": float(r.score),
                     "win_rate": float(r.score),
-                    "weight": float(r.weight), "rank": rank[r.hotkey]} for r in ordered],
+                    "weight": float(r.weight), "rank": rank[r.hotkey],
+                    **({"audit": inputs[r.hotkey]} if r.hotkey in inputs and _loss(r.eval_loss) is not None
+                       else {})} for r in ordered],
     }
 
 
@@ -84,6 +90,26 @@ def read_miner_report(hub: HubResource, repo: str, hotkey: str) -> dict:
                     "weight": number_or_none(row.get("weight")), "rank": number_or_none(row.get("rank")),
                     "of": len(entry["miners"])}
     return {"repo": repo, "validator": text_or_none(document["validator"]), "epoch": None}
+
+
+def published_entry(hub: HubResource, repo: str, hotkey: str, epoch: int | None = None) -> dict:
+    """The row another validator published for `hotkey` in `repo`'s `reports.json` (`epoch`: default the latest
+    that has it), with its "epoch"; UsageError naming the repo when there is none or the file is malformed."""
+    from flock_pipeline.errors import UsageError
+
+    try:
+        document = _parse(hub.download(repo, hub.head(repo), REPORT_FILE, max_bytes=MAX_REPORT_BYTES))
+    except (HubError, ValueError) as exc:
+        raise UsageError(f"{repo}: {str(exc)[:300]}") from None
+    for entry in reversed(document["epochs"]):
+        if epoch is not None and entry["epoch"] != epoch:
+            continue
+        row = next((m for m in entry["miners"] if m.get("hotkey") == hotkey), None)
+        if row is not None:
+            loss = number_or_none(row.get("eval_loss"))
+            return {**row, "epoch": entry["epoch"], "eval_loss": loss}
+    where = f"epoch {epoch}" if epoch is not None else "any epoch"
+    raise UsageError(f"{repo} publishes no score for {hotkey} in {where}")
 
 
 def _parse(data: bytes) -> dict:
