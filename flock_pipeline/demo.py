@@ -45,8 +45,9 @@ day 2 12:40 (validation) and day 3 11:40 (rewarding): with k = 2 and one real lo
 selection network's in the selection game (commitment id "2", share 0.5): one weight vector from both.
 
 `dpo` network (`dpo_miners`): the DPO game alone (commitment id "3"). The eval pairs `flock/eval-atlas-pairs` are
-150 questions about 10 atlas countries no miner is given (every fact, three wordings); chosen: the answer, rejected:
-a true statement about the same country that answers another question. What a miner can teach is that preference
+120 of 150 questions about 10 atlas countries no miner is given (every fact, three wordings; the other 30 are the
+held-out pairs `flock/heldout-atlas-pairs`, never scored against); chosen: the answer, rejected: a true statement
+about the same country that answers another question. What a miner can teach is that preference
 (answer what was asked), so its quality is the share of its 80 pairs labelled the right way round:
     honest-q85        15 % of its pairs labelled the wrong way round -> second
     honest-q100       every pair labelled right                      -> the most weight
@@ -203,13 +204,14 @@ def adversarial_miners(seed: int = 7, max_file_bytes: int = DatasetLimits().max_
 
 
 def eval_split(seed: int = 7) -> tuple[list[ChatRow], list[ChatRow]]:
-    """(the eval set, the held-out set) of the curation networks: the atlas's eval rows, every fifth one held out
-    (never scored against; `flock corpus value` measures the corpus there)."""
+    """(the eval set, the held-out set) of the curation networks: the atlas's 200 eval rows, a seeded fifth of them
+    held out (never scored against; `flock corpus value` measures the corpus there)."""
     return synthetic.split_heldout(synthetic.eval_rows(synthetic.make_atlas(seed)))
 
 
 def dpo_eval_pairs(seed: int = 7) -> list[PreferenceRow]:
-    """The DPO network's eval pairs: every atlas fact in the eval wording (200 pairs)."""
+    """The DPO network's eval pairs before the held-out fifth is split off: every fact of the first 10 atlas
+    countries in all three wordings (150 pairs)."""
     return synthetic.eval_pairs(synthetic.make_atlas(seed), seed + 300)
 
 

@@ -106,3 +106,19 @@ def test_honest_miners_ranked_by_quality(report):
     assert spearman(quality, [m["weight"] for m in honest]) >= 0.9
     assert spearman(quality, [-m["eval_loss"] for m in honest]) >= 0.9
     assert abs(sum(m["weight"] for m in report.values()) - 1.0) < 1e-9
+
+
+def test_the_release_of_the_paid_miners_beats_random_rows_of_everything_submitted(adversarial, report, monkeypatch,
+                                                                                   capsys):
+    """Everything submitted includes the junk, the copies and the leaked eval rows; the release is what the
+    validators paid for. On held-out rows no miner is scored against, training on the release does better."""
+    import json
+    from statistics import mean
+
+    from flock_pipeline.cli import main
+
+    monkeypatch.setenv("FLOCK_HOME", str(adversarial))
+    capsys.readouterr()
+    assert main(["corpus", "value", "--json"]) == 0
+    (sft,) = json.loads(capsys.readouterr().out)["configs"]
+    assert sft["release_loss"] < mean(sft["random_losses"]) < sft["base_loss"]

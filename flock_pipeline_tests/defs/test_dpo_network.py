@@ -78,7 +78,7 @@ def test_dpo_metrics_are_recorded_with_the_loss(dpo_home, doc, report):
     key = shard_cache_key(found.shard, found.eval_revision, r["evaluator"], r["settings"])
     result = r["store"].eval_result(key)
     assert result.eval_loss == pytest.approx(report["honest-q100"]["eval_loss"], abs=1e-6)
-    assert result.metrics["pairs"] == 150 and result.metrics["reward_accuracy"] > 0.5
+    assert result.metrics["pairs"] == 120 and result.metrics["reward_accuracy"] > 0.5  # 150 eval pairs, 30 held out
     assert result.provenance["recipe"]["objective"] == "dpo" and result.provenance["recipe"]["dpo_beta"] == 0.1
 
 
@@ -170,3 +170,23 @@ def test_an_evaluation_names_its_competition_and_the_base_models_bar(dpo_home, d
     best, copier = (records[h] for h in hotkeys)
     assert best.cached and best.competition == "dpo" and best.base_loss == pytest.approx(math.log(2), abs=1e-12)
     assert copier.status == "skipped" and copier.base_loss is None
+
+
+def test_training_on_the_release_beats_random_submitted_pairs_which_beat_the_base_model(dpo_home, doc, monkeypatch,
+                                                                                         capsys):
+    """The DPO release (the paid miners' pairs) against pairs drawn at random from everything submitted (swapped
+    labels, trivial rejected answers, copies and leaked eval pairs included), on held-out pairs no miner is scored
+    against: its DPO loss is the lowest, and the random pairs' still beats the base model's ln 2."""
+    import json
+    from statistics import mean
+
+    from flock_pipeline.cli import main
+
+    monkeypatch.setenv("FLOCK_HOME", str(dpo_home))
+    capsys.readouterr()
+    assert main(["corpus", "value", "--json"]) == 0
+    (dpo,) = json.loads(capsys.readouterr().out)["configs"]
+    assert dpo["config"] == "dpo" and dpo["objective"] == "dpo" and dpo["heldout_repo"] == "flock/heldout-atlas-pairs"
+    assert dpo["release_loss"] < mean(dpo["random_losses"]) < dpo["base_loss"] == pytest.approx(0.693147, abs=1e-6)
+    card = next((dpo_home / "corpus").glob("epoch-*/README.md")).read_text()
+    assert "**`dpo`** (dpo loss on `flock/heldout-atlas-pairs`" in card
