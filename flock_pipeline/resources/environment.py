@@ -60,6 +60,18 @@ def flock_home() -> Path:
     return Path(os.environ.get("FLOCK_HOME") or Path.cwd() / ".flock").resolve()
 
 
+def _settings_from_env(network: str) -> dict:
+    """The validator settings FLOCK_SETTINGS and the single-value variables give."""
+    settings = _settings_overrides(os.environ.get("FLOCK_SETTINGS", "{}"))
+    for variable, field in (("FLOCK_EVAL_REPO", "eval_repo"), ("FLOCK_EVAL_REVISION", "eval_revision"),
+                            ("FLOCK_VALIDATOR_HOTKEY", "validator_hotkey")):
+        if os.environ.get(variable):
+            settings[field] = os.environ[variable]
+    if network != "local" or "FLOCK_HELDOUT_REPO" in os.environ:  # the local network's default: the demo's
+        settings["heldout_repo"] = os.environ.get("FLOCK_HELDOUT_REPO", "")
+    return settings
+
+
 def build_resources(home: Path | None = None) -> dict:
     """The resources of a validator, from the environment. Keys are the names assets ask for."""
     home = Path(home or flock_home())
@@ -67,15 +79,7 @@ def build_resources(home: Path | None = None) -> dict:
     if network not in NETWORKS:
         raise ConfigError(f"FLOCK_NETWORK={network!r}: use one of {', '.join(NETWORKS)}")
     netuid = whole_number("FLOCK_NETUID", 96, minimum=0)
-    settings = _settings_overrides(os.environ.get("FLOCK_SETTINGS", "{}"))
-    if os.environ.get("FLOCK_EVAL_REPO"):
-        settings["eval_repo"] = os.environ["FLOCK_EVAL_REPO"]
-    if os.environ.get("FLOCK_EVAL_REVISION"):
-        settings["eval_revision"] = os.environ["FLOCK_EVAL_REVISION"]
-    if network != "local" or "FLOCK_HELDOUT_REPO" in os.environ:  # the local network's default: the demo's
-        settings["heldout_repo"] = os.environ.get("FLOCK_HELDOUT_REPO", "")
-    if os.environ.get("FLOCK_VALIDATOR_HOTKEY"):
-        settings["validator_hotkey"] = os.environ["FLOCK_VALIDATOR_HOTKEY"]
+    settings = _settings_from_env(network)
     if network == "local":
         chain: ChainResource = LocalChainResource(path=os.environ.get("FLOCK_CHAIN_FILE") or str(home / "chain.json"),
                                                   netuid=netuid)

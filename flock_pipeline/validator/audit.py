@@ -196,35 +196,18 @@ def audit_published(repo: str, hotkey: str, entry: dict, evaluator: EvaluatorRes
     the loss with the published one (exactly on CPU, within `GPU_TOLERANCE` on a GPU)."""
     from flock_pipeline.core.objectives import OBJECTIVES
     from flock_pipeline.core.rowformats import FORMATS
-    from flock_pipeline.core.schema import DatasetLimits, validate_bytes
 
     inputs = entry.get("audit")
     if not isinstance(inputs, dict):
         raise UsageError(f"{repo} publishes no audit inputs for {hotkey} in epoch {entry['epoch']} (not evaluated, "
                          "or a validator release that did not publish them)")
-    loss = entry.get("eval_loss")
-    out = Audit(int(entry["epoch"]), hotkey, "inputs differ", loss, inputs=dict(inputs))
+    out = Audit(int(entry["epoch"]), hotkey, "inputs differ", entry.get("eval_loss"), inputs=dict(inputs))
     fmt, objective = FORMATS.get(str(inputs.get("row_format"))), OBJECTIVES.get(str(inputs.get("objective")))
     if fmt is None or objective is None:
         out.differences.append(f"unknown row format or objective: {inputs.get('row_format')!r}, "
                                f"{inputs.get('objective')!r}")
         return out
-    try:
-        data = hub.download(str(inputs["repo"]), str(inputs["revision"]))
-        wanted = parse_line_ranges(inputs.get("lines", ""))
-    except (HubError, KeyError, ValueError) as exc:
-        out.differences.append(f"the miner's dataset cannot be read as published: {exc}")
-        return out
-    report = validate_bytes(data, DatasetLimits(max_rows_used=10**9, max_file_bytes=2**31, max_line_bytes=2**31),
-                            fmt)
-    by_line = {r.line: r.row for r in report.valid_rows}
-    if any(line not in by_line for line in wanted):
-        out.differences.append("shard: the published lines are not all valid rows of the miner's file")
-        return out
-    rows = [by_line[line] for line in wanted]
-    if all(fmt.training_identity(r.row_hash, None) == r.row_hash for r in rows) \
-            and shard_hash([r.row_hash for r in rows]) != inputs.get("shard_hash"):
-        out.differences.append("shard: the published lines of the miner's file do not hash to the published shard")
+    rows = _published_rows(inputs, fmt, hub, out)
     now = evaluator.provenance(recipe=inputs.get("recipe") or {}) or {}
     out.differences += [f"{label}: published {_short(inputs.get(k))}, here {_short(now.get(k))}"
                         for k, label in PROVENANCE_FIELDS if inputs.get(k) != now.get(k)]
@@ -236,11 +219,40 @@ def audit_published(repo: str, hotkey: str, entry: dict, evaluator: EvaluatorRes
         return out
     (outcome,) = evaluator.evaluate_many([rows], list(eval_rows), recipe=inputs.get("recipe") or {},
                                          objective=objective)
+    return _compare_published(out, outcome, now.get("device") == "cuda")
+
+
+def _published_rows(inputs: dict, fmt, hub: HubResource, out: Audit) -> list:
+    """The rows a published shard names (the lines of the miner's file at its revision), checked against the
+    published shard hash; a problem goes into `out.differences`."""
+    from flock_pipeline.core.schema import DatasetLimits, validate_bytes
+
+    try:
+        data = hub.download(str(inputs["repo"]), str(inputs["revision"]))
+        wanted = parse_line_ranges(inputs.get("lines", ""))
+    except (HubError, KeyError, ValueError) as exc:
+        out.differences.append(f"the miner's dataset cannot be read as published: {exc}")
+        return []
+    report = validate_bytes(data, DatasetLimits(max_rows_used=10**9, max_file_bytes=2**31, max_line_bytes=2**31),
+                            fmt)
+    by_line = {r.line: r.row for r in report.valid_rows}
+    if any(line not in by_line for line in wanted):
+        out.differences.append("shard: the published lines are not all valid rows of the miner's file")
+        return []
+    rows = [by_line[line] for line in wanted]
+    if all(fmt.training_identity(r.row_hash, None) == r.row_hash for r in rows) \
+            and shard_hash([r.row_hash for r in rows]) != inputs.get("shard_hash"):
+        out.differences.append("shard: the published lines of the miner's file do not hash to the published shard")
+    return rows
+
+
+def _compare_published(out: Audit, outcome, gpu: bool) -> Audit:
+    """The re-run's loss against the published one."""
     if isinstance(outcome, BaseException):
         out.verdict, out.differences = "mismatch", [f"the re-run failed: {type(outcome).__name__}: {outcome}"]
         return out
+    loss = out.recorded_loss
     out.rerun_loss = float(outcome.eval_loss)
-    gpu = now.get("device") == "cuda"
     same = (loss is not None and abs(out.rerun_loss - loss) <= GPU_TOLERANCE * abs(loss)) if gpu else \
         out.rerun_loss == loss
     out.verdict = "match" if same else "mismatch"

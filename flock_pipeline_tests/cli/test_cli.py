@@ -88,7 +88,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_dagster_dev_serves_the_eight_assets(flock_home, tmp_path):
+def test_dagster_dev_serves_the_ten_assets(flock_home, tmp_path):
     port = _free_port()
     env = _env(flock_home, tmp_path / "dagster_home")
     proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "dagster_dev.py"), "-p", str(port), "-h",
@@ -115,7 +115,7 @@ def test_dagster_dev_serves_the_eight_assets(flock_home, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
     assert keys == {"chain_commitments", "miner_datasets", "deduplicated_shards", "miner_eval_losses", "win_rates",
-                    "submitted_weights", "miner_history", "final_corpus", "epoch_report"}
+                    "submitted_weights", "miner_history", "final_corpus", "epoch_report", "corpus_value"}
 
 
 def test_chain_commands_and_config_errors(flock_home):

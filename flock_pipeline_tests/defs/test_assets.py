@@ -7,7 +7,7 @@ from flock_pipeline.store import EvalResultRecord, frame as records_frame
 from flock_pipeline.defs import build_definitions
 from flock_pipeline.defs.assets import (ASSETS, chain_commitments, deduplicated_shards, epochs_partitions,
                                         final_corpus, miner_datasets, miner_eval_losses, miners_partitions,
-                                        submitted_weights, win_rates)
+                                        submitted_weights, win_rates, corpus_value)
 from flock_pipeline.defs.checks import CHECKS
 
 
@@ -21,17 +21,17 @@ def _metadata(result, asset):
     return {k: v.value for k, v in mat.metadata.items()}
 
 
-def test_definitions_have_the_nine_assets_documented(demo):
+def test_definitions_have_the_ten_assets_documented(demo):
     _, resources, _, _ = demo
     defs = build_definitions(resources)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {"chain_commitments", "miner_datasets", "deduplicated_shards", "miner_eval_losses", "win_rates",
-                    "submitted_weights", "miner_history", "final_corpus", "epoch_report"}
+                    "submitted_weights", "miner_history", "final_corpus", "epoch_report", "corpus_value"}
     for asset in ASSETS:
         assert asset.descriptions_by_key[asset.key], asset.key
     blocking = [c for c in CHECKS if any(spec.blocking for spec in c.check_specs)]
     assert [spec.asset_key for c in blocking for spec in c.check_specs] == [win_rates.key]
-    assert miner_eval_losses.op.pool == "gpu"
+    assert miner_eval_losses.op.pool == "gpu" and corpus_value.op.pool == "gpu"
 
 
 def test_asset_by_asset(demo):
