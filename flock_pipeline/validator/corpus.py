@@ -6,11 +6,11 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from flock_pipeline.core.corpus import (DPO, FILES, JSONL_FILES, SFT, BaseAnswerCache, Candidate, CorpusPolicy,
+from flock_pipeline.core.corpus import (DPO, JSONL_FILES, SFT, BaseAnswerCache, Candidate, CorpusPolicy,
                                         CorpusShard, build_release_records, dataset_card, greedy_answers,
                                         make_dir, merge_releases, read_release, release_files, release_sha256,
                                         replace_latest, select_miners, single_turn, write_release)
-from flock_pipeline.core.corpus.release import ReleaseError
+from flock_pipeline.core.corpus.release import ReleaseError, parquet_name
 from flock_pipeline.core.schema import ChatRow, RowError, parse_preference_row
 from flock_pipeline.core.tiny_model import model_revision
 from flock_pipeline.errors import ResultsKept
@@ -57,7 +57,8 @@ def build_epoch_corpus(epoch: int, settings: ValidatorSettingsResource, store: S
         folder = _write_epoch_release(epoch, records, sha, corpus_dir, previous is None, policy)
         corpus = CorpusRecord(epoch=epoch, rows=total, miners=len({s.hotkey for s in shards if not s.derived}),
                               sha256=sha, jsonl_path=str(folder / JSONL_FILES[SFT]),
-                              parquet_path=str(folder / FILES[SFT]), created_at=utcnow(), sft_rows=rows[SFT],
+                              parquet_path=str(folder / parquet_name(SFT, records.get(SFT, []))),
+                              created_at=utcnow(), sft_rows=rows[SFT],
                               dpo_rows=rows[DPO], release_dir=str(folder))
         store.record_corpus(corpus)
     latest, changed = _update_latest(corpus_dir, store, policy, settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from dataclasses import replace
 
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from flock_pipeline.core.corpus import (COLUMNS, DPO, PROVENANCE_COLUMNS, SFT, BaseAnswerCache, Candidate,
+from flock_pipeline.core.corpus import (COLUMNS, DPO, PROVENANCE_COLUMNS, SFT, BaseAnswerCache, Candidate, parquet_name,
                                         CorpusPolicy, CorpusShard, arrow_schema, build_release_records,
                                         dataset_card, merge_releases, read_release, release_files, release_sha256,
                                         replace_latest, select_miners, size_category, write_release)
@@ -166,19 +167,21 @@ def test_release_folder_layout_modes_and_contents(tmp_path):
         os.umask(old)
     rel = tmp_path / "rel"
     names = sorted(str(p.relative_to(rel)) for p in rel.rglob("*"))
-    assert names == ["README.md", "dpo.parquet", "jsonl", "jsonl/dpo.jsonl", "jsonl/sft.jsonl", "sft.parquet"]
+    files = {c: parquet_name(c, records[c]) for c in (SFT, DPO)}
+    assert names == sorted(["README.md", files[DPO], "jsonl", "jsonl/dpo.jsonl", "jsonl/sft.jsonl", files[SFT]])
+    assert all(re.fullmatch(rf"{c}-[0-9a-f]{{12}}\.parquet", files[c]) for c in files)  # named by content
     for p in [rel, *rel.rglob("*")]:
         assert stat.S_IMODE(p.stat().st_mode) == (0o755 if p.is_dir() else 0o644), p
     assert [p.name for p in tmp_path.iterdir()] == ["rel"]  # no staging folder left behind
     lines = (rel / "jsonl" / "sft.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(x) for x in lines] == records[SFT] and "✓" in lines[0]
     assert list(json.loads(lines[0])) == sorted(json.loads(lines[0]))
-    frame = pd.read_parquet(rel / "sft.parquet")
+    frame = pd.read_parquet(rel / files[SFT])
     assert list(frame.columns) == COLUMNS[SFT] and frame["uid"].tolist() == [1, 1]
-    assert pq.read_schema(rel / "dpo.parquet").equals(arrow_schema(DPO), check_metadata=False)
+    assert pq.read_schema(rel / files[DPO]).equals(arrow_schema(DPO), check_metadata=False)
     assert read_release(rel) == records and out["sha256"] == release_sha256(records)
-    assert set(release_files(rel)) == {"README.md", "sft.parquet", "dpo.parquet", "jsonl/sft.jsonl",
-                                       "jsonl/dpo.jsonl"}
+    assert out["sft_parquet"] == str(rel / files[SFT])
+    assert set(release_files(rel)) == {"README.md", files[SFT], files[DPO], "jsonl/sft.jsonl", "jsonl/dpo.jsonl"}
     with pytest.raises(OSError):  # releases are immutable
         write_release(records, rel, _card(records))
 
@@ -195,12 +198,18 @@ def test_card_front_matter():
     card = dataset_card(records, title="FLock OFF corpus", policy=CorpusPolicy(license="mit"), where="me/corpus")
     _, front, body = card.split("---\n", 2)
     meta = yaml.safe_load(front)
-    assert meta["license"] == "mit" and meta["size_categories"] == ["n<1K"]
-    assert meta["task_categories"] == ["text-generation"]
+    assert meta["license"] == "mit" and meta["size_categories"] == ["n<1K"] and meta["language"] == ["en"]
+    assert meta["task_categories"] == ["text-generation"] and meta["source_datasets"] == ["original"]
     assert meta["configs"] == [
-        {"config_name": "sft", "data_files": [{"split": "train", "path": "sft.parquet"}], "default": True},
-        {"config_name": "dpo", "data_files": [{"split": "train", "path": "dpo.parquet"}]}]
-    assert [c["config_name"] for c in meta["dataset_info"]] == ["sft", "dpo"]
+        {"config_name": "sft", "data_files": [{"split": "train", "path": parquet_name(SFT, records[SFT])}],
+         "default": True},
+        {"config_name": "dpo", "data_files": [{"split": "train", "path": parquet_name(DPO, records[DPO])}]}]
+    assert [(c["config_name"], c["splits"]) for c in meta["dataset_info"]] == [
+        ("sft", [{"name": "train", "num_examples": 2}]), ("dpo", [{"name": "train", "num_examples": 1}])]
+    for section in ("## How it was made", "## Intended use and limitations", "## License and contributors",
+                    "## Citation"):
+        assert section in body
+    assert "each miner offers its rows under this license" in body
     assert "| `sft` | 2 |" in body and "| `dpo` | 1 |" in body and "- Miners: 2" in body
     assert "| 7 | 2 | `5Hot2` | 0.700000 | 1.5000 | 0 | 1 |" in body and 'load_dataset("me/corpus", "dpo"' in body
     assert size_category(999) == "n<1K" and size_category(1000) == "1K<n<10K"
@@ -216,7 +225,8 @@ def test_both_configs_load_with_datasets_offline(tmp_path, monkeypatch):
     for config in (SFT, DPO):
         expected = datasets.Features.from_arrow_schema(arrow_schema(config))
         by_card = datasets.load_dataset(folder, config, split="train", cache_dir=cache)
-        by_files = datasets.load_dataset("parquet", data_files=str(tmp_path / "rel" / f"{config}.parquet"),
+        by_files = datasets.load_dataset("parquet", data_files=str(tmp_path / "rel" / parquet_name(config,
+                                                                                                    records[config])),
                                          split="train", cache_dir=cache)
         for loaded in (by_card, by_files):
             assert loaded.features == expected and loaded.num_rows == len(records[config])
@@ -225,16 +235,21 @@ def test_both_configs_load_with_datasets_offline(tmp_path, monkeypatch):
     assert default.column_names == COLUMNS[SFT]
 
 
-def test_an_empty_dpo_config_keeps_its_schema(tmp_path):
+def test_an_empty_config_keeps_its_schema_and_is_not_declared(tmp_path):
     import datasets
 
     records = build_release_records([shard(1, 0.3, 10, "ab")])
     write_release(records, tmp_path / "rel", _card(records))
-    assert pq.read_schema(tmp_path / "rel" / "dpo.parquet").equals(arrow_schema(DPO), check_metadata=False)
-    assert list(pd.read_parquet(tmp_path / "rel" / "dpo.parquet").columns) == COLUMNS[DPO]
-    # datasets builds no split without rows; streamed, the config loads with its features and no rows
-    stream = datasets.load_dataset(str(tmp_path / "rel"), DPO, split="train", streaming=True)
-    assert list(stream) == [] and stream.features == datasets.Features.from_arrow_schema(arrow_schema(DPO))
+    empty = tmp_path / "rel" / parquet_name(DPO, [])
+    assert pq.read_schema(empty).equals(arrow_schema(DPO), check_metadata=False)
+    assert list(pd.read_parquet(empty).columns) == COLUMNS[DPO]
+    # `datasets` builds no split without rows, so the card declares only the configs that hold some: every config
+    # it names (and its own load snippet) loads
+    card = (tmp_path / "rel" / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n", 2)[1])
+    assert [c["config_name"] for c in meta["configs"]] == ["sft"] and '"dpo"' not in card.split("## Load")[1][:400]
+    loaded = datasets.load_dataset(str(tmp_path / "rel"), SFT, split="train", cache_dir=str(tmp_path / "cache"))
+    assert loaded.num_rows == 2
 
 
 def test_merge_keeps_each_row_once_with_its_best_provenance():
@@ -250,6 +265,23 @@ def test_merge_keeps_each_row_once_with_its_best_provenance():
     assert merge_releases([e2, e1]) == merged
 
 
+def test_a_moved_latest_loads_its_own_rows_through_the_default_datasets_cache(tmp_path, monkeypatch):
+    """`datasets` caches a local folder by its name, its config and its data files' names (neither the files' content
+    nor where a link points): `latest` moved to a release of as many rows would load the old ones, were the files
+    not named by their content."""
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "default-cache"))  # the default cache, in the test's tmp
+    first, second = (build_release_records([shard(uid, 0.3, 10, "ab")]) for uid in (1, 2))
+    assert len(first[SFT]) == len(second[SFT]) and first[SFT] != second[SFT]
+    loaded = []
+    for records in (first, second):
+        link, _ = replace_latest(records, tmp_path / "corpus", _card(records))
+        loaded.append(datasets.load_dataset(str(tmp_path / "corpus" / "latest"), SFT, split="train").to_list())
+    assert loaded == [first[SFT], second[SFT]]
+
+
 def test_latest_is_swapped_atomically_and_kept_when_unchanged(tmp_path):
     first = build_release_records([shard(1, 0.3, 10, "ab")])
     link, changed = replace_latest(first, tmp_path, _card(first))
@@ -261,7 +293,7 @@ def test_latest_is_swapped_atomically_and_kept_when_unchanged(tmp_path):
     third = build_release_records([shard(2, 0.3, 10, "z")])
     replace_latest(third, tmp_path, _card(third))
     assert len(list((tmp_path / ".latest").iterdir())) == 2  # the current one and the one it replaced
-    assert stat.S_IMODE(os.stat(link / "sft.parquet").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(link / parquet_name(SFT, third[SFT])).st_mode) == 0o644
 
 
 def test_a_plain_latest_folder_is_replaced(tmp_path):

@@ -96,7 +96,8 @@ def test_the_corpus_release_holds_the_selected_miners_pairs(dpo_home, doc, repor
     assert (corpus.sft_rows, corpus.dpo_rows, corpus.miners) == (0, best["rows_kept"], 1)
     folder = dpo_home / "corpus" / f"epoch-{doc['epoch']}"
     pairs = datasets.load_dataset(str(folder), "dpo", split="train", cache_dir=str(dpo_home / "hf-cache"))
-    same = datasets.load_dataset("parquet", data_files=str(folder / "dpo.parquet"), split="train",
+    (pairs_file,) = folder.glob("dpo-*.parquet")
+    same = datasets.load_dataset("parquet", data_files=str(pairs_file), split="train",
                                  cache_dir=str(dpo_home / "hf-cache"))
     assert pairs.to_list() == same.to_list() and len(pairs) == best["rows_kept"]
     assert {r["hotkey"] for r in pairs} == {best["hotkey"]}

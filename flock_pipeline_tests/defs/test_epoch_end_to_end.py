@@ -58,7 +58,8 @@ def test_corpus_has_provenance_and_best_first(demo_epoch):
     assert frame["eval_repo"].eq("flock/eval-atlas").all() and frame["eval_revision"].str.len().eq(40).all()
     first = json.loads(open(row.jsonl_path).readline())
     assert first["conversations"][0]["role"] == "user" and first["uid"] == report["honest-good"]["uid"]
-    assert pd.read_parquet(home / "corpus" / "latest" / "sft.parquet").equals(frame)
+    (latest_sft,) = (home / "corpus" / "latest").glob("sft-*.parquet")
+    assert pd.read_parquet(latest_sft).equals(frame)
     meta = instance.get_latest_materialization_event(dg.AssetKey("final_corpus")).asset_materialization.metadata
     assert meta["rows"].value == row.rows and meta["sha256"].value == row.sha256 and meta["miners"].value == 1
     assert meta["release"].value == row.release_dir and meta["latest"].value == str(home / "corpus" / "latest")

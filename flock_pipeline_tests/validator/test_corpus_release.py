@@ -10,6 +10,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from flock_pipeline.core.corpus import DPO, SFT, read_release
@@ -115,6 +116,24 @@ def test_two_epochs_make_two_releases_and_a_latest_with_each_row_once(home, stor
         == stamp
 
 
+def test_latest_loads_the_new_rows_after_it_moved_with_the_default_datasets_cache(home, store, monkeypatch):
+    """`load_dataset(".../corpus/latest", "sft")` as the README and the card say, with `datasets`' own cache (no
+    `cache_dir`): after the next epoch moves `latest`, the same call loads the new rows, not the cached old ones
+    (`datasets` keys a local folder by its name, config and data files' names)."""
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(home / "default-hf-cache"))  # where the default cache lives here
+    two_epochs(store)
+    latest = str(home / "corpus" / "latest")
+    build_epoch_corpus(1, settings(home), store)
+    first = datasets.load_dataset(latest, "sft", split="train").to_list()
+    build_epoch_corpus(2, settings(home), store)
+    second = datasets.load_dataset(latest, "sft", split="train").to_list()
+    assert first == read_release(Path(home / "corpus" / "epoch-1"))[SFT]
+    assert second == read_release(Path(latest))[SFT] and len(second) > len(first)
+
+
 def test_the_releases_load_with_datasets_offline(home, store, monkeypatch):
     import datasets
 
@@ -126,11 +145,12 @@ def test_the_releases_load_with_datasets_offline(home, store, monkeypatch):
     for folder in (home / "corpus" / "epoch-2", home / "corpus" / "latest"):
         expected = read_release(folder)
         sft = datasets.load_dataset(str(folder), "sft", split="train", cache_dir=cache)
-        files = datasets.load_dataset("parquet", data_files={"train": str(folder / "sft.parquet")}, split="train",
+        (sft_file,) = folder.glob("sft-*.parquet")
+        files = datasets.load_dataset("parquet", data_files={"train": str(sft_file)}, split="train",
                                       cache_dir=cache)
         assert sft.to_list() == files.to_list() == expected[SFT]
-        dpo = datasets.load_dataset(str(folder), "dpo", split="train", streaming=True)  # no pairs: streamed
-        assert list(dpo) == [] and "chosen" in dpo.features
+        (pairs_file,) = folder.glob("dpo-*.parquet")  # no pairs: the file keeps the schema, the card omits the config
+        assert "chosen" in pd.read_parquet(pairs_file).columns
 
 
 def test_a_preference_competition_fills_the_dpo_config(home, store, monkeypatch):
@@ -255,7 +275,8 @@ def test_the_latest_release_is_published_in_one_commit_and_downloads_back_equal(
     repo = hub_server.repo("alice/flock-corpus")
     assert len(repo.commits) == 3 and not repo.private  # the repo's first commit, then one per release
     latest = home / "corpus" / "latest"
-    names = ["README.md", "sft.parquet", "dpo.parquet", "jsonl/sft.jsonl", "jsonl/dpo.jsonl"]
+    names = ["README.md", *sorted(p.name for p in latest.glob("*.parquet")), "jsonl/sft.jsonl", "jsonl/dpo.jsonl"]
+    assert len(names) == 5
     for name in names:
         path = hf_hub_download("alice/flock-corpus", name, repo_type="dataset", revision=record.published_revision,
                                endpoint=hub_server.url, token=False, cache_dir=str(home / "dl"))
@@ -279,7 +300,7 @@ def test_a_failed_upload_keeps_the_release_and_the_next_run_publishes(home, stor
     assert error.value.transient
     kept = store.corpus(1)
     assert kept is not None and kept.published_revision is None and Path(kept.release_dir).is_dir()
-    assert (home / "corpus" / "latest" / "sft.parquet").is_file()
+    assert len(list((home / "corpus" / "latest").glob("sft-*.parquet"))) == 1
     hub_server.clear_faults()
     published = build_epoch_corpus(1, config, store, hub=hub)
     assert published.release_dir == kept.release_dir and published.sha256 == kept.sha256
@@ -293,7 +314,8 @@ def test_the_local_hub_takes_a_release_too(home, store):
     two_epochs(store)
     hub = LocalHubResource(root=str(home / "hub"), as_owner=True)
     record = build_epoch_corpus(1, settings(home, corpus_repo="flock/corpus"), store, hub=hub)
-    for name in ("README.md", "dpo.parquet", "jsonl/sft.jsonl"):
+    (pairs_file,) = (home / "corpus" / "latest").glob("dpo-*.parquet")
+    for name in ("README.md", pairs_file.name, "jsonl/sft.jsonl"):
         assert hub.download("flock/corpus", record.published_revision, name) == \
             (home / "corpus" / "latest" / name).read_bytes()
 

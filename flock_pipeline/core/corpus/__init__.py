@@ -7,7 +7,9 @@ the epoch and its eval loss, the base model (name, revision) and the eval set (r
 
 A release is a folder::
 
-    sft.parquet  dpo.parquet          the configs (dpo.parquet is written even when empty, with its schema)
+    sft-<12 hex>.parquet  dpo-<12 hex>.parquet   the configs, each file named by its content (`parquet_name`;
+                                      written even when empty, with its schema; the card declares only the
+                                      configs that hold rows)
     jsonl/sft.jsonl  jsonl/dpo.jsonl  the same rows as JSONL (sorted keys, UTF-8)
     README.md                         the dataset card: the Hub's YAML front matter (configs, features, license,
                                       size category, task) and a generated summary
@@ -27,12 +29,12 @@ from flock_pipeline.core.corpus.release import (CARD_FILE, COLUMNS, CONFIGS, Cor
                                                 DPO, FILES, FILE_MODE, JSONL_FILES, LATEST, LATEST_STORE,
                                                 PROVENANCE_COLUMNS, ReleaseError, SFT, TYPES, arrow_schema,
                                                 build_release_records, features_yaml, jsonl_text, make_dir,
-                                                merge_releases, read_release, release_files, release_sha256,
-                                                replace_latest, write_release)
+                                                merge_releases, parquet_name, read_release, release_files,
+                                                release_sha256, replace_latest, write_release)
 
 __all__ = ["BaseAnswerCache", "CARD_FILE", "COLUMNS", "CONFIGS", "Candidate", "CorpusPolicy", "CorpusShard",
            "DEFAULT_LICENSE", "DIR_MODE", "DPO", "FILES", "FILE_MODE", "JSONL_FILES", "LATEST", "LATEST_STORE",
            "PROVENANCE_COLUMNS", "ReleaseError", "SFT", "SIZE_CATEGORIES", "TYPES", "arrow_schema",
            "build_release_records", "dataset_card", "features_yaml", "greedy_answers", "jsonl_text", "make_dir",
-           "merge_releases", "read_release", "release_files", "release_sha256", "replace_latest", "select_miners",
-           "single_turn", "size_category", "write_release"]
+           "merge_releases", "parquet_name", "read_release", "release_files", "release_sha256", "replace_latest",
+           "select_miners", "single_turn", "size_category", "write_release"]

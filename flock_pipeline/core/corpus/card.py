@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from flock_pipeline.core.corpus.policy import CorpusPolicy
-from flock_pipeline.core.corpus.release import CONFIGS, DPO, FILES, JSONL_FILES, SFT, features_yaml
+from flock_pipeline.core.corpus.release import CONFIGS, DPO, JSONL_FILES, features_yaml, parquet_name
 
 
 # -- the dataset card ----------------------------------------------------------------------------------------------
@@ -27,8 +27,9 @@ def dataset_card(records: dict[str, list[dict]], *, title: str, policy: CorpusPo
     import yaml
 
     counts = {c: len(records.get(c, [])) for c in CONFIGS}
+    files = {c: parquet_name(c, records.get(c, [])) for c in CONFIGS}
     everything = [r for c in CONFIGS for r in records.get(c, [])]
-    front = _front_matter(title, policy, counts)
+    front = _front_matter(title, policy, counts, files)
     miners = sorted({r["hotkey"] for r in everything})
     epochs = sorted({int(r["epoch"]) for r in everything})
     bases = sorted({(r["base_model"], r["base_revision"]) for r in everything if r.get("base_model")})
@@ -46,16 +47,18 @@ def dataset_card(records: dict[str, list[dict]], *, title: str, policy: CorpusPo
         lines += [note, ""]
     lines += [
         "| config | rows | Parquet | JSONL |", "|---|---|---|---|",
-        *(f"| `{c}` | {counts[c]} | `{FILES[c]}` | `{JSONL_FILES[c]}` |" for c in CONFIGS), "",
+        *(f"| `{c}` | {counts[c]} | `{files[c]}` | `{JSONL_FILES[c]}` |" for c in CONFIGS), "",
         f"- Miners: {len(miners)}",
         f"- Epochs: {_ranges(epochs) if epochs else 'none'}",
         "- Base model: " + (", ".join(f"`{m}` at `{r}`" for m, r in bases) if bases else "none recorded"),
         f"- Derived pairs (the base model's answer as `rejected`): {derived}",
         "",
         "## Load", "",
-        "```python", "from datasets import load_dataset", "",
-        f'sft = load_dataset("{where}", "sft", split="train")',
-        f'dpo = load_dataset("{where}", "dpo", split="train")', "```", "",
+        *(["```python", "from datasets import load_dataset", "",
+           *(f'{c} = load_dataset("{where}", "{c}", split="train")' for c in CONFIGS if counts[c]), "```", "",
+           "Only the configs that hold rows are declared. The Parquet files are named by their content, so a "
+           "folder whose release changed never loads from an earlier release's cache.", ""]
+          if any(counts.values()) else ["This release holds no rows.", ""]),
         "## Fields", "",
         "- `sft`: `system`, `conversations` (alternating `user` / `assistant` turns).",
         "- `dpo`: `system`, `prompt` (turns ending with a `user` turn), `chosen` and `rejected` (one `assistant` "
@@ -65,6 +68,24 @@ def dataset_card(records: dict[str, list[dict]], *, title: str, policy: CorpusPo
         "`row_hash` (the row's identity), `competition`, `epoch`, `miner_weight` (the miner's weight in the epoch), "
         "`eval_loss`, `base_model`, `base_revision`, `eval_repo`, `eval_revision`.",
         "",
+        "## How it was made", "",
+        "Miners publish chat rows (`sft`) or preference pairs (`dpo`) and commit their dataset's revision on the "
+        "chain. A validator validates every row, drops exact, near and disguised copies of rows committed earlier and "
+        "rows of its eval set, fine-tunes the base model with LoRA on each miner's remaining rows and scores the eval "
+        "loss; the rows of the miners holding most of the weight are kept here, each once, with its provenance.", "",
+        "## Intended use and limitations", "",
+        "For supervised fine-tuning and preference tuning of small language models, and for studying what data "
+        "moves them. The rows are the miners' own: they were checked for form, copies and eval-set leaks, not for "
+        "truth, safety or bias, and they are only as good as the eval set the miners were scored on. A release's "
+        "value is measured on a held-out set no miner was scored against where the validator records it (the section "
+        "\"What training on this release does\", when present).", "",
+        "## License and contributors", "",
+        f"The release is published under `{policy.license}`. By committing a dataset to the subnet, each miner "
+        "offers its rows under this license; a row's `repo` and `revision` name the dataset it came from.", "",
+        "## Citation", "",
+        "```bibtex", "@misc{flock_off_corpus,", f"  title  = {{{title}}},",
+        "  author = {FLock OFF miners and validators (Bittensor subnet 96)},",
+        f"  note   = {{Epochs {_ranges(epochs) if epochs else 'none'}}},", "}", "```", "",
         "## Selection policy", "",
         _policy_text(policy),
         "", "```json", json.dumps(policy.to_dict(), sort_keys=True), "```", "",
@@ -74,17 +95,22 @@ def dataset_card(records: dict[str, list[dict]], *, title: str, policy: CorpusPo
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _front_matter(title: str, policy: CorpusPolicy, counts: dict[str, int]) -> dict:
-    """The card's YAML front matter: license, name, task, tags, size category, configs and their features."""
+def _front_matter(title: str, policy: CorpusPolicy, counts: dict[str, int], files: dict[str, str]) -> dict:
+    """The card's YAML front matter: license, language, name, task, tags, size category, source, and the configs
+    that hold rows with their content-named files, features and split sizes."""
+    declared = [c for c in CONFIGS if counts[c]]
     return {
         "license": policy.license,
+        "language": ["en"],
         "pretty_name": title,
         "task_categories": ["text-generation"],
         "tags": ["sft", "dpo", "conversational", "bittensor", "flock"],
         "size_categories": [size_category(sum(counts.values()))],
-        "configs": [{"config_name": SFT, "data_files": [{"split": "train", "path": FILES[SFT]}], "default": True},
-                    {"config_name": DPO, "data_files": [{"split": "train", "path": FILES[DPO]}]}],
-        "dataset_info": [{"config_name": c, "features": features_yaml(c)} for c in CONFIGS],
+        "source_datasets": ["original"],
+        "configs": [{"config_name": c, "data_files": [{"split": "train", "path": files[c]}],
+                     **({"default": True} if i == 0 else {})} for i, c in enumerate(declared)],
+        "dataset_info": [{"config_name": c, "features": features_yaml(c),
+                          "splits": [{"name": "train", "num_examples": counts[c]}]} for c in declared],
     }
 
 

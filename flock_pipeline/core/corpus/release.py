@@ -29,7 +29,15 @@ TYPES = {"system": "string", "conversations": _MESSAGES, "prompt": _MESSAGES, "c
          "commit_block": "int64", "row_hash": "string", "competition": "string", "epoch": "int64",
          "miner_weight": "float64", "eval_loss": "float64", "base_model": "string", "base_revision": "string",
          "eval_repo": "string", "eval_revision": "string", "derived": "bool"}
-FILES = {SFT: "sft.parquet", DPO: "dpo.parquet"}
+FILES = {SFT: "sft.parquet", DPO: "dpo.parquet"}  # the names of releases written before data files were named by
+# their content (`parquet_name`)
+
+
+def parquet_name(config: str, rows: list[dict]) -> str:
+    """A config's Parquet file name, named by its content (`sft-<12 hex>.parquet`): a dataset loader that caches a
+    local folder by its name and its data files' names (`datasets` does) never serves an earlier release's rows
+    from a folder that now holds another."""
+    return f"{config}-{hashlib.sha256(jsonl_text(rows).encode('utf-8')).hexdigest()[:12]}.parquet"
 JSONL_FILES = {SFT: "jsonl/sft.jsonl", DPO: "jsonl/dpo.jsonl"}
 CARD_FILE = "README.md"
 FILE_MODE, DIR_MODE = 0o644, 0o755
@@ -160,7 +168,7 @@ def write_release(records: dict[str, list[dict]], target: Path, card: str) -> di
         for config in CONFIGS:
             rows = records.get(config, [])
             schema = arrow_schema(config)
-            with pq.ParquetWriter(stage / FILES[config], schema) as writer:  # no rows: no row group, the schema
+            with pq.ParquetWriter(stage / parquet_name(config, rows), schema) as writer:  # no rows: the schema
                 if rows:
                     writer.write_table(pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS[config]} for r in rows],
                                                             schema=schema))
@@ -172,7 +180,8 @@ def write_release(records: dict[str, list[dict]], target: Path, card: str) -> di
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return {"dir": str(target), "sft_parquet": str(target / FILES[SFT]), "dpo_parquet": str(target / FILES[DPO]),
+    return {"dir": str(target), "sft_parquet": str(target / parquet_name(SFT, records.get(SFT, []))),
+            "dpo_parquet": str(target / parquet_name(DPO, records.get(DPO, []))),
             "sft_jsonl": str(target / JSONL_FILES[SFT]), "dpo_jsonl": str(target / JSONL_FILES[DPO]),
             "card": str(target / CARD_FILE), "sha256": release_sha256(records)}
 
@@ -220,7 +229,7 @@ def read_release(folder: Path) -> dict[str, list[dict]] | None:
 def release_files(folder: Path) -> dict[str, bytes]:
     """The files of a release folder by their path in it (what a dataset repo receives)."""
     folder = Path(folder)
-    names = [CARD_FILE, *FILES.values(), *JSONL_FILES.values()]
+    names = [CARD_FILE, *sorted(p.name for p in folder.glob("*.parquet")), *JSONL_FILES.values()]
     return {name: (folder / name).read_bytes() for name in names}
 
 
