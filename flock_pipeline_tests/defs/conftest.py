@@ -59,3 +59,23 @@ def assert_zero_with_reason(m: dict, status: str, reason: str) -> None:
     assert m["weight"] == 0.0
     assert m["status"] == status, m
     assert reason in (m["reason"] or ""), m
+
+
+def assert_card_snippet_loads(folder, cache) -> list[str]:
+    """Every `load_dataset(WHERE, CONFIG, split="train")` line of a release card's load snippet, run on the release
+    folder: each config it names loads the release's own rows. Returns the configs it names."""
+    import re
+    from pathlib import Path
+
+    import datasets
+
+    from flock_pipeline.core.corpus import read_release
+
+    card = (Path(folder) / "README.md").read_text()
+    snippet = card.split("## Load", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    configs = re.findall(r'load_dataset\("[^"]+", "(\w+)", split="train"\)', snippet)
+    records = read_release(Path(folder))
+    for config in configs:
+        loaded = datasets.load_dataset(str(folder), config, split="train", cache_dir=str(cache))
+        assert loaded.to_list() == records[config] and records[config], config
+    return configs

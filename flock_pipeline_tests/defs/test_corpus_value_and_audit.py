@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from flock_pipeline.cli import main
-from flock_pipeline_tests.defs.conftest import demo_home, demo_json
+from flock_pipeline_tests.defs.conftest import assert_card_snippet_loads, demo_home, demo_json
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +106,8 @@ def test_anyone_audits_a_published_score_from_public_data(default_home, tmp_path
     doc = _json(capsys, "audit", "1", "hk-honest-fair", "--reports", "validator/flock-reports", "--json")
     assert doc["verdict"] == "match"  # its shard kept 49 of its 50 rows: the published lines say which
     assert doc["inputs"]["lines"] != "1-50"
+
+
+def test_the_cards_load_snippet_loads_every_config_it_names(default_home, tmp_path):
+    for folder in (default_home / "corpus" / "epoch-1", default_home / "corpus" / "latest"):
+        assert assert_card_snippet_loads(folder, tmp_path / "cache") == ["sft"]  # the dpo config has no rows

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from flock_pipeline.cli import main
-from flock_pipeline_tests.defs.conftest import assert_zero_with_reason, demo_home, demo_json
+from flock_pipeline_tests.defs.conftest import assert_card_snippet_loads, assert_zero_with_reason, demo_home, demo_json
 
 ATTACKERS = {
     "swapped-labels": ("no_improvement", "is not below the base model's 0.6931"),
@@ -191,3 +191,9 @@ def test_training_on_the_release_beats_random_submitted_pairs_which_beat_the_bas
     assert dpo["release_loss"] < mean(dpo["random_losses"]) < dpo["base_loss"] == pytest.approx(0.693147, abs=1e-6)
     card = next((dpo_home / "corpus").glob("epoch-*/README.md")).read_text()
     assert "**`dpo`** (dpo loss on `flock/heldout-atlas-pairs`" in card
+
+
+def test_the_cards_load_snippet_loads_every_config_it_names(dpo_home, doc, tmp_path):
+    folder = dpo_home / "corpus" / f"epoch-{doc['epoch']}"
+    assert assert_card_snippet_loads(folder, tmp_path / "cache") == ["dpo"]  # the sft config has no rows
+    assert assert_card_snippet_loads(dpo_home / "corpus" / "latest", tmp_path / "cache") == ["dpo"]
