@@ -31,9 +31,11 @@ PYTEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: install
+	@$(BIN)/python -m flock_pipeline_tests.servers
 	$(PYTEST)
 
 test-fast: install
+	@$(BIN)/python -m flock_pipeline_tests.servers
 	$(PYTEST) -m "not slow"
 
 lint: install

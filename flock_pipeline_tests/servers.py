@@ -146,3 +146,26 @@ def redis_url() -> tuple[str, RedisServer | None]:
     except (RuntimeError, OSError) as exc:
         unavailable(f"no Redis server could be started: {exc}")
     return server.url, server
+
+
+def requirements_line() -> str:
+    """One line for the start of `make test`: the servers the suite uses, where they come from here, and what skips
+    without them."""
+    ci = os.environ.get("CI") == "true"
+
+    def source(variable: str, binary: str, found: bool, skipped: str) -> str:
+        if os.environ.get(variable):
+            return f"{variable}"
+        if found:
+            return f"a throwaway server ({binary})"
+        return f"none found: {skipped} {'fail (CI=true)' if ci else 'skip'}"
+
+    pg = source("FLOCK_TEST_POSTGRES_URL", "pg_ctl", _pg_bindir() is not None,
+                "the PostgreSQL store tests")
+    redis = source("FLOCK_TEST_REDIS_URL", "redis-server", shutil.which("redis-server") is not None,
+                   "defs/test_cluster.py (Celery workers)")
+    return f"make test needs PostgreSQL and Redis; PostgreSQL: {pg}; Redis: {redis}"
+
+
+if __name__ == "__main__":
+    print(requirements_line())
