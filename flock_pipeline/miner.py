@@ -240,7 +240,7 @@ def _recorded(r) -> dict:
             "recorded_weight": float(r.weight), "explanation": r.explanation}
 
 
-def status(hotkey: str, chain, store, hub=None, report_repos: tuple[str, ...] = ()) -> dict:
+def status(hotkey: str, chain, store, hub=None, report_repos: tuple[str, ...] = (), competitions=None) -> dict:
     """What validators see for a hotkey, from the chain (works on any machine): its commitment and block, each
     validator's weight on its uid as the chain stores it, the stake-weighted `weight` over those validators, and
     the chain's incentive; plus, where this machine has a validator's store, the latest recorded loss, win rate,
@@ -256,6 +256,12 @@ def status(hotkey: str, chain, store, hub=None, report_repos: tuple[str, ...] = 
     if neuron is not None:
         out["validators"], out["weight"] = _validator_weights(chain.validator_weights(neuron.uid))
     out.update(_recorded(store.latest_score(hotkey)))
+    if competitions is not None:
+        game = _game_of(current, competitions)
+        if game is not None:
+            out["next"] = what_next(chain, game)
+            if current is not None:
+                out["counts"] = when_it_counts(current.block, game, chain)
     if report_repos:
         from flock_pipeline.validator.reports import read_miner_report
 
@@ -263,8 +269,60 @@ def status(hotkey: str, chain, store, hub=None, report_repos: tuple[str, ...] = 
     return out
 
 
+def _game_of(commitment, competitions):
+    """The game a chain commitment names (the first configured game without one)."""
+    if commitment is not None:
+        try:
+            return competitions.for_commitment(Commitment.from_compressed_str(commitment.data, short=True)
+                                               .competition_id)
+        except CommitmentError:
+            return None
+    return competitions.competitions[0]
+
+
 def dumps(obj) -> str:
     """JSON for the command line's --json output: never NaN or Infinity (null instead: a score that does not exist)."""
     from flock_pipeline.core.untrusted import finite
 
     return json.dumps(finite(obj), indent=1, default=str, allow_nan=False)
+
+
+def when_it_counts(block: int, competition, chain) -> str:
+    """In words, what a commitment written at `block` counts for in `competition`: the epoch it is first read at,
+    or, for a daily game, the round whose submission window it is in (a commitment after the window is late for
+    that round and counts for the next one, if it is still the hotkey's commitment then)."""
+    from datetime import timedelta
+
+    if not competition.daily_rounds:
+        epoch = chain.epoch_of(block) + 1
+        start = chain.epoch_start(epoch)
+        return (f"counts from epoch {epoch}, which opens at block {start} "
+                f"({max(start - chain.current_block(), 0)} blocks from now)")
+    clock = chain.clock()
+    when = clock.time_of(block)
+    day = competition.round_day(when)
+    _, closes, reward = competition.windows(day)
+    if when < closes:
+        return (f"counts for round {day:%Y%m%d}: its submission window closes at {closes:%Y-%m-%d %H:%M} UTC "
+                f"(block {clock.last_block_before(closes)}); the round is decided from {reward:%Y-%m-%d %H:%M} UTC")
+    following = day + timedelta(days=1)
+    opens, closes_next, reward_next = competition.windows(following)
+    return (f"is late for round {day:%Y%m%d} (its submission window closed at {closes:%Y-%m-%d %H:%M} UTC) and counts "
+            f"for round {following:%Y%m%d} if it is still this hotkey's commitment when that round's window "
+            f"({opens:%Y-%m-%d %H:%M}-{closes_next:%H:%M} UTC) closes; decided from {reward_next:%Y-%m-%d %H:%M} "
+            "UTC")
+
+
+def what_next(chain, competition) -> str:
+    """In words, when the validators next look: the next epoch's opening block, or the current daily round's phase
+    and when it is decided."""
+    block = chain.current_block()
+    if not competition.daily_rounds:
+        epoch = chain.epoch_of(block) + 1
+        start = chain.epoch_start(epoch)
+        return f"the next epoch, {epoch}, opens at block {start} ({start - block} blocks from now)"
+    clock = chain.clock()
+    round_id, phase = competition.phase_at(clock.time_of(block))
+    _, closes, reward = competition.windows(competition.round_day(clock.time_of(block)))
+    return (f"round {round_id} of {competition.name} is in its {phase} phase (submissions close at "
+            f"{closes:%Y-%m-%d %H:%M} UTC); it is decided from {reward:%Y-%m-%d %H:%M} UTC")

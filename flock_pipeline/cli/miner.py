@@ -150,7 +150,7 @@ def cmd_miner_score(args) -> int:
 
 def cmd_miner_submit(args) -> int:
     from flock_pipeline.core.commitment import validate_repo_id
-    from flock_pipeline.miner import dumps, format_validation, miner_hotkey, read_input, submit
+    from flock_pipeline.miner import dumps, format_validation, miner_hotkey, read_input, submit, when_it_counts
     from flock_pipeline.resources import LocalHubResource, build_resources
     from flock_pipeline.resources.chain import ChainError
     from flock_pipeline.resources.hub import HubError
@@ -183,12 +183,13 @@ def cmd_miner_submit(args) -> int:
         failed = HubError(f"the hub failed: {exc}", transient=exc.transient)
         failed.hint = exc.hint or "run the same command again: a commitment already made to this content is reused"
         raise failed from exc
-    doc = {**result.__dict__, "hotkey": hotkey}
+    counts = when_it_counts(result.block, competition, resources["chain"])
+    doc = {**result.__dict__, "hotkey": hotkey, "competition": competition.name, "counts": counts}
     if args.json:
         print(dumps(doc))
     else:
         what = "committed" if result.committed_now else "already committed (nothing sent)"
-        print(f"{args.repo}@{result.revision}: {what} at block {result.block}; the repo is public")
+        print(f"{args.repo}@{result.revision}: {what} at block {result.block}; the repo is public; it {counts}")
     return 0
 
 
@@ -207,7 +208,8 @@ def cmd_miner_status(args) -> int:
         except CommitmentError as exc:
             print(f"flock: {'--reports' if args.reports else 'FLOCK_REPORT_REPOS'}: {exc}", file=sys.stderr)
             return 2
-    doc = status(args.hotkey or miner_hotkey(), resources["chain"], resources["store"], resources["hub"], repos)
+    doc = status(args.hotkey or miner_hotkey(), resources["chain"], resources["store"], resources["hub"], repos,
+                 competitions=resources["settings"].competition_set())
     if args.json:
         print(dumps(doc))
     else:
