@@ -41,6 +41,7 @@ class ValidationReport:
     size_bytes: int = 0
     competition: str | None = None  # the competition it was checked for
     selection: str | None = None  # a selection game's verdict on the submission ("ok", or why not)
+    selection_note: str | None = None  # with "ok": what the selection is (how many rows; what a short one means)
     warnings: list[dict] = field(default_factory=list)  # {"line", "warning"}: text validators read differently
 
     def to_json(self) -> dict:
@@ -142,19 +143,29 @@ def format_validation(report: ValidationReport, max_lines: int = 20) -> str:
              f"  duplicates within the file: {len(report.duplicates)}; eval-set rows among used rows: "
              f"{len(report.eval_overlap)} (validators drop both)"]
     if report.selection is not None:
-        lines.append(f"  {report.competition}: " + ("a valid selection of pool rows" if report.selection == "ok"
+        lines.append(f"  {report.competition}: " + (f"a valid selection of {report.selection_note or 'pool rows'}"
+                                                     if report.selection == "ok"
                                                      else f"not a valid submission: {report.selection}"))
-    for r in report.rejected[:max_lines]:
-        lines.append(f"  line {r['line']}: {r['reason']}")
-    if len(report.rejected) > max_lines:
-        lines.append(f"  ... and {len(report.rejected) - max_lines} more rejected rows (--json lists all)")
+    lines += _grouped([(r["line"], r["reason"]) for r in report.rejected], "", "rejected rows", max_lines)
     if report.warnings:
         lines.append(f"  warnings (the file is still valid): {len(report.warnings)}")
-    for w in report.warnings[:max_lines]:
-        lines.append(f"  line {w['line']}: warning: {w['warning']}")
-    if len(report.warnings) > max_lines:
-        lines.append(f"  ... and {len(report.warnings) - max_lines} more warnings (--json lists all)")
+    lines += _grouped([(w["line"], w["warning"]) for w in report.warnings], "warning: ", "warnings", max_lines)
     return "\n".join(lines)
+
+
+def _grouped(items: list[tuple[int, str]], prefix: str, what: str, max_lines: int) -> list[str]:
+    """One line per distinct reason, in order of first appearance: its lines (the first few) and how many rows."""
+    groups: dict[str, list[int]] = {}
+    for line, reason in items:
+        groups.setdefault(reason, []).append(line)
+    out = []
+    for reason, lines in list(groups.items())[:max_lines]:
+        where = f"line {lines[0]}" if len(lines) == 1 else \
+            f"{len(lines)} rows (lines {', '.join(map(str, lines[:5]))}{', ...' if len(lines) > 5 else ''})"
+        out.append(f"  {where}: {prefix}{reason}")
+    if len(groups) > max_lines:
+        out.append(f"  ... and {len(groups) - max_lines} more reasons among the {what} (--json lists all)")
+    return out
 
 
 def win_rates_among(losses: dict[str, float], epsilon: float) -> dict[str, float]:

@@ -65,6 +65,12 @@ def _validate(path, resources, with_tokens=True, eval_check=True, competition=No
         pool_set = load_eval_set(resources["hub"], *_eval_source(resources, competition))
         reason = check_selection(path, limits, competition, pool_set)
         report.selection = reason or "ok"
+        if reason is None:
+            chosen = min(len(rows), competition.selection_size)
+            report.selection_note = (f"{chosen} distinct pool rows" + (
+                f" (fewer than {competition.selection_size} is allowed: validators train on these {chosen})"
+                if chosen < competition.selection_size else
+                f" (the first {competition.selection_size} rows of the file are the selection)"))
         if reason is not None:
             report.valid, report.reason = False, report.reason or reason
         rows = rows[: competition.selection_size]
@@ -127,7 +133,8 @@ def cmd_miner_score(args) -> int:
                                          objective=competition.objective)
         losses[path] = outcome.eval_loss
         results.append({"file": path, "eval_loss": outcome.eval_loss, "rows_trained": outcome.train_rows,
-                        "seconds": round(outcome.train_seconds + outcome.eval_seconds, 2)})
+                        "seconds": round(outcome.train_seconds + outcome.eval_seconds, 2),
+                        **({"metrics": dict(outcome.metrics)} if getattr(outcome, "metrics", None) else {})})
     base = evaluator.base_loss(eval_rows, recipe=recipe, objective=competition.objective).eval_loss
     sign = -1.0 if competition.objective.higher_is_better else 1.0  # win rates compare lower-is-better numbers
     epsilon = resources["settings"].scoring_config().epsilon
@@ -144,7 +151,9 @@ def cmd_miner_score(args) -> int:
         for r in results:
             loss = "invalid: " + (r.get("reason") or "") if r["eval_loss"] is None else f"{r['eval_loss']:.4f}"
             rate = "" if r["win_rate"] is None else f"  win rate {r['win_rate']:.2f}"
-            print(f"{r['file']}: eval loss {loss}{rate}")
+            extra = "".join(f"  {k.replace('_', ' ')} {v:.4g}" for k, v in (r.get("metrics") or {}).items()
+                            if isinstance(v, (int, float)) and k != "pairs")
+            print(f"{r['file']}: eval loss {loss}{rate}{extra}")
     return 0 if results[0]["eval_loss"] is not None else 1
 
 

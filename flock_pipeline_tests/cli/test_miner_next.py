@@ -50,3 +50,44 @@ def test_status_in_a_daily_game_names_the_round_and_its_phase(flock_home, monkey
     doc = _json(capsys, "miner", "status", "--hotkey", hotkey, "--json")
     assert doc["next"].startswith("round 20260202 of selection is in its validation phase")
     assert doc["counts"].startswith(counts)
+
+
+def test_repeated_reasons_are_one_line_with_their_count(flock_home, tmp_path, monkeypatch, capsys):
+    from flock_pipeline.demo import demo_miners
+
+    seed_demo_network(flock_home)
+    monkeypatch.setenv("FLOCK_HOME", str(flock_home))
+    monkeypatch.setenv("FLOCK_COMPETITIONS", "curation+dpo")
+    chat = tmp_path / "chat.jsonl"
+    chat.write_bytes(demo_miners()[0].data)  # 100 chat rows, sent to the DPO game
+    capsys.readouterr()
+    assert main(["miner", "validate", str(chat), "--competition", "dpo", "--no-eval-check"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("a chat row: this competition takes preference rows") == 2  # the headline, then one group
+    assert "  100 rows (lines 1, 2, 3, 4, 5, ...): a chat row" in out
+
+
+def test_a_short_selection_is_said_to_be_allowed(flock_home, tmp_path, monkeypatch, capsys):
+    seed_demo_network(flock_home, network="selection")
+    monkeypatch.setenv("FLOCK_HOME", str(flock_home))
+    data = tmp_path / "fifty.jsonl"
+    data.write_bytes(rows_to_jsonl(selection_pool()[:50]).encode())
+    capsys.readouterr()
+    assert main(["miner", "validate", str(data)]) == 0
+    assert ("a valid selection of 50 distinct pool rows (fewer than 100 is allowed: validators train on these 50)"
+            in capsys.readouterr().out)
+
+
+def test_a_dpo_score_shows_the_reward_accuracy_and_margin(flock_home, tmp_path, monkeypatch, capsys):
+    from flock_pipeline.demo import dpo_miners
+
+    seed_demo_network(flock_home, network="dpo")
+    monkeypatch.setenv("FLOCK_HOME", str(flock_home))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(dpo_miners()[1].data)
+    doc = _json(capsys, "miner", "score", str(pairs), "--competition", "dpo", "--json")
+    metrics = doc["results"][0]["metrics"]
+    assert 0.0 <= metrics["reward_accuracy"] <= 1.0 and "mean_margin" in metrics
+    capsys.readouterr()
+    assert main(["miner", "score", str(pairs), "--competition", "dpo"]) == 0
+    assert "reward accuracy" in capsys.readouterr().out
