@@ -38,9 +38,23 @@ def _eval_rows(resources, competition=None):
     try:
         return load_eval_rows(resources["hub"], *_eval_source(resources, competition), competition.row_format)
     except (HubError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"cannot load the eval set {competition.eval_repo}: {exc} (seed the local network with "
-                          "`flock demo --no-run`, or set FLOCK_EVAL_REPO; --no-eval-check skips the eval-set "
-                          "overlap check)") from exc
+        raise ConfigError(f"cannot load the eval set {competition.eval_repo}: {exc} ({_eval_hint(competition)})"
+                          ) from exc
+
+
+def _eval_hint(competition) -> str:
+    """What to do when a competition's eval set (a pool, for a selection game) cannot be loaded, for the network and
+    game in use."""
+    role = "pool" if competition.eval_set_role == "pool" else "eval set"
+    if os.environ.get("FLOCK_NETWORK", "local") != "local":
+        where = ("FLOCK_COMPETITIONS names it (its eval_repo)" if competition.kind != "curation"
+                 else "set FLOCK_EVAL_REPO to the validators' eval set")
+        return (f"check that the hub serves the {role} and that HF_TOKEN may read it; {where}"
+                + ("; --no-eval-check skips the eval-set overlap check" if role == "eval set" else ""))
+    network = {"selection": "selection", "dpo": "dpo"}.get(competition.kind, "default")
+    seed = "flock demo --no-run" + ("" if network == "default" else f" --network {network}")
+    return (f"seed the local network with `{seed}`"
+            + ("; --no-eval-check skips the eval-set overlap check" if role == "eval set" else ""))
 
 
 def _validate(path, resources, with_tokens=True, eval_check=True, competition=None):

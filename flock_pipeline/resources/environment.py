@@ -86,8 +86,6 @@ def build_resources(home: Path | None = None) -> dict:
         hub: HubResource = LocalHubResource(root=os.environ.get("FLOCK_HUB_DIR") or str(home / "hub"))
     else:
         chain, hub = _real_network(network, netuid, home)
-        if not os.environ.get("FLOCK_EVAL_REPO"):
-            raise ConfigError(f"FLOCK_NETWORK={network}: set FLOCK_EVAL_REPO to the eval set's dataset repo")
         if not os.environ.get("FLOCK_VALIDATOR_HOTKEY") and os.environ.get("BT_WALLET_HOTKEY"):
             settings["validator_hotkey"] = os.environ["BT_WALLET_HOTKEY"]  # the wallet's hotkey name (alias)
     competitions = os.environ.get("FLOCK_COMPETITIONS", "")
@@ -118,6 +116,12 @@ def build_resources(home: Path | None = None) -> dict:
         except (CommitmentError, ValueError) as exc:
             raise ConfigError(f"FLOCK_SETTINGS: report_repo: {exc}") from exc
     check_competitions(validator_settings, evaluator)
+    if network != "local" and not os.environ.get("FLOCK_EVAL_REPO") and any(
+            c.kind == "curation" and c.eval_repo == validator_settings.eval_repo
+            for c in validator_settings.competition_set()):  # the demo's eval set would stand in for the real one
+        raise ConfigError(f"FLOCK_NETWORK={network}: set FLOCK_EVAL_REPO to the curation game's eval set (a "
+                          "competitions document whose games name their own eval sets, like FLOCK_COMPETITIONS=sn96, "
+                          "needs none)")
     executor_settings()  # checked now too: a wrong executor is a configuration error before any work
     batch_settings()
     return {

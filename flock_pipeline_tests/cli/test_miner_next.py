@@ -91,3 +91,19 @@ def test_a_dpo_score_shows_the_reward_accuracy_and_margin(flock_home, tmp_path, 
     capsys.readouterr()
     assert main(["miner", "score", str(pairs), "--competition", "dpo"]) == 0
     assert "reward accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("competitions, network, hint", [
+    ("selection-local", "local", "seed the local network with `flock demo --no-run --network selection`"),
+    ("dpo-local", "local", "seed the local network with `flock demo --no-run --network dpo`"),
+    ("", "local", "seed the local network with `flock demo --no-run`;"),
+])
+def test_a_missing_eval_set_hint_names_the_command_for_the_game(flock_home, tmp_path, monkeypatch, capsys,
+                                                                competitions, network, hint):
+    monkeypatch.setenv("FLOCK_HOME", str(flock_home))  # nothing seeded: no eval set, no pool
+    monkeypatch.setenv("FLOCK_COMPETITIONS", competitions)
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(rows_to_jsonl(selection_pool()[:3]).encode())
+    capsys.readouterr()
+    assert main(["miner", "validate", str(data)]) == 2
+    assert hint in capsys.readouterr().err

@@ -131,3 +131,15 @@ def test_the_miner_assets_backfill_policy_comes_from_the_environment(monkeypatch
         monkeypatch.setenv(name, value)
     policy = _backfill_policy()
     assert policy.policy_type.value == kind and policy.max_partitions_per_run == per_run
+
+
+def test_a_real_network_needs_no_eval_repo_when_the_games_name_their_own(tmp_path, monkeypatch):
+    """A miner (or validator) of the selection game on testnet: its pool is named by the competitions document, so
+    FLOCK_EVAL_REPO (the curation game's eval set) is not asked for."""
+    monkeypatch.setenv("FLOCK_NETWORK", "test")
+    monkeypatch.delenv("FLOCK_EVAL_REPO", raising=False)
+    monkeypatch.setenv("FLOCK_COMPETITIONS", '[{"kind": "selection", "name": "selection", '
+                                             '"eval_repo": "flock-io/flock-off-s1-competition"}]')
+    resources = build_resources(tmp_path)
+    assert resources["settings"].competition_set().competitions[0].eval_repo == "flock-io/flock-off-s1-competition"
+    assert resources["settings"].heldout_repo == ""  # no held-out set on a real network unless one is named
