@@ -158,17 +158,22 @@ def cmd_miner_score(args) -> int:
     doc = {"competition": competition.name, "base_model": evaluator.model_name(), "base_eval_loss": base,
            "eval_rows": len(eval_rows),
            "results": results}
-    if args.json:
-        print(dumps(doc))
-    else:
-        print(f"base model {doc['base_model']} without fine-tuning: eval loss {base:.4f} ({len(eval_rows)} rows)")
-        for r in results:
-            loss = "invalid: " + (r.get("reason") or "") if r["eval_loss"] is None else f"{r['eval_loss']:.4f}"
-            rate = "" if r["win_rate"] is None else f"  win rate {r['win_rate']:.2f}"
-            extra = "".join(f"  {k.replace('_', ' ')} {v:.4g}" for k, v in (r.get("metrics") or {}).items()
-                            if isinstance(v, (int, float)) and k != "pairs")
-            print(f"{r['file']}: eval loss {loss}{rate}{extra}")
+    print(dumps(doc) if args.json else _scores_text(doc))
     return 0 if results[0]["eval_loss"] is not None else 1
+
+
+def _scores_text(doc: dict) -> str:
+    """`flock miner score`'s table: the base model's loss, then each file's loss, win rate and the objective's own
+    metrics (DPO: reward accuracy, mean margin)."""
+    lines = [f"base model {doc['base_model']} without fine-tuning: eval loss {doc['base_eval_loss']:.4f} "
+             f"({doc['eval_rows']} rows)"]
+    for r in doc["results"]:
+        loss = "invalid: " + (r.get("reason") or "") if r["eval_loss"] is None else f"{r['eval_loss']:.4f}"
+        rate = "" if r["win_rate"] is None else f"  win rate {r['win_rate']:.2f}"
+        extra = "".join(f"  {k.replace('_', ' ')} {v:.4g}" for k, v in (r.get("metrics") or {}).items()
+                        if isinstance(v, (int, float)) and k != "pairs")
+        lines.append(f"{r['file']}: eval loss {loss}{rate}{extra}")
+    return "\n".join(lines)
 
 
 def cmd_miner_submit(args) -> int:

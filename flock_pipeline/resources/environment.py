@@ -116,12 +116,7 @@ def build_resources(home: Path | None = None) -> dict:
         except (CommitmentError, ValueError) as exc:
             raise ConfigError(f"FLOCK_SETTINGS: report_repo: {exc}") from exc
     check_competitions(validator_settings, evaluator)
-    if network != "local" and not os.environ.get("FLOCK_EVAL_REPO") and any(
-            c.kind == "curation" and c.eval_repo == validator_settings.eval_repo
-            for c in validator_settings.competition_set()):  # the demo's eval set would stand in for the real one
-        raise ConfigError(f"FLOCK_NETWORK={network}: set FLOCK_EVAL_REPO to the curation game's eval set (a "
-                          "competitions document whose games name their own eval sets, like FLOCK_COMPETITIONS=sn96, "
-                          "needs none)")
+    _check_eval_repo(network, validator_settings)
     executor_settings()  # checked now too: a wrong executor is a configuration error before any work
     batch_settings()
     return {
@@ -233,6 +228,16 @@ def check_competitions(settings: ValidatorSettingsResource, evaluator: Evaluator
         problem = c.config_problem(settings.dataset_limits())
         if problem is not None:
             raise ConfigError(f"competition {c.name!r}: {problem}")
+
+
+def _check_eval_repo(network: str, settings: ValidatorSettingsResource) -> None:
+    """On a real network a curation game needs FLOCK_EVAL_REPO: the demo's eval set would stand in for the real one
+    (games that name their own eval sets need none)."""
+    if network != "local" and not os.environ.get("FLOCK_EVAL_REPO") and any(
+            c.kind == "curation" and c.eval_repo == settings.eval_repo for c in settings.competition_set()):
+        raise ConfigError(f"FLOCK_NETWORK={network}: set FLOCK_EVAL_REPO to the curation game's eval set (a "
+                          "competitions document whose games name their own eval sets, like FLOCK_COMPETITIONS=sn96, "
+                          "needs none)")
 
 
 NETWORKS = ("local", "test", "finney")

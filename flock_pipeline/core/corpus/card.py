@@ -53,12 +53,7 @@ def dataset_card(records: dict[str, list[dict]], *, title: str, policy: CorpusPo
         "- Base model: " + (", ".join(f"`{m}` at `{r}`" for m, r in bases) if bases else "none recorded"),
         f"- Derived pairs (the base model's answer as `rejected`): {derived}",
         "",
-        "## Load", "",
-        *(["```python", "from datasets import load_dataset", "",
-           *(f'{c} = load_dataset("{where}", "{c}", split="train")' for c in CONFIGS if counts[c]), "```", "",
-           "Only the configs that hold rows are declared. The Parquet files are named by their content, so a "
-           "folder whose release changed never loads from an earlier release's cache.", ""]
-          if any(counts.values()) else ["This release holds no rows.", ""]),
+        "## Load", "", *_load_section(counts, where),
         "## Fields", "",
         "- `sft`: `system`, `conversations` (alternating `user` / `assistant` turns).",
         "- `dpo`: `system`, `prompt` (turns ending with a `user` turn), `chosen` and `rejected` (one `assistant` "
@@ -68,6 +63,29 @@ def dataset_card(records: dict[str, list[dict]], *, title: str, policy: CorpusPo
         "`row_hash` (the row's identity), `competition`, `epoch`, `miner_weight` (the miner's weight in the epoch), "
         "`eval_loss`, `base_model`, `base_revision`, `eval_repo`, `eval_revision`.",
         "",
+        *_about_sections(title, policy, epochs),
+        "## Selection policy", "",
+        _policy_text(policy),
+        "", "```json", json.dumps(policy.to_dict(), sort_keys=True), "```", "",
+        "## Scores", "",
+    ]
+    lines += _score_tables(everything) or ["No miner was selected."]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _load_section(counts: dict[str, int], where: str) -> list[str]:
+    """The card's load snippet: one line per config that holds rows."""
+    if not any(counts.values()):
+        return ["This release holds no rows.", ""]
+    return ["```python", "from datasets import load_dataset", "",
+            *(f'{c} = load_dataset("{where}", "{c}", split="train")' for c in CONFIGS if counts[c]), "```", "",
+            "Only the configs that hold rows are declared. The Parquet files are named by their content, so a "
+            "folder whose release changed never loads from an earlier release's cache.", ""]
+
+
+def _about_sections(title: str, policy: CorpusPolicy, epochs: list[int]) -> list[str]:
+    """How the release was made, its intended use and limitations, its license and a citation."""
+    return [
         "## How it was made", "",
         "Miners publish chat rows (`sft`) or preference pairs (`dpo`) and commit their dataset's revision on the "
         "chain. A validator validates every row, drops exact, near and disguised copies of rows committed earlier and "
@@ -86,13 +104,7 @@ def dataset_card(records: dict[str, list[dict]], *, title: str, policy: CorpusPo
         "```bibtex", "@misc{flock_off_corpus,", f"  title  = {{{title}}},",
         "  author = {FLock OFF miners and validators (Bittensor subnet 96)},",
         f"  note   = {{Epochs {_ranges(epochs) if epochs else 'none'}}},", "}", "```", "",
-        "## Selection policy", "",
-        _policy_text(policy),
-        "", "```json", json.dumps(policy.to_dict(), sort_keys=True), "```", "",
-        "## Scores", "",
     ]
-    lines += _score_tables(everything) or ["No miner was selected."]
-    return "\n".join(lines).rstrip() + "\n"
 
 
 def _front_matter(title: str, policy: CorpusPolicy, counts: dict[str, int], files: dict[str, str]) -> dict:
