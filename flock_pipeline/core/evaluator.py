@@ -49,6 +49,7 @@ class EvalOutcome:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     metrics: dict = field(default_factory=dict)  # objective-specific numbers (DPO: reward accuracy, mean margin)
+    procedure: str = "single"  # how it was trained: "single" (one adapter) or "multi-lora" (side by side)
 
 
 def set_determinism(enabled: bool) -> None:

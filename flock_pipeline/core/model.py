@@ -24,9 +24,36 @@ class BaseModel:
         return next(self.model.parameters()).dtype
 
 
+NVIDIA_DRIVER = "/proc/driver/nvidia/version"  # present when an NVIDIA kernel driver is loaded
+
+
+def nvidia_driver() -> str | None:
+    """The loaded NVIDIA kernel driver's version line, or None when there is none (no GPU here)."""
+    try:
+        with open(NVIDIA_DRIVER, encoding="utf-8") as f:
+            return f.readline().strip() or "unknown version"
+    except OSError:
+        return None
+
+
 def resolve_device(device: str) -> torch.device:
+    """The device a `FLOCK_DEVICE` value names. "auto" is CUDA when torch can use it, else the CPU, except on a
+    machine with an NVIDIA driver that this torch build cannot use (a CUDA build for a newer driver, say): that is
+    refused with the reason (ValidatorFault) rather than training on the CPU without a word; FLOCK_DEVICE=cpu
+    trains there on purpose."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        driver = nvidia_driver()
+        if driver is not None:
+            from flock_pipeline.errors import ValidatorFault
+
+            build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+            raise ValidatorFault(f"FLOCK_DEVICE=auto: this machine has an NVIDIA driver ({driver}) but torch "
+                                 f"{torch.__version__} is {build} that cannot use it; install a torch build for "
+                                 "that driver (PyPI's CUDA 13.0 builds need driver 580 or newer), or set "
+                                 "FLOCK_DEVICE=cpu to train on the CPU on purpose")
+        return torch.device("cpu")
     return torch.device(device)
 
 

@@ -152,6 +152,8 @@ class SftObjective(Objective):
             except Exception:  # noqa: BLE001 - each set of the pass is redone alone afterwards
                 continue
             for i, outcome in zip(chunk, outcomes):
+                if not isinstance(outcome, BaseException):
+                    outcome.procedure = "multi-lora"
                 results[i] = outcome
                 trainer.finished(i, outcome)
 

@@ -223,9 +223,11 @@ def _record_outcome(p: _Pending, outcome, store: StoreResource) -> EvalRecord | 
             failure.__cause__ = exc
             return failure
         return EvalRecord(p.hotkey, "failed", error, p.key, attempts=attempts)
+    provenance = {**p.provenance, "procedure": getattr(outcome, "procedure", "single")}  # what actually ran: a
+    # multi-LoRA pass that failed as a whole is redone one set at a time
     result = _row(p.key, shard.shard_hash, "ok", None, outcome.eval_loss, outcome.per_row_losses,
                   outcome.train_losses, outcome.train_tokens, outcome.eval_tokens,
-                  outcome.train_seconds + outcome.eval_seconds, p.provenance, attempts, metrics=outcome.metrics)
+                  outcome.train_seconds + outcome.eval_seconds, provenance, attempts, metrics=outcome.metrics)
     store.record_eval_result(result)
     return _record_of(p.hotkey, result, cached=False)
 
