@@ -63,7 +63,8 @@ def test_corpus_has_provenance_and_best_first(demo_epoch):
     meta = instance.get_latest_materialization_event(dg.AssetKey("final_corpus")).asset_materialization.metadata
     assert meta["rows"].value == row.rows and meta["sha256"].value == row.sha256 and meta["miners"].value == 1
     assert meta["release"].value == row.release_dir and meta["latest"].value == str(home / "corpus" / "latest")
-    assert "config_name: dpo" in meta["card"].value and meta["published"].value == ""
+    card = meta["card"].value  # the card declares the configs that hold rows: no pairs here
+    assert "config_name: sft" in card and "config_name: dpo" not in card and meta["published"].value == ""
 
 
 def test_rerun_is_reproducible_and_resumes_from_cache(demo_epoch):
