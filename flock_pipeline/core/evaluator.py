@@ -204,16 +204,29 @@ def tokenize_rows(rows: Sequence[ChatRow], tokenizer, max_seq_len: int) -> list[
     return [tokenize_row(r, tokenizer, max_seq_len) for r in rows]
 
 
+HOST_DROPOUT_DEVICES = ("cpu",)  # devices whose LoRA dropout draws its masks on the host (`HostDropout`); the
+# others draw them on the device (`DeviceRowDropout`): keyed by row either way
+
+
 class RowDropoutPlan:
-    """Which rows the next forward pass holds: per row, its mask generator and its real (unpadded) length."""
+    """Which rows the next forward pass holds: per row, its mask generator and its real (unpadded) length.
 
-    def __init__(self, seed: int):
+    `device`: None (or a host device) for numpy streams (`HostDropout`), else torch generators on that device
+    (`DeviceRowDropout`); either way each row's stream is keyed by (seed, epoch, row)."""
+
+    def __init__(self, seed: int, device: torch.device | None = None):
         self.seed = seed
-        self.rows: list[tuple[np.random.Generator, int]] | None = None
+        self.device = device if device is not None and device.type not in HOST_DROPOUT_DEVICES else None
+        self.rows: list | None = None
 
-    def generator(self, epoch: int, row: int) -> np.random.Generator:
+    def generator(self, epoch: int, row: int):
         """The mask stream of training row `row` in epoch `epoch`: the same however the rows are batched."""
-        return np.random.Generator(np.random.PCG64([self.seed, epoch, row]))
+        if self.device is None:
+            return np.random.Generator(np.random.PCG64([self.seed, epoch, row]))
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(int(np.random.SeedSequence([self.seed, epoch, row]).generate_state(1, np.uint64)[0]
+                                  >> 1))
+        return generator
 
     def set_rows(self, rows: Sequence[tuple[np.random.Generator, int]] | None) -> None:
         self.rows = list(rows) if rows is not None else None
@@ -251,20 +264,50 @@ class HostDropout(torch.nn.Module):
         return x * torch.from_numpy(mask).to(x.dtype)
 
 
-def use_host_dropout(peft_model: torch.nn.Module, p: float, seed: int) -> RowDropoutPlan:
-    """Replace the LoRA dropout of every adapter layer with `HostDropout`; returns the plan they share."""
+class DeviceRowDropout(torch.nn.Module):
+    """Dropout with a mask per row from that row's own torch generator on the device (CUDA): the masks do not
+    depend on how rows are batched (an out-of-memory re-split or another micro-batch size gives the same loss). Rows
+    are set on the shared RowDropoutPlan as (generator, length). The scale 1 / (1 - p) and the product are computed
+    in fp32 and rounded once to the activations' dtype (a bf16 scale would be 1.109375, not 1.1111)."""
+
+    def __init__(self, p: float, plan: RowDropoutPlan):
+        super().__init__()
+        self.p, self.plan = p, plan
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        rows = self.plan.rows
+        if rows is None or len(rows) != x.shape[0]:
+            raise RuntimeError("DeviceRowDropout needs the rows of the batch while training")
+        mask = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        for b, (generator, length) in enumerate(rows):
+            keep = torch.rand((length, x.shape[-1]), generator=generator, device=x.device) >= self.p
+            mask[b, :length] = keep.to(torch.float32) * (1.0 / (1.0 - self.p))
+        return (x.float() * mask).to(x.dtype)
+
+
+def use_row_dropout(peft_model: torch.nn.Module, p: float, seed: int, device: torch.device) -> RowDropoutPlan:
+    """Replace the LoRA dropout of every adapter layer with masks keyed by row: `HostDropout` on the host devices,
+    `DeviceRowDropout` on the others; returns the plan they share."""
     from peft.tuners.lora import LoraLayer
 
-    plan = RowDropoutPlan(seed)
+    plan = RowDropoutPlan(seed, device)
     for module in peft_model.modules():
         if isinstance(module, LoraLayer):
             for name in list(module.lora_dropout.keys()):
-                module.lora_dropout[name] = HostDropout(p, plan)
+                module.lora_dropout[name] = (HostDropout(p, plan) if plan.device is None
+                                             else DeviceRowDropout(p, plan))
     return plan
 
 
+def use_host_dropout(peft_model: torch.nn.Module, p: float, seed: int) -> RowDropoutPlan:
+    """Replace the LoRA dropout of every adapter layer with `HostDropout`; returns the plan they share."""
+    return use_row_dropout(peft_model, p, seed, torch.device("cpu"))
+
+
 def dropout_plan(model: torch.nn.Module) -> RowDropoutPlan | None:
-    return next((m.plan for m in model.modules() if isinstance(m, HostDropout)), None)
+    return next((m.plan for m in model.modules() if isinstance(m, (HostDropout, DeviceRowDropout))), None)
 
 
 @contextlib.contextmanager
@@ -276,8 +319,8 @@ def fresh_lora(base: BaseModel, recipe: TrainRecipe):
                         target_modules=recipe.target_modules, task_type="CAUSAL_LM")
     torch.manual_seed(recipe.seed)
     peft_model = get_peft_model(base.model, config)
-    if base.device.type == "cpu" and recipe.lora_dropout > 0:
-        use_host_dropout(peft_model, recipe.lora_dropout, recipe.seed)
+    if recipe.lora_dropout > 0:  # every device: a row's masks never depend on how the rows are batched
+        use_row_dropout(peft_model, recipe.lora_dropout, recipe.seed, base.device)
     try:
         yield peft_model
     finally:

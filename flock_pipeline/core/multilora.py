@@ -26,14 +26,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from flock_pipeline.core.chat import TokenizedRow
-from flock_pipeline.core.evaluator import (MIN_TOKEN_BUDGET, BaseModel, EvalOutcome, HostDropout, RowDropoutPlan,
-                                           _free_cache, _is_oom, _micro_batches, _pad, _pad_id, _sync, epoch_orders,
-                                           evaluate_loss, fresh_lora, linear_schedule, mean_loss, set_determinism,
-                                           token_losses)
+from flock_pipeline.core.evaluator import (MIN_TOKEN_BUDGET, BaseModel, DeviceRowDropout, EvalOutcome, HostDropout,
+                                           RowDropoutPlan, _free_cache, _is_oom, _micro_batches, _pad, _pad_id, _sync,
+                                           epoch_orders, evaluate_loss, fresh_lora, linear_schedule, mean_loss,
+                                           set_determinism, token_losses)
 from flock_pipeline.core.recipe import TrainRecipe
 
 
@@ -42,27 +41,6 @@ class Route:
 
     def __init__(self):
         self.index: torch.Tensor | None = None
-
-
-class DeviceRowDropout(torch.nn.Module):
-    """Dropout with a mask per row from that row's own torch generator on the device (CUDA): the masks do not
-    depend on how rows are batched. Rows are set on the shared RowDropoutPlan as (generator, length)."""
-
-    def __init__(self, p: float, plan: RowDropoutPlan):
-        super().__init__()
-        self.p, self.plan = p, plan
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        rows = self.plan.rows
-        if rows is None or len(rows) != x.shape[0]:
-            raise RuntimeError("DeviceRowDropout needs the rows of the batch while training")
-        mask = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
-        for b, (generator, length) in enumerate(rows):
-            keep = torch.rand((length, x.shape[-1]), generator=generator, device=x.device) >= self.p
-            mask[b, :length] = keep.to(x.dtype) / (1 - self.p)
-        return x * mask
 
 
 class MultiLoraLinear(torch.nn.Module):
@@ -115,7 +93,7 @@ def multi_lora(base: BaseModel, recipe: TrainRecipe, k: int):
                     module.lora_A["default"].weight.detach().clone(), module.lora_B["default"].weight.detach().clone(),
                     float(module.scaling["default"]))
     route = Route()
-    plan = RowDropoutPlan(recipe.seed) if recipe.lora_dropout > 0 else None
+    plan = RowDropoutPlan(recipe.seed, base.device) if recipe.lora_dropout > 0 else None
     layers = []
     for name, (a, b, scale) in inits.items():
         parent_name, _, attribute = name.rpartition(".")
@@ -123,7 +101,7 @@ def multi_lora(base: BaseModel, recipe: TrainRecipe, k: int):
         linear = getattr(parent, attribute)
         dropout = None
         if plan is not None:
-            dropout = (HostDropout(recipe.lora_dropout, plan) if base.device.type == "cpu"
+            dropout = (HostDropout(recipe.lora_dropout, plan) if plan.device is None
                        else DeviceRowDropout(recipe.lora_dropout, plan))
         layer = MultiLoraLinear(linear, a.to(base.device), b.to(base.device), k, scale, route, dropout)
         setattr(parent, attribute, layer)
@@ -134,14 +112,6 @@ def multi_lora(base: BaseModel, recipe: TrainRecipe, k: int):
         for parent, attribute, layer in layers:
             setattr(parent, attribute, layer.base)
         base.model.eval()
-
-
-def _row_generator(plan: RowDropoutPlan, device: torch.device, epoch: int, row: int):
-    if device.type == "cpu":
-        return plan.generator(epoch, row)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(np.random.SeedSequence([plan.seed, epoch, row]).generate_state(1, np.uint64)[0] >> 1))
-    return generator
 
 
 class StackedAdamW:
@@ -271,7 +241,7 @@ def _accumulate(layers: _Layers, model, seqs: list[_Sequence], n_labels: dict[in
                 budget: int, recipe: TrainRecipe, pad_id: int, device: torch.device) -> None:
     """Forward + backward of one optimizer step of every stepping adapter, in mixed micro-batches: each row's
     token-loss sum is divided by its own adapter's labelled-token count of this step."""
-    generators = ([_row_generator(layers.plan, device, s.epoch, s.row) for s in seqs]
+    generators = ([layers.plan.generator(s.epoch, s.row) for s in seqs]
                   if layers.plan is not None else [])
     for micro in _micro_batches([s.tokens for s in seqs], budget):
         members = [seqs[i] for i in micro]
