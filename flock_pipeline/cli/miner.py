@@ -97,7 +97,7 @@ def cmd_miner_validate(args) -> int:
 
     _quiet_torch()
     read_input(args.file)  # missing, a directory, unreadable: a usage error (exit 2) before anything loads
-    resources = build_resources()
+    resources = build_resources(training=False)
     report, _ = _validate(args.file, resources, eval_check=not args.no_eval_check,
                           competition=_competition(resources, args.competition))
     print(dumps(report.to_json()) if args.json else format_validation(report))
@@ -186,7 +186,7 @@ def cmd_miner_submit(args) -> int:
     _quiet_torch()
     validate_repo_id(args.repo)  # a usage error (exit 2) before anything is read or sent
     hotkey = args.hotkey or miner_hotkey()
-    resources = build_resources()
+    resources = build_resources(training=False)
     competition = _competition(resources, args.competition)
     report, _ = _validate(args.file, resources, eval_check=not args.no_eval_check, competition=competition)
     data = read_input(args.file)
@@ -227,7 +227,7 @@ def cmd_miner_status(args) -> int:
     from flock_pipeline.miner import dumps, miner_hotkey, status
     from flock_pipeline.resources import build_resources
 
-    resources = build_resources()
+    resources = build_resources(training=False)
     repos = tuple(args.reports or [r.strip() for r in os.environ.get("FLOCK_REPORT_REPOS", "").split(",")
                                    if r.strip()])
     for repo in repos:

@@ -95,7 +95,7 @@ def cmd_epoch_open(args) -> int:
     from flock_pipeline.resources import build_resources
 
     _quiet_torch()
-    chain = build_resources()["chain"]
+    chain = build_resources(training=False)["chain"]
     epoch = args.epoch if args.epoch is not None else chain.epoch_of(chain.current_block())
     instance = _instance()
     if not instance.has_dynamic_partition(epochs_partitions.name, str(epoch)):
@@ -108,7 +108,7 @@ def cmd_epoch_miners(args) -> int:
     """Hotkeys with an accepted commitment in the epoch: the `miners` partitions to materialize for it."""
     from flock_pipeline.resources import build_resources
 
-    commitments = build_resources()["store"].epoch_commitments(args.epoch)
+    commitments = build_resources(training=False)["store"].epoch_commitments(args.epoch)
     print("\n".join(c.hotkey for c in commitments if c.status == "ok"))
     return 0
 
@@ -121,7 +121,7 @@ def cmd_epoch_batches(args) -> int:
     from flock_pipeline.resources import batch_settings, build_resources
 
     size = args.size or batch_settings()[0]
-    commitments = build_resources()["store"].epoch_commitments(args.epoch)
+    commitments = build_resources(training=False)["store"].epoch_commitments(args.epoch)
     hotkeys = [c.hotkey for c in commitments if c.status == "ok"]
     for batch in miner_batches(_instance(), hotkeys, size):
         print(f"{batch[0]}...{batch[-1]}")
@@ -134,7 +134,7 @@ def cmd_epoch_report(args) -> int:
 
     labels_file = flock_home() / "demo.json"
     demo = json.loads(labels_file.read_text()) if labels_file.exists() else {}
-    resources = build_resources()
+    resources = build_resources(training=False)
     if args.html:
         from flock_pipeline.validator.epoch_report import build_epoch_report
 
@@ -152,7 +152,7 @@ def cmd_epoch_report(args) -> int:
 def cmd_chain_status(args) -> int:
     from flock_pipeline.resources import build_resources
 
-    chain = build_resources()["chain"]
+    chain = build_resources(training=False)["chain"]
     block = chain.current_block()
     tempo = chain.effective_tempo()
     print(json.dumps({"block": block, "epoch": chain.epoch_of(block), "tempo": tempo,
@@ -168,7 +168,7 @@ def cmd_chain_weights(args) -> int:
     from flock_pipeline.resources import build_resources
     from flock_pipeline.validator.weights import weights_of
 
-    resources = build_resources()
+    resources = build_resources(training=False)
     chain, settings, store = resources["chain"], resources["settings"], resources["store"]
     doc: dict = {"hotkey": settings.validator_hotkey,
                  "rules": chain.weight_rules(settings.validator_hotkey).as_dict()}
@@ -191,7 +191,7 @@ def cmd_chain_weights(args) -> int:
 def cmd_chain_register(args) -> int:
     from flock_pipeline.resources import LocalChainResource, build_resources
 
-    chain = build_resources()["chain"]
+    chain = build_resources(training=False)["chain"]
     if not isinstance(chain, LocalChainResource):
         print("flock: registration on a real network is done with btcli", file=sys.stderr)
         return 2
@@ -203,7 +203,7 @@ def cmd_chain_register(args) -> int:
 def cmd_chain_advance(args) -> int:
     from flock_pipeline.resources import build_resources
 
-    chain = build_resources()["chain"]
+    chain = build_resources(training=False)["chain"]
     if not hasattr(chain, "advance"):
         print("flock: only the local chain's block clock can be moved on", file=sys.stderr)
         return 2

@@ -72,8 +72,10 @@ def _settings_from_env(network: str) -> dict:
     return settings
 
 
-def build_resources(home: Path | None = None) -> dict:
-    """The resources of a validator, from the environment. Keys are the names assets ask for."""
+def build_resources(home: Path | None = None, training: bool = True) -> dict:
+    """The resources of a validator, from the environment. Keys are the names assets ask for. `training=False`: for
+    a command that trains nothing (the chain, the store, a miner's checks), a recipe this machine cannot train (the
+    live 4-bit recipe without CUDA) is no reason to refuse it."""
     home = Path(home or flock_home())
     network = os.environ.get("FLOCK_NETWORK", "local")
     if network not in NETWORKS:
@@ -115,7 +117,7 @@ def build_resources(home: Path | None = None) -> dict:
             validate_repo_id(validator_settings.report_repo)
         except (CommitmentError, ValueError) as exc:
             raise ConfigError(f"FLOCK_SETTINGS: report_repo: {exc}") from exc
-    check_competitions(validator_settings, evaluator)
+    check_competitions(validator_settings, evaluator, device=training)
     _check_eval_repo(network, validator_settings)
     executor_settings()  # checked now too: a wrong executor is a configuration error before any work
     batch_settings()
@@ -211,9 +213,9 @@ def celery_settings() -> dict:
                                                            "unacked_restore_throttle": 1}}}
 
 
-def check_competitions(settings: ValidatorSettingsResource, evaluator: EvaluatorResource) -> None:
+def check_competitions(settings: ValidatorSettingsResource, evaluator: EvaluatorResource, device: bool = True) -> None:
     """Build the competitions and each one's training recipe now, before any work: a wrong value is a
-    ConfigError naming the competition and the field."""
+    ConfigError naming the competition and the field (with `device`, a recipe this machine cannot train too)."""
     from flock_pipeline.core.competitions import CompetitionConfigError
 
     try:
@@ -222,7 +224,7 @@ def check_competitions(settings: ValidatorSettingsResource, evaluator: Evaluator
         raise ConfigError(str(exc)) from exc
     for c in competitions:
         try:
-            evaluator.check_recipe(c.recipe_overrides())
+            evaluator.check_recipe(c.recipe_overrides(), device=device)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"competition {c.name!r}: recipe: {exc}") from exc
         problem = c.config_problem(settings.dataset_limits())

@@ -88,11 +88,11 @@ class EvaluatorResource(dg.ConfigurableResource):
                              "objective (drop it from FLOCK_RECIPE)")
         return base.with_overrides(**{**configured, **(overrides or {})})
 
-    def check_recipe(self, overrides: dict | None = None) -> TrainRecipe:
-        """The recipe, refused with ValueError when it cannot run on the configured device (4-bit base and paged
-        8-bit optimizer need CUDA)."""
+    def check_recipe(self, overrides: dict | None = None, device: bool = True) -> TrainRecipe:
+        """The recipe, refused with ValueError when a field is wrong or (with `device`) when it cannot run on the
+        configured device (4-bit base and paged 8-bit optimizer need CUDA)."""
         recipe = self.train_recipe(overrides)
-        if recipe.needs_cuda:
+        if device and recipe.needs_cuda:
             what = ", ".join(f"{k}={getattr(recipe, k)}" for k in ("quantization", "optimizer")
                              if getattr(recipe, k) != TrainRecipe.__dataclass_fields__[k].default)
             if self.device == "cpu" or (self.device == "auto" and not _cuda_available()):

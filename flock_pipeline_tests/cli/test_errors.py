@@ -184,3 +184,17 @@ def test_a_read_only_home_is_one_line_naming_the_path(read_only_home, monkeypatc
     code, _, err = _run(capsys, *argv)
     assert code == 2 and str(read_only_home) in _one_line(err)
     assert "read-only file system" in err or "permission denied" in err
+
+
+def test_the_live_recipe_on_a_cpu_machine_refuses_training_not_the_read_only_commands(network, monkeypatch, capsys):
+    """The `sn96` preset trains on a 4-bit base (CUDA only): on this CPU machine `flock epoch run` stops at start-up
+    (exit 2, naming the recipe), while the commands that train nothing still answer."""
+    monkeypatch.setenv("FLOCK_COMPETITIONS", "sn96")
+    code, _, err = _run(capsys, "epoch", "run")
+    assert code == 2 and "runs on CUDA only" in _one_line(err)
+    code, out, _ = _run(capsys, "chain", "status")
+    assert code == 0 and json.loads(out)["neurons"] == 7
+    code, _, _ = _run(capsys, "epoch", "miners", "1")
+    assert code == 0
+    code, out, _ = _run(capsys, "miner", "status", "--hotkey", "hk-honest-good", "--json")
+    assert code == 0 and json.loads(out)["registered"] is True
