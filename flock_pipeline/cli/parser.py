@@ -60,6 +60,9 @@ def _with_examples(parser: argparse.ArgumentParser, path: str = "") -> argparse.
             helps = {a.dest: a.help for a in action._choices_actions}
             for name, child in action.choices.items():
                 child.description = child.description or helps.get(name)
+                if not any("--verbose" in a.option_strings for a in child._actions):
+                    child.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                                       help="as before the command: -v warnings and progress notes, -vv debug")
                 _with_examples(child, f"{path} {name}".strip())
     return parser
 

@@ -198,3 +198,9 @@ def test_the_live_recipe_on_a_cpu_machine_refuses_training_not_the_read_only_com
     assert code == 0
     code, out, _ = _run(capsys, "miner", "status", "--hotkey", "hk-honest-good", "--json")
     assert code == 0 and json.loads(out)["registered"] is True
+
+
+@pytest.mark.parametrize("argv, level", [(["epoch", "run", "-v"], 1), (["-vv", "chain", "status"], 2),
+                                         (["miner", "status", "--hotkey", "x", "-vv"], 2), (["chain", "status"], 0)])
+def test_verbose_is_taken_before_or_after_the_command(argv, level):
+    assert build_parser().parse_args(argv).verbose == level
