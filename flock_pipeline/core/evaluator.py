@@ -232,31 +232,48 @@ class RowDropoutPlan:
         self.rows = list(rows) if rows is not None else None
 
 
-class HostDropout(torch.nn.Module):
-    """LoRA dropout for CPU training, with masks drawn per row from that row's own numpy PCG64 stream.
-
-    Two things torch's CPU dropout does not give: speed (drawing random numbers is most of a tiny model's training
-    step; 16-bit draws from numpy are about 4x faster) and masks that do not depend on how rows are batched. Each
-    row's stream is keyed by (seed, epoch, row index) and the layers draw from it in forward order, so a row gets
-    the same masks alone at batch 1, in a padded micro-batch, or after an out-of-memory split.
-
-    A unit is dropped when its 16-bit draw is below round(p * 65536) (probability p to within 2**-17); kept units
-    are scaled by 1 / (1 - p), as torch's dropout does. Padded positions are zeroed (they carry no label).
-    """
+class RowDropout(torch.nn.Module):
+    """LoRA dropout whose masks are drawn per row from that row's own stream (`RowDropoutPlan`: keyed by seed, epoch
+    and row index, read in forward order): a row gets the same masks alone at batch 1, in a padded micro-batch, or
+    after an out-of-memory split. Padded positions are zeroed (they carry no label). Subclasses draw the masks."""
 
     def __init__(self, p: float, plan: RowDropoutPlan):
         super().__init__()
-        self.p = p
-        self.threshold = round(p * 65536)
-        self.scale = np.float32(1.0 / (1.0 - p))
-        self.plan = plan
+        self.p, self.plan = p, plan
+
+    def drops(self) -> bool:
+        return self.p > 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.threshold == 0:
+        if not self.training or not self.drops():
             return x
         rows = self.plan.rows
         if rows is None or len(rows) != x.shape[0]:
-            raise RuntimeError("HostDropout needs the rows of the batch (RowDropoutPlan.set_rows) while training")
+            raise RuntimeError(f"{type(self).__name__} needs the rows of the batch (RowDropoutPlan.set_rows) while "
+                               "training")
+        return self.masked(x, rows)
+
+    def masked(self, x: torch.Tensor, rows: list) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class HostDropout(RowDropout):
+    """Row dropout for CPU training, drawn from numpy PCG64 streams: faster than torch's CPU dropout (drawing random
+    numbers is most of a tiny model's training step; 16-bit draws from numpy are about 4x faster).
+
+    A unit is dropped when its 16-bit draw is below round(p * 65536) (probability p to within 2**-17); kept units
+    are scaled by 1 / (1 - p), as torch's dropout does.
+    """
+
+    def __init__(self, p: float, plan: RowDropoutPlan):
+        super().__init__(p, plan)
+        self.threshold = round(p * 65536)
+        self.scale = np.float32(1.0 / (1.0 - p))
+
+    def drops(self) -> bool:
+        return self.threshold > 0
+
+    def masked(self, x: torch.Tensor, rows: list) -> torch.Tensor:
         mask = np.zeros(x.shape, dtype=np.float32)
         for b, (generator, length) in enumerate(rows):
             draws = generator.integers(0, 65536, size=(length, x.shape[-1]), dtype=np.uint16)
@@ -264,22 +281,11 @@ class HostDropout(torch.nn.Module):
         return x * torch.from_numpy(mask).to(x.dtype)
 
 
-class DeviceRowDropout(torch.nn.Module):
-    """Dropout with a mask per row from that row's own torch generator on the device (CUDA): the masks do not
-    depend on how rows are batched (an out-of-memory re-split or another micro-batch size gives the same loss). Rows
-    are set on the shared RowDropoutPlan as (generator, length). The scale 1 / (1 - p) and the product are computed
-    in fp32 and rounded once to the activations' dtype (a bf16 scale would be 1.109375, not 1.1111)."""
+class DeviceRowDropout(RowDropout):
+    """Row dropout drawn from torch generators on the device (CUDA). The scale 1 / (1 - p) and the product are
+    computed in fp32 and rounded once to the activations' dtype (a bf16 scale would be 1.109375, not 1.1111)."""
 
-    def __init__(self, p: float, plan: RowDropoutPlan):
-        super().__init__()
-        self.p, self.plan = p, plan
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        rows = self.plan.rows
-        if rows is None or len(rows) != x.shape[0]:
-            raise RuntimeError("DeviceRowDropout needs the rows of the batch while training")
+    def masked(self, x: torch.Tensor, rows: list) -> torch.Tensor:
         mask = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         for b, (generator, length) in enumerate(rows):
             keep = torch.rand((length, x.shape[-1]), generator=generator, device=x.device) >= self.p
@@ -307,7 +313,7 @@ def use_host_dropout(peft_model: torch.nn.Module, p: float, seed: int) -> RowDro
 
 
 def dropout_plan(model: torch.nn.Module) -> RowDropoutPlan | None:
-    return next((m.plan for m in model.modules() if isinstance(m, (HostDropout, DeviceRowDropout))), None)
+    return next((m.plan for m in model.modules() if isinstance(m, RowDropout)), None)
 
 
 @contextlib.contextmanager

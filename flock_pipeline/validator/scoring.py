@@ -42,8 +42,9 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
     setups = epoch_setups(store, epoch, competitions)
     shards = {r.hotkey: r for r in store.epoch_shards(epoch)}
     metagraph = chain.metagraph() if chain is not None else []
+    commitments = store.epoch_commitments(epoch)
     rows, contenders, failures = _judge_miners(epoch, info, competitions, setups, shards, metagraph, evaluator,
-                                               settings, store)
+                                               settings, store, commitments)
     _refuse_common_failure(rows, failures, store)
     plans = None
     outcomes, decisions = {}, []
@@ -54,7 +55,7 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
         submissions: tuple[Submission, ...] = ()
         if setup.round_id != "epoch" and setup.phase != "submission":
             plans = store.epoch_plans(epoch) if plans is None else plans
-            submissions = round_submissions(rows, competition.name, store.epoch_commitments(epoch), plans)
+            submissions = round_submissions(rows, competition.name, commitments, plans)
             record_round_contenders(store, competition.name, setup.round_id, contenders[competition.name],
                                     submissions)
         context = _context(epoch, competition, setup, info, contenders[competition.name], metagraph, chain, evaluator,
@@ -77,13 +78,14 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
 
 def _judge_miners(epoch: int, info: EpochRecord, competitions, setups: dict, shards: dict, metagraph,
                   evaluator: EvaluatorResource, settings: ValidatorSettingsResource,
-                  store: StoreResource) -> tuple[list[dict], dict[str, list[Contender]], dict[str, str]]:
+                  store: StoreResource, commitments: list
+                  ) -> tuple[list[dict], dict[str, list[Contender]], dict[str, str]]:
     """(a row per committing miner with its status before scoring, the contenders of each competition, the failed
     evaluations' errors by cache key)."""
     rows, contenders, failures, provenances = [], {c.name: [] for c in competitions}, {}, {}
     coldkeys = {n.hotkey: n.coldkey for n in metagraph}
     holders = {n.uid: n.hotkey for n in metagraph}  # who holds each uid now (the commitments were read earlier)
-    for c in store.epoch_commitments(epoch):
+    for c in commitments:
         competition = competition_of(c, competitions)
         shard = shards.get(c.hotkey)
         result = key = None
