@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Regenerate (or, with --check, compare) the README's demo tables from what the code prints now.
+"""Regenerate (or, with --check, compare) the demo tables of the README and docs/ from what the code prints now.
 
-Each table in README.md that follows a line `<!-- numbers: flock demo ARGS -->` is the output of `flock demo ARGS`
-on a fresh home (the report's lines, before its timing line), run here with one thread. The shipped tiny model
-makes these numbers the same on every machine of this kind; a test runs `--check`.
+Each table after a line `<!-- numbers: flock demo ARGS -->` is the output of `flock demo ARGS` on a fresh home (the
+report's lines, before its timing line), run here with one thread: a plain block holds the table alone; in a
+console block the table is the lines from its `uid  hotkey` header to the next blank line. The shipped tiny model
+makes these numbers the same on every machine of this kind; the tests compare them (the README's through its
+console block, docs/ through `--check`).
 
-    python scripts/readme_numbers.py           # rewrite the tables in README.md
-    python scripts/readme_numbers.py --check   # exit 1 (with a diff) when README.md differs from the code
+    python scripts/readme_numbers.py                              # rewrite the tables in README.md and docs/
+    python scripts/readme_numbers.py --check docs/competitions.md # exit 1 (with a diff) when a file differs
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MARKER = re.compile(r"^<!-- numbers: flock demo(?P<args>[^>]*)-->\n```\n(?P<table>.*?)```\n", re.M | re.S)
+MARKER = re.compile(r"^<!-- numbers: flock demo(?P<args>[^>\n]*)-->\n"
+                    r"(?P<head>```\n|```console\n(?:(?!uid  hotkey)[^\n]*\n)*?)"
+                    r"(?P<table>uid  hotkey(?:[^\n]*\n)*?)(?P<tail>```\n|\n)", re.M)
 
 
 def demo_table(args: list[str]) -> str:
@@ -40,34 +44,41 @@ def demo_table(args: list[str]) -> str:
 def regenerate(text: str) -> str:
     def table(match: re.Match) -> str:
         args = shlex.split(match.group("args"))
-        return f"<!-- numbers: flock demo{match.group('args')}-->\n```\n{demo_table(args)}```\n"
+        return (f"<!-- numbers: flock demo{match.group('args')}-->\n{match.group('head')}{demo_table(args)}"
+                f"{match.group('tail')}")
 
     return MARKER.sub(table, text)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="compare only; exit 1 when the README differs")
+    parser.add_argument("--check", action="store_true", help="compare only; exit 1 when a file differs")
+    parser.add_argument("files", nargs="*", help="the files (default: README.md and docs/*.md)")
     args = parser.parse_args(argv)
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if not MARKER.search(text):
-        print("README.md has no `<!-- numbers: flock demo ... -->` table", file=sys.stderr)
-        return 1
-    fresh = regenerate(text)
-    if args.check:
-        if fresh != text:
-            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), fresh.splitlines(True),
-                                                       "README.md", "what the code prints"))
-            return 1
-        print("README.md's demo tables are what the code prints")
-        return 0
-    if fresh != text:
-        readme.write_text(fresh)
-        print("README.md: demo tables regenerated")
-    else:
-        print("README.md: demo tables unchanged")
-    return 0
+    files = [REPO / f for f in args.files] or [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    differ = 0
+    for path in files:
+        text = path.read_text()
+        if not MARKER.search(text):
+            if args.files:
+                print(f"{path.name} has no `<!-- numbers: flock demo ... -->` table", file=sys.stderr)
+                return 1
+            continue
+        fresh = regenerate(text)
+        name = str(path.relative_to(REPO))
+        if args.check:
+            if fresh != text:
+                sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), fresh.splitlines(True), name,
+                                                           "what the code prints"))
+                differ = 1
+            else:
+                print(f"{name}: the demo tables are what the code prints")
+        elif fresh != text:
+            path.write_text(fresh)
+            print(f"{name}: demo tables regenerated")
+        else:
+            print(f"{name}: demo tables unchanged")
+    return differ
 
 
 if __name__ == "__main__":

@@ -242,6 +242,8 @@ def cmd_miner_status(args) -> int:
         print(dumps(doc))
     else:
         for k, v in doc.items():
+            if v is None:
+                continue  # nothing recorded yet: `next` / `counts` say what happens next
             if k == "validators":
                 v = "; ".join(f"{x['hotkey']} (uid {x['uid']}, stake {x['stake']:g}): {x['weight']:.6f}"
                               for x in v) or "none has set weights on this uid"

@@ -17,7 +17,7 @@ import yaml
 from flock_pipeline.core.corpus import (COLUMNS, DPO, PROVENANCE_COLUMNS, SFT, BaseAnswerCache, Candidate, parquet_name,
                                         CorpusPolicy, CorpusShard, arrow_schema, build_release_records,
                                         dataset_card, merge_releases, read_release, release_files, release_sha256,
-                                        replace_latest, select_miners, size_category, write_release)
+                                        jsonl_text, replace_latest, select_miners, size_category, write_release)
 from flock_pipeline.core.schema import ChatRow, PreferenceRow, Turn
 
 
@@ -205,7 +205,8 @@ def test_card_front_matter():
          "default": True},
         {"config_name": "dpo", "data_files": [{"split": "train", "path": parquet_name(DPO, records[DPO])}]}]
     assert [(c["config_name"], c["splits"]) for c in meta["dataset_info"]] == [
-        ("sft", [{"name": "train", "num_examples": 2}]), ("dpo", [{"name": "train", "num_examples": 1}])]
+        ("sft", [{"name": "train", "num_bytes": len(jsonl_text(records[SFT]).encode()), "num_examples": 2}]),
+        ("dpo", [{"name": "train", "num_bytes": len(jsonl_text(records[DPO]).encode()), "num_examples": 1}])]
     for section in ("## How it was made", "## Intended use and limitations", "## License and contributors",
                     "## Citation"):
         assert section in body

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from flock_pipeline.core.corpus.policy import CorpusPolicy
-from flock_pipeline.core.corpus.release import CONFIGS, DPO, JSONL_FILES, features_yaml, parquet_name
+from flock_pipeline.core.corpus.release import CONFIGS, DPO, JSONL_FILES, features_yaml, jsonl_text, parquet_name
 
 
 # -- the dataset card ----------------------------------------------------------------------------------------------
@@ -29,7 +29,8 @@ def dataset_card(records: dict[str, list[dict]], *, title: str, policy: CorpusPo
     counts = {c: len(records.get(c, [])) for c in CONFIGS}
     files = {c: parquet_name(c, records.get(c, [])) for c in CONFIGS}
     everything = [r for c in CONFIGS for r in records.get(c, [])]
-    front = _front_matter(title, policy, counts, files)
+    sizes = {c: len(jsonl_text(records.get(c, [])).encode("utf-8")) for c in CONFIGS}
+    front = _front_matter(title, policy, counts, files, sizes)
     miners = sorted({r["hotkey"] for r in everything})
     epochs = sorted({int(r["epoch"]) for r in everything})
     bases = sorted({(r["base_model"], r["base_revision"]) for r in everything if r.get("base_model")})
@@ -107,9 +108,11 @@ def _about_sections(title: str, policy: CorpusPolicy, epochs: list[int]) -> list
     ]
 
 
-def _front_matter(title: str, policy: CorpusPolicy, counts: dict[str, int], files: dict[str, str]) -> dict:
+def _front_matter(title: str, policy: CorpusPolicy, counts: dict[str, int], files: dict[str, str],
+                  sizes: dict[str, int]) -> dict:
     """The card's YAML front matter: license, language, name, task, tags, size category, source, and the configs
-    that hold rows with their content-named files, features and split sizes."""
+    that hold rows with their content-named files, features and split sizes (rows, and bytes as JSONL: `datasets`
+    reads a split without `num_bytes` as malformed and warns)."""
     declared = [c for c in CONFIGS if counts[c]]
     return {
         "license": policy.license,
@@ -122,7 +125,8 @@ def _front_matter(title: str, policy: CorpusPolicy, counts: dict[str, int], file
         "configs": [{"config_name": c, "data_files": [{"split": "train", "path": files[c]}],
                      **({"default": True} if i == 0 else {})} for i, c in enumerate(declared)],
         "dataset_info": [{"config_name": c, "features": features_yaml(c),
-                          "splits": [{"name": "train", "num_examples": counts[c]}]} for c in declared],
+                          "splits": [{"name": "train", "num_bytes": sizes[c], "num_examples": counts[c]}]}
+                         for c in declared],
     }
 
 
