@@ -132,10 +132,12 @@ class Session:
                 (folder / name).symlink_to(target)
         self.state = folder / ".doc-session"
         self.state.mkdir()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("FLOCK_", "DAGSTER_", "VIRTUAL_ENV", "HF_HOME", "HF_DATASETS"))}
+        env = {k: v for k, v in os.environ.items()  # a reader's shell: none of the suite's settings, no outer make
+               if not k.startswith(("FLOCK_", "DAGSTER_", "VIRTUAL_ENV", "HF_HOME", "HF_DATASETS", "MAKE", "MFLAGS",
+                                    "PYTEST_", "COV_"))}
         env.update(HOME=str(folder / ".home"), HF_HOME=str(folder / ".home" / "hf"), OMP_NUM_THREADS="1",
-                   HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", PYTHONDONTWRITEBYTECODE="1")
+                   HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", PYTHONDONTWRITEBYTECODE="1",
+                   PYTHONUNBUFFERED="1")  # output in the order a terminal shows it
         (folder / ".home").mkdir()
         (self.state / "env").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
         (self.state / "cwd").write_text(str(folder))
