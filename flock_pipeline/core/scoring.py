@@ -42,6 +42,7 @@ class ScoringConfig:
     bootstrap_confidence: float = 0.95  # one-sided: the advantage's lower bound must be above 0
     bootstrap_seed: int = 0
     require_improvement: bool = True  # a loss not below the base model's earns nothing
+    require_a_win: bool = True  # win_rate mode: a miner that wins no comparison earns nothing (pay for improvement)
     curve_full: float = 2.40  # curve mode: score 1 at or below this loss
     curve_mid: float = 2.60
     curve_mid_score: float = 0.05
@@ -192,6 +193,12 @@ def top_k_winner(contenders: list[Contender], top_fraction: float) -> int | None
     return min(best, key=lambda c: (c.block, c.uid)).uid
 
 
+def paid_win_rates(rates: Mapping[int, float], config: ScoringConfig) -> dict[int, float]:
+    """The win rates the softmax shares the weight over: with `require_a_win`, only miners that won a comparison (a
+    copy that loses to its original and to everyone else is not paid the softmax's small change)."""
+    return {uid: r for uid, r in rates.items() if r > 0 or not config.require_a_win}
+
+
 def softmax_weights(win_rates: Mapping[int, float], temperature: float) -> dict[int, float]:
     if not win_rates:
         return {}
@@ -233,7 +240,7 @@ def score_epoch(contenders: list[Contender], previous: Mapping[int, float],
     if config.mode == "win_rate":
         rates = compute_win_rates(improving, config, now_block) if improving else {}
         scores.update(rates)
-        fresh = softmax_weights(rates, config.temperature)
+        fresh = softmax_weights(paid_win_rates(rates, config), config.temperature)
     elif config.mode == "curve":
         curve = {c.uid: curve_score(c.loss, config) for c in improving}
         scores.update(curve)
@@ -275,13 +282,19 @@ def _explain_win_rate(improving: list[Contender], previous: Mapping[int, float],
                       now_block: int | None) -> dict[int, str]:
     """uid -> the win_rate explanation: every comparison, the win rate, the softmax and the blend."""
     verdicts = pairwise_verdicts(improving, config, now_block) if len(improving) > 1 else {}
-    fresh = softmax_weights({c.uid: scores.get(c.uid, 0.0) for c in improving}, config.temperature)
+    paid = paid_win_rates({c.uid: scores.get(c.uid, 0.0) for c in improving}, config)
+    fresh = softmax_weights(paid, config.temperature)
     out = {}
     for c in improving:
         parts = _comparisons(c, improving, verdicts, config, now_block)
-        out[c.uid] = _win_rate_text(c, parts, config, scores, bar) \
-            + f"; softmax of the win rates at temperature {config.temperature:g}: " \
-            f"{fresh.get(c.uid, 0.0):.6f}" + _blend_text(c.uid, fresh, previous, config, weights)
+        text = _win_rate_text(c, parts, config, scores, bar)
+        if c.uid not in paid:
+            out[c.uid] = text + ("; it won no comparison, so it earns nothing (only improvement is paid): "
+                                 "weight 0.000000")
+            continue
+        out[c.uid] = text + f"; softmax of the win rates at temperature {config.temperature:g}" + \
+            (" (over the miners that won a comparison)" if len(paid) < len(improving) else "") + \
+            f": {fresh.get(c.uid, 0.0):.6f}" + _blend_text(c.uid, fresh, previous, config, weights)
     return out
 
 

@@ -18,6 +18,7 @@ limit holds without taking weight from the miners that earned it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -173,6 +174,17 @@ def _sender_refusal(rules: WeightRules, key: int, self_weight: bool) -> tuple[st
         return (f"hotkey {rules.hotkey} (uid {rules.uid}) has no validator permit and is not the subnet "
                 "owner's (NeuronNoValidatorPermit): only validators in the subnet's top stake get a permit"), None
     return None
+
+
+def u16_shares(weights: Mapping[int, float]) -> dict[int, float]:
+    """uid -> its share after the conversion to u16 (max-upscaled so the largest is 65535, rounded): what a computed
+    weight becomes on chain before the chain's own limits. A weight under 1 / 131070 of the largest becomes 0."""
+    top = max(weights.values(), default=0.0)
+    if top <= 0:
+        return {int(u): 0.0 for u in weights}
+    values = {int(u): math.floor(w / top * U16_MAX + 0.5) for u, w in weights.items()}
+    total = sum(values.values())
+    return {u: v / total for u, v in values.items()}
 
 
 def max_upscaled(values: Sequence[int]) -> list[int]:

@@ -29,6 +29,7 @@ from flock_pipeline.validator.commitments import snapshot_commitments
 from flock_pipeline.validator.datasets import fetch_miner_dataset
 from flock_pipeline.validator.evaluation import evaluate_miners
 from flock_pipeline.core.stop import Stopped
+from flock_pipeline.core.weights import u16_shares
 from flock_pipeline.errors import FlockError, ValidatorFault
 from flock_pipeline.validator.corpus import build_epoch_corpus
 from flock_pipeline.validator.scoring import compute_epoch_scores
@@ -275,12 +276,14 @@ def win_rates(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, s
     with validator_faults_stop_the_step(), store.session():
         frame = records_frame(compute_epoch_scores(int(context.partition_key), evaluator, settings, store, hub,
                                                    chain), ScoreRecord)
+    as_u16 = u16_shares({int(u): float(w) for u, w in zip(frame["uid"], frame["weight"])})
+    frame["as_u16"] = [as_u16.get(int(u), 0.0) for u in frame["uid"]]  # the weight after the u16 conversion
     return dg.MaterializeResult(metadata={
         "scored": int((frame["status"] == "scored").sum()), "miners": len(frame),
         "competitions": ", ".join(sorted({c for c in frame["competition"] if isinstance(c, str)})),
         "scores_table": _table(frame.sort_values("weight", ascending=False),
                                ["uid", "hotkey", "competition", "status", "eval_loss", "score", "weight",
-                                "reason", "explanation"]),
+                                "as_u16", "reason", "explanation"]),
     })
 
 

@@ -268,13 +268,14 @@ def page(epoch: int, reports: list[CompetitionReport], values: list | None = Non
         parts.append(f"<img alt='epoch {epoch} {html.escape(r.name)}' style='max-width:100%' "
                      f"src='data:image/png;base64,{base64.b64encode(r.png).decode()}'>")
         parts.append("<table><tr><th>uid</th><th>hotkey</th><th>status</th><th>rows</th><th>eval loss</th>"
-                     "<th>win rate</th><th>weight</th><th>how the weight came about</th></tr>")
+                     "<th>win rate</th><th>weight</th><th>sent</th><th>how the weight came about</th></tr>")
         for m in r.rows:
             loss = "" if m["eval_loss"] is None else f"{m['eval_loss']:.4f}"
             parts.append(f"<tr><td>{m['uid']}</td><td>{html.escape(m['hotkey'])}</td>"
                          f"<td class='{html.escape(m['status'])}'>{html.escape(m['status'])}</td>"
                          f"<td>{m['rows_kept']}</td><td>{loss}</td><td>{m['score']:.3f}</td>"
-                         f"<td>{m['weight']:.6f}</td><td>{html.escape(m.get('explanation') or '')}</td></tr>")
+                         f"<td>{m['weight']:.6f}</td><td>{_sent(m)}</td>"
+                         f"<td>{html.escape(m.get('explanation') or '')}</td></tr>")
         parts.append("</table>")
     if values:
         parts.append("<h2>What training on the release is worth (held-out loss, lower is better)</h2>")
@@ -296,13 +297,19 @@ def markdown(epoch: int, reports: list[CompetitionReport], values: list | None =
         lines += ["", "## What training on the release is worth (held-out loss)", "", *value_table(values)]
     for r in reports:
         base = f" (base model {r.base_loss:.4f})" if r.base_loss is not None else ""
-        lines += ["", f"## {r.name}{base}", "", "| uid | hotkey | status | eval loss | weight | why |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", f"## {r.name}{base}", "", "| uid | hotkey | status | eval loss | weight | sent | why |",
+                  "|---|---|---|---|---|---|---|"]
         for m in r.rows:
             loss = "" if m["eval_loss"] is None else f"{m['eval_loss']:.4f}"
             why = (m.get("explanation") or "").replace("|", "/")
-            lines.append(f"| {m['uid']} | {m['hotkey']} | {m['status']} | {loss} | {m['weight']:.6f} | {why} |")
+            lines.append(f"| {m['uid']} | {m['hotkey']} | {m['status']} | {loss} | {m['weight']:.6f} | {_sent(m)} "
+                         f"| {why} |")
     return "\n".join(lines) + "\n"
+
+
+def _sent(m: dict) -> str:
+    """The weight as the chain took it (after the u16 conversion), beside the computed one; "-": not sent."""
+    return "-" if m.get("sent") is None else f"{m['sent']:.6f}"
 
 
 def write_report(epoch: int, reports: list[CompetitionReport], out_dir: Path,

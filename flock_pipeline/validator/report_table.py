@@ -10,9 +10,10 @@ def epoch_report(epoch: int, store: StoreResource, labels: dict[str, str] | None
                  quality: dict[str, float | None] | None = None) -> list[dict]:
     """One entry per committing miner (and per uid rewarded without a submission: a kept winner, the burn uid):
     uid, hotkey, label, quality, competition, status, reason, rows_kept, eval_loss, score (and its old name
-    win_rate), weight (quality: the
-    demo generator's level for honest miners, None for the others and outside a demo)."""
+    win_rate), weight, sent (the weight as the chain took it, `sent_shares`; None when nothing was sent) (quality:
+    the demo generator's level for honest miners, None for the others and outside a demo)."""
     labels, quality = labels or {}, quality or {}
+    sent = sent_shares(store, epoch)
     report = []
     for r in store.epoch_report_rows(epoch):
         report.append({"uid": int(r.uid), "hotkey": r.hotkey, "label": labels.get(r.hotkey),
@@ -25,8 +26,19 @@ def epoch_report(epoch: int, store: StoreResource, labels: dict[str, str] | None
                        "win_rate": 0.0 if _missing(r.score) else float(r.score),  # the score's old name, kept for
                        # readers of the JSON for one release
                        "weight": 0.0 if _missing(r.weight) else float(r.weight),
+                       "sent": None if sent is None else sent.get(int(r.uid), 0.0),
                        "explanation": r.explanation or r.reason})
     return report
+
+
+def sent_shares(store: StoreResource, epoch: int) -> dict[int, float] | None:
+    """uid -> its share of the u16 vector the chain took for `epoch` (each value over their sum: what the weight
+    becomes on chain, after the SDK's conversion to u16 and the chain's limits); None when nothing was sent."""
+    record = store.weight_submission(epoch)
+    if record is None or not record.success or not record.weights:
+        return None
+    total = float(sum(record.weights))
+    return {int(u): (float(v) / total if total else 0.0) for u, v in zip(record.uids, record.weights)}
 
 
 def _missing(value) -> bool:
@@ -34,17 +46,18 @@ def _missing(value) -> bool:
 
 
 def format_report(report: list[dict], competitions: bool | None = None) -> str:
-    """The report as a table; the competition column appears when the epoch ran anything but one curation game."""
+    """The report as a table; the competition column appears when the epoch ran anything but one curation game.
+    `weight` is the computed weight, `sent` the share the chain took (after the u16 conversion; "-": not sent)."""
     if competitions is None:
         competitions = {m.get("competition") for m in report} - {None} not in ({"curation"}, set())
-    header = ["uid", "hotkey", "label", "status", "rows", "eval_loss", "win_rate", "weight", "reason"]
+    header = ["uid", "hotkey", "label", "status", "rows", "eval_loss", "win_rate", "weight", "sent", "reason"]
     if competitions:
         header.insert(3, "competition")
     rows = []
     for m in report:
         row = [str(m["uid"]), m["hotkey"], m["label"] or "", m["status"], str(m["rows_kept"]),
                "" if m["eval_loss"] is None else f"{m['eval_loss']:.4f}", f"{m['score']:.3f}",
-               f"{m['weight']:.6f}", m["reason"] or ""]
+               f"{m['weight']:.6f}", "-" if m.get("sent") is None else f"{m['sent']:.6f}", m["reason"] or ""]
         if competitions:
             row.insert(3, m.get("competition") or "")
         rows.append(row)

@@ -18,6 +18,7 @@ from flock_pipeline.core.untrusted import number_or_none, text_or_none
 from flock_pipeline.resources.hub import HubError, HubNotFound, HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.store import StoreResource
+from flock_pipeline.validator.report_table import sent_shares
 
 REPORT_FILE = "reports.json"
 MAX_EPOCHS = 24  # epochs kept in the file (a day at the live tempo of 360 blocks)
@@ -35,6 +36,7 @@ def epoch_report(epoch: int, settings: ValidatorSettingsResource, store: StoreRe
                                             else math.inf, r.hotkey))
     rank = {r.hotkey: i + 1 for i, r in enumerate(ordered)}
     sent = store.weight_submission(epoch)
+    shares = sent_shares(store, epoch)
     return {
         "epoch": epoch,
         "validator": settings.validator_hotkey,
@@ -43,7 +45,8 @@ def epoch_report(epoch: int, settings: ValidatorSettingsResource, store: StoreRe
         "miners": [{"hotkey": r.hotkey, "uid": int(r.uid), "status": r.status, "reason": r.reason,
                     "competition": r.competition, "eval_loss": _loss(r.eval_loss), "score": float(r.score),
                     "win_rate": float(r.score),
-                    "weight": float(r.weight), "rank": rank[r.hotkey],
+                    "weight": float(r.weight), "sent": None if shares is None else shares.get(int(r.uid), 0.0),
+                    "rank": rank[r.hotkey],
                     **({"audit": inputs[r.hotkey]} if r.hotkey in inputs and _loss(r.eval_loss) is not None
                        else {})} for r in ordered],
     }
@@ -73,7 +76,7 @@ def publish_epoch_report(epoch: int, hub: HubResource, settings: ValidatorSettin
 def read_miner_report(hub: HubResource, repo: str, hotkey: str) -> dict:
     """What the validator publishing to `repo` recorded for `hotkey` in its latest epoch that has it:
     {"repo", "validator", "epoch", "status", "reason", "eval_loss", "score", "win_rate" (the score's old name, kept
-    for one release), "weight", "rank", "of"}, or
+    for one release), "weight", "sent" (the weight as the chain took it), "rank", "of"}, or
     {"repo", "error"} when the repo cannot be read or its file is malformed, or {"repo", "epoch": None} when the
     hotkey is in none of its epochs."""
     try:
@@ -87,8 +90,8 @@ def read_miner_report(hub: HubResource, repo: str, hotkey: str) -> dict:
             return {"repo": repo, "validator": text_or_none(document["validator"]), "epoch": entry["epoch"],
                     "status": text_or_none(row.get("status")), "reason": text_or_none(row.get("reason")),
                     "eval_loss": number_or_none(row.get("eval_loss")), "score": score, "win_rate": score,
-                    "weight": number_or_none(row.get("weight")), "rank": number_or_none(row.get("rank")),
-                    "of": len(entry["miners"])}
+                    "weight": number_or_none(row.get("weight")), "sent": number_or_none(row.get("sent")),
+                    "rank": number_or_none(row.get("rank")), "of": len(entry["miners"])}
     return {"repo": repo, "validator": text_or_none(document["validator"]), "epoch": None}
 
 

@@ -45,7 +45,8 @@ def test_flock_demo_json(flock_home):
     assert all(m["win_rate"] == m["score"] for m in doc["miners"])  # the score's old name, kept for one release
     miners = _by_label(doc["miners"])
     assert set(miners) == {"honest-good", "honest-fair", "weak-offdomain", "copier", "malformed", "empty"}
-    assert miners["honest-good"]["weight"] > miners["honest-fair"]["weight"] > miners["weak-offdomain"]["weight"]
+    assert miners["honest-good"]["weight"] == 1.0  # the others lose every comparison or do not beat the base
+    assert miners["honest-fair"]["eval_loss"] < miners["weak-offdomain"]["eval_loss"]
     for label in ("copier", "malformed", "empty"):
         assert miners[label]["weight"] == 0 and miners[label]["reason"]
     table = _flock("epoch", "report", str(doc["epoch"]), env=_env(flock_home)).stdout
@@ -62,7 +63,8 @@ def test_epoch_through_dagster_asset_materialize(flock_home, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     epoch = json.loads(_flock("chain", "status", env=env).stdout)["epoch"]
     miners = _by_label(json.loads(_flock("epoch", "report", str(epoch), "--json", env=env).stdout)["miners"])
-    assert miners["honest-good"]["weight"] > miners["honest-fair"]["weight"] > miners["weak-offdomain"]["weight"]
+    assert miners["honest-good"]["weight"] == 1.0  # the others lose every comparison or do not beat the base
+    assert miners["honest-fair"]["eval_loss"] < miners["weak-offdomain"]["eval_loss"]
     assert miners["copier"]["weight"] == 0 and miners["empty"]["weight"] == 0 and miners["malformed"]["weight"] == 0
     # the console shows the stages, not Dagster's DEBUG event log or progress bars (FLOCK_VERBOSE=1 shows them)
     assert " - DEBUG - " not in run.stderr and "Loading weights" not in run.stderr, run.stderr[-2000:]

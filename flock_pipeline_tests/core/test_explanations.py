@@ -26,12 +26,16 @@ def test_win_rate_mode_spells_out_every_comparison_and_the_blend():
     assert "lost to uid 1 (0.9700 against its 1.0000 x 0.96 = 0.9600 for committing earlier)" in text[2]
     assert "beat uid 2 (1.0000 x 0.96 = 0.9600 for committing earlier against its 0.9700)" in text[1]
     assert text[4] == "eval loss 2.6000 is not below the base model's 2.5000: weight 0"
-    fresh = softmax_weights({u: scores[u] for u in (1, 2, 3)}, config.temperature)
+    assert scores == {1: 1.0, 2: 0.5, 3: 0.0, 4: 0.0}
+    fresh = softmax_weights({u: scores[u] for u in (1, 2)}, config.temperature)  # uid 3 won nothing: not paid
     for uid in (1, 2, 3):
         assert f"win rate {scores[uid]:.3f} = {round(scores[uid] * 2)} of 2 comparisons won" in text[uid]
-        assert f"temperature 0.08: {fresh[uid]:.6f}" in text[uid]
+    for uid in (1, 2):
+        assert f"temperature 0.08 (over the miners that won a comparison): {fresh[uid]:.6f}" in text[uid]
         blend = f"(0.8 x {previous.get(uid, 0.0):.6f} + 0.2 x {fresh[uid]:.6f}, renormalised"
         assert blend in text[uid] and text[uid].endswith(f"weight {weights[uid]:.6f}")
+    assert weights[3] == 0 and text[3].endswith("it won no comparison, so it earns nothing (only improvement is paid): "
+                                             "weight 0.000000")
 
 
 def test_without_earlier_weights_there_is_no_blend():

@@ -174,14 +174,26 @@ def test_score_epoch_first_epoch():
     contenders = [C(1, 1.0, 10), C(2, 0.98, 20), C(3, 0.90, 30)]
     rates, weights = score_epoch(contenders, {}, ScoringConfig(epsilon=0.04, temperature=0.08, alpha=0.8))
     assert rates == {1: 0.5, 2: 0.0, 3: 1.0}
-    assert weights == pytest.approx(softmax_weights(rates, 0.08))
+    # only improvement is paid: uid 2 won no comparison, so the softmax shares the weight over uids 1 and 3
+    assert weights == pytest.approx({**softmax_weights({1: 0.5, 3: 1.0}, 0.08), 2: 0.0})
     assert max(weights, key=weights.get) == 3
     validate_weights(weights, eligible={1, 2, 3})
+    # the reference's rule (require_a_win off): every improving miner gets the softmax's share, uid 2 too
+    _, everyone = score_epoch(contenders, {}, ScoringConfig(require_a_win=False))
+    assert everyone == pytest.approx(softmax_weights(rates, 0.08)) and everyone[2] > 0
+
+
+def test_a_miner_that_wins_nothing_is_paid_nothing_even_with_earlier_weight():
+    contenders = [C(1, 1.0, 10), C(2, 0.5, 20)]  # uid 2 beats uid 1 (0.5 < 0.96)
+    rates, weights = score_epoch(contenders, {1: 0.4, 2: 0.6}, ScoringConfig(alpha=0.5))
+    assert rates == {1: 0.0, 2: 1.0} and weights == {1: 0.0, 2: 1.0}
+    assert score_epoch([C(1, 1.0, 10)], {}, ScoringConfig())[1] == {1: 1.0}  # a lone miner wins by default
 
 
 def test_score_epoch_blends_and_drops_departed_miner():
     contenders = [C(1, 1.0, 10), C(2, 0.5, 20)]
-    rates, weights = score_epoch(contenders, {1: 0.4, 7: 0.6}, ScoringConfig(alpha=0.5, temperature=1.0))
+    rates, weights = score_epoch(contenders, {1: 0.4, 7: 0.6}, ScoringConfig(alpha=0.5, temperature=1.0,
+                                                                              require_a_win=False))
     fresh = softmax_weights(rates, 1.0)
     raw = {1: 0.5 * 0.4 + 0.5 * fresh[1], 2: 0.5 * fresh[2]}
     assert weights == pytest.approx({u: w / sum(raw.values()) for u, w in raw.items()})
@@ -358,7 +370,10 @@ def test_bootstrap_requires_per_row_losses():
 def test_no_improvement_over_base_earns_nothing():
     scores, weights = _score([_C(1, 2.0, 1), _C(2, 2.6, 2), _C(3, 2.2, 3)], {}, _Config(), base_loss=2.5)
     assert weights[2] == 0.0 and scores[2] == 0.0
-    assert weights[1] > weights[3] > 0 and sum(weights.values()) == pytest.approx(1.0)
+    assert scores[3] == 0.0 and weights == {1: 1.0, 2: 0.0, 3: 0.0}  # uid 3 lost its only comparison
+    _, reference = _score([_C(1, 2.0, 1), _C(2, 2.6, 2), _C(3, 2.2, 3)], {}, _Config(require_a_win=False),
+                          base_loss=2.5)
+    assert reference[1] > reference[3] > 0 and reference[2] == 0 and sum(reference.values()) == pytest.approx(1.0)
     _, none = _score([_C(1, 2.6, 1)], {}, _Config(), base_loss=2.5)
     assert none == {1: 0.0}
 

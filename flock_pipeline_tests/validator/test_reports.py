@@ -7,8 +7,9 @@ import pytest
 from flock_pipeline.resources.hub import LocalHubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.store import StoreResource
-from flock_pipeline.store import ScoreRecord
+from flock_pipeline.store import ScoreRecord, WeightSubmissionRecord
 from flock_pipeline.validator import reports
+from flock_pipeline.validator.report_table import epoch_report, format_report
 from flock_pipeline.validator.reports import REPORT_FILE, publish_epoch_report, read_miner_report
 
 REPO = "val/reports"
@@ -39,7 +40,7 @@ def test_published_reports_rank_miners_and_keep_the_latest_epochs(setup, monkeyp
     assert [e["epoch"] for e in document["epochs"]] == [2, 3]
     assert read_miner_report(hub, REPO, "b") == {"repo": REPO, "validator": "val", "epoch": 3, "status": "scored",
                                                  "reason": None, "eval_loss": 1.2, "score": 0.75, "win_rate": 0.75,
-                                                 "weight": 0.75,
+                                                 "weight": 0.75, "sent": None,
                                                  "rank": 1, "of": 3}
     assert read_miner_report(hub, REPO, "c")["reason"] == "copies a"
     assert read_miner_report(hub, REPO, "nobody")["epoch"] is None
@@ -60,3 +61,17 @@ def test_an_oversized_report_is_refused_without_reading_it_whole(setup, monkeypa
     monkeypatch.setattr(reports, "MAX_REPORT_BYTES", 100)
     hub.upload("big/reports", b"{" + b" " * 1000 + b"}", filename=REPORT_FILE, private=False)
     assert "limit 100" in read_miner_report(hub, "big/reports", "a")["error"]
+
+
+def test_every_weight_is_shown_beside_the_weight_the_chain_took(setup):
+    """The computed weight and, once sent, the u16 vector's share: a weight the u16 conversion rounds away is 0."""
+    hub, store, settings = setup
+    scores(store, 1, [("a", "scored", None, 1.5, 0.999996), ("b", "scored", None, 1.9, 0.000004)])
+    assert [m["sent"] for m in epoch_report(1, store)] == [None, None]  # nothing sent yet
+    assert "-" in format_report(epoch_report(1, store)).splitlines()[1].split()
+    store.record_weight_submission(WeightSubmissionRecord(epoch=1, success=True, block=5, message="ok", uids=(0, 1),
+                                                weights=(65535, 0), state="applied"))
+    report = {m["hotkey"]: m for m in epoch_report(1, store)}
+    assert report["b"]["weight"] == 0.000004 and report["b"]["sent"] == 0.0 and report["a"]["sent"] == 1.0
+    publish_epoch_report(1, hub, settings, store)
+    assert read_miner_report(hub, REPO, "b")["sent"] == 0.0
