@@ -34,7 +34,7 @@ import numpy as np
 from flock_pipeline.core.neardup import TURN_SEPARATOR, NearDupConfig, Shingles, earliest_near_duplicates, signatures
 from flock_pipeline.core.textnorm import PART_SEPARATOR, fold_parts
 
-MATCHING_VERSION = 2  # bump when the matching rules change: recorded dedup plans of older rules are not reused
+MATCHING_VERSION = 3  # bump when the matching rules change: recorded dedup plans of older rules are not reused
 MIN_ANSWER_WORDS = 5  # shorter answers ("Paris.", "Yes, it is.") are common to honest rows: not matched alone
 AFFIX_MIN_WORDS = 3  # a shared prefix / suffix this long ...
 AFFIX_SHARE = 0.2  # ... on at least this share of a miner's questions (or answers) ...

@@ -1,10 +1,14 @@
 """Text as a reader sees it, for telling copies apart from new data.
 
-`fold(text)` is the form copies are matched on: Unicode NFKC (full-width and mathematical letters, ligatures), then
-every character a reader cannot see removed (format characters such as zero-width spaces and joiners, soft hyphens,
-bidirectional marks, word joiners, tag characters, variation selectors), case folded, every letter a reader cannot
-tell from a Latin letter or digit mapped to it (Unicode's confusables data, TR39, through `confusable-homoglyphs`:
-Cyrillic "а" and Greek "ο" become "a" and "o"), everything but letters and digits turned into single spaces, and
+`fold(text)` is the form copies are matched on, a skeleton: Unicode compatibility decomposition (NFKD: full-width
+and mathematical letters, ligatures, and accented letters split into a letter and its marks), then every combining
+mark dropped ("ṟ", "r" with a macron below, is "r"; "é" is "e") and every character a reader cannot see removed
+(format characters such as zero-width spaces and joiners, soft hyphens, bidirectional marks, word joiners, tag
+characters, variation selectors), case folded, every letter a reader cannot tell from a Latin letter or digit
+mapped to it (Unicode's confusables data, TR39, through `confusable-homoglyphs`, followed up to three look-alikes
+away, each with its marks dropped and a Latin small capital read as its letter: Cyrillic "а", Greek "ο", "η", "κ"
+and "τ" become "a", "o", "n", "k" and "t"), everything but
+letters and digits turned into single spaces, and
 spelled-out numbers written as digits ("twenty-one" and "21" both become "21"; a number stays one word, so two rows
 that differ only in their numbers still differ in a rare word).
 
@@ -35,29 +39,53 @@ def _invisible() -> frozenset[int]:
     return frozenset(found)
 
 
+LOOKALIKE_STEPS = 3  # how many look-alikes away a character's Latin letter may be in the confusables data
+
+
+@lru_cache(maxsize=1)
+def _marks() -> frozenset[int]:
+    """Combining marks (categories Mn and Me): what an accent or a line below adds to the letter before it."""
+    planes = (range(0, 0x20000), range(0xE0000, 0xF0000))
+    return frozenset(cp for plane in planes for cp in plane if unicodedata.category(chr(cp)) in ("Mn", "Me"))
+
+
+def _bare(text: str) -> str:
+    """`text` decomposed, without its combining marks; a Latin letter's small capital or other form named after a
+    plain letter ("LATIN LETTER SMALL CAPITAL T") as that letter."""
+    bare = "".join(c for c in unicodedata.normalize("NFKD", text) if ord(c) not in _marks())
+    named = _LATIN_NAMED.match(unicodedata.name(bare, "")) if len(bare) == 1 else None
+    return named["letter"].lower() if named else bare
+
+
+_LATIN_NAMED = re.compile(r"^LATIN (?:SMALL |CAPITAL )?LETTER (?:SMALL CAPITAL )?(?P<letter>[A-Z])(?: WITH .*)?$")
+
+
 @lru_cache(maxsize=1)
 def _table() -> dict[int, str | None]:
-    """str.translate table: invisible characters -> removed; a non-ASCII character whose confusable (one or two
-    steps away in Unicode's confusables data) is an ASCII letter or digit -> that letter (lower case) or digit."""
+    """str.translate table: invisible characters and combining marks -> removed; a non-ASCII character whose
+    confusable (up to LOOKALIKE_STEPS look-alikes away in Unicode's confusables data, each without its marks) is an
+    ASCII letter or digit -> that letter (lower case) or digit."""
     from confusable_homoglyphs import utils
 
     data = utils.load("confusables.json")
-    table: dict[int, str | None] = {cp: None for cp in _invisible()}
+    table: dict[int, str | None] = {cp: None for cp in _invisible() | _marks()}
 
     def ascii_alnum(chars: list[str]) -> str | None:
         letters = sorted(c.lower() for c in chars if len(c) == 1 and c.isascii() and c.isalpha())
         digits = sorted(c for c in chars if len(c) == 1 and c.isascii() and c.isdigit())
         return (letters or digits or [None])[0]
 
-    for char, homoglyphs in data.items():
+    for char in data:
         if len(char) != 1 or char.isascii() or ord(char) in table:
             continue
-        near = [h["c"] for h in homoglyphs]
-        target = ascii_alnum(near)
-        if target is None:  # two steps: a look-alike of a look-alike
-            target = ascii_alnum([h2["c"] for h in near for h2 in data.get(h, [])])
-        if target is not None:
-            table[ord(char)] = target
+        seen, near = set(), [char]  # the character itself (a small capital), then its look-alikes, ...
+        for _ in range(LOOKALIKE_STEPS + 1):
+            target = ascii_alnum([_bare(c) for c in near])
+            if target is not None:
+                table[ord(char)] = target
+                break
+            seen.update(near)
+            near = [h["c"] for c in near for h in data.get(c, []) if h["c"] not in seen]
     return table
 
 
@@ -155,7 +183,7 @@ def fold_parts(text: str) -> list[str]:
         text = text.lower()
     else:
         table = _table()
-        text = unicodedata.normalize("NFKC", text).translate(table).casefold().translate(table)
+        text = unicodedata.normalize("NFKD", text).translate(table).casefold().translate(table)
     if text.isascii():  # still ASCII after folding: punctuation to spaces by a table, not a regex
         parts = text.translate(_ASCII_SPACES).split(PART_SEPARATOR)
     else:

@@ -24,7 +24,10 @@ ATLAS = synthetic.make_atlas(7, n=60)
     ("sixty-seven million", "67000000"),
     ("one two three", "1 2 3"),  # three numbers, not one
     ("Hello\ufe0f wor\u2060ld", "hello world"),  # variation selector, word joiner
-    ("\u00c9T\u00c9\u2014\u00e9t\u00e9", "\u00e9t\u00e9 \u00e9t\u00e9"),  # accents are letters a reader can tell apart
+    ("\u00c9T\u00c9\u2014\u00e9t\u00e9", "ete ete"),  # the skeleton: accents and other marks dropped
+    ("Mitor r\u0331iver", "mitor river"),  # a combining macron below inside a word
+    ("Ve\u03b7to, the \u03bao\u03c4a", "vento the kota"),  # Greek eta, kappa, tau inside Latin words
+    ("small \u1d1b and \u1d0b", "small t and k"),  # Latin small capitals
 ])
 def test_fold(a, b):
     assert fold(a) == b
