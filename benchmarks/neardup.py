@@ -5,8 +5,10 @@ of its rows with disguised copies of the previous miner's rows, each copier with
 (one word swapped for a synonym, case / whitespace / punctuation changed), invisible characters inside words,
 Cyrillic look-alike letters, the same preamble before every question, the same signature after every answer,
 numbers spelled out, pairs of rows packed into one two-exchange row, numbered boilerplate around each row ("Sure
-thing 12. ... Noted as entry 84."), and a sentence of the copier's own before each answer (a short answer roughly
-doubled). The timed call is the pipeline's own
+thing 12. ... Noted as entry 84."), a sentence of the copier's own before each answer (a short answer roughly
+doubled), Greek look-alikes and combining marks inside words (marks), a stock question with a different word
+inserted into each answer (new-question), and three rows merged into one exchange (merged). The timed call is the
+pipeline's own
 `deduplicate` over all 256,000 rows plus the 200-row eval set (exact + near-duplicate matching, exchange and answer
 level). Precision and recall are measured on the rows `deduplicate` drops as copies: a labelled copy is found when it
 is traced to the miner it was copied from; everything else dropped as a copy is a false positive (e.g. two
@@ -37,7 +39,7 @@ def _unique_name(index: int, parts: int = 4) -> str:
 
 
 DISGUISES = ("paraphrase", "invisible", "homoglyph", "preamble", "signature", "numbers", "packed", "numbered",
-             "own-text")
+             "own-text", "marks", "new-question", "merged")
 
 
 def network(miners: int, rows: int, seed: int = 1):
@@ -66,6 +68,10 @@ def network(miners: int, rows: int, seed: int = 1):
                 copies = [synthetic._row(f"Quick one, friend {i}: {r.turns[0].content}",
                                          f"Sure thing {i}. {r.turns[1].content} Noted as entry {i * 7}.")
                           for i, r in enumerate(source)]
+            elif kind == "new-question":  # a stock question, a different word inserted into each answer
+                copies = synthetic.new_question_inserted_word(source, rng)
+            elif kind == "merged":  # three rows merged into one exchange, answers joined with "; "
+                copies = synthetic.merge_into_one(source)
             elif kind == "own-text":  # a sentence of the copier's own before each copied answer
                 copies = [synthetic._row(r.turns[0].content, f"{j.turns[1].content} {r.turns[1].content}")
                           for r, j in zip(source, synthetic.junk_rows(len(source), m))]

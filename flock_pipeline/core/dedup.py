@@ -7,8 +7,9 @@ invisible characters, look-alike letters, numbers spelled out) by MinHash + LSH 
 
 - each (user turn, assistant answer) exchange of a multi-turn row is matched on its own, so rows packed into one
   multi-turn row are copies of their sources (a row is a copy when at least half of its exchanges are);
-- answers are matched on their own (folded, at least `MIN_ANSWER_WORDS` words): a copied answer under a new question
-  is a copy, since only answers are trained on;
+- answers are matched on their own (folded, at least `MIN_ANSWER_WORDS` words), exactly and as near copies, against
+  every earlier unit and the eval set's: a copied answer under a new question is a copy, a word inserted into it or a
+  few reworded change nothing, since only answers are trained on;
 - rows whose questions or answers start or end with text many of the miner's share (a fixed preamble or signature
   on a fifth of them or more) are also matched without it, so wrapping copied rows in the same added text hides
   nothing.
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from flock_pipeline.core.textnorm import PART_SEPARATOR, fold_parts
 
 MATCHING_VERSION = 3  # bump when the matching rules change: recorded dedup plans of older rules are not reused
 MIN_ANSWER_WORDS = 5  # shorter answers ("Paris.", "Yes, it is.") are common to honest rows: not matched alone
+MIN_SIMILAR_ANSWER_WORDS = 4  # answers matched by similarity (with the rare-word checks): "X mostly exports wine."
+ANSWER_CONTAINMENT = 0.85  # an earlier answer this contained in a later one is copied: one word inserted into a
+# four-word answer leaves 6 of its 7 words and word pairs
 AFFIX_MIN_WORDS = 3  # a shared prefix / suffix this long ...
 AFFIX_SHARE = 0.2  # ... on at least this share of a miner's questions (or answers) ...
 AFFIX_MIN_ROWS = 8  # ... and at least this many is left out of its texts before matching
@@ -173,6 +177,11 @@ def _near_sources(miners: list[MinerRows], eval_texts: tuple[str, ...],
     source = _unit_sources(units, config)
     uid_of = {g: (EVAL_SOURCE if g == -1 else ordered[g].uid) for g, _, _ in groups_rows}
     whole, parts = _matched_units(units, source, uid_of)
+    answers = _units_of(groups_rows, answers=True)  # answers alone, matched among answers only
+    answer_config = replace(config, containment=min(config.containment, ANSWER_CONTAINMENT))
+    for key, found in _matched_units(answers, _unit_sources(answers, answer_config), uid_of)[1].items():
+        for k, uid in found.items():
+            parts.setdefault(key, {}).setdefault(k, uid)
     out: dict[str, dict[int, int]] = {}
     for g, rows, row_claims in groups_rows[1:]:
         hotkey = ordered[g].hotkey
@@ -214,23 +223,25 @@ class _Units:
     answers: dict[str, tuple[tuple[int, int], int]] = field(default_factory=dict)  # folded answer -> (claim, group)
 
 
-def _units_of(groups_rows: list[_GroupRows]) -> _Units:
-    """The units of every group: every variant of a row whole, and each exchange of a multi-turn one; a group's
-    units together, groups in commitment order; only a row as written counts for word rarity. Also each long enough
-    answer's earliest claim, for matching answers on their own."""
+def _units_of(groups_rows: list[_GroupRows], answers: bool = False) -> _Units:
+    """The units of every group: every variant of a row whole, and each exchange of a multi-turn one (`answers`:
+    each answer of at least MIN_ANSWER_WORDS words alone, what the trainer learns from); a group's units together,
+    groups in commitment order; only a row (an answer) as written counts for word rarity. Also each long enough
+    answer's earliest claim, for matching answers exactly."""
     units = _Units()
     for g, rows, row_claims in groups_rows:
         first = len(units.texts)
         for index, (variants, claim) in enumerate(zip(rows, row_claims)):
             for v, row in enumerate(variants):
-                for kind, text in _row_units(row):
+                for kind, text in (_answer_units(row) if answers else _row_units(row)):
                     units.texts.append(text)
                     units.claims.append(claim)
                     units.groups.append(g)
                     units.unit_rows.append((g, index))
                     units.unit_kind.append(kind)
-                    units.counted.append(kind == -1 and v == 0)
-                _note_answers(units.answers, row, claim, g)
+                    units.counted.append(v == 0 and (answers or kind == -1))
+                if not answers:
+                    _note_answers(units.answers, row, claim, g)
         units.prefix_end.extend([len(units.texts)] * (len(units.texts) - first))
     return units
 
@@ -241,6 +252,12 @@ def _row_units(row: list[tuple[str, str]]) -> list[tuple[int, str]]:
     if len(row) > 1:
         units += [(k, f"{q} {a}") for k, (q, a) in enumerate(row)]
     return units
+
+
+def _answer_units(row: list[tuple[str, str]]) -> list[tuple[int, str]]:
+    """(exchange index, answer) of a row's answers of at least MIN_SIMILAR_ANSWER_WORDS words: matched by similarity
+    among answers alone, so a new question and a word inserted into a copied answer hide nothing."""
+    return [(k, a) for k, (_q, a) in enumerate(row) if a.count(" ") + 1 >= MIN_SIMILAR_ANSWER_WORDS]
 
 
 def _note_answers(answers: dict[str, tuple[tuple[int, int], int]], row: list[tuple[str, str]],
@@ -315,7 +332,8 @@ def _row_source(variants: list[list[tuple[str, str]]], raw_text: str, exchanges:
     return None
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?]) +(?=\S)")  # within a turn (turns are separated by TURN_SEPARATOR)
+_SENTENCE_END = re.compile(r"(?<=[.!?;:,]) +(?=\S)")  # clauses within a turn (turns: TURN_SEPARATOR): answers
+# merged into one with "; " or ", " are found as runs of its clauses
 
 
 def _contained_answer(raw: str, earlier) -> int | None:

@@ -10,8 +10,12 @@ their words' hashes in numpy, for all rows at once.
 
 Rows written from one template about different things (two countries' capitals) share most of their words but
 not their rare ones (the names and values), so a pair must also agree on its rare words: those in few rows
-(`rare_rows`, `rare_fraction`). A copy keeps them; rewording changes common words. Rarity is counted over the rows
-that come before the later row's whole group (`prefix_end`), so rows added later never change a decision.
+(`rare_rows`, `rare_fraction`), and the earlier row's rare words, each weighted by its rarity (log of rows over
+rows with it), must be in the later row for at least `rare_weight_share` of their weight. A copy keeps them;
+rewording changes common words, which weigh little; two rows about different places that share a template and a value
+("... is crossed by the Mitor river") differ in a name, which outweighs the template words a small network counts as
+rare. Rarity is counted over the rows that come before the later row's whole group (`prefix_end`), so rows added
+later never change a decision.
 
 MinHash: `num_perm` multiply-shift hashes of every shingle, the minimum per row. LSH: the signature is cut into
 `bands` bands; rows that agree on a whole band are candidates. Within a band bucket each row is paired with the
@@ -51,6 +55,7 @@ class NearDupConfig:
     exact_margin: float = 0.15  # estimates within this of the threshold are decided by the exact similarity
     rare_agreement: float = 0.5  # a copy must also share this much (Jaccard) of the two rows' rare words
     containment: float = 0.9  # or: this share of the earlier row's shingles and rare words is in the later row
+    rare_weight_share: float = 0.8  # and this share of the earlier row's rare words, weighted by rarity, is in it
     rare_rows: int = 50  # a word in at most max(rare_rows, rare_fraction * rows) rows is rare (names, values)
     rare_fraction: float = 0.002
     seed: int = 1  # the hash family (fixed: the same rows always give the same signatures)
@@ -137,10 +142,20 @@ class Shingles:
         """The rare words of rows[k] among the `counted` rows [0, ends[k]) -- those in at most
         max(rare_rows, rare_fraction x those rows) of them -- as a [len(rows), SKETCH] array: each row's distinct rare
         words, smallest hashes first (at most SKETCH), padded with PAD. Vectorised, for many pairs at once."""
+        return self._rare(rows, config, ends)[0]
+
+    def rare_weights(self, rows: np.ndarray, config: NearDupConfig, ends: np.ndarray) -> np.ndarray:
+        """The weight of each word of `rare_sketch` (0 for PAD): its rarity, log((rows + 1) / rows with it) over the
+        counted rows [0, ends[k]). Names and values (in few rows) weigh more than template words."""
+        return self._rare(rows, config, ends)[1]
+
+    def _rare(self, rows: np.ndarray, config: NearDupConfig, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rare_sketch, rare_weights) of `rows`."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.full((len(rows), SKETCH), PAD, dtype=np.uint64)
+        weight = np.zeros((len(rows), SKETCH), dtype=np.float64)
         if len(rows) == 0:
-            return out
+            return out, weight
         index, n = self._rare_index(), len(self)
         lengths = self.offsets[rows + 1] - self.offsets[rows]
         owner = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
@@ -150,19 +165,22 @@ class Shingles:
         base = index["inverse"][positions].astype(np.int64) * (n + 1)
         keys = index["keys"]
         rows_with = np.searchsorted(keys, base + end_of) - np.searchsorted(keys, base)
-        limit = np.maximum(config.rare_rows, config.rare_fraction * index["counted_before"][end_of])
+        counted = index["counted_before"][end_of]
+        limit = np.maximum(config.rare_rows, config.rare_fraction * counted)
         rare = rows_with <= limit
         owner, words = owner[rare], self.words[positions][rare]
+        idf = np.log((counted[rare] + 1.0) / np.maximum(rows_with[rare], 1))
         order = np.lexsort((words, owner))
-        owner, words = owner[order], words[order]
+        owner, words, idf = owner[order], words[order], idf[order]
         distinct = np.ones(len(words), dtype=bool)
         distinct[1:] = (owner[1:] != owner[:-1]) | (words[1:] != words[:-1])
-        owner, words = owner[distinct], words[distinct]
+        owner, words, idf = owner[distinct], words[distinct], idf[distinct]
         first = np.searchsorted(owner, owner)  # each entry's position within its row's run
         slot = np.arange(len(owner)) - first
         fits = slot < SKETCH
         out[owner[fits], slot[fits]] = words[fits]
-        return out
+        weight[owner[fits], slot[fits]] = idf[fits]
+        return out, weight
 
     def row_set(self, i: int) -> set[int]:
         w = self.words[self.offsets[i]:self.offsets[i + 1]].tolist()
@@ -293,14 +311,21 @@ def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarra
     rows, cands, est = rows[keep], cands[keep], est[keep]
     order = np.lexsort((rank[cands], rows))  # per row, earliest candidate first
     rows, cands, est = rows[order], cands[order], est[order]
-    rare_ok = rare_within = np.ones(len(rows), dtype=bool)
+    rare_ok = rare_within = names_kept = np.ones(len(rows), dtype=bool)
     if exact:  # both rows' rare words counted over the rows up to the later row's group's end (see the module)
         ends = prefix_end if prefix_end is not None else np.full(n, len(shingles), dtype=np.int64)
         own, where = np.unique(rows, return_inverse=True)
         a = shingles.rare_sketch(own, config, ends[own])[where]
         combos, at = np.unique(cands.astype(np.int64) * (n + 1) + ends[rows], return_inverse=True)
-        b = shingles.rare_sketch(combos // (n + 1), config, combos % (n + 1))[at]  # once per (cand, end)
+        b, b_weight = shingles._rare(combos // (n + 1), config, combos % (n + 1))  # once per (cand, end)
+        b, b_weight = b[at], b_weight[at]
         size_a, size_b = (a != PAD).sum(axis=1), (b != PAD).sum(axis=1)
+        # the earlier row's rare words, weighted by their rarity, must nearly all be in this one: two rows about
+        # different things in one template differ in a name, which outweighs the template words a small network
+        # counts as rare; a reworded common word weighs little
+        in_a = (b[:, :, None] == a[:, None, :]).any(axis=2)
+        share = (b_weight * in_a).sum(axis=1) / np.maximum(b_weight.sum(axis=1), 1e-12)
+        names_kept = (size_b == 0) | (share >= config.rare_weight_share)
         inter = ((a[:, :, None] == b[:, None, :]) & (a != PAD)[:, :, None]).sum(axis=(1, 2))
         union = size_a + size_b - inter
         both = (size_a > 0) & (size_b > 0)
@@ -308,6 +333,7 @@ def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarra
         rare_within = (size_b == 0) | (inter >= config.containment * size_b)  # b's rare words are in a
     rows, cands, est = rows.tolist(), cands.tolist(), est.tolist()
     rare_ok, rare_within = rare_ok.tolist(), rare_within.tolist()
+    names_kept = names_kept.tolist()
     sets: dict[int, set[int]] = {}
 
     def cached(cache: dict, fn, i) -> set[int]:
@@ -320,6 +346,8 @@ def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarra
             continue  # already traced to an earlier source
         if exact:  # the rare-word checks first: they are cheap and reject most same-template pairs
             if not (rare_ok[k] or rare_within[k]):
+                continue
+            if not names_kept[k]:
                 continue
             if e < high or not rare_ok[k]:
                 mine, theirs = cached(sets, shingles.row_set, row), cached(sets, shingles.row_set, cand)

@@ -179,14 +179,16 @@ _LOOK_ALIKES = {"a": "\u0430", "e": "\u0435", "o": "\u043e", "p": "\u0440", "c":
 _INVISIBLE = ("\u200b", "\u200c", "\u200d", "\u2060", "\u00ad", "\ufeff")
 PREAMBLE = "Please answer the following question carefully and concisely, in plain English: "
 SIGNATURE = " I hope this helps; let me know if you would like more details about this topic."
-DISGUISES = ("invisible", "homoglyph", "preamble", "signature", "numbers")
+DISGUISES = ("invisible", "homoglyph", "preamble", "signature", "numbers", "marks")
 
 
 def disguise(row: ChatRow, kind: str, rng: random.Random) -> ChatRow:
     """A copier's disguise that costs nothing and keeps what the trainer learns:
     invisible: zero-width and other invisible characters inside words; homoglyph: Latin letters swapped for Cyrillic
     look-alikes; preamble: the same text before every question (only answers are trained on); signature: the same
-    text after every answer; numbers: digits written out as words ("1650" -> "one thousand six hundred fifty")."""
+    text after every answer; numbers: digits written out as words ("1650" -> "one thousand six hundred fifty");
+    marks: Greek look-alikes that confusables tables do not tie to Latin letters directly (eta for n, kappa for k,
+    tau for t) and a combining macron below after letters, inside words."""
     turns = [t.content for t in row.turns]
     if kind not in DISGUISES:
         raise ValueError(f"unknown disguise {kind!r}: use one of {', '.join(DISGUISES)}")
@@ -220,9 +222,49 @@ def _spelled_numbers(turns: list[str], rng: random.Random) -> list[str]:
     return [" ".join(spell_number(w) if w.isdigit() else w for w in text.split(" ")) for text in turns]
 
 
+_GREEK = {"n": "\u03b7", "k": "\u03ba", "t": "\u03c4"}
+
+
+def _greek_and_marks(turns: list[str], rng: random.Random) -> list[str]:
+    """About half of the n, k and t as Greek eta, kappa and tau; a combining macron below (U+0331) after about 15%
+    of the other letters."""
+    def letter(ch: str) -> str:
+        if ch in _GREEK and rng.random() < 0.5:
+            return _GREEK[ch]
+        return ch + ("\u0331" if ch.isalpha() and rng.random() < 0.15 else "")
+
+    return ["".join(map(letter, text)) for text in turns]
+
+
 # DISGUISES' kinds -> the turns disguised; every function takes the generator, whether it draws from it or not
 _DISGUISERS = {"invisible": _invisible_inside, "homoglyph": _homoglyphs, "preamble": _with_preamble,
-               "signature": _with_signature, "numbers": _spelled_numbers}
+               "signature": _with_signature, "numbers": _spelled_numbers, "marks": _greek_and_marks}
+
+INSERTED_WORDS = ("indeed", "notably", "truly", "certainly", "clearly", "really", "surely", "simply", "plainly",
+                  "quite", "famously", "reportedly")
+
+
+def new_question_inserted_word(rows: list[ChatRow], rng: random.Random) -> list[ChatRow]:
+    """Copies under a stock question each, every answer with a different word inserted at a random place (no
+    shared affix forms): what the trainer learns from is the copied answer."""
+    out = []
+    for i, row in enumerate(rows):
+        words = row.turns[-1].content.split(" ")
+        at = rng.randrange(1, len(words))
+        answer = " ".join(words[:at] + [INSERTED_WORDS[i % len(INSERTED_WORDS)]] + words[at:])
+        out.append(_row(f"Something worth knowing, item {i}?", answer, row.system))
+    return out
+
+
+def merge_into_one(rows: list[ChatRow], size: int = 3, separator: str = "; ") -> list[ChatRow]:
+    """Every `size` rows as one exchange: the questions joined, the answers joined with `separator`."""
+    out = []
+    for i in range(0, len(rows), size):
+        group = rows[i:i + size]
+        question = " Also, ".join(r.turns[0].content for r in group)
+        answer = separator.join(r.turns[-1].content.rstrip(".") for r in group) + "."
+        out.append(_row(question, answer, group[0].system))
+    return out
 
 
 def spell_number(digits: str) -> str:

@@ -63,6 +63,12 @@ COPIES["numbered boilerplate around each row"] = lambda rows, rng: [
 COPIES["text of its own around each row"] = lambda rows, rng: [
     synthetic._row(r.turns[0].content, f"{j.turns[1].content} {r.turns[1].content}")
     for r, j in zip(rows, synthetic.junk_rows(len(rows), 11))]
+COPIES["new question, a different word inserted into each answer"] = synthetic.new_question_inserted_word
+COPIES["rows merged into one exchange, answers joined with ;"] = lambda rows, rng: synthetic.merge_into_one(rows)
+COPIES["rows merged into one exchange, answers joined with ,"] = lambda rows, rng: synthetic.merge_into_one(
+    rows, separator=", ")
+
+
 COPIES["every disguise at once"] = lambda rows, rng: synthetic.pack(
     [synthetic.disguise(synthetic.disguise(synthetic.disguise(r, "homoglyph", rng), "invisible", rng), "signature",
                         rng) for r in rows])
@@ -79,7 +85,10 @@ def test_a_disguised_copy_is_ineligible_and_names_the_original(kind):
     # the same river or capital can pass the similarity bar (a known limit of row-level near matching)
     assert plans["hk2"].eligible and plans["hk2"].rows_kept >= 58
     assert not plans["hk3"].eligible and "uid 1:" in plans["hk3"].reason and "uid 2" not in plans["hk3"].reason
-    if kind == "text of its own around each row":
+    if kind == "new question, a different word inserted into each answer":
+        # a word inserted inside a number ("4120 indeed thousand") changes the number as matching reads it
+        assert plans["hk3"].rows_kept <= len(copier) // 5
+    elif kind == "text of its own around each row":
         # each answer roughly doubled by text of its own: the earlier row is contained in the later one (its answer
         # sentences all appear there); answers under MIN_ANSWER_WORDS words are not matched as sentences
         assert plans["hk3"].rows_kept <= len(copier) // 5
@@ -94,6 +103,30 @@ def test_a_merge_of_two_miners_is_ineligible_naming_both():
     plans = deduplicate([_miner(1, a), _miner(2, b), _miner(3, merged)], config=DedupConfig())
     assert not plans["hk3"].eligible and "uid 1: " in plans["hk3"].reason and "uid 2: " in plans["hk3"].reason
     assert plans["hk3"].rows_kept <= 3
+
+
+def test_eval_rows_behind_a_new_question_and_an_inserted_word_are_leaks():
+    rng = random.Random(5)
+    eval_rows = synthetic.eval_rows(ATLAS)[:60]
+    leaker = synthetic.new_question_inserted_word(eval_rows, rng)
+    plans = deduplicate([_miner(1, _honest(0)), _miner(2, leaker)], config=DedupConfig(),
+                        eval_texts=tuple(row_text(r) for r in eval_rows))
+    assert plans["hk1"].eligible and plans["hk1"].eval_leaks == 0
+    # all but the rows whose inserted word split a number ("4120 indeed thousand" reads as other numbers)
+    assert not plans["hk2"].eligible and plans["hk2"].reason.startswith("eval leakage")
+    assert plans["hk2"].eval_leaks >= 54
+
+
+def test_an_honest_miner_about_other_places_on_the_same_templates_keeps_every_row():
+    """Rows about different countries in the same wordings, some sharing a value (the same river, capital or
+    export): in a small network template words count as rare, but each row's name differs."""
+    first, second = ATLAS[:30], ATLAS[30:]
+    shared = [synthetic.Country(c.name, first[i].capital, first[i].river, first[i].export, c.founded, c.population)
+              for i, c in enumerate(second)]  # every value of the other miner's country, another name
+    rows_a = [synthetic._fact_row(c, fact, 2) for c in first for fact in ("river", "capital", "export")]
+    rows_b = [synthetic._fact_row(c, fact, 2) for c in shared for fact in ("river", "capital", "export")]
+    plans = deduplicate([_miner(1, rows_a[:60]), _miner(2, rows_b[:60])], config=DedupConfig())
+    assert plans["hk2"].eligible and plans["hk2"].rows_kept == 60, plans["hk2"]
 
 
 def test_honest_miners_on_the_same_template_are_not_copies():
