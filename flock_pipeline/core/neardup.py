@@ -11,10 +11,10 @@ their words' hashes in numpy, for all rows at once.
 Rows written from one template about different things (two countries' capitals) share most of their words but
 not their rare ones (the names and values), so a pair must also agree on its rare words: those in few rows
 (`rare_rows`, `rare_fraction`), and the earlier row's rare words, each weighted by its rarity (log of rows over
-rows with it), must be in the later row for at least `rare_weight_share` of their weight. A copy keeps them;
-rewording changes common words, which weigh little; two rows about different places that share a template and a value
-("... is crossed by the Mitor river") differ in a name, which outweighs the template words a small network counts as
-rare. Rarity is counted over the rows that come before the later row's whole group (`prefix_end`), so rows added
+rows with it), must be in the later row for at least `rare_weight_share` of their weight, its two rarest among them.
+A copy keeps them; rewording changes common words, which weigh little; two rows about different places that share a
+template and a value ("... is crossed by the Mitor river") differ in a name, one of the two rarest words, even where a
+small network counts template words as rare. Rarity is counted over the rows that come before the later row's whole group (`prefix_end`), so rows added
 later never change a decision.
 
 MinHash: `num_perm` multiply-shift hashes of every shingle, the minimum per row. LSH: the signature is cut into
@@ -43,6 +43,7 @@ TURN_SEPARATOR = PART_SEPARATOR  # between the turns of a row's text (folding tu
 _PAIR_MIX = np.uint64(0x9E3779B97F4A7C15)
 _EMPTY = np.iinfo(np.uint32).max
 SKETCH = 16  # rare words kept per row for the vectorised rare-word checks (rows rarely have more)
+RAREST_KEPT = 2  # the earlier row's rarest words a near copy must keep, whatever their share (its name and value)
 PAD = np.uint64(np.iinfo(np.uint64).max)
 _MASK64 = (1 << 64) - 1
 
@@ -325,7 +326,9 @@ def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarra
         # counts as rare; a reworded common word weighs little
         in_a = (b[:, :, None] == a[:, None, :]).any(axis=2)
         share = (b_weight * in_a).sum(axis=1) / np.maximum(b_weight.sum(axis=1), 1e-12)
-        names_kept = (size_b == 0) | (share >= config.rare_weight_share)
+        top = np.argsort(-b_weight, axis=1, kind="stable")[:, :RAREST_KEPT]  # the earlier row's rarest words
+        rarest_in_a = np.take_along_axis(in_a | (b == PAD), top, axis=1).all(axis=1)
+        names_kept = (size_b == 0) | ((share >= config.rare_weight_share) & rarest_in_a)
         inter = ((a[:, :, None] == b[:, None, :]) & (a != PAD)[:, :, None]).sum(axis=(1, 2))
         union = size_a + size_b - inter
         both = (size_a > 0) & (size_b > 0)

@@ -25,8 +25,10 @@ from flock_pipeline.defs.planner import (PREFETCH_TAG, batch_key, batch_request,
 from flock_pipeline.resources import batch_settings
 from flock_pipeline.resources.chain import ChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
+from flock_pipeline.resources.hub import HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.store import StoreResource
+from flock_pipeline.validator.commitments import eval_waiting
 from flock_pipeline.validator.datasets import verdict_keys
 from flock_pipeline.validator.weights import MAX_SENDS
 
@@ -44,8 +46,11 @@ def _cursor(raw: str | None, default):
 
 
 @dg.sensor(minimum_interval_seconds=SENSOR_INTERVAL_S, job=epoch_stage, default_status=dg.DefaultSensorStatus.STOPPED)
-def new_block_sensor(context: dg.SensorEvaluationContext, chain: ChainResource) -> dg.SensorResult | dg.SkipReason:
-    """Opens epoch N when the chain reaches block N * tempo (once per network: a re-seeded chain starts again)."""
+def new_block_sensor(context: dg.SensorEvaluationContext, chain: ChainResource, hub: HubResource,
+                     settings: ValidatorSettingsResource, store: StoreResource) -> dg.SensorResult | dg.SkipReason:
+    """Opens epoch N when the chain reaches block N * tempo (once per network: a re-seeded chain starts again), and,
+    for a game under the eval policy `after_commitments`, once its eval set has a revision published after the
+    epoch's cut-off (until then it skips, and each tick records the eval repos' heads)."""
     network = chain.network_id()
     block = chain.current_block()
     epoch = chain.epoch_of(block)
@@ -54,6 +59,9 @@ def new_block_sensor(context: dg.SensorEvaluationContext, chain: ChainResource) 
         last = -1
     if epoch <= int(last):
         return dg.SkipReason(f"block {block}: epoch {epoch} already opened")
+    waiting = eval_waiting(epoch, block, chain, hub, settings, store)
+    if waiting is not None:
+        return dg.SkipReason(f"block {block}: epoch {epoch} waits: {waiting}")
     key = str(epoch)
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=scoped(network, f"epoch:{key}"), partition_key=key,

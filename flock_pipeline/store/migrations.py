@@ -94,6 +94,9 @@ MIGRATIONS: tuple[Migration, ...] = (
                "rows INTEGER, release_loss {double}, random_losses {doubles}, base_loss {double}, "
                "previous_epoch INTEGER, previous_loss {double}, recipe_hash VARCHAR, seconds {double}, "
                "created_at TIMESTAMP, PRIMARY KEY (epoch, config))",)),
+    Migration(11, "the eval sets' heads as the validator saw them, block by block (eval policy after_commitments)",
+              ("CREATE TABLE IF NOT EXISTS eval_observations (repo VARCHAR, block BIGINT, revision VARCHAR, "
+               "seen_at TIMESTAMP, PRIMARY KEY (repo, block))",)),
 )
 # Older rows have NULL in the columns added by migrations 2 and 3: `competition` NULL reads as "the one curation
 # competition" and `competition_weight` NULL as "same as weight".

@@ -298,6 +298,19 @@ class CompetitionRoundRecord(Record):
 
 
 @dataclass(frozen=True)
+class EvalObservationRecord(Record):
+    """The head of an eval set's repo as the validator saw it at a block: the evidence that a revision was published
+    after a block (the eval policy `after_commitments`)."""
+
+    TABLE: ClassVar[str] = "eval_observations"
+    KEY: ClassVar[tuple[str, ...]] = ("repo", "block")
+    repo: str
+    block: int
+    revision: str
+    seen_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class CorpusValueRecord(Record):
     """What training on one config of an epoch's release is worth: the held-out loss after fine-tuning the base
     model on its rows, against the base model, rows drawn at random from everything submitted that epoch (one loss
@@ -327,5 +340,5 @@ class CorpusValueRecord(Record):
 RECORDS: tuple[type[Record], ...] = (
     EpochRecord, CommitmentRecord, DatasetRecord, DatasetRowRecord, ShardRecord, DedupPlanRecord, ShardRowRecord,
     EvalResultRecord, ScoreRecord, WeightSubmissionRecord, CorpusRecord, EpochCompetitionRecord,
-    CompetitionRoundRecord, CorpusValueRecord)
+    CompetitionRoundRecord, CorpusValueRecord, EvalObservationRecord)
 RECORD_OF_TABLE = {r.TABLE: r for r in RECORDS}

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from flock_pipeline.store.backends import Backend, Transaction, backend_for
 from flock_pipeline.store.records import (
     RECORD_OF_TABLE, CommitmentRecord, CompetitionRoundRecord, CorpusRecord, CorpusValueRecord, DatasetRecord,
-    DatasetRowRecord,
+    DatasetRowRecord, EvalObservationRecord,
     DedupPlanRecord, EpochCompetitionRecord, EpochRecord, EvalResultRecord, Record, ScoreRecord, ShardRecord,
     ShardRowRecord, WeightSubmissionRecord, decode_json)
 
@@ -394,6 +394,13 @@ class StoreOps:
     def corpora_before(self, epoch: int) -> list[CorpusRecord]:
         """The corpus releases of the epochs before `epoch`, newest first."""
         return self._select(CorpusRecord, "epoch < ?", [epoch], "epoch DESC")
+
+    def record_eval_observation(self, observation: EvalObservationRecord) -> None:
+        self._put(observation)
+
+    def eval_observations(self, repo: str) -> list[EvalObservationRecord]:
+        """What the validator saw as `repo`'s head, oldest block first."""
+        return self._select(EvalObservationRecord, "repo = ?", [repo], "block")
 
     def record_corpus_value(self, value: CorpusValueRecord) -> None:
         self._put(value)

@@ -14,11 +14,62 @@ from flock_pipeline.resources.chain import ChainResource, Neuron, RawCommitment
 from flock_pipeline.resources.hub import HubError, HubResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.store import StoreResource
-from flock_pipeline.store import CommitmentRecord, CompetitionRoundRecord, EpochCompetitionRecord, EpochRecord, utcnow
+from flock_pipeline.store import (CommitmentRecord, CompetitionRoundRecord, EpochCompetitionRecord, EpochRecord,
+                                  EvalObservationRecord, utcnow)
 
 
 class EpochNotReached(FlockError, RuntimeError):
     """The chain has not reached the epoch's first block yet: nothing is read or recorded."""
+
+
+class EvalNotPublished(EpochNotReached):
+    """A competition with the eval policy `after_commitments` has no eval revision published after the epoch's
+    commitment cut-off yet: the epoch waits (nothing is recorded), and opens once one is seen."""
+
+
+def observe_eval_head(c: Competition, hub: HubResource, store: StoreResource, block: int) -> str:
+    """The eval repo's head now, recorded as seen at `block` (the pinned revision, when the game pins one)."""
+    head = c.eval_revision or hub.head(c.eval_repo)
+    store.record_eval_observation(EvalObservationRecord(repo=c.eval_repo, block=block, revision=head,
+                                                        seen_at=utcnow()))
+    return head
+
+
+def fresh_eval_revision(c: Competition, cutoff: int, now: int, hub: HubResource, store: StoreResource) -> str:
+    """The eval revision of a per-epoch game under `after_commitments`: the first head seen after one the validator
+    saw at or after the commitment cut-off, so it was published after the cut-off (and no miner committed at the
+    cut-off can have seen it). A pinned revision is taken as it is (commitments made after it was first seen are
+    refused, see `_Judge`). EvalNotPublished while there is none."""
+    head = observe_eval_head(c, hub, store, now)
+    if c.eval_revision:
+        return head
+    seen = [o for o in store.eval_observations(c.eval_repo) if o.block >= cutoff]
+    fresh = next((o for o in seen if o.revision != seen[0].revision), None) if seen else None
+    if fresh is None:
+        raise EvalNotPublished(
+            f"competition {c.name!r} (eval policy after_commitments): no revision of {c.eval_repo} published after "
+            f"the commitment cut-off at block {cutoff} yet (head {head[:12]} was there at block "
+            f"{seen[0].block if seen else now}); the epoch opens once a new revision is published")
+    return fresh.revision
+
+
+def eval_waiting(epoch: int, now: int, chain: ChainResource, hub: HubResource, settings: ValidatorSettingsResource,
+                 store: StoreResource) -> str | None:
+    """Why `epoch` cannot open yet (a game under `after_commitments` has no eval revision published after the
+    epoch's cut-off); None: it can. Each call records what the eval repos' heads are now: the block sensor's ticks
+    are how a new revision is seen soon after it is published."""
+    for c in settings.competition_set():
+        if c.eval_policy == "after_commitments":
+            try:
+                fresh_eval_revision(c, chain.epoch_start(epoch), now, hub, store)
+            except EvalNotPublished as exc:
+                return str(exc)
+    return None
+
+
+def first_seen_block(c: Competition, revision: str, store: StoreResource) -> int | None:
+    """The first block at which the validator saw `revision` of the competition's eval repo."""
+    return next((o.block for o in store.eval_observations(c.eval_repo) if o.revision == revision), None)
 
 
 def open_rounds(epoch: int, block: int, chain: ChainResource, hub: HubResource,
@@ -33,7 +84,10 @@ def open_rounds(epoch: int, block: int, chain: ChainResource, hub: HubResource,
     out, rows = {}, []
     for c in competitions:
         rnd = c.round_at(block, clock)
-        revision = _round_revision(epoch, c, rnd, hub, store)
+        if rnd.round_id == "epoch" and c.eval_policy == "after_commitments":
+            revision = fresh_eval_revision(c, block, chain.current_block(), hub, store)
+        else:
+            revision = _round_revision(epoch, c, rnd, hub, store)
         out[c.name] = (rnd, revision)
         rows.append(EpochCompetitionRecord(
             epoch=epoch, competition=c.name, kind=c.kind, share=float(c.share), eval_repo=c.eval_repo,
@@ -144,7 +198,19 @@ class _Judge:
             neuron = self._kept(raw, competition.name, rnd, row)
         verdict = acceptance(raw.block, neuron.registration_block if neuron else None, self.block, self.min_age)
         row.update(status=verdict.status, reason=verdict.reason)
+        if verdict.status == "ok" and competition.eval_policy == "after_commitments":
+            self._after_eval(raw, competition, row)
         return row
+
+    def _after_eval(self, raw: RawCommitment, competition, row: dict) -> None:
+        """Under `after_commitments`, a commitment made when the eval revision it would be scored on was already
+        published (seen by this validator) is refused: its rows could come from the eval set."""
+        revision = self.rounds[competition.name][1]
+        seen = first_seen_block(competition, revision, self.store)
+        if seen is not None and raw.block >= seen:
+            row.update(status="rejected", reason=f"committed at block {raw.block}, after eval revision "
+                       f"{revision[:12]} was published (seen at block {seen}): scored on an eval set it could have "
+                       "seen (eval policy after_commitments)")
 
     def _resolved(self, c: Commitment, competition, row: dict) -> bool:
         """A short revision (a 7-39 hex prefix), for a game that accepts one, resolved to the full commit id it names

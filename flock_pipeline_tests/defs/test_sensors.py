@@ -22,7 +22,8 @@ def _keys(result):
 def test_new_block_sensor_opens_each_epoch_once(demo):
     _, resources, instance, epoch = demo
     chain = resources["chain"]
-    ctx = dg.build_sensor_context(instance=instance, resources={"chain": chain})
+    block_res = {k: resources[k] for k in ("chain", "hub", "settings", "store")}
+    ctx = dg.build_sensor_context(instance=instance, resources=block_res)
     result = new_block_sensor(ctx)
     net = chain.network_id()
     assert net.startswith("local-") and chain.network_id() == net
@@ -30,14 +31,14 @@ def test_new_block_sensor_opens_each_epoch_once(demo):
     assert result.run_requests[0].job_name == "epoch_stage"
     assert result.dynamic_partitions_requests[0].partition_keys == [str(epoch)]
     assert json.loads(result.cursor) == {"network": net, "state": epoch}
-    again = new_block_sensor(dg.build_sensor_context(instance=instance, resources={"chain": chain},
+    again = new_block_sensor(dg.build_sensor_context(instance=instance, resources=block_res,
                                                      cursor=result.cursor))
     assert isinstance(again, dg.SkipReason)
-    legacy = new_block_sensor(dg.build_sensor_context(instance=instance, resources={"chain": chain},
+    legacy = new_block_sensor(dg.build_sensor_context(instance=instance, resources=block_res,
                                                       cursor=str(epoch)))  # a cursor from before networks
     assert isinstance(legacy, dg.SkipReason)
     chain.advance(chain.tempo)
-    later = new_block_sensor(dg.build_sensor_context(instance=instance, resources={"chain": chain},
+    later = new_block_sensor(dg.build_sensor_context(instance=instance, resources=block_res,
                                                      cursor=result.cursor))
     assert _keys(later)[0][1] == str(epoch + 1)
 
@@ -50,13 +51,13 @@ def test_sensors_start_again_on_a_reseeded_network(demo):
     from flock_pipeline.resources import build_resources
 
     home, resources, instance, epoch = demo
-    res = {"chain": resources["chain"], "settings": resources["settings"]}
+    res = {k: resources[k] for k in ("chain", "hub", "settings", "store")}
     opened = new_block_sensor(dg.build_sensor_context(instance=instance, resources=res))
     fetched = commitment_sensor(dg.build_sensor_context(instance=instance, resources=res))
     old = resources["chain"].network_id()
     assert seed_demo_network(home) == epoch
     again = build_resources(home)
-    res = {"chain": again["chain"], "settings": again["settings"]}
+    res = {k: again[k] for k in ("chain", "hub", "settings", "store")}
     assert again["chain"].network_id() != old
     reopened = new_block_sensor(dg.build_sensor_context(instance=instance, resources=res, cursor=opened.cursor))
     assert [r.partition_key for r in reopened.run_requests] == [str(epoch)]

@@ -276,7 +276,14 @@ def test_the_block_sensor_opens_each_epoch_once_through_a_tempo_change(tmp_path)
 
     from flock_pipeline.defs.sensors import new_block_sensor
 
+    from flock_pipeline.resources.hub import LocalHubResource
+    from flock_pipeline.resources.settings import ValidatorSettingsResource
+    from flock_pipeline.resources.store import StoreResource
+
     chain = LocalChainResource(path=str(tmp_path / "chain.json"), tempo=10)
+    resources = {"chain": chain, "hub": LocalHubResource(root=str(tmp_path / "hub")),
+                 "settings": ValidatorSettingsResource(competitions="curation"),
+                 "store": StoreResource(url=f"duckdb://{tmp_path / 'w.duckdb'}")}
     opened, cursor = [], None
     with dg.instance_for_test() as instance:
         for block in range(1, 200):
@@ -284,7 +291,7 @@ def test_the_block_sensor_opens_each_epoch_once_through_a_tempo_change(tmp_path)
             if block == 35:
                 chain.configure(tempo=50)  # from epoch 3 (block 30) on: epoch 4 starts at block 80
             result = new_block_sensor(dg.build_sensor_context(instance=instance, cursor=cursor,
-                                                              resources={"chain": chain}))
+                                                              resources=resources))
             if isinstance(result, dg.SensorResult):
                 opened += [r.partition_key for r in result.run_requests]
                 cursor = result.cursor

@@ -195,6 +195,9 @@ class CompetitionScores:
     note: str = ""
 
 
+EVAL_POLICIES = ("head", "after_commitments")
+
+
 @dataclass(frozen=True)
 class Competition(ABC):
     """A game of the subnet. Subclasses are frozen dataclasses with their own rules' settings."""
@@ -207,6 +210,9 @@ class Competition(ABC):
     recipe: Mapping[str, Any] = field(default_factory=dict)  # TrainRecipe overrides for this competition
     heldout_repo: str = ""  # a dataset repo no miner is scored against: what training on the corpus is worth is
     # measured there (`corpus_value`); empty: not measured
+    eval_policy: str = "head"  # which eval revision an epoch is scored on: "head" (the repo's head when the epoch
+    # opens, or the pinned revision) | "after_commitments" (the first revision published after the epoch's
+    # commitment cut-off, which no miner can have seen; pinned: commitments made after it was seen are refused)
 
     kind: ClassVar[str] = ""
     row_format: ClassVar[RowFormat] = CHAT  # the rows it takes (core/rowformats.py)
@@ -235,6 +241,12 @@ class Competition(ABC):
             raise CompetitionConfigError(f"{where}: recipe.objective must be {self.objective.name} (the game "
                                          f"scores its {self.objective.metric} with the {self.objective.name} "
                                          "objective)")
+        if self.eval_policy not in EVAL_POLICIES:
+            raise CompetitionConfigError(f"{where}: eval_policy must be one of {', '.join(EVAL_POLICIES)}, got "
+                                         f"{self.eval_policy!r}")
+        if self.eval_policy == "after_commitments" and (self.daily_rounds or self.eval_set_role != "held_out"):
+            raise CompetitionConfigError(f"{where}: eval_policy after_commitments needs a held-out eval set scored "
+                                         "per epoch (a daily game's pool is public by design)")
         if self.in_corpus and self.row_format.corpus_config is None:
             raise CompetitionConfigError(f"{where}: its {self.row_format.name} rows have no corpus config")
 
