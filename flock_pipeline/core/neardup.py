@@ -14,8 +14,8 @@ not their rare ones (the names and values), so a pair must also agree on its rar
 rows with it), must be in the later row for at least `rare_weight_share` of their weight, its two rarest among them.
 A copy keeps them; rewording changes common words, which weigh little; two rows about different places that share a
 template and a value ("... is crossed by the Mitor river") differ in a name, one of the two rarest words, even where a
-small network counts template words as rare. Rarity is counted over the rows that come before the later row's whole group (`prefix_end`), so rows added
-later never change a decision.
+small network counts template words as rare. Rarity is counted over the rows that come before the later row's whole
+group (`prefix_end`), so rows added later never change a decision.
 
 MinHash: `num_perm` multiply-shift hashes of every shingle, the minimum per row. LSH: the signature is cut into
 `bands` bands; rows that agree on a whole band are candidates. Within a band bucket each row is paired with the
