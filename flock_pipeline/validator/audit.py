@@ -181,8 +181,8 @@ def parse_line_ranges(text: str, limit: int = 1_000_000) -> list[int]:
     """The line numbers of `line_ranges`' text (ValueError on anything else, or more than `limit` lines)."""
     out: list[int] = []
     for part in filter(None, str(text).split(",")):
-        low, _, high = part.partition("-")
-        first, last = int(low), int(high or low)
+        low, dash, high = part.partition("-")
+        first, last = int(low), int(high if dash else low)  # "1-" is no range
         if first < 1 or last < first or len(out) + last - first + 1 > limit:
             raise ValueError(f"bad line range {part!r}")
         out.extend(range(first, last + 1))
