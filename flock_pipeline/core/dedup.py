@@ -97,6 +97,7 @@ class ShardPlan:
     rows_in: int = 0
     reason: str | None = None  # why the miner is ineligible, None when eligible
     rule_views: dict[str, dict] = field(default_factory=dict)  # games with rule sets: each one's verdict on it
+    advisory: str | None = None  # what the operator should see about it that changes no weight
 
     @property
     def eligible(self) -> bool:

@@ -195,8 +195,10 @@ def top_k_winner(contenders: list[Contender], top_fraction: float) -> int | None
 
 def paid_win_rates(rates: Mapping[int, float], config: ScoringConfig) -> dict[int, float]:
     """The win rates the softmax shares the weight over: with `require_a_win`, only miners that won a comparison (a
-    copy that loses to its original and to everyone else is not paid the softmax's small change)."""
-    return {uid: r for uid, r in rates.items() if r > 0 or not config.require_a_win}
+    copy that loses to its original and to everyone else is not paid the softmax's small change); when nobody won
+    one (every comparison a tie), all of them alike."""
+    paid = {uid: r for uid, r in rates.items() if r > 0 or not config.require_a_win}
+    return paid or dict(rates)
 
 
 def softmax_weights(win_rates: Mapping[int, float], temperature: float) -> dict[int, float]:

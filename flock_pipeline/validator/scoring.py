@@ -66,8 +66,12 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
         outcomes[competition.name] = outcome
         _apply_outcome(rows, competition.name, outcome)
     _combine(rows, competitions, outcomes, epoch)
+    advisories = {hk: p["advisory"] for hk, p in (store.epoch_plans(epoch) if plans is None else plans).items()
+                  if p.get("advisory")}
     for row in rows:
         row["explanation"] = explanation(row, shards.get(row["hotkey"]), competitions, outcomes)
+        if row["hotkey"] in advisories:  # seen by the operator, weighed by nobody
+            row["explanation"] += f"; advisory, the weights unchanged: {advisories[row['hotkey']]}"
     scores = [ScoreRecord(**row) for row in rows]
     _keep_what_was_recorded(epoch, store.scores(epoch), scores, settings.replace_results)
     for name, decided, hotkeys, note in decisions:  # a round is decided only by a run whose scores are kept

@@ -22,7 +22,7 @@ from flock_pipeline.validator.eval_sets import load_eval_set
 from flock_pipeline.validator.games import competition_of, epoch_setups
 
 
-PLAN_ONLY = ("kept_indices", "rule_views")  # what a recorded plan holds beyond its shard record's fields
+PLAN_ONLY = ("kept_indices", "rule_views", "advisory")  # what a recorded plan holds beyond its shard record's fields
 
 
 def shard_hash(row_hashes: list[str]) -> str:
@@ -146,7 +146,8 @@ def _competition_plans(epoch: int, competition: Competition, entries: list[Entry
     decided = competition.plan(entries, eval_set)
     plans = {hotkey: {"rows_in": p.rows_in, "rows_kept": p.rows_kept, "duplicates_within": p.duplicates_within,
                       "duplicates_earlier": p.duplicates_earlier, "eval_leaks": p.eval_leaks,
-                      "reason": p.reason, "kept_indices": p.kept_indices, "rule_views": p.rule_views}
+                      "reason": p.reason, "kept_indices": p.kept_indices, "rule_views": p.rule_views,
+                      "advisory": p.advisory}
              for hotkey, p in decided.items()}
     store.record_dedup_plans(epoch, [DedupPlanRecord(epoch=epoch, fingerprint=fingerprint, hotkey=hk,
                                                          plan=plans[hk]) for hk in sorted(plans)])

@@ -188,6 +188,9 @@ def test_a_miner_that_wins_nothing_is_paid_nothing_even_with_earlier_weight():
     rates, weights = score_epoch(contenders, {1: 0.4, 2: 0.6}, ScoringConfig(alpha=0.5))
     assert rates == {1: 0.0, 2: 1.0} and weights == {1: 0.0, 2: 1.0}
     assert score_epoch([C(1, 1.0, 10)], {}, ScoringConfig())[1] == {1: 1.0}  # a lone miner wins by default
+    # every comparison a tie (same loss, same block): nobody won one, so all share alike and weight is still sent
+    tied = score_epoch([C(1, 1.0, 10), C(2, 1.0, 10)], {}, ScoringConfig())
+    assert tied == ({1: 0.0, 2: 0.0}, {1: 0.5, 2: 0.5})
 
 
 def test_score_epoch_blends_and_drops_departed_miner():

@@ -273,3 +273,35 @@ def test_the_sn96_preset_runs_the_live_rule_set_and_intended_is_selectable():
     assert build_competitions(load_document(doc)).competitions[0].rules == "intended"
     with pytest.raises(CompetitionConfigError, match="rules must be one of intended, live-492c7bb, got 'live'"):
         build_competitions([{"kind": "selection", "name": "selection", "rules": "live"}])
+
+
+def test_a_selection_of_the_same_facts_in_other_wordings_is_flagged_for_the_operator_only():
+    """Advisory, not a rule: the live validators compare rows as written, and the consensus must not change. A later
+    submission teaching 40 of an earlier one's facts in another wording shares 0 rows: eligible, and flagged."""
+    import json
+
+    from flock_pipeline.core import synthetic
+    from flock_pipeline.core.neardup import row_text
+
+    grid = synthetic.fact_grid(synthetic.make_atlas(7))  # (country, fact, row) in three wordings
+    by_wording = {t: [row for i, (_, _, row) in enumerate(grid) if i // 200 == t] for t in range(3)}
+
+    def submission(uid, block, picked):
+        keys = tuple(key(json.dumps(r.to_json_obj(), sort_keys=True)) for r in picked)
+        return Entry(hotkey=f"hk{uid}", uid=uid, commit_block=block, row_hashes=keys, raw_keys=keys,
+                     row_lines=tuple(range(1, len(picked) + 1)), row_texts=tuple(row_text(r) for r in picked),
+                     file_facts={"physical_lines": len(picked), "untrainable": None})
+
+    pool_rows = [row for _, _, row in grid]
+    pool = EvalSet(row_hashes=frozenset(), texts=tuple(row_text(r) for r in pool_rows),
+                   raw_keys=frozenset(key(json.dumps(r.to_json_obj(), sort_keys=True)) for r in pool_rows))
+    first = submission(3, 10, by_wording[1][:100])
+    same_facts = submission(4, 11, by_wording[2][:40] + by_wording[2][100:160])  # 40 of uid 3's facts, reworded
+    # facts nobody took (160-199, in two wordings) and 20 of uid 4's: under the threshold
+    other_facts = submission(5, 12, by_wording[0][160:200] + by_wording[2][160:200] + by_wording[0][140:160])
+    for game in (LIVE, INTENDED_GAME):
+        plans = game.plan([first, same_facts, other_facts], pool)
+        assert all(p.eligible for p in plans.values()), plans  # the weights are not touched
+        assert plans["hk4"].advisory.startswith("teaches 40 of the same facts as the earlier submission of uid 3 "
+                                                "(block 10) in other wordings of the pool, sharing 0 rows")
+        assert plans["hk3"].advisory is None and plans["hk5"].advisory is None

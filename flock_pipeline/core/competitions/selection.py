@@ -33,6 +33,7 @@ the report says so.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta, UTC
@@ -42,6 +43,7 @@ from flock_pipeline.core.competitions.base import (Clock, Competition, Competiti
                                                    Contender, Entry, EvalSet, RewardState, Round, ScoringContext)
 from flock_pipeline.core.dedup import ShardPlan
 from flock_pipeline.core.rowformats import RAW_JSON, RowFormat
+from flock_pipeline.core.textnorm import fold
 
 MINUTES_PER_DAY = 24 * 60
 
@@ -181,11 +183,15 @@ class SelectionCompetition(Competition):
             return [], "no rows: a submission is rows selected from the pool"
         return [index for _, index in lines], None
 
+    def needs_row_texts(self) -> bool:
+        return True  # the advisory on rows that teach an earlier submission's facts in other wordings
+
     def plan(self, entries: list[Entry], eval_set: EvalSet) -> dict[str, ShardPlan]:
         """The plan under this game's rule set, each miner's plan carrying every rule set's verdict on it
         (`ShardPlan.rule_views`: rule set -> {"reason", "loss", "why"})."""
         views = {name: plan_under(rules, self, entries, eval_set) for name, rules in RULE_SETS.items()}
         plans = {hotkey: plan for hotkey, (plan, _) in views[self.rules].items()}
+        flag_same_facts(entries, eval_set, plans, self.duplicate_threshold, self.selection_size)
         for hotkey, plan in plans.items():
             plan.rule_views = {name: _view(view[hotkey]) for name, view in views.items()}
             fixed = plan.rule_views[self.rules]
@@ -426,6 +432,36 @@ def commitment_order(rules: RuleSet, c: Contender) -> tuple:
     """Fact 5: the order of commitments among the k lowest losses: block, then (live) the time the validator polled
     the commitment, which is not on chain; lower loss, then uid, stands in for it. As the rules read: block, uid."""
     return (c.block, c.loss, c.uid) if rules.ties_by_loss else (c.block, c.uid)
+
+
+def flag_same_facts(entries: list[Entry], eval_set: EvalSet, plans: dict[str, ShardPlan], threshold: int,
+                    size: int) -> None:
+    """Advisory only (the rules compare rows as written, and so do we): a submission whose rows teach more than
+    `threshold` of the same facts as an earlier submission (block, then uid) in other wordings of the pool, while
+    sharing no more than `threshold` rows as written, gets `ShardPlan.advisory` naming it. A row's fact is its two
+    rarest words in the pool (a fact's name and value; its wordings share them)."""
+    if not eval_set.texts:
+        return
+    counts = Counter(w for text in eval_set.texts for w in set(fold(text).split()))
+    earlier: list[tuple[Entry, set, set]] = []
+    for entry in sorted((e for e in entries if e.row_texts is not None), key=lambda e: (e.commit_block, e.uid)):
+        facts = {_fact(text, counts) for text in entry.row_texts[:size]}
+        keys = set(entry.raw_keys[:size])
+        found = next(((other, len(facts & other_facts), len(keys & other_keys))
+                      for other, other_facts, other_keys in earlier
+                      if len(facts & other_facts) > threshold >= len(keys & other_keys)), None)
+        if found is not None and entry.hotkey in plans:
+            other, shared_facts, shared_rows = found
+            plans[entry.hotkey].advisory = (
+                f"teaches {shared_facts} of the same facts as the earlier submission of uid {other.uid} (block "
+                f"{other.commit_block}) in other wordings of the pool, sharing {shared_rows} rows as written: not a "
+                "copy under the rules, which compare rows as written")
+        earlier.append((entry, facts, keys))
+
+
+def _fact(text: str, counts: Counter) -> tuple[str, ...]:
+    """A pool row's fact: its two rarest words in the pool (fewest rows, then alphabetical)."""
+    return tuple(sorted(sorted(set(fold(text).split()), key=lambda w: (counts.get(w, 0), w))[:2]))
 
 
 def copies(rules: RuleSet, entry: Entry, other: Entry) -> bool:
