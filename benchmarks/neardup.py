@@ -7,7 +7,8 @@ Cyrillic look-alike letters, the same preamble before every question, the same s
 numbers spelled out, pairs of rows packed into one two-exchange row, numbered boilerplate around each row ("Sure
 thing 12. ... Noted as entry 84."), a sentence of the copier's own before each answer (a short answer roughly
 doubled), Greek look-alikes and combining marks inside words (marks), a stock question with a different word
-inserted into each answer (new-question), and three rows merged into one exchange (merged). The timed call is the
+inserted into each answer (new-question), three rows merged into one exchange (merged), and the row moved into
+the system prompt under a stock question and answer (system). The timed call is the
 pipeline's own
 `deduplicate` over all 256,000 rows plus the 200-row eval set (exact + near-duplicate matching, exchange and answer
 level). Precision and recall are measured on the rows `deduplicate` drops as copies: a labelled copy is found when it
@@ -39,7 +40,7 @@ def _unique_name(index: int, parts: int = 4) -> str:
 
 
 DISGUISES = ("paraphrase", "invisible", "homoglyph", "preamble", "signature", "numbers", "packed", "numbered",
-             "own-text", "marks", "new-question", "merged")
+             "own-text", "marks", "new-question", "merged", "system")
 
 
 def network(miners: int, rows: int, seed: int = 1):
@@ -72,6 +73,10 @@ def network(miners: int, rows: int, seed: int = 1):
                 copies = synthetic.new_question_inserted_word(source, rng)
             elif kind == "merged":  # three rows merged into one exchange, answers joined with "; "
                 copies = synthetic.merge_into_one(source)
+            elif kind == "system":  # the row in the system prompt, under a stock question and answer
+                copies = [synthetic._row(j.turns[0].content, "Here it is.",
+                                         f"{r.turns[0].content} {r.turns[1].content}")
+                          for r, j in zip(source, synthetic.junk_rows(len(source), m))]
             elif kind == "own-text":  # a sentence of the copier's own before each copied answer
                 copies = [synthetic._row(r.turns[0].content, f"{j.turns[1].content} {r.turns[1].content}")
                           for r, j in zip(source, synthetic.junk_rows(len(source), m))]
@@ -98,7 +103,8 @@ def main(argv=None) -> int:
     evals = eval_rows(make_atlas(7))
     texts = [tuple(row_text(r) for r in rows) for rows in data]
     hashes = [tuple(r.row_hash for r in rows) for rows in data]
-    miners = [MinerRows(f"hk{m}", m, 10 + m, hashes[m], None, texts[m]) for m in range(len(data))]
+    miners = [MinerRows(f"hk{m}", m, 10 + m, hashes[m], None, texts[m], tuple(r.system for r in data[m]))
+              for m in range(len(data))]
     eval_texts = tuple(row_text(r) for r in evals)
     config = DedupConfig()
     t0 = time.perf_counter()

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from flock_pipeline.core.neardup import TURN_SEPARATOR, NearDupConfig, Shingles, earliest_near_duplicates, signatures
-from flock_pipeline.core.textnorm import PART_SEPARATOR, fold_parts
+from flock_pipeline.core.textnorm import PART_SEPARATOR, fold, fold_parts
 
 MATCHING_VERSION = 3  # bump when the matching rules change: recorded dedup plans of older rules are not reused
 MIN_ANSWER_WORDS = 5  # shorter answers ("Paris.", "Yes, it is.") are common to honest rows: not matched alone
@@ -74,6 +74,7 @@ class MinerRows:
     row_hashes: tuple[str, ...]
     row_blocks: tuple[int, ...] | None = None
     row_texts: tuple[str, ...] | None = None  # the rows' texts (turn contents), for near-duplicate matching
+    row_systems: tuple[str, ...] | None = None  # the rows' system prompts: one that carries a row is matched too
 
     def block_of(self, index: int) -> int:
         if self.row_blocks is None:
@@ -174,13 +175,16 @@ def _near_sources(miners: list[MinerRows], eval_texts: tuple[str, ...],
         return {}
     ordered = commitment_order(miners)
     groups_rows = _groups_rows(ordered, eval_texts)
-    units = _units_of(groups_rows)
+    units = _units_of(groups_rows, systems=_own_systems(ordered))  # with the prompts that carry a row of their own
     source = _unit_sources(units, config)
     uid_of = {g: (EVAL_SOURCE if g == -1 else ordered[g].uid) for g, _, _ in groups_rows}
     whole, parts = _matched_units(units, source, uid_of)
     answers = _units_of(groups_rows, answers=True)  # answers alone, matched among answers only
     answer_config = replace(config, containment=min(config.containment, ANSWER_CONTAINMENT))
-    for key, found in _matched_units(answers, _unit_sources(answers, answer_config), uid_of)[1].items():
+    by_system, by_answer = _matched_units(answers, _unit_sources(answers, answer_config), uid_of)
+    for key, uid in by_system.items():
+        whole.setdefault(key, uid)
+    for key, found in by_answer.items():
         for k, uid in found.items():
             parts.setdefault(key, {}).setdefault(k, uid)
     out: dict[str, dict[int, int]] = {}
@@ -224,7 +228,24 @@ class _Units:
     answers: dict[str, tuple[tuple[int, int], int]] = field(default_factory=dict)  # folded answer -> (claim, group)
 
 
-def _units_of(groups_rows: list[_GroupRows], answers: bool = False) -> _Units:
+SYSTEM_UNIT = -2  # the unit kind of a system prompt that carries a row of its own
+
+
+def _own_systems(ordered: list[MinerRows]) -> dict[tuple[int, int], str]:
+    """(group, row) -> the folded system prompt of each row whose prompt is its own (no other row of its miner has
+    it) and has at least MIN_SIMILAR_ANSWER_WORDS words: where a copied row can hide. A miner's common prompt, or
+    the default one, is not matched."""
+    out: dict[tuple[int, int], str] = {}
+    for g, miner in enumerate(ordered):
+        folded = [fold(s) for s in (miner.row_systems or ())]
+        counts = Counter(folded)
+        out.update({(g, i): s for i, s in enumerate(folded)
+                    if counts[s] == 1 and s.count(" ") + 1 >= MIN_SIMILAR_ANSWER_WORDS})
+    return out
+
+
+def _units_of(groups_rows: list[_GroupRows], answers: bool = False,
+              systems: dict[tuple[int, int], str] | None = None) -> _Units:
     """The units of every group: every variant of a row whole, and each exchange of a multi-turn one (`answers`:
     each answer of at least MIN_ANSWER_WORDS words alone, what the trainer learns from); a group's units together,
     groups in commitment order; only a row (an answer) as written counts for word rarity. Also each long enough
@@ -233,8 +254,12 @@ def _units_of(groups_rows: list[_GroupRows], answers: bool = False) -> _Units:
     for g, rows, row_claims in groups_rows:
         first = len(units.texts)
         for index, (variants, claim) in enumerate(zip(rows, row_claims)):
+            own_system = (systems or {}).get((g, index))
             for v, row in enumerate(variants):
-                for kind, text in (_answer_units(row) if answers else _row_units(row)):
+                units_here = _answer_units(row) if answers else _row_units(row)
+                if own_system and v == 0 and not answers:
+                    units_here.append((SYSTEM_UNIT, own_system))  # matched like the row whole
+                for kind, text in units_here:
                     units.texts.append(text)
                     units.claims.append(claim)
                     units.groups.append(g)
@@ -293,7 +318,7 @@ def _matched_units(units: _Units, source: np.ndarray, uid_of: dict[int, int]
     for u, (g, index) in enumerate(units.unit_rows):
         if source[u] >= 0 and groups[int(source[u])] != g:
             found = uid_of[groups[int(source[u])]]
-            if units.unit_kind[u] == -1:
+            if units.unit_kind[u] in (-1, SYSTEM_UNIT):
                 whole.setdefault((g, index), found)
             else:
                 parts.setdefault((g, index), {}).setdefault(units.unit_kind[u], found)

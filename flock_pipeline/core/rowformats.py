@@ -64,6 +64,11 @@ class RowFormat(Stateless, ABC):
         """Every text of the row a reader sees (the system prompt included), for the miner's warnings."""
         return "\n".join([row.system] + [t.content for t in row.turns])
 
+    def system_text(self, row) -> str:
+        """The row's system prompt ("" when none): copy detection matches one that carries a row of its own."""
+        system = getattr(row, "system", None)
+        return system if isinstance(system, str) else ""
+
     def contrast_text(self, row) -> str | None:
         """A second text the game's eligibility rules look at (a preference pair's rejected answer); None: none."""
         return None
@@ -236,6 +241,9 @@ class RawJsonFormat(RowFormat):
 
     def count_tokens(self, row: RawRow, tokenizer) -> int:
         return super().count_tokens(row, tokenizer) if row.chat is not None else 0
+
+    def system_text(self, row: RawRow) -> str:
+        return super().system_text(row.chat) if row.chat is not None else ""
 
     def full_text(self, row: RawRow) -> str:
         return super().full_text(row) if row.chat is not None else row.canonical_json()

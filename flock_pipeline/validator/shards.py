@@ -141,7 +141,8 @@ def _competition_plans(epoch: int, competition: Competition, entries: list[Entry
         row_json = store.epoch_row_json(epoch, [e.hotkey for e in entries])
         rows_of = {e.hotkey: rows_from_json(row_json.get(e.hotkey, []), fmt) for e in entries}
         entries = [replace(e, row_texts=tuple(fmt.text(r) for r in rows_of[e.hotkey]),
-                           contrast_texts=tuple(fmt.contrast_text(r) for r in rows_of[e.hotkey]))
+                           contrast_texts=tuple(fmt.contrast_text(r) for r in rows_of[e.hotkey]),
+                           row_systems=tuple(fmt.system_text(r) for r in rows_of[e.hotkey]))
                    for e in entries]
     decided = competition.plan(entries, eval_set)
     plans = {hotkey: {"rows_in": p.rows_in, "rows_kept": p.rows_kept, "duplicates_within": p.duplicates_within,

@@ -42,7 +42,7 @@ def test_what_a_miner_is_warned_about():
 
 def _miner(uid: int, rows, block: int | None = None) -> MinerRows:
     return MinerRows(f"hk{uid}", uid, block if block is not None else 100 + uid, tuple(r.row_hash for r in rows),
-                     None, tuple(row_text(r) for r in rows))
+                     None, tuple(row_text(r) for r in rows), tuple(r.system for r in rows))
 
 
 def _honest(part: int, n: int = 60):
@@ -69,6 +69,10 @@ COPIES["rows merged into one exchange, answers joined with ,"] = lambda rows, rn
     rows, separator=", ")
 
 
+COPIES["the row in the system prompt, under a stock question"] = lambda rows, rng: [
+    synthetic.ChatRow(system=f"{r.turns[0].content} {r.turns[1].content}",
+                      turns=(synthetic.Turn("user", f"Tell me fact {i}."), synthetic.Turn("assistant", "Here it is.")))
+    for i, r in enumerate(rows)]
 COPIES["every disguise at once"] = lambda rows, rng: synthetic.pack(
     [synthetic.disguise(synthetic.disguise(synthetic.disguise(r, "homoglyph", rng), "invisible", rng), "signature",
                         rng) for r in rows])

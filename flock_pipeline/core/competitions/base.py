@@ -90,6 +90,7 @@ class Entry:
     row_texts: tuple[str, ...] | None = None  # turn contents, for near-duplicate matching
     contrast_texts: tuple[str | None, ...] | None = None  # each row's second text (`RowFormat.contrast_text`:
     # a preference pair's rejected answer)
+    row_systems: tuple[str, ...] | None = None  # each row's system prompt, for near-duplicate matching
 
 
 @dataclass(frozen=True)

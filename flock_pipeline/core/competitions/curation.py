@@ -57,7 +57,7 @@ class CurationCompetition(Competition):
         return pairwise_verdicts(rows, config, None)
 
     def plan(self, entries: list[Entry], eval_set: EvalSet) -> dict[str, ShardPlan]:
-        miners = [MinerRows(e.hotkey, e.uid, e.commit_block, e.row_hashes, e.row_blocks, e.row_texts)
+        miners = [MinerRows(e.hotkey, e.uid, e.commit_block, e.row_hashes, e.row_blocks, e.row_texts, e.row_systems)
                   for e in entries]
         return deduplicate(miners, eval_set.row_hashes, self.dedup, eval_set.texts)
 
