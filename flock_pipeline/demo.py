@@ -191,7 +191,7 @@ def adversarial_miners(seed: int = 7, max_file_bytes: int = DatasetLimits().max_
     ]
     disguised = {"invisible-copier": (1.0, "invisible"), "homoglyph-copier": (0.8, "homoglyph"),
                  "preamble-copier": (0.6, "preamble"), "signature-copier": (0.4, "signature"),
-                 "numbers-copier": (1.0, "numbers")}
+                 "numbers-copier": (1.0, "numbers"), "marks-copier": (0.6, "marks")}
     for label, (q, kind) in disguised.items():
         rows = [synthetic.disguise(r, kind, rng) for r in honest[q]]
         miners.append(DemoMiner(label, f"hk-{label}", f"{label.split('-')[0]}/atlas", rows_to_jsonl(rows).encode()))
@@ -200,7 +200,21 @@ def adversarial_miners(seed: int = 7, max_file_bytes: int = DatasetLimits().max_
     rng.shuffle(merged)
     miners += [DemoMiner("packer", "hk-packer", "packer/atlas", rows_to_jsonl(synthetic.pack(best)).encode()),
                DemoMiner("merger", "hk-merger", "merger/atlas", rows_to_jsonl(merged).encode())]
-    return miners
+    return miners + _answer_attackers(honest, evals, rng, seed)
+
+
+def _answer_attackers(honest: dict, evals: list[ChatRow], rng, seed: int) -> list[DemoMiner]:
+    """Copies that keep what the trainer learns from and change the rest: a stock question with a different word
+    inserted into each answer (of an honest miner, and of eval rows), answers merged three to an exchange, and the
+    row moved into the system prompt under a stock question and answer."""
+    in_prompt = [synthetic._row(j.turns[0].content, "Here it is.", f"{r.turns[0].content} {r.turns[1].content}")
+                 for r, j in zip(honest[0.6], synthetic.junk_rows(len(honest[0.6]), seed + 104))]
+    attackers = {"new-question-copier": synthetic.new_question_inserted_word(honest[0.8], rng),
+                 "answer-merger": synthetic.merge_into_one(honest[1.0]),
+                 "system-prompt-copier": in_prompt,
+                 "disguised-eval-leaker": synthetic.new_question_inserted_word(rng.sample(evals, 100), rng)}
+    return [DemoMiner(label, f"hk-{label}", f"{label.split('-')[0]}2/atlas", rows_to_jsonl(rows).encode())
+            for label, rows in attackers.items()]
 
 
 def eval_split(seed: int = 7) -> tuple[list[ChatRow], list[ChatRow]]:

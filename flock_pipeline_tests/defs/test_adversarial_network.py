@@ -29,13 +29,20 @@ ATTACKERS = {
     "numbers-copier": ("ineligible", "committed earlier by another miner"),
     "packer": ("ineligible", "committed earlier by another miner"),
     "merger": ("ineligible", "committed earlier by another miner"),
+    "marks-copier": ("ineligible", "committed earlier by another miner"),
+    "new-question-copier": ("ineligible", "committed earlier by another miner"),
+    "answer-merger": ("ineligible", "committed earlier by another miner"),
+    "system-prompt-copier": ("ineligible", "committed earlier by another miner"),
+    "disguised-eval-leaker": ("ineligible", "eval leakage"),
 }
 # a copier's reason names the honest miner(s) it copied, by uid
 ORIGINALS = {"exact-copier": ["honest-q100"], "paraphrase-copier": ["honest-q100"], "partial-copier": ["honest-q80"],
              "late-recommit": ["honest-q100"], "invisible-copier": ["honest-q100"],
              "homoglyph-copier": ["honest-q80"], "preamble-copier": ["honest-q60"],
              "signature-copier": ["honest-q40"], "numbers-copier": ["honest-q100"], "packer": ["honest-q100"],
-             "merger": ["honest-q100", "honest-q80"]}
+             "merger": ["honest-q100", "honest-q80"], "marks-copier": ["honest-q60"],
+             "new-question-copier": ["honest-q80"], "answer-merger": ["honest-q100"],
+             "system-prompt-copier": ["honest-q60"]}
 SCORING_MODES = {"win_rate": {},  # the settings' scoring object (a model copy skips validation: JSON text)
                  "decaying epsilon + bootstrap": {
                      "scoring": '{"epsilon_decay_blocks": 7200, "significance": "bootstrap"}'},
