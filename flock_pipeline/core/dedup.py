@@ -236,8 +236,9 @@ def _own_systems(ordered: list[MinerRows]) -> dict[tuple[int, int], str]:
     it) and has at least MIN_SIMILAR_ANSWER_WORDS words: where a copied row can hide. A miner's common prompt, or
     the default one, is not matched."""
     out: dict[tuple[int, int], str] = {}
+    folds: dict[str, str] = {}  # most rows share a few prompts: each distinct one is folded once
     for g, miner in enumerate(ordered):
-        folded = [fold(s) for s in (miner.row_systems or ())]
+        folded = [folds[s] if s in folds else folds.setdefault(s, fold(s)) for s in (miner.row_systems or ())]
         counts = Counter(folded)
         out.update({(g, i): s for i, s in enumerate(folded)
                     if counts[s] == 1 and s.count(" ") + 1 >= MIN_SIMILAR_ANSWER_WORDS})

@@ -324,12 +324,13 @@ def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarra
         # the earlier row's rare words, weighted by their rarity, must nearly all be in this one: two rows about
         # different things in one template differ in a name, which outweighs the template words a small network
         # counts as rare; a reworded common word weighs little
-        in_a = (b[:, :, None] == a[:, None, :]).any(axis=2)
+        same = (b[:, :, None] == a[:, None, :]) & (b != PAD)[:, :, None]  # b's word j is a's word i
+        in_a = same.any(axis=2)
         share = (b_weight * in_a).sum(axis=1) / np.maximum(b_weight.sum(axis=1), 1e-12)
         top = np.argsort(-b_weight, axis=1, kind="stable")[:, :RAREST_KEPT]  # the earlier row's rarest words
         rarest_in_a = np.take_along_axis(in_a | (b == PAD), top, axis=1).all(axis=1)
         names_kept = (size_b == 0) | ((share >= config.rare_weight_share) & rarest_in_a)
-        inter = ((a[:, :, None] == b[:, None, :]) & (a != PAD)[:, :, None]).sum(axis=(1, 2))
+        inter = same.sum(axis=(1, 2))
         union = size_a + size_b - inter
         both = (size_a > 0) & (size_b > 0)
         rare_ok = ~both | (inter >= config.rare_agreement * np.maximum(union, 1))

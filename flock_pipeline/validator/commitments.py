@@ -4,7 +4,7 @@ competition it names; and each competition's round and eval set for the epoch.""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flock_pipeline.core.commitment import Commitment, CommitmentError
 from flock_pipeline.core.competitions import Competition, CompetitionSet, Round
@@ -167,6 +167,7 @@ class _Judge:
     min_age: int
     store: StoreResource
     hub: HubResource | None = None
+    first_seen: dict[str, int | None] = field(default_factory=dict)  # competition -> its eval revision's first block
 
     def row(self, raw: RawCommitment) -> dict:
         neuron = self.neurons.get(raw.hotkey)
@@ -206,7 +207,9 @@ class _Judge:
         """Under `after_commitments`, a commitment made when the eval revision it would be scored on was already
         published (seen by this validator) is refused: its rows could come from the eval set."""
         revision = self.rounds[competition.name][1]
-        seen = first_seen_block(competition, revision, self.store)
+        if competition.name not in self.first_seen:  # once per competition, not once per commitment
+            self.first_seen[competition.name] = first_seen_block(competition, revision, self.store)
+        seen = self.first_seen[competition.name]
         if seen is not None and raw.block >= seen:
             row.update(status="rejected", reason=f"committed at block {raw.block}, after eval revision "
                        f"{revision[:12]} was published (seen at block {seen}): scored on an eval set it could have "
