@@ -35,7 +35,7 @@ import numpy as np
 from flock_pipeline.core.neardup import TURN_SEPARATOR, NearDupConfig, Shingles, earliest_near_duplicates, signatures
 from flock_pipeline.core.textnorm import PART_SEPARATOR, fold, fold_parts
 
-MATCHING_VERSION = 3  # bump when the matching rules change: recorded dedup plans of older rules are not reused
+MATCHING_VERSION = 4  # bump when the matching rules change: recorded dedup plans of older rules are not reused
 MIN_ANSWER_WORDS = 5  # shorter answers ("Paris.", "Yes, it is.") are common to honest rows: not matched alone
 MIN_SIMILAR_ANSWER_WORDS = 4  # answers matched by similarity (with the rare-word checks): "X mostly exports wine."
 ANSWER_CONTAINMENT = 0.85  # an earlier answer this contained in a later one is copied: one word inserted into a
