@@ -46,6 +46,8 @@ epoch: install
 	$(BIN)/flock demo --no-run
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/materialize_epoch.sh
 
+# `dg dev`: the UI and the daemon under one process, on this machine's SQLite instance. A validator that runs for weeks
+# runs them as separate services on PostgreSQL instead: deploy/systemd/ or deploy/compose/ (docs/operations.md).
 dev: install
 	$(BIN)/python scripts/dagster_dev.py
 
