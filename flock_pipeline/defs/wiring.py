@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from flock_pipeline.defs.alerts import ALERT_SENSORS
 from flock_pipeline.defs.assets import ASSETS
 from flock_pipeline.defs.checks import CHECKS
 from flock_pipeline.defs.jobs import EPOCH_STAGE_JOB, JOBS, MINER_STAGE_JOB
@@ -27,7 +28,8 @@ def build_executor() -> dg.ExecutorDefinition:
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
-    return dg.Definitions(assets=ASSETS, asset_checks=CHECKS, sensors=SENSORS, jobs=JOBS, executor=build_executor(),
+    return dg.Definitions(assets=ASSETS, asset_checks=CHECKS, sensors=[*SENSORS, *ALERT_SENSORS], jobs=JOBS,
+                          executor=build_executor(),
                           resources=resources if resources is not None else build_resources())
 
 

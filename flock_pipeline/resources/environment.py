@@ -39,6 +39,10 @@ settings (executor, batches, Celery):
     FLOCK_EVAL_REPO / FLOCK_EVAL_REVISION, FLOCK_VALIDATOR_HOTKEY, FLOCK_NETUID
     FLOCK_HELDOUT_REPO  the curation game's held-out set (never scored against) for `flock corpus value`; the local
                       network's default is the demo's `flock/heldout-atlas`, a real network has none unless set
+    FLOCK_ALERT_WEBHOOK  a Slack- or Discord-compatible webhook URL the alert sensors post to (unset: no alerts;
+                      a secret: never logged or posted)
+    FLOCK_ALERT_MIN_INTERVAL_S  seconds between two posts of one condition (default 3600)
+    FLOCK_ALERT_EPOCHS  N of "weights not applied for N epochs" and "no commitments for N epochs" (default 3)
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import os
 from pathlib import Path
 
 from flock_pipeline.errors import ConfigError
+from flock_pipeline.resources.alerts import DEFAULT_EPOCHS, DEFAULT_MIN_INTERVAL_S, AlertSettings, check_webhook
 from flock_pipeline.resources.chain import ChainResource, LocalChainResource
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.hub import HubResource, LocalHubResource
@@ -121,6 +126,7 @@ def build_resources(home: Path | None = None, training: bool = True) -> dict:
     _check_eval_repo(network, validator_settings)
     executor_settings()  # checked now too: a wrong executor is a configuration error before any work
     batch_settings()
+    alert_settings()
     return {
         "chain": chain,
         "hub": hub,
@@ -163,6 +169,20 @@ def whole_number(variable: str, default: int, minimum: int | None = None) -> int
     if minimum is not None and value < minimum:
         raise ConfigError(f"{variable}={value}: must be at least {minimum}")
     return value
+
+
+def alert_settings() -> AlertSettings:
+    """FLOCK_ALERT_WEBHOOK, FLOCK_ALERT_MIN_INTERVAL_S and FLOCK_ALERT_EPOCHS, checked, with the network and netuid
+    an alert names. A wrong value is a ConfigError naming the variable (the webhook's value is never shown)."""
+    webhook = os.environ.get("FLOCK_ALERT_WEBHOOK", "").strip()
+    problem = check_webhook(webhook) if webhook else None
+    if problem is not None:
+        raise ConfigError(f"FLOCK_ALERT_WEBHOOK {problem}")
+    return AlertSettings(webhook=webhook,
+                         min_interval_s=whole_number("FLOCK_ALERT_MIN_INTERVAL_S", DEFAULT_MIN_INTERVAL_S, minimum=0),
+                         epochs=whole_number("FLOCK_ALERT_EPOCHS", DEFAULT_EPOCHS, minimum=1),
+                         network=os.environ.get("FLOCK_NETWORK", "local") or "local",
+                         netuid=whole_number("FLOCK_NETUID", 96, minimum=0))
 
 
 def batch_settings() -> tuple[int, str]:
