@@ -14,7 +14,8 @@ in order. Chain refusals are never retried. A write whose answer was lost is not
 checks whether it already landed (the hotkey's commitment / its `LastUpdate`).
 
 The wallet (name, hotkey, path, hotkey password) is read from environment variables named by the config at call time;
-their values never appear in config, logs or error messages.
+their values never appear in config, logs or error messages, with one exception: a hotkey file that is not there is a
+configuration error naming the path where it was looked for (the password never appears anywhere).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pydantic import PrivateAttr
 
 from flock_pipeline.core.commitment import MAX_COMMITMENT_BYTES
 from flock_pipeline.core.weights import U16_MAX, WeightRules, WeightsPlan
+from flock_pipeline.errors import ConfigError
 from flock_pipeline.resources.chain import (ChainError, ChainResource, Neuron, PendingCommit, RawCommitment,
                                             ValidatorWeight, WeightsReceipt)
 from datetime import UTC
@@ -697,11 +699,38 @@ class BittensorChainResource(ChainResource):
             if signer is None:
                 raise ChainError(f"no signing key for hotkey {hotkey}")
             return signer
+        keypair = self._wallet_keypair()
+        if hotkey not in (keypair.ss58_address, os.environ.get(self.wallet_hotkey_env, "")):
+            raise ChainError(f"hotkey {hotkey} is not the configured wallet's hotkey ({keypair.ss58_address})")
+        return keypair
+
+    def wallet_hotkey_file(self) -> str:
+        """Where the environment's wallet hotkey file is expected: `$BT_WALLET_PATH/$BT_WALLET_NAME/hotkeys/
+        $BT_WALLET_HOTKEY` (the path defaults to ~/.bittensor/wallets). ConfigError when the wallet is not named."""
         name = os.environ.get(self.wallet_name_env, "")
         hotkey_name = os.environ.get(self.wallet_hotkey_env, "")
         if not name or not hotkey_name:
-            raise ChainError(f"no wallet configured: set {self.wallet_name_env} and {self.wallet_hotkey_env} "
-                             f"(and {self.wallet_path_env} when the wallet is not under ~/.bittensor/wallets)")
+            raise ConfigError(f"no wallet configured: set {self.wallet_name_env} and {self.wallet_hotkey_env} "
+                              f"(and {self.wallet_path_env} when the wallet is not under ~/.bittensor/wallets)")
+        path = os.environ.get(self.wallet_path_env, "")
+        wallet = bt.Wallet(name, hotkey_name, path) if path else bt.Wallet(name, hotkey_name)
+        return str(wallet.hotkey_file.path)
+
+    def wallet_address(self) -> str:
+        """The ss58 address of the environment's wallet hotkey, unlocked (ConfigError as for signing)."""
+        return self._wallet_keypair().ss58_address
+
+    def _wallet_keypair(self) -> Any:
+        """The environment's wallet hotkey, unlocked. A wallet that is not named, a hotkey file that is missing or
+        unreadable, and an encrypted one without its password are configuration errors (exit 2); a missing file is
+        named by its path so the operator sees where it was looked for. No other error names the wallet."""
+        hotkey_file = self.wallet_hotkey_file()
+        if not os.path.isfile(hotkey_file):
+            raise ConfigError(f"no wallet hotkey file at {hotkey_file}",
+                              hint=f"create or copy the hotkey there (btcli wallet new-hotkey), or set "
+                                   f"{self.wallet_name_env}, {self.wallet_hotkey_env} and {self.wallet_path_env} "
+                                   "to the wallet that holds it")
+        name, hotkey_name = os.environ[self.wallet_name_env], os.environ[self.wallet_hotkey_env]
         path = os.environ.get(self.wallet_path_env, "")
         where = f"${self.wallet_name_env}/${self.wallet_hotkey_env} under ${self.wallet_path_env}"
         try:
@@ -711,17 +740,15 @@ class BittensorChainResource(ChainResource):
             if password is None and keyfile.is_encrypted():
                 password = resolve_key_password(None, env_var_name=keyfile.env_var_name(), allow_prompt=False)
                 if password is None:
-                    raise ChainError(f"the wallet hotkey ({where}) is encrypted: set {self.wallet_password_env}")
-            keypair = _unlock_hotkey(wallet, password)
-        except ChainError:
+                    raise ConfigError(f"the wallet hotkey ({where}) is encrypted: set {self.wallet_password_env}")
+            return _unlock_hotkey(wallet, password)
+        except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - keyfile errors carry the path: only the kind of failure is kept
             reason = {FileNotFoundError: "no such hotkey file", PermissionError: "the hotkey file is not readable"}
-            raise ChainError(f"could not load the wallet hotkey ({where}): "
-                             f"{reason.get(type(exc), type(exc).__name__)}") from None
-        if hotkey not in (keypair.ss58_address, hotkey_name):
-            raise ChainError(f"hotkey {hotkey} is not the configured wallet's hotkey ({keypair.ss58_address})")
-        return keypair
+            raise ConfigError(f"could not load the wallet hotkey ({where}): "
+                              f"{reason.get(type(exc), type(exc).__name__)}",
+                              hint=f"check {self.wallet_password_env} and the hotkey file's permissions") from None
 
 
 _KEYPAIRS: dict[tuple[str, int, int, str], Any] = {}

@@ -8,6 +8,7 @@ import pytest
 from bittensor_core import Keypair
 
 from flock_pipeline.resources.bittensor_chain import BittensorChainResource, decode_commitment_fields
+from flock_pipeline.errors import ConfigError
 from flock_pipeline.resources.chain import ChainError, Neuron, RawCommitment
 from flock_pipeline_tests.resources.fake_substrate import FakeSubstrate
 from datetime import UTC
@@ -296,9 +297,11 @@ def test_wallet_secrets_never_reach_errors_or_logs(sub, make_chain, monkeypatch,
     messages = []
     caplog.set_level(logging.DEBUG)
 
-    with pytest.raises(ChainError) as missing:  # no wallet there yet
+    with pytest.raises(ConfigError) as missing:  # no wallet there yet: exit 2, naming where it was looked for
         chain.set_commitment(MINER.ss58_address, commitment())
-    messages.append(str(missing.value))
+    expected = wallet_dir / SECRET_NAME / "hotkeys" / "hot"
+    assert missing.value.exit_code == 2 and f"no wallet hotkey file at {expected}" in missing.value.line()
+    assert chain.wallet_hotkey_file() == str(expected)
 
     from bittensor import Wallet
 
@@ -308,12 +311,12 @@ def test_wallet_secrets_never_reach_errors_or_logs(sub, make_chain, monkeypatch,
     hotkey = Keypair.create_from_seed(seed).ss58_address
     sub.register(hotkey, validator_permit=True)
 
-    with pytest.raises(ChainError, match="BT_WALLET_PASSWORD") as locked:  # encrypted, no password given
+    with pytest.raises(ConfigError, match="BT_WALLET_PASSWORD") as locked:  # encrypted, no password given
         chain.set_commitment(hotkey, commitment())
     messages.append(str(locked.value))
 
     monkeypatch.setenv("BT_WALLET_PASSWORD", "wrong-" + SECRET_PASSWORD)
-    with pytest.raises(ChainError) as wrong:
+    with pytest.raises(ConfigError) as wrong:
         chain.set_commitment(hotkey, commitment())
     messages.append(str(wrong.value))
 
@@ -333,7 +336,8 @@ def test_wallet_secrets_never_reach_errors_or_logs(sub, make_chain, monkeypatch,
 
     for error in (missing, locked, wrong, mismatch, unreachable):
         assert error.value.__cause__ is None
-    assert_no_secret("\n".join(messages))
+    assert_no_secret("\n".join(messages))  # the missing file's message names its path, and only that one
+    assert SECRET_PASSWORD not in missing.value.line()
     assert_no_secret("\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records))
 
 
