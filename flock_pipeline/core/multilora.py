@@ -10,7 +10,14 @@ kept per adapter, exactly as the single-miner trainer (`evaluator.train_lora`) d
 - the learning-rate schedule, gradient clipping (the norm of that adapter's gradients only) and AdamW state;
   an adapter whose miner has fewer rows simply stops stepping when its steps run out;
 - dropout masks drawn per row from that row's own stream keyed by (seed, epoch, row index): on CPU the same
-  numpy streams as the single-miner trainer, on CUDA a torch generator per row on the device.
+  numpy streams as the single-miner trainer, on CUDA a torch generator per row on the device (`rowmasks`).
+
+The bookkeeping is batched over rows and adapters, so the number of small operations per optimizer step does not
+grow with K (`benchmarks/multilora_ops.py` counts them): each layer's dropout masks for all rows of a micro-batch
+come from one set of ops (a row's host stream is drawn once per pass, for all layers; on the device each row still
+draws its part of each layer), AdamW updates every adapter of a stacked tensor at once with per-adapter coefficients
+([K, 1, 1]: an adapter that does not step gets coefficients that leave it exactly as it is), and the per-adapter
+gradient norms of the clipping are one reduction per tensor over the adapter axis.
 
 Gradients of different adapters never mix (their parameters are disjoint slices and the loss is a sum of the
 adapters' own losses), so a miner's result does not depend on which miners share its batch; only float rounding
@@ -21,19 +28,21 @@ the single-miner path does. The single-miner path stays the reference (and the C
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from flock_pipeline.core.chat import TokenizedRow
-from flock_pipeline.core.evaluator import (MIN_TOKEN_BUDGET, BaseModel, DeviceRowDropout, EvalOutcome, HostDropout,
-                                           RowDropoutPlan, _free_cache, _is_oom, _micro_batches, _pad, _pad_id, _sync,
-                                           epoch_orders, evaluate_loss, fresh_lora, linear_schedule, mean_loss,
-                                           set_determinism, token_losses)
+from flock_pipeline.core.chat import IGNORE_INDEX, TokenizedRow
+from flock_pipeline.core.evaluator import (MIN_TOKEN_BUDGET, BaseModel, EvalOutcome, RowDropoutPlan, _free_cache,
+                                           _is_oom, _micro_batches, _pad_id, _sync, epoch_orders, evaluate_loss,
+                                           fresh_lora, linear_schedule, mean_loss, set_determinism, token_losses)
 from flock_pipeline.core.recipe import TrainRecipe
+from flock_pipeline.core.rowmasks import PassDropout, PassMasks, pass_masks
 
 
 class Route:
@@ -73,7 +82,7 @@ class MultiLoraLinear(torch.nn.Module):
 class _Layers:
     layers: list[tuple[torch.nn.Module, str, MultiLoraLinear]]  # (parent, attribute, layer)
     route: Route
-    plan: RowDropoutPlan | None
+    masks: PassMasks | None
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for _, _, layer in self.layers for p in (layer.lora_A, layer.lora_B)]
@@ -93,21 +102,23 @@ def multi_lora(base: BaseModel, recipe: TrainRecipe, k: int):
                     module.lora_A["default"].weight.detach().clone(), module.lora_B["default"].weight.detach().clone(),
                     float(module.scaling["default"]))
     route = Route()
-    plan = RowDropoutPlan(recipe.seed, base.device) if recipe.lora_dropout > 0 else None
-    layers = []
+    targets = []
     for name, (a, b, scale) in inits.items():
         parent_name, _, attribute = name.rpartition(".")
         parent = base.model.get_submodule(parent_name) if parent_name else base.model
-        linear = getattr(parent, attribute)
-        dropout = None
-        if plan is not None:
-            dropout = (HostDropout(recipe.lora_dropout, plan) if plan.device is None
-                       else DeviceRowDropout(recipe.lora_dropout, plan))
-        layer = MultiLoraLinear(linear, a.to(base.device), b.to(base.device), k, scale, route, dropout)
+        targets.append((parent, attribute, a, b, scale))
+    masks = None
+    if recipe.lora_dropout > 0:
+        masks = pass_masks(recipe.lora_dropout, RowDropoutPlan(recipe.seed, base.device),
+                           [getattr(parent, attribute).in_features for parent, attribute, *_ in targets])
+    layers = []
+    for parent, attribute, a, b, scale in targets:
+        layer = MultiLoraLinear(getattr(parent, attribute), a.to(base.device), b.to(base.device), k, scale, route,
+                                PassDropout(masks) if masks is not None else None)
         setattr(parent, attribute, layer)
         layers.append((parent, attribute, layer))
     try:
-        yield _Layers(layers, route, plan)
+        yield _Layers(layers, route, masks)
     finally:
         for parent, attribute, layer in layers:
             setattr(parent, attribute, layer.base)
@@ -115,8 +126,10 @@ def multi_lora(base: BaseModel, recipe: TrainRecipe, k: int):
 
 
 class StackedAdamW:
-    """AdamW over stacked adapter tensors ([K, ...]) with a step count, learning rate and update per adapter
-    (torch.optim.AdamW's update, applied to adapter k's slices only when k steps)."""
+    """AdamW over stacked adapter tensors ([K, ...]) with a step count and learning rate per adapter:
+    torch.optim.AdamW's update for every adapter that steps, applied to all K slices of a tensor at once with
+    per-adapter coefficients; an adapter that does not step gets the coefficients of no change (factors 1,
+    increments 0)."""
 
     def __init__(self, params: list[torch.nn.Parameter], k: int, weight_decay: float,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
@@ -125,36 +138,53 @@ class StackedAdamW:
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
         self.steps = [0] * k
 
-    @torch.no_grad()
-    def step(self, stepping: Sequence[int], lrs: dict[int, float]) -> None:
+    def _coefficients(self, stepping: Sequence[int], lrs: dict[int, float]) -> torch.Tensor:
+        """[6, K, 1, 1]: per adapter the weight-decay factor, the two moment updates (weight of the gradient in the
+        first, factor and gradient weight of the second), the bias correction of the second and the step size."""
         beta1, beta2 = self.betas
+        rows = [[1.0] * len(self.steps), [0.0] * len(self.steps), [1.0] * len(self.steps), [0.0] * len(self.steps),
+                [1.0] * len(self.steps), [0.0] * len(self.steps)]
         for k in stepping:
             self.steps[k] += 1
             t, lr = self.steps[k], lrs[k]
-            bias1, bias2_sqrt = 1 - beta1 ** t, math.sqrt(1 - beta2 ** t)
-            for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
-                if p.grad is None:
-                    continue
-                param, grad, m_k, v_k = p.data[k], p.grad[k], m[k], v[k]
-                param.mul_(1 - lr * self.weight_decay)
-                m_k.lerp_(grad, 1 - beta1)
-                v_k.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denom = (v_k.sqrt() / bias2_sqrt).add_(self.eps)
-                param.addcdiv_(m_k, denom, value=-(lr / bias1))
+            rows[0][k], rows[1][k], rows[2][k], rows[3][k] = 1 - lr * self.weight_decay, 1 - beta1, beta2, 1 - beta2
+            rows[4][k], rows[5][k] = math.sqrt(1 - beta2 ** t), -(lr / (1 - beta1 ** t))
+        device = self.params[0].device if self.params else None
+        return torch.tensor(rows, dtype=torch.float32, device=device).view(6, len(self.steps), 1, 1)
+
+    @torch.no_grad()
+    def step(self, stepping: Sequence[int], lrs: dict[int, float]) -> None:
+        if not stepping:
+            return
+        decay, weight1, factor2, weight2, bias2_sqrt, step_size = self._coefficients(stepping, lrs).unbind(0)
+        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+            if p.grad is None:
+                continue
+            grad = p.grad
+            if self.weight_decay:
+                p.mul_(decay)
+            m.lerp_(grad, weight1)
+            v.mul_(factor2).addcmul_(grad * weight2, grad)
+            denom = (v.sqrt() / bias2_sqrt).add_(self.eps)
+            p.addcdiv_(m * step_size, denom)
 
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
 
 
-def _clip_per_adapter(params: list[torch.nn.Parameter], adapters: Sequence[int], max_norm: float) -> None:
-    """torch.nn.utils.clip_grad_norm_ for each adapter's own gradients (its slices of every stacked tensor)."""
-    for k in adapters:
-        grads = [p.grad[k] for p in params if p.grad is not None]
-        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, 2.0) for g in grads]), 2.0)
-        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-        for g in grads:
-            g.mul_(coef)
+def _clip_per_adapter(params: list[torch.nn.Parameter], max_norm: float) -> None:
+    """torch.nn.utils.clip_grad_norm_ for each adapter's own gradients (its slices of every stacked tensor): the
+    per-adapter norms are one reduction per tensor over the adapter axis. An adapter without gradients has norm 0
+    and is left as it is."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack([torch.linalg.vector_norm(g, 2.0, dim=tuple(range(1, g.dim()))) for g in grads], dim=1)
+    total = torch.linalg.vector_norm(norms, 2.0, dim=1)  # [K]: over each adapter's row of tensor norms [K, P]
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
 
 
 @dataclass(frozen=True)
@@ -184,7 +214,7 @@ def train_multi_lora(layers: _Layers, model: torch.nn.Module, datasets: Sequence
             step_loss, budget = _accumulate_fitting(layers, model, optimizer, seqs, n_labels, active, budget, recipe,
                                                     pad_id, device)
             if recipe.max_grad_norm > 0:
-                _clip_per_adapter(params, stepping, recipe.max_grad_norm)
+                _clip_per_adapter(params, recipe.max_grad_norm)
             total = {k: len(schedules[k]) for k in stepping}
             optimizer.step(stepping, {k: recipe.learning_rate * linear_schedule(step, recipe.warmup_steps, total[k])
                                       for k in stepping})
@@ -192,8 +222,8 @@ def train_multi_lora(layers: _Layers, model: torch.nn.Module, datasets: Sequence
         for k in active:
             losses[k].append(step_loss[k])
     layers.route.index = None
-    if layers.plan is not None:
-        layers.plan.set_rows(None)
+    if layers.masks is not None:
+        layers.masks.end()
     model.eval()
     return losses
 
@@ -241,20 +271,34 @@ def _accumulate(layers: _Layers, model, seqs: list[_Sequence], n_labels: dict[in
                 budget: int, recipe: TrainRecipe, pad_id: int, device: torch.device) -> None:
     """Forward + backward of one optimizer step of every stepping adapter, in mixed micro-batches: each row's
     token-loss sum is divided by its own adapter's labelled-token count of this step."""
-    generators = ([layers.plan.generator(s.epoch, s.row) for s in seqs]
-                  if layers.plan is not None else [])
+    masks = layers.masks
+    generators = [masks.plan.generator(s.epoch, s.row) for s in seqs] if masks is not None else []
     for micro in _micro_batches([s.tokens for s in seqs], budget):
         members = [seqs[i] for i in micro]
         layers.route.index = torch.tensor([s.adapter for s in members], device=device)
-        if layers.plan is not None:
-            layers.plan.set_rows([(generators[i], len(seqs[i].tokens.input_ids)) for i in micro])
-        ids, labels, mask = _pad([s.tokens for s in members], pad_id, device)
+        ids, labels, mask = _pad_rows([s.tokens for s in members], pad_id, device)
+        if masks is not None:
+            masks.begin([(generators[i], len(seqs[i].tokens.input_ids)) for i in micro], ids.shape[1], device)
         sums, _ = token_losses(model, ids, labels, mask, recipe.logits_chunk, recompute=True)
         weights = torch.tensor([1.0 / n_labels[s.adapter] for s in members], device=sums.device)
         per_row = sums * weights
         per_row.sum().backward()
         for s, value in zip(members, per_row.detach().tolist()):
             step_loss[s.adapter] += value
+
+
+def _pad_rows(rows: Sequence[TokenizedRow], pad_id: int, device: torch.device):
+    """(ids, labels, attention mask) [B, longest] of rows padded at the end, as `evaluator._pad` makes them, built
+    on the host in a few whole-batch steps and moved to the device once each."""
+    lengths = np.fromiter((len(r.input_ids) for r in rows), dtype=np.int64, count=len(rows))
+    valid = np.arange(lengths.max())[None, :] < lengths[:, None]
+    ids = np.full(valid.shape, pad_id, dtype=np.int64)
+    labels = np.full(valid.shape, IGNORE_INDEX, dtype=np.int64)
+    total = int(lengths.sum())
+    ids[valid] = np.fromiter(itertools.chain.from_iterable(r.input_ids for r in rows), dtype=np.int64, count=total)
+    labels[valid] = np.fromiter(itertools.chain.from_iterable(r.labels for r in rows), dtype=np.int64, count=total)
+    return (torch.from_numpy(ids).to(device), torch.from_numpy(labels).to(device),
+            torch.from_numpy(valid.astype(np.int64)).to(device))
 
 
 @contextlib.contextmanager
