@@ -14,6 +14,18 @@ apart (ours loads the base model once per process and reuses it across miners).
 `--size tiny` uses the embedded (pre-trained) tiny model and structured chat data, so the two eval losses are
 comparable; the Qwen2.5 shapes use random weights and random token ids (speed and memory only), as the reference
 benchmark does.
+
+Ours also runs with packing off (`"packing": false`: each micro-batch padded to its longest row, the layout before
+packing) and with whole steps packed into one row (`long_rows`: what packing does for a model whose attention work is
+negligible; on the tiny model, whose attention is a large part of its work, packing keeps short rows about one to a
+row): `padded_eval_loss`, `packed_vs_padded_rel_diff` and `long_rows_vs_padded_rel_diff` show that packing changes the
+layout, not the result.
+
+Token counts (`layout`, counted without running a model): the tokens the forward passes hold, real / padded / packed,
+for the workload and for `live_mix`, rows of the live pool's lengths (log-normal, median 350, about 420 tokens a row,
+`synthetic_rows`) under the reference recipe's budgets, packed as for Qwen2.5-0.5B and -1.5B (packing weighs padding
+against the attention work of longer rows, which depends on the model's shape): `train_padded_over_real` is what
+padding cost, `train_packed_over_real` what packing leaves.
 """
 
 from __future__ import annotations
@@ -96,6 +108,26 @@ def workload(size: str, train_n: int, eval_n: int, work_dir: Path, overrides: di
     recipe = TrainRecipe().with_overrides(**(overrides or {}))
     return (model_dir, recipe, synthetic_rows(train_n, QWEN_VOCAB, recipe.max_seq_len, 1),
             synthetic_rows(eval_n, QWEN_VOCAB, recipe.max_seq_len, 2))
+
+
+def live_mix_layout(size: str, train_n: int = 100, eval_n: int = 1000) -> dict:
+    """`token_layout` (real / padded / packed tokens) of rows of the live pool's lengths under the reference
+    recipe's budgets, packed for the Qwen2.5 shape `size`, with the ratios to the real tokens."""
+    from types import SimpleNamespace
+
+    from flock_pipeline.core.evaluator import attention_weight, token_layout
+    from flock_pipeline.core.recipe import TrainRecipe
+
+    recipe = TrainRecipe()
+    layout = token_layout(synthetic_rows(train_n, QWEN_VOCAB, recipe.max_seq_len, 1),
+                          synthetic_rows(eval_n, QWEN_VOCAB, recipe.max_seq_len, 2), recipe,
+                          attention_weight(SimpleNamespace(**SIZES[size])))
+    return {**layout, **_ratios(layout)}
+
+
+def _ratios(layout: dict) -> dict:
+    return {f"{side}_{kind}_over_real": round(layout[f"{side}_tokens_{kind}"] / layout[f"{side}_tokens_real"], 4)
+            for side in ("train", "eval") for kind in ("padded", "packed")}
 
 
 def run_ours(model_dir, recipe, train, evals, device: str) -> dict:
@@ -274,7 +306,14 @@ def _child(side: str, size: str, train_n: int, eval_n: int, work_dir: str, overr
     if side == "reference-matched":
         queue.put(run_reference(model_dir, recipe, train, evals, device, matched=True))
         return
-    if side == "ours-live":
+    if side == "ours-padded":
+        fn = lambda *a: run_ours(model_dir, recipe.with_overrides(packing=False), train, evals, device)  # noqa: E731
+    elif side == "ours-long-rows":  # packed as for a model whose attention work is negligible: whole steps in a row
+        from flock_pipeline.core import evaluator
+
+        evaluator.attention_weight = lambda config: 0.0
+        fn = run_ours
+    elif side == "ours-live":
         fn = lambda *a: run_ours(model_dir, recipe.with_overrides(**LIVE_RECIPE), train, evals, device)  # noqa: E731
     elif side == "reference-live":
         fn = lambda *a: run_reference(model_dir, recipe, train, evals, device, live=True)  # noqa: E731
@@ -288,6 +327,13 @@ def _child(side: str, size: str, train_n: int, eval_n: int, work_dir: str, overr
         result["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # RSS, KiB -> GiB
     result.update(train_tokens=sum(len(r.input_ids) for r in train[: recipe.max_train_rows]),
                   eval_tokens=sum(len(r.input_ids) for r in evals))
+    if side == "ours":
+        from transformers import AutoConfig
+
+        from flock_pipeline.core.evaluator import attention_weight, token_layout
+
+        layout = token_layout(train, evals, recipe, attention_weight(AutoConfig.from_pretrained(model_dir)))
+        result["layout"] = {**layout, **_ratios(layout)}
     queue.put(result)
 
 
@@ -332,6 +378,8 @@ def main(argv=None) -> int:
 
     ensure_tiny_model(Path(args.work_dir) / "models")
     ours = _run_side("ours", args.size, args.train, eval_n, args.work_dir, overrides, args.repeat)
+    padded = _run_side("ours-padded", args.size, args.train, eval_n, args.work_dir, overrides, args.repeat)
+    long_rows = _run_side("ours-long-rows", args.size, args.train, eval_n, args.work_dir, overrides, args.repeat)
     ref = _run_side("reference", args.size, args.train, eval_n, args.work_dir, overrides, args.repeat)
     import torch
 
@@ -353,6 +401,13 @@ def main(argv=None) -> int:
         "peak_kind": "cuda max allocated" if torch.cuda.is_available() else "process peak RSS",
         "ours_eval_loss": ours["eval_loss"], "reference_eval_loss": ref["eval_loss"],
         "loss_rel_diff": abs(ours["eval_loss"] - ref["eval_loss"]) / ref["eval_loss"],
+        "padded_s": round(padded["train_s"] + padded["eval_s"], 3), "padded_runs_s": padded["all_s"],
+        "padded_eval_loss": padded["eval_loss"],
+        "packed_vs_padded_rel_diff": abs(ours["eval_loss"] - padded["eval_loss"]) / padded["eval_loss"],
+        "long_rows_s": round(long_rows["train_s"] + long_rows["eval_s"], 3), "long_rows_runs_s": long_rows["all_s"],
+        "long_rows_eval_loss": long_rows["eval_loss"],
+        "long_rows_vs_padded_rel_diff": abs(long_rows["eval_loss"] - padded["eval_loss"]) / padded["eval_loss"],
+        "layout": ours["layout"], "live_mix": {size: live_mix_layout(size) for size in ("0.5b", "1.5b")},
     }
     if args.live:
         ours_live = _run_side("ours-live", args.size, args.train, eval_n, args.work_dir, overrides, args.repeat)

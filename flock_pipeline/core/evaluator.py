@@ -6,9 +6,12 @@ The metric: eval_loss = mean over eval rows of each row's mean next-token cross-
 Semantics kept from the reference recipe (Hugging Face Trainer, batch 1 x gradient accumulation 8): every optimizer
 step sees `batch_size` sequences and its loss is the sum of their token losses divided by their labelled-token count
 (the Trainer's gradient-accumulation normalisation); AdamW; linear warm-up from 0 then linear decay to 0; gradient
-clipping at `max_grad_norm`; a seeded shuffle per epoch. What differs is only how the work is laid out: the
-sequences of a step run as a few padded micro-batches under a token budget instead of one at a time, and the output
-head runs only at labelled positions, in chunks, so whole-vocabulary logits never exist for a batch.
+clipping at `max_grad_norm`; a seeded shuffle per epoch; bf16 autocast where the recipe computes in bf16 (its bf16
+base, or the nf4 copy), as the Trainer's `bf16=True` does. What differs is only how the work is laid out: the
+sequences of a step are packed end to end into a few rows under a token budget instead of run one at a time (each
+sequence restarts its positions at 0, so its attention stays within it; no padding), and the output head runs only at
+labelled positions, in chunks, so whole-vocabulary logits never exist for a batch. The eval packs shorter rows into
+the padding of longer ones.
 
 One base model is loaded per process and reused; each call wraps it in a fresh LoRA adapter and removes it
 afterwards, so nothing from one miner can leak into the next.
@@ -16,6 +19,7 @@ afterwards, so nothing from one miner can leak into the next.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 import random
@@ -33,8 +37,8 @@ from flock_pipeline.core.model import BaseModel, load_base_model, resolve_device
 from flock_pipeline.core.recipe import TrainRecipe
 from flock_pipeline.core.schema import ChatRow
 
-__all__ = ["BaseModel", "EvalOutcome", "base_eval_loss", "load_base_model", "resolve_device", "resolve_dtype",
-           "train_and_evaluate", "train_and_evaluate_tokens"]
+__all__ = ["BaseModel", "EvalOutcome", "base_eval_loss", "load_base_model", "mixed_precision", "resolve_device",
+           "resolve_dtype", "token_layout", "train_and_evaluate", "train_and_evaluate_tokens"]
 
 
 @dataclass
@@ -95,27 +99,204 @@ def _micro_batches(rows: Sequence[TokenizedRow], token_budget: int) -> list[list
     return groups
 
 
+PACK_ROW_TOKENS = 4_096  # training: the longest packed row considered (a longer sequence gets a row of its own)
+
+
+Packs = list[list[int]]  # packed rows: per row, the indices of the sequences laid end to end in it
+
+
+def attention_weight(config) -> float:
+    """The attention's work per token per token of context, relative to the per-token work of a decoder layer's
+    weights (from a transformers config: 4 x heads x head_dim flops per context token against 2 x the layer's weight
+    count). Packing trades padding for longer rows, and the attention (dense under a block-diagonal mask) grows with
+    the row: this weighs the two. About 1.2e-4 for Qwen2.5-0.5B, 6.6e-5 for 1.5B, 3.5e-3 for the tiny model."""
+    hidden, heads = config.hidden_size, config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    mlp = getattr(config, "intermediate_size", None) or 4 * hidden
+    weights = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + 3 * hidden * mlp
+    return 2 * heads * head_dim / weights
+
+
+def _layout_cost(lengths: Sequence[int], batches: Sequence[Packs], attention: float) -> float:
+    """The forward work of micro-batches of packed rows: per row of width W (its micro-batch's longest),
+    W x (1 + attention x W)."""
+    cost = 0.0
+    for packs in batches:
+        width = max(sum(lengths[i] for i in pack) for pack in packs)
+        cost += len(packs) * width * (1 + attention * width)
+    return cost
+
+
+def _train_packs(lengths: Sequence[int], token_budget: int, attention: float = 0.0,
+                 row_tokens: int = PACK_ROW_TOKENS) -> list[Packs]:
+    """One optimizer step's sequences in micro-batches of packed rows (packed rows x longest <= token_budget): the
+    least work (`_layout_cost`) of the padded layout (one sequence a row) and of packed rows of the longest
+    sequence's length, twice that, four times... up to min(row_tokens, token_budget) tokens. With `attention` 0
+    (tokens alone count) that is the longest rows."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    longest = lengths[order[0]] if order else 0
+    layouts = [_grouped([[i] for i in order], lengths, token_budget)]
+    capacity, top = max(1, longest), max(1, min(row_tokens, token_budget))
+    while capacity < top:
+        layouts.append(_packed_rows(lengths, order, capacity, token_budget))
+        capacity *= 2
+    layouts.append(_packed_rows(lengths, order, top, token_budget))
+    return min(reversed(layouts), key=lambda batches: _layout_cost(lengths, batches, attention))
+
+
+def _packed_rows(lengths: Sequence[int], order: Sequence[int], capacity: int, token_budget: int) -> list[Packs]:
+    """Sequences (`order`: longest first) in rows of up to `capacity` tokens (a longer one alone in its row): each
+    into the least filled of ceil(total / capacity) rows (a new row when none has room), so the rows come out of
+    about equal length and the padding to the longest is small; then grouped into micro-batches."""
+    packs: Packs = [[i] for i in order if lengths[i] > capacity]
+    fitting = [i for i in order if lengths[i] <= capacity]
+    first = len(packs)
+    packs += [[] for _ in range(math.ceil(sum(lengths[i] for i in fitting) / capacity))]
+    loads = [sum(lengths[i] for i in pack) for pack in packs]
+    for i in fitting:
+        row = min(range(first, len(loads)), key=loads.__getitem__, default=None)
+        if row is None or loads[row] + lengths[i] > capacity:
+            packs.append([])
+            loads.append(0)
+            row = len(loads) - 1
+        packs[row].append(i)
+        loads[row] += lengths[i]
+    return _grouped([pack for pack in packs if pack], lengths, token_budget)
+
+
+def _grouped(packs: Packs, lengths: Sequence[int], token_budget: int) -> list[Packs]:
+    """Packed rows, longest first, in micro-batches of (rows x longest) <= token_budget."""
+    loads = [sum(lengths[i] for i in pack) for pack in packs]
+    groups: list[Packs] = []
+    width = 0
+    for r in sorted(range(len(packs)), key=lambda r: -loads[r]):
+        if groups and (len(groups[-1]) + 1) * width <= token_budget:
+            groups[-1].append(packs[r])
+        else:
+            groups.append([packs[r]])
+            width = loads[r]
+    return groups
+
+
+def _eval_packs(lengths: Sequence[int], token_budget: int) -> list[Packs]:
+    """Eval rows in micro-batches of packed rows: the padded layout (longest first, each micro-batch padded to its
+    longest row under the token budget), with each shorter row moved into the padding of an earlier packed row where
+    it fits (the one with the least room that holds it). Never more tokens than padding, and no packed row longer
+    than its micro-batch's longest row: the work only shrinks (eval rows have no dropout, so nothing else changes)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[Packs] = []
+    widths: list[int] = []
+    rooms: list[tuple[int, int, int]] = []  # (free tokens, micro-batch, packed row), sorted
+    for i in order:
+        n = lengths[i]
+        k = bisect.bisect_left(rooms, (n, -1, -1))
+        if k < len(rooms):
+            room, b, r = rooms.pop(k)
+        elif batches and (len(batches[-1]) + 1) * widths[-1] <= token_budget:
+            batches[-1].append([])
+            room, b, r = widths[-1], len(batches) - 1, len(batches[-1]) - 1
+        else:
+            batches.append([[]])
+            widths.append(n)
+            room, b, r = n, len(batches) - 1, 0
+        batches[b][r].append(i)
+        if room - n > 0:
+            bisect.insort(rooms, (room - n, b, r))
+    return batches
+
+
+def _pack(rows: Sequence[TokenizedRow], packs: Packs, pad_id: int, device: torch.device):
+    """(ids, labels, positions, owner) [rows, longest] of sequences laid end to end, one packed row per entry of
+    `packs`. Each sequence restarts its positions at 0 (so its attention stays within it, see `token_losses`) and
+    its first label is ignored (no target crosses from one sequence into the next; a row's first label never counts
+    anyway); owner[b, t] is the slot of the sequence at that position, numbered in the order `packs` lists them
+    (-1 on the padding at the end of a row, which has positions of its own)."""
+    length = max(sum(len(rows[i].input_ids) for i in pack) for pack in packs)
+    ids = torch.full((len(packs), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(packs), length), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(packs), length), dtype=torch.long)
+    owner = torch.full((len(packs), length), -1, dtype=torch.long)
+    slot = 0
+    for b, pack in enumerate(packs):
+        start = 0
+        for i in pack:
+            n = len(rows[i].input_ids)
+            ids[b, start:start + n] = torch.tensor(rows[i].input_ids, dtype=torch.long)
+            labels[b, start + 1:start + n] = torch.tensor(rows[i].labels[1:], dtype=torch.long)
+            positions[b, start:start + n] = torch.arange(n)
+            owner[b, start:start + n] = slot
+            slot += 1
+            start += n
+        positions[b, start:] = torch.arange(length - start)
+    return ids.to(device), labels.to(device), positions.to(device), owner.to(device)
+
+
+def _packed_tokens(lengths: Sequence[int], batches: Sequence[Packs]) -> int:
+    """Tokens the forward passes hold for micro-batches of packed rows (each padded to its longest packed row)."""
+    return sum(len(packs) * max(sum(lengths[i] for i in pack) for pack in packs) for packs in batches)
+
+
+def token_layout(train_tok: Sequence[TokenizedRow], eval_tok: Sequence[TokenizedRow], recipe: TrainRecipe,
+                 attention: float = 0.0) -> dict[str, int]:
+    """The tokens the forward passes hold for these rows under the recipe, without running them: `*_real` (the
+    rows' own tokens), `*_padded` (each micro-batch padded to its longest row, the layout before packing) and
+    `*_packed` (this module's packing for a model of that `attention_weight`), for training (every step of every
+    epoch, as `train_lora` runs them) and for the eval, at the recipe's token budgets."""
+    rows = list(train_tok[: recipe.max_train_rows])
+    out = {f"{side}_tokens_{kind}": 0 for side in ("train", "eval") for kind in ("real", "padded", "packed")}
+    for order in epoch_orders(len(rows), recipe.epochs, recipe.seed):
+        for start in range(0, len(order), recipe.batch_size):
+            batch = [rows[i] for i in order[start:start + recipe.batch_size]]
+            if sum(r.n_labels for r in batch) == 0:
+                continue  # such a step runs nothing
+            lengths = [len(r.input_ids) for r in batch]
+            out["train_tokens_real"] += sum(lengths)
+            out["train_tokens_padded"] += _packed_tokens(lengths, [[[i] for i in group] for group in
+                                                                   _micro_batches(batch, recipe.train_micro_tokens)])
+            out["train_tokens_packed"] += _packed_tokens(lengths, _train_packs(lengths, recipe.train_micro_tokens,
+                                                                               attention))
+    lengths = [len(r.input_ids) for r in eval_tok]
+    out["eval_tokens_real"] = sum(lengths)
+    out["eval_tokens_padded"] = _packed_tokens(lengths, [[[i] for i in group] for group in
+                                                         _micro_batches(eval_tok, recipe.eval_batch_tokens)])
+    out["eval_tokens_packed"] = _packed_tokens(lengths, _eval_packs(lengths, recipe.eval_batch_tokens))
+    return out
+
+
 def _causal_lm_parts(model: torch.nn.Module):
     """(decoder, output head) of a Hugging Face causal LM, through a peft wrapper if there is one."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return inner.get_decoder(), inner.get_output_embeddings()
 
 
-def token_losses(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
-                 chunk: int, *, recompute: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of token losses per row [B], labelled-token count per row [B]) for a padded batch.
+def token_losses(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None,
+                 chunk: int, *, recompute: bool, positions: torch.Tensor | None = None,
+                 owner: torch.Tensor | None = None, n_out: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of token losses per row [B], labelled-token count per row [B]) for a padded batch; per sequence for a
+    packed one.
 
     The output head runs on the labelled positions only, `chunk` positions at a time; with `recompute` the chunk's
     logits are recomputed in the backward pass instead of being kept (training), so peak memory holds one chunk.
+
+    A packed batch (`_pack`) comes with `positions` (restarting at 0 at each sequence) and no `mask`: transformers
+    then attends within each sequence only (a block-diagonal causal mask); `owner` maps each position to its
+    sequence's slot and the sums and counts are per slot ([n_out]) instead of per row.
     """
     decoder, head = _causal_lm_parts(model)
-    hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, T, H]
+    if positions is None:
+        hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # [B, T, H]
+    else:  # no cache either: with one, transformers would not look for packed sequences
+        hidden = decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
     shifted = labels[:, 1:]
     selected = shifted != IGNORE_INDEX  # [B, T-1]
     h = hidden[:, :-1][selected]  # [N, H]
     targets = shifted[selected]  # [N]
-    row_of = torch.nonzero(selected, as_tuple=True)[0]  # [N]
-    sums = torch.zeros(ids.shape[0], dtype=torch.float32, device=ids.device)
+    if owner is None:
+        row_of, n_out = torch.nonzero(selected, as_tuple=True)[0], ids.shape[0]  # [N]
+    else:
+        row_of = owner[:, 1:][selected]  # a target's sequence (never the one before it: its first label is ignored)
+    sums = torch.zeros(n_out, dtype=torch.float32, device=ids.device)
     for start in range(0, h.shape[0], chunk):
         hs, ts = h[start:start + chunk], targets[start:start + chunk]
         if recompute and torch.is_grad_enabled():
@@ -123,7 +304,8 @@ def token_losses(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor
         else:
             per = _per_position(head, hs, ts)
         sums = sums.index_add(0, row_of[start:start + chunk], per)
-    return sums, selected.sum(dim=1)
+    counts = selected.sum(dim=1) if owner is None else torch.bincount(row_of, minlength=n_out)
+    return sums, counts
 
 
 def _per_position(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -142,22 +324,37 @@ def _free_cache(device: torch.device) -> None:
 MIN_TOKEN_BUDGET = 256  # tokens; below this an out-of-memory error is final (the model itself does not fit)
 
 
+def mixed_precision(recipe: TrainRecipe, device: torch.device) -> bool:
+    """Whether the recipe trains and evaluates under bf16 autocast, as the live recipe (the Trainer's `bf16=True`)
+    does: a bf16 base, or the nf4 copy (bf16 compute, its embeddings, norms and head upcast to fp32). fp32 recipes
+    run as they are."""
+    return recipe.quantization == "nf4" or resolve_dtype(recipe.precision, device) == torch.bfloat16
+
+
+def bf16_autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on `device` for the forward passes (the backward runs outside it, as torch advises)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, rows: Sequence[TokenizedRow], *, pad_id: int, device: torch.device,
-                  batch_tokens: int, chunk: int) -> list[float]:
+                  batch_tokens: int, chunk: int, packing: bool = True, mixed: bool = False) -> list[float]:
     """Per-row mean assistant-token loss (nats), in input order; NaN for rows without a labelled token.
 
     On out-of-memory the batch token budget is halved and the remaining rows are retried (rows are independent in
-    eval, so the numbers do not depend on the budget).
+    eval, so the numbers do not depend on the budget). `packing`: shorter rows ride in the padding of longer ones
+    (`_eval_packs`); `mixed`: under bf16 autocast (`mixed_precision`).
     """
-    sums = evaluate_token_sums(model, rows, pad_id=pad_id, device=device, batch_tokens=batch_tokens, chunk=chunk)
+    sums = evaluate_token_sums(model, rows, pad_id=pad_id, device=device, batch_tokens=batch_tokens, chunk=chunk,
+                               packing=packing, mixed=mixed)
     # the mean in float32, as the tensors hold it
     return [float(np.float32(total) / np.float32(count)) if count > 0 else math.nan for total, count in sums]
 
 
 @torch.no_grad()
 def evaluate_token_sums(model: torch.nn.Module, rows: Sequence[TokenizedRow], *, pad_id: int, device: torch.device,
-                        batch_tokens: int, chunk: int) -> list[tuple[float, int]]:
+                        batch_tokens: int, chunk: int, packing: bool = True,
+                        mixed: bool = False) -> list[tuple[float, int]]:
     """Per row (sum of its labelled tokens' losses in nats, labelled-token count), in input order; what
     `evaluate_loss` averages and the DPO evaluator turns into log-probabilities. Halves the token budget on
     out-of-memory, like `evaluate_loss`."""
@@ -169,13 +366,11 @@ def evaluate_token_sums(model: torch.nn.Module, rows: Sequence[TokenizedRow], *,
     while not all(done):
         todo = [i for i in range(len(rows)) if not done[i]]
         try:
-            for group in _micro_batches([rows[i] for i in todo], budget):
-                members = [todo[g] for g in group]
-                ids, labels, mask = _pad([rows[i] for i in members], pad_id, device)
-                sums, counts = token_losses(model, ids, labels, mask, chunk, recompute=False)
-                for j, i in enumerate(members):
-                    out[i] = (float(sums[j]), int(counts[j]))
-                    done[i] = True
+            for group, sums, counts in _eval_batches(model, [rows[i] for i in todo], budget, pad_id, device, chunk,
+                                                     packing, mixed):
+                for j, g in enumerate(group):
+                    out[todo[g]] = (float(sums[j]), int(counts[j]))
+                    done[todo[g]] = True
         except RuntimeError as exc:
             if not _is_oom(exc) or budget // 2 < MIN_TOKEN_BUDGET:
                 raise
@@ -183,6 +378,25 @@ def evaluate_token_sums(model: torch.nn.Module, rows: Sequence[TokenizedRow], *,
             budget //= 2
     model.train(was_training)
     return out
+
+
+def _eval_batches(model: torch.nn.Module, rows: Sequence[TokenizedRow], budget: int, pad_id: int,
+                  device: torch.device, chunk: int, packing: bool, mixed: bool):
+    """Yields (row indices, their loss sums, their label counts) per eval micro-batch, packed or padded."""
+    if not packing:
+        for group in _micro_batches(rows, budget):
+            ids, labels, mask = _pad([rows[i] for i in group], pad_id, device)
+            with bf16_autocast(device, mixed):
+                sums, counts = token_losses(model, ids, labels, mask, chunk, recompute=False)
+            yield group, sums, counts
+        return
+    for packs in _eval_packs([len(r.input_ids) for r in rows], budget):
+        ids, labels, positions, owner = _pack(rows, packs, pad_id, device)
+        members = [i for pack in packs for i in pack]
+        with bf16_autocast(device, mixed):
+            sums, counts = token_losses(model, ids, labels, None, chunk, recompute=False, positions=positions,
+                                        owner=owner, n_out=len(members))
+        yield members, sums, counts
 
 
 def mean_loss(per_row: Sequence[float]) -> float:
@@ -209,7 +423,8 @@ HOST_DROPOUT_DEVICES = ("cpu",)  # devices whose LoRA dropout draws its masks on
 
 
 class RowDropoutPlan:
-    """Which rows the next forward pass holds: per row, its mask generator and its real (unpadded) length.
+    """Which rows the next forward pass holds: per row, its mask generator and its real (unpadded) length; for a
+    packed batch (`set_packed`), per packed row the (generator, length) of each sequence laid end to end in it.
 
     `device`: None (or a host device) for numpy streams (`HostDropout`), else torch generators on that device
     (`DeviceRowDropout`); either way each row's stream is keyed by (seed, epoch, row)."""
@@ -218,6 +433,7 @@ class RowDropoutPlan:
         self.seed = seed
         self.device = device if device is not None and device.type not in HOST_DROPOUT_DEVICES else None
         self.rows: list | None = None
+        self.packed = False
 
     def generator(self, epoch: int, row: int):
         """The mask stream of training row `row` in epoch `epoch`: the same however the rows are batched."""
@@ -230,12 +446,25 @@ class RowDropoutPlan:
 
     def set_rows(self, rows: Sequence[tuple[np.random.Generator, int]] | None) -> None:
         self.rows = list(rows) if rows is not None else None
+        self.packed = False
+
+    def set_packed(self, packs: Sequence[Sequence[tuple[np.random.Generator, int]]]) -> None:
+        """A packed batch: per packed row, the (generator, length) of its sequences in the order they are laid."""
+        self.rows = [list(pack) for pack in packs]
+        self.packed = True
+
+    def segments(self) -> list[list[tuple]] | None:
+        """Per batch row, the (generator, length) of the sequences in it, from its first position on."""
+        if self.rows is None or self.packed:
+            return self.rows
+        return [[row] for row in self.rows]
 
 
 class RowDropout(torch.nn.Module):
     """LoRA dropout whose masks are drawn per row from that row's own stream (`RowDropoutPlan`: keyed by seed, epoch
-    and row index, read in forward order): a row gets the same masks alone at batch 1, in a padded micro-batch, or
-    after an out-of-memory split. Padded positions are zeroed (they carry no label). Subclasses draw the masks."""
+    and row index, read in forward order): a row gets the same masks alone at batch 1, in a padded micro-batch,
+    packed after other rows, or after an out-of-memory split. Padded positions are zeroed (they carry no label).
+    Subclasses draw the masks, per batch row from a list of (generator, length) segments laid end to end."""
 
     def __init__(self, p: float, plan: RowDropoutPlan):
         super().__init__()
@@ -247,13 +476,13 @@ class RowDropout(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not self.drops():
             return x
-        rows = self.plan.rows
-        if rows is None or len(rows) != x.shape[0]:
+        segments = self.plan.segments()
+        if segments is None or len(segments) != x.shape[0]:
             raise RuntimeError(f"{type(self).__name__} needs the rows of the batch (RowDropoutPlan.set_rows) while "
                                "training")
-        return self.masked(x, rows)
+        return self.masked(x, segments)
 
-    def masked(self, x: torch.Tensor, rows: list) -> torch.Tensor:
+    def masked(self, x: torch.Tensor, segments: list[list[tuple]]) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -273,11 +502,14 @@ class HostDropout(RowDropout):
     def drops(self) -> bool:
         return self.threshold > 0
 
-    def masked(self, x: torch.Tensor, rows: list) -> torch.Tensor:
+    def masked(self, x: torch.Tensor, segments: list[list[tuple]]) -> torch.Tensor:
         mask = np.zeros(x.shape, dtype=np.float32)
-        for b, (generator, length) in enumerate(rows):
-            draws = generator.integers(0, 65536, size=(length, x.shape[-1]), dtype=np.uint16)
-            np.multiply(draws >= self.threshold, self.scale, out=mask[b, :length])
+        for b, row in enumerate(segments):
+            start = 0
+            for generator, length in row:
+                draws = generator.integers(0, 65536, size=(length, x.shape[-1]), dtype=np.uint16)
+                np.multiply(draws >= self.threshold, self.scale, out=mask[b, start:start + length])
+                start += length
         return x * torch.from_numpy(mask).to(x.dtype)
 
 
@@ -285,11 +517,14 @@ class DeviceRowDropout(RowDropout):
     """Row dropout drawn from torch generators on the device (CUDA). The scale 1 / (1 - p) and the product are
     computed in fp32 and rounded once to the activations' dtype (a bf16 scale would be 1.109375, not 1.1111)."""
 
-    def masked(self, x: torch.Tensor, rows: list) -> torch.Tensor:
+    def masked(self, x: torch.Tensor, segments: list[list[tuple]]) -> torch.Tensor:
         mask = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        for b, (generator, length) in enumerate(rows):
-            keep = torch.rand((length, x.shape[-1]), generator=generator, device=x.device) >= self.p
-            mask[b, :length] = keep.to(torch.float32) * (1.0 / (1.0 - self.p))
+        for b, row in enumerate(segments):
+            start = 0
+            for generator, length in row:
+                keep = torch.rand((length, x.shape[-1]), generator=generator, device=x.device) >= self.p
+                mask[b, start:start + length] = keep.to(torch.float32) * (1.0 / (1.0 - self.p))
+                start += length
         return (x.float() * mask).to(x.dtype)
 
 
@@ -377,17 +612,40 @@ def epoch_orders(n_rows: int, epochs: int, seed: int) -> list[list[int]]:
 
 def _accumulate_step(model: torch.nn.Module, batch: Sequence[TokenizedRow], n_labels: int, budget: int, chunk: int,
                      pad_id: int, device: torch.device, plan: RowDropoutPlan | None = None,
-                     keys: Sequence[tuple[int, int]] = ()) -> float:
-    """Forward + backward of one optimizer step's sequences in micro-batches; gradients of sum(loss) / n_labels.
-
-    `keys` are the (epoch, row index) of each sequence: with a `plan`, they key each row's dropout masks."""
+                     keys: Sequence[tuple[int, int]] = (), *, mixed: bool = False) -> float:
+    """Forward + backward of one optimizer step's sequences in padded micro-batches; gradients of
+    sum(loss) / n_labels. `keys` are the (epoch, row index) of each sequence: with a `plan`, they key each row's
+    dropout masks. `mixed`: the forward passes under bf16 autocast."""
     total = 0.0
     generators = [plan.generator(*key) for key in keys] if plan is not None else []
     for micro in _micro_batches(batch, budget):
         if plan is not None:
             plan.set_rows([(generators[i], len(batch[i].input_ids)) for i in micro])
         ids, labels, mask = _pad([batch[i] for i in micro], pad_id, device)
-        sums, _ = token_losses(model, ids, labels, mask, chunk, recompute=True)
+        with bf16_autocast(device, mixed):
+            sums, _ = token_losses(model, ids, labels, mask, chunk, recompute=True)
+        loss = sums.sum() / n_labels
+        loss.backward()
+        total += float(loss.detach())
+    return total
+
+
+def _accumulate_packed(model: torch.nn.Module, batch: Sequence[TokenizedRow], n_labels: int, budget: int,
+                       chunk: int, pad_id: int, device: torch.device, plan: RowDropoutPlan | None = None,
+                       keys: Sequence[tuple[int, int]] = (), *, mixed: bool = False,
+                       attention: float = 0.0) -> float:
+    """`_accumulate_step` with the sequences packed end to end (`_train_packs` for a model of that
+    `attention_weight`, `_pack`): the same sums and the same normalisation, each sequence with its own row-keyed
+    dropout masks wherever it lands, and little padding."""
+    total = 0.0
+    generators = [plan.generator(*key) for key in keys] if plan is not None else []
+    for packs in _train_packs([len(r.input_ids) for r in batch], budget, attention):
+        if plan is not None:
+            plan.set_packed([[(generators[i], len(batch[i].input_ids)) for i in pack] for pack in packs])
+        ids, labels, positions, owner = _pack(batch, packs, pad_id, device)
+        with bf16_autocast(device, mixed):
+            sums, _ = token_losses(model, ids, labels, None, chunk, recompute=True, positions=positions, owner=owner,
+                                   n_out=sum(len(pack) for pack in packs))
         loss = sums.sum() / n_labels
         loss.backward()
         total += float(loss.detach())
@@ -395,6 +653,24 @@ def _accumulate_step(model: torch.nn.Module, batch: Sequence[TokenizedRow], n_la
 
 
 StepFn = Callable[[Sequence, Sequence[tuple[int, int]], int], float]
+
+
+def _sft_accumulate(model: torch.nn.Module, recipe: TrainRecipe, pad_id: int, device: torch.device,
+                    plan: RowDropoutPlan | None) -> StepFn:
+    """`train_lora`'s default step: the SFT loss of TokenizedRows, packed unless the recipe says otherwise, under
+    bf16 autocast where the recipe computes in bf16."""
+    mixed = mixed_precision(recipe, device)
+    attention = attention_weight(_causal_lm_parts(model)[0].config)
+
+    def accumulate(batch, keys, budget):
+        n_labels = sum(r.n_labels for r in batch)
+        if recipe.packing:
+            return _accumulate_packed(model, batch, n_labels, budget, recipe.logits_chunk, pad_id, device, plan, keys,
+                                      mixed=mixed, attention=attention)
+        return _accumulate_step(model, batch, n_labels, budget, recipe.logits_chunk, pad_id, device, plan, keys,
+                                mixed=mixed)
+
+    return accumulate
 
 
 def train_lora(model: torch.nn.Module, rows: Sequence, recipe: TrainRecipe, *, pad_id: int,
@@ -421,9 +697,7 @@ def train_lora(model: torch.nn.Module, rows: Sequence, recipe: TrainRecipe, *, p
     budget = recipe.train_micro_tokens  # halved on out-of-memory (kept for the rest of the run)
     plan = dropout_plan(model)
     if accumulate is None:
-        def accumulate(batch, keys, budget):
-            return _accumulate_step(model, batch, sum(r.n_labels for r in batch), budget, recipe.logits_chunk,
-                                    pad_id, device, plan, keys)
+        accumulate = _sft_accumulate(model, recipe, pad_id, device, plan)
     for epoch, order in enumerate(epoch_orders(len(rows), recipe.epochs, recipe.seed)):
         for start in range(0, len(order), recipe.batch_size):
             indices = order[start:start + recipe.batch_size]
@@ -498,7 +772,8 @@ def train_and_evaluate_tokens(base: BaseModel, train_tok: Sequence[TokenizedRow]
         t1 = time.perf_counter()
         with merged_weights(model):
             per_row = evaluate_loss(model, eval_tok, pad_id=pad_id, device=base.device,
-                                    batch_tokens=recipe.eval_batch_tokens, chunk=recipe.logits_chunk)
+                                    batch_tokens=recipe.eval_batch_tokens, chunk=recipe.logits_chunk,
+                                    packing=recipe.packing, mixed=mixed_precision(recipe, base.device))
         _sync(base.device)
         t2 = time.perf_counter()
     return EvalOutcome(eval_loss=mean_loss(per_row), per_row_losses=per_row, train_losses=losses,
@@ -513,7 +788,8 @@ def base_eval_loss(base: BaseModel, eval_rows: Sequence[ChatRow], recipe: TrainR
     eval_tok = recipe_tokens(eval_rows, base.tokenizer, recipe, train=False)
     t0 = time.perf_counter()
     per_row = evaluate_loss(base.model, eval_tok, pad_id=_pad_id(base.tokenizer), device=base.device,
-                            batch_tokens=recipe.eval_batch_tokens, chunk=recipe.logits_chunk)
+                            batch_tokens=recipe.eval_batch_tokens, chunk=recipe.logits_chunk, packing=recipe.packing,
+                            mixed=mixed_precision(recipe, base.device))
     return EvalOutcome(eval_loss=mean_loss(per_row), per_row_losses=per_row,
                        eval_tokens=sum(len(r.input_ids) for r in eval_tok), eval_seconds=time.perf_counter() - t0)
 

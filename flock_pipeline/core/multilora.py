@@ -39,8 +39,9 @@ import torch
 
 from flock_pipeline.core.chat import IGNORE_INDEX, TokenizedRow
 from flock_pipeline.core.evaluator import (MIN_TOKEN_BUDGET, BaseModel, EvalOutcome, RowDropoutPlan, _free_cache,
-                                           _is_oom, _micro_batches, _pad_id, _sync, epoch_orders, evaluate_loss,
-                                           fresh_lora, linear_schedule, mean_loss, set_determinism, token_losses)
+                                           _is_oom, _micro_batches, _pad_id, _sync, bf16_autocast, epoch_orders,
+                                           evaluate_loss, fresh_lora, linear_schedule, mean_loss, mixed_precision,
+                                           set_determinism, token_losses)
 from flock_pipeline.core.recipe import TrainRecipe
 from flock_pipeline.core.rowmasks import PassDropout, PassMasks, pass_masks
 
@@ -279,7 +280,8 @@ def _accumulate(layers: _Layers, model, seqs: list[_Sequence], n_labels: dict[in
         ids, labels, mask = _pad_rows([s.tokens for s in members], pad_id, device)
         if masks is not None:
             masks.begin([(generators[i], len(seqs[i].tokens.input_ids)) for i in micro], ids.shape[1], device)
-        sums, _ = token_losses(model, ids, labels, mask, recipe.logits_chunk, recompute=True)
+        with bf16_autocast(device, mixed_precision(recipe, device)):  # as the single trainer: forward only
+            sums, _ = token_losses(model, ids, labels, mask, recipe.logits_chunk, recompute=True)
         weights = torch.tensor([1.0 / n_labels[s.adapter] for s in members], device=sums.device)
         per_row = sums * weights
         per_row.sum().backward()
@@ -339,7 +341,8 @@ def train_and_evaluate_many(base: BaseModel, train_sets: Sequence[Sequence[Token
             t1 = time.perf_counter()
             with _merged(layers, k):
                 per_row = evaluate_loss(base.model, eval_tok, pad_id=pad_id, device=base.device,
-                                        batch_tokens=recipe.eval_batch_tokens, chunk=recipe.logits_chunk)
+                                        batch_tokens=recipe.eval_batch_tokens, chunk=recipe.logits_chunk,
+                                        packing=recipe.packing, mixed=mixed_precision(recipe, base.device))
             _sync(base.device)
             outcomes.append(EvalOutcome(
                 eval_loss=mean_loss(per_row), per_row_losses=per_row, train_losses=losses[k], train_rows=len(rows),

@@ -38,6 +38,8 @@ class TrainRecipe:
     # decides which dropout masks each row draws, so it is part of the cache key
     eval_batch_tokens: int = 32_768  # padded tokens per forward pass while evaluating (memory, not semantics)
     logits_chunk: int = 4_096  # labelled positions per output-head chunk: full-vocab logits never exist at once
+    packing: bool = True  # sequences packed end to end (attention kept within each) instead of padded: the same
+    # losses to float rounding, in about half the tokens on the live pool's row lengths
     quantization: str = "none"  # "none" | "nf4": train LoRA on a 4-bit (bitsandbytes nf4, bf16 compute) copy of
     # the base, as the live selection game does; the eval always runs on the unquantised base + merged adapter (CUDA)
     optimizer: str = "adamw"  # "adamw" (torch) | "paged_adamw_8bit" (bitsandbytes, the live game's; CUDA only)
@@ -87,7 +89,7 @@ class TrainRecipe:
         return self.quantization != "none" or self.optimizer != "adamw"
 
     # Fields that change memory use or speed but not the result (within float rounding); left out of the cache key.
-    _PERFORMANCE_ONLY = ("eval_batch_tokens", "logits_chunk")
+    _PERFORMANCE_ONLY = ("eval_batch_tokens", "logits_chunk", "packing")
     # Fields added after results were first cached: at their defaults they stay out of the hash, so earlier results
     # (which were computed exactly that way) keep their keys.
     _HASHED_UNLESS_DEFAULT = {"quantization": "none", "optimizer": "adamw", "strip_whitespace": False,

@@ -196,7 +196,11 @@ class EvaluatorResource(dg.ConfigurableResource):
         device = resolve_device(self.device)
         dtype = str(resolve_dtype(recipe.precision, device)).removeprefix("torch.")
         trainer = "|multi-lora" if device.type == "cuda" and self.multi_lora_enabled() else ""
-        numerics = hashlib.sha256(f"{recipe.recipe_hash()}|{device.type}|{dtype}{trainer}".encode()).hexdigest()[:16]
+        # bf16 and nf4 recipes train and evaluate under bf16 autocast (the live Trainer's bf16=True); results from
+        # before that keep other keys
+        mixed = "|bf16-autocast" if dtype == "bfloat16" or recipe.quantization == "nf4" else ""
+        numerics = hashlib.sha256(f"{recipe.recipe_hash()}|{device.type}|{dtype}{trainer}{mixed}".encode()
+                                  ).hexdigest()[:16]
         return {"base_model": self.model_name(), "base_revision": model_revision(path),
                 "recipe_hash": numerics, "recipe": recipe.to_dict(), "device": device.type, "dtype": dtype,
                 "versions": dict(_library_versions())}

@@ -5,7 +5,9 @@ The tiny model is built once per module (~20 s on one core); everything else her
 
 from __future__ import annotations
 
+import contextlib
 import math
+from types import SimpleNamespace
 
 import torch
 
@@ -19,6 +21,7 @@ from flock_pipeline.core.evaluator import (  # noqa: E402
     _micro_batches,
     _pad,
     _pad_id,
+    attention_weight,
     base_eval_loss,
     evaluate_loss,
     fresh_lora,
@@ -533,11 +536,11 @@ def _oom_above(monkeypatch, max_tokens):
     real = ev.token_losses
     calls = []
 
-    def limited(model, ids, labels, mask, chunk, *, recompute):
+    def limited(model, ids, labels, mask, chunk, *, recompute, **packed):
         calls.append(ids.numel())
         if ids.numel() > max_tokens:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, ids, labels, mask, chunk, recompute=recompute)
+        return real(model, ids, labels, mask, chunk, recompute=recompute, **packed)
 
     monkeypatch.setattr(ev, "token_losses", limited)
     return calls
@@ -575,8 +578,8 @@ def test_oom_below_the_minimum_budget_is_raised(base, monkeypatch):
 def test_the_quantized_recipe_trains_on_the_copy_and_evaluates_the_base_with_its_adapter(base, monkeypatch):
     """The nf4 path's own logic, on CPU: the adapter is trained on a second copy of the base (4-bit on CUDA; here
     an unquantized copy stands in for bitsandbytes' layers), then its weights go into a fresh adapter on the base for
-    the merged eval. With an identical copy that must give exactly the plain recipe's result, and leave the base
-    untouched."""
+    the merged eval, both under bf16 autocast as the bf16 recipe runs. With an identical copy that must give exactly
+    the bf16 recipe's result, and leave the base untouched."""
     import copy
 
     import flock_pipeline.core.qlora as qlora
@@ -591,9 +594,12 @@ def test_the_quantized_recipe_trains_on_the_copy_and_evaluates_the_base_with_its
                                                                                            weight_decay=wd))
     rows, evals = honest_rows(ATLAS, 16, 5), eval_rows(ATLAS)[:10]
     before = _snapshot(base.model)
-    plain = train_and_evaluate(base, rows, evals, FAST)
-    live = train_and_evaluate(base, rows, evals, FAST.with_overrides(quantization="nf4", optimizer="paged_adamw_8bit"))
+    plain = train_and_evaluate(base, rows, evals, FAST.with_overrides(precision="bf16"))
+    with _autocast_seen(twin.model) as trained, _autocast_seen(base.model) as evaluated:
+        live = train_and_evaluate(base, rows, evals, FAST.with_overrides(quantization="nf4",
+                                                                         optimizer="paged_adamw_8bit"))
     assert calls == [base, "optimizer"]
+    assert trained == {(True, True)} and evaluated == {(True, False)}  # bf16 autocast, training then eval
     assert live.train_losses == plain.train_losses
     assert live.eval_loss == pytest.approx(plain.eval_loss, rel=1e-6)
     assert all(torch.equal(before[k], v) for k, v in _snapshot(base.model).items())
@@ -612,3 +618,181 @@ def test_stripping_whitespace_is_what_the_live_loader_does(base):
     stripped = train_and_evaluate(base, [row.stripped()] * 8, [row.stripped()], FAST)
     live = train_and_evaluate(base, [row] * 8, [row], FAST.with_overrides(strip_whitespace=True))
     assert live.eval_loss == stripped.eval_loss
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (7) packing (no padding) and bf16 autocast
+
+
+def _lengths_rows(lengths) -> list[TokenizedRow]:
+    """Token rows of the given lengths, the first 40 % unlabelled (the prompt)."""
+    return [TokenizedRow(tuple(range(1, n + 1)), (IGNORE_INDEX,) * max(1, int(n * 0.4)) + tuple(
+        range(max(1, int(n * 0.4)) + 1, n + 1))) for n in lengths]
+
+
+def _live_pool_lengths(n: int, seed: int) -> list[int]:
+    """Log-normal row lengths like the live pool's (median 350, mean about 420 tokens, capped at 2048)."""
+    import random
+
+    draw = random.Random(seed)
+    return [int(min(2048, max(32, math.exp(math.log(350) + 0.6 * draw.gauss(0, 1))))) for _ in range(n)]
+
+
+def test_pack_lays_rows_end_to_end_and_no_target_crosses_a_row_boundary():
+    from flock_pipeline.core.evaluator import _pack
+
+    rows = [TokenizedRow((5, 6, 7), (5, 6, 7)), TokenizedRow((8, 9), (8, 9)), TokenizedRow((3,), (3,))]
+    ids, labels, positions, owner = _pack(rows, [[1, 0], [2]], 0, CPU)
+    assert ids.tolist() == [[8, 9, 5, 6, 7], [3, 0, 0, 0, 0]]
+    assert positions.tolist() == [[0, 1, 0, 1, 2], [0, 0, 1, 2, 3]]  # restarting at each row; padding its own
+    assert owner.tolist() == [[0, 0, 1, 1, 1], [2, -1, -1, -1, -1]]
+    # a row's first label is never a target (in the padded layout it never is either): nothing predicts across
+    assert labels.tolist() == [[IGNORE_INDEX, 9, IGNORE_INDEX, 6, 7], [IGNORE_INDEX] * 5]
+    for b in range(ids.shape[0]):
+        for t in range(ids.shape[1] - 1):
+            if owner[b, t] != owner[b, t + 1]:
+                assert labels[b, t + 1] == IGNORE_INDEX and positions[b, t + 1] == 0
+
+
+def test_packed_token_losses_are_the_padded_per_row_losses_and_gradients(base):
+    """A packed forward (rows end to end, positions restarting at 0, no mask) attends within each row only: per-row
+    sums, counts and the LoRA gradients equal the padded batch's. A row whose first label is labelled sits second
+    in a packed row, so a target crossing the boundary would show in its count."""
+    from flock_pipeline.core.evaluator import _pack
+
+    tok = tokenize_rows(mixed_rows() + eval_rows(ATLAS)[5:9], base.tokenizer, 512)
+    tok.append(TokenizedRow(tok[0].input_ids, tok[0].input_ids))  # every label labelled, the first too
+    packs = [[0, len(tok) - 1, 2], [1, 3, 4], [5, 6, 7]]
+    assert sorted(i for p in packs for i in p) == list(range(len(tok)))
+    slots = [i for p in packs for i in p]
+    with fresh_lora(base, FAST.with_overrides(lora_dropout=0.0)) as model:
+        _perturb_lora_b(model)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        ids, labels, mask = _pad(tok, 0, CPU)
+        padded, padded_counts = token_losses(model, ids, labels, mask, 4096, recompute=True)
+        padded_grads = torch.autograd.grad(padded.sum() / padded_counts.sum(), params)
+        ids, labels, positions, owner = _pack(tok, packs, 0, CPU)
+        packed, counts = token_losses(model, ids, labels, None, 7, recompute=True, positions=positions, owner=owner,
+                                      n_out=len(tok))
+        grads = torch.autograd.grad(packed.sum() / counts.sum(), params)
+    by_row = {i: k for k, i in enumerate(slots)}
+    assert [int(counts[by_row[i]]) for i in range(len(tok))] == padded_counts.tolist()
+    assert padded_counts[-1] == len(tok[-1].input_ids) - 1
+    packed = packed.detach().tolist()
+    assert [packed[by_row[i]] for i in range(len(tok))] == pytest.approx(padded.tolist(), rel=1e-5)
+    for g, pg in zip(grads, padded_grads):
+        assert torch.allclose(g, pg, rtol=1e-4, atol=1e-7)
+
+
+def test_packing_plans_cover_every_row_and_remove_the_padding():
+    from flock_pipeline.core.evaluator import _eval_packs, _train_packs, token_layout
+
+    for lengths, budget in [([5, 10, 3], 1000), ([5, 10, 3], 12), ([40, 40, 40, 40], 100), ([300, 20, 7], 64),
+                            (_live_pool_lengths(8, 1), 16_384), (_live_pool_lengths(8, 2), 1_000)]:
+        for batches in (_train_packs(lengths, budget), _eval_packs(lengths, budget)):
+            assert sorted(i for packs in batches for p in packs for i in p) == list(range(len(lengths)))
+            for packs in batches:  # within the budget unless a single row is longer
+                width = max(sum(lengths[i] for i in p) for p in packs)
+                assert len(packs) * width <= budget or len(packs) == 1 and len(packs[0]) == 1
+    # the eval's packing moves rows into padding only: never more tokens, never a longer row than padded
+    lengths = _live_pool_lengths(600, 3)
+    for packs in _eval_packs(lengths, 32_768):
+        assert max(sum(lengths[i] for i in p) for p in packs) == lengths[packs[0][0]]
+    # on the live pool's lengths padding doubles the training tokens; packing for Qwen2.5-0.5B leaves under 5 %
+    qwen_05b = SimpleNamespace(hidden_size=896, num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864)
+    train, evals = _lengths_rows(_live_pool_lengths(100, 4)), _lengths_rows(lengths)
+    layout = token_layout(train, evals, TrainRecipe(), attention_weight(qwen_05b))
+    assert layout["train_tokens_padded"] > 1.6 * layout["train_tokens_real"]
+    assert layout["train_tokens_packed"] <= 1.05 * layout["train_tokens_real"]
+    assert layout["eval_tokens_real"] <= layout["eval_tokens_packed"] < layout["eval_tokens_padded"]
+    assert token_layout(train, evals, TrainRecipe())["train_tokens_packed"] <= layout["train_tokens_packed"]
+
+
+@pytest.mark.parametrize("lengths", [[90, 88, 93, 85, 91, 89, 90, 87], _live_pool_lengths(8, 5), [700, 30, 20, 10]])
+def test_packing_takes_the_layout_with_the_least_work(lengths):
+    """Longer packed rows cost attention work (dense under the block-diagonal mask): for a narrow model like the
+    tiny one, short rows stay (about) as padded; for a wide one they are packed into long rows. Never more work than
+    padding."""
+    from flock_pipeline.core.evaluator import _layout_cost, _train_packs
+
+    tiny = attention_weight(SimpleNamespace(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                            intermediate_size=128))
+    wide = attention_weight(SimpleNamespace(hidden_size=1536, num_attention_heads=12, num_key_value_heads=2,
+                                            intermediate_size=8960))
+    assert 3e-3 < tiny < 4e-3 and 6e-5 < wide < 7e-5
+    padded = [[[i] for i in group] for group in _micro_batches(_lengths_rows(lengths), 16_384)]
+    for attention in (tiny, wide, 0.0):
+        chosen = _train_packs(lengths, 16_384, attention)
+        assert _layout_cost(lengths, chosen, attention) <= _layout_cost(lengths, padded, attention)
+    narrow = [p for packs in _train_packs(lengths, 16_384, tiny) for p in packs]
+    wide_rows = [p for packs in _train_packs(lengths, 16_384, wide) for p in packs]
+    assert len(wide_rows) <= len(narrow) and len(wide_rows) < len(lengths)
+    if max(lengths) < 2 * min(lengths):  # rows of about one length: the tiny model keeps them one to a row
+        assert len(narrow) == len(lengths)
+
+
+@pytest.mark.parametrize("long_rows", [False, True], ids=["the tiny model's layout", "whole steps in one row"])
+def test_packed_training_gives_the_padded_trainers_losses(base, monkeypatch, long_rows):
+    """Packing changes the layout, not the result: with row-keyed dropout on, the same step losses and eval loss
+    (to float rounding) as padded micro-batches."""
+    import flock_pipeline.core.evaluator as ev
+
+    assert FAST.lora_dropout > 0 and FAST.packing
+    if long_rows:  # as for a wide model: every step's rows end to end in one packed row
+        monkeypatch.setattr(ev, "attention_weight", lambda config: 0.0)
+    rows, evals = honest_rows(ATLAS, 16, 3), eval_rows(ATLAS)[:20]
+    packed = train_and_evaluate(base, rows, evals, FAST)
+    padded = train_and_evaluate(base, rows, evals, FAST.with_overrides(packing=False))
+    assert packed.train_losses == pytest.approx(padded.train_losses, rel=1e-5)
+    assert packed.eval_loss == pytest.approx(padded.eval_loss, rel=1e-5)
+    assert packed.per_row_losses == pytest.approx(padded.per_row_losses, rel=1e-5)
+    assert FAST.with_overrides(packing=False).recipe_hash() == FAST.recipe_hash()
+
+
+@contextlib.contextmanager
+def _autocast_seen(model):
+    """The set of (autocast to bf16 on, gradients on) that the model's decoder saw in its forward passes."""
+    seen = set()
+    decoder = model.get_decoder()
+    handle = decoder.register_forward_pre_hook(lambda *_: seen.add(
+        (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16,
+         torch.is_grad_enabled())))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def test_the_bf16_recipe_trains_and_evaluates_under_autocast_and_fp32_does_not(base):
+    rows, evals = honest_rows(ATLAS, 4, 3), eval_rows(ATLAS)[:4]
+    recipe = FAST.with_overrides(max_train_rows=4)
+    with _autocast_seen(base.model) as bf16:
+        out = train_and_evaluate(base, rows, evals, recipe.with_overrides(precision="bf16"))
+        base_eval_loss(base, evals, recipe.with_overrides(precision="bf16"))
+    with _autocast_seen(base.model) as fp32:
+        train_and_evaluate(base, rows, evals, recipe)
+    assert bf16 == {(True, True), (True, False)} and fp32 == {(False, True), (False, False)}
+    assert math.isfinite(out.eval_loss)
+
+
+def test_bf16_results_from_before_autocast_keep_other_cache_keys(tmp_path):
+    """bf16 (and nf4) recipes compute differently under autocast: their results must not share a key with results
+    computed without it, while fp32 results (unchanged, packing only moves float rounding) keep theirs."""
+    import hashlib
+
+    from flock_pipeline.resources.evaluator import EvaluatorResource
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"WEIGHTS")
+    evaluator = EvaluatorResource(base_model=str(model), device="cpu")
+
+    def before(recipe: TrainRecipe, dtype: str) -> str:  # the key's numerics before autocast came in
+        return hashlib.sha256(f"{recipe.recipe_hash()}|cpu|{dtype}".encode()).hexdigest()[:16]
+
+    assert evaluator.provenance()["recipe_hash"] == before(TrainRecipe(), "float32")
+    bf16 = evaluator.provenance(recipe={"precision": "bf16"})
+    assert bf16["dtype"] == "bfloat16"
+    assert bf16["recipe_hash"] != before(TrainRecipe(precision="bf16"), "bfloat16")

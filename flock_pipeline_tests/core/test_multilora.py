@@ -129,3 +129,17 @@ def test_a_pass_draws_the_single_trainers_masks_for_every_row_at_once(monkeypatc
     with pytest.raises(RuntimeError, match="rows of the batch"):
         batched(torch.randn(3, 4, 3))
     assert torch.equal(batched.eval()(x), x)
+
+
+def test_the_bf16_recipe_trains_and_evaluates_under_autocast_as_the_single_trainer_does(base, data):
+    """Multi-LoRA runs a bf16 recipe's forward passes under bf16 autocast, training and eval, like the single
+    trainer (otherwise the two procedures would give different losses on a GPU); an fp32 recipe runs as it is."""
+    from flock_pipeline_tests.core.test_evaluator import _autocast_seen
+
+    train_sets, evals = data
+    small = [rows[:4] for rows in train_sets[:2]]
+    with _autocast_seen(base.model) as bf16:
+        train_and_evaluate_many(base, small, evals[:4], RECIPE.with_overrides(precision="bf16", epochs=1))
+    with _autocast_seen(base.model) as fp32:
+        train_and_evaluate_many(base, small, evals[:4], RECIPE.with_overrides(epochs=1))
+    assert bf16 == {(True, True), (True, False)} and fp32 == {(False, True), (False, False)}
