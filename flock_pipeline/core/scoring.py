@@ -263,33 +263,54 @@ def explain_scores(contenders: list[Contender], previous: Mapping[int, float], c
                    now_block: int | None = None) -> dict[int, str]:
     """uid -> how its score and weight came about, in words, with the numbers `score_epoch` used: the base model's
     bar; in win_rate mode every comparison (whom it beat, lost to or tied with, each loss as compared, the earlier
-    commitment's advantage spelled out), the softmax and the blend with the previous epoch; the curve score; or
-    the top-k rule."""
+    commitment's advantage spelled out; above LISTED_COMPARISONS they are counted and the closest named), the
+    softmax and the blend with the previous epoch; the curve score; or the top-k rule."""
+    return explain_scores_in_detail(contenders, previous, config, scores, weights, base_loss=base_loss,
+                                    now_block=now_block)[0]
+
+
+def explain_scores_in_detail(contenders: list[Contender], previous: Mapping[int, float], config: ScoringConfig,
+                             scores: Mapping[int, float], weights: Mapping[int, float], *,
+                             base_loss: float | None = None, now_block: int | None = None
+                             ) -> tuple[dict[int, str], dict[int, str]]:
+    """(`explain_scores`'s explanations, uid -> every comparison of a contender whose explanation summarises them,
+    "; "-separated: the detail kept beside it; none in the other modes or when every comparison is listed)."""
     improving = [c for c in contenders if not (config.require_improvement and base_loss is not None
                                                and c.loss >= base_loss)]
     out = {c.uid: f"eval loss {c.loss:.4f} is not below the base model's {base_loss:.4f}: weight 0"
            for c in contenders if c not in improving}
     bar = f" (below the base model's {base_loss:.4f})" if config.require_improvement and base_loss is not None else ""
+    details: dict[int, str] = {}
     if config.mode == "win_rate":
-        out.update(_explain_win_rate(improving, previous, config, scores, weights, bar, now_block))
+        texts, details = _explain_win_rate(improving, previous, config, scores, weights, bar, now_block)
+        out.update(texts)
     elif config.mode == "curve":
         out.update(_explain_curve(improving, previous, config, scores, weights, bar))
     else:
         out.update(_explain_top_k(improving, previous, config, scores, weights, bar))
-    return out
+    return out, details
+
+
+LISTED_COMPARISONS = 8  # a miner with at most this many comparisons has every one in its explanation; above, they
+# are counted and the closest named (the full list is the miner's detail: `explain_scores_in_detail`)
+CLOSEST = 3  # the comparisons a summarised explanation names: the smallest margins
 
 
 def _explain_win_rate(improving: list[Contender], previous: Mapping[int, float], config: ScoringConfig,
                       scores: Mapping[int, float], weights: Mapping[int, float], bar: str,
-                      now_block: int | None) -> dict[int, str]:
-    """uid -> the win_rate explanation: every comparison, the win rate, the softmax and the blend."""
+                      now_block: int | None) -> tuple[dict[int, str], dict[int, str]]:
+    """(uid -> the win_rate explanation: the comparisons (every one, or counted with the closest named when there
+    are more than LISTED_COMPARISONS), the win rate, the softmax and the blend; uid -> every comparison, for the
+    summarised ones)."""
     verdicts = pairwise_verdicts(improving, config, now_block) if len(improving) > 1 else {}
     paid = paid_win_rates({c.uid: scores.get(c.uid, 0.0) for c in improving}, config)
     fresh = softmax_weights(paid, config.temperature)
-    out = {}
+    out, details = {}, {}
     for c in improving:
-        parts = _comparisons(c, improving, verdicts, config, now_block)
-        text = _win_rate_text(c, parts, config, scores, bar)
+        compared = _comparisons(c, improving, verdicts, config, now_block)
+        if len(compared) > LISTED_COMPARISONS:
+            details[c.uid] = "; ".join(phrase for _, phrase, _ in compared)
+        text = _win_rate_text(c, compared, config, scores, bar)
         if c.uid not in paid:
             out[c.uid] = text + ("; it won no comparison, so it earns nothing (only improvement is paid): "
                                  "weight 0.000000")
@@ -297,35 +318,46 @@ def _explain_win_rate(improving: list[Contender], previous: Mapping[int, float],
         out[c.uid] = text + f"; softmax of the win rates at temperature {config.temperature:g}" + \
             (" (over the miners that won a comparison)" if len(paid) < len(improving) else "") + \
             f": {fresh.get(c.uid, 0.0):.6f}" + _blend_text(c.uid, fresh, previous, config, weights)
-    return out
+    return out, details
 
 
 def _comparisons(c: Contender, improving: list[Contender], verdicts: Mapping[tuple[int, int], int],
-                 config: ScoringConfig, now_block: int | None) -> list[str]:
-    """One phrase per other contender: whether `c` beat, lost to or tied with it, each loss as compared."""
-    parts = []
+                 config: ScoringConfig, now_block: int | None) -> list[tuple[int, str, float]]:
+    """One (verdict, phrase, margin) per other contender: whether `c` beat (1), lost to (-1) or tied with (0) it, in
+    words with each loss as compared, and the margin (its loss as compared minus `c`'s: above 0, `c` was lower)."""
+    out = []
     for o in improving:
         if o.uid == c.uid:
             continue
         verdict = verdicts.get((c.uid, o.uid), -verdicts.get((o.uid, c.uid), 0))
         verb = "beat" if verdict > 0 else "lost to" if verdict < 0 else "tied with"
         eps = epsilon_at(config, min(c.block, o.block), now_block)
-        parts.append(f"{verb} uid {o.uid} ({_as_compared(c, o, eps)} against its {_as_compared(o, c, eps)})")
-    return parts
+        margin = _compared_loss(o, c, eps) - _compared_loss(c, o, eps)
+        phrase = f"{verb} uid {o.uid} ({_as_compared(c, o, eps)} against its {_as_compared(o, c, eps)})"
+        out.append((verdict, phrase, margin))
+    return out
 
 
-def _win_rate_text(c: Contender, parts: list[str], config: ScoringConfig, scores: Mapping[int, float],
-                   bar: str) -> str:
-    """The loss, the win rate and the comparisons behind it (or that `c` was the only contender)."""
-    if not parts:
+def _win_rate_text(c: Contender, compared: list[tuple[int, str, float]], config: ScoringConfig,
+                   scores: Mapping[int, float], bar: str) -> str:
+    """The loss, the win rate and the comparisons behind it (or that `c` was the only contender): every one up to
+    LISTED_COMPARISONS; above, how many were won, lost and tied, and the CLOSEST by margin."""
+    if not compared:
         return f"eval loss {c.loss:.4f}{bar}; the only contender: win rate 1.000"
-    wins = sum(p.startswith("beat") for p in parts)
+    wins = sum(v > 0 for v, _, _ in compared)
     rule = ("a win needs the lower bound of the paired bootstrap's per-row advantage above 0"
             if config.significance == "bootstrap" else "lower loss wins")
-    return (f"eval loss {c.loss:.4f}{bar}; win rate {scores.get(c.uid, 0.0):.3f} = {wins} of {len(parts)} "
-            f"comparisons won ({rule}; the earlier commitment's loss counts x (1 - epsilon), epsilon "
-            f"{config.epsilon:g}" + (" decaying with its age" if config.epsilon_decay_blocks else "")
-            + "): " + "; ".join(parts))
+    head = (f"eval loss {c.loss:.4f}{bar}; win rate {scores.get(c.uid, 0.0):.3f} = {wins} of {len(compared)} "
+            f"comparisons won")
+    how = (f"({rule}; the earlier commitment's loss counts x (1 - epsilon), epsilon {config.epsilon:g}"
+           + (" decaying with its age" if config.epsilon_decay_blocks else "") + ")")
+    if len(compared) <= LISTED_COMPARISONS:
+        return f"{head} {how}: " + "; ".join(phrase for _, phrase, _ in compared)
+    lost = sum(v < 0 for v, _, _ in compared)
+    tied = len(compared) - wins - lost
+    closest = sorted(compared, key=lambda x: abs(x[2]))[:CLOSEST]
+    return (f"{head}, {lost} lost" + (f", {tied} tied" if tied else "") + f" {how}; the {len(closest)} closest: "
+            + "; ".join(f"{phrase[:-1]}, by {abs(margin):.4f})" for _, phrase, margin in closest))
 
 
 def _explain_curve(improving: list[Contender], previous: Mapping[int, float], config: ScoringConfig,
@@ -357,6 +389,11 @@ def _explain_top_k(improving: list[Contender], previous: Mapping[int, float], co
                       + _blend_text(c.uid, {u: 1.0 for u, v in scores.items() if v > 0}, previous, config,
                                     weights))
     return out
+
+
+def _compared_loss(c: Contender, other: Contender, eps: float) -> float:
+    """A contender's loss as the comparison with `other` counts it (x (1 - eps) when `c` committed earlier)."""
+    return c.loss * (1 - eps) if c.block < other.block else c.loss
 
 
 def _as_compared(c: Contender, other: Contender, eps: float) -> str:

@@ -6,7 +6,7 @@ from flock_pipeline.store.migrations import LATEST as SCHEMA_VERSION
 from flock_pipeline.store.records import (
     CommitmentRecord, CompetitionRoundRecord, CorpusRecord, CorpusValueRecord, DatasetRecord, DatasetRowRecord,
     DedupPlanRecord, EpochCompetitionRecord, EpochRecord, EvalObservationRecord, EvalResultRecord, Record,
-    ScoreRecord, ShardRecord,
+    ScoreDetailRecord, ScoreRecord, ShardRecord,
     ShardRowRecord,
     WeightSubmissionRecord, frame, utcnow)
 from flock_pipeline.store.store import DatasetVerdict, ReportRow, ShardToEvaluate, Store, StoreOps, UsedRow
@@ -14,6 +14,7 @@ from flock_pipeline.store.store import DatasetVerdict, ReportRow, ShardToEvaluat
 __all__ = ["CommitmentRecord", "CompetitionRoundRecord", "CorpusRecord", "CorpusValueRecord", "DatasetRecord",
            "DatasetRowRecord", "DatasetVerdict", "DedupPlanRecord", "EpochCompetitionRecord", "EpochRecord",
            "EvalObservationRecord",
-           "EvalResultRecord", "Record", "ReportRow", "SCHEMA_VERSION", "ScoreRecord", "ShardRecord",
+           "EvalResultRecord", "Record", "ReportRow", "SCHEMA_VERSION", "ScoreDetailRecord", "ScoreRecord",
+           "ShardRecord",
            "ShardRowRecord", "ShardToEvaluate", "Store", "StoreOps", "StoreURLError", "UsedRow",
            "WeightSubmissionRecord", "frame", "parse_url", "utcnow"]

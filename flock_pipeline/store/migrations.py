@@ -97,6 +97,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(11, "the eval sets' heads as the validator saw them, block by block (eval policy after_commitments)",
               ("CREATE TABLE IF NOT EXISTS eval_observations (repo VARCHAR, block BIGINT, revision VARCHAR, "
                "seen_at TIMESTAMP, PRIMARY KEY (repo, block))",)),
+    Migration(12, "what a score's explanation summarises, in full (every comparison, beside the scores)",
+              ("CREATE TABLE IF NOT EXISTS score_details (epoch INTEGER, hotkey VARCHAR, detail VARCHAR, "
+               "PRIMARY KEY (epoch, hotkey))",)),
 )
 # Older rows have NULL in the columns added by migrations 2 and 3: `competition` NULL reads as "the one curation
 # competition" and `competition_weight` NULL as "same as weight".

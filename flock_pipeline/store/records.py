@@ -11,9 +11,11 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from datetime import datetime, UTC
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 
 def utcnow() -> datetime:
@@ -67,7 +69,10 @@ def decode_json(text: str):
 
 
 def frame(records: list[Record], cls: type[Record] | None = None) -> pd.DataFrame:
-    """Records as a DataFrame with the table's columns (also when there are none)."""
+    """Records as a DataFrame with the table's columns (also when there are none). (pandas is imported here, not
+    with the store: the commands that only read records start faster.)"""
+    import pandas as pd
+
     columns = (cls or type(records[0])).columns() if (cls or records) else []
     return pd.DataFrame([dataclasses.asdict(r) for r in records], columns=columns)
 
@@ -218,6 +223,17 @@ class ScoreRecord(Record):
 
 
 @dataclass(frozen=True)
+class ScoreDetailRecord(Record):
+    """What a score's explanation summarises, in full: every pairwise comparison of a win-rate miner with more of
+    them than its explanation lists (`flock epoch report N --miner HOTKEY` prints it)."""
+    TABLE: ClassVar[str] = "score_details"
+    KEY: ClassVar[tuple[str, ...]] = ("epoch", "hotkey")
+    epoch: int
+    hotkey: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class WeightSubmissionRecord(Record):
     TABLE: ClassVar[str] = "weight_submissions"
     KEY: ClassVar[tuple[str, ...]] = ("epoch",)
@@ -339,6 +355,6 @@ class CorpusValueRecord(Record):
 
 RECORDS: tuple[type[Record], ...] = (
     EpochRecord, CommitmentRecord, DatasetRecord, DatasetRowRecord, ShardRecord, DedupPlanRecord, ShardRowRecord,
-    EvalResultRecord, ScoreRecord, WeightSubmissionRecord, CorpusRecord, EpochCompetitionRecord,
+    EvalResultRecord, ScoreRecord, ScoreDetailRecord, WeightSubmissionRecord, CorpusRecord, EpochCompetitionRecord,
     CompetitionRoundRecord, CorpusValueRecord, EvalObservationRecord)
 RECORD_OF_TABLE = {r.TABLE: r for r in RECORDS}

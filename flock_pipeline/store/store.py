@@ -17,7 +17,8 @@ from flock_pipeline.store.backends import Backend, Transaction, backend_for
 from flock_pipeline.store.records import (
     RECORD_OF_TABLE, CommitmentRecord, CompetitionRoundRecord, CorpusRecord, CorpusValueRecord, DatasetRecord,
     DatasetRowRecord, EvalObservationRecord,
-    DedupPlanRecord, EpochCompetitionRecord, EpochRecord, EvalResultRecord, Record, ScoreRecord, ShardRecord,
+    DedupPlanRecord, EpochCompetitionRecord, EpochRecord, EvalResultRecord, Record, ScoreDetailRecord, ScoreRecord,
+    ShardRecord,
     ShardRowRecord, WeightSubmissionRecord, decode_json)
 
 
@@ -336,9 +337,15 @@ class StoreOps:
 
     # -- scores, weights, corpora ----------------------------------------------------------------------------
 
-    def record_scores(self, epoch: int, scores: list[ScoreRecord]) -> None:
+    def record_scores(self, epoch: int, scores: list[ScoreRecord], details: list[ScoreDetailRecord] = ()) -> None:
+        """An epoch's scores, and what their explanations summarise, replacing the epoch's earlier ones."""
         with self._backend().transaction() as tx:
             self._replace(tx, ScoreRecord, {"epoch": epoch}, scores)
+            self._replace(tx, ScoreDetailRecord, {"epoch": epoch}, list(details))
+
+    def score_detail(self, epoch: int, hotkey: str) -> ScoreDetailRecord | None:
+        """What the miner's explanation in `epoch` summarises, in full (None: its explanation says it all)."""
+        return self._one(ScoreDetailRecord, "epoch = ? AND hotkey = ?", [epoch, hotkey])
 
     def scores(self, epoch: int) -> list[ScoreRecord]:
         return self._select(ScoreRecord, "epoch = ?", [epoch], "uid, hotkey")

@@ -92,59 +92,115 @@ def _finite(value) -> float | None:
     return float(value) if value is not None and math.isfinite(float(value)) else None
 
 
-def figure(report: CompetitionReport, epoch: int) -> bytes:
-    """The competition's six panels as one PNG."""
-    import matplotlib
+LEADERS = 10  # the miners a competition's figure names (by weight, then loss), each in its own colour of the ten;
+# a competition of more miners has the others drawn together
 
-    matplotlib.use("Agg")
+
+def leaders(report: CompetitionReport) -> tuple[list[dict], list[dict]]:
+    """(the miners the figure names, the others it draws together): every miner up to LEADERS; above, the LEADERS
+    with the most weight (then the lowest loss) and the rest."""
+    if len(report.rows) <= LEADERS:
+        return list(report.rows), []
+    ranked = sorted(report.rows, key=lambda m: (-m["weight"], _loss_or_inf(m), m["uid"]))
+    named = {id(m) for m in ranked[:LEADERS]}
+    return ranked[:LEADERS], [m for m in report.rows if id(m) not in named]
+
+
+def _loss_or_inf(m: dict) -> float:
+    return m["eval_loss"] if m["eval_loss"] is not None else math.inf
+
+
+def figure(report: CompetitionReport, epoch: int) -> bytes:
+    """The competition's six panels as one PNG (`draw_figure`)."""
     import matplotlib.pyplot as plt
 
-    labels = [_label(m) for m in report.rows]
-    fig, axes = plt.subplots(2, 3, figsize=(16, 9.5))
-    fig.suptitle(f"epoch {epoch}: competition {report.name!r} ({report.kind})", fontsize=14)
-    colours = _draw_losses(axes[0][0], report, labels)
-    _draw_weights(axes[0][1], report, labels, colours)
-    _draw_pairwise(axes[0][2], report)
-    _draw_rows(axes[1][0], report, labels)
-    for ax, index, title in ((axes[1][1], 1, "eval loss over epochs"), (axes[1][2], 2, "weight over epochs")):
-        _draw_trend(ax, report, index, title)
-    fig.tight_layout()
+    fig = draw_figure(report, epoch)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
     return buffer.getvalue()
 
 
-def _draw_losses(ax, report: CompetitionReport, labels: list[str]) -> list[str]:
-    """Draws every miner's eval loss against the base model's; returns the bars' status colours."""
-    losses = [m["eval_loss"] if m["eval_loss"] is not None else 0.0 for m in report.rows]
-    colours = [_colour(m["status"]) for m in report.rows]
-    ax.bar(range(len(labels)), losses, color=colours)
+def draw_figure(report: CompetitionReport, epoch: int):
+    """The competition's six panels (a matplotlib Figure). With more than LEADERS miners, the LEADERS are named and
+    drawn each on its own, and the others together: one bar (their median loss and range, their summed weight,
+    their mean rows), one row and column of the win matrix, grey lines in the trends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    named, others = leaders(report)
+    labels = [_label(m) for m in named] + ([f"{len(others)} others"] if others else [])
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9.5))
+    fig.suptitle(f"epoch {epoch}: competition {report.name!r} ({report.kind})"
+                 + (f": the {len(named)} leaders by weight, the other {len(others)} miners together" if others
+                    else ""), fontsize=14)
+    colours = _draw_losses(axes[0][0], report, named, others, labels)
+    _draw_weights(axes[0][1], named, others, labels, colours)
+    _draw_pairwise(axes[0][2], report, named, others)
+    _draw_rows(axes[1][0], report, named, others, labels)
+    for ax, index, title in ((axes[1][1], 1, "eval loss over epochs"), (axes[1][2], 2, "weight over epochs")):
+        _draw_trend(ax, report, named, others, index, title)
+    # fixed margins, room for the rotated labels (tight_layout would lay every text out once more before saving)
+    fig.subplots_adjust(left=0.045, right=0.99, top=0.9, bottom=0.13, wspace=0.2, hspace=0.55)
+    return fig
+
+
+OTHERS_COLOUR = "#b0bec5"
+
+
+def _draw_losses(ax, report: CompetitionReport, named: list[dict], others: list[dict], labels: list[str]
+                 ) -> list[str]:
+    """Draws every named miner's eval loss against the base model's (and the others' median, with their range);
+    returns the bars' colours."""
+    losses = [m["eval_loss"] if m["eval_loss"] is not None else 0.0 for m in named]
+    colours = [_colour(m["status"]) for m in named]
+    ax.bar(range(len(named)), losses, color=colours)
+    title = "eval loss (no bar: not evaluated)"
+    evaluated = sorted(m["eval_loss"] for m in others if m["eval_loss"] is not None)
+    if others:
+        colours.append(OTHERS_COLOUR)
+        title = "eval loss (the others: median, line from lowest to highest)"
+    if evaluated:
+        median = evaluated[len(evaluated) // 2]
+        ax.bar([len(named)], [median], color=OTHERS_COLOUR,
+               yerr=[[median - evaluated[0]], [evaluated[-1] - median]], capsize=4)
     if report.base_loss is not None:
         ax.axhline(report.base_loss, color="black", linestyle="--", label=f"base model {report.base_loss:.4f}")
         ax.legend(loc="upper right", fontsize=8)
-    ax.set_title("eval loss (no bar: not evaluated)")
+    ax.set_title(title)
     _ticks(ax, labels)
     return colours
 
 
-def _draw_weights(ax, report: CompetitionReport, labels: list[str], colours: list[str]) -> None:
-    """Draws every miner's weight."""
-    ax.bar(range(len(labels)), [m["weight"] for m in report.rows], color=colours)
-    ax.set_title("weight")
+def _draw_weights(ax, named: list[dict], others: list[dict], labels: list[str], colours: list[str]) -> None:
+    """Draws every named miner's weight (and the others' together)."""
+    weights = [m["weight"] for m in named] + ([sum(m["weight"] for m in others)] if others else [])
+    ax.bar(range(len(weights)), weights, color=colours)
+    ax.set_title("weight" + (" (the others: their sum)" if others else ""))
     _ticks(ax, labels)
 
 
-def _draw_pairwise(ax, report: CompetitionReport) -> None:
-    """Draws the pairwise win matrix of the scored miners (or says why there is none)."""
-    scored = [m for m in report.rows if m["status"] == "scored" and m["eval_loss"] is not None]
-    if report.verdicts:
-        uids = [m["uid"] for m in scored]
-        grid = [[math.nan if a == b else report.verdicts.get((a, b), -report.verdicts.get((b, a), 0))
-                 for b in uids] for a in uids]
+def _draw_pairwise(ax, report: CompetitionReport, named: list[dict], others: list[dict]) -> None:
+    """Draws the pairwise win matrix of the scored named miners (the others as one row and column: the mean
+    verdict against them), or says why there is none."""
+    scored = [m["uid"] for m in named if m["status"] == "scored" and m["eval_loss"] is not None]
+    rest = [m["uid"] for m in others if m["status"] == "scored" and m["eval_loss"] is not None]
+    if report.verdicts and scored:
+        def verdict(a: int, b: int) -> float:
+            return report.verdicts.get((a, b), -report.verdicts.get((b, a), 0))
+
+        grid = [[math.nan if a == b else verdict(a, b) for b in scored] for a in scored]
+        ticks = [f"uid {u}" for u in scored]
+        if rest:
+            for a, row in zip(scored, grid):
+                row.append(sum(verdict(a, b) for b in rest) / len(rest))
+            grid.append([-row[-1] for row in grid] + [math.nan])
+            ticks.append(f"{len(rest)} others (mean)")
         ax.imshow(grid, cmap="RdYlGn", vmin=-1, vmax=1)
-        ax.set_xticks(range(len(uids)), [f"uid {u}" for u in uids], rotation=60, fontsize=8)
-        ax.set_yticks(range(len(uids)), [f"uid {u}" for u in uids], fontsize=8)
+        ax.set_xticks(range(len(ticks)), ticks, rotation=60, fontsize=8)
+        ax.set_yticks(range(len(ticks)), ticks, fontsize=8)
         ax.set_title("pairwise: row beat column (green), lost (red)")
     else:
         ax.text(0.5, 0.5, "no pairwise comparisons\n(fewer than two scored miners,\nor not a win-rate game)",
@@ -152,29 +208,39 @@ def _draw_pairwise(ax, report: CompetitionReport) -> None:
         ax.set_axis_off()
 
 
-def _draw_rows(ax, report: CompetitionReport, labels: list[str]) -> None:
-    """Draws every miner's rows kept and dropped, stacked by reason."""
+def _draw_rows(ax, report: CompetitionReport, named: list[dict], others: list[dict], labels: list[str]) -> None:
+    """Draws every named miner's rows kept and dropped, stacked by reason (and the others' mean)."""
     reasons = ["kept", "repeated in its file", "copied from an earlier miner", "eval-set rows", "ineligible miner"]
     bottom = [0] * len(labels)
     for reason, colour in zip(reasons, ["#4caf50", "#ffb74d", "#e57373", "#ba68c8", "#9e9e9e"]):
-        values = [report.dropped.get(m["hotkey"], {}).get(reason, 0) for m in report.rows]
+        values = [report.dropped.get(m["hotkey"], {}).get(reason, 0) for m in named]
+        if others:
+            values.append(sum(report.dropped.get(m["hotkey"], {}).get(reason, 0) for m in others) / len(others))
         ax.bar(range(len(labels)), values, bottom=bottom, color=colour, label=reason)
         bottom = [b + v for b, v in zip(bottom, values)]
-    ax.set_title("rows kept and dropped, by reason")
+    ax.set_title("rows kept and dropped, by reason" + (" (the others: their mean)" if others else ""))
     ax.legend(fontsize=7, loc="upper right")
     _ticks(ax, labels)
 
 
-def _draw_trend(ax, report: CompetitionReport, index: int, title: str) -> None:
-    """Draws every miner's trend value `index` (1: eval loss, 2: weight) over the recent epochs."""
+def _draw_trend(ax, report: CompetitionReport, named: list[dict], others: list[dict], index: int,
+                title: str) -> None:
+    """Draws every named miner's trend value `index` (1: eval loss, 2: weight) over the recent epochs, each in its
+    colour and named in the legend, and the others' as thin grey lines (one collection, one legend entry)."""
+    from matplotlib.collections import LineCollection
     from matplotlib.ticker import MaxNLocator
 
     drawn = False
-    for m in report.rows:
-        # an epoch without a value (a failed evaluation) is a gap in the line, not a straight segment over it
-        points = [(p[0], math.nan if p[index] is None else p[index]) for p in report.trends.get(m["hotkey"], [])]
+    grey = [run for m in others for run in _runs(_points(report, m, index))]
+    if grey:
+        ax.add_collection(LineCollection(grey, colors=OTHERS_COLOUR, linewidths=0.6, alpha=0.6, zorder=1,
+                                         label=f"{len(others)} others"))
+        ax.autoscale_view()
+        drawn = True
+    for m in named:
+        points = _points(report, m, index)
         if any(not math.isnan(v) for _, v in points):
-            ax.plot([e for e, _ in points], [v for _, v in points], marker="o", label=_label(m))
+            ax.plot([e for e, _ in points], [v for _, v in points], marker="o", label=_label(m), zorder=3)
             drawn = True
     if index == 1 and report.base_loss is not None:
         ax.axhline(report.base_loss, color="black", linestyle="--", linewidth=0.8)
@@ -186,6 +252,23 @@ def _draw_trend(ax, report: CompetitionReport, index: int, title: str) -> None:
         ax.set_xlim(min(shown) - 0.5, max(shown) + 0.5)
     if drawn:
         ax.legend(fontsize=7, loc="best")
+
+
+def _points(report: CompetitionReport, m: dict, index: int) -> list[tuple[int, float]]:
+    """The miner's (epoch, trend value `index`); an epoch without a value (a failed evaluation) is NaN: a gap in
+    the line, not a straight segment over it."""
+    return [(p[0], math.nan if p[index] is None else p[index]) for p in report.trends.get(m["hotkey"], [])]
+
+
+def _runs(points: list[tuple[int, float]]) -> list[list[tuple[int, float]]]:
+    """The stretches of consecutive values between the gaps (a lone value is a stretch of one: no line)."""
+    runs, current = [], []
+    for e, v in points:
+        if math.isnan(v):
+            runs, current = runs + ([current] if current else []), []
+        else:
+            current.append((e, v))
+    return runs + ([current] if current else [])
 
 
 def _label(m: dict) -> str:
@@ -290,21 +373,48 @@ def page(epoch: int, reports: list[CompetitionReport], values: list | None = Non
     return "\n".join(parts) + "\n"
 
 
+MARKDOWN_ROWS = 32  # miners per competition in the Markdown summary (by weight; the page and the CLI list all)
+MARKDOWN_BYTES = 200 * 1024  # the whole summary, whatever the number of miners and competitions
+WHY_CHARS = 1500  # one explanation in the summary
+
+
 def markdown(epoch: int, reports: list[CompetitionReport], values: list | None = None) -> str:
-    """The report's tables as Markdown (the Dagster UI shows it beside the materialization)."""
+    """The report's tables as Markdown (the Dagster UI shows it beside the materialization), bounded: per
+    competition the MARKDOWN_ROWS miners with the most weight, then a row that counts the others and names the
+    command that lists them; at most MARKDOWN_BYTES in all."""
     lines = [f"# Epoch {epoch}"]
     if values:
         lines += ["", "## What training on the release is worth (held-out loss)", "", *value_table(values)]
+    more = f"`flock epoch report {epoch}` (and `--html`)"
     for r in reports:
         base = f" (base model {r.base_loss:.4f})" if r.base_loss is not None else ""
         lines += ["", f"## {r.name}{base}", "", "| uid | hotkey | status | eval loss | weight | sent | why |",
                   "|---|---|---|---|---|---|---|"]
-        for m in r.rows:
+        ranked = r.rows if len(r.rows) <= MARKDOWN_ROWS else sorted(
+            r.rows, key=lambda m: (-m["weight"], _loss_or_inf(m), m["uid"]))[:MARKDOWN_ROWS]
+        for m in ranked:
             loss = "" if m["eval_loss"] is None else f"{m['eval_loss']:.4f}"
-            why = (m.get("explanation") or "").replace("|", "/")
+            why = (m.get("explanation") or "").replace("|", "/").replace("\n", " ")
+            why = why if len(why) <= WHY_CHARS else why[:WHY_CHARS - 1] + "…"
             lines.append(f"| {m['uid']} | {m['hotkey']} | {m['status']} | {loss} | {m['weight']:.6f} | {_sent(m)} "
                          f"| {why} |")
-    return "\n".join(lines) + "\n"
+        if len(r.rows) > len(ranked):
+            lines.append(f"| {len(r.rows) - len(ranked)} more in {more} | | | | | | |")
+    return _bounded(lines, more) + "\n"
+
+
+def _bounded(lines: list[str], more: str) -> str:
+    """The lines joined, cut at the last whole line within MARKDOWN_BYTES (saying where the rest is)."""
+    text = "\n".join(lines)
+    if len(text.encode()) <= MARKDOWN_BYTES:
+        return text
+    kept, size = [], 0
+    for line in lines:
+        size += len(line.encode()) + 1
+        if size > MARKDOWN_BYTES - 200:
+            break
+        kept.append(line)
+    return "\n".join([*kept, "", f"(cut here: the rest is in {more})"])
 
 
 def _sent(m: dict) -> str:
@@ -340,19 +450,33 @@ def _atomic(path: Path, data: bytes) -> Path:
 
 
 def recorded_base_losses(epoch: int, settings, store, evaluator) -> dict[str, float | None]:
-    """competition -> the base model's eval loss recorded for its eval set and recipe (None when not computed)."""
+    """competition -> the base model's eval loss recorded for its eval set and recipe (None when not computed).
+
+    Read from the store alone, without the model or torch (the report is a quick command): among the base model's
+    recorded results, those with this validator's model and recipe for the competition whose cache key is the one
+    of the epoch's eval revision under their own recorded provenance; the latest of them."""
+    import json
+
+    from flock_pipeline.store import EvalResultRecord
     from flock_pipeline.validator.evaluation import BASE_SHARD, cache_key, competition_recipe
     from flock_pipeline.validator.games import epoch_setups
 
+    def canonical(value) -> str:
+        return json.dumps(value, sort_keys=True, default=list)
+
+    recorded = [r for r in store.rows(EvalResultRecord, shard_hash=BASE_SHARD)
+                if r.status == "ok" and isinstance(r.provenance, dict)]
     out: dict[str, float | None] = {}
     setups = epoch_setups(store, epoch, settings.competition_set())
     for c in settings.competition_set():
         setup = setups.get(c.name)
-        provenance = evaluator.provenance(build=False, recipe=competition_recipe(settings, c.name))
-        result = None
-        if setup is not None and provenance is not None:
-            result = store.eval_result(cache_key(BASE_SHARD, provenance, setup.eval_revision))
-        out[c.name] = float(result.eval_loss) if result is not None and result.status == "ok" else None
+        recipe = canonical(evaluator.train_recipe(competition_recipe(settings, c.name)).to_dict())
+        found = [r for r in recorded if setup is not None
+                 and r.provenance.get("base_model") == evaluator.model_name()
+                 and canonical(r.provenance.get("recipe")) == recipe
+                 and cache_key(BASE_SHARD, r.provenance, setup.eval_revision) == r.cache_key]
+        latest = max(found, key=lambda r: (r.created_at is not None, r.created_at or 0), default=None)
+        out[c.name] = float(latest.eval_loss) if latest is not None else None
     return out
 
 

@@ -31,6 +31,31 @@ def epoch_report(epoch: int, store: StoreResource, labels: dict[str, str] | None
     return report
 
 
+def miner_account(epoch: int, store: StoreResource, hotkey: str, labels: dict[str, str] | None = None) -> dict | None:
+    """The miner's entry in the epoch's report with `comparisons`: every pairwise comparison its explanation counts
+    and names only the closest of (the recorded detail, one phrase each; empty when the explanation lists them all).
+    None when the hotkey has no entry in the epoch."""
+    entry = next((m for m in epoch_report(epoch, store, labels) if m["hotkey"] == hotkey), None)
+    if entry is None:
+        return None
+    detail = store.score_detail(epoch, hotkey)
+    return {**entry, "comparisons": detail.detail.split("; ") if detail is not None and detail.detail else []}
+
+
+def format_account(epoch: int, account: dict) -> str:
+    """`miner_account` as text: the miner's line, how its weight came about, then every comparison, one a line."""
+    loss = "-" if account["eval_loss"] is None else f"{account['eval_loss']:.4f}"
+    lines = [f"epoch {epoch}: uid {account['uid']} {account['hotkey']}"
+             + (f" ({account['label']})" if account.get("label") else "")
+             + f", {account['competition'] or '-'}: {account['status']}, eval loss {loss}, "
+             f"score {account['score']:.3f}, weight {account['weight']:.6f}",
+             f"how the weight came about: {account['explanation'] or '-'}"]
+    if account["comparisons"]:
+        lines.append(f"every comparison ({len(account['comparisons'])}):")
+        lines += [f"  {c}" for c in account["comparisons"]]
+    return "\n".join(lines)
+
+
 def sent_shares(store: StoreResource, epoch: int) -> dict[int, float] | None:
     """uid -> its share of the u16 vector the chain took for `epoch` (each value over their sum: what the weight
     becomes on chain, after the SDK's conversion to u16 and the chain's limits); None when nothing was sent."""

@@ -13,7 +13,7 @@ from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.resources.hub import HubResource
-from flock_pipeline.store import (EpochCompetitionRecord, EpochRecord, ScoreRecord)
+from flock_pipeline.store import EpochCompetitionRecord, EpochRecord, ScoreDetailRecord, ScoreRecord
 from flock_pipeline.errors import ResultsKept, ValidatorFault
 from flock_pipeline.validator.evaluation import base_eval_loss, shard_cache_key
 from flock_pipeline.validator.games import competition_of, competition_recipe, epoch_setups
@@ -68,15 +68,20 @@ def compute_epoch_scores(epoch: int, evaluator: EvaluatorResource, settings: Val
     _combine(rows, competitions, outcomes, epoch)
     advisories = {hk: p["advisory"] for hk, p in (store.epoch_plans(epoch) if plans is None else plans).items()
                   if p.get("advisory")}
+    details = []
     for row in rows:
         row["explanation"] = explanation(row, shards.get(row["hotkey"]), competitions, outcomes)
+        detail = row.pop("detail", None)
+        if detail:  # the explanation summarises: the whole account is kept beside it, and it says where
+            details.append(ScoreDetailRecord(epoch=epoch, hotkey=row["hotkey"], detail=detail))
+            row["explanation"] += f"; every comparison: `flock epoch report {epoch} --miner {row['hotkey']}`"
         if row["hotkey"] in advisories:  # seen by the operator, weighed by nobody
             row["explanation"] += f"; advisory, the weights unchanged: {advisories[row['hotkey']]}"
     scores = [ScoreRecord(**row) for row in rows]
     _keep_what_was_recorded(epoch, store.scores(epoch), scores, settings.replace_results)
     for name, decided, hotkeys, note in decisions:  # a round is decided only by a run whose scores are kept
         _record_decision(store, name, decided, hotkeys, epoch, note)
-    store.record_scores(epoch, scores)
+    store.record_scores(epoch, scores, details)
     return scores
 
 
@@ -153,6 +158,8 @@ def _apply_outcome(rows: list[dict], competition: str, outcome) -> None:
             row["reason"] = outcome.reasons[uid]
         if uid in outcome.explanations:
             row["explanation"] = outcome.explanations[uid]
+        if uid in outcome.details:
+            row["detail"] = outcome.details[uid]
 
 
 def _keep_what_was_recorded(epoch: int, recorded: list[ScoreRecord], new: list[ScoreRecord], replace: bool) -> None:

@@ -177,6 +177,7 @@ class CompetitionScores:
     reasons: uid -> why a contender got what it got (e.g. "not below the base model's loss").
     statuses: uid -> a status other than "scored" for a contender (e.g. "no_improvement").
     explanations: uid -> in words, how a contender's score and weight came about (the comparisons and numbers).
+    details: uid -> what an explanation summarises, in full (every comparison, when there are too many to list).
     extra: uid -> (hotkey, status, reason) for uids that receive weight without being contenders this epoch (the
     burn uid, the previous round's winner).
     """
@@ -187,6 +188,7 @@ class CompetitionScores:
     statuses: dict[int, str] = field(default_factory=dict)
     extra: dict[int, tuple[str, str, str]] = field(default_factory=dict)
     explanations: dict[int, str] = field(default_factory=dict)  # uid -> how its score and weight came about
+    details: dict[int, str] = field(default_factory=dict)  # uid -> the full account its explanation summarises
     decided: tuple[str, int | None, float | None] | None = None  # (round id, winner uid, winner loss) decided now
     decided_note: str | None = None  # with decided: how, when not by a winner (the previous weights kept)
     differs: str | None = None  # the rule sets' decisions, in words, when they differ

@@ -17,7 +17,7 @@ from flock_pipeline.core.competitions.base import (Competition, CompetitionConfi
                                                    Contender, Entry, EvalSet, ScoringContext)
 from flock_pipeline.core.dedup import DedupConfig, MinerRows, ShardPlan, deduplicate
 from flock_pipeline.core.scoring import Contender as ScoringContender
-from flock_pipeline.core.scoring import ScoringConfig, explain_scores, score_epoch
+from flock_pipeline.core.scoring import ScoringConfig, explain_scores_in_detail, score_epoch
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,9 @@ class CurationCompetition(Competition):
                                       now_block=context.now_block)
         # zero weights dropped; anything else (NaN or negative from a bug) stays for validate_weights to refuse
         out = CompetitionScores(scores=scores, weights={u: w for u, w in weights.items() if w != 0})
-        out.explanations = explain_scores(rows, context.previous, self.scoring, scores, weights,
-                                          base_loss=context.base_loss, now_block=context.now_block)
+        out.explanations, out.details = explain_scores_in_detail(
+            rows, context.previous, self.scoring, scores, weights, base_loss=context.base_loss,
+            now_block=context.now_block)
         base = context.base_loss
         if self.scoring.require_improvement and base is not None:
             for c in contenders:
