@@ -264,3 +264,34 @@ def _report_line(report: dict) -> str:
     why = f" ({report['reason']})" if report.get("reason") else ""
     return (f"{report['repo']}: epoch {report['epoch']} {report['status']}, loss {report['eval_loss']}, "
             f"rank {report['rank']} of {report['of']}{why}")
+
+
+def cmd_miner_history(args) -> int:
+    """`flock miner history HOTKEY`: the miner's loss, rank, score and weight in every epoch this validator's store
+    scored it in (offline: the store alone)."""
+    from flock_pipeline.core.untrusted import printable
+    from flock_pipeline.miner import dumps
+    from flock_pipeline.resources import build_resources
+    from flock_pipeline.validator.history import miner_history_rows
+
+    rows = miner_history_rows(args.hotkey, build_resources(training=False)["store"])
+    if args.json:
+        print(dumps({"hotkey": args.hotkey, "epochs": rows}))
+    elif not rows:
+        print(f"flock: {printable(args.hotkey, 80)}: no epoch scored in this validator's store", file=sys.stderr)
+    else:
+        print(_history_text(rows))
+    return 0 if rows else 1
+
+
+def _history_text(rows: list[dict]) -> str:
+    """`flock miner history`'s table: one line per epoch."""
+    from flock_pipeline.core.untrusted import printable
+
+    header = ["epoch", "uid", "competition", "status", "eval_loss", "rank", "score", "weight", "sent", "reason"]
+    lines = [[str(r["epoch"]), str(r["uid"]), r["competition"] or "", r["status"],
+              "" if r["eval_loss"] is None else f"{r['eval_loss']:.4f}",
+              "" if r["rank"] is None else f"{r['rank']}/{r['of']}", f"{r['score']:.3f}", f"{r['weight']:.6f}",
+              "-" if r["sent"] is None else f"{r['sent']:.6f}", printable(r["reason"] or "", 160)] for r in rows]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header, *lines])

@@ -117,4 +117,23 @@ def miner_standing(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorR
         yield dg.Output(None, output_name=output.name)
 
 
+def report_given_up(instance: dg.DagsterInstance, hotkey: str, epoch: int, message: str) -> None:
+    """A miner whose evaluation runs kept dying and whose evaluation the planner recorded as failed: both standing
+    checks fail on its partition, outside any run (no run of it got as far as its checks).
+
+    Where a failed evaluation shows among the partitions: Dagster colours an asset's partition from runs alone (red
+    only when a run that planned it failed and nothing materialized it since), and a recorded failure is this
+    pipeline's outcome for the miner, not a failed run. The per-partition check is what the UI lists as failed
+    (the asset's Checks tab, `miner_evaluated`: "Failed (N)", each partition red), so every recorded failure, in a
+    run or given up here, is a failed `miner_evaluated` evaluation on the miner's partition. It targets the
+    partition's latest materialization, or the UI would call it out of date and show no status."""
+    summary = message.strip().splitlines()[0] if message.strip() else "evaluation given up"
+    target = _target(instance, hotkey)
+    for name, (_, severity) in STANDING_CHECKS.items():
+        instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+            asset_key=miner_eval_losses.key, check_name=name, passed=False, severity=severity,
+            metadata={"verdict": "failed", "summary": summary, "epoch": str(epoch)}, description=summary,
+            partition=hotkey, target_materialization_data=target))
+
+
 CHECKS = [miner_standing, weights_are_valid]

@@ -16,7 +16,9 @@ import dagster as dg
 from flock_pipeline.defs.assets import (EPOCH_TAG, RANGE_END, RANGE_START, SCORING_STAGE, deduplicated_shards,
                                         miner_datasets, miner_eval_losses, miners_in_range, miners_partitions,
                                         submitted_weights)
+from flock_pipeline.defs.checks import report_given_up
 from flock_pipeline.defs.jobs import EPOCH_STAGE_JOB, MINER_STAGE_JOB
+from flock_pipeline.defs.stages import stage_tags
 from flock_pipeline.resources.evaluator import EvaluatorResource
 from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.store import StoreResource
@@ -205,7 +207,8 @@ def batch_key(prefix: str, batch: list[str], bases: dict[str, str]) -> str:
 
 def batch_request(run_key: str, batch: list[str], tags: dict, selection: list) -> dg.RunRequest:
     """A run of `selection` (of the miner stage's job) for one miner's partition, or for the partition range of a
-    batch."""
+    batch, tagged with its stage."""
+    tags = {**tags, **stage_tags(selection)}
     if len(batch) == 1:
         return dg.RunRequest(run_key=run_key, partition_key=batch[0], tags=tags, job_name=MINER_STAGE_JOB,
                              asset_selection=selection)
@@ -259,7 +262,8 @@ def next_epoch_requests(epoch: int, store: StoreResource, instance: dg.DagsterIn
         return step
     if not store.scores(epoch):
         return [dg.RunRequest(run_key=scoped(network, f"score:{key}"), partition_key=key, job_name=EPOCH_STAGE_JOB,
-                              asset_selection=[a.key for a in SCORING_STAGE])], "scoring"
+                              asset_selection=[a.key for a in SCORING_STAGE], tags=stage_tags(SCORING_STAGE))], \
+            "scoring"
     return _weights_requests(epoch, store, instance, chain_block, network)
 
 
@@ -342,6 +346,7 @@ def _give_up(given_up: list[str], shards: dict, todo: dict[str, str], provenance
                 continue
             record_abandoned_evaluation(store, shard.shard_hash, provenance_of(shard.competition),
                                         revisions[shard.competition], message, MAX_RUN_ATTEMPTS)
+            report_given_up(instance, hotkey, int(shard.epoch), message)  # red where its partitions are listed
     return faults
 
 
@@ -356,13 +361,14 @@ def _weights_requests(epoch: int, store: StoreResource, instance: dg.DagsterInst
         run_key = _run_key(instance, scoped(network, f"weights:{key}:in-flight:{int(sent.block)}"))
         if run_key is not None:
             return [dg.RunRequest(run_key=run_key, partition_key=key, job_name=EPOCH_STAGE_JOB,
-                                  asset_selection=[submitted_weights.key])], \
+                                  asset_selection=[submitted_weights.key], tags=stage_tags([submitted_weights]))], \
                 "confirming weights whose answer was not recorded"
     if sent is not None and sent.state == "rate limited" and sent.retry_after_block is not None:
         retry_at = int(sent.retry_after_block)
         if chain_block is not None and chain_block >= retry_at:
             return [dg.RunRequest(run_key=scoped(network, f"weights:{key}:{retry_at}"), partition_key=key,
-                                  job_name=EPOCH_STAGE_JOB, asset_selection=[submitted_weights.key])], \
+                                  job_name=EPOCH_STAGE_JOB, asset_selection=[submitted_weights.key],
+                                  tags=stage_tags([submitted_weights]))], \
                 "re-sending rate-limited weights"
         return [], f"weights rate-limited until block {retry_at}"
     return [], "done"

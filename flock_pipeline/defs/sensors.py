@@ -20,6 +20,7 @@ from flock_pipeline.core.commitment import Commitment, CommitmentError
 from flock_pipeline.defs.assets import (chain_commitments, epochs_partitions, miner_datasets, miners_partitions,
                                         submitted_weights)
 from flock_pipeline.defs.jobs import EPOCH_STAGE_JOB, epoch_stage, miner_stage
+from flock_pipeline.defs.stages import stage_tags
 from flock_pipeline.defs.planner import (PREFETCH_TAG, batch_key, batch_request, miner_batches,
                                          next_epoch_requests, provenance_lookup, scoped)
 from flock_pipeline.resources import batch_settings
@@ -65,7 +66,8 @@ def new_block_sensor(context: dg.SensorEvaluationContext, chain: ChainResource, 
     key = str(epoch)
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=scoped(network, f"epoch:{key}"), partition_key=key,
-                                    job_name=EPOCH_STAGE_JOB, asset_selection=[chain_commitments.key])],
+                                    job_name=EPOCH_STAGE_JOB, asset_selection=[chain_commitments.key],
+                                    tags=stage_tags([chain_commitments]))],
         dynamic_partitions_requests=[epochs_partitions.build_add_request([key])],
         cursor=json.dumps({"network": network, "state": epoch}),
     )
@@ -145,18 +147,20 @@ def confirmation_requests(store: StoreResource, chain_epoch_now: Callable[[], in
     submission and chain epoch), and one that sends again a submission found "not applied" while its chain epoch
     is still running (at most MAX_SENDS sends). The chain's epoch is asked only when there is one to follow."""
     out = []
+    tags = stage_tags([submitted_weights])
     following = store.weight_submissions_in(("committed", "not applied"))
     chain_epoch = chain_epoch_now() if following else 0
     for sent in following:
         if sent.state == "committed" and sent.reveal_epoch is not None and chain_epoch >= int(sent.reveal_epoch):
             out.append(dg.RunRequest(run_key=scoped(network, f"weights:{sent.epoch}:confirm:{int(sent.block)}:"
                                                              f"{chain_epoch}"), job_name=EPOCH_STAGE_JOB,
-                                     partition_key=str(sent.epoch), asset_selection=[submitted_weights.key]))
+                                     partition_key=str(sent.epoch), asset_selection=[submitted_weights.key],
+                                     tags=tags))
         elif (sent.state == "not applied" and sent.chain_epoch is not None and chain_epoch == int(sent.chain_epoch)
               and int(sent.attempts or 0) < MAX_SENDS):
             out.append(dg.RunRequest(run_key=scoped(network, f"weights:{sent.epoch}:resend:{int(sent.attempts or 0)}"),
                                      job_name=EPOCH_STAGE_JOB, partition_key=str(sent.epoch),
-                                     asset_selection=[submitted_weights.key]))
+                                     asset_selection=[submitted_weights.key], tags=tags))
     return out
 
 

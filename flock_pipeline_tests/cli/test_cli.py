@@ -74,6 +74,9 @@ def test_epoch_through_dagster_asset_materialize(flock_home, tmp_path):
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:  # the checks ran, one per miner
         records = instance.get_event_records(
             dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION), limit=50)
+        stages = [run.tags.get("flock/stage") for run in reversed(instance.get_runs())]
+    # runs launched without the tag name their stage from their first step
+    assert stages == ["commitments", "datasets", "evaluation", "scoring"], stages
     checks = {(e.check_name, e.partition, e.passed)
               for e in (r.event_log_entry.dagster_event.event_specific_data for r in records)}
     labels = {m["hotkey"]: label for label, m in miners.items()}

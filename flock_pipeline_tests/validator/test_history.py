@@ -35,3 +35,20 @@ def test_series_per_miner_and_an_epoch_without_commitments(tmp_path):
                       series_key(3, long, "weight"): 0.0}
     assert series_key(3, long, "weight") == "uid 3 5Fxxxxxx… · weight"
     assert list(table["hotkey"]) == ["hk1", "hk2", long] and list(table["rank"])[:2] == [1, 2]
+
+
+def test_only_the_leading_miners_are_plotted_under_the_uis_100_plots(tmp_path):
+    from flock_pipeline.validator.history import PLOTTED_MINERS, plotted_note
+
+    store = StoreResource(url=f"duckdb://{tmp_path / 'w.duckdb'}")
+    settings = ValidatorSettingsResource()
+    evaluator = EvaluatorResource(cache_dir=str(tmp_path / "models"))
+    n = PLOTTED_MINERS + 10
+    weights = [i + 1.0 for i in range(n)]
+    store.record_scores(4, [_score(i, "scored", 2.0 + i / 100, w / sum(weights)) for i, w in enumerate(weights)])
+    series, table = epoch_history(4, settings, store, evaluator)
+    assert len(table) == n and len(series) == 3 * PLOTTED_MINERS < 100
+    plotted = {int(k.split()[1]) for k in series}
+    assert plotted == set(range(10, n))  # the largest weights
+    assert "flock miner history HOTKEY" in plotted_note(PLOTTED_MINERS, n)
+    assert plotted_note(6, 6) == "every miner of the epoch (6)"
