@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 
 from flock_pipeline.cli.corpus import cmd_audit, cmd_corpus_value
-from flock_pipeline.cli.miner import cmd_miner_score, cmd_miner_status, cmd_miner_submit, cmd_miner_validate
+from flock_pipeline.cli.doctor import cmd_doctor
+from flock_pipeline.cli.miner import (cmd_miner_history, cmd_miner_score, cmd_miner_status, cmd_miner_submit,
+                                      cmd_miner_validate)
 from flock_pipeline.cli.validator import (cmd_chain_advance, cmd_chain_register, cmd_chain_status, cmd_chain_weights,
                                           cmd_demo, cmd_epoch_batches, cmd_epoch_miners, cmd_epoch_open,
                                           cmd_epoch_report, cmd_epoch_run, cmd_worker)
@@ -20,7 +22,8 @@ EXAMPLES = {
     "": ["flock demo                          # seed the embedded network and run one epoch",
          "flock demo --network dpo --json     # the DPO game's demo, as JSON",
          "flock miner validate data.jsonl     # the validators' checks on a file",
-         "flock epoch run                     # the current epoch, in this process"],
+         "flock epoch run                     # the current epoch, in this process",
+         "flock doctor                        # what this validator needs, checked, with the fixes"],
     "demo": ["flock demo", "flock demo --network adversarial --json",
              "flock demo --no-run --home /tmp/net   # seed only; then: FLOCK_HOME=/tmp/net flock epoch run"],
     "epoch run": ["flock epoch run", "flock epoch run 12 --json"],
@@ -30,6 +33,7 @@ EXAMPLES = {
                       "dagster asset materialize -m flock_pipeline.definitions --select "
                       "deduplicated_shards,miner_eval_losses --partition-range FIRST...LAST"],
     "epoch report": ["flock epoch report 12", "flock epoch report 12 --json",
+                     "flock epoch report 12 --miner 5F...   # one miner, every comparison behind its score",
                      "xdg-open $(flock epoch report 12 --html)"],
     "miner validate": ["flock miner validate data.jsonl", "flock miner validate pairs.jsonl --competition dpo",
                        "flock miner validate data.jsonl --no-eval-check --json"],
@@ -39,10 +43,15 @@ EXAMPLES = {
                      "flock miner submit pairs.jsonl --repo me/my-pairs --competition dpo --hotkey 5F..."],
     "miner status": ["flock miner status --hotkey 5F...",
                      "flock miner status --hotkey 5F... --reports some-validator/flock-reports --json"],
+    "miner history": ["flock miner history 5F...          # its loss, rank and weight in every epoch scored",
+                      "flock miner history hk-honest-good --json"],
     "corpus value": ["flock corpus value", "flock corpus value 12 --json", "flock corpus value 12 --again"],
     "audit": ["flock audit 12 5F...", "flock audit 12 hk-honest-good --json",
               "flock audit 12 5F... --reports some-validator/flock-reports"],
     "worker": ["FLOCK_EXECUTOR=celery DAGSTER_HOME=/srv/dagster flock worker --name gpu0 --queues gpu"],
+    "doctor": ["flock doctor", "flock doctor --json",
+               "FLOCK_NETWORK=test FLOCK_COMPETITIONS=sn96 BT_WALLET_NAME=validator BT_WALLET_HOTKEY=default "
+               "flock doctor"],
     "chain status": ["flock chain status"],
     "chain weights": ["flock chain weights"],
     "chain register": ["flock chain register hk-alice", "flock chain register validator --validator"],
@@ -115,9 +124,11 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--html", action="store_true",
                         help="write the epoch's report (HTML + one PNG per competition, next to the corpus) and "
                              "print the HTML's path")
+    report.add_argument("--miner", metavar="HOTKEY",
+                        help="one miner's entry, how its weight came about and every comparison behind its score")
     report.set_defaults(func=cmd_epoch_report)
 
-    miner = sub.add_parser("miner", help="miner tools: validate, score, submit, status").add_subparsers(
+    miner = sub.add_parser("miner", help="miner tools: validate, score, submit, status, history").add_subparsers(
         dest="miner_cmd", required=True)
     validate = miner.add_parser("validate", help="check a data.jsonl with the validators' rules")
     validate.add_argument("file")
@@ -149,6 +160,11 @@ def _build_parser() -> argparse.ArgumentParser:
     statusp.add_argument("--reports", action="append", metavar="REPO",
                          help="a validator's report repo (repeatable; default: $FLOCK_REPORT_REPOS)")
     statusp.set_defaults(func=cmd_miner_status)
+    historyp = miner.add_parser("history", help="a miner's eval loss, rank, score and weight (computed, and as sent) "
+                                "in every epoch this validator scored it, from its store (offline)")
+    historyp.add_argument("hotkey")
+    historyp.add_argument("--json", action="store_true")
+    historyp.set_defaults(func=cmd_miner_history)
 
     workerp = sub.add_parser("worker", help="start a Celery worker for the validator's steps (FLOCK_EXECUTOR=celery)")
     workerp.add_argument("--name", default="flock", help="the worker's name (unique per host)")
@@ -174,6 +190,12 @@ def _build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--reports", metavar="REPO", help="audit the score another validator published in REPO's "
                                                          "reports.json, from public data alone")
     audit.set_defaults(func=cmd_audit)
+
+    doctor = sub.add_parser("doctor", help="check what a validator needs, in order (wallet, registration, permit, "
+                            "stake, chain, hub token and eval repos, device, base model, disk, store, Dagster), "
+                            "each failure with its fix (exit 1: a check failed; 2: the configuration cannot be used)")
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(func=cmd_doctor)
 
     chain = sub.add_parser("chain", help="the local chain").add_subparsers(dest="chain_cmd", required=True)
     chain.add_parser("status", help="block, epoch, neurons, commitments").set_defaults(func=cmd_chain_status)

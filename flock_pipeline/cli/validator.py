@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -45,7 +46,8 @@ def cmd_demo(args) -> int:
     resources = build_resources(home)
     log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     instance = _instance()
-    cycle = run_stoppable(lambda: run_cycle(home, resources, instance, run_epoch, progress=log))
+    runner = functools.partial(run_epoch, verbose=args.verbose)  # -v, -vv: the runs' own log lines too
+    cycle = run_stoppable(lambda: run_cycle(home, resources, instance, runner, progress=log))
     demo = json.loads((home / "demo.json").read_text())
     report = epoch_report(epoch, resources["store"], demo["labels"], demo.get("quality"))
     elapsed = time.perf_counter() - started
@@ -82,7 +84,10 @@ def cmd_epoch_run(args) -> int:
     chain = resources["chain"]
     epoch = args.epoch if args.epoch is not None else chain.epoch_of(chain.current_block())
     instance = _instance()
-    run_stoppable(lambda: run_epoch(epoch, resources, instance, progress=lambda m: print(m, file=sys.stderr)))
+    # stage lines and a line per finished miner on stderr (stdout is the report, or the JSON document); -v adds
+    # each step's info lines (every miner's outcome in every step), -vv Dagster's debug lines
+    run_stoppable(lambda: run_epoch(epoch, resources, instance, progress=lambda m: print(m, file=sys.stderr),
+                                    verbose=args.verbose))
     report = epoch_report(epoch, resources["store"])
     print(json.dumps(finite({"epoch": epoch, "miners": report}), indent=1, allow_nan=False) if args.json
           else format_report(report))
@@ -143,9 +148,25 @@ def cmd_epoch_report(args) -> int:
                                       resources["evaluator"], labels=demo.get("labels"))
         print(paths["html"])
         return 0
+    if args.miner:
+        return _miner_account(args, resources["store"], demo.get("labels"))
     report = epoch_report(args.epoch, resources["store"], demo.get("labels"), demo.get("quality"))
     print(json.dumps(finite({"epoch": args.epoch, "miners": report}), indent=1, allow_nan=False) if args.json
           else format_report(report))
+    return 0
+
+
+def _miner_account(args, store, labels: dict | None) -> int:
+    """`flock epoch report N --miner HOTKEY`: the miner's entry and every comparison behind its score."""
+    from flock_pipeline.errors import UsageError
+    from flock_pipeline.validator.report_table import format_account, miner_account
+
+    account = miner_account(args.epoch, store, args.miner, labels)
+    if account is None:
+        raise UsageError(f"{args.miner} has no entry in epoch {args.epoch}",
+                         hint=f"`flock epoch report {args.epoch}` lists the epoch's miners")
+    print(json.dumps(finite({"epoch": args.epoch, "miner": account}), indent=1, allow_nan=False) if args.json
+          else format_account(args.epoch, account))
     return 0
 
 

@@ -25,9 +25,10 @@ from flock_pipeline.resources.settings import ValidatorSettingsResource
 from flock_pipeline.resources.store import StoreResource
 from flock_pipeline.store import CommitmentRecord, ScoreRecord, frame as records_frame
 from flock_pipeline.store.backends import store_dialect
+from flock_pipeline.defs.stages import name_the_stage
 from flock_pipeline.validator.commitments import snapshot_commitments
 from flock_pipeline.validator.datasets import fetch_miner_dataset
-from flock_pipeline.validator.evaluation import evaluate_miners
+from flock_pipeline.validator.evaluation import MinerDone, evaluate_miners
 from flock_pipeline.core.stop import Stopped
 from flock_pipeline.core.weights import u16_shares
 from flock_pipeline.errors import FlockError, ValidatorFault
@@ -77,14 +78,30 @@ def validator_faults_stop_the_step():
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
 
-def _table(frame: pd.DataFrame, columns: list[str]) -> dg.MetadataValue:
+# Every table a materialization carries is bounded, whatever the number of miners: its first TABLE_ROWS rows (each
+# cell at most CELL_CHARS characters) within TABLE_BYTES, then one row that counts the rest and says where they are.
+TABLE_ROWS, CELL_CHARS, TABLE_BYTES = 64, 2000, 200 * 1024
+
+
+def _table(frame: pd.DataFrame, columns: list[str], more: str = "") -> dg.MetadataValue:
+    """`frame`'s columns as a Markdown table, bounded (see TABLE_ROWS); `more`: the command that prints every row."""
     def fmt(v):
         if isinstance(v, float):
             return "" if math.isnan(v) else f"{v:.6g}"  # 6 significant digits: a weight of 0.000004 shows
-        return "" if v is None else str(v)
+        text = "" if v is None else str(v).replace("|", "/").replace("\n", " ")
+        return text if len(text) <= CELL_CHARS else text[:CELL_CHARS - 1] + "…"
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(row[c]) for c in columns) + " |" for _, row in frame.iterrows()]
+    size = sum(len(line.encode()) + 1 for line in lines)
+    for _, row in frame.head(TABLE_ROWS).iterrows():
+        line = "| " + " | ".join(fmt(row[c]) for c in columns) + " |"
+        size += len(line.encode()) + 1
+        if size > TABLE_BYTES:
+            break
+        lines.append(line)
+    left = len(frame) - (len(lines) - 2)
+    if left:
+        lines.append(f"| {left} more" + (f" in `{more}`" if more else "") + " |" + " |" * (len(columns) - 1))
     return dg.MetadataValue.md("\n".join(lines))
 
 
@@ -95,6 +112,7 @@ def chain_commitments(context: dg.AssetExecutionContext, chain: ChainResource, h
     block and registration block. Undecodable commitments, other competitions, unregistered hotkeys and
     commitments older than the hotkey's registration are kept with status "rejected" and the reason.
     Registers a `miners` partition for every new hotkey."""
+    name_the_stage(context)
     epoch = int(context.partition_key)
     frame = records_frame(snapshot_commitments(epoch, chain, hub, settings, store), CommitmentRecord)
     new = [h for h in frame["hotkey"] if not context.instance.has_dynamic_partition(miners_partitions.name, h)]
@@ -103,7 +121,8 @@ def chain_commitments(context: dg.AssetExecutionContext, chain: ChainResource, h
     return dg.MaterializeResult(metadata={
         "block": chain.epoch_start(epoch), "commitments": len(frame),
         "accepted": int((frame["status"] == "ok").sum()), "new_miners": len(new),
-        "commitments_table": _table(frame, ["uid", "hotkey", "repo", "revision", "commit_block", "status", "reason"]),
+        "commitments_table": _table(frame, ["uid", "hotkey", "repo", "revision", "commit_block", "status", "reason"],
+                                    more=f"flock epoch report {epoch}"),
     })
 
 
@@ -150,6 +169,7 @@ def for_each_miner(context: dg.AssetExecutionContext, store: StoreResource,
     record are raised together after the batch, so the step's retry redoes just those miners; a ValidatorFault
     stops the batch at once (nothing is judged on a broken validator). The store keeps one connection for the
     batch."""
+    name_the_stage(context)
     hotkeys = list(context.partition_keys)
     failed: list[tuple[str, Exception]] = []
     with validator_faults_stop_the_step(), store.session():
@@ -165,6 +185,8 @@ def for_each_miner(context: dg.AssetExecutionContext, store: StoreResource,
                 context.log.warning(f"{hotkey}: {type(exc).__name__}: {exc}")
                 continue
             context.add_asset_metadata(metadata, partition_key=hotkey)
+            context.log.info(f"{hotkey}: " + ", ".join(f"{k} {v}" for k, v in metadata.items()
+                                                       if not isinstance(v, dg.MetadataValue) and v != ""))
     if failed:
         listed = "; ".join(f"{h}: {type(e).__name__}: {e}" for h, e in failed)
         raise BatchFailed(f"{len(failed)} of {len(hotkeys)} miners failed: {listed}"[:4000]) from failed[0][1]
@@ -232,6 +254,32 @@ def deduplicated_shards(context: dg.AssetExecutionContext, hub: HubResource, set
     return for_each_miner(context, store, shard_of)
 
 
+PROGRESS = "miner_done"  # the metadata key that marks a per-miner progress observation (its value: "k/n")
+
+
+def miner_progress(context: dg.AssetExecutionContext, total: int) -> Callable[[MinerDone], None]:
+    """What an evaluation step tells the run's event log as each miner of its batch finishes, while the step runs:
+    a log line (the run's log in the UI, and the console with `flock epoch run -v`) and an AssetObservation of the
+    miner's partition with the numbers. The observation, not a materialization, because the materializations carry
+    the recorded results and come when the step ends; an observation is written to the event log the moment it is
+    logged, shows in the run's event stream as it arrives, and lands on the partition's own page. The epoch runner
+    reads these observations for its per-miner lines."""
+    done = 0
+
+    def report(miner: MinerDone) -> None:
+        nonlocal done
+        done += 1
+        context.log.info(f"miner {done}/{total} {miner.hotkey}: {miner.summary()}")
+        metadata = {PROGRESS: f"{done}/{total}", "uid": miner.uid if miner.uid is not None else -1,
+                    "status": miner.status, "from_cache": miner.cached, "rows": miner.rows,
+                    "seconds": round(miner.seconds, 3), "summary": miner.summary(),
+                    "eval_loss": miner.loss if miner.loss is not None else float("nan")}
+        context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=miner.hotkey,
+                                              metadata=metadata))
+
+    return report
+
+
 @dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"pytorch", STORE_KIND}, pool=GPU_POOL,
           deps=[deduplicated_shards], retry_policy=TRANSIENT_RETRIES, op_tags={CELERY_QUEUE_TAG: GPU_QUEUE},
           backfill_policy=MINER_BACKFILL)
@@ -243,8 +291,10 @@ def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorRes
     error and retried; it never becomes a loss. A batch run loads the base model once for all its miners and, with
     multi-LoRA (on by default on CUDA), trains them side by side."""
     epoch = epoch_of_run(context)
+    hotkeys = list(context.partition_keys)
     with validator_faults_stop_the_step(), store.session():
-        records = evaluate_miners(list(context.partition_keys), evaluator, hub, store, settings, epoch=epoch)
+        records = evaluate_miners(hotkeys, evaluator, hub, store, settings, epoch=epoch,
+                                  on_done=miner_progress(context, len(hotkeys)))
 
     def evaluate(hotkey: str) -> dict:
         record = records[hotkey]
@@ -273,6 +323,7 @@ def win_rates(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, s
     advantage), win rate = wins / (n - 1), weights = softmax(win rate / temperature) blended with the previous
     epoch's weights (or the curve / top-k mode the settings select). A miner whose loss does not beat the base
     model's scores nothing. Every other miner is listed with weight 0 and the reason."""
+    name_the_stage(context)
     with validator_faults_stop_the_step(), store.session():
         frame = records_frame(compute_epoch_scores(int(context.partition_key), evaluator, settings, store, hub,
                                                    chain), ScoreRecord)
@@ -283,7 +334,7 @@ def win_rates(context: dg.AssetExecutionContext, evaluator: EvaluatorResource, s
         "competitions": ", ".join(sorted({c for c in frame["competition"] if isinstance(c, str)})),
         "scores_table": _table(frame.sort_values("weight", ascending=False),
                                ["uid", "hotkey", "competition", "status", "eval_loss", "score", "weight",
-                                "as_u16", "reason", "explanation"]),
+                                "as_u16", "reason", "explanation"], more=f"flock epoch report {context.partition_key}"),
     })
 
 
@@ -295,6 +346,7 @@ def submitted_weights(context: dg.AssetExecutionContext, chain: ChainResource, h
     committed, then applied or not applied, read back from the chain's stored weights. Sent once per epoch: a
     re-materialization confirms or reports the recorded answer. With `report_repo` set, the epoch's score table
     and the weights' state are published there for miners (a hub failure is a warning: the next run publishes)."""
+    name_the_stage(context)
     epoch = int(context.partition_key)
     result = submit_epoch_weights(epoch, chain, settings, store)
     sent = result.submission
@@ -321,13 +373,15 @@ def submitted_weights(context: dg.AssetExecutionContext, chain: ChainResource, h
 @dg.asset(partitions_def=epochs_partitions, group_name="scoring", kinds={"python"}, deps=[win_rates])
 def miner_history(context: dg.AssetExecutionContext, settings: ValidatorSettingsResource,
                   store: StoreResource, evaluator: EvaluatorResource) -> dg.MaterializeResult:
-    """Every miner of the epoch side by side (the table) and as series: one metadata value per miner and measure
-    (eval loss, rank in its competition, weight at full precision), under the same key in every epoch, and the
-    base model's loss per competition. The UI's plots of its metadata (Overview, Metadata, Plots, by Partitions)
-    draw each as a line over the epochs: one miner's loss, rank and weight over time. (The per-miner assets are
-    partitioned by miner alone, so that a later epoch's result supersedes an earlier failure; the epoch dimension
-    of their history is here.)"""
-    from flock_pipeline.validator.history import epoch_history
+    """Every miner of the epoch side by side (the table) and as series: one metadata value per leading miner and
+    measure (eval loss, rank in its competition, weight at full precision), under the same key in every epoch, and
+    the base model's loss per competition (the UI draws at most 100 plots: the 30 leading miners by weight are
+    plotted, and `flock miner history HOTKEY` prints any miner's). The UI's plots of its metadata (Overview,
+    Metadata, Plots, by Partitions) draw each as a line over the epochs: one miner's loss, rank and weight over
+    time. (The per-miner assets are partitioned by miner alone, so that a later epoch's result supersedes an
+    earlier failure; the epoch dimension of their history is here.)"""
+    name_the_stage(context)
+    from flock_pipeline.validator.history import PLOTTED_MINERS, epoch_history, plotted_note
 
     epoch = int(context.partition_key)
     with store.session():
@@ -335,8 +389,9 @@ def miner_history(context: dg.AssetExecutionContext, settings: ValidatorSettings
     return dg.MaterializeResult(metadata={
         # as text, so that the plots are the series
         "epoch": dg.MetadataValue.text(str(epoch)), "miners": dg.MetadataValue.text(str(len(table))),
+        "plotted": dg.MetadataValue.text(plotted_note(min(PLOTTED_MINERS, len(table)), len(table))),
         "competitions": ", ".join(sorted({c for c in table["competition"] if isinstance(c, str)})),
-        "miners_table": _table(table, list(table.columns)),
+        "miners_table": _table(table, list(table.columns), more=f"flock epoch report {epoch}"),
         **series,
     })
 
@@ -353,6 +408,7 @@ def final_corpus(context: dg.AssetExecutionContext, settings: ValidatorSettingsR
     holding 95 % of their competition's weight). The evaluator is used only for derived pairs (`derive_dpo`);
     with `corpus_repo`, `latest/` is uploaded there (a transient hub failure retries this step; the written
     release is kept either way)."""
+    name_the_stage(context)
     try:
         with store.session():
             corpus = build_epoch_corpus(int(context.partition_key), settings, store, evaluator=evaluator,
@@ -383,6 +439,7 @@ def corpus_value(context: dg.AssetExecutionContext, settings: ValidatorSettingsR
     release, the same number of rows each (`FLOCK_SETTINGS` `value`: max_rows, draws). Recorded, and written into
     the release's card. Not part of the epoch's own run (it trains several models): materialize it on demand, on a
     schedule, or with `flock corpus value`."""
+    name_the_stage(context)
     from statistics import mean
 
     from flock_pipeline.validator.value import corpus_value as measure
@@ -410,11 +467,18 @@ def epoch_report(context: dg.AssetExecutionContext, settings: ValidatorSettingsR
     weights, the pairwise win matrix, rows kept and dropped by reason, each miner's loss and weight over the last
     epochs (one PNG per competition, matplotlib), and every miner's status and the explanation of its weight; one
     self-contained HTML page in `corpus_dir/reports/epoch-N/`."""
+    name_the_stage(context)
+    from flock_pipeline.defs.paid import figures_markdown, paid_table
     from flock_pipeline.validator.epoch_report import build_epoch_report
+    from flock_pipeline.validator.report_table import epoch_report as report_entries
 
+    epoch = int(context.partition_key)
     with store.session():
-        paths, summary = build_epoch_report(int(context.partition_key), settings, store, evaluator)
+        paths, summary = build_epoch_report(epoch, settings, store, evaluator)
+        paid = paid_table(report_entries(epoch, store), epoch)  # first: the asset's page shows the table inline
+    figures = figures_markdown(paths)
     return dg.MaterializeResult(metadata={
+        "who was paid and why": paid, **({"figures": figures} if figures is not None else {}),
         "epoch": int(context.partition_key), "html": dg.MetadataValue.path(paths["html"]),
         **{f"figure {k.split(':', 1)[1]}": dg.MetadataValue.path(v) for k, v in paths.items() if k.startswith("png:")},
         "report": dg.MetadataValue.md(summary),

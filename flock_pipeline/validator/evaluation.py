@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from flock_pipeline.resources.evaluator import EvaluatorResource
@@ -42,6 +43,55 @@ class EvalRecord:
     metrics: dict | None = None  # objective-specific numbers (DPO: reward_accuracy, mean_margin)
     competition: str | None = None  # the competition the shard was evaluated in
     base_loss: float | None = None  # the base model's own eval loss on that eval set (the bar)
+
+
+@dataclass(frozen=True)
+class MinerDone:
+    """One miner of an evaluation batch, told as soon as its outcome is known (progress: the store's record of it
+    follows when its group is recorded). status: ok | failed | skipped; `cached`: answered from the store."""
+
+    hotkey: str
+    uid: int | None
+    status: str
+    rows: int  # the training rows of its shard
+    seconds: float = 0.0  # training + scoring time spent now (0 when answered from the store)
+    loss: float | None = None
+    reason: str | None = None
+    cached: bool = False
+    train_losses: tuple[float, float, int] | None = None  # the first and last training step's loss, the steps
+
+    def summary(self) -> str:
+        """One line: "loss 1.7769 (100 rows, 3.2 s; train loss 2.41 -> 1.83 over 25 steps)", "loss 1.7769 (from
+        the store)", "skipped: REASON" or "failed: ERROR"."""
+        if self.status != "ok":
+            return f"{self.status}: {' '.join((self.reason or '').split())[:200]}"
+        if self.cached:
+            return f"loss {self.loss:.4f} (from the store)"
+        steps = ""
+        if self.train_losses is not None:
+            first, last, count = self.train_losses
+            steps = f"; train loss {first:.3f} -> {last:.3f} over {count} steps"
+        return f"loss {self.loss:.4f} ({self.rows} rows, {self.seconds:.1f} s{steps})"
+
+
+def _done_of_record(record: EvalRecord, found: ShardToEvaluate | None) -> MinerDone:
+    """A miner answered without training (ineligible, no shard, or its result already in the store)."""
+    shard = found.shard if found is not None else None
+    return MinerDone(record.hotkey, shard.uid if shard else None, record.status, shard.rows_kept if shard else 0,
+                     loss=record.eval_loss, reason=record.reason, cached=record.cached)
+
+
+def _done_of_outcome(p: _Pending, outcome, rows: int) -> MinerDone:
+    """A miner whose training just ended: its EvalOutcome, or the exception it raised."""
+    uid = p.found.shard.uid
+    if isinstance(outcome, BaseException):
+        return MinerDone(p.hotkey, uid, "failed", rows, reason=f"{type(outcome).__name__}: {outcome}")
+    seconds = outcome.train_seconds + outcome.eval_seconds
+    if not math.isfinite(outcome.eval_loss):
+        return MinerDone(p.hotkey, uid, "failed", rows, seconds, reason=f"eval loss is {outcome.eval_loss}")
+    steps = list(outcome.train_losses or [])
+    return MinerDone(p.hotkey, uid, "ok", rows, seconds, float(outcome.eval_loss),
+                     train_losses=(float(steps[0]), float(steps[-1]), len(steps)) if steps else None)
 
 
 class TransientEvalError(FlockError, RuntimeError):
@@ -94,13 +144,18 @@ def evaluate_miner(hotkey: str, evaluator: EvaluatorResource, hub: HubResource, 
 
 
 def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubResource, store: StoreResource,
-                    settings: ValidatorSettingsResource, epoch: int | None = None) -> dict[str, EvalRecord | Exception]:
+                    settings: ValidatorSettingsResource, epoch: int | None = None,
+                    on_done: Callable[[MinerDone], None] = lambda done: None) -> dict[str, EvalRecord | Exception]:
     """Evaluate several miners' shards of `epoch`: hotkey -> its record, or the TransientEvalError to retry it.
 
     Cached and ineligible miners are answered from the store; the others are trained together per competition
     (same recipe and eval set), through multi-LoRA when the evaluator has it on. Each miner's outcome is recorded
     on its own: a crash is that miner's failure (retried up to MAX_ATTEMPTS), never the others'. A ValidatorFault
-    (the device, the model, the eval set) is raised at once, and nothing is recorded against any miner."""
+    (the device, the model, the eval set) is raised at once, and nothing is recorded against any miner.
+
+    `on_done(MinerDone)` is told each miner's outcome as soon as it is known, while the batch runs: the miners
+    answered from the store first, then each trained one as its training ends (a multi-LoRA pass's miners
+    together, when the pass ends)."""
     results: dict[str, EvalRecord | Exception] = {}
     groups: dict[tuple, list[_Pending]] = {}
     shards: dict[str, ShardToEvaluate] = {}
@@ -126,6 +181,8 @@ def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubRe
         group = (json.dumps(recipe, sort_keys=True), found.eval_repo, found.eval_revision, game.row_format,
                  game.objective)
         groups.setdefault(group, []).append(_Pending(hotkey, found, game, recipe, provenance, key, attempts))
+    for hotkey, record in results.items():
+        on_done(_done_of_record(record, shards.get(hotkey)))
     for (_, eval_repo, eval_revision, row_format, objective), pending in groups.items():
         halted = stopped()
         if halted is not None:  # a stop between groups: nothing more is trained
@@ -134,10 +191,15 @@ def evaluate_miners(hotkeys: list[str], evaluator: EvaluatorResource, hub: HubRe
         eval_rows = load_eval_rows(hub, eval_repo, eval_revision, row_format)
         train_sets = [rows_from_json(store.shard_rows(p.found.shard.shard_hash), row_format) for p in pending]
         finished: dict[int, object] = {}
+
+        def finish(index: int, outcome, pending=pending, train_sets=train_sets, finished=finished) -> None:
+            finished[index] = outcome
+            on_done(_done_of_outcome(pending[index], outcome, len(train_sets[index])))
+
         try:
             with store.released():  # training takes a while: other processes may use the store meanwhile
                 outcomes = evaluator.evaluate_many(train_sets, eval_rows, recipe=pending[0].recipe,
-                                                   objective=objective, finished=finished.__setitem__)
+                                                   objective=objective, finished=finish)
         except BaseException:
             _keep_finished(pending, finished, store)
             raise

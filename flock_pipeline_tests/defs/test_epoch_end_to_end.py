@@ -68,6 +68,32 @@ def test_corpus_has_provenance_and_best_first(demo_epoch):
     assert "config_name: sft" in card and "config_name: dpo" not in card and meta["published"].value == ""
 
 
+def test_at_a_glance_each_runs_stage_and_who_was_paid_on_the_report(demo_epoch):
+    """`flock epoch run` tags every run with its stage; the epoch report's materialization carries who was paid and
+    why as a table (the UI draws a table value inline), weights as sent, and the figures embedded."""
+    from flock_pipeline.defs.stages import STAGE_TAG
+
+    home, resources, instance, epoch, report = demo_epoch
+    stages = [run.tags.get(STAGE_TAG) for run in reversed(instance.get_runs())]
+    assert stages[0] == "commitments" and stages[-1] == "scoring"
+    assert set(stages) == {"commitments", "datasets", "evaluation", "scoring"}
+    meta = instance.get_latest_materialization_event(dg.AssetKey("epoch_report")).asset_materialization.metadata
+    assert list(meta)[0] == "who was paid and why"
+    table = meta["who was paid and why"]
+    assert isinstance(table, dg.TableMetadataValue)
+    assert [c.name for c in table.schema.columns] == ["uid", "hotkey", "competition", "status", "eval_loss",
+                                                      "weight", "sent", "why"]
+    rows = [r.data for r in table.records]
+    paid = rows[0]  # the paid miner first, with its weight as the chain took it
+    assert paid["hotkey"] == "hk-honest-good" and paid["weight"] == 1.0 and paid["sent"] == 1.0
+    assert paid["why"] and paid["uid"] == report["honest-good"]["uid"]
+    listed = {r["hotkey"] for r in rows}  # every other miner is in the table, alone or in its status's row
+    assert len(rows) <= 1 + len({m["status"] for m in report.values()})
+    assert all(m["hotkey"] in listed or any(r["status"] == m["status"] and r["uid"] is None for r in rows)
+               for m in report.values())
+    assert "![curation](data:image/png;base64," in meta["figures"].value
+
+
 def test_rerun_is_reproducible_and_resumes_from_cache(demo_epoch):
     home, resources, instance, epoch, report = demo_epoch
     run_epoch(epoch, resources, instance)  # every evaluation is cached by content: nothing is retrained
