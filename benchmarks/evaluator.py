@@ -31,6 +31,7 @@ padding cost, `train_packed_over_real` what packing leaves.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -265,7 +266,8 @@ def run_reference(model_dir, recipe, train, evals, device: str, matched: bool = 
                              seed=recipe.seed, use_cpu=not cuda, disable_tqdm=True)
     trainer = SameOrderTrainer(model=model, args=args, train_dataset=_Rows(train), data_collator=_collate)
     t0 = time.perf_counter()
-    trainer.train()
+    with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its log dicts: --json's stdout stays JSON
+        trainer.train()
     if cuda:
         torch.cuda.synchronize()
     train_s = time.perf_counter() - t0
@@ -280,7 +282,9 @@ def run_reference(model_dir, recipe, train, evals, device: str, matched: bool = 
         merged = PeftModel.from_pretrained(eval_base, adapter).merge_and_unload()
     else:
         merged = model.merge_and_unload()
-    result = Trainer(model=merged, args=args, eval_dataset=_Rows(list(evals)), data_collator=_collate).evaluate()
+    with contextlib.redirect_stdout(sys.stderr):
+        result = Trainer(model=merged, args=args, eval_dataset=_Rows(list(evals)),
+                         data_collator=_collate).evaluate()
     if cuda:
         torch.cuda.synchronize()
     eval_s = time.perf_counter() - t0
