@@ -14,9 +14,10 @@ order unrelated to their quality, and one of every attacker: exact copier, parap
 eval-set leaker, junk text, empty, oversize, malformed, a stale commitment from before its hotkey's re-registration
 and a later commitment of an honest miner's own repo and revision; and copies disguised at no cost: invisible
 characters inside words, Cyrillic look-alike letters, the same preamble before every question, the same signature
-after every answer, numbers spelled out, rows packed two to a row, and a merge of two honest miners' rows. Every
-attacker must end at weight 0 with a reason (a copier's names the miner it copied); the honest miners must be
-ranked by quality.
+after every answer, numbers spelled out, rows packed two to a row, and a merge of two honest miners' rows; and
+sybils: three hotkeys of one coldkey, each committing a disjoint third of honest-q80's rows merged three to an
+exchange. Every attacker must end at weight 0 with a reason (a copier's names the miner it copied); the honest miners
+must be ranked by quality.
 
 `selection` network (`selection_miners`): the live SN96 game on the local chain's clock (one block a minute, block 0
 at 11:00 UTC on day 0). A pool repo of 600 rows (200 atlas facts in three wordings) is the eval set; 40 uids are
@@ -56,6 +57,8 @@ about the same country that answers another question. What a miner can teach is 
     trivial-rejected  empty rejected answers (invalid rows), the rest "I don't know." -> 0, trivial rejected answers
     copier            honest-q100's file, committed later            -> 0, duplicate
     leaker            80 of the eval pairs                           -> 0, eval-set leak
+    marks-copier      honest-q100's pairs with Greek look-alikes and combining marks in the prompt and on both
+                      sides                                          -> 0, duplicate
 """
 
 from __future__ import annotations
@@ -124,6 +127,7 @@ class DemoMiner:
     competition_id: str = DEFAULT_COMPETITION_ID  # the competition field of its commitment
     late: bool = False  # daily networks: commits after the submission window closed
     day: int = 0  # daily networks: the day it commits on (the selection network's day-2 miner: 2)
+    coldkey: str = ""  # the coldkey it registers under ("": one of its own)
 
 
 def demo_miners(seed: int = 7) -> list[DemoMiner]:
@@ -200,7 +204,7 @@ def adversarial_miners(seed: int = 7, max_file_bytes: int = DatasetLimits().max_
     rng.shuffle(merged)
     miners += [DemoMiner("packer", "hk-packer", "packer/atlas", rows_to_jsonl(synthetic.pack(best)).encode()),
                DemoMiner("merger", "hk-merger", "merger/atlas", rows_to_jsonl(merged).encode())]
-    return miners + _answer_attackers(honest, evals, rng, seed)
+    return miners + _answer_attackers(honest, evals, rng, seed) + _sybils(honest[0.8])
 
 
 def _answer_attackers(honest: dict, evals: list[ChatRow], rng, seed: int) -> list[DemoMiner]:
@@ -215,6 +219,18 @@ def _answer_attackers(honest: dict, evals: list[ChatRow], rng, seed: int) -> lis
                  "disguised-eval-leaker": synthetic.new_question_inserted_word(rng.sample(evals, 100), rng)}
     return [DemoMiner(label, f"hk-{label}", f"{label.split('-')[0]}2/atlas", rows_to_jsonl(rows).encode())
             for label, rows in attackers.items()]
+
+
+SYBIL_COLDKEY = "cold-sybil"
+
+
+def _sybils(rows: list[ChatRow], parts: int = 3) -> list[DemoMiner]:
+    """Hotkeys of one coldkey, each committing a disjoint part of an honest miner's rows merged three to an
+    exchange: together the whole copy, each alone a small file."""
+    size = -(-len(rows) // parts)
+    return [DemoMiner(f"sybil-{i + 1}", f"hk-sybil-{i + 1}", f"sybil{i + 1}/atlas",
+                      rows_to_jsonl(synthetic.merge_into_one(rows[i * size:(i + 1) * size])).encode(),
+                      coldkey=SYBIL_COLDKEY) for i in range(parts)]
 
 
 def eval_split(seed: int = 7) -> tuple[list[ChatRow], list[ChatRow]]:
@@ -255,6 +271,7 @@ def dpo_miners(seed: int = 7) -> list[DemoMiner]:
     trivial_lines = [json.dumps({**r.to_json_obj(), "rejected": [{"role": "assistant", "content": ""}]})
                      if i % 2 else json.dumps(r.to_json_obj()) for i, r in enumerate(trivial)]
     miners = [miner(f"honest-q{round(q * 100)}", honest[q], quality=q) for q in DPO_LEVELS]
+    marks_rng = random.Random(seed + 330)
     return miners + [
         miner("swapped-labels", synthetic.pairs_of(swapped_entries, seed + 321, swapped_share=1.0)),
         DemoMiner("trivial-rejected", "hk-trivial-rejected", "trivial/pairs",
@@ -262,6 +279,7 @@ def dpo_miners(seed: int = 7) -> list[DemoMiner]:
         DemoMiner("copier", "hk-copier", "copier/pairs", rows_to_jsonl(honest[1.0]).encode(),
                   competition_id=DPO_COMPETITION_ID),
         miner("leaker", synthetic.split_heldout(dpo_eval_pairs(seed))[0][:80]),  # what it could see: the eval set
+        miner("marks-copier", [synthetic.marks_pair(r, marks_rng) for r in honest[1.0]]),
     ]
 
 
@@ -383,7 +401,7 @@ def seed_demo_network(home: Path, seed: int = 7, network: str = "default", force
     chain.register(VALIDATOR_HOTKEY, stake=1000.0, validator_permit=True)
     miners = _network_miners(network, seed)
     for m in miners:
-        chain.register(m.hotkey)
+        chain.register(m.hotkey, coldkey=m.coldkey)
     if daily:
         epoch, cycle = _commit_daily(chain, hub, miners, network, home)
     else:
@@ -457,7 +475,7 @@ def _commit_daily(chain: LocalChainResource, hub: LocalHubResource, miners: list
 def _reregister(chain: LocalChainResource, miners: list[DemoMiner]) -> None:
     for m in miners:
         if m.reregister:
-            chain.register(m.hotkey)  # deregistered and registered again: its old commitment no longer counts
+            chain.register(m.hotkey, coldkey=m.coldkey)  # registered again: its old commitment no longer counts
 
 
 def _day0(hour: int, minute: int):

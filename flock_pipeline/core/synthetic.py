@@ -236,6 +236,15 @@ def _greek_and_marks(turns: list[str], rng: random.Random) -> list[str]:
     return ["".join(map(letter, text)) for text in turns]
 
 
+def marks_pair(row: PreferenceRow, rng: random.Random) -> PreferenceRow:
+    """A copied preference pair with the `marks` disguise in its prompt and on both sides (chosen and rejected):
+    Greek eta, kappa and tau for about half of the n, k and t, and combining macrons below inside words."""
+    prompt = _greek_and_marks([t.content for t in row.prompt], rng)
+    chosen, rejected = _greek_and_marks([row.chosen, row.rejected], rng)
+    return PreferenceRow(system=row.system, prompt=tuple(Turn(t.role, c) for t, c in zip(row.prompt, prompt)),
+                         chosen=chosen, rejected=rejected)
+
+
 # DISGUISES' kinds -> the turns disguised; every function takes the generator, whether it draws from it or not
 _DISGUISERS = {"invisible": _invisible_inside, "homoglyph": _homoglyphs, "preamble": _with_preamble,
                "signature": _with_signature, "numbers": _spelled_numbers, "marks": _greek_and_marks}

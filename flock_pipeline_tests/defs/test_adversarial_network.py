@@ -34,6 +34,7 @@ ATTACKERS = {
     "answer-merger": ("ineligible", "committed earlier by another miner"),
     "system-prompt-copier": ("ineligible", "committed earlier by another miner"),
     "disguised-eval-leaker": ("ineligible", "eval leakage"),
+    **{f"sybil-{i}": ("ineligible", "committed earlier by another miner") for i in (1, 2, 3)},
 }
 # a copier's reason names the honest miner(s) it copied, by uid
 ORIGINALS = {"exact-copier": ["honest-q100"], "paraphrase-copier": ["honest-q100"], "partial-copier": ["honest-q80"],
@@ -42,7 +43,7 @@ ORIGINALS = {"exact-copier": ["honest-q100"], "paraphrase-copier": ["honest-q100
              "signature-copier": ["honest-q40"], "numbers-copier": ["honest-q100"], "packer": ["honest-q100"],
              "merger": ["honest-q100", "honest-q80"], "marks-copier": ["honest-q60"],
              "new-question-copier": ["honest-q80"], "answer-merger": ["honest-q100"],
-             "system-prompt-copier": ["honest-q60"]}
+             "system-prompt-copier": ["honest-q60"], **{f"sybil-{i}": ["honest-q80"] for i in (1, 2, 3)}}
 SCORING_MODES = {"win_rate": {},  # the settings' scoring object (a model copy skips validation: JSON text)
                  "decaying epsilon + bootstrap": {
                      "scoring": '{"epsilon_decay_blocks": 7200, "significance": "bootstrap"}'},
@@ -75,6 +76,33 @@ def test_every_attacker_gets_zero_with_its_reason(report, label):
         assert m["eval_loss"] is None  # never trained, never a made-up loss
     for original in ORIGINALS.get(label, []):
         assert f"uid {report[original]['uid']}:" in m["reason"], m
+
+
+def test_the_sybils_are_hotkeys_of_one_coldkey_each_holding_a_disjoint_part(adversarial, report):
+    """One coldkey, three hotkeys, each committing a third of honest-q80's rows merged three to an exchange: their
+    parts hold no question in common and together hold all of honest-q80's; none of them is paid."""
+    import json
+
+    from flock_pipeline.resources import build_resources
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLOCK_HOME", str(adversarial))
+        r = build_resources()
+    sybils = [report[f"sybil-{i}"] for i in (1, 2, 3)]
+    coldkeys = {n.hotkey: n.coldkey for n in r["chain"].metagraph()}
+    assert len({coldkeys[m["hotkey"]] for m in sybils}) == 1
+    assert coldkeys[report["honest-q80"]["hotkey"]] not in {coldkeys[m["hotkey"]] for m in sybils}
+    epoch = r["store"].latest_epoch()
+
+    def questions(m: dict) -> list[str]:
+        commitment = r["store"].miner_commitment(m["hotkey"], epoch)
+        rows = r["hub"].download(commitment.repo, commitment.revision).splitlines()
+        return [q for row in rows for q in json.loads(row)["conversations"][0]["content"].split(" Also, ")]
+
+    parts = [questions(m) for m in sybils]
+    assert all(len(p) >= 20 for p in parts) and len(set().union(*parts)) == sum(map(len, parts))  # disjoint
+    assert sorted(q for p in parts for q in p) == sorted(questions(report["honest-q80"]))  # the whole copy
+    assert sum(m["weight"] for m in sybils) == 0.0
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,27 @@
 """`flock demo --network dpo --json`: honest miners ranked by the share of their pairs labelled right, the
-swapped-labels, trivial-rejected, copier and leaker miners at weight 0 with their reasons (one epoch through the
-assets, about 20 s on one core, shared by the tests)."""
+swapped-labels, trivial-rejected, copier, leaker and marks-copier miners at weight 0 with their reasons, in every
+scoring mode (one epoch through the assets, about 20 s on one core, shared by the tests)."""
 
+import json
 import math
 
 import pytest
 
 from flock_pipeline.cli import main
+from flock_pipeline.core.ranking import spearman
 from flock_pipeline_tests.defs.conftest import assert_card_snippet_loads, assert_zero_with_reason, demo_home, demo_json
+from flock_pipeline_tests.defs.test_adversarial_network import SCORING_MODES
 
 ATTACKERS = {
     "swapped-labels": ("no_improvement", "is not below the base model's 0.6931"),
     "trivial-rejected": ("ineligible", "trivial rejected answers"),
     "copier": ("ineligible", "committed earlier by another miner"),
     "leaker": ("ineligible", "eval leakage"),
+    "marks-copier": ("ineligible", "committed earlier by another miner"),
 }
+# a copier's reason names the miner it copied, by uid (the marks-copier's pairs carry Greek look-alikes and
+# combining marks in the prompt and on both sides)
+ORIGINALS = {"copier": "honest-q100", "marks-copier": "honest-q100"}
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +55,42 @@ def test_honest_miners_are_ranked_by_quality(doc, report):
 def test_every_attacker_gets_zero_with_its_reason(report, label):
     m = report[label]
     assert_zero_with_reason(m, *ATTACKERS[label])
-    if label == "copier":
-        assert f"uid {report['honest-q100']['uid']}: 80" in m["reason"]
+    if label in ORIGINALS:
+        assert f"uid {report[ORIGINALS[label]]['uid']}: 80" in m["reason"]
+
+
+@pytest.mark.parametrize("mode", list(SCORING_MODES))
+def test_every_scoring_mode_pays_no_attacker_and_ranks_honest_miners_by_quality(dpo_home, report, mode):
+    """The epoch re-scored from its recorded evaluations in each scoring mode."""
+    from flock_pipeline.resources import build_resources
+    from flock_pipeline.validator.scoring import compute_epoch_scores
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLOCK_HOME", str(dpo_home))
+        r = build_resources()
+    settings = r["settings"].model_copy(update={**SCORING_MODES[mode], "replace_results": True})
+    scores = {s.hotkey: (float(s.weight), float(s.eval_loss))
+              for s in compute_epoch_scores(r["store"].latest_epoch(), r["evaluator"], settings, r["store"], r["hub"],
+                                            r["chain"])}
+    assert all(scores[report[label]["hotkey"]][0] == 0.0 for label in ATTACKERS), mode
+    honest = [m for m in report.values() if m["quality"] is not None]
+    ranked = sorted(honest, key=lambda m: (-scores[m["hotkey"]][0], scores[m["hotkey"]][1]))
+    assert spearman([m["quality"] for m in ranked], list(range(len(ranked), 0, -1))) >= 0.9, ranked
+    assert abs(sum(w for w, _ in scores.values()) - 1.0) < 1e-9
+
+
+def test_the_marks_copier_disguises_both_sides_of_every_pair():
+    """Its pairs differ from honest-q100's as written (the prompt, chosen and rejected side of each) and fold back
+    to them: what matching sees is the copy."""
+    from flock_pipeline.core.textnorm import fold
+    from flock_pipeline.demo import dpo_miners
+
+    files = {m.label: [json.loads(line) for line in m.data.splitlines()] for m in dpo_miners()}
+    pairs = list(zip(files["marks-copier"], files["honest-q100"]))
+    assert len(pairs) == 80
+    for copy, original in pairs:
+        sides = [(copy[k][0]["content"], original[k][0]["content"]) for k in ("prompt", "chosen", "rejected")]
+        assert all(a != b and fold(a) == fold(b) for a, b in sides), sides
 
 
 def test_the_swapped_labels_miner_learned_the_wrong_preference(report):
