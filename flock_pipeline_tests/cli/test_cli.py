@@ -1,5 +1,5 @@
 """The README's commands, run as a user runs them: `flock demo`, the `dagster asset materialize` epoch and
-`dagster dev`."""
+`dg dev` (`make dev`)."""
 
 import json
 import os
