@@ -85,19 +85,12 @@ def test_a_disguised_copy_is_ineligible_and_names_the_original(kind):
     copier = COPIES[kind](original, rng)
     plans = deduplicate([_miner(1, original), _miner(2, other), _miner(3, copier)], config=DedupConfig())
     assert plans["hk1"].eligible and plans["hk1"].rows_kept == 60
-    # a different honest miner: eligible; on these short one-template rows an odd row about another country with
-    # the same river or capital can pass the similarity bar (a known limit of row-level near matching)
-    assert plans["hk2"].eligible and plans["hk2"].rows_kept >= 58
+    assert plans["hk2"].eligible and plans["hk2"].rows_kept == 60  # a different honest miner keeps every row
     assert not plans["hk3"].eligible and "uid 1:" in plans["hk3"].reason and "uid 2" not in plans["hk3"].reason
-    if kind == "new question, a different word inserted into each answer":
-        # a word inserted inside a number ("4120 indeed thousand") changes the number as matching reads it
-        assert plans["hk3"].rows_kept <= len(copier) // 5
-    elif kind == "text of its own around each row":
-        # each answer roughly doubled by text of its own: the earlier row is contained in the later one (its answer
-        # sentences all appear there); answers under MIN_ANSWER_WORDS words are not matched as sentences
-        assert plans["hk3"].rows_kept <= len(copier) // 5
-    else:
-        assert plans["hk3"].rows_kept <= len(copier) // 10
+    # every class down to a tenth at most: a word inserted inside a number ("4120 indeed thousand") changes the
+    # number as matching reads it, the rest are found whole, and a short answer behind a sentence of the copier's
+    # own is found from its rarest words
+    assert plans["hk3"].rows_kept <= len(copier) // 10
 
 
 def test_a_merge_of_two_miners_is_ineligible_naming_both():
@@ -118,7 +111,7 @@ def test_eval_rows_behind_a_new_question_and_an_inserted_word_are_leaks():
     assert plans["hk1"].eligible and plans["hk1"].eval_leaks == 0
     # all but the rows whose inserted word split a number ("4120 indeed thousand" reads as other numbers)
     assert not plans["hk2"].eligible and plans["hk2"].reason.startswith("eval leakage")
-    assert plans["hk2"].eval_leaks >= 54
+    assert plans["hk2"].eval_leaks >= 56
 
 
 def test_an_honest_miner_about_other_places_on_the_same_templates_keeps_every_row():
