@@ -11,6 +11,8 @@ run cut off by a time limit still reports what it measured. Phases, per size:
 
 - `ours`: one miner (100 rows, 2 epochs) trained and scored on 1,000 eval rows by our evaluator: seconds, peak GPU
   memory, the loss;
+- `ours_padded`: the same with packing off (every step padded to its longest row): the seconds packing saves, and
+  the loss difference (rounding only);
 - `ours_live`: the same with the live selection game's recipe (4-bit nf4 base, paged 8-bit AdamW; CUDA and
   bitsandbytes only);
 - `multi_lora`: K = 4 miners side by side against the same four trained one at a time: seconds each way, and the
@@ -109,6 +111,12 @@ def check_size(size: str, report: Report, bench, work: Path, dry: bool, referenc
                                 "eval_s": round(outcome.eval_seconds, 3), "peak_gib": peak,
                                 "eval_loss": outcome.eval_loss, "train_tokens": outcome.train_tokens,
                                 "eval_tokens": outcome.eval_tokens})
+    padded, p_seconds, p_peak = _timed(lambda: train_and_evaluate_tokens(base, train, evals,
+                                                                         recipe.with_overrides(packing=False)))
+    report.phase(size, "ours_padded", {"seconds": p_seconds, "peak_gib": p_peak, "eval_loss": padded.eval_loss,
+                                       "packing_speedup": round(p_seconds / seconds, 2) if seconds else None,
+                                       "loss_rel_diff": abs(padded.eval_loss - outcome.eval_loss) / abs(
+                                           padded.eval_loss) if padded.eval_loss else None})
     report.phase(size, "ours_live", _live(base, model_dir, recipe, train, evals, device))
     sets = [train] + [bench.workload(size, train_n, eval_n, work)[2] if dry else
                       bench.synthetic_rows(train_n, bench.QWEN_VOCAB, recipe.max_seq_len, seed)
