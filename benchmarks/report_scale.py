@@ -2,18 +2,22 @@
 explanations, and `flock epoch report --html`'s time and memory.
 
 The network is `benchmarks/epoch.py`'s (a local chain + hub, N honest miners with disjoint rows, the tiny model),
-recorded in a Dagster instance on disk (SQLite, as a validator has out of the box) by `flock epoch run`'s own runner
-(`run_epoch`: every asset, every per-miner batch, the checks), epoch after epoch. Only the training is left out:
+recorded in a Dagster instance configured by the repository's dagster.yaml (SQLite on disk, as a validator has out of
+the box), or with --postgres URL by deploy/postgres/dagster.yaml on that (empty) database, by `flock epoch run`'s own
+runner (`run_epoch`: every asset, every per-miner batch, the checks), epoch after epoch. Only the training is left out:
 the evaluator answers each miner with a loss drawn from its rows' digest (and per-row losses around it), so the
 scores, weights, explanations, corpus and report are made from N distinct losses exactly as from trained ones.
 
-Reported per epoch: the growth of the files under DAGSTER_HOME (bytes), the largest metadata value written in it
-(its asset and key), the longest explanation and the longest recorded detail (every comparison); then
-`flock epoch report LAST --html` in a fresh process, run --reports times: wall seconds and the peak RSS of that
-process. The event storage is also broken down by run (`run_db_bytes`: each run's own SQLite file, by stage) and the
-asset index (`index_db_bytes`), where Dagster's SQLite storage keeps a second copy of every asset event.
+Reported per epoch: the growth of Dagster's storage (the files under DAGSTER_HOME, plus the database's size with
+--postgres), the largest metadata value written in it (its asset and key), the longest explanation and the longest
+recorded detail (every comparison); then `flock epoch report LAST --html` in a fresh process, run --reports times:
+wall seconds and the peak RSS of that process. The event storage is also broken down by event type
+(`events_by_type`: count and bytes of the epoch's events as serialized, one copy each), by run (`run_db_bytes`: each
+run's own SQLite file, by stage) and the asset index (`index_db_bytes`), where Dagster's SQLite storage keeps a second
+copy of every asset event.
 
     python benchmarks/report_scale.py [--miners 256] [--epochs 4] [--rows 20] [--reports 3] [--json]
+    python benchmarks/report_scale.py --postgres postgresql://USER@HOST:5432/EMPTY_DATABASE ...
     python benchmarks/report_scale.py --keep DIR ...; python benchmarks/report_scale.py --keep DIR --epochs 0
 """
 
@@ -75,28 +79,52 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def largest_metadata(instance, run_ids: list[str]) -> tuple[int, str]:
-    """(bytes, "asset · key") of the largest metadata value (serialized as Dagster stores it) of the runs' events:
-    materializations, observations and check evaluations."""
+def storage_bytes(dagster_home: Path, postgres: str | None) -> int:
+    """What Dagster's storage holds: the files under DAGSTER_HOME, and with --postgres the database's size."""
+    if not postgres:
+        return folder_bytes(dagster_home)
+    import psycopg
+
+    with psycopg.connect(postgres) as con:
+        return folder_bytes(dagster_home) + con.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+
+
+def instance_config(dagster_home: Path, env: dict, postgres: str | None) -> None:
+    """The instance a validator runs: the repository's dagster.yaml, or deploy/postgres/dagster.yaml on `postgres`."""
+    if postgres:
+        env["FLOCK_DAGSTER_POSTGRES_URL"] = postgres
+    source = ROOT / "deploy" / "postgres" / "dagster.yaml" if postgres else ROOT / "dagster.yaml"
+    (dagster_home / "dagster.yaml").write_text(source.read_text())
+
+
+def _metadata_of(event) -> dict | None:
+    data = event.event_specific_data
+    payload = getattr(data, "materialization", None) or getattr(data, "asset_observation", None) or data
+    metadata = getattr(payload, "metadata", None)
+    return metadata if isinstance(metadata, dict) else None
+
+
+def event_sizes(instance, run_ids: list[str]) -> tuple[tuple[int, str], dict[str, list[int]]]:
+    """Of the runs' events: (bytes, "asset · key") of the largest metadata value (serialized as Dagster stores it:
+    materializations, observations, check evaluations, step outputs), and per event type (LOG: a log line) [count,
+    bytes] of the events as serialized (one copy each: SQLite stores asset events twice, checks three times)."""
     from dagster._serdes import serialize_value
 
-    best = (0, "")
+    best, by_type = (0, ""), {}
     for run_id in run_ids:
         for entry in instance.all_logs(run_id):
             event = entry.dagster_event
-            if event is None:
-                continue
-            data = event.event_specific_data
-            payload = getattr(data, "materialization", None) or getattr(data, "asset_observation", None) or data
-            metadata = getattr(payload, "metadata", None)
-            if not isinstance(metadata, dict):
+            kind = by_type.setdefault(event.event_type_value if event is not None else "LOG", [0, 0])
+            kind[0], kind[1] = kind[0] + 1, kind[1] + len(serialize_value(entry).encode())
+            metadata = _metadata_of(event) if event is not None else None
+            if not metadata:
                 continue
             asset = event.asset_key.to_user_string() if event.asset_key is not None else event.event_type_value
             for key, value in metadata.items():
                 size = len(serialize_value(value).encode())
                 if size > best[0]:
                     best = (size, f"{asset} · {key}")
-    return best
+    return best, dict(sorted(by_type.items(), key=lambda kv: -kv[1][1]))
 
 
 MEASURE = ("import resource, subprocess, sys, time\n"
@@ -115,18 +143,22 @@ def report_once(env: dict, epoch: int) -> tuple[float, float]:
     return round(float(wall), 2), round(int(kib) / 1024, 1)
 
 
-def run(workdir: Path, miners: int, epochs: int, rows: int, reports: int, models: Path | None) -> dict:
+def run(workdir: Path, miners: int, epochs: int, rows: int, reports: int, models: Path | None,
+        postgres: str | None = None) -> dict:
     home, dagster_home = workdir / "home", workdir / "dagster"
+    kept = ("FLOCK_HOME", "DAGSTER_HOME", "FLOCK_NETWORK") + (("FLOCK_DAGSTER_POSTGRES_URL",) if postgres else ())
     if epochs == 0:  # the report alone, of a home kept by an earlier run (--keep)
         env = _environment(home, dagster_home)
-        os.environ.update({k: env[k] for k in ("FLOCK_HOME", "DAGSTER_HOME", "FLOCK_NETWORK")})
+        instance_config(dagster_home, env, postgres)
+        os.environ.update({k: env[k] for k in kept})
         from flock_pipeline.resources import build_resources
 
         last = build_resources(home, training=False)["store"].latest_epoch()
         return {"miners": miners, "epochs": [], "report_html": _time_report(env, home, last, reports)}
     first = seed_network(home, miners, rows, models)
     env = _environment(home, dagster_home)
-    os.environ.update({k: env[k] for k in ("FLOCK_HOME", "DAGSTER_HOME", "FLOCK_NETWORK")})
+    instance_config(dagster_home, env, postgres)
+    os.environ.update({k: env[k] for k in kept})
     without_training()
     import dagster as dg
 
@@ -142,7 +174,7 @@ def run(workdir: Path, miners: int, epochs: int, rows: int, reports: int, models
             if chain.epoch_of(chain.current_block()) < epoch:
                 chain.advance(chain.epoch_start(epoch) - chain.current_block())
             index = dagster_home / "history" / "runs" / "index.db"
-            before, runs_before = folder_bytes(dagster_home), {r.run_id for r in instance.get_runs()}
+            before, runs_before = storage_bytes(dagster_home, postgres), {r.run_id for r in instance.get_runs()}
             index_before = index.stat().st_size if index.is_file() else 0
             started = time.perf_counter()
             run_epoch(epoch, resources, instance)
@@ -154,12 +186,13 @@ def run(workdir: Path, miners: int, epochs: int, rows: int, reports: int, models
                 own = dagster_home / "history" / "runs" / f"{r.run_id}.db"
                 stage = r.tags.get("flock/stage", "?")
                 by_stage[stage] = by_stage.get(stage, 0) + (own.stat().st_size if own.is_file() else 0)
-            size, where = largest_metadata(instance, new_runs)
+            (size, where), by_type = event_sizes(instance, new_runs)
             scores = store.scores(epoch)
             details = store.rows(ScoreDetailRecord, epoch=epoch)
             out.append({"epoch": epoch, "wall_s": round(wall, 1), "runs": len(new_runs),
-                        "event_storage_growth_bytes": folder_bytes(dagster_home) - before,
-                        "run_db_bytes": by_stage, "index_db_bytes": index.stat().st_size - index_before,
+                        "event_storage_growth_bytes": storage_bytes(dagster_home, postgres) - before,
+                        "events_by_type": by_type, "run_db_bytes": by_stage,
+                        "index_db_bytes": (index.stat().st_size if index.is_file() else 0) - index_before,
                         "largest_metadata_bytes": size, "largest_metadata": where,
                         "scored": sum(r.status == "scored" for r in scores),
                         "longest_explanation_chars": max(len(r.explanation or "") for r in scores),
@@ -184,6 +217,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reports", type=int, default=3, help="runs of `flock epoch report --html`")
     parser.add_argument("--models", default=".flock/models", help="a model cache to copy (the tiny model)")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR (an empty folder) and keep the home and instance")
+    parser.add_argument("--postgres", metavar="URL", help="Dagster's storage on this (empty) PostgreSQL database, as "
+                                                         "deploy/postgres/dagster.yaml configures it")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     for name, value in (("OMP_NUM_THREADS", "1"), ("HF_HUB_OFFLINE", "1")):
@@ -191,7 +226,7 @@ def main(argv=None) -> int:
     models = (ROOT / args.models).resolve()
     with tempfile.TemporaryDirectory(prefix="flock-report-scale-") as tmp:
         report = run(Path(args.keep or tmp), args.miners, args.epochs, args.rows, args.reports,
-                     models if models.is_dir() else None)
+                     models if models.is_dir() else None, args.postgres)
     if args.json:
         print(json.dumps(report, indent=1))
     else:

@@ -161,14 +161,14 @@ class BatchFailed(FlockError, RuntimeError):
 
 
 def for_each_miner(context: dg.AssetExecutionContext, store: StoreResource,
-                   work: Callable[[str], dict]) -> dg.MaterializeResult:
+                   work: Callable[[str], dict], log_each: bool = True) -> dg.MaterializeResult:
     """Run `work(hotkey)` for every miner partition of the run (one key, or a partition range: the sensors and
     `flock epoch run` launch batches) and put each miner's metadata on its own partition's materialization.
 
     One miner's failure does not stop the others: each is recorded (or raised) on its own. Errors that leave no
     record are raised together after the batch, so the step's retry redoes just those miners; a ValidatorFault
     stops the batch at once (nothing is judged on a broken validator). The store keeps one connection for the
-    batch."""
+    batch. `log_each`: an info line per miner with its metadata (off where the step logged each miner already)."""
     name_the_stage(context)
     hotkeys = list(context.partition_keys)
     failed: list[tuple[str, Exception]] = []
@@ -184,13 +184,16 @@ def for_each_miner(context: dg.AssetExecutionContext, store: StoreResource,
                 failed.append((hotkey, exc))
                 context.log.warning(f"{hotkey}: {type(exc).__name__}: {exc}")
                 continue
+            # an empty value is left out: each metadata entry is stored with every event (per miner and epoch)
+            metadata = {k: v for k, v in metadata.items() if isinstance(v, dg.MetadataValue) or v != ""}
             context.add_asset_metadata(metadata, partition_key=hotkey)
-            context.log.info(f"{hotkey}: " + ", ".join(f"{k} {v}" for k, v in metadata.items()
-                                                       if not isinstance(v, dg.MetadataValue) and v != ""))
+            if log_each:
+                context.log.info(f"{hotkey}: " + ", ".join(f"{k} {v}" for k, v in metadata.items()
+                                                           if not isinstance(v, dg.MetadataValue)))
     if failed:
         listed = "; ".join(f"{h}: {type(e).__name__}: {e}" for h, e in failed)
         raise BatchFailed(f"{len(failed)} of {len(hotkeys)} miners failed: {listed}"[:4000]) from failed[0][1]
-    return dg.MaterializeResult(metadata={"batch_miners": len(hotkeys)})
+    return dg.MaterializeResult()  # (metadata here would be repeated on every miner's materialization)
 
 
 @dg.asset(partitions_def=miners_partitions, group_name="miners", kinds={"python", STORE_KIND},
@@ -272,8 +275,10 @@ def miner_progress(context: dg.AssetExecutionContext, total: int) -> Callable[[M
         context.log.info(f"miner {done}/{total} {miner.hotkey}: {miner.summary()}")
         metadata = {PROGRESS: f"{done}/{total}", "uid": miner.uid if miner.uid is not None else -1,
                     "status": miner.status, "from_cache": miner.cached, "rows": miner.rows,
-                    "seconds": round(miner.seconds, 3), "summary": miner.summary(),
+                    "seconds": round(miner.seconds, 3),
                     "eval_loss": miner.loss if miner.loss is not None else float("nan")}
+        if miner.status != "ok":  # the reason (an ok miner's summary is the numbers above, and the log line)
+            metadata["summary"] = miner.summary()
         context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=miner.hotkey,
                                               metadata=metadata))
 
@@ -311,7 +316,7 @@ def miner_eval_losses(context: dg.AssetExecutionContext, evaluator: EvaluatorRes
             **{k: float(v) for k, v in (record.metrics or {}).items() if k != "pairs"},
         }
 
-    return for_each_miner(context, store, evaluate)
+    return for_each_miner(context, store, evaluate, log_each=False)  # each miner's progress line said it
 
 
 @dg.asset(partitions_def=epochs_partitions, group_name="scoring", kinds={"python", STORE_KIND},

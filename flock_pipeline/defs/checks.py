@@ -108,9 +108,9 @@ def miner_standing(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorR
     for hotkey, standing in standings.items():
         target = _target(context.instance, hotkey)
         for name, (passes, severity) in STANDING_CHECKS.items():
-            yield dg.AssetCheckEvaluation(
+            yield dg.AssetCheckEvaluation(  # (the summary is the description, not repeated in the metadata)
                 asset_key=miner_eval_losses.key, check_name=name, passed=passes(standing),
-                metadata={"verdict": standing.verdict, "summary": standing.summary, **standing.metadata},
+                metadata={"verdict": standing.verdict, **standing.metadata},
                 severity=severity, description=standing.summary, partition=hotkey,
                 target_materialization_data=target)
     for output in context.op_def.output_defs:
