@@ -37,23 +37,6 @@ def _by_label(report: list[dict]) -> dict:
 
 
 @pytest.mark.slow
-def test_flock_demo_json(flock_home):
-    out = _flock("demo", "--json", env=_env(flock_home))
-    doc = json.loads(out.stdout)
-    fields = {"uid", "hotkey", "label", "status", "reason", "rows_kept", "eval_loss", "score", "win_rate", "weight"}
-    assert all(fields <= set(m) for m in doc["miners"])
-    assert all(m["win_rate"] == m["score"] for m in doc["miners"])  # the score's old name, kept for one release
-    miners = _by_label(doc["miners"])
-    assert set(miners) == {"honest-good", "honest-fair", "weak-offdomain", "copier", "malformed", "empty"}
-    assert miners["honest-good"]["weight"] == 1.0  # the others lose every comparison or do not beat the base
-    assert miners["honest-fair"]["eval_loss"] < miners["weak-offdomain"]["eval_loss"]
-    for label in ("copier", "malformed", "empty"):
-        assert miners[label]["weight"] == 0 and miners[label]["reason"]
-    table = _flock("epoch", "report", str(doc["epoch"]), env=_env(flock_home)).stdout
-    assert "honest-good" in table and "duplicate" in table
-
-
-@pytest.mark.slow
 def test_epoch_through_dagster_asset_materialize(flock_home, tmp_path):
     """scripts/materialize_epoch.sh: the README's `dagster asset materialize` commands for one epoch."""
     env = _env(flock_home, tmp_path / "dagster_home")

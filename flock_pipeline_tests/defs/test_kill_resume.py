@@ -16,8 +16,9 @@ from flock_pipeline.demo import epoch_report
 from flock_pipeline.resources import build_resources
 from flock_pipeline.store import CorpusRecord
 
-KILLS = 20
-DEADLINE_S = 600  # the whole test, kills and resumes together
+# 7 of each signal at random points: what fits `make test`'s 10 minutes; FLOCK_SOAK_KILLS=100 soaks longer
+KILLS = int(os.environ.get("FLOCK_SOAK_KILLS", "14"))
+DEADLINE_S = max(600, 30 * KILLS)  # the whole test, kills and resumes together
 
 
 def _outcome(home: Path, epoch: int) -> dict:

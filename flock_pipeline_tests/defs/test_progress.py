@@ -116,6 +116,22 @@ def test_flock_epoch_run_prints_a_line_per_miner_with_done_and_total(epoch_run):
     assert doc["epoch"] == 1 and len(doc["miners"]) == 6
 
 
+def test_the_epochs_json_document_names_every_miner_with_its_outcome(epoch_run):
+    """The document `flock epoch run --json` (and `flock demo --json`) prints: every field per miner, the score's
+    old name kept for one release, and the demo's outcomes."""
+    doc = json.loads(epoch_run[1])
+    fields = {"uid", "hotkey", "label", "status", "reason", "rows_kept", "eval_loss", "score", "win_rate", "weight",
+              "sent", "explanation"}
+    assert all(fields <= set(m) for m in doc["miners"])
+    assert all(m["win_rate"] == m["score"] for m in doc["miners"])
+    miners = {m["hotkey"].removeprefix("hk-"): m for m in doc["miners"]}
+    assert set(miners) == {"honest-good", "honest-fair", "weak-offdomain", "copier", "malformed", "empty"}
+    assert miners["honest-good"]["weight"] == 1.0  # the others lose every comparison or do not beat the base
+    assert miners["honest-fair"]["eval_loss"] < miners["weak-offdomain"]["eval_loss"]
+    for label in ("copier", "malformed", "empty"):
+        assert miners[label]["weight"] == 0 and miners[label]["reason"]
+
+
 # Issue 30: Dagster's event storage grows by at most 5 MB per epoch at 256 miners; a miner's share, 19.5 KB
 MINER_EVENT_BYTES = 5_000_000 // 256
 
