@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from flock_pipeline.errors import ConfigError
@@ -101,7 +102,7 @@ def build_resources(home: Path | None = None, training: bool = True) -> dict:
     if competitions:
         settings["competitions"] = competitions
     evaluator = EvaluatorResource(base_model=os.environ.get("FLOCK_BASE_MODEL", "tiny"),
-                                  device=os.environ.get("FLOCK_DEVICE", "auto"),
+                                  device=device_setting(),
                                   recipe=os.environ.get("FLOCK_RECIPE", "{}"),
                                   timeout_s=whole_number("FLOCK_EVAL_TIMEOUT_S", 0, minimum=0),
                                   run_tags=_eval_run_tags(os.environ.get("FLOCK_EVAL_RUN_TAGS", "{}")),
@@ -169,6 +170,15 @@ def whole_number(variable: str, default: int, minimum: int | None = None) -> int
     if minimum is not None and value < minimum:
         raise ConfigError(f"{variable}={value}: must be at least {minimum}")
     return value
+
+
+def device_setting() -> str:
+    """FLOCK_DEVICE, checked: auto, cpu, cuda or cuda:N (a wrong value is a ConfigError naming the variable, before
+    any work, not torch's error half-way through an epoch)."""
+    device = os.environ.get("FLOCK_DEVICE", "").strip() or "auto"
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"FLOCK_DEVICE={device[:40]!r}: use auto, cpu, cuda or cuda:N")
+    return device
 
 
 def alert_settings() -> AlertSettings:

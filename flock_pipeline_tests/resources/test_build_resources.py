@@ -56,6 +56,7 @@ def test_configuration_errors(tmp_path, monkeypatch, env, message):
     ({"FLOCK_MINER_BATCH": "eight"}, "FLOCK_MINER_BATCH='eight'"),
     ({"FLOCK_BACKFILL": "per_miner"}, "FLOCK_BACKFILL='per_miner': use one of single_run, multi_run"),
     ({"FLOCK_MULTI_LORA": "yes"}, "FLOCK_MULTI_LORA: multi_lora must be auto, on or off"),
+    ({"FLOCK_DEVICE": "gpu"}, "FLOCK_DEVICE='gpu': use auto, cpu, cuda or cuda:N"),  # not torch's error mid-epoch
     ({"FLOCK_EXECUTOR": "celery"}, "set FLOCK_CELERY_BROKER"),
     ({"FLOCK_EXECUTOR": "celery", "FLOCK_CELERY_BROKER": "http://x"}, "FLOCK_CELERY_BROKER=.*redis:// or amqp://"),
     ({"FLOCK_EXECUTOR": "celery", "FLOCK_CELERY_BROKER": "redis://h:6379/0",
