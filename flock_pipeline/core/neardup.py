@@ -144,19 +144,12 @@ class Shingles:
                             "keys": _unique(inverse[keep].astype(np.int64) * (n + 1) + row_of_word[keep])}
         return self._counts
 
-    def rare_sketch(self, rows: np.ndarray, config: NearDupConfig, ends: np.ndarray) -> np.ndarray:
-        """The rare words of rows[k] among the `counted` rows [0, ends[k]) -- those in at most
-        max(rare_rows, rare_fraction x those rows) of them -- as a [len(rows), SKETCH] array: each row's distinct rare
-        words, smallest hashes first (at most SKETCH), padded with PAD. Vectorised, for many pairs at once."""
-        return self._rare(rows, config, ends)[0]
-
-    def rare_weights(self, rows: np.ndarray, config: NearDupConfig, ends: np.ndarray) -> np.ndarray:
-        """The weight of each word of `rare_sketch` (0 for PAD): its rarity, log((rows + 1) / rows with it) over the
-        counted rows [0, ends[k]). Names and values (in few rows) weigh more than template words."""
-        return self._rare(rows, config, ends)[1]
-
     def _rare(self, rows: np.ndarray, config: NearDupConfig, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(rare_sketch, rare_weights) of `rows`."""
+        """(sketch, weights) of `rows`. The sketch: the rare words of rows[k] among the `counted` rows [0, ends[k])
+        -- those in at most max(rare_rows, rare_fraction x those rows) of them -- as a [len(rows), SKETCH] array of
+        each row's distinct rare words, smallest hashes first (at most SKETCH), padded with PAD. The weights: each
+        word's rarity, log((rows + 1) / rows with it) over the counted rows [0, ends[k]) (0 for PAD): names and
+        values (in few rows) weigh more than template words. Vectorised, for many rows at once."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.full((len(rows), SKETCH), PAD, dtype=np.uint64)
         weight = np.zeros((len(rows), SKETCH), dtype=np.float64)
@@ -295,14 +288,14 @@ def _band_candidates(sig: np.ndarray, rank: np.ndarray, group: np.ndarray, confi
 
 
 def _anchor_candidates(shingles: Shingles, rank: np.ndarray, group: np.ndarray, config: NearDupConfig,
-                       ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                       ends: np.ndarray, own: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(row, candidate) pairs found from the earlier row's side: each row's rarest word (counted over the rows before
     its group's end, so later rows change nothing) is its anchor, and every later row of another group that holds the
     anchor, while the anchor is still rare there, is paired with it. A row hidden inside a merged or padded row is
     then a candidate however low the two rows' overall similarity; the checks that follow decide."""
     n = len(shingles)
     rows = np.arange(n, dtype=np.int64)
-    sketch, weight = shingles._rare(rows, config, ends)
+    sketch, weight = own  # every row's rare words and their weights, counted at its own `ends`
     has = (sketch != PAD).any(axis=1)
     if not has.any():
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -340,7 +333,8 @@ def _anchor_candidates(shingles: Shingles, rank: np.ndarray, group: np.ndarray, 
 
 
 def _candidate_pairs(sig: np.ndarray, rank: np.ndarray, group: np.ndarray, config: NearDupConfig,
-                     shingles: Shingles | None, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     shingles: Shingles | None, ends: np.ndarray,
+                     own: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, candidate, estimated similarity) of the pairs worth checking, per row earliest candidate first: the LSH
     band pairs whose estimate is near the threshold or says the earlier row may be contained in the later one, and
     (with `shingles`) every pair found from the earlier row's rarest words."""
@@ -349,7 +343,7 @@ def _candidate_pairs(sig: np.ndarray, rank: np.ndarray, group: np.ndarray, confi
     exact = shingles is not None
     anchored = np.zeros(len(rows), dtype=bool)
     if exact:
-        a_rows, a_cands = _anchor_candidates(shingles, rank, group, config, ends)
+        a_rows, a_cands = _anchor_candidates(shingles, rank, group, config, ends, own)
         a_key = a_rows * n + a_cands
         key = _unique(np.concatenate([rows.astype(np.int64) * n + cands, a_key]))
         anchored = np.zeros(len(key), dtype=bool)
@@ -385,14 +379,15 @@ def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarra
     rank = rank.astype(np.int64)
     exact = shingles is not None
     ends = prefix_end if prefix_end is not None else np.full(n, len(shingles) if exact else n, dtype=np.int64)
-    rows, cands, est = _candidate_pairs(sig, rank, group, config, shingles, ends)
+    # every row's rare words counted at its own group's end: the anchors, and the later side of every pair
+    own = shingles._rare(np.arange(n, dtype=np.int64), config, ends) if exact else None
+    rows, cands, est = _candidate_pairs(sig, rank, group, config, shingles, ends, own)
     if len(rows) == 0:
         return source
     high = config.threshold + (config.exact_margin if exact else 0.0)
     rare_ok = rare_within = names_kept = np.ones(len(rows), dtype=bool)
     if exact:  # both rows' rare words counted over the rows up to the later row's group's end (see the module)
-        own, where = np.unique(rows, return_inverse=True)
-        a = shingles.rare_sketch(own, config, ends[own])[where]
+        a = own[0][rows]
         combos, at = np.unique(cands.astype(np.int64) * (n + 1) + ends[rows], return_inverse=True)
         b, b_weight = shingles._rare(combos // (n + 1), config, combos % (n + 1))  # once per (cand, end)
         b, b_weight = b[at], b_weight[at]

@@ -399,7 +399,7 @@ def _compared_loss(c: Contender, other: Contender, eps: float) -> float:
 def _as_compared(c: Contender, other: Contender, eps: float) -> str:
     """A contender's loss as the comparison with `other` saw it."""
     if c.block < other.block and eps > 0:
-        return f"{c.loss:.4f} x {1 - eps:g} = {c.loss * (1 - eps):.4f} for committing earlier"
+        return f"{c.loss:.4f} x {1 - eps:g} = {_compared_loss(c, other, eps):.4f} for committing earlier"
     return f"{c.loss:.4f}"
 
 
