@@ -7,8 +7,9 @@ Cyrillic look-alike letters, the same preamble before every question, the same s
 numbers spelled out, pairs of rows packed into one two-exchange row, numbered boilerplate around each row ("Sure
 thing 12. ... Noted as entry 84."), a sentence of the copier's own before each answer (a short answer roughly
 doubled), Greek look-alikes and combining marks inside words (marks), a stock question with a different word
-inserted into each answer (new-question), three rows merged into one exchange (merged), and the row moved into
-the system prompt under a stock question and answer (system). The timed call is the
+inserted into each answer (new-question), three rows merged into one exchange (merged), the row moved into
+the system prompt under a stock question and answer (system), and two common words of every turn swapped for
+synonyms, nothing else changed (reworded). The timed call is the
 pipeline's own
 `deduplicate` over all 256,000 rows plus the 200-row eval set (exact + near-duplicate matching, exchange and answer
 level). Precision and recall are measured on the rows `deduplicate` drops as copies: a labelled copy is found when it
@@ -40,7 +41,7 @@ def _unique_name(index: int, parts: int = 4) -> str:
 
 
 DISGUISES = ("paraphrase", "invisible", "homoglyph", "preamble", "signature", "numbers", "packed", "numbered",
-             "own-text", "marks", "new-question", "merged", "system")
+             "own-text", "marks", "new-question", "merged", "system", "reworded")
 
 
 def network(miners: int, rows: int, seed: int = 1):
@@ -77,6 +78,8 @@ def network(miners: int, rows: int, seed: int = 1):
                 copies = [synthetic._row(j.turns[0].content, "Here it is.",
                                          f"{r.turns[0].content} {r.turns[1].content}")
                           for r, j in zip(source, synthetic.junk_rows(len(source), m))]
+            elif kind == "reworded":  # two common words of every turn swapped for synonyms
+                copies = [synthetic.reword(r, rng) for r in source]
             elif kind == "own-text":  # a sentence of the copier's own before each copied answer
                 copies = [synthetic._row(r.turns[0].content, f"{j.turns[1].content} {r.turns[1].content}")
                           for r, j in zip(source, synthetic.junk_rows(len(source), m))]

@@ -89,6 +89,17 @@ def storage_bytes(dagster_home: Path, postgres: str | None) -> int:
         return folder_bytes(dagster_home) + con.execute("SELECT pg_database_size(current_database())").fetchone()[0]
 
 
+def table_bytes(postgres: str | None) -> dict[str, int]:
+    """With --postgres: each table's size with its indexes and TOAST data (where the growth lands)."""
+    if not postgres:
+        return {}
+    import psycopg
+
+    with psycopg.connect(postgres) as con:
+        return dict(con.execute("SELECT relname::text, pg_total_relation_size(relid) "
+                                "FROM pg_catalog.pg_statio_user_tables").fetchall())
+
+
 def instance_config(dagster_home: Path, env: dict, postgres: str | None) -> None:
     """The instance a validator runs: the repository's dagster.yaml, or deploy/postgres/dagster.yaml on `postgres`."""
     if postgres:
@@ -176,6 +187,7 @@ def run(workdir: Path, miners: int, epochs: int, rows: int, reports: int, models
             index = dagster_home / "history" / "runs" / "index.db"
             before, runs_before = storage_bytes(dagster_home, postgres), {r.run_id for r in instance.get_runs()}
             index_before = index.stat().st_size if index.is_file() else 0
+            tables_before = table_bytes(postgres)
             started = time.perf_counter()
             run_epoch(epoch, resources, instance)
             wall = time.perf_counter() - started
@@ -193,6 +205,8 @@ def run(workdir: Path, miners: int, epochs: int, rows: int, reports: int, models
                         "event_storage_growth_bytes": storage_bytes(dagster_home, postgres) - before,
                         "events_by_type": by_type, "run_db_bytes": by_stage,
                         "index_db_bytes": (index.stat().st_size if index.is_file() else 0) - index_before,
+                        "table_bytes": {k: v - tables_before.get(k, 0) for k, v in table_bytes(postgres).items()
+                                        if v != tables_before.get(k, 0)},
                         "largest_metadata_bytes": size, "largest_metadata": where,
                         "scored": sum(r.status == "scored" for r in scores),
                         "longest_explanation_chars": max(len(r.explanation or "") for r in scores),

@@ -14,10 +14,11 @@ order unrelated to their quality, and one of every attacker: exact copier, parap
 eval-set leaker, junk text, empty, oversize, malformed, a stale commitment from before its hotkey's re-registration
 and a later commitment of an honest miner's own repo and revision; and copies disguised at no cost: invisible
 characters inside words, Cyrillic look-alike letters, the same preamble before every question, the same signature
-after every answer, numbers spelled out, rows packed two to a row, and a merge of two honest miners' rows; and
-sybils: three hotkeys of one coldkey, each committing a disjoint third of honest-q80's rows merged three to an
-exchange. Every attacker must end at weight 0 with a reason (a copier's names the miner it copied); the honest miners
-must be ranked by quality.
+after every answer, numbers spelled out, rows packed two to a row, a merge of two honest miners' rows, and two
+common words of every turn swapped for synonyms (an honest miner's rows, and eval rows); and sybils: three hotkeys
+of one coldkey, each committing a disjoint third of honest-q80's rows merged three to an exchange. Every attacker
+must end at weight 0 with a reason (a copier's names the miner it copied); the honest miners must be ranked by
+quality.
 
 `selection` network (`selection_miners`): the live SN96 game on the local chain's clock (one block a minute, block 0
 at 11:00 UTC on day 0). A pool repo of 600 rows (200 atlas facts in three wordings) is the eval set; 40 uids are
@@ -209,14 +210,17 @@ def adversarial_miners(seed: int = 7, max_file_bytes: int = DatasetLimits().max_
 
 def _answer_attackers(honest: dict, evals: list[ChatRow], rng, seed: int) -> list[DemoMiner]:
     """Copies that keep what the trainer learns from and change the rest: a stock question with a different word
-    inserted into each answer (of an honest miner, and of eval rows), answers merged three to an exchange, and the
-    row moved into the system prompt under a stock question and answer."""
+    inserted into each answer (of an honest miner, and of eval rows), answers merged three to an exchange, the
+    row moved into the system prompt under a stock question and answer, and two common words of every turn swapped
+    for synonyms (of an honest miner, and of eval rows)."""
     in_prompt = [synthetic._row(j.turns[0].content, "Here it is.", f"{r.turns[0].content} {r.turns[1].content}")
                  for r, j in zip(honest[0.6], synthetic.junk_rows(len(honest[0.6]), seed + 104))]
     attackers = {"new-question-copier": synthetic.new_question_inserted_word(honest[0.8], rng),
                  "answer-merger": synthetic.merge_into_one(honest[1.0]),
                  "system-prompt-copier": in_prompt,
-                 "disguised-eval-leaker": synthetic.new_question_inserted_word(rng.sample(evals, 100), rng)}
+                 "disguised-eval-leaker": synthetic.new_question_inserted_word(rng.sample(evals, 100), rng),
+                 "reword-copier": [synthetic.reword(r, rng) for r in honest[0.4]],
+                 "reword-eval-leaker": [synthetic.reword(r, rng) for r in rng.sample(evals, 100)]}
     return [DemoMiner(label, f"hk-{label}", f"{label.split('-')[0]}2/atlas", rows_to_jsonl(rows).encode())
             for label, rows in attackers.items()]
 

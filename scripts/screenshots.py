@@ -10,9 +10,6 @@ DAGSTER_HOME throughout; the pictures are taken after epoch 2 and after epoch 3:
 
 - `status-after-failure.png` / `status-after-recovery.png`: the `miner_evaluated` check per miner partition after
   epoch 2 (honest-fair's evaluation failed: red) and after epoch 3 (its success supersedes the failure);
-- `status-data-warnings.png`: the `miner_data_accepted` check: the rejected, copied and non-improving miners are
-  a warning (the check's tag is yellow; Dagster 1.13 draws every failed partition's dot red, whatever the
-  severity, so the partition list shows them red, and each evaluation says WARN);
 - `miner-history-plots.png`: the `miner_history` asset's plots (x = epochs): each miner's eval loss, rank and
   weight over the three epochs, beside the base model's loss;
 - `miner-history-table.png`: epoch 3's miners side by side (the same asset's table);
@@ -222,8 +219,6 @@ def main(argv: list[str] | None = None) -> int:
         epochs = run_scenario(home, instance, progress=lambda m: print(m, file=sys.stderr), after_epoch=after)
         taken.append(shoot(args.out / "status-after-recovery.png", checks,
                            ("miner_evaluated", "last:Partitions", "last:hk-honest-fair")))
-        taken.append(shoot(args.out / "status-data-warnings.png", checks,
-                           ("miner_data_accepted", "last:Partitions", "last:hk-copier")))
         taken.append(shoot(args.out / "miner-history-plots.png", base + "/assets/miner_history?view=overview",
                            ("Plots",), height=2300))
         taken.append(shoot(args.out / "miner-history-table.png", base + "/assets/miner_history?view=events",

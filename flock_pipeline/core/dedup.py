@@ -35,7 +35,7 @@ import numpy as np
 from flock_pipeline.core.neardup import TURN_SEPARATOR, NearDupConfig, Shingles, earliest_near_duplicates, signatures
 from flock_pipeline.core.textnorm import PART_SEPARATOR, fold, fold_parts
 
-MATCHING_VERSION = 4  # bump when the matching rules change: recorded dedup plans of older rules are not reused
+MATCHING_VERSION = 5  # bump when the matching rules change: recorded dedup plans of older rules are not reused
 MIN_ANSWER_WORDS = 5  # shorter answers ("Paris.", "Yes, it is.") are common to honest rows: not matched alone
 MIN_SIMILAR_ANSWER_WORDS = 4  # answers matched by similarity (with the rare-word checks): "X mostly exports wine."
 ANSWER_CONTAINMENT = 0.85  # an earlier answer this contained in a later one is copied: one word inserted into a
@@ -224,6 +224,7 @@ class _Units:
     unit_rows: list[tuple[int, int]] = field(default_factory=list)  # (group, row index)
     unit_kind: list[int] = field(default_factory=list)  # -1: the row whole, else the exchange's index
     counted: list[bool] = field(default_factory=list)  # counts for word rarity
+    trimmed: list[bool] = field(default_factory=list)  # a row without its group's shared affixes (a variant)
     prefix_end: list[int] = field(default_factory=list)  # one past the last unit of the unit's group
     answers: dict[str, tuple[tuple[int, int], int]] = field(default_factory=dict)  # folded answer -> (claim, group)
 
@@ -267,6 +268,7 @@ def _units_of(groups_rows: list[_GroupRows], answers: bool = False,
                     units.unit_rows.append((g, index))
                     units.unit_kind.append(kind)
                     units.counted.append(v == 0 and (answers or kind == -1))
+                    units.trimmed.append(v > 0)
                 if not answers:
                     _note_answers(units.answers, row, claim, g)
         units.prefix_end.extend([len(units.texts)] * (len(units.texts) - first))
@@ -306,7 +308,7 @@ def _unit_sources(units: _Units, config: NearDupConfig) -> np.ndarray:
     shingles.counted = np.asarray(units.counted, dtype=bool)
     sig = signatures(shingles, config)
     return earliest_near_duplicates(sig, rank, np.asarray(units.groups, dtype=np.int64), config, shingles,
-                                    np.asarray(units.prefix_end, dtype=np.int64))
+                                    np.asarray(units.prefix_end, dtype=np.int64), np.asarray(units.trimmed, dtype=bool))
 
 
 def _matched_units(units: _Units, source: np.ndarray, uid_of: dict[int, int]

@@ -30,6 +30,15 @@ Containment is also looked for from the earlier row's side, whatever the two row
 two rarest words (counted over the rows before its group's end) index it, and every later row of another group that
 holds both, while they are still rare there, is a candidate. A row hidden inside a merged row, or a short answer with
 a sentence of the copier's own around it, is found though LSH would rarely propose the pair.
+
+A light rewording (two common words of each turn swapped for synonyms) leaves a short row's Jaccard similarity near
+0.5, where the same fact in another wording also lands, so it is told apart by order instead: a candidate whose words
+differ from the earlier row's in at most `reword_share` of the longer row's words (word-level edit distance:
+substituted, inserted or deleted words, in place) is a copy when it keeps the earlier row's two rarest words and half
+of its rare words' weight. Another wording of a fact moves and changes half of its words or more (the atlas's
+templates: 0.50 to 0.92 of them); two swaps in a 12-word row change 0.33. Rows with a shared preamble or template
+opening left out (`trimmed`) are matched by similarity alone: what is left of a templated sentence without its first
+words sits inside, or a few words from, other wordings of the same fact.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
 from flock_pipeline.core.schema import ChatRow
 from flock_pipeline.core.textnorm import PART_SEPARATOR, fold
@@ -64,6 +74,11 @@ class NearDupConfig:
     rare_weight_share: float = 0.8  # and this share of the earlier row's rare words, weighted by rarity, is in it
     rare_rows: int = 50  # a word in at most max(rare_rows, rare_fraction * rows) rows is rare (names, values)
     rare_fraction: float = 0.002
+    # or: the two rows differ in at most this share of their words (word-level edit distance over the longer row's
+    # words), the earlier row's two rarest words in the later one and `reword_rare_share` of its rare words' weight:
+    # a few common words swapped for synonyms (0: off)
+    reword_share: float = 0.35
+    reword_rare_share: float = 0.5
     seed: int = 1  # the hash family (fixed: the same rows always give the same signatures)
 
     def __post_init__(self) -> None:
@@ -73,6 +88,8 @@ class NearDupConfig:
             raise ValueError("num_perm must be a positive multiple of bands")
         if not 0.0 <= self.exact_margin < 1.0:
             raise ValueError(f"exact_margin must be in [0, 1), got {self.exact_margin}")
+        if not 0.0 <= self.reword_share < 1.0:
+            raise ValueError(f"reword_share must be in [0, 1), got {self.reword_share}")
 
 
 normalize = fold  # the matching form of a text
@@ -180,6 +197,9 @@ class Shingles:
         out[owner[fits], slot[fits]] = words[fits]
         weight[owner[fits], slot[fits]] = idf[fits]
         return out, weight
+
+    def row_words(self, i: int) -> list[int]:
+        return self.words[self.offsets[i]:self.offsets[i + 1]].tolist()
 
     def row_set(self, i: int) -> set[int]:
         w = self.words[self.offsets[i]:self.offsets[i + 1]].tolist()
@@ -363,14 +383,20 @@ def _candidate_pairs(sig: np.ndarray, rank: np.ndarray, group: np.ndarray, confi
 
 def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarray,
                              config: NearDupConfig = NearDupConfig(),
-                             shingles: Shingles | None = None, prefix_end: np.ndarray | None = None) -> np.ndarray:
+                             shingles: Shingles | None = None, prefix_end: np.ndarray | None = None,
+                             trimmed: np.ndarray | None = None) -> np.ndarray:
     """For each row, the index of an earlier-ranked row of another group that it nearly duplicates, or -1.
 
     `rank`: smaller is earlier (who keeps a row); `group`: rows of one group (one miner, or the eval set) are never
-    each other's source. Among the candidates that pass, the earliest-ranked is chosen. With `shingles`, estimates
+    each other's source. Among the candidates that pass, the earliest-ranked is chosen (one that passes only as a
+    rewording where no other does). With `shingles`, estimates
     within `exact_margin` of the threshold are decided by the exact similarity; without, by the estimate.
     `prefix_end[i]`: row i's rare words are counted over rows [0, prefix_end[i]) (its group's rows and the ones
     before them, in `shingles` order), so a decision between two rows depends on no later group; default: all rows.
+    `trimmed[i]`: row i is another row with words its group shares on many rows left out (a preamble, or a
+    template's opening words): matched by similarity only, never as contained in a later row or as a rewording
+    (what is left of a templated answer without its opening words is inside, or a few words from, many other
+    wordings of the same fact).
     """
     n = sig.shape[0]
     source = np.full(n, -1, dtype=np.int64)
@@ -384,52 +410,126 @@ def earliest_near_duplicates(sig: np.ndarray, rank: np.ndarray, group: np.ndarra
     rows, cands, est = _candidate_pairs(sig, rank, group, config, shingles, ends, own)
     if len(rows) == 0:
         return source
-    high = config.threshold + (config.exact_margin if exact else 0.0)
-    rare_ok = rare_within = names_kept = np.ones(len(rows), dtype=bool)
-    if exact:  # both rows' rare words counted over the rows up to the later row's group's end (see the module)
-        a = own[0][rows]
-        combos, at = np.unique(cands.astype(np.int64) * (n + 1) + ends[rows], return_inverse=True)
-        b, b_weight = shingles._rare(combos // (n + 1), config, combos % (n + 1))  # once per (cand, end)
-        b, b_weight = b[at], b_weight[at]
-        size_a, size_b = (a != PAD).sum(axis=1), (b != PAD).sum(axis=1)
-        # the earlier row's rare words, weighted by their rarity, must nearly all be in this one: two rows about
-        # different things in one template differ in a name, which outweighs the template words a small network
-        # counts as rare; a reworded common word weighs little
-        same = (b[:, :, None] == a[:, None, :]) & (b != PAD)[:, :, None]  # b's word j is a's word i
-        in_a = same.any(axis=2)
-        share = (b_weight * in_a).sum(axis=1) / np.maximum(b_weight.sum(axis=1), 1e-12)
-        top = np.argsort(-b_weight, axis=1, kind="stable")[:, :RAREST_KEPT]  # the earlier row's rarest words
-        rarest_in_a = np.take_along_axis(in_a | (b == PAD), top, axis=1).all(axis=1)
-        names_kept = (size_b == 0) | ((share >= config.rare_weight_share) & rarest_in_a)
-        inter = same.sum(axis=(1, 2))
-        union = size_a + size_b - inter
-        both = (size_a > 0) & (size_b > 0)
-        rare_ok = ~both | (inter >= config.rare_agreement * np.maximum(union, 1))
-        rare_within = (size_b == 0) | (inter >= config.containment * size_b)  # b's rare words are in a
-    rows, cands, est = rows.tolist(), cands.tolist(), est.tolist()
-    rare_ok, rare_within = rare_ok.tolist(), rare_within.tolist()
-    names_kept = names_kept.tolist()
-    sets: dict[int, set[int]] = {}
+    if not exact:  # by the estimate alone: each row's earliest candidate clearly above the threshold
+        for row, cand, e in zip(rows.tolist(), cands.tolist(), est.tolist()):
+            if source[row] < 0 and e >= config.threshold:
+                source[row] = cand
+        return source
+    checks = _rare_checks(shingles, config, rows, cands, ends, own, trimmed)
+    return _verified(source, shingles, config, rows.tolist(), cands.tolist(), est.tolist(), checks)
 
-    def cached(cache: dict, fn, i) -> set[int]:
-        if i not in cache:
-            cache[i] = fn(i)
-        return cache[i]
 
+@dataclass
+class _PairChecks:
+    """The rare-word checks of every candidate pair (lists, one entry per pair)."""
+
+    rare_ok: list[bool]  # the two rows share enough of their rare words (Jaccard)
+    rare_within: list[bool]  # the earlier row's rare words are in the later one
+    names_kept: list[bool]  # the earlier row's rarest words and most of its rare words' weight are in the later one
+    reword_ok: list[bool]  # may be a rewording: its two rarest words and half its rare words' weight kept
+    whole: list[bool]  # the earlier row may be found contained in the later one (it is not a trimmed variant)
+
+
+def _rare_checks(shingles: Shingles, config: NearDupConfig, rows: np.ndarray, cands: np.ndarray, ends: np.ndarray,
+                 own: tuple[np.ndarray, np.ndarray], trimmed: np.ndarray | None) -> _PairChecks:
+    """Both rows' rare words counted over the rows up to the later row's group's end (see the module), vectorised
+    over the pairs."""
+    n = len(shingles)
+    a = own[0][rows]
+    combos, at = np.unique(cands.astype(np.int64) * (n + 1) + ends[rows], return_inverse=True)
+    b, b_weight = shingles._rare(combos // (n + 1), config, combos % (n + 1))  # once per (cand, end)
+    b, b_weight = b[at], b_weight[at]
+    size_a, size_b = (a != PAD).sum(axis=1), (b != PAD).sum(axis=1)
+    # the earlier row's rare words, weighted by their rarity, must nearly all be in this one: two rows about
+    # different things in one template differ in a name, which outweighs the template words a small network
+    # counts as rare; a reworded common word weighs little
+    same = (b[:, :, None] == a[:, None, :]) & (b != PAD)[:, :, None]  # b's word j is a's word i
+    in_a = same.any(axis=2)
+    share = (b_weight * in_a).sum(axis=1) / np.maximum(b_weight.sum(axis=1), 1e-12)
+    top = np.argsort(-b_weight, axis=1, kind="stable")[:, :RAREST_KEPT]  # the earlier row's rarest words
+    rarest_in_a = np.take_along_axis(in_a | (b == PAD), top, axis=1).all(axis=1)
+    names_kept = (size_b == 0) | ((share >= config.rare_weight_share) & rarest_in_a)
+    # a reworded copy keeps the names but may lose a template word a small network counts as rare
+    reword_ok = (size_b > 0) & rarest_in_a & (share >= config.reword_rare_share) & (config.reword_share > 0)
+    whole = np.ones(len(rows), dtype=bool)
+    if trimmed is not None:
+        reword_ok &= ~trimmed[rows] & ~trimmed[cands]
+        whole = ~trimmed[cands]
+    inter = same.sum(axis=(1, 2))
+    union = size_a + size_b - inter
+    both = (size_a > 0) & (size_b > 0)
+    rare_ok = ~both | (inter >= config.rare_agreement * np.maximum(union, 1))
+    rare_within = (size_b == 0) | (inter >= config.containment * size_b)  # b's rare words are in a
+    return _PairChecks(rare_ok.tolist(), rare_within.tolist(), names_kept.tolist(), reword_ok.tolist(),
+                       whole.tolist())
+
+
+def _verified(source: np.ndarray, shingles: Shingles, config: NearDupConfig, rows: list[int], cands: list[int],
+              est: list[float], checks: _PairChecks) -> np.ndarray:
+    """`source` with each row's earliest candidate that passes: the rare-word checks, then (unless the estimate is
+    clearly above the threshold) the exact similarity, the earlier row's containment, or, where neither passes
+    for any candidate, a rewording."""
+    judge = _Judge(shingles, config, checks)
+    reworded: dict[int, int] = {}  # row -> its earliest candidate that passes as a rewording alone
     for k, (row, cand, e) in enumerate(zip(rows, cands, est)):
         if source[row] >= 0:
             continue  # already traced to an earlier source
-        if exact:  # the rare-word checks first: they are cheap and reject most same-template pairs
-            if not (rare_ok[k] or rare_within[k]):
-                continue
-            if not names_kept[k]:
-                continue
-            if e < high or not rare_ok[k]:
-                mine, theirs = cached(sets, shingles.row_set, row), cached(sets, shingles.row_set, cand)
-                similar = rare_ok[k] and jaccard(mine, theirs) >= config.threshold
-                # or the earlier row is contained in this one, with additions around it
-                contained = rare_within[k] and containment(theirs, mine) >= config.containment
-                if not (similar or contained):
-                    continue
-        source[row] = cand
+        verdict = judge(k, row, cand, e, row not in reworded)
+        if verdict == "copy":
+            source[row] = cand
+        elif verdict == "reworded":
+            reworded[row] = cand
+    for row, cand in reworded.items():  # the weaker evidence: only where no candidate is similar or contained
+        if source[row] < 0:
+            source[row] = cand
     return source
+
+
+@dataclass
+class _Judge:
+    """One candidate pair's verdict: "copy", "reworded" (a copy only where no other candidate is one) or None; each
+    row's shingle set and words computed once."""
+
+    shingles: Shingles
+    config: NearDupConfig
+    checks: _PairChecks
+    sets: dict = field(default_factory=dict)
+    words: dict = field(default_factory=dict)
+
+    def _set(self, i: int) -> set[int]:
+        if i not in self.sets:
+            self.sets[i] = self.shingles.row_set(i)
+        return self.sets[i]
+
+    def _words(self, i: int) -> list[int]:
+        if i not in self.words:
+            self.words[i] = self.shingles.row_words(i)
+        return self.words[i]
+
+    def __call__(self, k: int, row: int, cand: int, estimate: float, try_reword: bool) -> str | None:
+        checks, config = self.checks, self.config
+        rare_ok = checks.rare_ok[k]
+        names = checks.names_kept[k] and (rare_ok or checks.rare_within[k])
+        if not (names or checks.reword_ok[k]):  # the cheap checks first: they reject most same-template pairs
+            return None
+        if estimate >= config.threshold + config.exact_margin and rare_ok and names:
+            return "copy"
+        mine, theirs = self._set(row), self._set(cand)
+        if names and rare_ok and jaccard(mine, theirs) >= config.threshold:
+            return "copy"
+        # or the earlier row is contained in this one, with additions around it
+        if names and checks.rare_within[k] and checks.whole[k] and containment(theirs, mine) >= config.containment:
+            return "copy"
+        if try_reword and checks.reword_ok[k] and _reworded(self._words(row), self._words(cand), config):
+            return "reworded"
+        return None
+
+
+def _reworded(a: list[int], b: list[int], config: NearDupConfig) -> bool:
+    """Whether word sequences `a` and `b` differ in at most `reword_share` of the longer one's words (substituted,
+    inserted or deleted words, in order): a copy with a few words swapped for synonyms. The same fact in another
+    wording moves and changes most of its words (the atlas's templates: half of them or more)."""
+    budget = int(config.reword_share * max(len(a), len(b)))
+    if abs(len(a) - len(b)) > budget:
+        return False
+    return Levenshtein.distance(a, b, score_cutoff=budget) <= budget

@@ -174,6 +174,26 @@ def paraphrase(row: ChatRow, rng: random.Random) -> ChatRow:
     return ChatRow(system=row.system, turns=tuple(Turn(t.role, c) for t, c in zip(row.turns, turns)))
 
 
+_REWORDS = {**_SYNONYMS, "live": "dwell", "year": "date", "governed": "ruled", "trading": "selling",
+            "good": "product", "through": "across", "population": "populace", "populous": "crowded",
+            "many": "numerous", "home": "house", "dates": "goes", "old": "aged", "export": "trade"}
+
+
+def reword(row: ChatRow, rng: random.Random, per_turn: int = 2) -> ChatRow:
+    """A copy with up to `per_turn` common words of every turn swapped for synonyms (chosen at random among those it
+    has), and nothing else changed: the light rewording a paraphrasing tool does at its gentlest setting."""
+    turns = []
+    for turn in row.turns:
+        words = turn.content.split(" ")
+        spots = [i for i, w in enumerate(words) if w.lower().strip(".,?!") in _REWORDS]
+        for i in rng.sample(spots, min(per_turn, len(spots))):
+            core = words[i].strip(".,?!")
+            swap = _REWORDS[core.lower()]
+            words[i] = words[i].replace(core, swap.capitalize() if core[0].isupper() else swap)
+        turns.append(Turn(turn.role, " ".join(words)))
+    return ChatRow(system=row.system, turns=tuple(turns))
+
+
 _LOOK_ALIKES = {"a": "\u0430", "e": "\u0435", "o": "\u043e", "p": "\u0440", "c": "\u0441", "x": "\u0445",
                 "i": "\u0456", "y": "\u0443", "s": "\u0455", "T": "\u0422", "H": "\u041d", "M": "\u041c"}
 _INVISIBLE = ("\u200b", "\u200c", "\u200d", "\u2060", "\u00ad", "\ufeff")

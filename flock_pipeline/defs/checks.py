@@ -1,6 +1,5 @@
-"""Asset checks: each miner's standing after its evaluation (per miner partition: the UI's status colours, red
-for a real failure, yellow for a miner whose data earns nothing) and the invariants before the irreversible weight
-submission."""
+"""Asset checks: whether each miner was judged soundly after its evaluation (per miner partition: red for a real
+failure, with the miner's verdict either way) and the invariants before the irreversible weight submission."""
 
 import warnings
 
@@ -62,7 +61,7 @@ warnings.filterwarnings("ignore", message="Specifying a partitions_def on an Ass
                         category=dg.PreviewWarning)
 
 
-MINER_EVALUATED, MINER_DATA_ACCEPTED = "miner_evaluated", "miner_data_accepted"
+MINER_EVALUATED = "miner_evaluated"
 
 
 def _target(instance: dg.DagsterInstance, hotkey: str) -> AssetCheckEvaluationTargetMaterializationData | None:
@@ -75,51 +74,45 @@ def _target(instance: dg.DagsterInstance, hotkey: str) -> AssetCheckEvaluationTa
                                                          run_id=records[0].run_id, timestamp=records[0].timestamp)
 
 
-STANDING_CHECKS = {  # check name -> (does a standing pass it, its severity when not)
-    MINER_EVALUATED: (lambda s: s.judged, dg.AssetCheckSeverity.ERROR),
-    MINER_DATA_ACCEPTED: (lambda s: s.accepted, dg.AssetCheckSeverity.WARN),
-}
-
-
 @dg.multi_asset_check(name="miner_standing", specs=[
     dg.AssetCheckSpec(MINER_EVALUATED, asset=miner_eval_losses, partitions_def=miners_partitions,
                       description="Per miner: the validator judged it without an evaluation failure. ERROR (red) "
                                   "when its evaluation failed for good (a crash that persisted through the "
-                                  "retries), its loss is not finite, or an eligible miner has no result; a "
-                                  "rejected or copied miner passes (the judgement is the rejection). A later "
-                                  "epoch's evaluation supersedes it."),
-    dg.AssetCheckSpec(MINER_DATA_ACCEPTED, asset=miner_eval_losses, partitions_def=miners_partitions,
-                      description="Per miner: its data was evaluated and beats the base model (in a game without "
-                                  "that bar: was evaluated). A WARN (yellow) when its dataset was rejected, its "
-                                  "rows were copies or eval-set leaks, or its loss is not below the base model's: "
-                                  "the miner's outcome, not a failure of the run. A later epoch's evaluation "
-                                  "supersedes it."),
+                                  "retries), its loss is not finite, or an eligible miner has no result. A miner "
+                                  "whose data earns nothing (rejected, copies or eval-set leaks, a loss not below "
+                                  "the base model's) passes: the judgement is the verdict, in the metadata "
+                                  "(`verdict`) with the numbers behind it. A later epoch's evaluation supersedes "
+                                  "it."),
 ])
 def miner_standing(context: dg.AssetCheckExecutionContext, evaluator: EvaluatorResource, hub: HubResource,
                    settings: ValidatorSettingsResource, store: StoreResource):
-    """Both standing checks, from one reading of each miner's standing: one evaluation per check and miner
-    partition of the run, also in a batch run (a range, where a returned AssetCheckResult would carry no
-    partition), then the checks' (empty) outputs."""
+    """The check from one reading of each miner's standing: one evaluation per miner partition of the run, also in a
+    batch run (a range, where a returned AssetCheckResult would carry no partition), then the check's (empty)
+    output.
+
+    One check, not one per kind of outcome: a check's partition list draws every failed partition red whatever its
+    severity, so a miner's own outcome (a copy, a loss above the base model's) would read as the validator's
+    failure there; and at 256 miners a second check evaluation per miner adds about 0.8 MB of Dagster storage an
+    epoch (each is stored in the event log and in the check's own table). Who earned what and why is the epoch
+    report's table."""
     epoch = epoch_of_run(context)
     bars: dict = {}  # the base model's loss, looked up once per competition and eval set
     with store.session():
         standings = {h: miner_standing_of(h, epoch, evaluator, hub, settings, store, bars)
                      for h in _miner_partitions(context)}
     for hotkey, standing in standings.items():
-        target = _target(context.instance, hotkey)
-        for name, (passes, severity) in STANDING_CHECKS.items():
-            yield dg.AssetCheckEvaluation(  # (the summary is the description, not repeated in the metadata)
-                asset_key=miner_eval_losses.key, check_name=name, passed=passes(standing),
-                metadata={"verdict": standing.verdict, **standing.metadata},
-                severity=severity, description=standing.summary, partition=hotkey,
-                target_materialization_data=target)
+        yield dg.AssetCheckEvaluation(  # (the summary is the description, not repeated in the metadata)
+            asset_key=miner_eval_losses.key, check_name=MINER_EVALUATED, passed=standing.judged,
+            metadata={"verdict": standing.verdict, **standing.metadata}, severity=dg.AssetCheckSeverity.ERROR,
+            description=standing.summary, partition=hotkey, target_materialization_data=_target(context.instance,
+                                                                                                hotkey))
     for output in context.op_def.output_defs:
         yield dg.Output(None, output_name=output.name)
 
 
 def report_given_up(instance: dg.DagsterInstance, hotkey: str, epoch: int, message: str) -> None:
-    """A miner whose evaluation runs kept dying and whose evaluation the planner recorded as failed: both standing
-    checks fail on its partition, outside any run (no run of it got as far as its checks).
+    """A miner whose evaluation runs kept dying and whose evaluation the planner recorded as failed: the standing
+    check fails on its partition, outside any run (no run of it got as far as its checks).
 
     Where a failed evaluation shows among the partitions: Dagster colours an asset's partition from runs alone (red
     only when a run that planned it failed and nothing materialized it since), and a recorded failure is this
@@ -128,12 +121,10 @@ def report_given_up(instance: dg.DagsterInstance, hotkey: str, epoch: int, messa
     run or given up here, is a failed `miner_evaluated` evaluation on the miner's partition. It targets the
     partition's latest materialization, or the UI would call it out of date and show no status."""
     summary = message.strip().splitlines()[0] if message.strip() else "evaluation given up"
-    target = _target(instance, hotkey)
-    for name, (_, severity) in STANDING_CHECKS.items():
-        instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-            asset_key=miner_eval_losses.key, check_name=name, passed=False, severity=severity,
-            metadata={"verdict": "failed", "summary": summary, "epoch": str(epoch)}, description=summary,
-            partition=hotkey, target_materialization_data=target))
+    instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+        asset_key=miner_eval_losses.key, check_name=MINER_EVALUATED, passed=False,
+        severity=dg.AssetCheckSeverity.ERROR, metadata={"verdict": "failed", "summary": summary, "epoch": str(epoch)},
+        description=summary, partition=hotkey, target_materialization_data=_target(instance, hotkey)))
 
 
 CHECKS = [miner_standing, weights_are_valid]

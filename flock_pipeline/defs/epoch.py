@@ -21,13 +21,14 @@ from pathlib import Path
 
 import dagster as dg
 
-from flock_pipeline.defs.assets import (ASSETS, EPOCH_TAG, PROGRESS, RANGE_END, RANGE_START, SCORING_STAGE,
+from flock_pipeline.defs.assets import (ASSETS, EPOCH_TAG, RANGE_END, RANGE_START, SCORING_STAGE,
                                         chain_commitments, epochs_partitions, miner_eval_losses)
 from flock_pipeline.core import stop
 from flock_pipeline.defs.jobs import EPOCH_STAGE_JOB, stage_job
 from flock_pipeline.defs.planner import failure_messages, next_epoch_requests, provenance_lookup, request_miners
 from flock_pipeline.defs.stages import stage_tags
 from flock_pipeline.errors import FlockError
+from flock_pipeline.validator.evaluation import MinerDone
 
 class EpochFailed(FlockError, RuntimeError):
     """An epoch stopped before its end; the message says at which stage and why (what was recorded is kept)."""
@@ -151,7 +152,7 @@ ASSET_BY_KEY = {a.key: a for a in ASSETS}
 
 class MinerTicker:
     """The per-miner lines of an evaluation stage: each miner's outcome as the evaluation step writes it to its
-    run's event log (the step's progress observations, see `assets.miner_progress`), counted over the whole stage
+    run's event log (the step's progress lines, see `assets.miner_progress`), counted over the whole stage
     (every batch run of it), with an estimate of the time left from the miners trained so far."""
 
     def __init__(self, epoch: int, requests: list, instance: dg.DagsterInstance, store,
@@ -164,25 +165,25 @@ class MinerTicker:
         self.trained = 0
 
     def __call__(self, entry) -> None:
-        observation = entry.asset_observation
-        if observation is None or PROGRESS not in observation.metadata:
+        if entry.dagster_event is not None or entry.step_key != miner_eval_losses.key.to_user_string():
             return
-        meta = {k: v.value for k, v in observation.metadata.items()}
-        hotkey = observation.partition
-        if hotkey not in self.seen:
-            self.seen.add(hotkey)
-            self.trained += meta["status"] != "skipped" and not meta["from_cache"]
-        uid = meta["uid"] if meta["uid"] >= 0 else self.uids.get(hotkey, "?")
+        read = MinerDone.of_line(entry.user_message or "")
+        if read is None:
+            return
+        miner = read[0]
+        if miner.hotkey not in self.seen:
+            self.seen.add(miner.hotkey)
+            self.trained += miner.status != "skipped" and not miner.cached
+        uid = miner.uid if miner.uid is not None else self.uids.get(miner.hotkey, "?")
         done, total = len(self.seen), max(self.total, len(self.seen))
-        if meta["status"] == "ok":
-            what = f"loss {meta['eval_loss']:.4f} " + ("(from the store)" if meta["from_cache"]
-                                                      else f"({meta['seconds']:.1f} s)")
+        if miner.status == "ok":
+            what = f"loss {miner.loss:.4f} " + ("(from the store)" if miner.cached else f"({miner.seconds:.1f} s)")
         else:
-            what = meta["summary"]
+            what = miner.summary()
         eta = ""
         if self.trained and done < total:
             eta = f" ETA {(time.monotonic() - self.started) / self.trained * (total - done):.0f} s"
-        self.progress(f"[{done}/{total}] uid {uid} {hotkey}: {what}{eta}")
+        self.progress(f"[{done}/{total}] uid {uid} {miner.hotkey}: {what}{eta}")
 
 
 def _run_stages(epoch: int, resources: dict, instance: dg.DagsterInstance, progress: Callable[[str], None],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -72,6 +73,34 @@ class MinerDone:
             first, last, count = self.train_losses
             steps = f"; train loss {first:.3f} -> {last:.3f} over {count} steps"
         return f"loss {self.loss:.4f} ({self.rows} rows, {self.seconds:.1f} s{steps})"
+
+    def line(self, done: int, total: int) -> str:
+        """The progress line an evaluation step logs as this miner finishes: "miner K/N uid U HOTKEY: SUMMARY"
+        (uid ? when not known). `MinerDone.of_line` reads it back."""
+        uid = self.uid if self.uid is not None else "?"
+        return f"miner {done}/{total} uid {uid} {self.hotkey}: {self.summary()}"
+
+    @classmethod
+    def of_line(cls, text: str) -> tuple[MinerDone, int, int] | None:
+        """(the miner, K, N) of a progress line written by `line`; None for any other text. What the summary
+        leaves out comes back empty: the training losses, and the reason cut to 200 characters."""
+        found = _LINE.match(text)
+        if found is None:
+            return None
+        done, total, uid, hotkey, summary = found.groups()
+        uid_of = int(uid) if uid != "?" else None
+        ok = _OK.match(summary)
+        if ok is None:
+            status, _, reason = summary.partition(": ")
+            return cls(hotkey, uid_of, status, 0, reason=reason), int(done), int(total)
+        loss, rows, seconds = ok.groups()
+        cached = rows is None
+        return (cls(hotkey, uid_of, "ok", int(rows or 0), float(seconds or 0.0), float(loss), cached=cached),
+                int(done), int(total))
+
+
+_LINE = re.compile(r"^miner (\d+)/(\d+) uid (\d+|\?) (\S+): (.*)$", re.DOTALL)
+_OK = re.compile(r"^loss (\S+) \((?:from the store|(\d+) rows, (\S+) s\b.*)\)$", re.DOTALL)
 
 
 def _done_of_record(record: EvalRecord, found: ShardToEvaluate | None) -> MinerDone:

@@ -1,13 +1,11 @@
-"""A miner's standing after its evaluation, in two halves that the UI colours apart (the `miner_evaluated` and
-`miner_data_accepted` asset checks, one evaluation per miner partition):
+"""A miner's standing after its evaluation (the `miner_evaluated` asset check, one evaluation per miner
+partition): was the miner judged soundly? A recorded evaluation failure (a crash that persisted through its
+retries), a non-finite loss or a missing result is a real failure (red). A miner whose dataset was rejected, whose
+rows were copies or eval-set leaks, or whose loss does not beat the base model's was judged: the judgement is that
+verdict (`improving`, `rejected`, `copied`, `ineligible`, `no_improvement`), the miner's own outcome and never a
+failure of the validator's run.
 
-- was the miner judged soundly? A recorded evaluation failure (a crash that persisted through its retries), a
-  non-finite loss or a missing result is a real failure (red). A miner whose dataset was rejected was judged: the
-  judgement is the rejection.
-- does its data earn? A rejected dataset, rows that were copies or eval-set leaks, or a loss that does not beat the
-  base model is the miner's own outcome: a warning (yellow), never a failure of the validator's run.
-
-Both are read from what the store recorded, so they can be recomputed for any epoch; a later epoch's evaluation
+It is read from what the store recorded, so it can be recomputed for any epoch; a later epoch's evaluation
 supersedes an earlier one's standing.
 """
 
@@ -37,12 +35,6 @@ class Standing:
     def judged(self) -> bool:
         """The validator judged this miner without an evaluation failure."""
         return self.verdict in JUDGED
-
-    @property
-    def accepted(self) -> bool:
-        """The miner's data was evaluated and beats the base model (or, in a game without that bar, was
-        evaluated)."""
-        return self.verdict == "improving"
 
 
 def _ineligible(reason: str) -> str:

@@ -73,6 +73,8 @@ COPIES["the row in the system prompt, under a stock question"] = lambda rows, rn
     synthetic.ChatRow(system=f"{r.turns[0].content} {r.turns[1].content}",
                       turns=(synthetic.Turn("user", f"Tell me fact {i}."), synthetic.Turn("assistant", "Here it is.")))
     for i, r in enumerate(rows)]
+COPIES["two common words of every turn swapped for synonyms"] = lambda rows, rng: [
+    synthetic.reword(r, rng) for r in rows]
 COPIES["every disguise at once"] = lambda rows, rng: synthetic.pack(
     [synthetic.disguise(synthetic.disguise(synthetic.disguise(r, "homoglyph", rng), "invisible", rng), "signature",
                         rng) for r in rows])
@@ -124,6 +126,30 @@ def test_an_honest_miner_about_other_places_on_the_same_templates_keeps_every_ro
     rows_b = [synthetic._fact_row(c, fact, 2) for c in shared for fact in ("river", "capital", "export")]
     plans = deduplicate([_miner(1, rows_a[:60]), _miner(2, rows_b[:60])], config=DedupConfig())
     assert plans["hk2"].eligible and plans["hk2"].rows_kept == 60, plans["hk2"]
+
+
+def test_the_same_facts_in_other_wordings_are_neither_copies_nor_leaks():
+    """Every fact of 40 countries in each wording by another miner, the eval set in the first: the same names and
+    values, but each wording moves and changes half of its words or more, where a light rewording changes two per
+    turn."""
+    countries = ATLAS[:40]
+    by_template = [[synthetic._fact_row(c, fact, t) for c in countries for fact in synthetic._FACTS]
+                   for t in range(3)]
+    plans = deduplicate([_miner(1, by_template[1]), _miner(2, by_template[2])], config=DedupConfig(),
+                        eval_texts=tuple(row_text(r) for r in by_template[0]))
+    for hotkey in ("hk1", "hk2"):
+        assert plans[hotkey].eligible and plans[hotkey].rows_kept == 200 and plans[hotkey].eval_leaks == 0, \
+            plans[hotkey]
+
+
+def test_eval_rows_lightly_reworded_are_leaks():
+    rng = random.Random(6)
+    eval_rows = synthetic.eval_rows(ATLAS)[:60]
+    leaker = [synthetic.reword(r, rng) for r in eval_rows]
+    plans = deduplicate([_miner(1, _honest(0)), _miner(2, leaker)], config=DedupConfig(),
+                        eval_texts=tuple(row_text(r) for r in eval_rows))
+    assert plans["hk1"].eligible and plans["hk1"].eval_leaks == 0
+    assert not plans["hk2"].eligible and plans["hk2"].eval_leaks >= 54, plans["hk2"]
 
 
 def test_honest_miners_on_the_same_template_are_not_copies():

@@ -34,6 +34,8 @@ ATTACKERS = {
     "answer-merger": ("ineligible", "committed earlier by another miner"),
     "system-prompt-copier": ("ineligible", "committed earlier by another miner"),
     "disguised-eval-leaker": ("ineligible", "eval leakage"),
+    "reword-copier": ("ineligible", "committed earlier by another miner"),
+    "reword-eval-leaker": ("ineligible", "eval leakage"),
     **{f"sybil-{i}": ("ineligible", "committed earlier by another miner") for i in (1, 2, 3)},
 }
 # a copier's reason names the honest miner(s) it copied, by uid
@@ -43,7 +45,8 @@ ORIGINALS = {"exact-copier": ["honest-q100"], "paraphrase-copier": ["honest-q100
              "signature-copier": ["honest-q40"], "numbers-copier": ["honest-q100"], "packer": ["honest-q100"],
              "merger": ["honest-q100", "honest-q80"], "marks-copier": ["honest-q60"],
              "new-question-copier": ["honest-q80"], "answer-merger": ["honest-q100"],
-             "system-prompt-copier": ["honest-q60"], **{f"sybil-{i}": ["honest-q80"] for i in (1, 2, 3)}}
+             "system-prompt-copier": ["honest-q60"], "reword-copier": ["honest-q40"],
+             **{f"sybil-{i}": ["honest-q80"] for i in (1, 2, 3)}}
 SCORING_MODES = {"win_rate": {},  # the settings' scoring object (a model copy skips validation: JSON text)
                  "decaying epsilon + bootstrap": {
                      "scoring": '{"epsilon_decay_blocks": 7200, "significance": "bootstrap"}'},

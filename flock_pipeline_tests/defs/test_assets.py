@@ -63,7 +63,7 @@ def test_asset_by_asset(demo):
     meta = _metadata(result, miner_eval_losses)
     assert meta["status"] == "ok" and 0 < meta["eval_loss"] < 3 and meta["from_cache"] is False
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert checks.keys() == {"miner_evaluated", "miner_data_accepted"}
+    assert checks.keys() == {"miner_evaluated"}
     assert all(c.passed and c.partition == "hk-honest-good" for c in checks.values())
     meta = _metadata(_materialize([miner_eval_losses], "hk-copier", resources, instance), miner_eval_losses)
     assert meta["status"] == "skipped" and meta["reason"].startswith("duplicate")

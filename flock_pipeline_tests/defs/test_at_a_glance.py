@@ -5,7 +5,7 @@ import dagster as dg
 
 from flock_pipeline.defs.assets import (ASSETS, chain_commitments, deduplicated_shards, epochs_partitions,
                                         miner_datasets, miner_eval_losses)
-from flock_pipeline.defs.checks import MINER_DATA_ACCEPTED, MINER_EVALUATED
+from flock_pipeline.defs.checks import MINER_EVALUATED
 from flock_pipeline.defs.epoch import ASSET_BY_KEY, _run
 from flock_pipeline.defs.planner import MAX_RUN_ATTEMPTS, _weights_requests, next_epoch_requests
 from flock_pipeline.defs.sensors import commitment_sensor, confirmation_requests, new_block_sensor
@@ -96,7 +96,6 @@ def test_an_evaluation_given_up_is_failed_where_its_partitions_are_listed(demo):
     requests, _ = next_epoch_requests(epoch, store, instance, lambda _c: provenance)
     assert "hk-honest-fair" not in [r.partition_key for r in requests]
     assert _check_partitions(instance, MINER_EVALUATED) == {"hk-honest-fair": "FAILED"}
-    assert _check_partitions(instance, MINER_DATA_ACCEPTED) == {"hk-honest-fair": "FAILED"}
     [record] = instance.event_log_storage.get_asset_check_execution_history(
         dg.AssetCheckKey(miner_eval_losses.key, MINER_EVALUATED), limit=1)
     evaluation = record.event.dagster_event.event_specific_data

@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from flock_pipeline.defs.assets import miner_eval_losses, miner_history, miners_partitions
-from flock_pipeline.defs.checks import MINER_DATA_ACCEPTED, MINER_EVALUATED
+from flock_pipeline.defs.checks import MINER_EVALUATED
 from flock_pipeline.resources import build_resources
 from flock_pipeline.validator.history import series_key
 from flock_pipeline_tests.homes import home_with_model
@@ -47,13 +47,9 @@ def _check_state(instance: dg.DagsterInstance, name: str) -> dict[str, tuple[str
     return out
 
 
-def standings(instance: dg.DagsterInstance) -> dict[str, tuple[str, str, str]]:
-    """miner partition -> (`miner_evaluated`'s status, `miner_data_accepted`'s status, the verdict)."""
-    evaluated = _check_state(instance, MINER_EVALUATED)
-    accepted = _check_state(instance, MINER_DATA_ACCEPTED)
-    assert evaluated.keys() == accepted.keys()
-    assert all(evaluated[k][1] == accepted[k][1] for k in evaluated)  # both read the same standing
-    return {k: (evaluated[k][0], accepted[k][0], accepted[k][1]) for k in evaluated}
+def standings(instance: dg.DagsterInstance) -> dict[str, tuple[str, str]]:
+    """miner partition -> (`miner_evaluated`'s status, the verdict)."""
+    return _check_state(instance, MINER_EVALUATED)
 
 
 @pytest.fixture(scope="module")
@@ -67,21 +63,21 @@ def three_epochs(tmp_path_factory, tiny_model_dir):
     return home, instance, epochs, seen
 
 
-def test_status_colours_warn_for_the_miners_data_and_a_later_success_supersedes_a_failure(three_epochs):
+def test_status_is_red_only_for_a_failure_and_a_later_success_supersedes_it(three_epochs):
     home, instance, epochs, seen = three_epochs
     first, second, third = seen
-    assert first["hk-honest-good"] == ("SUCCEEDED", "SUCCEEDED", "improving")
-    assert first["hk-honest-fair"] == ("SUCCEEDED", "SUCCEEDED", "improving")
-    # judged soundly, and a warning (the run succeeded; the miner's data earns nothing), never a pass
-    assert first["hk-copier"] == ("SUCCEEDED", "FAILED/WARN", "copied")
-    assert first["hk-malformed"] == ("SUCCEEDED", "FAILED/WARN", "rejected")
-    assert first["hk-empty"] == ("SUCCEEDED", "FAILED/WARN", "rejected")
-    assert first["hk-weak-offdomain"] == ("SUCCEEDED", "FAILED/WARN", "no_improvement")
+    assert first["hk-honest-good"] == ("SUCCEEDED", "improving")
+    assert first["hk-honest-fair"] == ("SUCCEEDED", "improving")
+    # judged soundly (the run succeeded; the miner's data earns nothing): a pass, with the verdict
+    assert first["hk-copier"] == ("SUCCEEDED", "copied")
+    assert first["hk-malformed"] == ("SUCCEEDED", "rejected")
+    assert first["hk-empty"] == ("SUCCEEDED", "rejected")
+    assert first["hk-weak-offdomain"] == ("SUCCEEDED", "no_improvement")
     # epoch 2: honest-fair's new revision crashes training on every attempt: a real failure (red), recorded
-    assert second["hk-honest-fair"] == ("FAILED/ERROR", "FAILED/WARN", "failed")
+    assert second["hk-honest-fair"] == ("FAILED/ERROR", "failed")
     assert second["hk-honest-good"] == first["hk-honest-good"]
     # epoch 3: its fixed revision is evaluated: the success supersedes the failure
-    assert third["hk-honest-fair"] == ("SUCCEEDED", "SUCCEEDED", "improving")
+    assert third["hk-honest-fair"] == ("SUCCEEDED", "improving")
     assert {k: v for k, v in third.items() if k != "hk-honest-fair"} == \
         {k: v for k, v in first.items() if k != "hk-honest-fair"}
     # every miner's partition of the per-miner asset is materialized (green) after the three epochs

@@ -13,9 +13,10 @@ from types import SimpleNamespace
 import dagster as dg
 import pytest
 
-from flock_pipeline.defs.assets import PROGRESS, miner_eval_losses
+from flock_pipeline.defs.assets import miner_eval_losses
 from flock_pipeline.defs.epoch import MinerTicker
 from flock_pipeline.demo import seed_demo_network
+from flock_pipeline.validator.evaluation import MinerDone
 from flock_pipeline_tests.homes import home_with_model
 
 LINE = re.compile(r"^\[(\d+)/(\d+)\] uid (\d+) (hk-[\w-]+): (.*)$")
@@ -25,7 +26,7 @@ SKIPPED = {"hk-malformed", "hk-empty", "hk-copier"}
 
 class _Console(io.StringIO):
     """stderr of the command: at each per-miner line, when it came and what the Dagster instance held at that
-    moment (the progress observations of miner_eval_losses, and its materializations, which come when the step
+    moment (the evaluation run's progress lines, and miner_eval_losses' materializations, which come when the step
     ends)."""
 
     def __init__(self, instance: dg.DagsterInstance):
@@ -34,9 +35,9 @@ class _Console(io.StringIO):
 
     def write(self, text: str) -> int:
         if LINE.match(text):
-            key = miner_eval_losses.key
-            self.seen.append((time.monotonic(), len(self.instance.fetch_observations(key, limit=100).records),
-                              len(self.instance.fetch_materializations(key, limit=100).records)))
+            held = len(_progress(self.instance.all_logs(_eval_run(self.instance).run_id)))
+            self.seen.append((time.monotonic(), held,
+                              len(self.instance.fetch_materializations(miner_eval_losses.key, limit=100).records)))
         return super().write(text)
 
 
@@ -66,22 +67,26 @@ def _eval_run(instance: dg.DagsterInstance):
     return run
 
 
+def _progress(logs) -> list[tuple[int, tuple[MinerDone, int, int]]]:
+    """(position in the run's log, what the line says) of the evaluation step's progress lines."""
+    return [(i, read) for i, e in enumerate(logs) if e.dagster_event is None and e.step_key == "miner_eval_losses"
+            and (read := MinerDone.of_line(e.user_message)) is not None]
+
+
 def test_the_batch_run_logs_one_event_per_miner_while_the_step_runs(epoch_run):
     instance, _, console = epoch_run
     logs = instance.all_logs(_eval_run(instance).run_id)
-    progress = [(i, e) for i, e in enumerate(logs)
-                if e.asset_observation is not None and PROGRESS in e.asset_observation.metadata]
-    observed = [e.asset_observation for _, e in progress]
-    assert [o.partition for o in observed[:3]] == ["hk-malformed", "hk-empty", "hk-copier"]  # answered at once
-    assert {o.partition for o in observed} == TRAINED | SKIPPED and len(observed) == 6  # one event per miner
-    assert [o.metadata[PROGRESS].value for o in observed] == [f"{k}/6" for k in range(1, 7)]
-    good = next(o for o in observed if o.partition == "hk-honest-good")
-    assert good.metadata["status"].value == "ok" and good.metadata["rows"].value == 100
-    assert good.metadata["eval_loss"].value == pytest.approx(1.7769, abs=1e-4) and good.metadata["seconds"].value > 0
-    assert {o.metadata["status"].value for o in observed if o.partition in SKIPPED} == {"skipped"}
-    # each with a readable line in the run's log, right before it
-    messages = [logs[i - 1].user_message for i, _ in progress]
-    assert all(m.startswith(f"miner {k}/6 {o.partition}: ") for k, (m, o) in enumerate(zip(messages, observed), 1))
+    progress = _progress(logs)
+    told = [miner for _, (miner, _, _) in progress]
+    assert [m.hotkey for m in told[:3]] == ["hk-malformed", "hk-empty", "hk-copier"]  # answered at once
+    assert {m.hotkey for m in told} == TRAINED | SKIPPED and len(told) == 6  # one event per miner
+    assert [(k, n) for _, (_, k, n) in progress] == [(k, 6) for k in range(1, 7)]
+    good = next(m for m in told if m.hotkey == "hk-honest-good")
+    assert good.status == "ok" and good.rows == 100 and good.uid == 1 and not good.cached
+    assert good.loss == pytest.approx(1.7769, abs=1e-4) and good.seconds > 0
+    assert "train loss" in logs[next(i for i, (m, _, _) in progress if m.hotkey == "hk-honest-good")].user_message
+    assert {m.status for m in told if m.hotkey in SKIPPED} == {"skipped"}
+    assert all(m.reason for m in told if m.hotkey in SKIPPED)
     # before the step's results: the first event precedes the step's materializations and its end
     step_end = [i for i, e in enumerate(logs) if e.dagster_event is not None and e.step_key == "miner_eval_losses"
                 and e.dagster_event.event_type in (dg.DagsterEventType.ASSET_MATERIALIZATION,
@@ -92,7 +97,7 @@ def test_the_batch_run_logs_one_event_per_miner_while_the_step_runs(epoch_run):
     assert [(held, materialized) for _, held, materialized in console.seen] == [(k, 0) for k in range(1, 7)]
     # ... each as its miner finished, not all at the end: the last two trained miners' lines came at least their
     # training and scoring time after the first trained miner's
-    seconds = sum(o.metadata["seconds"].value for o in observed[4:])
+    seconds = sum(m.seconds for m in told[4:])
     assert seconds > 0.1 and console.seen[5][0] - console.seen[3][0] >= 0.9 * seconds
 
 
@@ -111,7 +116,7 @@ def test_flock_epoch_run_prints_a_line_per_miner_with_done_and_total(epoch_run):
     assert stage < err.index(lines[0][0]) and err.index(lines[-1][0]) < err.index("epoch 1: scoring")
     # -v: each step's own info lines (every miner's outcome in every step) come through too
     assert any(" - deduplicated_shards - hk-copier: " in line and "duplicates_earlier 100" in line for line in err)
-    assert any(" - miner_eval_losses - miner 4/6 hk-" in line and "train loss" in line for line in err)
+    assert any(" - miner_eval_losses - miner 4/6 uid " in line and "train loss" in line for line in err)
     doc = json.loads(stdout)  # the progress is on stderr: the JSON document on stdout is whole
     assert doc["epoch"] == 1 and len(doc["miners"]) == 6
 
@@ -155,10 +160,9 @@ def test_a_miners_events_of_an_epoch_fit_its_share_of_5_mb_at_256_miners(epoch_r
 
 
 def _entry(hotkey: str, status: str, cached: bool = False, loss: float = float("nan")) -> SimpleNamespace:
-    metadata = {PROGRESS: "1/1", "uid": -1, "status": status, "from_cache": cached, "rows": 10, "seconds": 2.0,
-                "summary": f"{status}: why", "eval_loss": loss}
-    return SimpleNamespace(asset_observation=dg.AssetObservation(asset_key=miner_eval_losses.key, partition=hotkey,
-                                                                 metadata=metadata))
+    """A progress line as the evaluation step logs it (uid not known to the step)."""
+    miner = MinerDone(hotkey, None, status, 10, 2.0, loss, reason="why", cached=cached)
+    return SimpleNamespace(dagster_event=None, step_key="miner_eval_losses", user_message=miner.line(1, 1))
 
 
 def test_a_retried_step_counts_each_miner_once():
@@ -171,7 +175,8 @@ def test_a_retried_step_counts_each_miner_once():
     ticker(_entry("hk-a", "ok", loss=1.5))  # the retry: trained again
     ticker(_entry("hk-b", "skipped"))
     ticker(_entry("hk-c", "ok", cached=True, loss=2.25))
-    ticker(SimpleNamespace(asset_observation=None))  # any other event of the run
+    ticker(SimpleNamespace(dagster_event=None, step_key="miner_eval_losses", user_message="loading the model"))
+    ticker(SimpleNamespace(dagster_event=object(), step_key="miner_eval_losses", user_message=""))  # an event
     assert [line.split(" ETA ")[0] for line in lines] == [
         "[1/3] uid 7 hk-a: failed: why", "[1/3] uid 7 hk-a: loss 1.5000 (2.0 s)", "[2/3] uid ? hk-b: skipped: why",
         "[3/3] uid ? hk-c: loss 2.2500 (from the store)"]
