@@ -143,9 +143,9 @@ MINER_EVENT_BYTES = 5_000_000 // 256
 
 def test_a_miners_events_of_an_epoch_fit_its_share_of_5_mb_at_256_miners(epoch_run):
     """What one miner adds to the event log in an epoch's evaluation batch, serialized as Dagster stores it and
-    counted once: its planned and recorded materializations, both checks' evaluations, the progress observation and
-    the log lines naming it. Storage adds its own copies and pages on top of this (docs/benchmarks.md: at 256
-    miners PostgreSQL stores 1.0-1.1 times the serialized bytes, SQLite's run files and asset index 3.7 times)."""
+    counted once: its planned and recorded materializations, its check evaluation and the log lines naming it.
+    Storage adds its own copies and pages on top of this (docs/benchmarks.md: at 256 miners PostgreSQL stores about
+    1.1 times the serialized bytes, SQLite's run files and asset index about 4 times)."""
     from dagster._serdes import serialize_value
 
     instance, _, _ = epoch_run
