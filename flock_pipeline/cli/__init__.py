@@ -17,11 +17,15 @@ __all__ = ["EXAMPLES", "build_parser", "main", "worker_command"]
 
 def _log_level(verbose: int) -> None:
     """Quiet by default: log records below ERROR (retry notes, library warnings, debug lines) and the libraries'
-    progress bars stay off the console; -v shows warnings and info, -vv debug."""
+    progress bars stay off the console; -v shows warnings and info, -vv debug. Only the console: the runs' own
+    lines still reach Dagster's event log whatever the level (`logging.disable` would drop them there too, the
+    evaluation step's per-miner progress lines with them), and the runs' console logger has its own level
+    (`defs.epoch.console_config`)."""
     import logging
 
     level = logging.ERROR if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.disable(level - 10)  # records at or below this level are dropped, whatever their logger
+    if logging.lastResort is not None:  # what prints the records of loggers without a handler (the libraries')
+        logging.lastResort.setLevel(level)
     if verbose > 0:
         os.environ.setdefault("FLOCK_VERBOSE", str(verbose))  # the libraries' progress bars are shown again
     if verbose <= 0:
@@ -38,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     args = build_parser().parse_args(argv)
-    before = logging.root.manager.disable
+    before = logging.lastResort.level if logging.lastResort is not None else None
     _log_level(args.verbose)
     try:
         return args.func(args)
@@ -52,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flock: {error.line()}", file=sys.stderr)
         return error.exit_code
     finally:
-        logging.disable(before)  # main() may run inside another program (the tests): leave its logging as it was
+        if before is not None:  # main() may run inside another program (the tests): leave its logging as it was
+            logging.lastResort.setLevel(before)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def runner_lock(home: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # per-event DEBUG lines off the console
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}  # the runs' info and warnings off the console
 
 
 def console_config(verbose: int = 0) -> dict:

@@ -204,3 +204,34 @@ def test_the_live_recipe_on_a_cpu_machine_refuses_training_not_the_read_only_com
                                          (["miner", "status", "--hotkey", "x", "-vv"], 2), (["chain", "status"], 0)])
 def test_verbose_is_taken_before_or_after_the_command(argv, level):
     assert build_parser().parse_args(argv).verbose == level
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_a_quiet_console_still_keeps_the_runs_lines_in_dagsters_event_log(verbose, capsys):
+    """The CLI quiets the console, not the runs: an info line a step logs (the evaluation step's per-miner progress
+    is one) is in the run's event log at every verbosity, and on the console only with -v."""
+    import logging
+
+    import dagster as dg
+
+    from flock_pipeline.cli import _log_level
+    from flock_pipeline.defs.epoch import console_config
+
+    @dg.op
+    def step(context):
+        context.log.info("miner 1/1 uid 7 hk-a: loss 1.5000 (from the store)")
+
+    @dg.job
+    def quiet():
+        step()
+
+    before = logging.lastResort.level
+    try:
+        _log_level(verbose)
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = quiet.execute_in_process(instance=instance, run_config=console_config(verbose))
+            logged = [e.user_message for e in instance.all_logs(result.run_id) if e.dagster_event is None]
+    finally:
+        logging.lastResort.setLevel(before)
+    assert logged == ["miner 1/1 uid 7 hk-a: loss 1.5000 (from the store)"]
+    assert ("uid 7 hk-a" in capsys.readouterr().err) == (verbose > 0)
